@@ -1,0 +1,77 @@
+"""The imchat wire protocol, sans-I/O: framing, typed requests, error codes.
+
+Nothing in this package opens a socket or imports asyncio; see ``docs/protocol.md``.
+"""
+
+from .errors import FATAL_CODES, ErrorCode, ProtocolError, RequestId
+from .framing import (
+    CLIENT_MAX_FRAME,
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    Encoder,
+    FrameDecoder,
+    encode_frame,
+    encode_message,
+)
+from .messages import (
+    DEFAULT_MAX_TEXT,
+    MAX_HISTORY_LIMIT,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    Announce,
+    Bye,
+    Dm,
+    Hello,
+    History,
+    Join,
+    Limits,
+    Part,
+    Ping,
+    Request,
+    Rooms,
+    Say,
+    Topic,
+    Users,
+    decode_object,
+    parse_request,
+)
+from .names import check_nick, check_text, is_valid_nick, nick_key, normalize_room
+
+__all__ = [
+    "CLIENT_MAX_FRAME",
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_TEXT",
+    "FATAL_CODES",
+    "HEADER_SIZE",
+    "MAX_HISTORY_LIMIT",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "Announce",
+    "Bye",
+    "Dm",
+    "Encoder",
+    "ErrorCode",
+    "FrameDecoder",
+    "Hello",
+    "History",
+    "Join",
+    "Limits",
+    "Part",
+    "Ping",
+    "ProtocolError",
+    "Request",
+    "RequestId",
+    "Rooms",
+    "Say",
+    "Topic",
+    "Users",
+    "check_nick",
+    "check_text",
+    "decode_object",
+    "encode_frame",
+    "encode_message",
+    "is_valid_nick",
+    "nick_key",
+    "normalize_room",
+    "parse_request",
+]

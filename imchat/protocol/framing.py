@@ -1,0 +1,121 @@
+"""Length-prefixed framing: a 4-byte big-endian length, then that many bytes of JSON.
+
+Sans-I/O: :class:`FrameDecoder` is fed whatever bytes arrived and hands back complete
+payloads; :func:`encode_frame` and :class:`Encoder` turn payloads and messages into bytes.
+Nothing here touches a socket, so the server, the client library and the tests share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from .errors import ErrorCode, ProtocolError
+
+HEADER_SIZE = 4
+DEFAULT_MAX_FRAME = 65536
+#: What clients accept from servers (history replies can be long).
+CLIENT_MAX_FRAME = 16 * 1024 * 1024
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(HEADER_SIZE, "big") + payload
+
+
+class Encoder:
+    """Encodes a message straight into a framed buffer, with no copy for the header."""
+
+    __slots__ = ("_encoder",)
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, message: Any) -> bytes:
+        buf = bytearray(HEADER_SIZE)
+        self._encoder.encode_into(message, buf, HEADER_SIZE)
+        buf[:HEADER_SIZE] = (len(buf) - HEADER_SIZE).to_bytes(HEADER_SIZE, "big")
+        return bytes(buf)
+
+    def encode_payload(self, message: Any) -> bytes:
+        return self._encoder.encode(message)
+
+
+_default_encoder = Encoder()
+
+
+def encode_message(message: Any) -> bytes:
+    """One framed JSON message, ready to write."""
+    return _default_encoder.encode(message)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it byte chunks of any size, take out whole payloads.
+
+    The length is checked against ``max_frame`` as soon as the 4 header bytes are in, so an
+    oversized body is never buffered. After an error the decoder stays failed: the stream
+    has lost its framing and the only safe move is to close it.
+    """
+
+    __slots__ = ("_buffer", "_error", "_need", "_pos", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._pos = 0  # start of unread bytes; consumed bytes are dropped in bulk
+        self._need = 0  # body length of the frame being read, 0 while reading a header
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete payload, or None if more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buffer, self._pos
+        if not self._need:
+            if len(buf) - pos < HEADER_SIZE:
+                return None
+            length = int.from_bytes(buf[pos : pos + HEADER_SIZE], "big")
+            if length == 0:
+                self._fail(ErrorCode.BAD_FRAME, "empty frame")
+            if length > self.max_frame:
+                self._fail(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes exceeds max_frame {self.max_frame}",
+                )
+            pos += HEADER_SIZE
+            self._pos = pos
+            self._need = length
+        end = pos + self._need
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[pos:end])
+        self._need = 0
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return payload
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Receive ``data`` and yield every payload it completes (raising at a bad header)."""
+        self.receive_data(data)
+        while (payload := self.next_frame()) is not None:
+            yield payload
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        self._buffer.clear()
+        self._pos = 0
+        self._error = ProtocolError(code, message)
+        raise self._error

@@ -1,0 +1,220 @@
+"""Typed client requests and the single function that turns a payload into one.
+
+:func:`parse_request` is where a malformed request becomes its error code: ``bad_frame`` for
+bytes that are not a UTF-8 JSON object, ``bad_request`` for a missing or mistyped field,
+``unknown_type``, and the domain codes (``bad_nick``, ``bad_room``, ``bad_text``) raised by each
+request's ``validate``. The server never re-checks a field it gets from here.
+
+The same structs encode requests on the client side (the ``type`` tag is added by msgspec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+
+from .errors import ErrorCode, ProtocolError, RequestId
+from .names import check_nick, check_text, normalize_room
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 64
+MAX_CID_LENGTH = 64
+DEFAULT_MAX_TEXT = 4000
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 500
+_INT64 = 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server-announced bounds that validation depends on."""
+
+    max_text: int = DEFAULT_MAX_TEXT
+
+
+class Request(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
+    """Base of every client request. ``id`` is echoed in the reply."""
+
+    id: str | int | None = None
+    #: Allowed before ``hello`` succeeds.
+    before_hello: ClassVar[bool] = False
+
+    def validate(self, limits: Limits) -> None:
+        """Check domain rules (names, text); may normalise fields in place."""
+
+
+def _check_cid(cid: str | None) -> None:
+    if cid is not None and not 1 <= len(cid) <= MAX_CID_LENGTH:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "cid must be a string of 1-64 characters")
+
+
+class Hello(Request, tag="hello"):
+    proto: int
+    nick: str
+    password: str | None = None
+    token: str | None = None
+    client: str | None = None
+    before_hello: ClassVar[bool] = True
+
+    def validate(self, limits: Limits) -> None:
+        if self.proto != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unsupported protocol {self.proto}")
+        check_nick(self.nick)
+
+
+class Ping(Request, tag="ping"):
+    before_hello: ClassVar[bool] = True
+
+
+class Bye(Request, tag="bye"):
+    before_hello: ClassVar[bool] = True
+
+
+class Join(Request, tag="join"):
+    room: str
+
+    def validate(self, limits: Limits) -> None:
+        self.room = normalize_room(self.room)
+
+
+class Part(Join, tag="part"):
+    pass
+
+
+class Say(Request, tag="say"):
+    room: str
+    text: str
+    kind: str | None = None
+    cid: str | None = None
+
+    def validate(self, limits: Limits) -> None:
+        if self.kind is not None and self.kind != "action":
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "kind must be 'action'")
+        _check_cid(self.cid)
+        self.room = normalize_room(self.room)
+        check_text(self.text, limits.max_text)
+
+
+class Topic(Request, tag="topic"):
+    room: str
+    text: str
+
+    def validate(self, limits: Limits) -> None:
+        self.room = normalize_room(self.room)
+        check_text(self.text, limits.max_text, allow_empty=True)
+
+
+class Rooms(Request, tag="rooms"):
+    pass
+
+
+class Users(Request, tag="users"):
+    pass
+
+
+class Dm(Request, tag="dm"):
+    to: str
+    text: str
+    cid: str | None = None
+
+    def validate(self, limits: Limits) -> None:
+        _check_cid(self.cid)
+        check_nick(self.to)
+        check_text(self.text, limits.max_text)
+
+
+class Announce(Request, tag="announce"):
+    text: str
+    cid: str | None = None
+
+    def validate(self, limits: Limits) -> None:
+        _check_cid(self.cid)
+        check_text(self.text, limits.max_text)
+
+
+class History(Request, tag="history"):
+    room: str | None = None
+    with_: str | None = msgspec.field(default=None, name="with")
+    announcements: bool = False
+    after: int | None = None
+    before: int | None = None
+    limit: int | None = None
+
+    def validate(self, limits: Limits) -> None:
+        anchors = (self.room is not None) + (self.with_ is not None) + self.announcements
+        if anchors != 1:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "history needs exactly one of room, with, announcements"
+            )
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < _INT64:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be a seq >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be at least 1")
+        if self.room is not None:
+            self.room = normalize_room(self.room)
+        if self.with_ is not None:
+            check_nick(self.with_)
+
+    @property
+    def effective_limit(self) -> int:
+        if self.limit is None:
+            return DEFAULT_HISTORY_LIMIT
+        return min(self.limit, MAX_HISTORY_LIMIT)
+
+
+REQUEST_TYPES: dict[str, type[Request]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (Hello, Ping, Bye, Join, Part, Say, Topic, Rooms, Users, Dm, Announce, History)
+}
+
+_decoder = msgspec.json.Decoder()
+_MISSING: Any = object()
+
+
+def decode_object(payload: bytes) -> dict[str, Any]:
+    """JSON bytes to a dict, or the fatal ``bad_frame``."""
+    try:
+        obj = _decoder.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not a JSON object")
+    return obj
+
+
+def _request_id(obj: dict[str, Any]) -> RequestId | None:
+    rid = obj.get("id", _MISSING)
+    if rid is _MISSING:
+        return None
+    if isinstance(rid, str) and len(rid) <= MAX_ID_LENGTH:
+        return rid
+    if type(rid) is int and -_INT64 <= rid < _INT64:
+        return rid
+    raise ProtocolError(ErrorCode.BAD_REQUEST, "id must be an integer or a string of <= 64 chars")
+
+
+def parse_request(payload: bytes, limits: Limits) -> Request:
+    """Decode and validate one client frame; every fault raises :class:`ProtocolError`."""
+    obj = decode_object(payload)
+    rid = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", request_id=rid)
+    cls = REQUEST_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}", request_id=rid
+        )
+    try:
+        request = msgspec.convert(obj, cls)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), request_id=rid) from None
+    try:
+        request.validate(limits)
+    except ProtocolError as exc:
+        raise exc.with_id(rid) from None
+    return request
