@@ -59,7 +59,7 @@ class ChatServer:
     async def _ensure_admin(self, data_dir: Path) -> None:
         """Create the admin account, or a fresh token for it if its token file is gone."""
         token_file = data_dir / ADMIN_TOKEN_FILE
-        record = self.store.lookup_user(ADMIN_NICK)
+        record = await self.store.lookup_user(ADMIN_NICK)
         if record is not None and record.account is not None and token_file.exists():
             return
         if record is None or record.account is None:

@@ -165,7 +165,7 @@ class Hub:
         if session.user is not None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
         key = req.nick.lower()
-        record = self.store.lookup_user(key)
+        record = await self.store.lookup_user(key)
         account = record.account if record else None
         if account is not None:
             await self._authenticate(key, req, account.password_hash)
@@ -239,7 +239,7 @@ class Hub:
 
     async def on_join(self, session: Session, req: Join) -> None:
         user = self._user(session)
-        info = self.store.room(req.room) or await self.store.create_room(req.room)
+        info = await self.store.room(req.room) or await self.store.create_room(req.room)
         joined = await self.fanout.join(user, req.room)
         members = await self.fanout.members(req.room)
         self.reply(
@@ -293,7 +293,7 @@ class Hub:
         counts = await self.fanout.member_counts()
         rooms = [
             {"room": info.name, "count": counts.get(info.name, 0), "topic": info.topic}
-            for info in sorted(self.store.rooms(), key=lambda info: info.name)
+            for info in sorted(await self.store.rooms(), key=lambda info: info.name)
         ]
         self.reply(session, req, {"rooms": rooms})
 
@@ -303,7 +303,7 @@ class Hub:
         user = self._user(session)
         to_key = req.to.lower()
         recipient = self.fanout.user(to_key)
-        record = self.store.lookup_user(to_key)
+        record = await self.store.lookup_user(to_key)
         if recipient is None and record is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
         to_nick = recipient.nick if recipient is not None else record.nick  # type: ignore[union-attr]
@@ -346,12 +346,12 @@ class Hub:
     async def on_history(self, session: Session, req: History) -> None:
         user = self._user(session)
         if req.room is not None:
-            if self.store.room(req.room) is None:
+            if await self.store.room(req.room) is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"no room called {req.room}")
             stream = room_stream(req.room)
         elif req.with_ is not None:
             other = req.with_.lower()
-            if self.store.lookup_user(other) is None and self.fanout.user(other) is None:
+            if await self.store.lookup_user(other) is None and self.fanout.user(other) is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.with_}")
             stream = dm_stream(user.key, other)
         else:

@@ -171,7 +171,6 @@ class SQLiteStore:
         self._durable_fsync = durable_fsync
         self._reader: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
-        self._users: dict[str, UserRecord] = {}
         self._rooms: dict[str, RoomInfo] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -185,7 +184,7 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
-        self._load_caches(self._reader)
+        self._load_rooms(self._reader)
         self._writer = _Writer(writer_conn, asyncio.get_running_loop())
         self._writer.start()
 
@@ -198,12 +197,7 @@ class SQLiteStore:
             self._reader.close()
             self._reader = None
 
-    def _load_caches(self, conn: sqlite3.Connection) -> None:
-        for key, nick, account, admin, password_hash in conn.execute(
-            "SELECT key, nick, account, admin, password_hash FROM users"
-        ):
-            acct = Account(nick, bool(admin), password_hash) if account else None
-            self._users[key] = UserRecord(nick, acct)
+    def _load_rooms(self, conn: sqlite3.Connection) -> None:
         last = dict(
             conn.execute(
                 "SELECT stream, MAX(seq) FROM messages WHERE stream LIKE 'r:%' GROUP BY stream"
@@ -218,20 +212,25 @@ class SQLiteStore:
 
     # -- users and accounts ----------------------------------------------------------------
 
-    def lookup_user(self, key: str) -> UserRecord | None:
-        return self._users.get(key)
+    async def lookup_user(self, key: str) -> UserRecord | None:
+        # Read through: `imchat user …` may have changed accounts from another process.
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT nick, account, admin, password_hash FROM users WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        nick, account, admin, password_hash = row
+        return UserRecord(nick, Account(nick, bool(admin), password_hash) if account else None)
 
     async def remember_user(self, nick: str) -> None:
         key = nick.lower()
-        if key in self._users:
-            return
         await self._submit(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO users (key, nick, created) VALUES (?, ?, ?)",
                 (key, nick, time.time()),
             )
         )
-        self._users.setdefault(key, UserRecord(nick))
 
     async def create_account(
         self, nick: str, *, admin: bool = False, password_hash: str | None = None
@@ -246,10 +245,9 @@ class SQLiteStore:
                 (key, nick, time.time(), int(admin), password_hash),
             )
         )
-        self._users[key] = UserRecord(nick, Account(nick, admin, password_hash))
 
     async def remove_account(self, key: str) -> bool:
-        record = self._users.get(key)
+        record = await self.lookup_user(key)
         if record is None or record.account is None:
             return False
 
@@ -261,7 +259,6 @@ class SQLiteStore:
             )
 
         await self._submit(op)
-        self._users[key] = UserRecord(record.nick)
         return True
 
     async def add_token(self, key: str, token_hash: str, label: str) -> None:
@@ -281,10 +278,10 @@ class SQLiteStore:
 
     # -- rooms -----------------------------------------------------------------------------
 
-    def room(self, name: str) -> RoomInfo | None:
+    async def room(self, name: str) -> RoomInfo | None:
         return self._rooms.get(name)
 
-    def rooms(self) -> list[RoomInfo]:
+    async def rooms(self) -> list[RoomInfo]:
         return list(self._rooms.values())
 
     async def create_room(self, name: str) -> RoomInfo:

@@ -73,8 +73,8 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # Users and accounts
-    def lookup_user(self, key: str) -> UserRecord | None:
-        """A known user by nick key, from memory (called on every ``dm`` and ``hello``)."""
+    async def lookup_user(self, key: str) -> UserRecord | None:
+        """A known user by nick key; sees accounts changed by other processes (the CLI)."""
 
     async def remember_user(self, nick: str) -> None: ...
 
@@ -90,10 +90,10 @@ class Store(Protocol):
         """The key of the account a (hashed) token belongs to."""
 
     # Rooms
-    def room(self, name: str) -> RoomInfo | None:
-        """A room's topic and last seq, from memory."""
+    async def room(self, name: str) -> RoomInfo | None:
+        """A room's topic and last seq."""
 
-    def rooms(self) -> list[RoomInfo]: ...
+    async def rooms(self) -> list[RoomInfo]: ...
 
     async def create_room(self, name: str) -> RoomInfo: ...
 
