@@ -101,15 +101,13 @@ class Session(asyncio.Protocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing:
-                item = inbox.popleft()
-                if isinstance(item, ProtocolError):
-                    self.fail(item)
-                    break
-                await self.hub.handle(self, item)
-                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and not self.closing:
+                batch = list(inbox)
+                inbox.clear()
+                if self._reading_paused and not isinstance(batch[-1], ProtocolError):
                     self._reading_paused = False
                     assert self.transport is not None
                     self.transport.resume_reading()
+                await self.hub.handle_batch(self, batch)
         finally:
             self._busy = False
 
