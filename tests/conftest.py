@@ -334,9 +334,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """``imchat server`` as a child process; its stderr is collected by a thread."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        flags: bool = True,
+    ) -> None:
         self.data_dir = data_dir
         self.args = args
+        self.flags = flags
         self.env = env
         self.lines: list[str] = []
         self.port = 0
@@ -345,18 +352,9 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 20.0) -> int:
+        flags = ["--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir)]
         self.proc = subprocess.Popen(
-            [
-                *imchat_command(),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--data-dir",
-                str(self.data_dir),
-                *self.args,
-            ],
+            [*imchat_command(), "server", *(flags if self.flags else []), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -403,10 +401,15 @@ def server_process(tmp_path: Path) -> Iterator[Any]:
     """``start(data_dir, *extra_args)`` runs ``imchat server`` and waits for ``listening on``."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None, *args: str, env: dict[str, str] | None = None):
+    def start(
+        data_dir: Path | None = None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        flags: bool = True,
+    ) -> ServerProcess:
         directory = data_dir or tmp_path / "proc-data"
         directory.mkdir(exist_ok=True)
-        proc = ServerProcess(directory, *args, env=env)
+        proc = ServerProcess(directory, *args, env=env, flags=flags)
         started.append(proc)
         proc.start()
         return proc
