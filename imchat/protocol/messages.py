@@ -206,9 +206,7 @@ def parse_request(payload: bytes, limits: Limits) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", request_id=rid)
     cls = REQUEST_TYPES.get(kind)
     if cls is None:
-        raise ProtocolError(
-            ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}", request_id=rid
-        )
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}", request_id=rid)
     try:
         request = msgspec.convert(obj, cls)
     except msgspec.ValidationError as exc:

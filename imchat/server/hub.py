@@ -1,0 +1,375 @@
+"""The chat logic: one handler per request type, over a Store and a Fanout.
+
+Handlers validate nothing themselves (``parse_request`` did) and check only state: membership,
+presence, permissions. Each handler sends its reply before publishing the events it causes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+import imchat
+from imchat.protocol import (
+    PROTOCOL_VERSION,
+    Announce,
+    Bye,
+    Dm,
+    ErrorCode,
+    Hello,
+    History,
+    Join,
+    Limits,
+    Part,
+    Ping,
+    ProtocolError,
+    Request,
+    Rooms,
+    Say,
+    Topic,
+    Users,
+    encode_frame,
+    encode_message,
+    parse_request,
+)
+
+from .auth import hash_token, verify_password
+from .config import ServerConfig
+from .fanout import Fanout, User
+from .ratelimit import TokenBucket
+from .session import Session
+from .store import ANNOUNCE_STREAM, Draft, Store, dm_stream, room_stream
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
+RATE_LIMITED_TYPES = (Say, Dm, Announce, Topic)
+
+Handler = Callable[[Session, Any], Awaitable[None]]
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+class Hub:
+    def __init__(self, config: ServerConfig, store: Store, fanout: Fanout) -> None:
+        self.config = config
+        self.store = store
+        self.fanout = fanout
+        self.limits = Limits(max_text=config.max_text)
+        self.loop = asyncio.get_running_loop()
+        self.sessions: set[Session] = set()
+        self._dirty: list[Session] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
+        self._handlers: dict[type[Request], Handler] = {
+            Hello: self.on_hello,
+            Ping: self.on_ping,
+            Bye: self.on_bye,
+            Join: self.on_join,
+            Part: self.on_part,
+            Say: self.on_say,
+            Topic: self.on_topic,
+            Rooms: self.on_rooms,
+            Users: self.on_users,
+            Dm: self.on_dm,
+            Announce: self.on_announce,
+            History: self.on_history,
+        }
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def new_bucket(self) -> TokenBucket:
+        return TokenBucket(self.config.rate, self.config.burst)
+
+    def mark_dirty(self, session: Session) -> None:
+        if not self._dirty:
+            self.loop.call_soon(self._flush)
+        self._dirty.append(session)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session.flush()
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._no_sessions.clear()
+        log.info("connection from %s", session.peer)
+
+    def session_closed(self, session: Session, exc: Exception | None) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+        log.info(
+            "connection %s (%s) closed%s", session.peer, session.nick, f": {exc}" if exc else ""
+        )
+        if session.user is not None:
+            self.spawn(self._leave(session))
+
+    async def all_closed(self) -> None:
+        await self._no_sessions.wait()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a task the server waits for at shutdown (request handling, leaving)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def drain_tasks(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @staticmethod
+    def reply(session: Session, request: Request, body: dict[str, Any]) -> None:
+        """Send ``ok`` (or another reply type) carrying the request's id, if it had one."""
+        message: dict[str, Any] = {"type": "ok"}
+        if request.id is not None:
+            message["id"] = request.id
+        message.update(body)
+        session.send(encode_message(message))
+
+    async def handle(self, session: Session, payload: bytes) -> None:
+        request: Request | None = None
+        try:
+            request = parse_request(payload, self.limits)
+            if session.user is None and not request.before_hello:
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
+            if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
+                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+            await self._handlers[type(request)](session, request)
+        except ProtocolError as exc:
+            if exc.request_id is None and request is not None:
+                exc.request_id = request.id
+            session.send_error(exc)
+        except Exception:
+            log.exception("internal error handling a request from %s", session.peer)
+            error = ProtocolError(ErrorCode.INTERNAL, "internal server error")
+            session.send_error(error.with_id(request.id if request is not None else None))
+
+    # -- session ---------------------------------------------------------------------------
+
+    async def on_hello(self, session: Session, req: Hello) -> None:
+        if session.user is not None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
+        key = req.nick.lower()
+        record = await self.store.lookup_user(key)
+        account = record.account if record else None
+        if account is not None:
+            await self._authenticate(key, req, account.password_hash)
+        elif req.token is not None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "no account with that token")
+        if record is None:
+            await self.store.remember_user(req.nick)
+        admin = account is not None and account.admin
+        first = await self.fanout.connect(session, req.nick, admin=admin, exclusive=account is None)
+        user = session.user
+        assert user is not None
+        if session.closing:
+            # The connection went away while we awaited: undo the presence it just gained.
+            self.spawn(self._leave(session))
+            return
+        log.info("%s is %s%s", session.peer, user.nick, " (admin)" if admin else "")
+        welcome: dict[str, Any] = {
+            "proto": PROTOCOL_VERSION,
+            "nick": user.nick,
+            "server": SERVER_NAME,
+            "max_frame": self.config.max_frame,
+            "max_text": self.config.max_text,
+            "admin": admin,
+        }
+        if self.config.motd:
+            welcome["motd"] = self.config.motd
+        self.reply(session, req, {"type": "welcome", **welcome})
+        if first:
+            self.fanout.to_everyone(
+                encode_message({"type": "online", "nick": user.nick, "ts": now()})
+            )
+        if not user.dm_live:
+            # Set before the await: a DM sent meanwhile is then delivered live, after these.
+            user.dm_live = True
+            for payload in await self.store.take_pending(key):
+                self.fanout.to_users((key,), encode_frame(payload))
+
+    async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
+        if req.token is not None:
+            if await self.store.token_owner(hash_token(req.token)) == key:
+                return
+        elif req.password is not None and password_hash is not None:
+            ok = await asyncio.to_thread(verify_password, req.password, password_hash)
+            if ok:
+                return
+        raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+
+    async def _leave(self, session: Session) -> None:
+        rooms = await self.fanout.disconnect(session)
+        if rooms is None:
+            return
+        user = session.user
+        assert user is not None
+        ts = now()
+        for room in rooms:
+            self.fanout.to_room(
+                room,
+                encode_message(
+                    {"type": "parted", "room": room, "nick": user.nick, "ts": ts, "reason": "quit"}
+                ),
+            )
+        self.fanout.to_everyone(encode_message({"type": "offline", "nick": user.nick, "ts": ts}))
+
+    async def on_ping(self, session: Session, req: Ping) -> None:
+        self.reply(session, req, {"type": "pong"})
+
+    async def on_bye(self, session: Session, req: Bye) -> None:
+        session.close()
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    async def on_join(self, session: Session, req: Join) -> None:
+        user = self._user(session)
+        info = await self.store.room(req.room) or await self.store.create_room(req.room)
+        joined = await self.fanout.join(user, req.room)
+        members = await self.fanout.members(req.room)
+        self.reply(
+            session,
+            req,
+            {"room": req.room, "topic": info.topic, "members": members, "last_seq": info.last_seq},
+        )
+        if joined:
+            self.fanout.to_room(
+                req.room,
+                encode_message(
+                    {"type": "joined", "room": req.room, "nick": user.nick, "ts": now()}
+                ),
+            )
+
+    async def on_part(self, session: Session, req: Part) -> None:
+        user = self._member(session, req.room)
+        await self.fanout.part(user, req.room)
+        self.reply(session, req, {})
+        frame = encode_message({"type": "parted", "room": req.room, "nick": user.nick, "ts": now()})
+        self.fanout.to_room(req.room, frame)
+        self.fanout.to_users((user.key,), frame)
+
+    async def on_say(self, session: Session, req: Say) -> None:
+        user = self._member(session, req.room)
+        event: dict[str, Any] = {
+            "type": "msg",
+            "room": req.room,
+            "from": user.nick,
+            "text": req.text,
+        }
+        if req.kind is not None:
+            event["kind"] = req.kind
+        stored = await self.store.append(Draft(room_stream(req.room), user.key, req.cid, event))
+        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+        if not stored.duplicate:
+            self.fanout.to_room(req.room, encode_frame(stored.payload))
+
+    async def on_topic(self, session: Session, req: Topic) -> None:
+        user = self._member(session, req.room)
+        await self.store.set_topic(req.room, req.text)
+        self.reply(session, req, {})
+        self.fanout.to_room(
+            req.room,
+            encode_message(
+                {"type": "topic", "room": req.room, "topic": req.text, "by": user.nick, "ts": now()}
+            ),
+        )
+
+    async def on_rooms(self, session: Session, req: Rooms) -> None:
+        counts = await self.fanout.member_counts()
+        rooms = [
+            {"room": info.name, "count": counts.get(info.name, 0), "topic": info.topic}
+            for info in sorted(await self.store.rooms(), key=lambda info: info.name)
+        ]
+        self.reply(session, req, {"rooms": rooms})
+
+    # -- direct messages, announcements, presence, history ---------------------------------
+
+    async def on_dm(self, session: Session, req: Dm) -> None:
+        user = self._user(session)
+        to_key = req.to.lower()
+        recipient = self.fanout.user(to_key)
+        record = await self.store.lookup_user(to_key)
+        if recipient is None and record is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
+        to_nick = recipient.nick if recipient is not None else record.nick  # type: ignore[union-attr]
+        live = recipient is not None and recipient.dm_live
+        event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
+        draft = Draft(
+            dm_stream(user.key, to_key),
+            user.key,
+            req.cid,
+            event,
+            pending_for=None if live else to_key,
+        )
+        stored = await self.store.append(draft)
+        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+        if stored.duplicate:
+            return
+        frame = encode_frame(stored.payload)
+        if not live:
+            self.fanout.to_users((user.key,), frame)
+            return
+        self.fanout.to_users((user.key, to_key), frame)
+        if self.fanout.user(to_key) is None:
+            # The recipient left between the check and the commit: deliver at next hello.
+            await self.store.set_pending(to_key, draft.stream, stored.seq)
+
+    async def on_announce(self, session: Session, req: Announce) -> None:
+        user = self._user(session)
+        if not user.admin:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only admins may announce")
+        event = {"type": "announce", "from": user.nick, "text": req.text}
+        stored = await self.store.append(Draft(ANNOUNCE_STREAM, user.key, req.cid, event))
+        delivered = 0 if stored.duplicate else self.fanout.session_count()
+        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
+        if not stored.duplicate:
+            self.fanout.to_everyone(encode_frame(stored.payload))
+
+    async def on_users(self, session: Session, req: Users) -> None:
+        self.reply(session, req, {"users": await self.fanout.online()})
+
+    async def on_history(self, session: Session, req: History) -> None:
+        user = self._user(session)
+        if req.room is not None:
+            if await self.store.room(req.room) is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"no room called {req.room}")
+            stream = room_stream(req.room)
+        elif req.with_ is not None:
+            other = req.with_.lower()
+            if await self.store.lookup_user(other) is None and self.fanout.user(other) is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.with_}")
+            stream = dm_stream(user.key, other)
+        else:
+            stream = ANNOUNCE_STREAM
+        payloads = await self.store.history(
+            stream, after=req.after, before=req.before, limit=req.effective_limit
+        )
+        self.reply(session, req, {"messages": [msgspec.Raw(p) for p in payloads]})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _user(session: Session) -> User:
+        assert session.user is not None  # guaranteed by the hello_required check
+        return session.user
+
+    def _member(self, session: Session, room: str) -> User:
+        user = self._user(session)
+        if not self.fanout.is_member(user, room):
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
+        return user
