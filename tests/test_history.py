@@ -90,7 +90,7 @@ async def test_default_limit_is_50_and_limit_over_500_is_500(server: Any, connec
 
 
 async def test_history_is_public_and_needs_an_existing_room(lobby: Any, connect: Clients) -> None:
-    alice, events = lobby
+    _, events = lobby
     bob = await connect("bob")  # not a member
     reply = await bob.request("history", room="lobby", limit=2)
     assert reply["messages"] == events[-2:]
