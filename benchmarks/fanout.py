@@ -75,9 +75,22 @@ class PySpy:
     def start(self) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(self.pid), "--rate", str(self.rate), "--nonblocking",
-             "--format", "raw", "-o", str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                str(self.rate),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-o",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(0.3)  # let it attach before the load starts
 
     def stop(self) -> None:
@@ -117,26 +130,44 @@ def summarize_profile(raw: Path, top: int = 15) -> str:
 
 # ---- scenarios -------------------------------------------------------------------------
 
-async def scenario_broadcast(args: argparse.Namespace, kind: str, *, receivers: int,
-                             messages: int, rate: float = 0.0, idle_other: int = 0,
-                             label: str, profile: Path | None = None) -> dict[str, Any] | None:
+
+async def scenario_broadcast(
+    args: argparse.Namespace,
+    kind: str,
+    *,
+    receivers: int,
+    messages: int,
+    rate: float = 0.0,
+    idle_other: int = 0,
+    label: str,
+    profile: Path | None = None,
+) -> dict[str, Any] | None:
     _, driver_cls = FACTORIES[kind]
     need = receivers + 1 + idle_other
     if driver_cls.max_connections is not None and need > driver_cls.max_connections:
-        print(f"  {kind}: skipped, {need} connections > its limit of "
-              f"{driver_cls.max_connections}", flush=True)
+        print(
+            f"  {kind}: skipped, {need} connections > its limit of {driver_cls.max_connections}",
+            flush=True,
+        )
         return None
     async with running(kind, args.workdir, args.server_cpu) as driver:
         spy = PySpy(driver.server.pid, profile) if profile is not None else None
         result = await broadcast(
-            driver, receivers=receivers, messages=messages, rate=rate, window=args.window,
-            probes=args.probes, verify=args.verify, idle_other=idle_other,
-            idle_room_size=args.room_size, text_size=args.text_size,
-            around=(spy.start, spy.stop) if spy else None)
+            driver,
+            receivers=receivers,
+            messages=messages,
+            rate=rate,
+            window=args.window,
+            probes=args.probes,
+            verify=args.verify,
+            idle_other=idle_other,
+            idle_room_size=args.room_size,
+            text_size=args.text_size,
+            around=(spy.start, spy.stop) if spy else None,
+        )
         if not driver.server.alive():
             print(f"  {kind} died:\n{driver.server.log_tail()}", file=sys.stderr)
-    row = {"scenario": label, **asdict(result),
-           "cpu_us_per_delivery": result.cpu_us_per_delivery}
+    row = {"scenario": label, **asdict(result), "cpu_us_per_delivery": result.cpu_us_per_delivery}
     print("  " + format_row(row), flush=True)
     if spy is not None and profile is not None and profile.exists():
         summary = summarize_profile(profile)
@@ -149,8 +180,9 @@ async def run_flat(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for kind in args.servers:
         prof = args.profile / f"{kind}-flat.txt" if args.profile and kind == "imchat" else None
-        row = await scenario_broadcast(args, kind, receivers=args.receivers,
-                                       messages=args.messages, label="flat", profile=prof)
+        row = await scenario_broadcast(
+            args, kind, receivers=args.receivers, messages=args.messages, label="flat", profile=prof
+        )
         rows += [row] if row else []
     return rows
 
@@ -159,8 +191,14 @@ async def run_paced(args: argparse.Namespace) -> list[dict[str, Any]]:
     messages = max(1, round(args.paced_rate * args.duration / args.receivers))
     rows = []
     for kind in args.servers:
-        row = await scenario_broadcast(args, kind, receivers=args.receivers, messages=messages,
-                                       rate=args.paced_rate, label="paced")
+        row = await scenario_broadcast(
+            args,
+            kind,
+            receivers=args.receivers,
+            messages=messages,
+            rate=args.paced_rate,
+            label="paced",
+        )
         rows += [row] if row else []
     return rows
 
@@ -173,12 +211,22 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"  {kind}: skipped, {args.idle} connections > its limit of {limit}")
             continue
         async with running(kind, args.workdir, args.server_cpu) as driver:
-            row = {"scenario": "idle", **await idle_memory(
-                driver, connections=args.idle, room_size=args.room_size)}
-        print(f"  {kind:9} idle={row['connections']} rooms of {row['room_size']}: "
-              f"{row['kb_per_connection']:.1f} KiB/conn (RSS {row['rss_before_kb'] / 1024:.0f}"
-              f" -> {row['rss_after_kb'] / 1024:.0f} MiB), connect {row['connect_s']:.1f}s, "
-              f"settle {row['settle_s']:.1f}s, lost {row['lost']}", flush=True)
+            row = {
+                "scenario": "idle",
+                **await idle_memory(
+                    driver,
+                    connections=args.idle,
+                    room_size=args.room_size,
+                    sessions=args.idle_as == "sessions",
+                ),
+            }
+        print(
+            f"  {kind:9} idle={row['connections']} {row['as']}, rooms of {row['room_size']}: "
+            f"{row['kb_per_connection']:.1f} KiB/conn (RSS {row['rss_before_kb'] / 1024:.0f}"
+            f" -> {row['rss_after_kb'] / 1024:.0f} MiB), connect {row['connect_s']:.1f}s, "
+            f"settle {row['settle_s']:.1f}s, lost {row['lost']}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -190,8 +238,13 @@ async def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
             for receivers in args.sweep:
                 messages = max(args.sweep_min_messages, args.sweep_deliveries // receivers)
                 row = await scenario_broadcast(
-                    args, kind, receivers=receivers, messages=messages, idle_other=idle_other,
-                    label=f"sweep+{idle_other}idle" if idle_other else "sweep")
+                    args,
+                    kind,
+                    receivers=receivers,
+                    messages=messages,
+                    idle_other=idle_other,
+                    label=f"sweep+{idle_other}idle" if idle_other else "sweep",
+                )
                 rows += [row] if row else []
             if not args.sweep_idle:
                 break
@@ -203,8 +256,11 @@ def sweep_fit(rows: list[dict[str, Any]]) -> str:
     """Least-squares fit of server CPU per broadcast = a + b*R, per sweep variant."""
     out = []
     for label in sorted({r["scenario"] for r in rows}):
-        pts = [(r["receivers"], r["server_cpu_s"] / r["messages"] * 1e6)
-               for r in rows if r["scenario"] == label and r["complete"]]
+        pts = [
+            (r["receivers"], r["server_cpu_s"] / r["messages"] * 1e6)
+            for r in rows
+            if r["scenario"] == label and r["complete"]
+        ]
         if len(pts) < 2:
             continue
         n = len(pts)
@@ -217,43 +273,63 @@ def sweep_fit(rows: list[dict[str, Any]]) -> str:
         ss_res = sum((y - a - b * x) ** 2 for x, y in pts)
         r2 = 1 - ss_res / ss_tot if ss_tot else math.nan
         per = ", ".join(f"R={x}: {y / x:.2f}" for x, y in pts)
-        out.append(f"  {rows[0]['server']} {label}: CPU per broadcast = {a:.0f} us + "
-                   f"{b:.2f} us x R (r2={r2:.3f}); us per recipient: {per}")
+        out.append(
+            f"  {rows[0]['server']} {label}: CPU per broadcast = {a:.0f} us + "
+            f"{b:.2f} us x R (r2={r2:.3f}); us per recipient: {per}"
+        )
     return "\n".join(out)
 
 
 # ---- output ----------------------------------------------------------------------------
 
+
 def format_row(r: dict[str, Any]) -> str:
-    return (f"{r['server']:9} {r['scenario']:14} R={r['receivers']:<5} M={r['messages']:<5} "
-            f"{r['delivered']}/{r['expected']} in {r['seconds']:.2f}s = "
-            f"{r['deliveries_per_s']:>9,.0f}/s  p50 {r['p50_ms']:7.2f} ms  "
-            f"p99 {r['p99_ms']:7.2f} ms  srv cpu {r['server_cpu_s']:.2f}s "
-            f"({r['cpu_us_per_delivery']:.2f} us/dlv)  peak RSS {r['server_hwm_kb'] / 1024:.0f}"
-            f" MiB  loadgen cpu {r['loadgen_cpu_s']:.2f}s  lost {r['lost']}"
-            + (f"  errors {r['errors']}" if r["errors"] else "")
-            + (f"  verified {r['verified']}/{r['receivers']}" if r["verified"] is not None
-               else ""))
+    return (
+        f"{r['server']:9} {r['scenario']:14} R={r['receivers']:<5} M={r['messages']:<5} "
+        f"{r['delivered']}/{r['expected']} in {r['seconds']:.2f}s = "
+        f"{r['deliveries_per_s']:>9,.0f}/s  p50 {r['p50_ms']:7.2f} ms  "
+        f"p99 {r['p99_ms']:7.2f} ms  srv cpu {r['server_cpu_s']:.2f}s "
+        f"({r['cpu_us_per_delivery']:.2f} us/dlv)  peak RSS {r['server_hwm_kb'] / 1024:.0f}"
+        f" MiB  loadgen cpu {r['loadgen_cpu_s']:.2f}s  other {r['other_cpu_s']:.2f}s"
+        f"  lost {r['lost']}"
+        + (f"  errors {r['errors']}" if r["errors"] else "")
+        + (f"  verified {r['verified']}/{r['receivers']}" if r["verified"] is not None else "")
+    )
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
     """imchat / other for every scenario both ran (same scenario label, R and idle users)."""
     key = ("scenario", "receivers", "idle_other")
-    metrics = (("deliveries_per_s", "deliveries/s"), ("p99_ms", "p99"),
-               ("cpu_us_per_delivery", "CPU/delivery"), ("kb_per_connection", "KiB/conn"),
-               ("server_hwm_kb", "peak RSS"))
+    metrics = (
+        ("deliveries_per_s", "deliveries/s"),
+        ("p99_ms", "p99"),
+        ("cpu_us_per_delivery", "CPU/delivery"),
+        ("kb_per_connection", "KiB/conn"),
+        ("server_hwm_kb", "peak RSS"),
+    )
     out = []
     mine = [r for r in rows if r["server"] == "imchat"]
     for other in ("inspircd", "miniircd"):
         for r in mine:
-            match = next((o for o in rows if o["server"] == other
-                          and all(o.get(k) == r.get(k) for k in key)), None)
+            match = next(
+                (
+                    o
+                    for o in rows
+                    if o["server"] == other and all(o.get(k) == r.get(k) for k in key)
+                ),
+                None,
+            )
             if match is None:
                 continue
-            parts = [f"{label} {r[m] / match[m]:.2f}" for m, label in metrics
-                     if m in r and m in match and match[m]]
-            out.append(f"imchat / {other:8} {r['scenario']:14} R={r.get('receivers', '-')}: "
-                       + ", ".join(parts))
+            parts = [
+                f"{label} {r[m] / match[m]:.2f}"
+                for m, label in metrics
+                if m in r and m in match and match[m]
+            ]
+            out.append(
+                f"imchat / {other:8} {r['scenario']:14} R={r.get('receivers', '-')}: "
+                + ", ".join(parts)
+            )
     return out
 
 
@@ -262,30 +338,62 @@ SCENARIOS = {"flat": run_flat, "paced": run_paced, "idle": run_idle, "sweep": ru
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", default="flat",
-                   help="comma list of flat, paced, idle, sweep, or 'all' (default flat)")
-    p.add_argument("--servers", default="imchat",
-                   help="comma list of imchat, inspircd, miniircd, or 'all' (default imchat)")
+    p.add_argument(
+        "--scenario",
+        default="flat",
+        help="comma list of flat, paced, idle, sweep, or 'all' (default flat)",
+    )
+    p.add_argument(
+        "--servers",
+        default="imchat",
+        help="comma list of imchat, inspircd, miniircd, or 'all' (default imchat)",
+    )
     p.add_argument("-R", "--receivers", type=int, default=1000)
     p.add_argument("-M", "--messages", type=int, default=200)
     p.add_argument("--paced-rate", type=float, default=50_000, help="deliveries/s (paced)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (paced)")
     p.add_argument("--idle", type=int, default=10_000, help="idle connections (idle)")
-    p.add_argument("--room-size", type=int, default=100,
-                   help="members per room for idle connections (idle, sweep)")
-    p.add_argument("--sweep", default="10,100,500,1000,2000,5000",
-                   help="receiver counts for the sweep")
-    p.add_argument("--sweep-idle", type=int, default=2000,
-                   help="idle users in other rooms for the sweep's second pass (0: none)")
-    p.add_argument("--sweep-deliveries", type=int, default=200_000,
-                   help="deliveries per sweep point (M = this / R)")
+    p.add_argument(
+        "--idle-as",
+        choices=("users", "sessions"),
+        default="users",
+        help="idle: one user per connection, or (imchat) sessions of one account",
+    )
+    p.add_argument(
+        "--room-size",
+        type=int,
+        default=100,
+        help="members per room for idle connections (idle, sweep)",
+    )
+    p.add_argument(
+        "--sweep", default="10,100,500,1000,2000,5000", help="receiver counts for the sweep"
+    )
+    p.add_argument(
+        "--sweep-idle",
+        type=int,
+        default=2000,
+        help="idle users in other rooms for the sweep's second pass (0: none)",
+    )
+    p.add_argument(
+        "--sweep-deliveries",
+        type=int,
+        default=200_000,
+        help="deliveries per sweep point (M = this / R)",
+    )
     p.add_argument("--sweep-min-messages", type=int, default=20)
-    p.add_argument("--window", type=int, default=32,
-                   help="flat out: messages the sender may be ahead of the receivers")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=32,
+        help="flat out: messages the sender may be ahead of the receivers",
+    )
     p.add_argument("--probes", type=int, default=100, help="receivers that read timestamps")
     p.add_argument("--text-size", type=int, default=100)
-    p.add_argument("--verify", action="store_true",
-                   help="every receiver checks it got each message exactly once")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="every receiver checks it got each message exactly once",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the imchat server in 'flat' into DIR")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/loadgen to CPUs")
     p.add_argument("--json", type=Path, help="also write all results to this file")
@@ -337,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         factory = uvloop.new_event_loop
         loop_name = "uvloop"
-    print(f"loop={loop_name} fds={limit} server cpu={args.server_cpu} "
-          f"loadgen cpu={args.loadgen_cpu} cores={os.cpu_count()}", flush=True)
+    print(
+        f"loop={loop_name} fds={limit} server cpu={args.server_cpu} "
+        f"loadgen cpu={args.loadgen_cpu} cores={os.cpu_count()}",
+        flush=True,
+    )
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(amain(args))
 

@@ -79,7 +79,9 @@ class IrcClient(BaseClient):
         self._expect = code
         await self._await_reply(timeout)
 
-    async def handshake(self, nick: str, rooms: Sequence[str], timeout: float) -> None:
+    async def handshake(
+        self, nick: str, rooms: Sequence[str], timeout: float, token: str | None = None
+    ) -> None:
         self.write(b"NICK %s\r\nUSER %s 0 * :%s\r\n" % ((nick.encode(),) * 3))
         await self._expect_reply(b"001", timeout)
         for room in rooms:
@@ -96,6 +98,8 @@ def _is_ping(line: bytes) -> bool:
 
 class IrcDriver(Driver):
     client_cls = IrcClient
+    # InspIRCd completes registrations on its once-a-second timer: connect many at once.
+    parallel = 1000
 
     def room(self, name: str) -> str:
         return "#" + name
@@ -103,7 +107,8 @@ class IrcDriver(Driver):
 
 class MiniircdDriver(IrcDriver):
     # miniircd multiplexes with select(), which cannot watch descriptors >= 1024.
-    max_connections = 1000
+    max_connections = 1015
+    parallel = 4  # its listen backlog is 5
 
 
 _INSPIRCD_CONF = """\

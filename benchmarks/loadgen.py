@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import struct
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from serverproc import HOST, ServerProc
 
 from imchat.protocol import encode_message
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _HEADER = struct.Struct(">I").unpack_from
 _json_decode = msgspec.json.Decoder().decode
 
@@ -53,6 +55,13 @@ class Stats:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (from ``/proc/stat``), to spot a noisy machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+
+
 def make_text(seq: int, sent_ns: int, size: int) -> str:
     """A message text of ``size`` characters carrying its sequence number and send time."""
     head = f"~S{seq}~T{sent_ns}~ "
@@ -74,8 +83,9 @@ def parse_mark(data: bytes) -> tuple[int, int] | None:
 class BaseClient(asyncio.Protocol):
     """State common to imchat and IRC clients; subclasses implement ``data_received``."""
 
-    def __init__(self, stats: Stats, *, probe: bool = False, verify: bool = False,
-                 sender: bool = False) -> None:
+    def __init__(
+        self, stats: Stats, *, probe: bool = False, verify: bool = False, sender: bool = False
+    ) -> None:
         self.stats = stats
         self.probe = probe or verify
         self.seen: list[int] | None = [] if verify else None
@@ -148,7 +158,9 @@ class BaseClient(asyncio.Protocol):
                 self.seen.append(mark[0])
 
     # Protocol-specific API
-    async def handshake(self, nick: str, rooms: Sequence[str], timeout: float) -> None:
+    async def handshake(
+        self, nick: str, rooms: Sequence[str], timeout: float, token: str | None = None
+    ) -> None:
         raise NotImplementedError
 
     def say(self, room: str, text: str) -> None:
@@ -188,8 +200,8 @@ class ImchatClient(BaseClient):
             self._counted(frames)
 
     def _decoded(self, payload: bytes) -> None:
-        if self.sender:
-            # The sender sees an ``ok`` per say (no ids needed) and its own echoed messages.
+        if self.sender and self._waiter is None:
+            # After its handshake the sender sees an ``ok`` per say and its own messages.
             if payload.startswith(b'{"type":"ok"') or b'"type":"ok"' in payload:
                 self.stats.acks += 1
             elif b'"error"' in payload:
@@ -203,8 +215,13 @@ class ImchatClient(BaseClient):
         else:
             self._resolve(obj)
 
-    async def handshake(self, nick: str, rooms: Sequence[str], timeout: float) -> None:
-        self.write(encode_message({"type": "hello", "proto": 1, "nick": nick, "id": 1}))
+    async def handshake(
+        self, nick: str, rooms: Sequence[str], timeout: float, token: str | None = None
+    ) -> None:
+        hello: dict[str, Any] = {"type": "hello", "proto": 1, "nick": nick, "id": 1}
+        if token is not None:
+            hello["token"] = token
+        self.write(encode_message(hello))
         await self._await_reply(timeout)
         for room in rooms:
             self.write(encode_message({"type": "join", "room": room, "id": 2}))
@@ -220,6 +237,8 @@ class Driver:
     client_cls: ClassVar[type[BaseClient]] = ImchatClient
     #: Most connections the server can hold (None: no known limit).
     max_connections: int | None = None
+    #: Handshakes in flight at once (bounded by the server's listen backlog).
+    parallel: ClassVar[int] = 64
 
     def __init__(self, name: str, server: ServerProc) -> None:
         self.name = name
@@ -231,17 +250,31 @@ class Driver:
     def room(self, name: str) -> str:
         return name
 
-    async def connect(self, stats: Stats, nick: str, rooms: Sequence[str], *,
-                      probe: bool = False, verify: bool = False, sender: bool = False,
-                      timeout: float = 30.0) -> BaseClient:
+    async def connect(
+        self,
+        stats: Stats,
+        nick: str,
+        rooms: Sequence[str],
+        *,
+        probe: bool = False,
+        verify: bool = False,
+        sender: bool = False,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> BaseClient:
         loop = asyncio.get_running_loop()
         port = self.server.port
         assert port is not None
-        _, client = await asyncio.wait_for(loop.create_connection(
-            lambda: self.client_cls(stats, probe=probe, verify=verify, sender=sender),
-            HOST, port), timeout)
+        _, client = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: self.client_cls(stats, probe=probe, verify=verify, sender=sender),
+                HOST,
+                port,
+            ),
+            timeout,
+        )
         try:
-            await client.handshake(nick, [self.room(r) for r in rooms], timeout)
+            await client.handshake(nick, [self.room(r) for r in rooms], timeout, token)
         except BaseException:
             client.abort()
             raise
@@ -251,15 +284,28 @@ class Driver:
 class ImchatDriver(Driver):
     client_cls = ImchatClient
 
+    def admin_token(self) -> str:
+        """The token the server wrote for its ``admin`` account on first start."""
+        assert self.server.data_dir is not None
+        return (self.server.data_dir / "admin.token").read_text().strip()
 
-async def connect_many(driver: Driver, stats: Stats, specs: Iterable[tuple[str, list[str], bool]],
-                       *, verify: bool = False, parallel: int = 64) -> list[BaseClient]:
-    """Connect ``(nick, rooms, probe)`` clients, ``parallel`` handshakes at a time, in order."""
-    sem = asyncio.Semaphore(parallel)
+
+async def connect_many(
+    driver: Driver,
+    stats: Stats,
+    specs: Iterable[tuple[str, list[str], bool]],
+    *,
+    verify: bool = False,
+    token: str | None = None,
+) -> list[BaseClient]:
+    """Connect ``(nick, rooms, probe)`` clients, ``driver.parallel`` at a time, in order."""
+    sem = asyncio.Semaphore(driver.parallel)
 
     async def one(nick: str, rooms: list[str], probe: bool) -> BaseClient:
         async with sem:
-            client = await driver.connect(stats, nick, rooms, probe=probe, verify=verify)
+            client = await driver.connect(
+                stats, nick, rooms, probe=probe, verify=verify, token=token
+            )
             client.discard()
             return client
 
@@ -316,6 +362,8 @@ class BroadcastResult:
     server_rss_kb: int
     server_hwm_kb: int
     loadgen_cpu_s: float
+    #: Busy CPU seconds on the machine not used by the server or this process (noise).
+    other_cpu_s: float
     lost: int
     errors: dict[str, int]
     acks: int
@@ -327,12 +375,21 @@ class BroadcastResult:
         return self.server_cpu_s / self.delivered * 1e6 if self.delivered else float("nan")
 
 
-async def broadcast(driver: Driver, *, receivers: int, messages: int, rate: float = 0.0,
-                    window: int = 32, probes: int = 100, verify: bool = False,
-                    idle_other: int = 0, idle_room_size: int = 100, text_size: int = 100,
-                    stall: float = 15.0,
-                    around: tuple[Callable[[], None], Callable[[], None]] | None = None,
-                    ) -> BroadcastResult:
+async def broadcast(
+    driver: Driver,
+    *,
+    receivers: int,
+    messages: int,
+    rate: float = 0.0,
+    window: int = 32,
+    probes: int = 100,
+    verify: bool = False,
+    idle_other: int = 0,
+    idle_room_size: int = 100,
+    text_size: int = 100,
+    stall: float = 15.0,
+    around: tuple[Callable[[], None], Callable[[], None]] | None = None,
+) -> BroadcastResult:
     """One sender, ``receivers`` in one room, ``messages`` says; optional idle users elsewhere.
 
     Flat out (``rate`` 0) the sender keeps at most ``window`` messages undelivered to the
@@ -345,13 +402,21 @@ async def broadcast(driver: Driver, *, receivers: int, messages: int, rate: floa
     clients: list[BaseClient] = []
     try:
         if idle_other:
-            clients += await connect_many(driver, stats, (
-                (driver.nick("i", i), [f"idle{i // idle_room_size}"], False)
-                for i in range(idle_other)))
+            clients += await connect_many(
+                driver,
+                stats,
+                (
+                    (driver.nick("i", i), [f"idle{i // idle_room_size}"], False)
+                    for i in range(idle_other)
+                ),
+            )
         every = max(1, receivers // max(1, probes))
-        room_clients = await connect_many(driver, stats, (
-            (driver.nick("r", i), ["bench"], i % every == 0) for i in range(receivers)),
-            verify=verify)
+        room_clients = await connect_many(
+            driver,
+            stats,
+            ((driver.nick("r", i), ["bench"], i % every == 0) for i in range(receivers)),
+            verify=verify,
+        )
         clients += room_clients
         sender = await driver.connect(stats, driver.nick("s", 0), ["bench"], sender=True)
         clients.append(sender)
@@ -363,30 +428,45 @@ async def broadcast(driver: Driver, *, receivers: int, messages: int, rate: floa
         stats.target = receivers * messages
         if around:
             around[0]()
-        cpu0, lg0 = driver.server.cpu_seconds(), time.process_time()
+        cpu0, lg0, busy0 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
         t0 = time.monotonic()
         await _send(stats, sender, room, receivers, messages, rate, window, text_size, stall)
         await _wait_done(stats, stall)
         t1 = stats.done_at if stats.done.is_set() else time.monotonic()
-        cpu1, lg1 = driver.server.cpu_seconds(), time.process_time()
+        cpu1, lg1, busy1 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
         if around:
             around[1]()
         lat = sorted(stats.latencies_ns)
         verified = None
         if verify:
             full = list(range(messages))
-            verified = sum(1 for c in room_clients if sorted(c.seen or []) == full
-                           and c.count == messages)
+            verified = sum(
+                1 for c in room_clients if sorted(c.seen or []) == full and c.count == messages
+            )
         seconds = max(t1 - t0, 1e-9)
         return BroadcastResult(
-            server=driver.name, receivers=receivers, messages=messages, rate=rate,
-            idle_other=idle_other, expected=stats.target, delivered=stats.delivered,
-            seconds=seconds, deliveries_per_s=stats.delivered / seconds,
-            p50_ms=percentile(lat, 50) / 1e6, p99_ms=percentile(lat, 99) / 1e6,
-            max_ms=(lat[-1] / 1e6 if lat else float("nan")), samples=len(lat),
-            server_cpu_s=cpu1 - cpu0, server_rss_kb=driver.server.rss_kb(),
-            server_hwm_kb=driver.server.hwm_kb(), loadgen_cpu_s=lg1 - lg0, lost=stats.lost,
-            errors=dict(stats.errors), acks=stats.acks, verified=verified,
+            server=driver.name,
+            receivers=receivers,
+            messages=messages,
+            rate=rate,
+            idle_other=idle_other,
+            expected=stats.target,
+            delivered=stats.delivered,
+            seconds=seconds,
+            deliveries_per_s=stats.delivered / seconds,
+            p50_ms=percentile(lat, 50) / 1e6,
+            p99_ms=percentile(lat, 99) / 1e6,
+            max_ms=(lat[-1] / 1e6 if lat else float("nan")),
+            samples=len(lat),
+            server_cpu_s=cpu1 - cpu0,
+            server_rss_kb=driver.server.rss_kb(),
+            server_hwm_kb=driver.server.hwm_kb(),
+            loadgen_cpu_s=lg1 - lg0,
+            other_cpu_s=(busy1 - busy0) - (cpu1 - cpu0) - (lg1 - lg0),
+            lost=stats.lost,
+            errors=dict(stats.errors),
+            acks=stats.acks,
+            verified=verified,
             complete=stats.delivered == stats.target and stats.lost == 0,
         )
     finally:
@@ -394,8 +474,17 @@ async def broadcast(driver: Driver, *, receivers: int, messages: int, rate: floa
             client.abort()
 
 
-async def _send(stats: Stats, sender: BaseClient, room: str, receivers: int, messages: int,
-                rate: float, window: int, text_size: int, stall: float) -> None:
+async def _send(
+    stats: Stats,
+    sender: BaseClient,
+    room: str,
+    receivers: int,
+    messages: int,
+    rate: float,
+    window: int,
+    text_size: int,
+    stall: float,
+) -> None:
     per_s = rate / receivers if rate else 0.0
     start = time.monotonic_ns()
     for seq in range(messages):
@@ -430,35 +519,58 @@ async def _wait_done(stats: Stats, stall: float) -> None:
             await asyncio.wait_for(stats.done.wait(), stall)
 
 
-async def idle_memory(driver: Driver, *, connections: int, room_size: int = 100,
-                      baseline: int = 10) -> dict[str, Any]:
+async def idle_memory(
+    driver: Driver,
+    *,
+    connections: int,
+    room_size: int = 100,
+    baseline: int = 10,
+    sessions: bool = False,
+) -> dict[str, Any]:
     """Server RSS growth per idle connection, each joined to a room of ``room_size`` members.
 
     ``baseline`` connections are made first so code paths and caches are warm before the
-    first reading.
+    first reading. With ``sessions`` (imchat only) every connection is a session of the
+    ``admin`` account instead of a user of its own, which skips the ``online`` event each new
+    user costs every connected session (N users joining one by one cost N^2/2 events).
     """
     stats = Stats()
     clients: list[BaseClient] = []
     try:
-        clients += await connect_many(driver, stats, (
-            (driver.nick("w", i), ["warm"], False) for i in range(baseline)))
+        clients += await connect_many(
+            driver, stats, ((driver.nick("w", i), ["warm"], False) for i in range(baseline))
+        )
         await settle(stats)
         rss0 = driver.server.rss_kb()
         t0 = time.monotonic()
-        clients += await connect_many(driver, stats, (
-            (driver.nick("i", i), [f"idle{i // room_size}"], False)
-            for i in range(connections)))
+        token = driver.admin_token() if sessions and isinstance(driver, ImchatDriver) else None
+        clients += await connect_many(
+            driver,
+            stats,
+            (
+                ("admin" if token else driver.nick("i", i), [f"idle{i // room_size}"], False)
+                for i in range(connections)
+            ),
+            token=token,
+        )
         connect_s = time.monotonic() - t0
         await settle(stats, quiet=1.0)
         settle_s = time.monotonic() - t0 - connect_s
         await asyncio.sleep(1.0)
         rss1 = driver.server.rss_kb()
         return {
-            "server": driver.name, "connections": connections, "room_size": room_size,
-            "rss_before_kb": rss0, "rss_after_kb": rss1,
+            "server": driver.name,
+            "connections": connections,
+            "room_size": room_size,
+            "as": "sessions of one user" if token else "users",
+            "rss_before_kb": rss0,
+            "rss_after_kb": rss1,
             "kb_per_connection": (rss1 - rss0) / connections,
-            "hwm_kb": driver.server.hwm_kb(), "connect_s": connect_s, "settle_s": settle_s,
-            "lost": stats.lost, "complete": stats.lost == 0,
+            "hwm_kb": driver.server.hwm_kb(),
+            "connect_s": connect_s,
+            "settle_s": settle_s,
+            "lost": stats.lost,
+            "complete": stats.lost == 0,
         }
     finally:
         for client in clients:

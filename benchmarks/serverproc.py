@@ -53,6 +53,7 @@ class ServerProc:
         port_from_log: Callable[[str], int | None] | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -61,6 +62,7 @@ class ServerProc:
         self._port_from_log = port_from_log
         self._env = env
         self._cwd = cwd
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,8 +74,13 @@ class ServerProc:
         """Launch and wait until the server accepts a TCP connection; returns the port."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env, cwd=self._cwd, start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                cwd=self._cwd,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -145,8 +152,18 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
     """``imchat server`` on an ephemeral port, rate limit off, history on (the default)."""
     exe = Path(sys.executable).with_name("imchat")
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat.cli"]
-    argv = [*base, "server", "--host", HOST, "--port", "0", "--data-dir", str(data_dir),
-            "--rate", "0"]
+    argv = [
+        *base,
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--rate",
+        "0",
+    ]
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.
     env.setdefault("IMCHAT_IDLE_TIMEOUT", "3600")
@@ -155,5 +172,11 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
         match = _LISTENING.search(text)
         return int(match.group(1)) if match else None
 
-    return ServerProc("imchat", pinned(argv, cpu), log_path=log_path,
-                      port_from_log=port_from_log, env=env)
+    return ServerProc(
+        "imchat",
+        pinned(argv, cpu),
+        log_path=log_path,
+        port_from_log=port_from_log,
+        env=env,
+        data_dir=data_dir,
+    )
