@@ -117,6 +117,10 @@ class BaseClient(asyncio.Protocol):
         self.count = 0
         self.mode = Mode.COUNT
 
+    def received_exactly(self, messages: int) -> bool:
+        """Verify mode: saw sequence numbers 0..messages-1, each once, and nothing else."""
+        return self.count == messages and sorted(self.seen or ()) == list(range(messages))
+
     def discard(self) -> None:
         self.mode = Mode.DISCARD
 
@@ -439,10 +443,7 @@ async def broadcast(
         lat = sorted(stats.latencies_ns)
         verified = None
         if verify:
-            full = list(range(messages))
-            verified = sum(
-                1 for c in room_clients if sorted(c.seen or []) == full and c.count == messages
-            )
+            verified = sum(1 for c in room_clients if c.received_exactly(messages))
         seconds = max(t1 - t0, 1e-9)
         return BroadcastResult(
             server=driver.name,
