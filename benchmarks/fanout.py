@@ -106,26 +106,39 @@ class PySpy:
             print(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
 
 
-def summarize_profile(raw: Path, top: int = 15) -> str:
-    """Top functions by self and by inclusive samples from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
+def summarize_profile(raw: Path, top: int = 12) -> str:
+    """Hot spots from py-spy's collapsed stacks: self time by function and by line, and
+    inclusive time of the server's own functions (``imchat/`` frames)."""
+    by_line: Counter[str] = Counter()
+    by_func: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+    for entry in raw.read_text().splitlines():
+        stack, _, count = entry.rpartition(" ")
         if not stack:
             continue
         n = int(count)
         frames = stack.split(";")
         total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            incl[frame] += n
+        by_line[frames[-1]] += n
+        by_func[_function(frames[-1])] += n
+        for func in {_function(f) for f in frames if "imchat/" in f and "cli.py" not in f}:
+            incl[func] += n
     out = [f"{total} samples"]
-    for title, counter in (("self", own), ("inclusive", incl)):
-        out.append(f"-- top {top} by {title} time --")
+    for title, counter in (
+        ("self time, by function", by_func),
+        ("self time, by line", by_line),
+        ("inclusive time, imchat functions", incl),
+    ):
+        out.append(f"-- top {top}: {title} --")
         out += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
     return "\n".join(out)
+
+
+def _function(frame: str) -> str:
+    """``func (path/file.py:123)`` without the line number."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
 # ---- scenarios -------------------------------------------------------------------------
