@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import os
 import struct
 import time
 from collections import Counter
@@ -22,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import msgspec
-from serverproc import HOST, ServerProc
+from serverproc import HOST, ServerProc, machine_busy_seconds
 
 from imchat.protocol import encode_message
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _HEADER = struct.Struct(">I").unpack_from
 _json_decode = msgspec.json.Decoder().decode
 
@@ -53,13 +51,6 @@ class Stats:
     acks: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent not idle (from ``/proc/stat``), to spot a noisy machine."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
 
 
 def make_text(seq: int, sent_ns: int, size: int) -> str:

@@ -24,6 +24,13 @@ HOST = "127.0.0.1"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (from ``/proc/stat``), to spot a noisy machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago (for servers that cannot take port 0)."""
     with socket.socket() as sock:
