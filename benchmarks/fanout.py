@@ -368,7 +368,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list of imchat, inspircd, miniircd, or 'all' (default imchat)",
     )
     p.add_argument("-R", "--receivers", type=int, default=1000)
-    p.add_argument("-M", "--messages", type=int, default=200)
+    p.add_argument("-M", "--messages", type=int, default=2000)
     p.add_argument("--paced-rate", type=float, default=50_000, help="deliveries/s (paced)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (paced)")
     p.add_argument("--idle", type=int, default=10_000, help="idle connections (idle)")
@@ -424,6 +424,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, help="py-spy the imchat server in 'flat' into DIR")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/loadgen to CPUs")
     p.add_argument("--json", type=Path, help="also write all results to this file")
+    p.add_argument(
+        "--timeout", type=float, default=3600, help="give up after this many seconds in all"
+    )
     p.add_argument("--workdir", type=Path, default=None, help="temp dir for server data")
     args = p.parse_args(argv)
     args.scenario = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
@@ -480,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(amain(args))
+        return runner.run(asyncio.wait_for(amain(args), args.timeout))
 
 
 if __name__ == "__main__":
