@@ -197,7 +197,7 @@ class ImchatClient(BaseClient):
     def _decoded(self, payload: bytes) -> None:
         if self.sender and self._waiter is None:
             # After its handshake the sender sees an ``ok`` per say and its own messages.
-            if payload.startswith(b'{"type":"ok"') or b'"type":"ok"' in payload:
+            if b'"type":"ok"' in payload:
                 self.stats.acks += 1
             elif b'"error"' in payload:
                 self.stats.errors[str(_json_decode(payload).get("code"))] += 1
