@@ -174,3 +174,26 @@ async def test_bad_history_requests(lobby: Any, query: dict[str, Any]) -> None:
     with pytest.raises(ServerError) as info:
         await alice.request("history", **query)
     assert info.value.code == "bad_request"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: Session.send counts a solicited reply against max_buffer, so a history "
+    "reply over 1 MiB cuts its (reading) requester off with slow_consumer",
+)
+async def test_history_reply_larger_than_max_frame_and_max_buffer(
+    server: Any, connect: Clients
+) -> None:
+    """A history reply may be far longer than max_frame (clients take up to 16 MiB); asking for
+    one is no reason to be cut off as a slow consumer (default max_buffer is 1 MiB)."""
+    alice = await connect("alice")
+    await join(alice, "big")
+    text = "y" * 4000
+    for _ in range(300):  # 1.2 MB of history, one request at a time
+        await alice.request("say", room="big", text=text)
+        await next_event(alice, "msg")
+    reply = await asyncio.wait_for(alice.request("history", room="big", limit=500), TIMEOUT)
+    assert seqs(reply) == list(range(1, 301))
+    assert all(m["text"] == text for m in reply["messages"])
+    assert (await alice.request("ping"))["type"] == "pong"
