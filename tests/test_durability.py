@@ -269,3 +269,42 @@ async def test_cli_flags_reach_the_server(server_process: Any, tmp_path: Path) -
     frames = await raw.recv_until_eof(timeout=TIMEOUT)
     assert frames[-1]["code"] == "idle_timeout"
     await raw.close()
+
+
+async def test_sigterm_with_requests_in_flight(server_process: Any, tmp_path: Path) -> None:
+    """Every request answered before shutting_down is kept; shutting_down is the last frame."""
+    data = tmp_path / "d"
+    proc = server_process(data, "--rate", "0")
+    raw = await hello_raw(proc.port, "alice")
+    await raw.request({"type": "join", "room": "lobby", "id": "j"})
+    total = 500
+    raw.send_bytes(
+        b"".join(
+            encode_message({"type": "say", "room": "lobby", "text": f"m{i}", "id": i})
+            for i in range(total)
+        )
+    )
+    first = await raw.recv_skip(skip=frozenset({"online", "offline", "msg", "joined"}))
+    assert first["type"] == "ok"
+    proc.kill(signal.SIGTERM)
+    frames = [first, *await raw.recv_until_eof(timeout=10)]
+    await raw.close()
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    last = frames[-1]
+    assert last == {"type": "error", "code": "shutting_down", "message": last["message"]}
+    oks = {f["id"]: f for f in frames if f["type"] == "ok"}
+    assert sorted(oks) == list(range(len(oks))), "replies in request order, none skipped"
+    # an ok's events follow it: every acked message was also sent to its sender
+    sent = {f["seq"] for f in frames if f["type"] == "msg"}
+    assert {ok["seq"] for ok in oks.values()} <= sent
+
+    proc = server_process(data)
+    reader = await hello_raw(proc.port, "bob")
+    history = await reader.request(
+        {"type": "history", "room": "lobby", "after": 0, "limit": 500, "id": "h"}
+    )
+    stored = {m["seq"]: m for m in history["messages"]}
+    assert list(stored) == list(range(1, len(stored) + 1))
+    for i, ok in oks.items():
+        assert (stored[ok["seq"]]["text"], stored[ok["seq"]]["ts"]) == (f"m{i}", ok["ts"])
+    await reader.close()
