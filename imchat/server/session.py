@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_message
@@ -54,7 +53,7 @@ class Session(asyncio.Protocol):
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = hub.loop.time()
-        self._inbox: deque[bytes | ProtocolError] = deque()
+        self._inbox: list[bytes | ProtocolError] = []
         self._busy = False
         self._reading_paused = False
         self._out: list[bytes] = []
@@ -101,7 +100,7 @@ class Session(asyncio.Protocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing:
-                batch = list(inbox)
+                batch = inbox[:]
                 inbox.clear()
                 if self._reading_paused and not isinstance(batch[-1], ProtocolError):
                     self._reading_paused = False
