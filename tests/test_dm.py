@@ -65,6 +65,14 @@ async def test_dm_to_unknown_user(server: Any, connect: Clients) -> None:
     assert await pending_events(alice) == []
 
 
+@pytest.mark.parametrize("to", ["-bob", "bob smith", "", "b" * 33])
+async def test_dm_to_an_invalid_nick(server: Any, connect: Clients, to: str) -> None:
+    alice = await connect("alice")
+    with pytest.raises(ServerError) as info:
+        await alice.request("dm", to=to, text="hi")
+    assert info.value.code in ("bad_nick", "no_such_user")
+
+
 async def test_dm_bad_text(server: Any, connect: Clients) -> None:
     alice = await connect("alice")
     await connect("bob")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from conftest import (
     Clients,
     RawClient,
     admin_token,
+    imchat_command,
     join,
     next_event,
     subprocess_env,
@@ -308,3 +311,33 @@ async def test_sigterm_with_requests_in_flight(server_process: Any, tmp_path: Pa
     for i, ok in oks.items():
         assert (stored[ok["seq"]]["text"], stored[ok["seq"]]["ts"]) == (f"m{i}", ok["ts"])
     await reader.close()
+
+
+def test_cli_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                *imchat_command(),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--log-level",
+                "warning",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=subprocess_env(),
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(port) in lines[0] or "in use" in lines[0].lower()

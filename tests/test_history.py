@@ -9,6 +9,7 @@ import pytest
 from conftest import TIMEOUT, Clients, join, next_event, pending_events
 
 from imchat.client import Connection, ServerError
+from imchat.protocol import encode_message
 
 pytestmark = pytest.mark.server_config(rate=0)
 
@@ -174,6 +175,19 @@ async def test_bad_history_requests(lobby: Any, query: dict[str, Any]) -> None:
     with pytest.raises(ServerError) as info:
         await alice.request("history", **query)
     assert info.value.code == "bad_request"
+
+
+async def test_history_reply_may_exceed_max_frame(server: Any, connect: Clients) -> None:
+    """max_frame limits what clients send; a server frame may be longer."""
+    alice = await connect("alice")
+    await join(alice, "big")
+    events = []
+    for _ in range(25):  # ~100 KB of history, above max_frame (64 KiB), below max_buffer
+        await alice.request("say", room="big", text="z" * 4000)
+        events.append(await next_event(alice, "msg"))
+    reply = await alice.request("history", room="big")
+    assert reply["messages"] == events
+    assert len(encode_message(reply)) > 65536
 
 
 @pytest.mark.timeout(60)
