@@ -254,7 +254,7 @@ async def test_cli_flags_reach_the_server(server_process: Any, tmp_path: Path) -
         "--max-frame",
         "4096",
         "--idle-timeout",
-        "0.5",
+        "1",
         "--rate",
         "1",
         "--burst",

@@ -136,6 +136,7 @@ async def test_text_is_never_altered(server: Any, connect: Clients) -> None:
         '"quoted" \\ back',
         "\u200b",
         "\U0010ffff",
+        "\u2028 \u2029 \ufeff",
     ]
     for text in texts:
         await alice.request("say", room="lobby", text=text)
