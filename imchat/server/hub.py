@@ -297,6 +297,8 @@ class Hub:
     async def on_join(self, session: Session, req: Join) -> None:
         user = self._user(session)
         info = await self.store.room(req.room) or await self.store.create_room(req.room)
+        if self.fanout.user(user.key) is not user:
+            return  # its last session ended while we awaited: joining now leaves a ghost member
         joined = await self.fanout.join(user, req.room)
         members = await self.fanout.members(req.room)
         self.reply(
