@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, Clients, RawClient, join
+from conftest import TIMEOUT, Clients, RawClient, join, next_event
+
+from imchat.protocol import encode_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,3 +109,43 @@ def kernel_send_buffer_max() -> int:
             return int(f.read().split()[2])
     except (OSError, IndexError, ValueError):
         return 4 * 1024 * 1024
+
+
+async def test_simultaneous_bursts_do_not_cut_off_clients_that_read(
+    server: Any, connect: Clients
+) -> None:
+    """With the default limits, a dozen clients each send a full burst (40) of the longest
+    messages at once: ~2 MB for every member of the room within one moment, more than
+    max_buffer (1 MiB). Every member reads as fast as it can, so nobody is a slow consumer."""
+    bots, burst, text = 12, 40, "b" * 4000
+    reader = await connect("reader")
+    await join(reader, "lobby")
+    raws = []
+    for i in range(bots):
+        raw = await connect.raw()
+        await raw.hello(f"bot{i}")
+        await raw.request({"type": "join", "room": "lobby", "id": "j"})
+        raws.append(raw)
+    payload = b"".join(
+        encode_message({"type": "say", "room": "lobby", "text": text, "id": i})
+        for i in range(burst)
+    )
+    skip = frozenset({"online", "offline", "joined"})
+
+    async def read_bot(raw: RawClient) -> None:
+        oks = msgs = 0
+        while oks < burst or msgs < bots * burst:
+            frame = await raw.recv_skip(skip=skip, timeout=TIMEOUT * 2)
+            assert frame["type"] in ("ok", "msg"), frame
+            oks += frame["type"] == "ok"
+            msgs += frame["type"] == "msg"
+
+    readers = [asyncio.create_task(read_bot(raw)) for raw in raws]
+    for raw in raws:
+        raw.send_bytes(payload)
+    seqs = []
+    while len(seqs) < bots * burst:
+        seqs.append((await next_event(reader, "msg", skip=skip, timeout=TIMEOUT * 2))["seq"])
+    assert seqs == list(range(1, bots * burst + 1))
+    await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT * 2)
+    assert not reader.closed
