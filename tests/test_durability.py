@@ -94,7 +94,9 @@ async def test_sigkill_right_after_ok_loses_nothing(server_process: Any, tmp_pat
         await bob.close()
 
 
-async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path: Path) -> None:
+async def test_sigkill_keeps_everything_acked(server_process: Any, tmp_path: Path) -> None:
+    """DMs still to deliver, announcements, new rooms, topics and known users all survive
+    a kill -9 right after their ok (or welcome)."""
     data = tmp_path / "d"
     proc = server_process(data)
     token = admin_token(data)
@@ -105,9 +107,14 @@ async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path
     await admin.hello("admin", token=token)
     dm = await admin.request("dm", to="alice", text="offline note")
     ann = await admin.request("announce", text="we'll be back")
+    await admin.request("join", room="fresh")
+    await admin.request("topic", room="fresh", text="set just before the crash")
+    carol = await Connection.connect("127.0.0.1", proc.port)
+    await carol.hello("carol")  # known from her welcome on
     proc.kill(signal.SIGKILL)
     proc.wait()
     admin.abort()
+    carol.abort()
 
     proc = server_process(data)
     assert admin_token(data) == token  # the token survives restarts
@@ -131,6 +138,10 @@ async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path
             "text": "we'll be back",
         }
     ]
+    rooms = await raw.request({"type": "rooms", "id": 2})
+    assert rooms["rooms"] == [{"room": "fresh", "count": 0, "topic": "set just before the crash"}]
+    reply = await raw.request({"type": "dm", "to": "carol", "text": "still known?", "id": 3})
+    assert (reply["type"], reply["seq"]) == ("ok", 1)
     await raw.close()
 
 
