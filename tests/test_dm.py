@@ -164,11 +164,6 @@ async def test_dm_reaches_every_session_of_an_account(server: Any, connect: Clie
         assert (event["from"], event["to"], event["seq"]) == ("admin", "alice", reply["seq"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: on_hello sets dm_live before awaiting take_pending, so a DM sent "
-    "during the fetch goes out live before the older undelivered ones (seq 2 before 1)",
-)
 async def test_dm_sent_while_offline_ones_are_fetched_comes_after_them(
     server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,12 +195,6 @@ async def test_dm_sent_while_offline_ones_are_fetched_comes_after_them(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: start_dm decides 'live' before the append; if the recipient's hello "
-    "fetches pending DMs meanwhile, the DM is stored as pending and not sent to the now "
-    "online recipient until its next hello",
-)
 async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
     server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,5 +216,5 @@ async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
     await pending_events(bob)  # his hello is over, undelivered DMs included
     release.set()
     ok = await asyncio.wait_for(sending, TIMEOUT)
-    event = await next_event(bob, "dm", timeout=2.0)  # short: the xfail should not cost 5 s
+    event = await next_event(bob, "dm")
     assert (event["seq"], event["text"]) == (ok["seq"], "hello bob")

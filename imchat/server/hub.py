@@ -254,11 +254,20 @@ class Hub:
             self.fanout.to_everyone(
                 encode_message({"type": "online", "nick": user.nick, "ts": now()})
             )
-        if not user.dm_live:
-            # Set before the await: a DM sent meanwhile is then delivered live, after these.
-            user.dm_live = True
-            for payload in await self.store.take_pending(key):
-                self.fanout.to_users((key,), encode_frame(payload))
+        await self._deliver_undelivered_dms(user)
+
+    async def _deliver_undelivered_dms(self, user: User) -> None:
+        user.dm_fetches += 1
+        try:
+            payloads = await self.store.take_pending(user.key)
+        finally:
+            user.dm_fetches -= 1
+        for payload in payloads:
+            self.fanout.to_users((user.key,), encode_frame(payload))
+        if not user.dm_fetches and user.dm_held:
+            held, user.dm_held = user.dm_held, []
+            for frame in held:
+                self.fanout.to_users((user.key,), frame)
 
     async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
         if req.token is not None:
@@ -367,13 +376,16 @@ class Hub:
     # -- direct messages, announcements, presence, history ---------------------------------
 
     def start_dm(self, session: Session, req: Dm) -> _Append:
+        """Store a DM as undelivered, then hand it to the recipient if it is online.
+
+        Every DM to another user is stored undelivered; delivering it live first claims it
+        (atomically, in the store). A ``hello`` that fetches undelivered DMs meanwhile has
+        claimed it instead, so either way the recipient gets it exactly once.
+        """
         user = self._user(session)
         to_key = req.to.lower()
         stream = dm_stream(user.key, to_key)
         recipient = self.fanout.user(to_key)
-        # Whether the recipient exists is known only after a lookup: it runs as part of the
-        # append, so the run's order is kept.
-        live = recipient is not None and recipient.dm_live
 
         async def append() -> Stored:
             to_nick = recipient.nick if recipient is not None else None
@@ -383,7 +395,7 @@ class Hub:
                     raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
                 to_nick = record.nick
             event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
-            pending_for = None if live else to_key
+            pending_for = None if to_key == user.key else to_key
             return await self.store.append(Draft(stream, user.key, req.cid, event, pending_for))
 
         def finish(stored: Stored) -> None:
@@ -391,15 +403,22 @@ class Hub:
             if stored.duplicate:
                 return
             frame = encode_frame(stored.payload)
-            if not live:
-                self.fanout.to_users((user.key,), frame)
-                return
-            self.fanout.to_users((user.key, to_key), frame)
-            if self.fanout.user(to_key) is None:
-                # The recipient left between the check and the commit: deliver at next hello.
-                self.spawn(self.store.set_pending(to_key, stream, stored.seq))
+            self.fanout.to_users((user.key,), frame)
+            if to_key != user.key and self.fanout.user(to_key) is not None:
+                self.spawn(self._deliver_dm(to_key, stream, stored.seq, frame))
 
         return _Append(req, asyncio.ensure_future(append()), finish)
+
+    async def _deliver_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
+        if not await self.store.claim_pending(to_key, stream, seq):
+            return  # a hello fetched it and delivered it
+        recipient = self.fanout.user(to_key)
+        if recipient is None:
+            await self.store.set_pending(to_key, stream, seq)  # gone meanwhile: next hello
+        elif recipient.dm_fetches:
+            recipient.dm_held.append(frame)
+        else:
+            self.fanout.to_users((to_key,), frame)
 
     def start_announce(self, session: Session, req: Announce) -> _Append:
         user = self._user(session)
