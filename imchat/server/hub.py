@@ -376,16 +376,18 @@ class Hub:
     # -- direct messages, announcements, presence, history ---------------------------------
 
     def start_dm(self, session: Session, req: Dm) -> _Append:
-        """Store a DM as undelivered, then hand it to the recipient if it is online.
+        """Store a DM and hand it to the recipient exactly once, live or at its next hello.
 
-        Every DM to another user is stored undelivered; delivering it live first claims it
-        (atomically, in the store). A ``hello`` that fetches undelivered DMs meanwhile has
-        claimed it instead, so either way the recipient gets it exactly once.
+        To a recipient online and settled, the DM goes out live. Otherwise it is stored as
+        undelivered; if the recipient is online by the time it is committed, it is claimed
+        (atomically, in the store) for live delivery, unless a ``hello`` fetched it first.
         """
         user = self._user(session)
         to_key = req.to.lower()
         stream = dm_stream(user.key, to_key)
         recipient = self.fanout.user(to_key)
+        to_self = to_key == user.key
+        live = to_self or (recipient is not None and not recipient.dm_fetches)
 
         async def append() -> Stored:
             to_nick = recipient.nick if recipient is not None else None
@@ -395,7 +397,7 @@ class Hub:
                     raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
                 to_nick = record.nick
             event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
-            pending_for = None if to_key == user.key else to_key
+            pending_for = None if live else to_key
             return await self.store.append(Draft(stream, user.key, req.cid, event, pending_for))
 
         def finish(stored: Stored) -> None:
@@ -404,19 +406,27 @@ class Hub:
                 return
             frame = encode_frame(stored.payload)
             self.fanout.to_users((user.key,), frame)
-            if to_key != user.key and self.fanout.user(to_key) is not None:
-                self.spawn(self._deliver_dm(to_key, stream, stored.seq, frame))
+            if to_self:
+                return
+            if live:
+                self._hand_over_dm(to_key, stream, stored.seq, frame)
+            elif self.fanout.user(to_key) is not None:
+                self.spawn(self._claim_dm(to_key, stream, stored.seq, frame))
 
         return _Append(req, asyncio.ensure_future(append()), finish)
 
-    async def _deliver_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
-        if not await self.store.claim_pending(to_key, stream, seq):
-            return  # a hello fetched it and delivered it
+    async def _claim_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
+        if await self.store.claim_pending(to_key, stream, seq):
+            self._hand_over_dm(to_key, stream, seq, frame)
+        # else a hello fetched it and delivered it
+
+    def _hand_over_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
         recipient = self.fanout.user(to_key)
         if recipient is None:
-            await self.store.set_pending(to_key, stream, seq)  # gone meanwhile: next hello
+            # Gone between the check and the commit: deliver at the next hello.
+            self.spawn(self.store.set_pending(to_key, stream, seq))
         elif recipient.dm_fetches:
-            recipient.dm_held.append(frame)
+            recipient.dm_held.append(frame)  # after the older DMs being fetched
         else:
             self.fanout.to_users((to_key,), frame)
 
