@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -138,3 +139,25 @@ async def test_longest_cid(server: Any, connect: Clients) -> None:
     first = await alice.request("say", room="lobby", text="x", cid="c" * 64)
     again = await alice.request("say", room="lobby", text="x", cid="c" * 64)
     assert again["seq"] == first["seq"] == 1
+
+
+async def test_same_cid_from_two_sessions_at_once_is_stored_once(
+    server: Any, connect: Clients
+) -> None:
+    """A client that retries on a new connection while the first attempt is still in flight."""
+    one = await connect.admin()
+    two = await connect.admin()
+    await join(one, "lobby")
+    await next_event(two, "joined")
+    results = await asyncio.gather(
+        *(
+            conn.request("say", room="lobby", text="only once", cid=f"race-{i}")
+            for i in range(20)
+            for conn in (one, two)
+        )
+    )
+    for i in range(20):
+        first, second = results[2 * i], results[2 * i + 1]
+        assert (first["seq"], first["ts"]) == (second["seq"], second["ts"])
+    history = await one.request("history", room="lobby", limit=100)
+    assert [m["seq"] for m in history["messages"]] == list(range(1, 21))
