@@ -412,7 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="flat out: messages the sender may be ahead of the receivers "
-        "(0: about 50,000 deliveries' worth)",
+        "(0: about 50,000 deliveries' worth, 8 to 64 messages)",
     )
     p.add_argument("--probes", type=int, default=100, help="receivers that read timestamps")
     p.add_argument("--text-size", type=int, default=100)

@@ -388,7 +388,7 @@ async def broadcast(
     """One sender, ``receivers`` in one room, ``messages`` says; optional idle users elsewhere.
 
     Flat out (``rate`` 0) the sender keeps at most ``window`` messages (0: enough for about
-    50,000 deliveries, so small rooms keep the server busy too) undelivered to the
+    50,000 deliveries, 8 to 64 messages) undelivered to the
     slowest part of the room (a shared delivery counter), so the server is always busy but
     no queue grows without bound. Paced, it sends ``rate / receivers`` messages per second on
     a fixed schedule and stamps each with its *scheduled* time (no coordinated omission).
@@ -426,7 +426,9 @@ async def broadcast(
             around[0]()
         cpu0, lg0, busy0 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
         t0 = time.monotonic()
-        window = window or max(8, 50_000 // receivers)
+        # Auto: ~50,000 deliveries in flight, but at most 64 messages: InspIRCd leaves a
+        # larger burst from one client half-read until its next once-a-second timer.
+        window = window or max(8, min(64, 50_000 // receivers))
         await _send(stats, sender, room, receivers, messages, rate, window, text_size, stall)
         await _wait_done(stats, stall)
         t1 = stats.done_at if stats.done.is_set() else time.monotonic()
