@@ -144,6 +144,15 @@ def _function(frame: str) -> str:
 # ---- scenarios -------------------------------------------------------------------------
 
 
+def too_many(kind: str, connections: int) -> bool:
+    """True (and says so) if ``kind`` cannot hold that many connections."""
+    limit = FACTORIES[kind][1].max_connections
+    if limit is not None and connections > limit:
+        print(f"  {kind}: skipped, {connections} connections > its limit of {limit}", flush=True)
+        return True
+    return False
+
+
 async def scenario_broadcast(
     args: argparse.Namespace,
     kind: str,
@@ -155,13 +164,7 @@ async def scenario_broadcast(
     label: str,
     profile: Path | None = None,
 ) -> dict[str, Any] | None:
-    _, driver_cls = FACTORIES[kind]
-    need = receivers + 1 + idle_other
-    if driver_cls.max_connections is not None and need > driver_cls.max_connections:
-        print(
-            f"  {kind}: skipped, {need} connections > its limit of {driver_cls.max_connections}",
-            flush=True,
-        )
+    if too_many(kind, receivers + 1 + idle_other):
         return None
     async with running(kind, args.workdir, args.server_cpu) as driver:
         spy = PySpy(driver.server.pid, profile) if profile is not None else None
@@ -219,9 +222,7 @@ async def run_paced(args: argparse.Namespace) -> list[dict[str, Any]]:
 async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for kind in args.servers:
-        limit = FACTORIES[kind][1].max_connections
-        if limit is not None and args.idle > limit:
-            print(f"  {kind}: skipped, {args.idle} connections > its limit of {limit}")
+        if too_many(kind, args.idle):
             continue
         async with running(kind, args.workdir, args.server_cpu) as driver:
             row = {
