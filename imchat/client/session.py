@@ -119,6 +119,8 @@ class MessagesAdded:
     prepend: bool = False
     #: True when the beginning of the conversation has been reached (prepend only).
     complete: bool = False
+    #: True for a conversation's first load (recent history, not news to the user).
+    initial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,13 +547,14 @@ class ChatSession:
 
     def _finish(self, conv: Conversation, history: list[Message],
                 known_last: int | None) -> None:
+        initial = conv.last_seq is None
         items = conv.finish_sync(history, known_last)
         if conv.first_seq is None and known_last == 0:
             conv.complete = True
         if history and conv.first_seq == 1:
             conv.complete = True
         if items:
-            self._emit(MessagesAdded(conv.key, tuple(items)))
+            self._emit(MessagesAdded(conv.key, tuple(items), initial=initial))
 
     async def _join(self, conn: ConnectionLike, room: str, *, rejoin: bool) -> RoomJoined:
         key = ConvKey.room(room)
