@@ -80,7 +80,11 @@ class Connection:
         await self._closed.wait()
 
     async def hello(
-        self, nick: str, *, password: str | None = None, token: str | None = None,
+        self,
+        nick: str,
+        *,
+        password: str | None = None,
+        token: str | None = None,
         client: str | None = None,
     ) -> Message:
         fields: Message = {"proto": PROTOCOL_VERSION, "nick": nick}

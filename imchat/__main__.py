@@ -1,0 +1,3 @@
+from imchat.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""The ``imchat`` command: ``server``, ``send`` (and ``join`` for the terminal client)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from imchat.protocol import is_valid_nick
+
+app = typer.Typer(
+    help="imchat: a self-hosted terminal chat suite.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_SERVER_ERROR = 1
+EXIT_CONNECT = 3
+
+Host = Annotated[str, typer.Option(envvar="IMCHAT_HOST", help="Server address.")]
+Port = Annotated[int, typer.Option(envvar="IMCHAT_PORT", help="Server port.")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="IMCHAT_DATA_DIR",
+        help="Data directory [default: ./imchat-data if present, else the user data dir].",
+    ),
+]
+
+
+def run_async(coro: object) -> object:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"imchat: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def server(
+    host: Annotated[
+        str, typer.Option(envvar="IMCHAT_HOST", help="Address to listen on (0.0.0.0 for all).")
+    ] = "127.0.0.1",
+    port: Port = 7667,
+    data_dir: DataDir = None,
+    log_level: Annotated[
+        str, typer.Option(envvar="IMCHAT_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+    max_frame: Annotated[
+        int, typer.Option(envvar="IMCHAT_MAX_FRAME", help="Largest client frame, in bytes.")
+    ] = 65536,
+    max_text: Annotated[
+        int, typer.Option(envvar="IMCHAT_MAX_TEXT", help="Longest message, in characters.")
+    ] = 4000,
+    idle_timeout: Annotated[
+        float, typer.Option(envvar="IMCHAT_IDLE_TIMEOUT", help="Seconds of silence before close.")
+    ] = 90.0,
+    max_buffer: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_BUFFER", help="Bytes a client may fall behind before slow_consumer."
+        ),
+    ] = 1024 * 1024,
+    rate: Annotated[
+        float,
+        typer.Option(envvar="IMCHAT_RATE", help="Messages per second per session (0: no limit)."),
+    ] = 20.0,
+    burst: Annotated[
+        int, typer.Option(envvar="IMCHAT_BURST", help="Messages a session may send at once.")
+    ] = 40,
+    motd: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_MOTD", help="Message of the day in welcome.")
+    ] = None,
+) -> None:
+    """Run the chat server until SIGINT or SIGTERM."""
+    from imchat.server import ChatServer, ServerConfig
+    from imchat.server.config import default_data_dir
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServerConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir or default_data_dir(),
+        max_frame=max_frame,
+        max_text=max_text,
+        idle_timeout=idle_timeout,
+        max_buffer=max_buffer,
+        rate=rate,
+        burst=burst,
+        motd=motd,
+        log_level=log_level,
+    )
+    try:
+        run_async(ChatServer(config).serve_forever())
+    except OSError as exc:
+        raise _fail(f"cannot start the server: {exc}", 1) from None
+
+
+def _default_nick() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = ""
+    return name if is_valid_nick(name) else "imchat-send"
+
+
+@app.command()
+def send(
+    text: Annotated[
+        str, typer.Argument(help="The message; '-' reads standard input, one per line.")
+    ],
+    room: Annotated[str | None, typer.Option(help="Say TEXT in this room.")] = None,
+    to: Annotated[
+        str | None, typer.Option(help="Send TEXT as a direct message to this user.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Announce TEXT to everyone online (admin only).")
+    ] = False,
+    nick: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMCHAT_NICK",
+            help="Nick to send as [default: admin with --all, else your login name].",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMCHAT_TOKEN",
+            help="Account token [default with --all: the data dir's admin.token].",
+        ),
+    ] = None,
+    host: Host = "127.0.0.1",
+    port: Port = 7667,
+    data_dir: DataDir = None,
+) -> None:
+    """Send messages from scripts; exit 0 only once the server acknowledged every one."""
+    from imchat.client import Connection, ConnectionClosed, ServerError
+    from imchat.client.send import Target, send_messages
+    from imchat.server.config import default_data_dir
+
+    if (room is not None) + (to is not None) + all_ != 1:
+        raise _fail("say where: exactly one of --room, --to or --all", 2)
+    if all_ and token is None:
+        token_file = (data_dir or default_data_dir()) / "admin.token"
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise _fail(
+                f"--all needs an admin token: cannot read {token_file}: {exc.strerror}", 2
+            ) from None
+        nick = nick or "admin"
+    target = Target(room=room, to=to, everyone=all_)
+    texts = None if text == "-" else [text]
+
+    async def main() -> int:
+        try:
+            conn = await Connection.connect(host, port)
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "timed out"
+            raise _fail(f"cannot connect to {host}:{port}: {reason}", EXIT_CONNECT) from None
+        try:
+            return await send_messages(conn, nick or _default_nick(), target, texts, token=token)
+        finally:
+            conn.abort()
+
+    try:
+        run_async(main())
+    except ServerError as exc:
+        raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
+    except ConnectionClosed as exc:
+        raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
+
+
+def main() -> None:
+    # A closed stdout (e.g. `imchat ... | head`) is not worth a traceback.
+    try:
+        app()
+    except BrokenPipeError:
+        os._exit(1)

@@ -1,0 +1,89 @@
+"""``imchat send``: deliver messages from scripts, and return only once each is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from .connection import Connection, ServerError
+
+#: Waits after ``rate_limited`` before the same message (same cid) is sent again.
+RATE_LIMIT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
+KEEPALIVE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Exactly one of: a room, a user, or everyone (an announcement)."""
+
+    room: str | None = None
+    to: str | None = None
+    everyone: bool = False
+
+    def request(self, text: str, cid: str) -> tuple[str, dict[str, str]]:
+        if self.room is not None:
+            return "say", {"room": self.room, "text": text, "cid": cid}
+        if self.to is not None:
+            return "dm", {"to": self.to, "text": text, "cid": cid}
+        return "announce", {"text": text, "cid": cid}
+
+
+async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
+    """Lines from standard input as they arrive, pinging the server while we wait."""
+    while True:
+        read = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
+        while not read.done():
+            done, _ = await asyncio.wait({read}, timeout=KEEPALIVE)
+            if not done:
+                await conn.request("ping")
+        line = read.result()
+        if not line:
+            return
+        yield line.rstrip("\r\n")
+
+
+async def _iterate(texts: Iterable[str]) -> AsyncIterator[str]:
+    for text in texts:
+        yield text
+
+
+async def send_one(conn: Connection, target: Target, text: str) -> dict[str, object]:
+    kind, fields = target.request(text, uuid.uuid4().hex)
+    for delay in (*RATE_LIMIT_BACKOFF, None):
+        try:
+            return await conn.request(kind, **fields)
+        except ServerError as exc:
+            if exc.code != "rate_limited" or delay is None:
+                raise
+            await asyncio.sleep(delay)  # a retry with the same cid is never stored twice
+    raise AssertionError("unreachable")
+
+
+async def send_messages(
+    conn: Connection,
+    nick: str,
+    target: Target,
+    texts: Iterable[str] | None,
+    *,
+    token: str | None = None,
+    password: str | None = None,
+) -> int:
+    """Send ``texts`` (or standard input's lines when None); return how many were acked.
+
+    Empty lines from standard input are skipped: the protocol refuses empty text.
+    """
+    await conn.hello(nick, token=token, password=password, client="imchat-send")
+    if target.room is not None:
+        await conn.request("join", room=target.room)
+    sent = 0
+    source = stdin_lines(conn) if texts is None else _iterate(texts)
+    async for text in source:
+        if texts is None and not text:
+            continue
+        await send_one(conn, target, text)
+        sent += 1
+    await conn.close()
+    return sent

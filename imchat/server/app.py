@@ -1,0 +1,125 @@
+"""The server process: listening socket, admin bootstrap, idle sweep, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from imchat.protocol import ErrorCode, ProtocolError
+
+from .auth import hash_token, new_token
+from .config import ServerConfig
+from .fanout import Fanout, LocalFanout
+from .hub import Hub
+from .session import Session
+from .sqlite_store import SQLiteStore
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ADMIN_NICK = "admin"
+ADMIN_TOKEN_FILE = "admin.token"
+DB_FILE = "imchat.db"
+#: How long shutdown waits for clients to take their last frames.
+SHUTDOWN_GRACE = 5.0
+
+
+class ChatServer:
+    """An imchat server bound to ``config.host:config.port`` (port 0 picks a free one)."""
+
+    def __init__(
+        self, config: ServerConfig, *, store: Store | None = None, fanout: Fanout | None = None
+    ) -> None:
+        self.config = config
+        self.store: Store = store or SQLiteStore(Path(config.data_dir) / DB_FILE)
+        self.fanout: Fanout = fanout or LocalFanout()
+        self.hub: Hub | None = None
+        self.port = config.port
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        data_dir = Path(self.config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self._ensure_admin(data_dir)
+        self.hub = hub = Hub(self.config, self.store, self.fanout)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Session(hub), self.config.host, self.config.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+        log.info("data directory %s", data_dir.resolve())
+        log.info("listening on %s:%d", self.config.host, self.port)
+
+    async def _ensure_admin(self, data_dir: Path) -> None:
+        """Create the admin account, or a fresh token for it if its token file is gone."""
+        token_file = data_dir / ADMIN_TOKEN_FILE
+        record = await self.store.lookup_user(ADMIN_NICK)
+        if record is not None and record.account is not None and token_file.exists():
+            return
+        if record is None or record.account is None:
+            await self.store.create_account(ADMIN_NICK, admin=True)
+        token = new_token()
+        await self.store.add_token(ADMIN_NICK, hash_token(token), "admin.token")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(token_file, 0o600)
+        log.info("admin account %r: token written to %s", ADMIN_NICK, token_file.resolve())
+
+    async def _sweep_idle(self) -> None:
+        """Close sessions that sent nothing for ``idle_timeout``: one timer for all of them."""
+        assert self.hub is not None
+        timeout = self.config.idle_timeout
+        interval = min(1.0, timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            deadline = loop.time() - timeout
+            for session in [s for s in self.hub.sessions if s.last_rx < deadline]:
+                session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:g} s"))
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Tell every session ``shutting_down``, flush, close, and close the store."""
+        if self._stopped.is_set() or self.hub is None or self._server is None:
+            return
+        self._stopped.set()
+        hub = self.hub
+        self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        sessions = list(hub.sessions)
+        for session in sessions:
+            if session.transport is not None:
+                session.transport.pause_reading()
+        # Let requests already being handled finish, so every ok they earned is sent.
+        await hub.drain_tasks()
+        error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+        for session in sessions:
+            session.fail(error)
+        try:
+            await asyncio.wait_for(hub.all_closed(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            for session in list(hub.sessions):
+                if session.transport is not None:
+                    session.transport.abort()
+        await self._server.wait_closed()
+        await hub.drain_tasks()
+        await self.store.close()
+        log.info("stopped")

@@ -1,0 +1,39 @@
+"""Server settings: one dataclass, filled from CLI flags or ``IMCHAT_*`` variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from imchat.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_TEXT
+
+DEFAULT_PORT = 7667
+
+
+def default_data_dir() -> Path:
+    """``./imchat-data`` if it exists (a checkout or a container volume), else the user data dir."""
+    local = Path("imchat-data")
+    if local.is_dir():
+        return local
+    return Path(platformdirs.user_data_dir("imchat", appauthor=False))
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_text: int = DEFAULT_MAX_TEXT
+    #: Seconds without a frame from the client before its session is closed.
+    idle_timeout: float = 90.0
+    #: Bytes a session may owe its client before it is cut off as ``slow_consumer``.
+    max_buffer: int = 1024 * 1024
+    #: Sustained say/dm/announce/topic requests per second per session; 0 disables.
+    rate: float = 20.0
+    #: How many such requests a session may send at once before ``rate`` applies.
+    burst: int = 40
+    motd: str | None = None
+    log_level: str = "info"

@@ -1,0 +1,158 @@
+"""Who receives an event: presence, room membership and delivery to sessions.
+
+The hub asks a :class:`Fanout` who is online and who is in a room, and hands it encoded
+frames to deliver. :class:`LocalFanout` keeps all of that in this process; a clustered
+implementation keeps the shared part in Redis and delivers to its own sessions the same way.
+Delivery methods take bytes that were encoded once and only append them to each recipient's
+buffer: nothing here awaits a client, and a session that fails while being written to leaves
+the user and room tables untouched until its ``connection_lost`` (so iterating them is safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from imchat.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+class User:
+    """An online user: the sessions it has here and the rooms it is in."""
+
+    __slots__ = ("admin", "dm_live", "key", "nick", "rooms", "sessions")
+
+    def __init__(self, nick: str, admin: bool) -> None:
+        self.nick = nick
+        self.key = nick.lower()
+        self.admin = admin
+        self.sessions: list[Session] = []
+        self.rooms: set[str] = set()
+        #: Set once undelivered DMs were fetched for this online spell: new DMs go out live.
+        self.dm_live = False
+
+
+class Fanout(Protocol):
+    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+        """Attach an authenticated session to its user; True if the user just came online.
+
+        ``exclusive`` (guests): raise ``nick_taken`` if the nick is online already.
+        """
+
+    async def disconnect(self, session: Session) -> list[str] | None:
+        """Detach a session. If it was the user's last, the rooms it left; else None."""
+
+    async def join(self, user: User, room: str) -> bool:
+        """Make the user a member; False if it already was."""
+
+    async def part(self, user: User, room: str) -> bool: ...
+
+    def is_member(self, user: User, room: str) -> bool: ...
+
+    async def members(self, room: str) -> list[str]: ...
+
+    async def member_counts(self) -> dict[str, int]: ...
+
+    async def online(self) -> list[str]: ...
+
+    def user(self, key: str) -> User | None:
+        """The online user with this nick key, if any."""
+
+    def session_count(self) -> int:
+        """Sessions an announcement would be written to."""
+
+    def to_room(self, room: str, frame: bytes) -> None: ...
+
+    def to_users(self, keys: Iterable[str], frame: bytes) -> None: ...
+
+    def to_everyone(self, frame: bytes) -> None: ...
+
+
+class LocalFanout:
+    """:class:`Fanout` for a single server process."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, User] = {}
+        self._rooms: dict[str, dict[str, User]] = {}
+        self._sessions = 0
+
+    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+        key = nick.lower()
+        user = self._users.get(key)
+        if user is not None and exclusive:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"{user.nick} is online")
+        first = user is None
+        if user is None:
+            user = self._users[key] = User(nick, admin)
+        user.sessions.append(session)
+        session.user = user
+        self._sessions += 1
+        return first
+
+    async def disconnect(self, session: Session) -> list[str] | None:
+        user = session.user
+        if user is None or session not in user.sessions:
+            return None
+        user.sessions.remove(session)
+        self._sessions -= 1
+        if user.sessions:
+            return None
+        del self._users[user.key]
+        rooms = sorted(user.rooms)
+        for room in rooms:
+            self._rooms[room].pop(user.key, None)
+        user.rooms.clear()
+        return rooms
+
+    async def join(self, user: User, room: str) -> bool:
+        if room in user.rooms:
+            return False
+        user.rooms.add(room)
+        self._rooms.setdefault(room, {})[user.key] = user
+        return True
+
+    async def part(self, user: User, room: str) -> bool:
+        if room not in user.rooms:
+            return False
+        user.rooms.discard(room)
+        self._rooms[room].pop(user.key, None)
+        return True
+
+    def is_member(self, user: User, room: str) -> bool:
+        return room in user.rooms
+
+    async def members(self, room: str) -> list[str]:
+        return [u.nick for u in self._rooms.get(room, {}).values()]
+
+    async def member_counts(self) -> dict[str, int]:
+        return {room: len(members) for room, members in self._rooms.items()}
+
+    async def online(self) -> list[str]:
+        return [u.nick for u in self._users.values()]
+
+    def user(self, key: str) -> User | None:
+        return self._users.get(key)
+
+    def session_count(self) -> int:
+        return self._sessions
+
+    def to_room(self, room: str, frame: bytes) -> None:
+        members = self._rooms.get(room)
+        if members:
+            for user in members.values():
+                for session in user.sessions:
+                    session.send(frame)
+
+    def to_users(self, keys: Iterable[str], frame: bytes) -> None:
+        for key in set(keys):
+            user = self._users.get(key)
+            if user is not None:
+                for session in user.sessions:
+                    session.send(frame)
+
+    def to_everyone(self, frame: bytes) -> None:
+        for user in self._users.values():
+            for session in user.sessions:
+                session.send(frame)

@@ -1,0 +1,448 @@
+"""The chat logic: one handler per request type, over a Store and a Fanout.
+
+Handlers validate nothing themselves (``parse_request`` did) and check only state: membership,
+presence, permissions. Each handler sends its reply before publishing the events it causes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+import imchat
+from imchat.protocol import (
+    PROTOCOL_VERSION,
+    Announce,
+    Bye,
+    Dm,
+    ErrorCode,
+    Hello,
+    History,
+    Join,
+    Limits,
+    Part,
+    Ping,
+    ProtocolError,
+    Request,
+    Rooms,
+    Say,
+    Topic,
+    Users,
+    encode_frame,
+    encode_message,
+    parse_request,
+)
+
+from .auth import hash_token, verify_password
+from .config import ServerConfig
+from .fanout import Fanout, User
+from .ratelimit import TokenBucket
+from .session import Session
+from .store import ANNOUNCE_STREAM, Draft, Store, Stored, dm_stream, room_stream
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
+RATE_LIMITED_TYPES = (Say, Dm, Announce, Topic)
+
+Handler = Callable[[Session, Any], Awaitable[None]]
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+@dataclass(slots=True)
+class _Append:
+    """A say, dm or announce whose commit is under way, finished in request order."""
+
+    request: Request
+    stored: asyncio.Future[Stored]
+    #: Sends the reply, then the events; runs once the message is committed.
+    finish: Callable[[Stored], None]
+
+
+def _internal(request: Request | None) -> ProtocolError:
+    error = ProtocolError(ErrorCode.INTERNAL, "internal server error")
+    return error.with_id(request.id if request is not None else None)
+
+
+class Hub:
+    def __init__(self, config: ServerConfig, store: Store, fanout: Fanout) -> None:
+        self.config = config
+        self.store = store
+        self.fanout = fanout
+        self.limits = Limits(max_text=config.max_text)
+        self.loop = asyncio.get_running_loop()
+        self.sessions: set[Session] = set()
+        self._dirty: list[Session] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
+        self._handlers: dict[type[Request], Handler] = {
+            Hello: self.on_hello,
+            Ping: self.on_ping,
+            Bye: self.on_bye,
+            Join: self.on_join,
+            Part: self.on_part,
+            Topic: self.on_topic,
+            Rooms: self.on_rooms,
+            Users: self.on_users,
+            History: self.on_history,
+        }
+        self._appenders: dict[type[Request], Callable[[Session, Any], _Append]] = {
+            Say: self.start_say,
+            Dm: self.start_dm,
+            Announce: self.start_announce,
+        }
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def new_bucket(self) -> TokenBucket:
+        return TokenBucket(self.config.rate, self.config.burst)
+
+    def mark_dirty(self, session: Session) -> None:
+        if not self._dirty:
+            self.loop.call_soon(self._flush)
+        self._dirty.append(session)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session.flush()
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._no_sessions.clear()
+        log.info("connection from %s", session.peer)
+
+    def session_closed(self, session: Session, exc: Exception | None) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+        log.info(
+            "connection %s (%s) closed%s", session.peer, session.nick, f": {exc}" if exc else ""
+        )
+        if session.user is not None:
+            self.spawn(self._leave(session))
+
+    async def all_closed(self) -> None:
+        await self._no_sessions.wait()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a task the server waits for at shutdown (request handling, leaving)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def drain_tasks(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @staticmethod
+    def reply(session: Session, request: Request, body: dict[str, Any]) -> None:
+        """Send ``ok`` (or another reply type) carrying the request's id, if it had one."""
+        message: dict[str, Any] = {"type": "ok"}
+        if request.id is not None:
+            message["id"] = request.id
+        message.update(body)
+        session.send(encode_message(message))
+
+    async def handle_batch(self, session: Session, items: list[bytes | ProtocolError]) -> None:
+        """Handle a session's requests in order.
+
+        A run of ``say``/``dm``/``announce`` is started together, so its messages share one
+        commit, and finished in request order: each reply, then the events it caused. Any
+        other request first waits for the run before it, so replies never overtake.
+        """
+        run: list[_Append | ProtocolError] = []
+        for item in items:
+            if session.closing:
+                break
+            request: Request | None = None
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item  # the decoder lost framing after the frames before it
+                request = parse_request(item, self.limits)
+                if session.user is None and not request.before_hello:
+                    raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
+                if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
+                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                starter = self._appenders.get(type(request))
+                if starter is not None:
+                    run.append(starter(session, request))
+                    continue
+                await self._finish_run(session, run)
+                await self._handlers[type(request)](session, request)
+            except ProtocolError as exc:
+                if exc.request_id is None and request is not None:
+                    exc.request_id = request.id
+                if run and not exc.fatal:
+                    run.append(exc)
+                    continue
+                await self._finish_run(session, run)
+                session.send_error(exc)
+            except Exception:
+                log.exception("internal error handling a request from %s", session.peer)
+                await self._finish_run(session, run)
+                session.send_error(_internal(request))
+        await self._finish_run(session, run)
+
+    async def _finish_run(self, session: Session, run: list[_Append | ProtocolError]) -> None:
+        for item in run:
+            if isinstance(item, ProtocolError):
+                session.send_error(item)
+                continue
+            try:
+                stored = await item.stored
+            except ProtocolError as exc:
+                session.send_error(exc.with_id(item.request.id))
+                continue
+            except Exception:
+                log.exception("storing a message from %s failed", session.peer)
+                session.send_error(_internal(item.request))
+                continue
+            item.finish(stored)
+        run.clear()
+
+    # -- session ---------------------------------------------------------------------------
+
+    async def on_hello(self, session: Session, req: Hello) -> None:
+        if session.user is not None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
+        key = req.nick.lower()
+        record = await self.store.lookup_user(key)
+        account = record.account if record else None
+        if account is not None:
+            await self._authenticate(key, req, account.password_hash)
+        elif req.token is not None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "no account with that token")
+        if record is None:
+            await self.store.remember_user(req.nick)
+        admin = account is not None and account.admin
+        first = await self.fanout.connect(session, req.nick, admin=admin, exclusive=account is None)
+        user = session.user
+        assert user is not None
+        if session.closing:
+            # The connection went away while we awaited: undo the presence it just gained.
+            self.spawn(self._leave(session))
+            return
+        log.info("%s is %s%s", session.peer, user.nick, " (admin)" if admin else "")
+        welcome: dict[str, Any] = {
+            "proto": PROTOCOL_VERSION,
+            "nick": user.nick,
+            "server": SERVER_NAME,
+            "max_frame": self.config.max_frame,
+            "max_text": self.config.max_text,
+            "admin": admin,
+        }
+        if self.config.motd:
+            welcome["motd"] = self.config.motd
+        self.reply(session, req, {"type": "welcome", **welcome})
+        if first:
+            self.fanout.to_everyone(
+                encode_message({"type": "online", "nick": user.nick, "ts": now()})
+            )
+        if not user.dm_live:
+            # Set before the await: a DM sent meanwhile is then delivered live, after these.
+            user.dm_live = True
+            for payload in await self.store.take_pending(key):
+                self.fanout.to_users((key,), encode_frame(payload))
+
+    async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
+        if req.token is not None:
+            if await self.store.token_owner(hash_token(req.token)) == key:
+                return
+        elif req.password is not None and password_hash is not None:
+            ok = await asyncio.to_thread(verify_password, req.password, password_hash)
+            if ok:
+                return
+        raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+
+    async def _leave(self, session: Session) -> None:
+        rooms = await self.fanout.disconnect(session)
+        if rooms is None:
+            return
+        user = session.user
+        assert user is not None
+        ts = now()
+        for room in rooms:
+            self.fanout.to_room(
+                room,
+                encode_message(
+                    {"type": "parted", "room": room, "nick": user.nick, "ts": ts, "reason": "quit"}
+                ),
+            )
+        self.fanout.to_everyone(encode_message({"type": "offline", "nick": user.nick, "ts": ts}))
+
+    async def on_ping(self, session: Session, req: Ping) -> None:
+        self.reply(session, req, {"type": "pong"})
+
+    async def on_bye(self, session: Session, req: Bye) -> None:
+        session.close()
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    async def on_join(self, session: Session, req: Join) -> None:
+        user = self._user(session)
+        info = await self.store.room(req.room) or await self.store.create_room(req.room)
+        joined = await self.fanout.join(user, req.room)
+        members = await self.fanout.members(req.room)
+        self.reply(
+            session,
+            req,
+            {"room": req.room, "topic": info.topic, "members": members, "last_seq": info.last_seq},
+        )
+        if joined:
+            self.fanout.to_room(
+                req.room,
+                encode_message(
+                    {"type": "joined", "room": req.room, "nick": user.nick, "ts": now()}
+                ),
+            )
+
+    async def on_part(self, session: Session, req: Part) -> None:
+        user = self._member(session, req.room)
+        await self.fanout.part(user, req.room)
+        self.reply(session, req, {})
+        frame = encode_message({"type": "parted", "room": req.room, "nick": user.nick, "ts": now()})
+        self.fanout.to_room(req.room, frame)
+        self.fanout.to_users((user.key,), frame)
+
+    def start_say(self, session: Session, req: Say) -> _Append:
+        user = self._member(session, req.room)
+        event: dict[str, Any] = {
+            "type": "msg",
+            "room": req.room,
+            "from": user.nick,
+            "text": req.text,
+        }
+        if req.kind is not None:
+            event["kind"] = req.kind
+
+        def finish(stored: Stored) -> None:
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+            if not stored.duplicate:
+                self.fanout.to_room(req.room, encode_frame(stored.payload))
+
+        draft = Draft(room_stream(req.room), user.key, req.cid, event)
+        return _Append(req, self._append(draft), finish)
+
+    def _append(self, draft: Draft) -> asyncio.Future[Stored]:
+        # Tasks start in creation order, so messages reach the store in request order.
+        return asyncio.ensure_future(self.store.append(draft))
+
+    async def on_topic(self, session: Session, req: Topic) -> None:
+        user = self._member(session, req.room)
+        await self.store.set_topic(req.room, req.text)
+        self.reply(session, req, {})
+        self.fanout.to_room(
+            req.room,
+            encode_message(
+                {"type": "topic", "room": req.room, "topic": req.text, "by": user.nick, "ts": now()}
+            ),
+        )
+
+    async def on_rooms(self, session: Session, req: Rooms) -> None:
+        counts = await self.fanout.member_counts()
+        rooms = [
+            {"room": info.name, "count": counts.get(info.name, 0), "topic": info.topic}
+            for info in sorted(await self.store.rooms(), key=lambda info: info.name)
+        ]
+        self.reply(session, req, {"rooms": rooms})
+
+    # -- direct messages, announcements, presence, history ---------------------------------
+
+    def start_dm(self, session: Session, req: Dm) -> _Append:
+        user = self._user(session)
+        to_key = req.to.lower()
+        stream = dm_stream(user.key, to_key)
+        recipient = self.fanout.user(to_key)
+        # Whether the recipient exists is known only after a lookup: it runs as part of the
+        # append, so the run's order is kept.
+        live = recipient is not None and recipient.dm_live
+
+        async def append() -> Stored:
+            to_nick = recipient.nick if recipient is not None else None
+            if to_nick is None:
+                record = await self.store.lookup_user(to_key)
+                if record is None:
+                    raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
+                to_nick = record.nick
+            event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
+            pending_for = None if live else to_key
+            return await self.store.append(Draft(stream, user.key, req.cid, event, pending_for))
+
+        def finish(stored: Stored) -> None:
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+            if stored.duplicate:
+                return
+            frame = encode_frame(stored.payload)
+            if not live:
+                self.fanout.to_users((user.key,), frame)
+                return
+            self.fanout.to_users((user.key, to_key), frame)
+            if self.fanout.user(to_key) is None:
+                # The recipient left between the check and the commit: deliver at next hello.
+                self.spawn(self.store.set_pending(to_key, stream, stored.seq))
+
+        return _Append(req, asyncio.ensure_future(append()), finish)
+
+    def start_announce(self, session: Session, req: Announce) -> _Append:
+        user = self._user(session)
+        if not user.admin:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only admins may announce")
+        event = {"type": "announce", "from": user.nick, "text": req.text}
+
+        def finish(stored: Stored) -> None:
+            delivered = 0 if stored.duplicate else self.fanout.session_count()
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
+            if not stored.duplicate:
+                self.fanout.to_everyone(encode_frame(stored.payload))
+
+        return _Append(req, self._append(Draft(ANNOUNCE_STREAM, user.key, req.cid, event)), finish)
+
+    async def on_users(self, session: Session, req: Users) -> None:
+        self.reply(session, req, {"users": await self.fanout.online()})
+
+    async def on_history(self, session: Session, req: History) -> None:
+        user = self._user(session)
+        if req.room is not None:
+            if await self.store.room(req.room) is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_ROOM, f"no room called {req.room}")
+            stream = room_stream(req.room)
+        elif req.with_ is not None:
+            other = req.with_.lower()
+            if await self.store.lookup_user(other) is None and self.fanout.user(other) is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.with_}")
+            stream = dm_stream(user.key, other)
+        else:
+            stream = ANNOUNCE_STREAM
+        payloads = await self.store.history(
+            stream, after=req.after, before=req.before, limit=req.effective_limit
+        )
+        self.reply(session, req, {"messages": [msgspec.Raw(p) for p in payloads]})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _user(session: Session) -> User:
+        assert session.user is not None  # guaranteed by the hello_required check
+        return session.user
+
+    def _member(self, session: Session, room: str) -> User:
+        user = self._user(session)
+        if not self.fanout.is_member(user, room):
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
+        return user

@@ -1,0 +1,114 @@
+"""What the server needs from durable storage, independent of where it lives.
+
+The embedded implementation is :class:`imchat.server.sqlite_store.SQLiteStore`; a Redis one
+slots in behind the same interface. Every method that stores something returns only after it
+is committed, so an ``ok`` sent after ``await store.append(...)`` is a durable promise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+def room_stream(room: str) -> str:
+    return f"r:{room}"
+
+
+def dm_stream(a_key: str, b_key: str) -> str:
+    low, high = sorted((a_key, b_key))
+    return f"d:{low} {high}"
+
+
+ANNOUNCE_STREAM = "a"
+
+
+@dataclass(slots=True)
+class Draft:
+    """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
+
+    stream: str
+    sender_key: str
+    cid: str | None
+    event: dict[str, Any]
+    #: Recipient key for a DM to a user who will get it at their next hello.
+    pending_for: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Stored:
+    seq: int
+    ts: float
+    #: The event's JSON exactly as stored and sent (without the frame header).
+    payload: bytes
+    #: True if ``cid`` repeated an earlier message: nothing was stored or should be sent.
+    duplicate: bool = False
+
+
+@dataclass(slots=True)
+class RoomInfo:
+    name: str
+    topic: str = ""
+    last_seq: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Account:
+    nick: str
+    admin: bool = False
+    password_hash: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class UserRecord:
+    """A known user: one with an account or who ever completed ``hello``."""
+
+    nick: str
+    account: Account | None = field(default=None)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # Users and accounts
+    async def lookup_user(self, key: str) -> UserRecord | None:
+        """A known user by nick key; sees accounts changed by other processes (the CLI)."""
+
+    async def remember_user(self, nick: str) -> None: ...
+
+    async def create_account(
+        self, nick: str, *, admin: bool = False, password_hash: str | None = None
+    ) -> None: ...
+
+    async def remove_account(self, key: str) -> bool: ...
+
+    async def add_token(self, key: str, token_hash: str, label: str) -> None: ...
+
+    async def token_owner(self, token_hash: str) -> str | None:
+        """The key of the account a (hashed) token belongs to."""
+
+    # Rooms
+    async def room(self, name: str) -> RoomInfo | None:
+        """A room's topic and last seq."""
+
+    async def rooms(self) -> list[RoomInfo]: ...
+
+    async def create_room(self, name: str) -> RoomInfo: ...
+
+    async def set_topic(self, name: str, topic: str) -> None: ...
+
+    # Messages
+    async def append(self, draft: Draft) -> Stored: ...
+
+    async def history(
+        self, stream: str, *, after: int | None, before: int | None, limit: int
+    ) -> list[bytes]:
+        """Stored event payloads, oldest first (see the contract's History section)."""
+
+    async def take_pending(self, recipient_key: str) -> list[bytes]:
+        """Undelivered DMs for a user, oldest first; each is handed out once."""
+
+    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
+        """Mark a DM undelivered again (its recipient left before it could be sent)."""
