@@ -161,7 +161,9 @@ class ChatApp(App[None]):
             return
         view = self.views[key]
         self.query_one("#conversations", ContentSwitcher).current = view.id
-        self.query_one("#conversations").border_title = "conversation"
+        # A Text title is never parsed as markup (a DM partner may be called "[b]").
+        title = self.titles.get(key, key.name)
+        self.query_one("#conversations").border_title = Text(clean(title))
         self.query_one(ConversationList).set_current(key)
         self.refresh_members()
         self.query_one(ChatInput).focus()
@@ -344,7 +346,10 @@ class ChatApp(App[None]):
     def _server_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         room = message.get("room")
-        if kind in ("joined", "parted", "topic") and isinstance(room, str):
+        mine = nick_key(str(message.get("nick", ""))) == nick_key(self.session.nick)
+        if kind == "joined" and mine:
+            pass  # RoomJoined already said so, with the topic
+        elif kind in ("joined", "parted", "topic") and isinstance(room, str):
             view = self.views.get(ConvKey.room(room))
             entry = self.formatter.event(message)
             if view is not None and entry is not None:

@@ -21,12 +21,15 @@ class MemberList(OptionList):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.nicks: list[str] = []
+        self._me = ""
+        self._online: set[str] = set()
 
     def show(self, me: str, members: Iterable[str], online: set[str]) -> None:
         nicks = sorted(members, key=lambda n: (nick_key(n) not in online, nick_key(n)))
-        if nicks == self.nicks and getattr(self, "_online", None) == online:
+        if nicks == self.nicks and self._online == online:
             return
         self.nicks = nicks
+        self._me = me
         self._online = set(online)
         options = []
         for nick in nicks:
@@ -42,4 +45,6 @@ class MemberList(OptionList):
     @on(OptionList.OptionSelected)
     def _selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
-        self.post_message(OpenDirect(self.nicks[event.option_index]))
+        nick = self.nicks[event.option_index]
+        if nick_key(nick) != nick_key(self._me):
+            self.post_message(OpenDirect(nick))
