@@ -143,6 +143,8 @@ class ChatApp(App[None]):
             self.views[key] = view
             conv = self.session.conversations.get(key)
             self.titles[key] = title or (conv.title if conv else key.name)
+            # ContentSwitcher only hides the children it had when it started.
+            view.display = False
             self.query_one("#conversations", ContentSwitcher).mount(view)
             self.query_one(ConversationList).ensure(key, self.titles[key])
             if self._motd and key.kind is ConvKind.ROOM:
