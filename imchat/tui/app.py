@@ -8,6 +8,7 @@ arrive as :class:`SessionUpdate` messages and are applied in order.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.style import Style
@@ -64,7 +65,8 @@ ERROR = Style(color="red", bold=True)
 class ChatApp(App[None]):
     """A chat client for one user on one server."""
 
-    CSS_PATH = "imchat.tcss"
+    # Absolute, so subclasses defined elsewhere (tests, benchmarks) find it too.
+    CSS_PATH = Path(__file__).with_name("imchat.tcss")
     TITLE = "imchat"
     # Ctrl+P belongs to "previous conversation"; Ctrl+K is the usual chat-app switcher key.
     COMMAND_PALETTE_BINDING = "ctrl+k"

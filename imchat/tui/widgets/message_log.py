@@ -116,6 +116,10 @@ class MessageLog(ScrollView, can_focus=True):
         self.virtual_size = Size(self._width, self._total)
         self.refresh()
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()  # cached strips carry the widget's base style
+
     # -- geometry --------------------------------------------------------------------------
 
     def _height(self, entry: Entry, width: int) -> int:
@@ -149,8 +153,8 @@ class MessageLog(ScrollView, can_focus=True):
             if entry.style is not None:
                 text.stylize(entry.style)
             segments = [s for s in text.render(console) if s.text != "\n"]
-            strips.append(Strip(segments).extend_cell_length(width, entry.style)
-                          .crop(0, width))
+            strip = Strip(segments).extend_cell_length(width, entry.style).crop(0, width)
+            strips.append(strip.apply_style(self.rich_style))
         return strips
 
     def _strips_for(self, index: int) -> list[Strip]:
@@ -169,8 +173,7 @@ class MessageLog(ScrollView, can_focus=True):
         index = bisect_right(self._starts, row) - 1
         strips = self._strips_for(index)
         offset = row - self._starts[index]
-        strip = strips[offset] if offset < len(strips) else Strip.blank(width)
-        return strip.apply_style(self.rich_style)
+        return strips[offset] if offset < len(strips) else Strip.blank(width, self.rich_style)
 
     # -- reaching the top ------------------------------------------------------------------
 
