@@ -8,6 +8,7 @@ arrive as :class:`SessionUpdate` messages and are applied in order.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +63,26 @@ from imchat.tui.widgets import (
 ERROR = Style(color="red", bold=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _KeyName:
+    """Stands in for a ``textual.keys.Keys`` member: the parser only reads ``.value``."""
+
+    value: str
+
+
+def enable_alt_digits() -> None:
+    """Deliver Esc+digit, which terminals send for Alt+digit, as ``alt+1`` … ``alt+9``.
+
+    Textual turns those sequences into the characters macOS's Option+digit types (``¡``,
+    ``™``, …), so an ``alt+1`` binding would never fire in a real terminal. A chat client
+    wants Alt+N to switch windows, as in irssi and weechat.
+    """
+    from textual import _ansi_sequences
+
+    for n in range(1, 10):
+        _ansi_sequences.ANSI_SEQUENCES_KEYS[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)  # type: ignore[assignment]
+
+
 class ChatApp(App[None]):
     """A chat client for one user on one server."""
 
@@ -92,6 +113,7 @@ class ChatApp(App[None]):
         cursor_blink: bool = True,
     ) -> None:
         super().__init__()
+        enable_alt_digits()
         self.session = session
         self.server_label = server_label or f"{session.host}:{session.port}"
         self.formatter = Formatter(session.nick, time_format)

@@ -286,3 +286,13 @@ async def test_command_palette_lists_the_commands(server: ServerHandle) -> None:
         await pilot.press("enter")
         await until(pilot, lambda: alice.query_one("#input", Input).value == "/join ",
                     "input prefilled")
+
+
+def test_alt_digit_sequences_reach_the_app_as_alt_keys() -> None:
+    from textual._xterm_parser import XTermParser
+
+    from imchat.tui.app import enable_alt_digits
+
+    enable_alt_digits()
+    keys = [e.key for e in XTermParser().feed("\x1b1\x1b9x") if hasattr(e, "key")]
+    assert keys[:2] == ["alt+1", "alt+9"]
