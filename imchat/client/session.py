@@ -357,6 +357,8 @@ class ChatSession:
         self._wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._connected_once = False
+        #: run() has returned: nothing queued now would ever be sent.
+        self._stopped = False
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -398,6 +400,7 @@ class ChatSession:
                     if served:
                         attempt = 0
                 except _Permanent as exc:
+                    self._stopped = True
                     self._set_state(State.OFFLINE, reason=str(exc))
                     return
                 finally:
@@ -412,6 +415,7 @@ class ChatSession:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+        self._stopped = True
         self._set_state(State.OFFLINE, reason="closed")
 
     def reconnect_now(self) -> None:
@@ -717,6 +721,8 @@ class ChatSession:
         return self._queue(Pending(ANNOUNCEMENTS, text, ""))
 
     def _queue(self, pending: Pending) -> Pending:
+        if self._stopped:
+            raise NotConnected(f"offline for good ({self.state}); not sent")
         self.outbox.append(pending)
         self._outbox_changed(pending.conv)
         self._outbox_wake.set()

@@ -241,7 +241,9 @@ class ChatApp(App[None]):
         members = self.query_one(MemberList)
         status = self.query_one(StatusBar)
         key = self.current
-        online = set(self.session.online)
+        # Presence is only known while connected; otherwise nobody is shown as online.
+        connected = self.session.state is State.CONNECTED
+        online = set(self.session.online) if connected else set()
         me = self.session.nick
         topic = ""
         if key is None:
@@ -303,8 +305,7 @@ class ChatApp(App[None]):
         if event.state is State.OFFLINE and event.reason and event.reason != "closed":
             self.failed = True
             self.error(f"disconnected: {event.reason}")
-        if event.state is State.CONNECTED:
-            self.refresh_members()
+        self.refresh_members()
 
     def _room_joined(self, event: RoomJoined) -> None:
         key = ConvKey.room(event.room)
@@ -417,6 +418,12 @@ class ChatApp(App[None]):
         getattr(self, f"cmd_{name[1:]}")(args)
 
     def send_text(self, text: str, *, action: bool = False) -> None:
+        try:
+            self._send_text(text, action=action)
+        except NotConnected as exc:
+            self.error(str(exc))
+
+    def _send_text(self, text: str, *, action: bool = False) -> None:
         key = self.current
         if key is None:
             self.error("no conversation: /join a room or /msg someone first")
@@ -494,7 +501,7 @@ class ChatApp(App[None]):
             return
         self.open_dm(nick)
         if text.strip():
-            self.session.dm(nick, text)
+            self.send_text(text)
 
     def cmd_me(self, args: str) -> None:
         if not args:
@@ -544,7 +551,10 @@ class ChatApp(App[None]):
         if not args:
             self.error("usage: /announce TEXT")
             return
-        self.session.announce(args)
+        try:
+            self.session.announce(args)
+        except NotConnected as exc:
+            self.error(str(exc))
 
     def cmd_clear(self, args: str) -> None:
         view = self.current_view()

@@ -165,4 +165,4 @@ class Formatter:
             shown = f"* {self.me} {shown}"
         return Text.assemble(Text("  …  ".ljust(6), style=PENDING),
                              Text(self.me.rjust(NICK_WIDTH) + " ", style=PENDING),
-                             Text(shown, style=PENDING), Text("  (sending)", style=PENDING))
+                             Text(shown, style=PENDING), Text("  (pending)", style=PENDING))
