@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_message
@@ -54,7 +53,7 @@ class Session(asyncio.Protocol):
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = hub.loop.time()
-        self._inbox: deque[bytes | ProtocolError] = deque()
+        self._inbox: list[bytes | ProtocolError] = []
         self._busy = False
         self._reading_paused = False
         self._out: list[bytes] = []
@@ -101,7 +100,7 @@ class Session(asyncio.Protocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing:
-                batch = list(inbox)
+                batch = inbox[:]
                 inbox.clear()
                 if self._reading_paused and not isinstance(batch[-1], ProtocolError):
                     self._reading_paused = False
@@ -127,7 +126,9 @@ class Session(asyncio.Protocol):
         self._out.append(frame)
         self._out_size += len(frame)
         assert self.transport is not None
-        if self._out_size + self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+        # Only what earlier writes left unsent counts: the frames queued during this loop turn
+        # were never offered to the client, so it cannot have fallen behind on them.
+        if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
             self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:
