@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from client.fake_server import FakeConnection, FakeServer
 from textual.pilot import Pilot
 
 from imchat.client.session import Backoff, ChatSession, ConvKey, State
 from imchat.tui.app import ChatApp
-from tests.client.fake_server import FakeConnection, FakeServer
 
 from .conftest import SIZE, until
 
