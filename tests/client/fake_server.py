@@ -41,6 +41,8 @@ class FakeServer:
         #: Store the next say/dm from this nick, then drop the connection instead of ``ok``.
         self.lose_ok_for: str | None = None
         self.requests: list[tuple[str, Message]] = []
+        #: Swallow pings without a pong, like a peer that vanished without closing.
+        self.ignore_pings = False
         self._clock = itertools.count(1_700_000_000) if clock is None else clock
         self.connected = asyncio.Event()
 
@@ -254,6 +256,10 @@ class FakeConnection:
     async def request(self, message: Any, /, **fields: Any) -> Message:
         await asyncio.sleep(0)  # a request is never answered synchronously
         if self.closed:
+            raise ConnectionClosed(self.closed_error)
+        if message == "ping" and self.server.ignore_pings:
+            self.server.requests.append(("ping", fields))
+            await self._closed.wait()
             raise ConnectionClosed(self.closed_error)
         reply = self.server.handle(self, message, fields)
         for item in self.after_reply:

@@ -43,10 +43,12 @@ class Recorder:
         self._changed.set()
 
     async def wait(self, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+        # Wakes on every session event, and every 20 ms for conditions on the server side.
         async with asyncio.timeout(timeout):
             while not cond():
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.02)
 
     def items(self, conv: ConvKey) -> list[dict[str, Any] | Gap]:
         out: list[dict[str, Any] | Gap] = []
@@ -316,3 +318,24 @@ async def test_load_older_prepends_until_complete(
         assert crec.texts(LOBBY) == [f"m{i}" for i in range(1, 131)]
         assert c.conversations[LOBBY].complete
         assert await c.load_older(LOBBY) == 0
+
+
+async def test_pings_keep_the_session_alive_and_a_silent_peer_is_dropped(
+    server: FakeServer,
+) -> None:
+    session = ChatSession("alice", connector=server.connect, backoff=FAST, rooms=["lobby"],
+                          ping_interval=0.02, ping_timeout=0.1)
+    rec = Recorder(session)
+    task = asyncio.create_task(session.run())
+    try:
+        await rec.wait(lambda: sum(k == "ping" for k, _ in server.requests) >= 3)
+        assert session.state is State.CONNECTED
+        # The peer stops answering: no pong within ping_timeout, so reconnect.
+        server.ignore_pings = True
+        await rec.wait(lambda: State.RECONNECTING in rec.states())
+        server.ignore_pings = False
+        await rec.wait(lambda: session.state is State.CONNECTED)
+        assert len(server.connections) >= 2
+    finally:
+        await session.close()
+        await asyncio.wait_for(task, 5)

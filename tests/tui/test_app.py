@@ -138,6 +138,35 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
         assert has_line(alice, LOBBY, "reconnected: rejoined #lobby")
 
 
+async def test_a_gap_history_cannot_fill_is_marked(server: ServerHandle) -> None:
+    """More missed than one history reply holds (500): the newest are shown, with a marker."""
+    from imchat.client.session import Backoff
+
+    await server.stop()
+    await server.start(rate=0)
+    alice = make_app(server, "alice")
+    alice.session.backoff = Backoff(base=30, cap=30)
+    async with running(alice) as pilot:
+        async with client(server, "bob", rooms=("lobby",)) as bob:
+            await bob.request("say", room="lobby", text="seen it")
+            await until(pilot, lambda: has_line(alice, LOBBY, "seen it"), "first message")
+        port = server.port
+        await server.stop()
+        await until(pilot, lambda: alice.session.state is State.RECONNECTING, "reconnecting")
+        await server.start(port=port, rate=0)
+        async with client(server, "bob", rooms=("lobby",)) as bob:
+            for i in range(1, 601):
+                await bob.request("say", room="lobby", text=f"away {i}")
+        alice.session.reconnect_now()
+        await until(pilot, lambda: has_line(alice, LOBBY, "away 600"), "caught up")
+        lines = log_text(alice, LOBBY)
+        marker = next(i for i, x in enumerate(lines) if "messages missed here" in x)
+        assert "100 messages missed here" in lines[marker]
+        assert "seen it" in "".join(lines[:marker])
+        assert lines[marker + 1].endswith("away 101")
+        assert sum("away " in x for x in lines) == 500
+
+
 async def test_hostile_text_is_shown_literally(server: ServerHandle) -> None:
     alice = make_app(server, "alice")
     async with running(alice) as pilot:
