@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import ssl as ssl_module
 
-from imchat.client.connection import DEFAULT_PORT
-
 __all__ = ["run_tui"]
 
 
 def run_tui(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    nick: str = "",
-    room: str | None = "lobby",
+    host: str,
+    port: int,
+    nick: str,
+    room: str | None,
     password: str | None = None,
     token: str | None = None,
     tls: ssl_module.SSLContext | bool | None = None,
@@ -24,7 +22,8 @@ def run_tui(
     """Run the chat UI until the user quits; returns a process exit code.
 
     ``tls`` may be an ``SSLContext``, ``True`` for the system's default verification, or
-    None/False for plain TCP. ``room`` is joined on connect (None joins nothing).
+    None/False for plain TCP. ``room`` is joined on connect (None joins nothing). Exits 1
+    when the server refused us for good (``auth_failed``, ``bad_nick``, a nick in use).
     """
     from imchat.client.session import ChatSession
     from imchat.tui.app import ChatApp

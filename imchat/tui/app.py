@@ -438,6 +438,7 @@ class ChatApp(App[None]):
 
     def error(self, text: str, view: ConversationView | None = None) -> None:
         """Tell the user something went wrong: a toast, and a red line in the window."""
+        text = clean(text)  # server messages are network text too
         self.notify(text, severity="error", markup=False)
         view = view or self.current_view()
         if view is not None:
