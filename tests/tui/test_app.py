@@ -113,13 +113,14 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
             await until(pilot, lambda: has_line(alice, LOBBY, "before the restart"), "first")
         port = server.port
         await server.stop()
-        await until(pilot, lambda: alice.session.state is State.RECONNECTING, "reconnecting")
-        status = alice.query_one("#status").render()
-        assert "reconnecting in" in str(status)
+        await until(pilot, lambda: "reconnecting in" in str(alice.query_one("#status").render()),
+                    "the status bar shows the countdown")
+        assert alice.session.state is State.RECONNECTING
         # Typed while disconnected: shown as pending.
         await type_line(pilot, "typed while offline")
         view = alice.views[LOBBY]
-        assert view.pending.display and "typed while offline" in str(view.pending.render())
+        await until(pilot, lambda: view.pending.display
+                    and "typed while offline" in str(view.pending.render()), "pending line")
         await server.start(port=port)
         async with client(server, "bob", rooms=("lobby",)) as bob:
             for i in range(3):
@@ -134,7 +135,7 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
                 for x in log_text(alice, LOBBY) if x.startswith("12:34") and "--" not in x]
         assert said == ["before the restart", "missed 0", "missed 1", "missed 2",
                         "typed while offline", "after"]
-        assert not view.pending.display
+        await until(pilot, lambda: not view.pending.display, "pending line gone")
         assert has_line(alice, LOBBY, "reconnected: rejoined #lobby")
 
 
@@ -212,13 +213,13 @@ async def test_unknown_commands_and_server_errors_are_explained(server: ServerHa
         await until(pilot, lambda: "Friday: [b]release[/b]" in str(
             alice.query_one("#status").render()), "topic in status bar")
         await type_line(pilot, "/help")
-        assert has_line(alice, LOBBY, "/msg NICK [TEXT]")
+        await until(pilot, lambda: has_line(alice, LOBBY, "/msg NICK [TEXT]"), "help")
         await type_line(pilot, "/users")
         await until(pilot, lambda: has_line(alice, LOBBY, "online (1): alice"), "users")
         await type_line(pilot, "/me waves")
         await until(pilot, lambda: has_line(alice, LOBBY, "alice waves"), "action")
         await type_line(pilot, "/clear")
-        assert log_text(alice, LOBBY) == []
+        await until(pilot, lambda: log_text(alice, LOBBY) == [], "cleared")
 
 
 async def test_rate_limited_is_reported(server: ServerHandle) -> None:
