@@ -28,12 +28,6 @@ def fixed_time(ts: float) -> str:
     return "12:34"
 
 
-@pytest.fixture(autouse=True)
-def no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A blinking cursor makes screenshots differ from run to run."""
-    monkeypatch.setattr(Input, "cursor_blink", False)
-
-
 async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str = "condition",
                 timeout: float = TIMEOUT) -> None:
     """Let the app run until ``cond()`` holds; fail after ``timeout`` seconds."""
@@ -85,6 +79,7 @@ def make_app(server: ServerHandle, nick: str, room: str | None = "lobby",
              **kwargs: Any) -> ChatApp:
     session = ChatSession(nick, "127.0.0.1", server.port, backoff=FAST,
                           rooms=[room] if room else [], **kwargs)
+    # No cursor blink: a blinking cursor makes screens differ from run to run.
     return ChatApp(session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time,
                    cursor_blink=False)
 

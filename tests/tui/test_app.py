@@ -216,6 +216,9 @@ async def test_unknown_commands_and_server_errors_are_explained(server: ServerHa
         await until(pilot, lambda: has_line(alice, LOBBY, "/msg NICK [TEXT]"), "help")
         await type_line(pilot, "/users")
         await until(pilot, lambda: has_line(alice, LOBBY, "online (1): alice"), "users")
+        await type_line(pilot, "/rooms")
+        await until(pilot, lambda: has_line(alice, LOBBY, "#lobby  1 members  Friday: [b]"),
+                    "rooms")
         await type_line(pilot, "/me waves")
         await until(pilot, lambda: has_line(alice, LOBBY, "alice waves"), "action")
         await type_line(pilot, "/clear")
