@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.style import Style
+from textual import events
 from textual.command import CommandPalette
 from textual.widgets import Input
 
@@ -245,6 +246,13 @@ async def test_tab_completion_and_input_recall(server: ServerHandle) -> None:
         chat_input.value = ""
         await pilot.press("b", "o", "tab")
         assert chat_input.value == "Bobby: "
+        # Keys arriving in one burst (one read from the terminal) complete in order too.
+        chat_input.value = ""
+        for key, char in [("b", "b"), ("o", "o"), ("tab", "\t"), ("x", "x")]:
+            alice.post_message(events.Key(key, char))
+        await until(pilot, lambda: chat_input.value == "Bobby: x", "burst completed in order")
+        chat_input.value = "Bobby: "
+        chat_input.cursor_position = len(chat_input.value)
         await pilot.press(*"hi", "enter")
         await until(pilot, lambda: has_line(alice, LOBBY, "Bobby: hi"), "sent")
         await type_line(pilot, "second")

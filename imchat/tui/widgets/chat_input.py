@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from textual import events
 from textual.binding import Binding
 from textual.widgets import Input
 
@@ -14,7 +15,6 @@ class ChatInput(Input):
     BINDINGS = [
         Binding("up", "recall(-1)", "Previous input", show=False),
         Binding("down", "recall(1)", "Next input", show=False),
-        Binding("tab", "complete", "Complete", show=False, priority=True),
     ]
 
     def __init__(self, candidates: Callable[[], Iterable[str]], commands: Iterable[str],
@@ -26,6 +26,17 @@ class ChatInput(Input):
         self._recall: int | None = None
         self._draft = ""
         self._cycle: tuple[str, list[str], int] | None = None  # (stem line, matches, index)
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Tab is handled here, in the input's own queue, not as a binding: bindings run when
+        # the key reaches the app, after the keys that followed it in the same read (a paste,
+        # a fast typist, tmux send-keys) were already typed, so "bo<Tab>x" would complete "x".
+        if event.key == "tab":
+            event.stop()
+            event.prevent_default()
+            self.action_complete()
+            return
+        await super()._on_key(event)
 
     def remember(self, line: str) -> None:
         if line and (not self.history or self.history[-1] != line):
