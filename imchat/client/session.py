@@ -359,6 +359,8 @@ class ChatSession:
         self._connected_once = False
         #: run() has returned: nothing queued now would ever be sent.
         self._stopped = False
+        self._joining: set[str] = set()
+        self._side_tasks: set[asyncio.Future[Any]] = set()
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -468,6 +470,7 @@ class ChatSession:
         except (ConnectionClosed, ConnectionError):
             pass
         finally:
+            tasks.extend(self._side_tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -564,11 +567,14 @@ class ChatSession:
         key = ConvKey.room(room)
         conv = self._conv(key, f"#{room}")
         conv.begin_sync()
+        self._joining.add(room)
         try:
             reply = await conn.request("join", room=room)
         except BaseException:
             conv.syncing = False
             raise
+        finally:
+            self._joining.discard(room)
         name = str(reply.get("room", room))
         info = self.rooms.setdefault(name, RoomInfo(name))
         info.topic = str(reply.get("topic", ""))
@@ -580,6 +586,19 @@ class ChatSession:
         await self._catch_up(conn, conv, {"room": name},
                              known_last if isinstance(known_last, int) else None)
         return joined
+
+    async def _adopt(self, room: str) -> None:
+        """Take up a room another of our sessions joined (the join is idempotent)."""
+        conn = self._conn
+        if conn is None or room in self.rooms:
+            return
+        with contextlib.suppress(ServerError, ConnectionClosed):
+            await self._join(conn, room, rejoin=False)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # -- incoming events --------------------------------------------------------------------
 
@@ -633,14 +652,18 @@ class ChatSession:
         room = str(message.get("room", ""))
         nick = str(message.get("nick", ""))
         info = self.rooms.get(room)
+        mine = nick_key(nick) == nick_key(self.nick)
         if info is None:
+            if message.get("type") == "joined" and mine and room not in self._joining:
+                # Another of our sessions joined: membership is the user's, so are we.
+                self._spawn(self._adopt(room))
             return
         if message.get("type") == "joined":
             info.members[nick_key(nick)] = nick
         else:
             info.members.pop(nick_key(nick), None)
         self._emit(ServerEvent(message))
-        if message.get("type") == "parted" and nick_key(nick) == nick_key(self.nick):
+        if message.get("type") == "parted" and mine:
             # Another of our sessions left the room: so have we.
             self.rooms.pop(room, None)
             self._emit(RoomLeft(room))

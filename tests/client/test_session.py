@@ -339,3 +339,20 @@ async def test_pings_keep_the_session_alive_and_a_silent_peer_is_dropped(
     finally:
         await session.close()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_room_joined_by_another_session_of_ours_is_taken_up(
+    server: FakeServer, bob: tuple[ChatSession, Recorder]
+) -> None:
+    b, _ = bob
+    async with start(server, "admin") as (one, rec_one), start(server, "admin") as (two, _):
+        await two.join("ops")
+        dev = ConvKey.room("ops")
+        await rec_one.wait(lambda: "ops" in one.rooms, )
+        b.say("lobby", "unrelated")
+        await rec_one.wait(lambda: "unrelated" in rec_one.texts(LOBBY))
+        joins = [f for k, f in server.requests if k == "join" and f["room"] == "ops"]
+        assert len(joins) == 2  # one each: the second session adopted it once
+        two.say("ops", "from the other session")
+        await rec_one.wait(lambda: "from the other session" in rec_one.texts(dev))
+        assert rec_one.texts(dev) == ["from the other session"]
