@@ -337,3 +337,18 @@ def test_alt_digit_sequences_reach_the_app_as_alt_keys() -> None:
     enable_alt_digits()
     keys = [e.key for e in XTermParser().feed("\x1b1\x1b9x") if hasattr(e, "key")]
     assert keys[:2] == ["alt+1", "alt+9"]
+
+
+async def test_a_refused_hello_goes_offline_and_says_why(server: ServerHandle) -> None:
+    """A nick in use at the first connect is final: offline, explained, exit code 1."""
+    async with client(server, "alice"):
+        alice = make_app(server, "alice")
+        async with alice.run_test(size=(120, 36)) as pilot:
+            await until(pilot, lambda: alice.failed, "gave up")
+            assert alice.session.state is State.OFFLINE
+            await until(pilot, lambda: "nick_taken" in str(alice.query_one("#status").render()),
+                        "reason in the status bar")
+            assert any("nick_taken" in str(n.message) for n in alice._notifications)
+            await type_line(pilot, "/msg bob anyone?")
+            await until(pilot, lambda: any("not sent" in str(n.message)
+                                           for n in alice._notifications), "refused to queue")
