@@ -15,6 +15,7 @@ from textual.pilot import Pilot
 
 from imchat.client.session import Backoff, ChatSession, ConvKey, State
 from imchat.tui.app import ChatApp
+from imchat.tui.widgets import StatusBar
 
 from .conftest import SIZE, until
 
@@ -84,6 +85,10 @@ def test_offline_with_pending_messages(snap_compare: Any) -> None:
         server.down = True
         server.drop_all()
         await until(pilot, lambda: app.session.retry_at is not None, "reconnecting")
+        status = app.query_one(StatusBar)
+        retry_at = app.session.retry_at
+        status.clock = lambda: retry_at - 29.5  # always "in 30s", however slow the machine
+        status.refresh_text()
         app.handle_line("are you still there?")
         app.handle_line("/me is on a train")
         app.clear_notifications()

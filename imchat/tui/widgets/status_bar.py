@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from rich.style import Style
 from rich.text import Text
@@ -24,6 +25,8 @@ class StatusBar(Static):
     def __init__(self, server: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.server = server
+        #: The clock retry_at is measured on (replaceable, so screenshots are repeatable).
+        self.clock: Callable[[], float] = time.monotonic
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self._tick)
@@ -41,7 +44,7 @@ class StatusBar(Static):
         if state is State.RECONNECTING:
             if self.retry_at is None:
                 return Text("◌ reconnecting…", style=Style(color="yellow", bold=True))
-            left = max(0, math.ceil(self.retry_at - time.monotonic()))
+            left = max(0, math.ceil(self.retry_at - self.clock()))
             return Text(f"◌ reconnecting in {left}s", style=Style(color="yellow", bold=True))
         return Text("○ offline", style=Style(color="red", bold=True))
 
