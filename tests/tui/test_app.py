@@ -111,7 +111,9 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
     async with running(alice) as pilot:
         async with client(server, "bob", rooms=("lobby",)) as bob:
             await bob.request("say", room="lobby", text="before the restart")
-            await until(pilot, lambda: has_line(alice, LOBBY, "before the restart"), "first")
+            await bob.request("dm", to="alice", text="dm before")
+            await until(pilot, lambda: has_line(alice, LOBBY, "before the restart")
+                        and has_line(alice, ConvKey.dm("bob"), "dm before"), "first")
         port = server.port
         await server.stop()
         await until(pilot, lambda: "reconnecting in" in str(alice.query_one("#status").render()),
@@ -126,16 +128,21 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
         async with client(server, "bob", rooms=("lobby",)) as bob:
             for i in range(3):
                 await bob.request("say", room="lobby", text=f"missed {i}")
+            await bob.request("dm", to="alice", text="dm while away")
             alice.session.reconnect_now()
             await until(pilot, lambda: alice.session.state is State.CONNECTED, "reconnected")
             await until(pilot, lambda: has_line(alice, LOBBY, "typed while offline")
                         and not alice.session.outbox, "pending sent")
             await bob.request("say", room="lobby", text="after")
-            await until(pilot, lambda: has_line(alice, LOBBY, "after"), "live after resume")
+            await bob.request("dm", to="alice", text="dm after")
+            await until(pilot, lambda: has_line(alice, LOBBY, "after")
+                        and has_line(alice, ConvKey.dm("bob"), "dm after"), "live after resume")
         said = [x.split("alice ", 1)[-1].split("bob ", 1)[-1].strip()
                 for x in log_text(alice, LOBBY) if x.startswith("12:34") and "--" not in x]
         assert said == ["before the restart", "missed 0", "missed 1", "missed 2",
                         "typed while offline", "after"]
+        dms = [x.rsplit("bob ", 1)[-1] for x in log_text(alice, ConvKey.dm("bob"))]
+        assert dms == ["dm before", "dm while away", "dm after"]
         await until(pilot, lambda: not view.pending.display, "pending line gone")
         assert has_line(alice, LOBBY, "reconnected: rejoined #lobby")
 
