@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PING_INTERVAL = 30.0
 PING_TIMEOUT = 20.0
+#: How long catching up after a (re)connect may take before the connection is given up.
+RESYNC_TIMEOUT = 60.0
 INITIAL_HISTORY = 50
 OLDER_HISTORY = 100
 
@@ -405,6 +407,9 @@ class ChatSession:
                     self._stopped = True
                     self._set_state(State.OFFLINE, reason=str(exc))
                     return
+                except Exception as exc:  # a bug or a malformed frame: retry, don't die
+                    log.exception("session failed")
+                    reason = f"client error: {exc!r}"
                 finally:
                     self._conn = None
                     conn.abort()
@@ -461,7 +466,12 @@ class ChatSession:
         tasks: list[asyncio.Task[Any]] = [pump]
         try:
             self._emit(Welcomed(welcome))
-            await self._resync(conn, rejoin=self._connected_once)
+            try:
+                await asyncio.wait_for(self._resync(conn, rejoin=self._connected_once),
+                                       RESYNC_TIMEOUT)
+            except TimeoutError:
+                conn.abort()  # a server that stopped answering: start over
+                return "the server stopped answering", False
             self._connected_once = True
             self._set_state(State.CONNECTED)
             tasks.append(asyncio.create_task(self._ping_loop(conn)))
