@@ -29,8 +29,10 @@ from imchat.tui.app import ChatApp
 from imchat.tui.messages import SessionUpdate
 
 ROOM = ConvKey.room("lobby")
-_LOREM = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-          "incididunt ut labore et dolore magna aliqua alice")
+_LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua alice"
+)
 WORDS = _LOREM.split()
 
 
@@ -44,12 +46,17 @@ class OfflineApp(ChatApp):
 def message(seq: int) -> dict[str, Any]:
     length = 3 + (seq * 7) % 40  # some short lines, some that wrap
     text = " ".join(WORDS[(seq + i) % len(WORDS)] for i in range(length))
-    return {"type": "msg", "room": "lobby", "seq": seq, "ts": 1_700_000_000 + seq,
-            "from": f"user{seq % 17}", "text": text}
+    return {
+        "type": "msg",
+        "room": "lobby",
+        "seq": seq,
+        "ts": 1_700_000_000 + seq,
+        "from": f"user{seq % 17}",
+        "text": text,
+    }
 
 
-async def keystrokes(pilot: Any, count: int, during: Any = None
-                     ) -> tuple[list[float], list[float]]:
+async def keystrokes(pilot: Any, count: int, during: Any = None) -> tuple[list[float], list[float]]:
     """Wall time (including Pilot's own settling waits) and CPU time of each keypress."""
     wall, cpu = [], []
     for i in range(count):
@@ -67,8 +74,10 @@ def summary(label: str, times: tuple[list[float], list[float]] | list[float]) ->
     wall, cpu = times if isinstance(times, tuple) else (times, None)
     ms = sorted(t * 1000 for t in wall)
     p95 = ms[int(len(ms) * 0.95) - 1]
-    line = (f"{label:<34} median {statistics.median(ms):6.2f} ms   p95 {p95:6.2f} ms   "
-            f"max {ms[-1]:6.2f} ms")
+    line = (
+        f"{label:<34} median {statistics.median(ms):6.2f} ms   p95 {p95:6.2f} ms   "
+        f"max {ms[-1]:6.2f} ms"
+    )
     if cpu:
         line += f"   cpu median {statistics.median(cpu) * 1000:6.2f} ms"
     return line
@@ -110,8 +119,10 @@ async def main(n: int, keys: int) -> None:
                 log.render_line(y)
             repaint.append(time.perf_counter() - start)
 
-    print(f"messages in the conversation: {len(log.entries)} "
-          f"({log.virtual_size.height} rows at width {log.size.width})")
+    print(
+        f"messages in the conversation: {len(log.entries)} "
+        f"({log.virtual_size.height} rows at width {log.size.width})"
+    )
     print(f"{'load ' + str(n) + ' messages':<34} {load * 1000:8.1f} ms total")
     print(summary("keystroke, empty log", empty))
     print(summary(f"keystroke, {n} messages", full))

@@ -49,8 +49,11 @@ def to_png(svg: Path) -> Path | None:
     and the fallback font may draw no-break spaces with no width, so use plain spaces."""
     png = svg.with_suffix(".png")
     fixed = svg.read_text().replace("&#160;", " ").replace("<svg ", '<svg xml:space="preserve" ', 1)
-    fixed = re.sub(r'font-family: "Fira Code", monospace', 'font-family: "DejaVu Sans Mono", '
-                   '"Fira Code", monospace', fixed)
+    fixed = re.sub(
+        r'font-family: "Fira Code", monospace',
+        'font-family: "DejaVu Sans Mono", "Fira Code", monospace',
+        fixed,
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".svg", delete=False) as tmp:
         tmp.write(fixed)
     try:
@@ -74,9 +77,14 @@ async def main(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as data:
-        server = ChatServer(ServerConfig(
-            port=0, data_dir=Path(data), rate=0,
-            motd="Welcome to the imchat demo server. Be kind; logs are kept for 30 days."))
+        server = ChatServer(
+            ServerConfig(
+                port=0,
+                data_dir=Path(data),
+                rate=0,
+                motd="Welcome to the imchat demo server. Be kind; logs are kept for 30 days.",
+            )
+        )
         await server.start()
         port = server.port
         token = (Path(data) / "admin.token").read_text().strip()
@@ -98,21 +106,27 @@ async def main(out: Path) -> None:
         session = ChatSession("alice", "127.0.0.1", port, rooms=["lobby", "dev"])
         app = ChatApp(session, server_label=f"127.0.0.1:{port}", cursor_blink=False)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: session.state is State.CONNECTED
-                        and ConvKey.room("dev") in app.views)
+            await until(
+                pilot, lambda: session.state is State.CONNECTED and ConvKey.room("dev") in app.views
+            )
             await pilot.press("alt+1")
             await dave.request("say", room="lobby", kind="action", text="grabs a coffee")
-            await carol.request("say", room="lobby",
-                                text="alice: could you review the member list PR? it also "
-                                     "marks who is online, and long lines wrap under the text")
+            await carol.request(
+                "say",
+                room="lobby",
+                text="alice: could you review the member list PR? it also "
+                "marks who is online, and long lines wrap under the text",
+            )
             await erin.request("part", room="lobby")
             await carol.request("say", room="dev", text="CI is green again")
             await bob.request("dm", to="alice", text="lunch at 12:30? the usual place")
             admin = await user(port, "admin", token=token)
-            await admin.request("announce", text="server restarts at 18:00 UTC for an upgrade "
-                                                 "(about 1 minute)")
-            await until(pilot, lambda: ConvKey.dm("bob") in app.views
-                        and ANNOUNCEMENTS in app.views)
+            await admin.request(
+                "announce", text="server restarts at 18:00 UTC for an upgrade (about 1 minute)"
+            )
+            await until(
+                pilot, lambda: ConvKey.dm("bob") in app.views and ANNOUNCEMENTS in app.views
+            )
             await pilot.press(*"sure, looking now")
             await pilot.pause(0.3)
             app.save_screenshot("imchat-main.svg", str(out))

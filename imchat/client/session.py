@@ -162,8 +162,14 @@ class SendFailed:
 
 
 SessionEvent = (
-    StateChanged | Welcomed | MessagesAdded | RoomJoined | RoomLeft | ServerEvent
-    | OutboxChanged | SendFailed
+    StateChanged
+    | Welcomed
+    | MessagesAdded
+    | RoomJoined
+    | RoomLeft
+    | ServerEvent
+    | OutboxChanged
+    | SendFailed
 )
 Listener = Callable[[SessionEvent], None]
 
@@ -292,7 +298,11 @@ class ConnectionLike(Protocol):
     @property
     def closed(self) -> bool: ...
     async def hello(
-        self, nick: str, *, password: str | None = ..., token: str | None = ...,
+        self,
+        nick: str,
+        *,
+        password: str | None = ...,
+        token: str | None = ...,
         client: str | None = ...,
     ) -> Message: ...
     async def request(self, message: Any, /, **fields: Any) -> Message: ...
@@ -376,8 +386,9 @@ class ChatSession:
             except Exception:  # a broken listener must not break the session
                 log.exception("session listener failed on %r", event)
 
-    def _set_state(self, state: State, *, retry_at: float | None = None,
-                   reason: str | None = None) -> None:
+    def _set_state(
+        self, state: State, *, retry_at: float | None = None, reason: str | None = None
+    ) -> None:
         self.state = state
         self.retry_at = retry_at
         self._emit(StateChanged(state, retry_at, reason))
@@ -396,8 +407,11 @@ class ChatSession:
             try:
                 conn = await self._connector()
             except (OSError, TimeoutError) as exc:
-                reason = f"cannot connect: {exc.strerror or exc}" if isinstance(
-                    exc, OSError) else "connect timed out"
+                reason = (
+                    f"cannot connect: {exc.strerror or exc}"
+                    if isinstance(exc, OSError)
+                    else "connect timed out"
+                )
             else:
                 try:
                     reason, served = await self._serve(conn)
@@ -445,7 +459,9 @@ class ChatSession:
         """
         try:
             welcome = await conn.hello(
-                self.nick, password=self._password, token=self._token,
+                self.nick,
+                password=self._password,
+                token=self._token,
                 client=self._client_name,
             )
         except ServerError as exc:
@@ -467,8 +483,9 @@ class ChatSession:
         try:
             self._emit(Welcomed(welcome))
             try:
-                await asyncio.wait_for(self._resync(conn, rejoin=self._connected_once),
-                                       RESYNC_TIMEOUT)
+                await asyncio.wait_for(
+                    self._resync(conn, rejoin=self._connected_once), RESYNC_TIMEOUT
+                )
             except TimeoutError:
                 conn.abort()  # a server that stopped answering: start over
                 return "the server stopped answering", False
@@ -537,8 +554,13 @@ class ChatSession:
                 conv = self._conv(ANNOUNCEMENTS)
                 conv.last_seq = _seq(messages[-1]) if messages else 0
 
-    async def _catch_up(self, conn: ConnectionLike, conv: Conversation,
-                        anchor: dict[str, Any], known_last: int | None = None) -> None:
+    async def _catch_up(
+        self,
+        conn: ConnectionLike,
+        conv: Conversation,
+        anchor: dict[str, Any],
+        known_last: int | None = None,
+    ) -> None:
         last = conv.last_seq
         history: list[Message] = []
         try:
@@ -549,11 +571,11 @@ class ChatSession:
             elif known_last is not None and known_last - last > MAX_HISTORY_LIMIT:
                 # More was missed than one reply holds: take the newest; the rest is a gap.
                 reply = await conn.request(
-                    "history", before=known_last + 1, limit=MAX_HISTORY_LIMIT, **anchor)
+                    "history", before=known_last + 1, limit=MAX_HISTORY_LIMIT, **anchor
+                )
                 history = reply.get("messages", [])
             elif known_last is None or known_last > last:
-                reply = await conn.request(
-                    "history", after=last, limit=MAX_HISTORY_LIMIT, **anchor)
+                reply = await conn.request("history", after=last, limit=MAX_HISTORY_LIMIT, **anchor)
                 history = reply.get("messages", [])
                 if len(history) >= MAX_HISTORY_LIMIT:
                     latest = await conn.request("history", limit=MAX_HISTORY_LIMIT, **anchor)
@@ -562,8 +584,7 @@ class ChatSession:
             log.info("history for %s failed: %s", conv.key, exc)
         self._finish(conv, history, known_last)
 
-    def _finish(self, conv: Conversation, history: list[Message],
-                known_last: int | None) -> None:
+    def _finish(self, conv: Conversation, history: list[Message], known_last: int | None) -> None:
         initial = conv.last_seq is None
         items = conv.finish_sync(history, known_last)
         if conv.first_seq is None and known_last == 0:
@@ -593,8 +614,9 @@ class ChatSession:
         joined = RoomJoined(name, info.topic, tuple(members), rejoin=rejoin)
         self._emit(joined)
         known_last = reply.get("last_seq")
-        await self._catch_up(conn, conv, {"room": name},
-                             known_last if isinstance(known_last, int) else None)
+        await self._catch_up(
+            conn, conv, {"room": name}, known_last if isinstance(known_last, int) else None
+        )
         return joined
 
     async def _adopt(self, room: str) -> None:
@@ -616,8 +638,11 @@ class ChatSession:
         conv = self.conversations.get(key)
         if conv is None:
             if title is None:
-                title = {ConvKind.ROOM: f"#{key.name}", ConvKind.DM: key.name,
-                         ConvKind.ANNOUNCE: "announcements"}[key.kind]
+                title = {
+                    ConvKind.ROOM: f"#{key.name}",
+                    ConvKind.DM: key.name,
+                    ConvKind.ANNOUNCE: "announcements",
+                }[key.kind]
             conv = self.conversations[key] = Conversation(key, title)
         return conv
 

@@ -35,8 +35,9 @@ def run_tui(
         context = tls
     else:
         context = None
-    session = ChatSession(nick, host, port, password=password, token=token, ssl=context,
-                          rooms=[room] if room else [])
+    session = ChatSession(
+        nick, host, port, password=password, token=token, ssl=context, rooms=[room] if room else []
+    )
     app = ChatApp(session, server_label=f"{host}:{port}")
     app.run()
     return 1 if app.failed else 0

@@ -95,8 +95,10 @@ class ChatApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
-        *(Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
-          for n in range(1, 10)),
+        *(
+            Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
+            for n in range(1, 10)
+        ),
         Binding("pageup", "page(-1)", "Older", show=False),
         Binding("pagedown", "page(1)", "Newer", show=False),
         Binding("ctrl+q", "quit_chat", "Quit", priority=True),
@@ -279,11 +281,14 @@ class ChatApp(App[None]):
             self._server_event(event.message)
         elif isinstance(event, OutboxChanged):
             view = self.view(event.conv)
-            view.show_pending([self.formatter.pending(p.text, action=p.action)
-                               for p in event.pending])
+            view.show_pending(
+                [self.formatter.pending(p.text, action=p.action) for p in event.pending]
+            )
         elif isinstance(event, SendFailed):
-            self.error(f"not sent ({event.code}: {event.message}): {event.text}",
-                       self.views.get(event.conv))
+            self.error(
+                f"not sent ({event.code}: {event.message}): {event.text}",
+                self.views.get(event.conv),
+            )
         elif isinstance(event, StateChanged):
             self._state_changed(event)
         elif isinstance(event, RoomJoined):
@@ -341,29 +346,37 @@ class ChatApp(App[None]):
             log.loading_older = False
             log.history_complete = event.complete
             if event.complete:
-                entries.insert(0, self.formatter.system(
-                    None, f"— the beginning of {self.titles.get(event.conv, '')} —"))
+                entries.insert(
+                    0,
+                    self.formatter.system(
+                        None, f"— the beginning of {self.titles.get(event.conv, '')} —"
+                    ),
+                )
             log.prepend(entries)
             return
         log.append(entries)
         if event.initial:
             return
         me = nick_key(self.session.nick)
-        news = [i for i in event.items if isinstance(i, dict)
-                and nick_key(str(i.get("from", ""))) != me]
+        news = [
+            i for i in event.items if isinstance(i, dict) and nick_key(str(i.get("from", ""))) != me
+        ]
         if not news:
             return
-        attention = event.conv.kind is ConvKind.DM or any(
-            e.meta.get("mention") for e in entries)
+        attention = event.conv.kind is ConvKind.DM or any(e.meta.get("mention") for e in entries)
         self.query_one(ConversationList).bump(event.conv, len(news), attention=attention)
         if event.conv == ANNOUNCEMENTS:
             current = self.current_view()
             if current is not None and current is not view:
                 current.log_widget.append([self.entry(i) for i in news])
             for item in news:
-                self.notify(f"{clean(item.get('from'))}: {clean(item.get('text'))}",
-                            title="Announcement", severity="warning", timeout=8,
-                            markup=False)
+                self.notify(
+                    f"{clean(item.get('from'))}: {clean(item.get('text'))}",
+                    title="Announcement",
+                    severity="warning",
+                    timeout=8,
+                    markup=False,
+                )
 
     def entry(self, item: dict[str, Any] | Gap) -> Entry:
         if isinstance(item, Gap):
@@ -518,8 +531,14 @@ class ChatApp(App[None]):
         if not args:
             info = self.session.rooms.get(key.name)
             topic = info.topic if info else ""
-            self.info([Text.assemble(Text(f"topic of #{key.name}: ", style=SYSTEM),
-                                     Text(clean(topic) or "(none)"))])
+            self.info(
+                [
+                    Text.assemble(
+                        Text(f"topic of #{key.name}: ", style=SYSTEM),
+                        Text(clean(topic) or "(none)"),
+                    )
+                ]
+            )
             return
         text = "" if args in ('""', "''", "-") else args
         self._net("/topic", self.session.request("topic", room=key.name, text=text))
@@ -528,19 +547,26 @@ class ChatApp(App[None]):
         async def users() -> None:
             reply = await self.session.request("users")
             nicks = sorted((str(n) for n in reply.get("users", [])), key=str.lower)
-            self.info([Text.assemble(Text(f"online ({len(nicks)}): ", style=SYSTEM),
-                                     Text(clean(", ".join(nicks))))])
+            self.info(
+                [
+                    Text.assemble(
+                        Text(f"online ({len(nicks)}): ", style=SYSTEM),
+                        Text(clean(", ".join(nicks))),
+                    )
+                ]
+            )
 
         self._net("/users", users())
 
     def cmd_rooms(self, args: str) -> None:
         async def rooms() -> None:
             reply = await self.session.request("rooms")
-            lines: list[Text | str] = [Text(f"{len(reply.get('rooms', []))} rooms:",
-                                            style=SYSTEM)]
+            lines: list[Text | str] = [Text(f"{len(reply.get('rooms', []))} rooms:", style=SYSTEM)]
             for room in reply.get("rooms", []):
-                line = Text.assemble(Text(f"#{clean(room.get('room'))}", style="bold"),
-                                     Text(f"  {room.get('count', 0)} members", style=SYSTEM))
+                line = Text.assemble(
+                    Text(f"#{clean(room.get('room'))}", style="bold"),
+                    Text(f"  {room.get('count', 0)} members", style=SYSTEM),
+                )
                 if room.get("topic"):
                     line.append("  " + clean(room.get("topic")))
                 lines.append(line)
@@ -564,12 +590,16 @@ class ChatApp(App[None]):
 
     def cmd_help(self, args: str) -> None:
         lines: list[Text | str] = [
-            Text.assemble(Text(spec.usage.ljust(18), style="bold"), Text(spec.help,
-                                                                         style=SYSTEM))
+            Text.assemble(Text(spec.usage.ljust(18), style="bold"), Text(spec.help, style=SYSTEM))
             for spec in COMMANDS
         ]
-        lines.append(Text("Plain text is said in the current window; start with // to say "
-                          "a line that begins with /.", style=SYSTEM))
+        lines.append(
+            Text(
+                "Plain text is said in the current window; start with // to say "
+                "a line that begins with /.",
+                style=SYSTEM,
+            )
+        )
         lines.append(Text(KEYS_HELP, style=SYSTEM))
         self.info(lines)
 
@@ -597,4 +627,3 @@ class ChatApp(App[None]):
                 message.log.loading_older = False
 
         self._net("history", older())
-

@@ -22,11 +22,13 @@ class CommandSpec:
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("/join", "/join ROOM", "join a room (and switch to it)", True),
     CommandSpec("/part", "/part [ROOM]", "leave the current room (or ROOM)"),
-    CommandSpec("/msg", "/msg NICK [TEXT]", "open a direct conversation, optionally saying TEXT",
-                True),
+    CommandSpec(
+        "/msg", "/msg NICK [TEXT]", "open a direct conversation, optionally saying TEXT", True
+    ),
     CommandSpec("/me", "/me ACTION", "say an action: /me waves", True),
-    CommandSpec("/topic", "/topic [TEXT]", "show the topic, or set it (an empty TEXT clears)",
-                True),
+    CommandSpec(
+        "/topic", "/topic [TEXT]", "show the topic, or set it (an empty TEXT clears)", True
+    ),
     CommandSpec("/users", "/users", "list who is online"),
     CommandSpec("/rooms", "/rooms", "list the server's rooms"),
     CommandSpec("/announce", "/announce TEXT", "send an announcement to everyone (admins)", True),
@@ -67,8 +69,9 @@ class ChatCommands(Provider):
         for spec in COMMANDS:
             score = max(matcher.match(spec.usage), matcher.match(spec.help))
             if score > 0:
-                yield Hit(score, matcher.highlight(spec.usage), partial(self._run, spec),
-                          help=spec.help)
+                yield Hit(
+                    score, matcher.highlight(spec.usage), partial(self._run, spec), help=spec.help
+                )
 
     def _run(self, spec: CommandSpec) -> None:
         self.app.post_message(RunCommand(spec.name + (" " if spec.takes_args else "")))

@@ -30,8 +30,18 @@ _UNSAFE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u20
 
 #: A palette that reads on dark and light themes; a nick keeps its colour for ever.
 NICK_COLOURS = (
-    "#e06c75", "#98c379", "#e5c07b", "#61afef", "#c678dd", "#56b6c2",
-    "#d19a66", "#be5046", "#7ec699", "#f78c6c", "#82aaff", "#ff79c6",
+    "#e06c75",
+    "#98c379",
+    "#e5c07b",
+    "#61afef",
+    "#c678dd",
+    "#56b6c2",
+    "#d19a66",
+    "#be5046",
+    "#7ec699",
+    "#f78c6c",
+    "#82aaff",
+    "#ff79c6",
 )
 
 NICK_WIDTH = 12
@@ -116,38 +126,45 @@ class Formatter:
             return Entry(prefix, body, meta={"seq": message.get("seq")})
         if message.get("kind") == "action":
             prefix = Text.assemble(self._stamp(message), Text("*".rjust(NICK_WIDTH) + " "))
-            body = Text.assemble(Text(sender, style=nick_style(sender)), " ",
-                                 Text(text, style=Style(italic=True)))
+            body = Text.assemble(
+                Text(sender, style=nick_style(sender)), " ", Text(text, style=Style(italic=True))
+            )
         else:
             prefix = Text.assemble(self._stamp(message), self._nick_cell(sender))
             body = Text(text)
         mention = nick_key(sender) != nick_key(self.me) and mentions(text, self.me)
-        return Entry(prefix, body, style=MENTION if mention else None,
-                     meta={"seq": message.get("seq"), "mention": mention})
+        return Entry(
+            prefix,
+            body,
+            style=MENTION if mention else None,
+            meta={"seq": message.get("seq"), "mention": mention},
+        )
 
     def system(self, message: dict[str, Any] | None, text: str | Text) -> Entry:
         """A quiet line: joins, parts, topic changes, command output."""
         stamp = self._stamp(message) if message else Text(" " * 6)
         body = text if isinstance(text, Text) else Text(text, style=SYSTEM)
-        return Entry(Text.assemble(stamp, Text("--".rjust(NICK_WIDTH) + " ", style=SYSTEM)),
-                     body)
+        return Entry(Text.assemble(stamp, Text("--".rjust(NICK_WIDTH) + " ", style=SYSTEM)), body)
 
     def event(self, message: dict[str, Any]) -> Entry | None:
         kind = message.get("type")
         nick = clean(message.get("nick", message.get("by", "?")))
         who = Text(nick, style=nick_style(nick))
         if kind == "joined":
-            line = Text.assemble(who, Text(f" joined #{clean(message.get('room'))}",
-                                           style=SYSTEM))
+            line = Text.assemble(who, Text(f" joined #{clean(message.get('room'))}", style=SYSTEM))
         elif kind == "parted":
             reason = message.get("reason")
             tail = f" left #{clean(message.get('room'))}" + (
-                f" ({clean(reason)})" if reason else "")
+                f" ({clean(reason)})" if reason else ""
+            )
             line = Text.assemble(who, Text(tail, style=SYSTEM))
         elif kind == "topic":
             topic = clean(message.get("topic", ""))
-            line = (Text.assemble(who, Text(" set the topic: ", style=SYSTEM), Text(topic))
-                    if topic else Text.assemble(who, Text(" cleared the topic", style=SYSTEM)))
+            line = (
+                Text.assemble(who, Text(" set the topic: ", style=SYSTEM), Text(topic))
+                if topic
+                else Text.assemble(who, Text(" cleared the topic", style=SYSTEM))
+            )
         else:
             return None
         return self.system(message, line)
@@ -155,14 +172,20 @@ class Formatter:
     def gap(self, gap: Gap) -> Entry:
         missing = gap.missing
         noun = "message" if missing == 1 else "messages"
-        return Entry(Text(" " * (6 + NICK_WIDTH + 1)),
-                     Text(f"⚠ {missing} {noun} missed here: not available in the server's "
-                          "history", style=GAP))
+        return Entry(
+            Text(" " * (6 + NICK_WIDTH + 1)),
+            Text(
+                f"⚠ {missing} {noun} missed here: not available in the server's history", style=GAP
+            ),
+        )
 
     def pending(self, text: str, *, action: bool = False) -> Text:
         shown = clean(text)
         if action:
             shown = f"* {self.me} {shown}"
-        return Text.assemble(Text("  …  ".ljust(6), style=PENDING),
-                             Text(self.me.rjust(NICK_WIDTH) + " ", style=PENDING),
-                             Text(shown, style=PENDING), Text("  (pending)", style=PENDING))
+        return Text.assemble(
+            Text("  …  ".ljust(6), style=PENDING),
+            Text(self.me.rjust(NICK_WIDTH) + " ", style=PENDING),
+            Text(shown, style=PENDING),
+            Text("  (pending)", style=PENDING),
+        )

@@ -78,15 +78,18 @@ class FakeServer:
         """Send everyone ``shutting_down`` and close, keeping the stored data."""
         for conn in list(self.connections):
             if not conn.closed:
-                conn.closed_error = {"type": "error", "code": "shutting_down",
-                                     "message": "server restarting"}
+                conn.closed_error = {
+                    "type": "error",
+                    "code": "shutting_down",
+                    "message": "server restarting",
+                }
                 conn.events.put_nowait(conn.closed_error)
                 conn.abort()
 
     def _kept(self, messages: list[Message]) -> list[Message]:
         if self.history_keep is None:
             return messages
-        return messages[-self.history_keep:]
+        return messages[-self.history_keep :]
 
     # -- request handling --------------------------------------------------------------------
 
@@ -105,8 +108,15 @@ class FakeServer:
                 self.broadcast({"type": "online", "nick": nick, "ts": self.ts()})
             for dm in self.undelivered.pop(nick_key(nick), []):
                 conn.after_reply.append(dm)
-            return {"type": "welcome", "proto": 1, "nick": nick, "server": "fake/1.0",
-                    "max_frame": 65536, "max_text": 4000, "admin": nick == "admin"}
+            return {
+                "type": "welcome",
+                "proto": 1,
+                "nick": nick,
+                "server": "fake/1.0",
+                "max_frame": 65536,
+                "max_text": 4000,
+                "admin": nick == "admin",
+            }
         me = conn.nick
         if me is None:
             raise ServerError("hello_required", "say hello first")
@@ -118,10 +128,16 @@ class FakeServer:
             new = nick_key(me) not in room.members
             room.members[nick_key(me)] = me
             if new:
-                conn.after_reply.append(("room", name, {"type": "joined", "room": name,
-                                                        "nick": me, "ts": self.ts()}))
-            return {"type": "ok", "room": name, "topic": room.topic,
-                    "members": list(room.members.values()), "last_seq": room.seq}
+                conn.after_reply.append(
+                    ("room", name, {"type": "joined", "room": name, "nick": me, "ts": self.ts()})
+                )
+            return {
+                "type": "ok",
+                "room": name,
+                "topic": room.topic,
+                "members": list(room.members.values()),
+                "last_seq": room.seq,
+            }
         if kind == "part":
             name = normalize_room(f["room"])
             room = self.rooms.get(name)
@@ -162,8 +178,11 @@ class FakeServer:
             limit = min(f.get("limit", 50), 500)
             after, before = f.get("after"), f.get("before")
             if after is not None:
-                sel = [m for m in messages if m["seq"] > after
-                       and (before is None or m["seq"] < before)][:limit]
+                sel = [
+                    m
+                    for m in messages
+                    if m["seq"] > after and (before is None or m["seq"] < before)
+                ][:limit]
             else:
                 sel = [m for m in messages if before is None or m["seq"] < before][-limit:]
             return {"type": "ok", "messages": [dict(m) for m in sel]}
@@ -173,14 +192,22 @@ class FakeServer:
             if room is None or nick_key(me) not in room.members:
                 raise ServerError("not_in_room", f"not in #{name}")
             room.topic = f["text"]
-            conn.after_reply.append(("room", name, {"type": "topic", "room": name,
-                                                    "topic": f["text"], "by": me,
-                                                    "ts": self.ts()}))
+            conn.after_reply.append(
+                (
+                    "room",
+                    name,
+                    {"type": "topic", "room": name, "topic": f["text"], "by": me, "ts": self.ts()},
+                )
+            )
             return {"type": "ok"}
         if kind == "rooms":
-            return {"type": "ok", "rooms": [
-                {"room": n, "count": len(r.members), "topic": r.topic}
-                for n, r in sorted(self.rooms.items())]}
+            return {
+                "type": "ok",
+                "rooms": [
+                    {"room": n, "count": len(r.members), "topic": r.topic}
+                    for n, r in sorted(self.rooms.items())
+                ],
+            }
         raise ServerError("unknown_type", kind)
 
     def _store(self, me: str, kind: str, f: Message) -> tuple[Message, list[FakeConnection]]:
@@ -190,8 +217,14 @@ class FakeServer:
             if room is None or nick_key(me) not in room.members:
                 raise ServerError("not_in_room", f"not in #{name}")
             room.seq += 1
-            stored = {"type": "msg", "room": name, "seq": room.seq, "ts": self.ts(),
-                      "from": me, "text": f["text"]}
+            stored = {
+                "type": "msg",
+                "room": name,
+                "seq": room.seq,
+                "ts": self.ts(),
+                "from": me,
+                "text": f["text"],
+            }
             if f.get("kind"):
                 stored["kind"] = f["kind"]
             room.messages.append(stored)
@@ -203,15 +236,27 @@ class FakeServer:
                 raise ServerError("no_such_user", to)
             pair = _pair(me, to)
             self.dm_seq[pair] = self.dm_seq.get(pair, 0) + 1
-            stored = {"type": "dm", "from": me, "to": self.known[nick_key(to)],
-                      "seq": self.dm_seq[pair], "ts": self.ts(), "text": f["text"]}
+            stored = {
+                "type": "dm",
+                "from": me,
+                "to": self.known[nick_key(to)],
+                "seq": self.dm_seq[pair],
+                "ts": self.ts(),
+                "text": f["text"],
+            }
             self.dms.setdefault(pair, []).append(stored)
             if not self.sessions_of(to):
                 self.undelivered.setdefault(nick_key(to), []).append(stored)
             return stored, self.sessions_of(me) + (
-                self.sessions_of(to) if nick_key(to) != nick_key(me) else [])
-        stored = {"type": "announce", "from": me, "seq": len(self.announcements) + 1,
-                  "ts": self.ts(), "text": f["text"]}
+                self.sessions_of(to) if nick_key(to) != nick_key(me) else []
+            )
+        stored = {
+            "type": "announce",
+            "from": me,
+            "seq": len(self.announcements) + 1,
+            "ts": self.ts(),
+            "text": f["text"],
+        }
         self.announcements.append(stored)
         return stored, [c for c in self.connections if c.nick and not c.closed]
 
@@ -219,8 +264,14 @@ class FakeServer:
         """A message from a user not connected through a client (for scripted tests)."""
         r = self.rooms.setdefault(room, FakeRoom())
         r.seq += 1
-        stored = {"type": "msg", "room": room, "seq": r.seq, "ts": self.ts(),
-                  "from": nick, "text": text}
+        stored = {
+            "type": "msg",
+            "room": room,
+            "seq": r.seq,
+            "ts": self.ts(),
+            "from": nick,
+            "text": text,
+        }
         r.messages.append(stored)
         self.broadcast(stored, [c for m in r.members.values() for c in self.sessions_of(m)])
         return stored
@@ -247,8 +298,14 @@ class FakeConnection:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    async def hello(self, nick: str, *, password: str | None = None,
-                    token: str | None = None, client: str | None = None) -> Message:
+    async def hello(
+        self,
+        nick: str,
+        *,
+        password: str | None = None,
+        token: str | None = None,
+        client: str | None = None,
+    ) -> Message:
         self.welcome = await self.request("hello", proto=1, nick=nick)
         self.server.connected.set()
         return self.welcome
@@ -273,8 +330,9 @@ class FakeConnection:
             self.events.put_nowait(item)
         elif item[0] == "room":
             room = server.rooms[item[1]]
-            server.broadcast(item[2], [c for m in room.members.values()
-                                       for c in server.sessions_of(m)])
+            server.broadcast(
+                item[2], [c for m in room.members.values() for c in server.sessions_of(m)]
+            )
         elif item[0] == "leave":
             server.rooms[item[1]].members.pop(nick_key(item[2]), None)
         elif item[0] == "to":
@@ -283,8 +341,9 @@ class FakeConnection:
     async def next_event(self, timeout: float | None = None) -> Message:
         get = asyncio.ensure_future(self.events.get())
         closed = asyncio.ensure_future(self._closed.wait())
-        done, _ = await asyncio.wait({get, closed}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {get, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         closed.cancel()
         if get in done:
             return get.result()
@@ -308,8 +367,14 @@ class FakeConnection:
             for name, room in self.server.rooms.items():
                 if nick_key(nick) in room.members:
                     room.members.pop(nick_key(nick))
-                    self.server.broadcast({"type": "parted", "room": name, "nick": nick,
-                                           "reason": "quit", "ts": self.server.ts()},
-                                          [c for m in room.members.values()
-                                           for c in self.server.sessions_of(m)])
+                    self.server.broadcast(
+                        {
+                            "type": "parted",
+                            "room": name,
+                            "nick": nick,
+                            "reason": "quit",
+                            "ts": self.server.ts(),
+                        },
+                        [c for m in room.members.values() for c in self.server.sessions_of(m)],
+                    )
             self.server.broadcast({"type": "offline", "nick": nick, "ts": self.server.ts()})

@@ -58,8 +58,9 @@ class Recorder:
         return out
 
     def texts(self, conv: ConvKey) -> list[str]:
-        return [i["text"] if isinstance(i, dict) else f"<gap {i.missing}>"
-                for i in self.items(conv)]
+        return [
+            i["text"] if isinstance(i, dict) else f"<gap {i.missing}>" for i in self.items(conv)
+        ]
 
     def states(self) -> list[State]:
         return [e.state for e in self.events if isinstance(e, StateChanged)]
@@ -71,10 +72,12 @@ def server() -> FakeServer:
 
 
 @contextlib.asynccontextmanager
-async def start(server: FakeServer, nick: str, rooms: tuple[str, ...] = ("lobby",)
-                ) -> AsyncIterator[tuple[ChatSession, Recorder]]:
-    session = ChatSession(nick, connector=server.connect, backoff=FAST, rooms=rooms,
-                          ping_interval=3600)
+async def start(
+    server: FakeServer, nick: str, rooms: tuple[str, ...] = ("lobby",)
+) -> AsyncIterator[tuple[ChatSession, Recorder]]:
+    session = ChatSession(
+        nick, connector=server.connect, backoff=FAST, rooms=rooms, ping_interval=3600
+    )
     rec = Recorder(session)
     task = asyncio.create_task(session.run())
     await rec.wait(lambda: session.state is State.CONNECTED)
@@ -101,8 +104,14 @@ async def bob(server: FakeServer) -> AsyncIterator[tuple[ChatSession, Recorder]]
 
 
 def msg(seq: int, text: str | None = None) -> dict[str, Any]:
-    return {"type": "msg", "room": "lobby", "seq": seq, "ts": 1.0, "from": "x",
-            "text": text or f"m{seq}"}
+    return {
+        "type": "msg",
+        "room": "lobby",
+        "seq": seq,
+        "ts": 1.0,
+        "from": "x",
+        "text": text or f"m{seq}",
+    }
 
 
 def test_conversation_drops_duplicates_and_marks_gaps() -> None:
@@ -323,8 +332,14 @@ async def test_load_older_prepends_until_complete(
 async def test_pings_keep_the_session_alive_and_a_silent_peer_is_dropped(
     server: FakeServer,
 ) -> None:
-    session = ChatSession("alice", connector=server.connect, backoff=FAST, rooms=["lobby"],
-                          ping_interval=0.02, ping_timeout=0.1)
+    session = ChatSession(
+        "alice",
+        connector=server.connect,
+        backoff=FAST,
+        rooms=["lobby"],
+        ping_interval=0.02,
+        ping_timeout=0.1,
+    )
     rec = Recorder(session)
     task = asyncio.create_task(session.run())
     try:
@@ -348,7 +363,9 @@ async def test_a_room_joined_by_another_session_of_ours_is_taken_up(
     async with start(server, "admin") as (one, rec_one), start(server, "admin") as (two, _):
         await two.join("ops")
         dev = ConvKey.room("ops")
-        await rec_one.wait(lambda: "ops" in one.rooms, )
+        await rec_one.wait(
+            lambda: "ops" in one.rooms,
+        )
         b.say("lobby", "unrelated")
         await rec_one.wait(lambda: "unrelated" in rec_one.texts(LOBBY))
         joins = [f for k, f in server.requests if k == "join" and f["room"] == "ops"]

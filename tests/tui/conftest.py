@@ -28,8 +28,9 @@ def fixed_time(ts: float) -> str:
     return "12:34"
 
 
-async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str = "condition",
-                timeout: float = TIMEOUT) -> None:
+async def until(
+    pilot: Pilot[Any], cond: Callable[[], bool], what: str = "condition", timeout: float = TIMEOUT
+) -> None:
     """Let the app run until ``cond()`` holds; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -75,13 +76,14 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerHandle]:
         await handle.stop()
 
 
-def make_app(server: ServerHandle, nick: str, room: str | None = "lobby",
-             **kwargs: Any) -> ChatApp:
-    session = ChatSession(nick, "127.0.0.1", server.port, backoff=FAST,
-                          rooms=[room] if room else [], **kwargs)
+def make_app(server: ServerHandle, nick: str, room: str | None = "lobby", **kwargs: Any) -> ChatApp:
+    session = ChatSession(
+        nick, "127.0.0.1", server.port, backoff=FAST, rooms=[room] if room else [], **kwargs
+    )
     # No cursor blink: a blinking cursor makes screens differ from run to run.
-    return ChatApp(session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time,
-                   cursor_blink=False)
+    return ChatApp(
+        session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time, cursor_blink=False
+    )
 
 
 def log_text(app: ChatApp, key: ConvKey) -> list[str]:

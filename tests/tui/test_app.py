@@ -22,8 +22,9 @@ LOBBY = ConvKey.room("lobby")
 
 
 @contextlib.asynccontextmanager
-async def client(server: ServerHandle, nick: str, *, token: str | None = None,
-                 rooms: tuple[str, ...] = ()) -> AsyncIterator[Connection]:
+async def client(
+    server: ServerHandle, nick: str, *, token: str | None = None, rooms: tuple[str, ...] = ()
+) -> AsyncIterator[Connection]:
     """A plain library client, for the other side of a conversation."""
     conn = await Connection.connect("127.0.0.1", server.port)
     await conn.hello(nick, token=token)
@@ -97,8 +98,9 @@ async def test_an_announcement_is_unmistakable(server: ServerHandle) -> None:
             assert reply["delivered"] >= 1
         await until(pilot, lambda: has_line(alice, ANNOUNCEMENTS, "maintenance"), "announcement")
         # It is also written into the conversation being read, and raised as a toast.
-        assert any("ANNOUNCEMENT" in x and "admin: server maintenance" in x
-                   for x in log_text(alice, LOBBY))
+        assert any(
+            "ANNOUNCEMENT" in x and "admin: server maintenance" in x for x in log_text(alice, LOBBY)
+        )
         assert any("maintenance" in str(n.message) for n in alice._notifications)
         assert ("announcements", 1, False) in sidebar(alice)
 
@@ -107,23 +109,36 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
     alice = make_app(server, "alice")
     # Slow backoff so the test decides when alice returns: messages are sent while she is away.
     from imchat.client.session import Backoff
+
     alice.session.backoff = Backoff(base=30, cap=30)
     async with running(alice) as pilot:
         async with client(server, "bob", rooms=("lobby",)) as bob:
             await bob.request("say", room="lobby", text="before the restart")
             await bob.request("dm", to="alice", text="dm before")
-            await until(pilot, lambda: has_line(alice, LOBBY, "before the restart")
-                        and has_line(alice, ConvKey.dm("bob"), "dm before"), "first")
+            await until(
+                pilot,
+                lambda: (
+                    has_line(alice, LOBBY, "before the restart")
+                    and has_line(alice, ConvKey.dm("bob"), "dm before")
+                ),
+                "first",
+            )
         port = server.port
         await server.stop()
-        await until(pilot, lambda: "reconnecting in" in str(alice.query_one("#status").render()),
-                    "the status bar shows the countdown")
+        await until(
+            pilot,
+            lambda: "reconnecting in" in str(alice.query_one("#status").render()),
+            "the status bar shows the countdown",
+        )
         assert alice.session.state is State.RECONNECTING
         # Typed while disconnected: shown as pending.
         await type_line(pilot, "typed while offline")
         view = alice.views[LOBBY]
-        await until(pilot, lambda: view.pending.display
-                    and "typed while offline" in str(view.pending.render()), "pending line")
+        await until(
+            pilot,
+            lambda: view.pending.display and "typed while offline" in str(view.pending.render()),
+            "pending line",
+        )
         await server.start(port=port)
         async with client(server, "bob", rooms=("lobby",)) as bob:
             for i in range(3):
@@ -131,16 +146,34 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
             await bob.request("dm", to="alice", text="dm while away")
             alice.session.reconnect_now()
             await until(pilot, lambda: alice.session.state is State.CONNECTED, "reconnected")
-            await until(pilot, lambda: has_line(alice, LOBBY, "typed while offline")
-                        and not alice.session.outbox, "pending sent")
+            await until(
+                pilot,
+                lambda: has_line(alice, LOBBY, "typed while offline") and not alice.session.outbox,
+                "pending sent",
+            )
             await bob.request("say", room="lobby", text="after")
             await bob.request("dm", to="alice", text="dm after")
-            await until(pilot, lambda: has_line(alice, LOBBY, "after")
-                        and has_line(alice, ConvKey.dm("bob"), "dm after"), "live after resume")
-        said = [x.split("alice ", 1)[-1].split("bob ", 1)[-1].strip()
-                for x in log_text(alice, LOBBY) if x.startswith("12:34") and "--" not in x]
-        assert said == ["before the restart", "missed 0", "missed 1", "missed 2",
-                        "typed while offline", "after"]
+            await until(
+                pilot,
+                lambda: (
+                    has_line(alice, LOBBY, "after")
+                    and has_line(alice, ConvKey.dm("bob"), "dm after")
+                ),
+                "live after resume",
+            )
+        said = [
+            x.split("alice ", 1)[-1].split("bob ", 1)[-1].strip()
+            for x in log_text(alice, LOBBY)
+            if x.startswith("12:34") and "--" not in x
+        ]
+        assert said == [
+            "before the restart",
+            "missed 0",
+            "missed 1",
+            "missed 2",
+            "typed while offline",
+            "after",
+        ]
         dms = [x.rsplit("bob ", 1)[-1] for x in log_text(alice, ConvKey.dm("bob"))]
         assert dms == ["dm before", "dm while away", "dm after"]
         await until(pilot, lambda: not view.pending.display, "pending line gone")
@@ -183,8 +216,16 @@ async def test_hostile_text_is_shown_literally(server: ServerHandle) -> None:
             await eve.request("say", room="lobby", text="[bold red]pwned[/bold red] :smile:")
             await until(pilot, lambda: has_line(alice, LOBBY, "pwned"), "markup message")
         # The server refuses control characters; a hostile server would not. Inject one.
-        alice.session._on_event({"type": "msg", "room": "lobby", "seq": 99, "ts": 1.0,
-                                 "from": "mallory", "text": "\x1b[2J\x1b[31mred\rover\x07"})
+        alice.session._on_event(
+            {
+                "type": "msg",
+                "room": "lobby",
+                "seq": 99,
+                "ts": 1.0,
+                "from": "mallory",
+                "text": "\x1b[2J\x1b[31mred\rover\x07",
+            }
+        )
         await until(pilot, lambda: has_line(alice, LOBBY, "red"), "escape message")
         await pilot.pause()
         log = alice.views[LOBBY].log_widget
@@ -197,8 +238,13 @@ async def test_hostile_text_is_shown_literally(server: ServerHandle) -> None:
         # And nothing was styled by the network: the body is in the log's plain text colour.
         red = Style.parse("red").color
         body = [seg for row in rows for seg in row if "pwned" in seg.text]
-        assert body and all(seg.style and not seg.style.bold and seg.style.color != red
-                            and seg.style.color == log.rich_style.color for seg in body)
+        assert body and all(
+            seg.style
+            and not seg.style.bold
+            and seg.style.color != red
+            and seg.style.color == log.rich_style.color
+            for seg in body
+        )
         nick = [seg for row in rows for seg in row if "[red]eve" in seg.text]
         assert nick and all(seg.style and seg.style.color != red for seg in nick)
 
@@ -211,22 +257,30 @@ async def test_unknown_commands_and_server_errors_are_explained(server: ServerHa
         await type_line(pilot, "/part nowhere")
         await until(pilot, lambda: has_line(alice, LOBBY, "not_in_room"), "not_in_room")
         await type_line(pilot, "/msg nobody-here hello?")
-        await until(pilot, lambda: has_line(alice, ConvKey.dm("nobody-here"), "no_such_user"),
-                    "no_such_user")
+        await until(
+            pilot,
+            lambda: has_line(alice, ConvKey.dm("nobody-here"), "no_such_user"),
+            "no_such_user",
+        )
         await pilot.press("ctrl+p")
         assert alice.current == LOBBY
         await type_line(pilot, "/topic Friday: [b]release[/b]")
-        await until(pilot, lambda: has_line(alice, LOBBY, "set the topic: Friday: [b]release"),
-                    "topic line")
-        await until(pilot, lambda: "Friday: [b]release[/b]" in str(
-            alice.query_one("#status").render()), "topic in status bar")
+        await until(
+            pilot, lambda: has_line(alice, LOBBY, "set the topic: Friday: [b]release"), "topic line"
+        )
+        await until(
+            pilot,
+            lambda: "Friday: [b]release[/b]" in str(alice.query_one("#status").render()),
+            "topic in status bar",
+        )
         await type_line(pilot, "/help")
         await until(pilot, lambda: has_line(alice, LOBBY, "/msg NICK [TEXT]"), "help")
         await type_line(pilot, "/users")
         await until(pilot, lambda: has_line(alice, LOBBY, "online (1): alice"), "users")
         await type_line(pilot, "/rooms")
-        await until(pilot, lambda: has_line(alice, LOBBY, "#lobby  1 members  Friday: [b]"),
-                    "rooms")
+        await until(
+            pilot, lambda: has_line(alice, LOBBY, "#lobby  1 members  Friday: [b]"), "rooms"
+        )
         await type_line(pilot, "/me waves")
         await until(pilot, lambda: has_line(alice, LOBBY, "alice waves"), "action")
         await type_line(pilot, "/clear")
@@ -332,8 +386,9 @@ async def test_command_palette_lists_the_commands(server: ServerHandle) -> None:
 
         await until(pilot, lambda: "/join ROOM" in hits(), "/join listed")
         await pilot.press("enter")
-        await until(pilot, lambda: alice.query_one("#input", Input).value == "/join ",
-                    "input prefilled")
+        await until(
+            pilot, lambda: alice.query_one("#input", Input).value == "/join ", "input prefilled"
+        )
 
 
 def test_alt_digit_sequences_reach_the_app_as_alt_keys() -> None:
@@ -353,9 +408,15 @@ async def test_a_refused_hello_goes_offline_and_says_why(server: ServerHandle) -
         async with alice.run_test(size=(120, 36)) as pilot:
             await until(pilot, lambda: alice.failed, "gave up")
             assert alice.session.state is State.OFFLINE
-            await until(pilot, lambda: "nick_taken" in str(alice.query_one("#status").render()),
-                        "reason in the status bar")
+            await until(
+                pilot,
+                lambda: "nick_taken" in str(alice.query_one("#status").render()),
+                "reason in the status bar",
+            )
             assert any("nick_taken" in str(n.message) for n in alice._notifications)
             await type_line(pilot, "/msg bob anyone?")
-            await until(pilot, lambda: any("not sent" in str(n.message)
-                                           for n in alice._notifications), "refused to queue")
+            await until(
+                pilot,
+                lambda: any("not sent" in str(n.message) for n in alice._notifications),
+                "refused to queue",
+            )

@@ -17,7 +17,8 @@ def render(text: object) -> str:
 
 def test_clean_makes_controls_visible_and_keeps_newlines() -> None:
     assert clean("a\x1b[31mb\rc\x07\x7f\x9b\u202eend\nnext\tx") == (
-        "a␛[31mb␍c␇\u2421\\u009b\\u202eend\nnext    x")
+        "a␛[31mb␍c␇\u2421\\u009b\\u202eend\nnext    x"
+    )
 
 
 def test_nick_colour_is_stable_and_case_insensitive() -> None:
@@ -35,8 +36,16 @@ def test_mentions_match_whole_nicks_only() -> None:
 
 def test_markup_and_escapes_in_messages_reach_the_terminal_as_text() -> None:
     fmt = Formatter("me", lambda ts: "12:00")
-    entry = fmt.message({"type": "msg", "room": "r", "seq": 1, "ts": 0, "from": "[blink]x",
-                         "text": "[bold red]hi[/] \x1b[2J"})
+    entry = fmt.message(
+        {
+            "type": "msg",
+            "room": "r",
+            "seq": 1,
+            "ts": 0,
+            "from": "[blink]x",
+            "text": "[bold red]hi[/] \x1b[2J",
+        }
+    )
     out = render(entry.prefix + entry.body)
     assert "[blink]x" in out and "[bold red]hi[/] ␛[2J" in out
     assert "\x1b[2J" not in out  # the only escapes are the ones Rich adds for our styles

@@ -15,12 +15,24 @@ def test_run_tui_passes_its_arguments_to_the_session(monkeypatch: pytest.MonkeyP
 
     def fake_run(self: ChatApp) -> None:
         session = self.session
-        seen.update(host=session.host, port=session.port, nick=session.nick,
-                    rooms=list(session.rooms), password=session._password,
-                    token=session._token, label=self.server_label)
+        seen.update(
+            host=session.host,
+            port=session.port,
+            nick=session.nick,
+            rooms=list(session.rooms),
+            password=session._password,
+            token=session._token,
+            label=self.server_label,
+        )
 
     monkeypatch.setattr(ChatApp, "run", fake_run)
     assert run_tui("chat.example", 7000, "alice", "#Dev", password="pw", tls=True) == 0
-    assert seen == {"host": "chat.example", "port": 7000, "nick": "alice", "rooms": ["dev"],
-                    "password": "pw", "token": None, "label": "chat.example:7000"}
-
+    assert seen == {
+        "host": "chat.example",
+        "port": 7000,
+        "nick": "alice",
+        "rooms": ["dev"],
+        "password": "pw",
+        "token": None,
+        "label": "chat.example:7000",
+    }

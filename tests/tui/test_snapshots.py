@@ -27,10 +27,17 @@ def utc_time(ts: float) -> str:
 
 
 def build(server: FakeServer, nick: str = "alice") -> ChatApp:
-    session = ChatSession(nick, connector=server.connect, rooms=["lobby"], ping_interval=3600,
-                          backoff=Backoff(base=30, cap=30), rng=lambda: 1.0)
-    return ChatApp(session, server_label="chat.example.org:7667", time_format=utc_time,
-                   cursor_blink=False)
+    session = ChatSession(
+        nick,
+        connector=server.connect,
+        rooms=["lobby"],
+        ping_interval=3600,
+        backoff=Backoff(base=30, cap=30),
+        rng=lambda: 1.0,
+    )
+    return ChatApp(
+        session, server_label="chat.example.org:7667", time_format=utc_time, cursor_blink=False
+    )
 
 
 async def user(server: FakeServer, nick: str, *rooms: str) -> FakeConnection:
@@ -52,9 +59,12 @@ async def lively(pilot: Pilot[Any], server: FakeServer) -> None:
     await bob.request("say", room="lobby", text="morning all")
     await carol.request("say", room="lobby", text="hi bob! coffee first")
     await dave.request("say", room="lobby", kind="action", text="waves from the train")
-    await bob.request("say", room="lobby",
-                      text="alice: can you look at the failing snapshot test before lunch? "
-                           "It wraps onto a second line when the window is narrow.")
+    await bob.request(
+        "say",
+        room="lobby",
+        text="alice: can you look at the failing snapshot test before lunch? "
+        "It wraps onto a second line when the window is narrow.",
+    )
     await dave.request("part", room="lobby")
     await carol.request("dm", to="alice", text="psst: cake in the kitchen")
     await bob.request("say", room="dev", text="[bold red]not markup[/bold red]")

@@ -17,8 +17,13 @@ class ChatInput(Input):
         Binding("down", "recall(1)", "Next input", show=False),
     ]
 
-    def __init__(self, candidates: Callable[[], Iterable[str]], commands: Iterable[str],
-                 *, id: str | None = None) -> None:
+    def __init__(
+        self,
+        candidates: Callable[[], Iterable[str]],
+        commands: Iterable[str],
+        *,
+        id: str | None = None,
+    ) -> None:
         super().__init__(placeholder="Message, or /help", id=id)
         self._candidates = candidates
         self._commands = sorted(commands)

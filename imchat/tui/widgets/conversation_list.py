@@ -50,8 +50,10 @@ class ConversationList(OptionList):
                 self.items.append(status)
             else:
                 # Keep the announcements entry last.
-                at = next((i for i, s in enumerate(self.items)
-                           if s.key.kind is ConvKind.ANNOUNCE), len(self.items))
+                at = next(
+                    (i for i, s in enumerate(self.items) if s.key.kind is ConvKind.ANNOUNCE),
+                    len(self.items),
+                )
                 self.items.insert(at, status)
             self.refresh_items()
         return status
@@ -83,8 +85,9 @@ class ConversationList(OptionList):
         icon = {ConvKind.ROOM: "", ConvKind.DM: "@", ConvKind.ANNOUNCE: "★ "}[kind]
         style = Style(bold=True) if status.key == self.current else Style()
         if status.attention:
-            style += Style(color="black", bgcolor="magenta" if kind is ConvKind.DM else "yellow",
-                           bold=True)
+            style += Style(
+                color="black", bgcolor="magenta" if kind is ConvKind.DM else "yellow", bold=True
+            )
         elif status.unread:
             style += Style(bold=True, color="bright_white")
         label = Text.assemble(
@@ -92,15 +95,19 @@ class ConversationList(OptionList):
             Text(icon + clean(status.title), style=style),
         )
         if status.unread:
-            label.append(f" {status.unread}", style=Style(color="black", bgcolor="cyan")
-                         if not status.attention else Style(color="black", bgcolor="red",
-                                                            bold=True))
+            label.append(
+                f" {status.unread}",
+                style=Style(color="black", bgcolor="cyan")
+                if not status.attention
+                else Style(color="black", bgcolor="red", bold=True),
+            )
         return label
 
     def refresh_items(self) -> None:
         highlighted = self.index_of(self.current) if self.current else None
-        self.set_options(Option(self._prompt(n, s), id=f"c{n}")
-                         for n, s in enumerate(self.items, 1))
+        self.set_options(
+            Option(self._prompt(n, s), id=f"c{n}") for n, s in enumerate(self.items, 1)
+        )
         if highlighted is not None:
             self.highlighted = highlighted
 

@@ -42,8 +42,9 @@ class MessageLog(ScrollView, can_focus=True):
         def control(self) -> MessageLog:
             return self.log
 
-    def __init__(self, *, max_entries: int = MAX_ENTRIES, id: str | None = None,
-                 classes: str | None = None) -> None:
+    def __init__(
+        self, *, max_entries: int = MAX_ENTRIES, id: str | None = None, classes: str | None = None
+    ) -> None:
         super().__init__(id=id, classes=classes)
         self.max_entries = max_entries
         self.entries: list[Entry] = []
@@ -203,4 +204,3 @@ class MessageLog(ScrollView, can_focus=True):
     def plain_lines(self) -> list[str]:
         """The log as plain text, one entry per line (for tests and copying)."""
         return [e.prefix.plain + e.body.plain for e in self.entries]
-
