@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
 RATE_LIMITED_TYPES = (Say, Dm, Announce, Topic)
+#: A flush that took longer than this (seconds) makes the next one wait as long, up to
+#: FLUSH_REST_MAX: enough to batch a burst, short enough not to show in latency.
+FLUSH_REST_AFTER = 0.002
+FLUSH_REST_MAX = 0.005
 
 Handler = Callable[[Session, Any], Awaitable[None]]
 
@@ -82,6 +86,7 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
         self._dirty: list[Session] = []
+        self._rest_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
@@ -109,13 +114,29 @@ class Hub:
 
     def mark_dirty(self, session: Session) -> None:
         if not self._dirty:
-            self.loop.call_soon(self._flush)
+            rest = self._rest_until - self.loop.time()
+            if rest > 0:
+                self.loop.call_later(rest, self._flush)
+            else:
+                self.loop.call_soon(self._flush)
         self._dirty.append(session)
 
     def _flush(self) -> None:
+        """Write what every session owes, one write per session.
+
+        After a flush that took a while (one write per recipient is the dominant cost of a
+        broadcast), the next one waits as long again, up to 5 ms: events arriving meanwhile
+        pile up and leave in fewer, larger writes, so a burst (thousands of users arriving, each
+        announced to everyone) costs writes per flush, not per event. A lightly loaded
+        server flushes at once.
+        """
+        start = self.loop.time()
         dirty, self._dirty = self._dirty, []
         for session in dirty:
             session.flush()
+        end = self.loop.time()
+        spent = end - start
+        self._rest_until = end + min(spent, FLUSH_REST_MAX) if spent > FLUSH_REST_AFTER else 0.0
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
