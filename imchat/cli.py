@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from imchat.accounts_cli import token_app, user_app
 from imchat.protocol import is_valid_nick
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
 
 EXIT_SERVER_ERROR = 1
 EXIT_CONNECT = 3
