@@ -41,14 +41,18 @@ from imchat.protocol import (
 from .auth import hash_token, verify_password
 from .config import ServerConfig
 from .fanout import Fanout, User
-from .ratelimit import TokenBucket
+from .ratelimit import FailureLimiter, TokenBucket
 from .session import Session
-from .store import ANNOUNCE_STREAM, Draft, Store, dm_stream, room_stream
+from .store import ANNOUNCE_STREAM, Account, Draft, Store, dm_stream, room_stream
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
 RATE_LIMITED_TYPES = (Say, Dm, Announce, Topic)
+#: Password checks running at once: each scrypt takes ~16 MiB and tens of milliseconds.
+MAX_PARALLEL_PASSWORD_CHECKS = 4
+#: Bytes a session reads from its socket at most at a time (see ``Session.get_buffer``).
+READ_SIZE = 65536
 
 Handler = Callable[[Session, Any], Awaitable[None]]
 
@@ -65,6 +69,12 @@ class Hub:
         self.limits = Limits(max_text=config.max_text)
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
+        #: Open connections per client address, for ``max_connections_per_ip``.
+        self.connections_per_addr: dict[str, int] = {}
+        self.auth_limiter = FailureLimiter(config.auth_failures, config.auth_window)
+        self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
+        #: Shared by all sessions: each read is consumed before the next one starts.
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._dirty: list[Session] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
@@ -103,8 +113,19 @@ class Hub:
         self.sessions.add(session)
         self._no_sessions.clear()
         log.info("connection from %s", session.peer)
+        count = self.connections_per_addr.get(session.addr, 0) + 1
+        self.connections_per_addr[session.addr] = count
+        limit = self.config.max_connections_per_ip
+        if limit and count > limit:
+            session.fail(
+                ProtocolError(ErrorCode.RATE_LIMITED, f"more than {limit} connections from you")
+            )
 
     def session_closed(self, session: Session, exc: Exception | None) -> None:
+        if session in self.sessions:
+            count = self.connections_per_addr.pop(session.addr, 1) - 1
+            if count > 0:
+                self.connections_per_addr[session.addr] = count
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()
@@ -167,10 +188,10 @@ class Hub:
         key = req.nick.lower()
         record = await self.store.lookup_user(key)
         account = record.account if record else None
-        if account is not None:
-            await self._authenticate(key, req, account.password_hash)
-        elif req.token is not None:
-            raise ProtocolError(ErrorCode.AUTH_FAILED, "no account with that token")
+        if account is not None or req.token is not None:
+            await self._authenticate(session, key, req, account)
+        elif self.config.require_account:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
         if record is None:
             await self.store.remember_user(req.nick)
         admin = account is not None and account.admin
@@ -203,15 +224,26 @@ class Hub:
             for payload in await self.store.take_pending(key):
                 self.fanout.to_users((key,), encode_frame(payload))
 
-    async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
-        if req.token is not None:
-            if await self.store.token_owner(hash_token(req.token)) == key:
-                return
-        elif req.password is not None and password_hash is not None:
-            ok = await asyncio.to_thread(verify_password, req.password, password_hash)
-            if ok:
-                return
-        raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+    async def _authenticate(
+        self, session: Session, key: str, req: Hello, account: Account | None
+    ) -> None:
+        """Check a password or token; guesses from one address are limited (``rate_limited``)."""
+        if req.token is None and req.password is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+        if not self.auth_limiter.acquire(session.addr):
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+            )
+        ok = False
+        if account is not None and req.token is not None:
+            ok = await self.store.token_owner(hash_token(req.token)) == key
+        elif account is not None and req.password is not None and account.password_hash:
+            async with self._password_checks:
+                ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
+        if ok:
+            self.auth_limiter.release(session.addr)
+            return
+        raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
 
     async def _leave(self, session: Session) -> None:
         rooms = await self.fanout.disconnect(session)
