@@ -5,6 +5,12 @@ one, and the events a request causes follow its reply); different sessions proce
 independently. Output is coalesced: frames queued during one turn of the event loop leave in
 one write. A session that owes its client more than ``max_buffer`` bytes is cut off with
 ``slow_consumer`` instead of slowing anyone else down.
+
+Input is bounded by bytes, not only by frames: the session reads its socket into a buffer it
+sizes itself (``asyncio.BufferedProtocol``), never more than its input budget allows, and
+stops reading when the budget is spent. Before ``hello`` the budget is one largest frame,
+and so is what the session may owe its client, so an unidentified peer can make the server
+hold no more than about ``max_frame`` bytes of its data.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-from imchat.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_message
+from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
 
 if TYPE_CHECKING:
     from .fanout import User
@@ -24,22 +30,28 @@ log = logging.getLogger(__name__)
 
 #: Frames read ahead of the one being handled before the session stops reading its socket.
 MAX_INBOX = 64
+#: Input bytes (queued frames and a partial one) an identified session may hold, in
+#: largest frames; before ``hello`` it is one.
+INBOX_FRAMES = 4
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
 
-class Session(asyncio.Protocol):
+class Session(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
         "_inbox",
+        "_inbox_bytes",
         "_out",
         "_out_size",
         "_reading_paused",
+        "addr",
         "bucket",
         "closing",
         "decoder",
         "hub",
         "last_rx",
+        "opened",
         "peer",
         "transport",
         "user",
@@ -50,11 +62,14 @@ class Session(asyncio.Protocol):
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: The client's IP address (the unit of per-address limits).
+        self.addr = "?"
         self.user: User | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
-        self.last_rx = hub.loop.time()
+        self.last_rx = self.opened = hub.loop.time()
         self._inbox: deque[bytes | ProtocolError] = deque()
+        self._inbox_bytes = 0
         self._busy = False
         self._reading_paused = False
         self._out: list[bytes] = []
@@ -67,7 +82,16 @@ class Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.addr = str(peer[0]) if isinstance(peer, tuple) else self.peer
         self.hub.session_opened(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never read more than the budget has room for; reading pauses before it is full.
+        room = self.input_budget - self.held
+        return self.hub.read_buffer[: max(1, min(room, len(self.hub.read_buffer)))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.hub.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.hub.loop.time()
@@ -77,11 +101,12 @@ class Session(asyncio.Protocol):
         try:
             for payload in self.decoder.feed(data):
                 inbox.append(payload)
+                self._inbox_bytes += len(payload) + HEADER_SIZE
         except ProtocolError as exc:
             # Framing is lost: answer the frames before the fault, then report it and close.
             inbox.append(exc)
             self._pause_reading()
-        if len(inbox) > MAX_INBOX:
+        if len(inbox) > MAX_INBOX or self.held >= self.input_budget:
             self._pause_reading()
         if not self._busy and inbox:
             self._busy = True
@@ -93,7 +118,19 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._out.clear()
+        self._inbox.clear()
+        self._inbox_bytes = 0
         self.hub.session_closed(self, exc)
+
+    @property
+    def held(self) -> int:
+        """Input bytes this session holds: queued frames and the partial one being read."""
+        return self._inbox_bytes + self.decoder.buffered
+
+    @property
+    def input_budget(self) -> int:
+        frame = self.hub.config.max_frame + HEADER_SIZE
+        return frame if self.user is None else frame * INBOX_FRAMES
 
     # -- requests --------------------------------------------------------------------------
 
@@ -105,13 +142,21 @@ class Session(asyncio.Protocol):
                 if isinstance(item, ProtocolError):
                     self.fail(item)
                     break
+                self._inbox_bytes -= len(item) + HEADER_SIZE
                 await self.hub.handle(self, item)
-                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and not self.closing:
+                if self._reading_paused and not self.closing and self._may_resume():
                     self._reading_paused = False
                     assert self.transport is not None
                     self.transport.resume_reading()
         finally:
             self._busy = False
+
+    def _may_resume(self) -> bool:
+        if not self._inbox:
+            return True  # what is held is at most one partial frame: always room for it
+        if self.decoder.failed:
+            return False
+        return len(self._inbox) < MAX_INBOX // 2 and self.held <= self.input_budget // 2
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -129,7 +174,12 @@ class Session(asyncio.Protocol):
         self._out.append(frame)
         self._out_size += len(frame)
         assert self.transport is not None
-        if self._out_size + self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+        limit = self.hub.config.max_buffer
+        if self.user is None:
+            # Before hello only errors and pongs are owed: a peer that won't read them is cut
+            # off early, so it cannot make the server hold more than a frame's worth for it.
+            limit = min(limit, self.hub.config.max_frame)
+        if self._out_size + self.transport.get_write_buffer_size() > limit:
             self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:
