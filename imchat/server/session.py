@@ -8,9 +8,10 @@ one write. A session that owes its client more than ``max_buffer`` bytes is cut 
 
 Input is bounded by bytes, not only by frames: the session reads its socket into a buffer it
 sizes itself (``asyncio.BufferedProtocol``), never more than its input budget allows, and
-stops reading when the budget is spent. Before ``hello`` the budget is one largest frame,
-and so is what the session may owe its client, so an unidentified peer can make the server
-hold no more than about ``max_frame`` bytes of its data.
+stops reading when the budget is spent. Before ``hello`` the budget is one largest frame.
+Requests are not handled while the transport's write buffer is above its high-water mark, so
+a peer that sends without reading its replies is simply not served faster than it reads:
+what the server holds for it stays within a few tens of kilobytes plus ``max_frame``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MAX_INBOX = 64
 #: Input bytes (queued frames and a partial one) an identified session may hold, in
 #: largest frames; before ``hello`` it is one.
 INBOX_FRAMES = 4
+#: Replies queued by one handling run before they are written out (bounds ``_out``).
+FLUSH_AT = 65536
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
@@ -45,6 +48,7 @@ class Session(asyncio.BufferedProtocol):
         "_out",
         "_out_size",
         "_reading_paused",
+        "_writing_paused",
         "addr",
         "bucket",
         "closing",
@@ -72,6 +76,7 @@ class Session(asyncio.BufferedProtocol):
         self._inbox_bytes = 0
         self._busy = False
         self._reading_paused = False
+        self._writing_paused = False
         self._out: list[bytes] = []
         self._out_size = 0
 
@@ -115,6 +120,15 @@ class Session(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._inbox and not self._busy and not self.closing:
+            self._busy = True
+            self.hub.spawn(self._process())
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._out.clear()
@@ -137,13 +151,15 @@ class Session(asyncio.BufferedProtocol):
     async def _process(self) -> None:
         inbox = self._inbox
         try:
-            while inbox and not self.closing:
+            while inbox and not self.closing and not self._writing_paused:
                 item = inbox.popleft()
                 if isinstance(item, ProtocolError):
                     self.fail(item)
                     break
                 self._inbox_bytes -= len(item) + HEADER_SIZE
                 await self.hub.handle(self, item)
+                if self._out_size >= FLUSH_AT:
+                    self.flush()  # may pause writing: the rest waits for the client to read
                 if self._reading_paused and not self.closing and self._may_resume():
                     self._reading_paused = False
                     assert self.transport is not None
@@ -174,12 +190,7 @@ class Session(asyncio.BufferedProtocol):
         self._out.append(frame)
         self._out_size += len(frame)
         assert self.transport is not None
-        limit = self.hub.config.max_buffer
-        if self.user is None:
-            # Before hello only errors and pongs are owed: a peer that won't read them is cut
-            # off early, so it cannot make the server hold more than a frame's worth for it.
-            limit = min(limit, self.hub.config.max_frame)
-        if self._out_size + self.transport.get_write_buffer_size() > limit:
+        if self._out_size + self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
             self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:
