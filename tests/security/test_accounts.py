@@ -308,3 +308,22 @@ def test_failure_window_expires_and_memory_is_bounded() -> None:
     now[0] = 1000.0
     limiter.acquire("b")
     assert len(limiter) == 1
+
+
+async def test_imchat_send_reads_a_password_from_stdin(
+    start_server: StartServer, raw: Callable[..., Awaitable[Raw]], tmp_path: Path
+) -> None:
+    server = await start_server(data_dir=tmp_path)
+    await cli_ok(tmp_path, "user", "add", "alice", "--password-stdin", input=PASSWORD)
+    listener = await raw(server.port)
+    await listener.hello("bob")
+    await listener.request({"type": "join", "room": "lobby"})
+    args = ["send", "hi", "--room", "lobby", "--nick", "alice", "--port", str(server.port)]
+    result = await asyncio.to_thread(
+        runner.invoke, app, [*args, "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert result.exit_code == 0, result.stderr
+    result = await asyncio.to_thread(
+        runner.invoke, app, [*args, "--password-stdin"], input="wrong password\n"
+    )
+    assert result.exit_code == 1 and "auth_failed" in result.stderr
