@@ -7,18 +7,18 @@ one write. A session that owes its client more than ``max_buffer`` bytes is cut 
 ``slow_consumer`` instead of slowing anyone else down.
 
 Input is bounded by bytes, not only by frames: the session reads its socket into a buffer it
-sizes itself (``asyncio.BufferedProtocol``), never more than its input budget allows, and
-stops reading when the budget is spent. Before ``hello`` the budget is one largest frame.
-Requests are not handled while the transport's write buffer is above its high-water mark, so
-a peer that sends without reading its replies is simply not served faster than it reads:
-what the server holds for it stays within a few tens of kilobytes plus ``max_frame``.
+sizes itself (``asyncio.BufferedProtocol``), never more than its input budget has room for,
+and stops reading when the budget is spent. Frames count against the budget until they are
+handled. Before ``hello`` the budget is one largest frame. Requests are not handled while the
+transport's write buffer is above its high-water mark, so a peer that sends without reading
+its replies is not served faster than it reads: what the server holds for an unidentified
+peer stays within ``max_frame`` of input plus a few tens of kilobytes of output.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Frames read ahead of the one being handled before the session stops reading its socket.
 MAX_INBOX = 64
-#: Input bytes (queued frames and a partial one) an identified session may hold, in
+#: Input bytes (unhandled frames and a partial one) an identified session may hold, in
 #: largest frames; before ``hello`` it is one.
 INBOX_FRAMES = 4
-#: Replies queued by one handling run before they are written out (bounds ``_out``).
+#: Replies queued by requests handled before ``hello`` that are written out at once.
 FLUSH_AT = 65536
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
@@ -72,7 +72,8 @@ class Session(asyncio.BufferedProtocol):
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()
-        self._inbox: deque[bytes | ProtocolError] = deque()
+        self._inbox: list[bytes | ProtocolError] = []
+        #: Bytes of frames received and not yet handled (queued or in the batch being handled).
         self._inbox_bytes = 0
         self._busy = False
         self._reading_paused = False
@@ -91,7 +92,7 @@ class Session(asyncio.BufferedProtocol):
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Never read more than the budget has room for; reading pauses before it is full.
+        # Never read more than the budget has room for; reading pauses once it is spent.
         room = self.input_budget - self.held
         return self.hub.read_buffer[: max(1, min(room, len(self.hub.read_buffer)))]
 
@@ -138,7 +139,7 @@ class Session(asyncio.BufferedProtocol):
 
     @property
     def held(self) -> int:
-        """Input bytes this session holds: queued frames and the partial one being read."""
+        """Input bytes this session holds: unhandled frames and the partial one being read."""
         return self._inbox_bytes + self.decoder.buffered
 
     @property
@@ -152,27 +153,34 @@ class Session(asyncio.BufferedProtocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing and not self._writing_paused:
-                item = inbox.popleft()
-                if isinstance(item, ProtocolError):
-                    self.fail(item)
-                    break
-                self._inbox_bytes -= len(item) + HEADER_SIZE
-                await self.hub.handle(self, item)
-                if self._out_size >= FLUSH_AT:
+                if self.user is None:
+                    # Before hello nothing is batched (no messages yet): one request at a time,
+                    # so the replies owed can be flushed, and backpressure applied, between them.
+                    batch = [inbox.pop(0)]
+                else:
+                    batch = inbox[:]
+                    inbox.clear()
+                size = sum(len(item) + HEADER_SIZE for item in batch if isinstance(item, bytes))
+                self._maybe_resume_reading()  # the next batch is read while this one is handled
+                await self.hub.handle_batch(self, batch)
+                self._inbox_bytes -= size
+                if self.user is None and self._out_size >= FLUSH_AT:
                     self.flush()  # may pause writing: the rest waits for the client to read
-                if self._reading_paused and not self.closing and self._may_resume():
-                    self._reading_paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
+                self._maybe_resume_reading()
         finally:
             self._busy = False
 
-    def _may_resume(self) -> bool:
-        if not self._inbox:
-            return True  # what is held is at most one partial frame: always room for it
-        if self.decoder.failed:
-            return False
-        return len(self._inbox) < MAX_INBOX // 2 and self.held <= self.input_budget // 2
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self.closing
+            and not self.decoder.failed  # framing is lost: nothing more is read
+            and len(self._inbox) <= MAX_INBOX
+            and self.held < self.input_budget
+        ):
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -190,7 +198,9 @@ class Session(asyncio.BufferedProtocol):
         self._out.append(frame)
         self._out_size += len(frame)
         assert self.transport is not None
-        if self._out_size + self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+        # Only what earlier writes left unsent counts: the frames queued during this loop turn
+        # were never offered to the client, so it cannot have fallen behind on them.
+        if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
             self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import Raw, StartServer
 from typer.testing import CliRunner
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import Raw, StartServer, wait_for
 
 from imchat.protocol import encode_message

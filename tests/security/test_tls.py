@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import Raw, StartServer
 
 from imchat.client import Connection

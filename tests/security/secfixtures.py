@@ -1,6 +1,8 @@
 """Fixtures for the security tests: in-process servers on port 0 and raw frame clients.
 
-Kept local to this directory so it stands on its own beside the suite-wide fixtures.
+Test modules import them (``from secfixtures import raw_fixture, …``); the fixture names
+are ``raw`` and ``start_server``. Not a conftest.py: the suite-wide tests import their
+helpers with ``from conftest import …``, which a second conftest module would shadow.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from secutil import Raw, StartServer
 from imchat.server import ChatServer, ServerConfig
 
 
-@pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+@pytest.fixture(name="start_server")
+async def start_server_fixture(tmp_path: Path) -> AsyncIterator[StartServer]:
     """``await start_server(**config_overrides)``: a server on 127.0.0.1:0, stopped at teardown."""
     started: list[ChatServer] = []
 
@@ -32,8 +34,8 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         await server.stop()
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[Callable[..., Awaitable[Raw]]]:
+@pytest.fixture(name="raw")
+async def raw_fixture() -> AsyncIterator[Callable[..., Awaitable[Raw]]]:
     """``await raw(port)``: a :class:`Raw` connection, closed at teardown."""
     opened: list[Raw] = []
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import StartServer, baseline, wait_for
 
 from imchat.client import Connection
