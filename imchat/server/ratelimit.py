@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+#: IPv6 clients are limited per /64: one host commonly owns a whole /64 and could otherwise
+#: rotate through its addresses to escape every per-address limit.
+IPV6_PREFIX = 64
+
+
+def address_key(host: str) -> str:
+    """The unit of per-address limits for a peer address: an IPv4 address or an IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host  # not an IP (e.g. a Unix socket path): limit it as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class TokenBucket:

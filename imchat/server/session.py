@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
 
+from .ratelimit import address_key
+
 if TYPE_CHECKING:
     from .fanout import User
     from .hub import Hub
@@ -66,7 +68,7 @@ class Session(asyncio.BufferedProtocol):
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        #: The client's IP address (the unit of per-address limits).
+        #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
         self.addr = "?"
         self.user: User | None = None
         self.bucket = hub.new_bucket()
@@ -88,7 +90,7 @@ class Session(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.addr = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from imchat.cli import app
 from imchat.server import hub as hub_module
 from imchat.server.auth import hash_password, hash_token
-from imchat.server.ratelimit import FailureLimiter
+from imchat.server.ratelimit import FailureLimiter, address_key
 from imchat.server.sqlite_store import SQLiteStore
 
 PASSWORD = "correct horse"
@@ -328,3 +328,17 @@ async def test_imchat_send_reads_a_password_from_stdin(
         runner.invoke, app, [*args, "--password-stdin"], input="wrong password\n"
     )
     assert result.exit_code == 1 and "auth_failed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9%eth0", "2001:db8:1:2::/64"),
+        ("/run/imchat.sock", "/run/imchat.sock"),
+    ],
+)
+def test_ipv6_clients_are_limited_per_64(host: str, key: str) -> None:
+    assert address_key(host) == key

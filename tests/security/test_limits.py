@@ -251,7 +251,7 @@ async def test_peer_that_does_not_read_is_not_served_faster_than_it_reads(
     session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     # Each is answered hello_required, a reply twice its size; none is read for now.
     request = encode_message({"type": "join", "room": "lobby"})
-    count = (4 << 20) // len(request)
+    count = (1 << 20) // len(request)
     writer.write(request * count)
     await wait_for(lambda: session._writing_paused)
     await asyncio.sleep(0.2)
