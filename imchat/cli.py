@@ -251,6 +251,14 @@ def send(
             return await send_messages(
                 conn, nick or _default_nick(), target, texts, token=token, password=password
             )
+        except ConnectionClosed as exc:
+            if context is None and conn.welcome is None and exc.error is None:
+                # A TLS server drops a plaintext hello without a word.
+                raise _fail(
+                    f"{host}:{port} closed the connection before welcome (TLS? try --tls)",
+                    EXIT_CONNECT,
+                ) from None
+            raise
         finally:
             conn.abort()
 

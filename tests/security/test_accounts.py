@@ -47,6 +47,8 @@ async def test_store_account_and_token_methods(tmp_path: Path) -> None:
     await store.open()
     try:
         await store.create_account("Bob", password_hash=hash_password("x" * 8))
+        assert (await store.list_accounts())[0].password_hash.startswith("scrypt$16384$8$1$")
+        assert hash_password("x" * 8) != hash_password("x" * 8)  # salted
         await store.create_account("alice", admin=True)
         await store.remember_user("guest")
         assert [(a.nick, a.admin) for a in await store.list_accounts()] == [
@@ -187,6 +189,14 @@ async def test_require_account_refuses_guests(
     await cli_ok(tmp_path, "user", "add", "member", "--password-stdin", input=PASSWORD)
     conn = await raw(server.port)
     assert (await conn.hello("member", password=PASSWORD))["type"] == "welcome"
+
+
+async def test_server_creates_a_private_data_directory(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    await start_server(data_dir=tmp_path / "new" / "data")
+    assert ((tmp_path / "new" / "data").stat().st_mode & 0o777) == 0o700
+    assert ((tmp_path / "new" / "data" / "admin.token").stat().st_mode & 0o777) == 0o600
 
 
 async def test_guests_allowed_by_default(

@@ -87,7 +87,7 @@ async def test_connections_per_address_are_limited(
 async def test_connection_without_hello_is_closed(
     start_server: StartServer, raw: RawFactory
 ) -> None:
-    server = await start_server(hello_timeout=0.3)
+    server = await start_server(hello_timeout=0.5)
     silent = await raw(server.port)
     # A slowloris: keeps trickling bytes of a frame that never completes.
     trickler = await raw(server.port)
@@ -105,14 +105,14 @@ async def test_connection_without_hello_is_closed(
         frames = await conn.until_closed(timeout=3)
         assert [(f["type"], f["code"]) for f in frames] == [("error", "idle_timeout")]
     task.cancel()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3
     # Pings do not extend the deadline either: only hello counts.
     pinger = await raw(server.port)
-    for _ in range(4):
+    for _ in range(2):
         pinger.send({"type": "ping"})
         await asyncio.sleep(0.05)
     frames = await pinger.until_closed(timeout=3)
-    assert [f["type"] for f in frames] == ["pong"] * 4 + ["error"]
+    assert [f["type"] for f in frames] == ["pong"] * 2 + ["error"]
     assert frames[-1]["code"] == "idle_timeout"
     assert (await identified.request({"type": "ping"}))["type"] == "pong"
 

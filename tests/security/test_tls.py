@@ -155,6 +155,12 @@ def test_imchat_send_refuses_an_unverified_server(tls_server_process: int) -> No
     assert "not trusted" in lines[0] and "--ca" in lines[0], lines[0]
 
 
+def test_imchat_send_without_tls_suggests_it(tls_server_process: int) -> None:
+    result = _send(tls_server_process)
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1 and "--tls" in result.stderr
+
+
 def test_imchat_send_reports_a_bad_ca_file(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate")
     result = _send(1, "--ca", str(tmp_path / "junk.pem"))
