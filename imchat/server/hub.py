@@ -293,22 +293,31 @@ class Hub:
     async def _authenticate(
         self, session: Session, key: str, req: Hello, account: Account | None
     ) -> None:
-        """Check a password or token; guesses from one address are limited (``rate_limited``)."""
+        """Check a password or token; an address that failed too often is not checked at all.
+
+        The block is checked again right before each scrypt run: parallel guesses wait for a
+        free slot, and by then the failures before them count, so at most ``auth_failures``
+        plus ``MAX_PARALLEL_PASSWORD_CHECKS - 1`` guesses per window get through.
+        """
         if req.token is None and req.password is None:
             raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
-        if not self.auth_limiter.acquire(session.addr):
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
-            )
+        limiter, addr = self.auth_limiter, session.addr
+        blocked = ProtocolError(
+            ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+        )
+        if limiter.blocked(addr):
+            raise blocked
         ok = False
         if account is not None and req.token is not None:
             ok = await self.store.token_owner(hash_token(req.token)) == key
         elif account is not None and req.password is not None and account.password_hash:
             async with self._password_checks:
+                if limiter.blocked(addr):
+                    raise blocked
                 ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
         if ok:
-            self.auth_limiter.release(session.addr)
             return
+        limiter.record(addr)
         raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
 
     async def _leave(self, session: Session) -> None:

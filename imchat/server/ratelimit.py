@@ -48,11 +48,12 @@ class TokenBucket:
 
 
 class FailureLimiter:
-    """At most ``limit`` login attempts per address in flight or failed within ``window`` s.
+    """Blocks an address once ``limit`` of its logins failed within the last ``window`` s.
 
-    An attempt is counted before its credentials are checked and forgiven if they were right,
-    so a burst of parallel guesses is bounded as tightly as a sequence of them. Addresses are
-    forgotten once their window has passed, and at most ``max_addresses`` are remembered.
+    Only failures count, so any number of users behind one address may log in at once.
+    Parallel guesses are bounded by checking :meth:`blocked` again right before each
+    expensive check (see ``Hub._authenticate``). Addresses are forgotten once their window
+    has passed, and at most ``max_addresses`` are remembered (least recently failed first out).
     """
 
     def __init__(
@@ -67,44 +68,45 @@ class FailureLimiter:
         self.window = window
         self.max_addresses = max_addresses
         self._clock = clock
-        #: Address -> times of its counted attempts, least recently touched address first.
-        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+        #: Address -> times of its recent failures, least recently failed address first.
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._attempts)
+        return len(self._failures)
 
-    def acquire(self, addr: str) -> bool:
-        """Count an attempt from ``addr``; False (and nothing counted) if it is over the limit."""
+    def blocked(self, addr: str) -> bool:
         if self.limit <= 0:
-            return True
+            return False
+        times = self._failures.get(addr)
+        if times is None:
+            return False
+        cutoff = self._clock() - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[addr]
+            return False
+        return len(times) >= self.limit
+
+    def record(self, addr: str) -> None:
+        """Count a failed login from ``addr``."""
+        if self.limit <= 0:
+            return
         now = self._clock()
         self._forget_before(now - self.window)
-        times = self._attempts.get(addr)
+        times = self._failures.get(addr)
         if times is None:
-            times = self._attempts[addr] = deque()
+            times = self._failures[addr] = deque(maxlen=self.limit)
         else:
-            self._attempts.move_to_end(addr)
-            while times and times[0] <= now - self.window:
-                times.popleft()
-        if len(times) >= self.limit:
-            return False
+            self._failures.move_to_end(addr)
         times.append(now)
-        while len(self._attempts) > self.max_addresses:
-            self._attempts.popitem(last=False)
-        return True
-
-    def release(self, addr: str) -> None:
-        """Forgive one counted attempt: it succeeded."""
-        times = self._attempts.get(addr)
-        if times:
-            times.pop()
-            if not times:
-                del self._attempts[addr]
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
 
     def _forget_before(self, cutoff: float) -> None:
-        attempts = self._attempts
-        while attempts:
-            addr, times = next(iter(attempts.items()))
+        failures = self._failures
+        while failures:
+            addr, times = next(iter(failures.items()))
             if times and times[-1] > cutoff:
                 break
-            del attempts[addr]
+            del failures[addr]

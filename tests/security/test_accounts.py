@@ -284,41 +284,47 @@ async def test_parallel_guesses_are_bounded_too(
 ) -> None:
     server = await start_server(data_dir=tmp_path, auth_failures=3)
     await cli_ok(tmp_path, "user", "add", "alice", "--password-stdin", input=PASSWORD)
-    conns = [await raw(server.port) for _ in range(10)]
+    conns = [await raw(server.port) for _ in range(20)]
     for conn in conns:
         conn.send({"type": "hello", "proto": 1, "nick": "alice", "password": "guess1234"})
-    codes = sorted([(await conn.recv())["code"] for conn in conns])
-    assert codes == ["auth_failed"] * 3 + ["rate_limited"] * 7
+    codes = [(await conn.recv())["code"] for conn in conns]
+    checked = codes.count("auth_failed")
+    # Guesses queue for a password check and are refused once earlier ones failed.
+    assert 3 <= checked <= 3 + hub_module.MAX_PARALLEL_PASSWORD_CHECKS - 1, codes
+    assert codes.count("rate_limited") == 20 - checked
 
 
-async def test_successful_logins_do_not_count(
+async def test_many_logins_at_once_from_one_address_all_succeed(
     start_server: StartServer, raw: Callable[..., Awaitable[Raw]], tmp_path: Path
 ) -> None:
+    # An office behind one NAT reconnecting after a restart: only failures count.
     server = await start_server(data_dir=tmp_path, auth_failures=2)
     await cli_ok(tmp_path, "user", "add", "alice", "--password-stdin", input=PASSWORD)
-    for _ in range(5):
-        conn = await raw(server.port)
-        assert (await conn.hello("alice", password=PASSWORD))["type"] == "welcome"
-        await conn.close()
+    conns = [await raw(server.port) for _ in range(12)]
+    for conn in conns:
+        conn.send({"type": "hello", "proto": 1, "nick": "alice", "password": PASSWORD})
+    assert [(await conn.recv())["type"] for conn in conns] == ["welcome"] * 12
     assert len(server.hub.auth_limiter) == 0  # type: ignore[union-attr]
 
 
 def test_failure_window_expires_and_memory_is_bounded() -> None:
     now = [0.0]
     limiter = FailureLimiter(2, 60.0, max_addresses=100, clock=lambda: now[0])
-    assert limiter.acquire("a") and limiter.acquire("a")
-    assert not limiter.acquire("a")
+    limiter.record("a")
+    assert not limiter.blocked("a")
+    limiter.record("a")
+    assert limiter.blocked("a") and not limiter.blocked("b")
     now[0] = 30.0
-    assert not limiter.acquire("a")
+    assert limiter.blocked("a")
     now[0] = 60.5
-    assert limiter.acquire("a")
-    limiter.release("a")
+    assert not limiter.blocked("a")
     for i in range(1000):
-        limiter.acquire(f"10.0.{i // 256}.{i % 256}")
+        limiter.record(f"10.0.{i // 256}.{i % 256}")
     assert len(limiter) <= 100
     now[0] = 1000.0
-    limiter.acquire("b")
+    limiter.record("b")
     assert len(limiter) == 1
+    assert not FailureLimiter(0, 60.0).blocked("a")  # 0: no limit
 
 
 async def test_imchat_send_reads_a_password_from_stdin(
