@@ -122,7 +122,7 @@ def user_remove(name: str, data_dir: DataDir = None) -> None:
 
 @user_app.command("passwd")
 def user_passwd(name: str, password_stdin: PasswordStdin = False, data_dir: DataDir = None) -> None:
-    """Set NAME's password (its tokens stay valid; revoke them separately)."""
+    """Set NAME's password; sessions logged in with the old one are closed, tokens stay valid."""
     from imchat.server import accounts
 
     password = _read_password(password_stdin)

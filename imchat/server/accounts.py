@@ -1,8 +1,8 @@
 """Account and token administration, shared by ``imchat user``/``imchat token`` and tests.
 
 These run beside a live server on the same store: the server reads accounts and tokens
-through at every ``hello``, so a change here applies from the next login on. Sessions that
-already logged in are not touched (see SECURITY.md).
+through at every ``hello``, so a change here applies from the next login on, and re-checks
+logged-in sessions every ``auth_recheck`` seconds (see SECURITY.md).
 """
 
 from __future__ import annotations

@@ -86,17 +86,23 @@ class ChatServer:
         log.info("admin account %r: token written to %s", ADMIN_NICK, token_file.resolve())
 
     async def _sweep_idle(self) -> None:
-        """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``.
+        """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``,
+        and re-check logged-in sessions' credentials every ``auth_recheck`` seconds.
 
-        One timer for all sessions; a timeout of 0 is off.
+        One timer for all sessions; a period of 0 is off.
         """
         assert self.hub is not None
         timeout, hello_timeout = self.config.idle_timeout, self.config.hello_timeout
-        interval = min([1.0, *(t / 4 for t in (timeout, hello_timeout) if t > 0)])
+        recheck = self.config.auth_recheck
+        interval = min([1.0, *(t / 4 for t in (timeout, hello_timeout, recheck) if t > 0)])
         loop = asyncio.get_running_loop()
+        next_recheck = loop.time() + recheck
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
+            if recheck > 0 and now >= next_recheck:
+                next_recheck = now + recheck
+                self.hub.spawn(self.hub.recheck_credentials())
             for session in list(self.hub.sessions):
                 if (
                     hello_timeout > 0

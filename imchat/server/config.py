@@ -47,6 +47,8 @@ class ServerConfig:
     #: that address are answered ``rate_limited`` unchecked. 0: no limit.
     auth_failures: int = 5
     auth_window: float = 60.0
+    #: Seconds between checks that logged-in sessions' tokens and passwords are still valid.
+    auth_recheck: float = 10.0
     #: PEM certificate chain and private key: serve TLS instead of plain TCP.
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -56,6 +56,8 @@ MAX_PARALLEL_PASSWORD_CHECKS = 4
 READ_SIZE = 65536
 
 Handler = Callable[[Session, Any], Awaitable[None]]
+#: How a session logged in: ("token", token hash) or ("password", password hash).
+Credential = tuple[str, str]
 
 
 def now() -> float:
@@ -246,7 +248,7 @@ class Hub:
         record = await self.store.lookup_user(key)
         account = record.account if record else None
         if account is not None or req.token is not None:
-            await self._authenticate(session, key, req, account)
+            session.credential = await self._authenticate(session, key, req, account)
         elif self.config.require_account:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
         if record is None:
@@ -292,7 +294,7 @@ class Hub:
 
     async def _authenticate(
         self, session: Session, key: str, req: Hello, account: Account | None
-    ) -> None:
+    ) -> Credential:
         """Check a password or token; an address that failed too often is not checked at all.
 
         The block is checked again right before each scrypt run: parallel guesses wait for a
@@ -309,16 +311,50 @@ class Hub:
             raise blocked
         ok = False
         if account is not None and req.token is not None:
-            ok = await self.store.token_owner(hash_token(req.token)) == key
+            credential = ("token", hash_token(req.token))
+            ok = await self.store.token_owner(credential[1]) == key
         elif account is not None and req.password is not None and account.password_hash:
+            credential = ("password", account.password_hash)
             async with self._password_checks:
                 if limiter.blocked(addr):
                     raise blocked
                 ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
         if ok:
-            return
+            return credential
         limiter.record(addr)
         raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
+
+    async def recheck_credentials(self) -> None:
+        """Close sessions whose token was revoked, or account removed or re-passworded since.
+
+        Logins read accounts through at every hello; this extends that to sessions already
+        logged in, so ``imchat token revoke`` and ``imchat user remove``/``passwd`` take hold
+        within ``auth_recheck`` seconds. Each distinct credential is looked up once.
+        """
+        valid: dict[tuple[str, Credential], bool] = {}
+        for session in list(self.sessions):
+            user, credential = session.user, session.credential
+            if user is None or credential is None or session.closing:
+                continue
+            check = (user.key, credential)
+            if check not in valid:
+                try:
+                    valid[check] = await self._still_valid(*check)
+                except Exception:
+                    log.exception("could not re-check credentials of %s", user.nick)
+                    valid[check] = True  # a store hiccup is no reason to log everyone out
+            if not valid[check]:
+                session.fail(
+                    ProtocolError(ErrorCode.AUTH_FAILED, "your token or password was revoked")
+                )
+
+    async def _still_valid(self, key: str, credential: Credential) -> bool:
+        kind, value = credential
+        if kind == "token":
+            return await self.store.token_owner(value) == key
+        record = await self.store.lookup_user(key)
+        account = record.account if record is not None else None
+        return account is not None and account.password_hash == value
 
     async def _leave(self, session: Session) -> None:
         rooms = await self.fanout.disconnect(session)

@@ -54,6 +54,7 @@ class Session(asyncio.BufferedProtocol):
         "addr",
         "bucket",
         "closing",
+        "credential",
         "decoder",
         "hub",
         "last_rx",
@@ -71,6 +72,8 @@ class Session(asyncio.BufferedProtocol):
         #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
         self.addr = "?"
         self.user: User | None = None
+        #: How it logged in, re-checked while it lasts (see ``Hub.recheck_credentials``).
+        self.credential: tuple[str, str] | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()

@@ -358,3 +358,32 @@ async def test_imchat_send_reads_a_password_from_stdin(
 )
 def test_ipv6_clients_are_limited_per_64(host: str, key: str) -> None:
     assert address_key(host) == key
+
+
+async def test_revoking_or_removing_cuts_off_sessions_already_logged_in(
+    start_server: StartServer, raw: Callable[..., Awaitable[Raw]], tmp_path: Path
+) -> None:
+    server = await start_server(data_dir=tmp_path, auth_recheck=0.1)
+    await cli_ok(tmp_path, "user", "add", "bot", "--no-password")
+    kept = (await cli_ok(tmp_path, "token", "create", "--user", "bot")).strip()
+    doomed = (await cli_ok(tmp_path, "token", "create", "--user", "bot")).strip()
+    for nick in ("alice", "carol"):
+        await cli_ok(tmp_path, "user", "add", nick, "--password-stdin", input=PASSWORD)
+    sessions = {}
+    for name, nick, fields in (
+        ("kept", "bot", {"token": kept}),
+        ("doomed", "bot", {"token": doomed}),
+        ("alice", "alice", {"password": PASSWORD}),
+        ("carol", "carol", {"password": PASSWORD}),
+        ("guest", "guest", {}),
+    ):
+        sessions[name] = conn = await raw(server.port)
+        assert (await conn.hello(nick, **fields))["type"] == "welcome"
+    await cli_ok(tmp_path, "token", "revoke", hash_token(doomed)[:12])
+    await cli_ok(tmp_path, "user", "passwd", "alice", "--password-stdin", input="new password")
+    await cli_ok(tmp_path, "user", "remove", "carol")
+    for name in ("doomed", "alice", "carol"):
+        frames = await sessions[name].until_closed()
+        assert frames[-1]["code"] == "auth_failed", (name, frames)
+    for name in ("kept", "guest"):
+        assert (await sessions[name].request({"type": "ping"}))["type"] == "pong"
