@@ -164,7 +164,7 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(metavar="ID", help="The id from `token list`.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Revoke a token: logins with it fail from the next hello on."""
+    """Revoke a token: new logins with it fail, and its sessions are closed within seconds."""
     from imchat.server import accounts
 
     _with_store(data_dir, lambda store: accounts.revoke_token(store, token_id))
