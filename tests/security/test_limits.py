@@ -233,7 +233,7 @@ async def test_identified_sessions_pipeline_without_stalling(
         if frame["type"] == "ok":
             ids.append(frame["id"])
     assert ids == list(range(n))
-    assert only_session(server).held == 0
+    await wait_for(lambda: only_session(server).held == 0)
 
 
 async def test_peer_that_does_not_read_is_not_served_faster_than_it_reads(
