@@ -1,4 +1,4 @@
-"""The ``imchat`` command: ``server``, ``send`` (and ``join`` for the terminal client)."""
+"""The ``imchat`` command: ``server``, ``send`` and ``join`` (the terminal client)."""
 
 from __future__ import annotations
 
@@ -268,6 +268,27 @@ def send(
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
     except ConnectionClosed as exc:
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
+
+
+@app.command()
+def join(
+    nick: Annotated[str, typer.Option(envvar="IMCHAT_NICK", help="Your nick.")],
+    host: Host = "127.0.0.1",
+    port: Port = 7667,
+    room: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_ROOM", help="Room to join on connect.")
+    ] = "lobby",
+    password: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_PASSWORD", help="Password of your account.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_TOKEN", help="Token of your account.")
+    ] = None,
+) -> None:
+    """Open the terminal chat client."""
+    from imchat.tui import run_tui
+
+    raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token))
 
 
 def main() -> None:
