@@ -199,14 +199,18 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             return
         if not self._out:
+            # Only what earlier writes left unsent counts: the frames queued during this loop
+            # turn were never offered to the client, so it cannot have fallen behind on them.
+            # That amount cannot change before this turn's flush: checked once per turn.
+            assert self.transport is not None
+            if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+                self.fail(
+                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
+                )
+                return
             self.hub.mark_dirty(self)
         self._out.append(frame)
         self._out_size += len(frame)
-        assert self.transport is not None
-        # Only what earlier writes left unsent counts: the frames queued during this loop turn
-        # were never offered to the client, so it cannot have fallen behind on them.
-        if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
-            self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
