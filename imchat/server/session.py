@@ -45,6 +45,7 @@ CLOSE_GRACE = 2.0
 class Session(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
+        "_eof",
         "_inbox",
         "_inbox_bytes",
         "_out",
@@ -81,6 +82,8 @@ class Session(asyncio.BufferedProtocol):
         #: Bytes of frames received and not yet handled (queued or in the batch being handled).
         self._inbox_bytes = 0
         self._busy = False
+        #: The client finished sending (half-close): answer what it sent, then close.
+        self._eof = False
         self._reading_paused = False
         self._writing_paused = False
         self._out: list[bytes] = []
@@ -124,7 +127,11 @@ class Session(asyncio.BufferedProtocol):
             self.hub.spawn(self._process())
 
     def eof_received(self) -> bool:
-        return False
+        # A client that half-closes (`printf … | nc -N`) still gets its replies.
+        self._eof = True
+        if not self._busy and not self._inbox:
+            self.close()
+        return True
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -174,6 +181,8 @@ class Session(asyncio.BufferedProtocol):
                 self._maybe_resume_reading()
         finally:
             self._busy = False
+        if self._eof and not self._inbox:
+            self.close()
 
     def _maybe_resume_reading(self) -> None:
         if (
