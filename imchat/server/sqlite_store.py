@@ -24,7 +24,17 @@ from typing import Any
 
 import msgspec
 
-from .store import Account, Draft, RoomInfo, Stored, UserRecord, room_stream
+from .store import (
+    TOKEN_ID_LENGTH,
+    Account,
+    Draft,
+    RoomInfo,
+    Stored,
+    TokenInfo,
+    UserRecord,
+    room_stream,
+    token_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +271,24 @@ class SQLiteStore:
         await self._submit(op)
         return True
 
+    async def list_accounts(self) -> list[Account]:
+        assert self._reader is not None
+        rows = self._reader.execute(
+            "SELECT nick, admin, password_hash FROM users WHERE account = 1 ORDER BY key"
+        ).fetchall()
+        return [Account(nick, bool(admin), password_hash) for nick, admin, password_hash in rows]
+
+    async def set_password(self, key: str, password_hash: str) -> bool:
+        changed: int = await self._submit(
+            lambda c: (
+                c.execute(
+                    "UPDATE users SET password_hash = ? WHERE key = ? AND account = 1",
+                    (password_hash, key),
+                ).rowcount
+            )
+        )
+        return changed > 0
+
     async def add_token(self, key: str, token_hash: str, label: str) -> None:
         await self._submit(
             lambda c: c.execute(
@@ -275,6 +303,28 @@ class SQLiteStore:
             "SELECT user_key FROM tokens WHERE token_hash = ?", (token_hash,)
         ).fetchone()
         return row[0] if row else None
+
+    async def list_tokens(self, key: str | None) -> list[TokenInfo]:
+        assert self._reader is not None
+        query = "SELECT token_hash, user_key, label, created FROM tokens"
+        args: tuple[str, ...] = ()
+        if key is not None:
+            query += " WHERE user_key = ?"
+            args = (key,)
+        rows = self._reader.execute(query + " ORDER BY created, token_hash", args).fetchall()
+        return [TokenInfo(token_id(h), user, label, created) for h, user, label, created in rows]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        # Compared as a whole prefix, never with LIKE: an id is data, not a pattern.
+        deleted: int = await self._submit(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?",
+                    (TOKEN_ID_LENGTH, token_id.lower()),
+                ).rowcount
+            )
+        )
+        return deleted > 0
 
     # -- rooms -----------------------------------------------------------------------------
 

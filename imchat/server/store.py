@@ -21,6 +21,12 @@ def dm_stream(a_key: str, b_key: str) -> str:
 
 
 ANNOUNCE_STREAM = "a"
+#: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
+TOKEN_ID_LENGTH = 12
+
+
+def token_id(token_hash: str) -> str:
+    return token_hash[:TOKEN_ID_LENGTH]
 
 
 @dataclass(slots=True)
@@ -60,6 +66,19 @@ class Account:
 
 
 @dataclass(slots=True, frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never the token, only a prefix of its hash."""
+
+    #: The first 12 hex characters of the token's SHA-256 (enough to name it for revoking).
+    id: str
+    #: The key of the account it belongs to.
+    user: str
+    label: str
+    #: Unix seconds.
+    created: float
+
+
+@dataclass(slots=True, frozen=True)
 class UserRecord:
     """A known user: one with an account or who ever completed ``hello``."""
 
@@ -82,12 +101,25 @@ class Store(Protocol):
         self, nick: str, *, admin: bool = False, password_hash: str | None = None
     ) -> None: ...
 
-    async def remove_account(self, key: str) -> bool: ...
+    async def remove_account(self, key: str) -> bool:
+        """Make a user a guest again and revoke its tokens; False if it had no account."""
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, ordered by nick key."""
+
+    async def set_password(self, key: str, password_hash: str) -> bool:
+        """Replace an account's password hash; False if there is no such account."""
 
     async def add_token(self, key: str, token_hash: str, label: str) -> None: ...
 
     async def token_owner(self, token_hash: str) -> str | None:
         """The key of the account a (hashed) token belongs to."""
+
+    async def list_tokens(self, key: str | None) -> list[TokenInfo]:
+        """Tokens of one account (or of all when ``key`` is None), oldest first."""
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Delete the token whose :attr:`TokenInfo.id` this is; False if there is none."""
 
     # Rooms
     async def room(self, name: str) -> RoomInfo | None:
