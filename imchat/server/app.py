@@ -20,6 +20,17 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+
+def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
+    """Store and fanout sharing one Redis (imported here: the local path never loads redis)."""
+    from .redis_fanout import RedisFanout
+    from .redis_store import RedisStore
+
+    assert config.redis_url is not None
+    store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+    return store, RedisFanout(store, node_timeout=config.node_timeout)
+
+
 ADMIN_NICK = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
 DB_FILE = "imchat.db"
@@ -34,6 +45,8 @@ class ChatServer:
         self, config: ServerConfig, *, store: Store | None = None, fanout: Fanout | None = None
     ) -> None:
         self.config = config
+        if config.redis_url is not None and store is None and fanout is None:
+            store, fanout = _redis_backend(config)
         self.store: Store = store or SQLiteStore(Path(config.data_dir) / DB_FILE)
         self.fanout: Fanout = fanout or LocalFanout()
         self.hub: Hub | None = None
@@ -48,6 +61,11 @@ class ChatServer:
         await self.store.open()
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
+        try:
+            await self.fanout.open(hub)
+        except BaseException:
+            await self.store.close()
+            raise
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Session(hub), self.config.host, self.config.port, reuse_address=True
         )
@@ -121,5 +139,6 @@ class ChatServer:
                     session.transport.abort()
         await self._server.wait_closed()
         await hub.drain_tasks()
+        await self.fanout.close()
         await self.store.close()
         log.info("stopped")

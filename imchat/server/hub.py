@@ -158,6 +158,9 @@ class Hub:
             log.exception("internal error handling a request from %s", session.peer)
             error = ProtocolError(ErrorCode.INTERNAL, "internal server error")
             session.send_error(error.with_id(request.id if request is not None else None))
+        finally:
+            # The reply (or error) is queued: events held for this request may follow it.
+            self.fanout.release(session)
 
     # -- session ---------------------------------------------------------------------------
 
@@ -240,7 +243,7 @@ class Hub:
     async def on_join(self, session: Session, req: Join) -> None:
         user = self._user(session)
         info = await self.store.room(req.room) or await self.store.create_room(req.room)
-        joined = await self.fanout.join(user, req.room)
+        joined = await self.fanout.join(session, req.room)
         members = await self.fanout.members(req.room)
         self.reply(
             session,
@@ -257,8 +260,10 @@ class Hub:
 
     async def on_part(self, session: Session, req: Part) -> None:
         user = self._member(session, req.room)
-        await self.fanout.part(user, req.room)
+        send = await self.fanout.part(session, req.room)
         self.reply(session, req, {})
+        if not send:
+            return
         frame = encode_message({"type": "parted", "room": req.room, "nick": user.nick, "ts": now()})
         self.fanout.to_room(req.room, frame)
         self.fanout.to_users((user.key,), frame)
@@ -273,9 +278,12 @@ class Hub:
         }
         if req.kind is not None:
             event["kind"] = req.kind
-        stored = await self.store.append(Draft(room_stream(req.room), user.key, req.cid, event))
+        draft = Draft(
+            room_stream(req.room), user.key, req.cid, event, hold=self.fanout.hold(session)
+        )
+        stored = await self.store.append(draft)
         self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-        if not stored.duplicate:
+        if not (stored.duplicate or stored.published):
             self.fanout.to_room(req.room, encode_frame(stored.payload))
 
     async def on_topic(self, session: Session, req: Topic) -> None:
@@ -315,10 +323,11 @@ class Hub:
             req.cid,
             event,
             pending_for=None if live else to_key,
+            hold=self.fanout.hold(session),
         )
         stored = await self.store.append(draft)
         self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-        if stored.duplicate:
+        if stored.duplicate or stored.published:
             return
         frame = encode_frame(stored.payload)
         if not live:
@@ -334,10 +343,11 @@ class Hub:
         if not user.admin:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only admins may announce")
         event = {"type": "announce", "from": user.nick, "text": req.text}
-        stored = await self.store.append(Draft(ANNOUNCE_STREAM, user.key, req.cid, event))
-        delivered = 0 if stored.duplicate else self.fanout.session_count()
+        draft = Draft(ANNOUNCE_STREAM, user.key, req.cid, event, hold=self.fanout.hold(session))
+        stored = await self.store.append(draft)
+        delivered = 0 if stored.duplicate else await self.fanout.session_count()
         self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
-        if not stored.duplicate:
+        if not (stored.duplicate or stored.published):
             self.fanout.to_everyone(encode_frame(stored.payload))
 
     async def on_users(self, session: Session, req: Users) -> None:

@@ -21,6 +21,12 @@ def dm_stream(a_key: str, b_key: str) -> str:
 
 
 ANNOUNCE_STREAM = "a"
+
+
+class StoreUnavailable(Exception):
+    """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
+
+
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
 TOKEN_ID_LENGTH = 12
 
@@ -37,8 +43,12 @@ class Draft:
     sender_key: str
     cid: str | None
     event: dict[str, Any]
-    #: Recipient key for a DM to a user who will get it at their next hello.
+    #: Recipient key for a DM to a user who will get it at their next hello. A clustered store
+    #: decides this itself, atomically with storing, and ignores it.
     pending_for: str | None = None
+    #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
+    #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
+    hold: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,6 +59,9 @@ class Stored:
     payload: bytes
     #: True if ``cid`` repeated an earlier message: nothing was stored or should be sent.
     duplicate: bool = False
+    #: True if the store already published the message to every node in the same atomic step
+    #: as storing it (so publish order is seq order): the hub must not send it again.
+    published: bool = False
 
 
 @dataclass(slots=True)
