@@ -547,7 +547,7 @@ class RedisFanout:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for kind, target, payload in batch:
                     if kind == "room":
-                        self._to_room(
+                        await self._to_room(  # queues it in the pipeline
                             args=[self.keys.prefix, self.keys.channel, target, payload],
                             client=pipe,
                         )
