@@ -107,9 +107,10 @@ def server_command(*args: str) -> list[str]:
 class Cluster:
     """Starts nodes sharing one Redis prefix; stops them and deletes the keys at teardown."""
 
-    def __init__(self, base: Path, prefix: str) -> None:
+    def __init__(self, base: Path, prefix: str, *, redis_url: str = REDIS_URL) -> None:
         self.base = base
         self.prefix = prefix
+        self.redis_url = redis_url
         self.nodes: list[Node] = []
 
     def start(self, *, node_timeout: float = 15.0, extra: tuple[str, ...] = ()) -> Node:
@@ -121,7 +122,7 @@ class Cluster:
                 "--data-dir",
                 str(data_dir),
                 "--redis",
-                REDIS_URL,
+                self.redis_url,
                 "--redis-prefix",
                 self.prefix,
                 "--node-timeout",
@@ -148,13 +149,13 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.stop()
-        delete_keys(self.prefix)
+        delete_keys(self.prefix, self.redis_url)
 
 
-def delete_keys(prefix: str) -> None:
+def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         for start in range(0, len(keys), 500):

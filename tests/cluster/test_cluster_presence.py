@@ -1,0 +1,297 @@
+"""Presence, DMs and announcements across nodes; a node killed; Redis missing or lost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cluster_support import (
+    REDIS_URL,
+    TIMEOUT,
+    Clients,
+    Cluster,
+    delete_keys,
+    is_type,
+    server_command,
+)
+
+from imchat.client import ConnectionClosed, ServerError
+
+
+async def test_users_and_online_offline_across_nodes(cluster: Cluster, clients: Clients) -> None:
+    nodes = cluster.start_many(3)
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[1], "Bob")
+    await alice.wait_for(is_type("online", nick="Bob"))
+    carol = await clients.connect(nodes[2], "carol")
+    for person in (alice, bob):
+        await person.wait_for(is_type("online", nick="carol"))
+    for person in (alice, bob, carol):
+        users = (await person.request("users"))["users"]
+        assert sorted(users) == ["Bob", "alice", "carol"]
+    await bob.close()
+    for person in (alice, carol):
+        await person.wait_for(is_type("offline", nick="Bob"))
+    assert sorted((await carol.request("users"))["users"]) == ["alice", "carol"]
+
+
+async def test_guest_nick_is_unique_across_nodes(cluster: Cluster, clients: Clients) -> None:
+    nodes = cluster.start_many(2)
+    await clients.connect(nodes[0], "alice")
+    with pytest.raises(ServerError) as caught:
+        await clients.connect(nodes[1], "ALICE")
+    assert caught.value.code == "nick_taken"
+
+
+async def test_user_with_sessions_on_two_nodes_goes_offline_after_the_last(
+    cluster: Cluster, clients: Clients
+) -> None:
+    nodes = cluster.start_many(2)
+    watcher = await clients.connect(nodes[0], "watcher")
+    await watcher.request("join", room="lobby")
+    first = await clients.admin(nodes[0])
+    await watcher.wait_for(is_type("online", nick="admin"))
+    await first.request("join", room="lobby")
+    second = await clients.admin(nodes[1])
+    await first.close()
+    await second.request("say", room="lobby", text="still here")
+    # The message proves the first session's end was processed without an offline/part.
+    msg = await watcher.wait_for(is_type("msg", room="lobby"))
+    assert msg["text"] == "still here"
+    assert not any(e["type"] in ("offline", "parted") for e in watcher.seen)
+    await second.close()
+    parted = await watcher.wait_for(is_type("parted", room="lobby", nick="admin"))
+    assert parted["reason"] == "quit"
+    await watcher.wait_for(is_type("offline", nick="admin"))
+
+
+async def test_dm_to_user_on_other_node_delivered_live_once(
+    cluster: Cluster, clients: Clients
+) -> None:
+    nodes = cluster.start_many(3)
+    alice = await clients.connect(nodes[0], "alice")
+    bob_a = await clients.admin(nodes[1])
+    bob_b = await clients.admin(nodes[2])
+    reply = await alice.request("dm", to="ADMIN", text="hello there")
+    assert reply["seq"] == 1
+    for session in (alice, bob_a, bob_b):
+        dm = await session.wait_for(is_type("dm"))
+        assert (dm["from"], dm["to"], dm["seq"], dm["text"]) == ("alice", "admin", 1, "hello there")
+    await bob_a.request("dm", to="alice", text="reply")
+    for session in (alice, bob_a, bob_b):
+        dm = await session.wait_for(is_type("dm"))
+        assert (dm["seq"], dm["text"]) == (2, "reply")
+    # Nothing was left pending: a new session gets no DM after its welcome.
+    third = await clients.admin(nodes[0])
+    await third.request("ping")
+    await alice.request("dm", to="admin", text="marker")
+    dm = await third.wait_for(is_type("dm"))
+    assert dm["text"] == "marker"
+
+
+async def test_dm_to_offline_user_delivered_once_at_next_hello_on_any_node(
+    cluster: Cluster, clients: Clients
+) -> None:
+    nodes = cluster.start_many(2)
+    bob = await clients.connect(nodes[1], "bob")
+    await bob.close()
+    alice = await clients.connect(nodes[0], "alice")
+    with pytest.raises(ServerError) as caught:
+        await alice.request("dm", to="nobody", text="?")
+    assert caught.value.code == "no_such_user"
+    for text in ("one", "two"):
+        await alice.request("dm", to="bob", text=text)
+    echoes = await alice.collect(is_type("dm"), 2)
+    assert [e["text"] for e in echoes] == ["one", "two"]
+    bob = await clients.connect(nodes[0], "bob")
+    got = await bob.collect(is_type("dm"), 2)
+    assert [(d["from"], d["text"], d["seq"]) for d in got] == [
+        ("alice", "one", 1),
+        ("alice", "two", 2),
+    ]
+    await bob.close()
+    bob = await clients.connect(nodes[1], "bob")
+    await alice.request("dm", to="bob", text="live")
+    dm = await bob.wait_for(is_type("dm"))
+    assert dm["text"] == "live", "a pending DM was delivered twice"
+
+
+async def test_announcement_reaches_every_session_on_every_node(
+    cluster: Cluster, clients: Clients
+) -> None:
+    nodes = cluster.start_many(3)
+    admin = await clients.admin(nodes[0])
+    others = [await clients.connect(node, f"u{i}") for i, node in enumerate(nodes)]
+    admin_b = await clients.admin(nodes[2])
+    reply = await admin.request("announce", text="maintenance at noon", cid="ann-1")
+    assert reply["seq"] == 1
+    assert reply["delivered"] == 5
+    for session in (admin, admin_b, *others):
+        event = await session.wait_for(is_type("announce"))
+        assert (event["from"], event["seq"], event["text"]) == ("admin", 1, "maintenance at noon")
+    again = await admin_b.request("announce", text="maintenance at noon", cid="ann-1")
+    assert (again["seq"], again["delivered"]) == (1, 0)
+    with pytest.raises(ServerError) as caught:
+        await others[1].request("announce", text="me too")
+    assert caught.value.code == "forbidden"
+    history = (await others[2].request("history", announcements=True))["messages"]
+    assert [m["text"] for m in history] == ["maintenance at noon"]
+
+
+async def test_killed_node_users_go_offline_within_the_timeout(
+    cluster: Cluster, clients: Clients
+) -> None:
+    node_timeout = 1.5
+    nodes = cluster.start_many(3, node_timeout=node_timeout)
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[1], "bob")
+    doomed = await clients.connect(nodes[2], "doomed")
+    for person in (alice, bob, doomed):
+        await person.request("join", room="lobby")
+    await alice.wait_for(is_type("joined", nick="doomed"))
+    await bob.wait_for(is_type("joined", nick="doomed"))
+    killed_at = time.monotonic()
+    nodes[2].kill()
+    # Bounded: the heartbeat expires after node_timeout, and survivors check every third.
+    bound = node_timeout * 2 + 1.0
+    for person in (alice, bob):
+        parted = await person.wait_for(is_type("parted", room="lobby", nick="doomed"), bound)
+        assert parted["reason"] == "quit"
+        await person.wait_for(is_type("offline", nick="doomed"), bound)
+    assert time.monotonic() - killed_at < bound
+    # Each survivor saw the quit once, and the rest keep chatting.
+    for person in (alice, bob):
+        assert sum(1 for e in person.seen if is_type("offline", nick="doomed")(e)) == 1
+    assert sorted((await bob.request("users"))["users"]) == ["alice", "bob"]
+    members = (await alice.request("join", room="lobby"))["members"]
+    assert sorted(members) == ["alice", "bob"]
+    await alice.request("say", room="lobby", text="are we alone?")
+    msg = await bob.wait_for(is_type("msg", room="lobby"))
+    assert msg["text"] == "are we alone?"
+    assert not any(e["type"] in ("offline", "parted") and e["nick"] != "doomed" for e in bob.seen)
+    # The nick is free again.
+    await clients.connect(nodes[1], "doomed")
+
+
+def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    result = subprocess.run(
+        server_command(
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--redis",
+            f"redis://127.0.0.1:{dead_port}/0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "imchat:" in line]
+    assert len(errors) == 1
+    assert "Redis" in errors[0] and str(dead_port) in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A Redis of our own on a free port, so a test may kill it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        pytest.skip("redis-server is not installed")
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    client.close()
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def test_redis_lost_while_running_tells_clients_and_never_acks(
+    tmp_path: Path, private_redis: tuple[int, subprocess.Popen[bytes]], clients: Clients
+) -> None:
+    port, redis_proc = private_redis
+    cluster = Cluster(tmp_path, "imchat-test-lost:", redis_url=f"redis://127.0.0.1:{port}/0")
+    try:
+        node = cluster.start_many(1)[0]
+        alice = await clients.connect(node, "alice")
+        await alice.request("join", room="lobby")
+        await alice.request("say", room="lobby", text="before")
+        redis_proc.kill()
+        redis_proc.wait()
+        # The node tells its client why it goes away; a say in flight is never acked.
+        try:
+            reply = await alice.request("say", room="lobby", text="during")
+        except (ServerError, ConnectionClosed):
+            pass
+        else:
+            raise AssertionError(f"acked a message Redis could not store: {reply}")
+        closed = await asyncio.wait_for(alice.conn.wait_closed(), TIMEOUT)
+        assert closed is None
+        assert alice.conn.closed_error is not None
+        assert alice.conn.closed_error["code"] == "shutting_down"
+        # New clients are refused while Redis is away.
+        with pytest.raises((ServerError, ConnectionClosed)):
+            await clients.connect(node, "bob")
+    finally:
+        for n in cluster.nodes:
+            n.stop()
+
+
+def test_keys_are_namespaced_by_prefix(cluster: Cluster) -> None:
+    import redis
+
+    cluster.start_many(1)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k.decode() for k in client.scan_iter(match=f"{cluster.prefix}*")]
+        assert keys and all(k.startswith(cluster.prefix) for k in keys)
+    finally:
+        client.close()
+    cluster.close()
+    delete_keys(cluster.prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert not list(client.scan_iter(match=f"{cluster.prefix}*"))
+    finally:
+        client.close()
