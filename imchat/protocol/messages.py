@@ -207,6 +207,10 @@ def parse_request(payload: bytes, limits: Limits) -> Request:
     cls = REQUEST_TYPES.get(kind)
     if cls is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}", request_id=rid)
+    for name in cls.__struct_encode_fields__:
+        # Optional fields default to None, but an explicit null is a value of the wrong type.
+        if name in obj and obj[name] is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must not be null", request_id=rid)
     try:
         request = msgspec.convert(obj, cls)
     except msgspec.ValidationError as exc:

@@ -81,11 +81,11 @@ class Fanout(Protocol):
     def user(self, key: str) -> User | None:
         """The online user with this nick key on this node, if any."""
 
-    async def session_count(self) -> int:
-        """Sessions an announcement would be written to (on every node)."""
+    def session_count(self) -> int:
+        """Sessions an announcement would be written to (on this node)."""
 
     def hold(self, session: Session) -> str | None:
-        """A tag for what the session's current request publishes, or None (no cluster).
+        """A tag for what the session's current requests publish, or None (no cluster).
 
         A clustered fanout delivers nothing published under a held tag (nor anything
         published after it) to this node's sessions until :meth:`release`: that keeps "a
@@ -94,7 +94,9 @@ class Fanout(Protocol):
         """
 
     def release(self, session: Session) -> None:
-        """The session's current request has sent its reply: its events may go out now."""
+        """Every request of the session that took a hold has queued its reply: the events
+        they caused may go out now (the hub calls this after each handler and each run of
+        pipelined appends)."""
 
     def to_room(self, room: str, frame: bytes) -> None: ...
 
@@ -178,7 +180,7 @@ class LocalFanout:
     def user(self, key: str) -> User | None:
         return self._users.get(key)
 
-    async def session_count(self) -> int:
+    def session_count(self) -> int:
         return self._sessions
 
     def hold(self, session: Session) -> str | None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,7 +44,7 @@ from .config import ServerConfig
 from .fanout import Fanout, User
 from .ratelimit import TokenBucket
 from .session import Session
-from .store import ANNOUNCE_STREAM, Draft, Store, dm_stream, room_stream
+from .store import ANNOUNCE_STREAM, Draft, Store, Stored, dm_stream, room_stream
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,21 @@ Handler = Callable[[Session, Any], Awaitable[None]]
 
 def now() -> float:
     return round(time.time(), 3)
+
+
+@dataclass(slots=True)
+class _Append:
+    """A say, dm or announce whose commit is under way, finished in request order."""
+
+    request: Request
+    stored: asyncio.Future[Stored]
+    #: Sends the reply, then the events; runs once the message is committed.
+    finish: Callable[[Stored], None]
+
+
+def _internal(request: Request | None) -> ProtocolError:
+    error = ProtocolError(ErrorCode.INTERNAL, "internal server error")
+    return error.with_id(request.id if request is not None else None)
 
 
 class Hub:
@@ -75,13 +91,15 @@ class Hub:
             Bye: self.on_bye,
             Join: self.on_join,
             Part: self.on_part,
-            Say: self.on_say,
             Topic: self.on_topic,
             Rooms: self.on_rooms,
             Users: self.on_users,
-            Dm: self.on_dm,
-            Announce: self.on_announce,
             History: self.on_history,
+        }
+        self._appenders: dict[type[Request], Callable[[Session, Any], _Append]] = {
+            Say: self.start_say,
+            Dm: self.start_dm,
+            Announce: self.start_announce,
         }
 
     # -- plumbing --------------------------------------------------------------------------
@@ -141,26 +159,68 @@ class Hub:
         message.update(body)
         session.send(encode_message(message))
 
-    async def handle(self, session: Session, payload: bytes) -> None:
-        request: Request | None = None
-        try:
-            request = parse_request(payload, self.limits)
-            if session.user is None and not request.before_hello:
-                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
-            if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
-                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
-            await self._handlers[type(request)](session, request)
-        except ProtocolError as exc:
-            if exc.request_id is None and request is not None:
-                exc.request_id = request.id
-            session.send_error(exc)
-        except Exception:
-            log.exception("internal error handling a request from %s", session.peer)
-            error = ProtocolError(ErrorCode.INTERNAL, "internal server error")
-            session.send_error(error.with_id(request.id if request is not None else None))
-        finally:
-            # The reply (or error) is queued: events held for this request may follow it.
-            self.fanout.release(session)
+    async def handle_batch(self, session: Session, items: list[bytes | ProtocolError]) -> None:
+        """Handle a session's requests in order.
+
+        A run of ``say``/``dm``/``announce`` is started together, so its messages share one
+        commit, and finished in request order: each reply, then the events it caused. Any
+        other request first waits for the run before it, so replies never overtake.
+        """
+        run: list[_Append | ProtocolError] = []
+        for item in items:
+            if session.closing:
+                break
+            request: Request | None = None
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item  # the decoder lost framing after the frames before it
+                request = parse_request(item, self.limits)
+                if session.user is None and not request.before_hello:
+                    raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
+                if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
+                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                starter = self._appenders.get(type(request))
+                if starter is not None:
+                    run.append(starter(session, request))
+                    continue
+                await self._finish_run(session, run)
+                await self._handlers[type(request)](session, request)
+                # Its reply is queued: events held for it may follow.
+                self.fanout.release(session)
+            except ProtocolError as exc:
+                if exc.request_id is None and request is not None:
+                    exc.request_id = request.id
+                if run and not exc.fatal:
+                    run.append(exc)
+                    continue
+                await self._finish_run(session, run)
+                session.send_error(exc)
+                self.fanout.release(session)
+            except Exception:
+                log.exception("internal error handling a request from %s", session.peer)
+                await self._finish_run(session, run)
+                session.send_error(_internal(request))
+                self.fanout.release(session)
+        await self._finish_run(session, run)
+
+    async def _finish_run(self, session: Session, run: list[_Append | ProtocolError]) -> None:
+        for item in run:
+            if isinstance(item, ProtocolError):
+                session.send_error(item)
+                continue
+            try:
+                stored = await item.stored
+            except ProtocolError as exc:
+                session.send_error(exc.with_id(item.request.id))
+                continue
+            except Exception:
+                log.exception("storing a message from %s failed", session.peer)
+                session.send_error(_internal(item.request))
+                continue
+            item.finish(stored)
+        run.clear()
+        # Every reply of the run is queued: events held for them may follow.
+        self.fanout.release(session)
 
     # -- session ---------------------------------------------------------------------------
 
@@ -268,7 +328,7 @@ class Hub:
         self.fanout.to_room(req.room, frame)
         self.fanout.to_users((user.key,), frame)
 
-    async def on_say(self, session: Session, req: Say) -> None:
+    def start_say(self, session: Session, req: Say) -> _Append:
         user = self._member(session, req.room)
         event: dict[str, Any] = {
             "type": "msg",
@@ -278,13 +338,19 @@ class Hub:
         }
         if req.kind is not None:
             event["kind"] = req.kind
-        draft = Draft(
-            room_stream(req.room), user.key, req.cid, event, hold=self.fanout.hold(session)
-        )
-        stored = await self.store.append(draft)
-        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-        if not (stored.duplicate or stored.published):
-            self.fanout.to_room(req.room, encode_frame(stored.payload))
+
+        def finish(stored: Stored) -> None:
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+            if not (stored.duplicate or stored.published):
+                self.fanout.to_room(req.room, encode_frame(stored.payload))
+
+        hold = self.fanout.hold(session)
+        draft = Draft(room_stream(req.room), user.key, req.cid, event, hold=hold)
+        return _Append(req, self._append(draft), finish)
+
+    def _append(self, draft: Draft) -> asyncio.Future[Stored]:
+        # Tasks start in creation order, so messages reach the store in request order.
+        return asyncio.ensure_future(self.store.append(draft))
 
     async def on_topic(self, session: Session, req: Topic) -> None:
         user = self._member(session, req.room)
@@ -307,48 +373,62 @@ class Hub:
 
     # -- direct messages, announcements, presence, history ---------------------------------
 
-    async def on_dm(self, session: Session, req: Dm) -> None:
+    def start_dm(self, session: Session, req: Dm) -> _Append:
         user = self._user(session)
         to_key = req.to.lower()
+        stream = dm_stream(user.key, to_key)
         recipient = self.fanout.user(to_key)
-        record = await self.store.lookup_user(to_key)
-        if recipient is None and record is None:
-            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
-        to_nick = recipient.nick if recipient is not None else record.nick  # type: ignore[union-attr]
+        # Whether the recipient exists is known only after a lookup: it runs as part of the
+        # append, so the run's order is kept.
         live = recipient is not None and recipient.dm_live
-        event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
-        draft = Draft(
-            dm_stream(user.key, to_key),
-            user.key,
-            req.cid,
-            event,
-            pending_for=None if live else to_key,
-            hold=self.fanout.hold(session),
-        )
-        stored = await self.store.append(draft)
-        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-        if stored.duplicate or stored.published:
-            return
-        frame = encode_frame(stored.payload)
-        if not live:
-            self.fanout.to_users((user.key,), frame)
-            return
-        self.fanout.to_users((user.key, to_key), frame)
-        if self.fanout.user(to_key) is None:
-            # The recipient left between the check and the commit: deliver at next hello.
-            await self.store.set_pending(to_key, draft.stream, stored.seq)
+        hold = self.fanout.hold(session)
 
-    async def on_announce(self, session: Session, req: Announce) -> None:
+        async def append() -> Stored:
+            to_nick = recipient.nick if recipient is not None else None
+            if to_nick is None:
+                record = await self.store.lookup_user(to_key)
+                if record is None:
+                    raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
+                to_nick = record.nick
+            event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
+            pending_for = None if live else to_key
+            draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold)
+            return await self.store.append(draft)
+
+        def finish(stored: Stored) -> None:
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
+            if stored.duplicate or stored.published:
+                return
+            frame = encode_frame(stored.payload)
+            if not live:
+                self.fanout.to_users((user.key,), frame)
+                return
+            self.fanout.to_users((user.key, to_key), frame)
+            if self.fanout.user(to_key) is None:
+                # The recipient left between the check and the commit: deliver at next hello.
+                self.spawn(self.store.set_pending(to_key, stream, stored.seq))
+
+        return _Append(req, asyncio.ensure_future(append()), finish)
+
+    def start_announce(self, session: Session, req: Announce) -> _Append:
         user = self._user(session)
         if not user.admin:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only admins may announce")
         event = {"type": "announce", "from": user.nick, "text": req.text}
+
+        def finish(stored: Stored) -> None:
+            if stored.duplicate:
+                delivered = 0
+            elif stored.delivered is not None:
+                delivered = stored.delivered
+            else:
+                delivered = self.fanout.session_count()
+            self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
+            if not (stored.duplicate or stored.published):
+                self.fanout.to_everyone(encode_frame(stored.payload))
+
         draft = Draft(ANNOUNCE_STREAM, user.key, req.cid, event, hold=self.fanout.hold(session))
-        stored = await self.store.append(draft)
-        delivered = 0 if stored.duplicate else await self.fanout.session_count()
-        self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
-        if not (stored.duplicate or stored.published):
-            self.fanout.to_everyone(encode_frame(stored.payload))
+        return _Append(req, self._append(draft), finish)
 
     async def on_users(self, session: Session, req: Users) -> None:
         self.reply(session, req, {"users": await self.fanout.online()})

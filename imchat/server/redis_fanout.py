@@ -516,8 +516,9 @@ class RedisFanout:
     def user(self, key: str) -> User | None:
         return self._users.get(key)
 
-    async def session_count(self) -> int:
-        return int(await self.redis.get(self.keys.nsessions) or 0)
+    def session_count(self) -> int:
+        """This node's sessions (an announcement's count comes from its script instead)."""
+        return self._local_sessions
 
     # -- sending (events the hub publishes itself: topic, pending DMs) ---------------------
 

@@ -27,11 +27,15 @@ Cluster.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -52,7 +56,11 @@ from .store import (
     token_id,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PREFIX = "imchat:"
+#: Commands sent in one pipeline at most.
+MAX_BATCH = 512
 
 
 class RedisUnavailable(StoreUnavailable):
@@ -91,7 +99,8 @@ end
 #: hash / -), pending list (dm) or -.
 #: ARGV: prefix, kind (r/d/a), stream, cid or '', payload without its closing brace,
 #: channel, hold, sender key, recipient key (dm).
-#: Returns {status, seq, ts, payload}: status 1 stored, 0 duplicate cid, -1 not a member.
+#: Returns {status, seq, ts, payload, delivered}: status 1 stored, 0 duplicate cid, -1 not a
+#: member; delivered is the cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
@@ -101,12 +110,12 @@ if cid ~= '' then
   if prev then
     local pstream, pseq, pts = string.match(prev, '^(.-)\\n(%d+)\\n(.*)$')
     local found = redis.call('ZRANGEBYSCORE', prefix .. 'm:' .. pstream, pseq, pseq)
-    return {0, tonumber(pseq), pts, found[1] or ''}
+    return {0, tonumber(pseq), pts, found[1] or '', 0}
   end
 end
 local sender = ARGV[8]
 if kind == 'r' and redis.call('HEXISTS', KEYS[4], sender) == 0 then
-  return {-1, 0, '', ''}
+  return {-1, 0, '', '', 0}
 end
 local seq = redis.call('HINCRBY', KEYS[2], stream, 1)
 local ts = now_ts()
@@ -116,6 +125,7 @@ if cid ~= '' then
   redis.call('HSET', KEYS[1], cid, stream .. '\\n' .. seq .. '\\n' .. ts)
 end
 local recipients
+local delivered = 0
 if kind == 'r' then
   recipients = table.concat(redis.call('HKEYS', KEYS[4]), ' ')
 elseif kind == 'd' then
@@ -130,9 +140,10 @@ elseif kind == 'd' then
   end
 else
   recipients = '*'
+  delivered = tonumber(redis.call('GET', prefix .. 'nsessions') or '0')
 end
 redis.call('PUBLISH', ARGV[6], ARGV[7] .. '\\n\\n' .. recipients .. '\\n' .. payload)
-return {1, seq, ts, payload}
+return {1, seq, ts, payload, delivered}
 """
 )
 
@@ -207,6 +218,9 @@ class RedisStore:
         self._append = self.redis.register_script(APPEND_LUA)
         self._take_pending = self.redis.register_script(TAKE_PENDING_LUA)
         self._encoder = msgspec.json.Encoder()
+        self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
+        self._queued = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -216,14 +230,56 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             await self.redis.aclose()
             raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        self._sender = asyncio.create_task(self._send_batches())
 
     async def close(self) -> None:
+        if self._sender is not None:
+            while self._queue:
+                await asyncio.sleep(0.01)
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
         await self.redis.aclose()
+
+    def _ordered(self, command: Callable[[Pipeline], Any]) -> asyncio.Future[Any]:
+        """Queue one command for the ordered pipeline; its result resolves the future.
+
+        Appends and user lookups go through one connection in call order (results resolve in
+        that order too): the hub starts a session's pipelined say/dm requests in order, and
+        this keeps their seqs in that order. It also batches them, one round trip for many.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        self._queued.set()
+        return future
+
+    async def _send_batches(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for command, _ in batch:
+                            await command(pipe)
+                        results = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError) as exc:
+                    log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
 
     # -- users and accounts ----------------------------------------------------------------
 
     async def lookup_user(self, key: str) -> UserRecord | None:
-        fields = await self.redis.hgetall(self.keys.user(key))
+        user_key = self.keys.user(key)
+        fields = await self._ordered(lambda pipe: pipe.hgetall(user_key))
         if not fields:
             return None
         nick = _text(fields.get(b"nick"))
@@ -391,23 +447,37 @@ class RedisStore:
             low, high = stream[2:].split(" ")
             recipient = high if low == draft.sender_key else low
             pending = keys.pending(recipient)
-        status, seq, ts, payload = await self._append(
-            keys=[keys.cids(draft.sender_key), keys.seq, keys.messages(stream), audience, pending],
-            args=[
-                keys.prefix,
-                kind,
-                stream,
-                draft.cid or "",
-                event[:-1],
-                keys.channel,
-                draft.hold or "",
-                draft.sender_key,
-                recipient,
-            ],
+        script_keys = [
+            keys.cids(draft.sender_key),
+            keys.seq,
+            keys.messages(stream),
+            audience,
+            pending,
+        ]
+        args = [
+            keys.prefix,
+            kind,
+            stream,
+            draft.cid or "",
+            event[:-1],
+            keys.channel,
+            draft.hold or "",
+            draft.sender_key,
+            recipient,
+        ]
+        status, seq, ts, payload, delivered = await self._ordered(
+            lambda pipe: self._append(keys=script_keys, args=args, client=pipe)
         )
         if status < 0:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
-        return Stored(int(seq), float(ts), payload, duplicate=status == 0, published=True)
+        return Stored(
+            int(seq),
+            float(ts),
+            payload,
+            duplicate=status == 0,
+            published=True,
+            delivered=delivered if kind == "a" else None,
+        )
 
     async def history(
         self, stream: str, *, after: int | None, before: int | None, limit: int

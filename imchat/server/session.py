@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_message
@@ -54,7 +53,7 @@ class Session(asyncio.Protocol):
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = hub.loop.time()
-        self._inbox: deque[bytes | ProtocolError] = deque()
+        self._inbox: list[bytes | ProtocolError] = []
         self._busy = False
         self._reading_paused = False
         self._out: list[bytes] = []
@@ -101,15 +100,13 @@ class Session(asyncio.Protocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing:
-                item = inbox.popleft()
-                if isinstance(item, ProtocolError):
-                    self.fail(item)
-                    break
-                await self.hub.handle(self, item)
-                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and not self.closing:
+                batch = inbox[:]
+                inbox.clear()
+                if self._reading_paused and not isinstance(batch[-1], ProtocolError):
                     self._reading_paused = False
                     assert self.transport is not None
                     self.transport.resume_reading()
+                await self.hub.handle_batch(self, batch)
         finally:
             self._busy = False
 

@@ -62,6 +62,8 @@ class Stored:
     #: True if the store already published the message to every node in the same atomic step
     #: as storing it (so publish order is seq order): the hub must not send it again.
     published: bool = False
+    #: For an announcement a store published itself: the sessions (on every node) it went to.
+    delivered: int | None = None
 
 
 @dataclass(slots=True)

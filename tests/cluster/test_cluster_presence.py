@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_support import (
+
+from imchat.client import ConnectionClosed, ServerError
+
+from .cluster_support import (
     REDIS_URL,
     TIMEOUT,
     Clients,
@@ -18,8 +21,6 @@ from cluster_support import (
     is_type,
     server_command,
 )
-
-from imchat.client import ConnectionClosed, ServerError
 
 
 async def test_users_and_online_offline_across_nodes(cluster: Cluster, clients: Clients) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster_support import Client, Clients, Cluster, RawClient, is_type
+from .cluster_support import Client, Clients, Cluster, RawClient, is_type
 
 
 async def join_all(room: str, *members: Client) -> None:

@@ -1,0 +1,155 @@
+"""Direct messages: delivery to both users, per-pair seq, offline delivery exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import Clients, admin_token, assert_ts, next_event, pending_events
+
+from imchat.client import ServerError
+
+
+async def test_dm_reply_and_event_to_both(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    ok = await alice.request("dm", to="bob", text="hi bob")
+    assert set(ok) == {"type", "id", "seq", "ts"} and ok["seq"] == 1
+    assert_ts(ok["ts"])
+    expected = {
+        "type": "dm",
+        "from": "alice",
+        "to": "bob",
+        "seq": 1,
+        "ts": ok["ts"],
+        "text": "hi bob",
+    }
+    assert await next_event(bob, "dm") == expected
+    assert await next_event(alice, "dm") == expected
+
+
+async def test_seq_counts_the_pair(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    carol = await connect("carol")
+    seqs = [
+        (await alice.request("dm", to="bob", text="1"))["seq"],
+        (await bob.request("dm", to="alice", text="2"))["seq"],
+        (await alice.request("dm", to="carol", text="3"))["seq"],
+        (await carol.request("dm", to="bob", text="4"))["seq"],
+        (await alice.request("dm", to="BOB", text="5"))["seq"],
+    ]
+    assert seqs == [1, 2, 1, 1, 3]
+    events = await pending_events(bob)
+    assert [(e["from"], e["to"], e["seq"], e["text"]) for e in events] == [
+        ("alice", "bob", 1, "1"),
+        ("bob", "alice", 2, "2"),
+        ("carol", "bob", 1, "4"),
+        ("alice", "bob", 3, "5"),
+    ]
+
+
+async def test_dm_uses_the_recipients_spelling(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    bob = await connect("BoB")
+    await alice.request("dm", to="bob", text="hi")
+    event = await next_event(bob, "dm")
+    assert (event["from"], event["to"]) == ("alice", "BoB")
+
+
+async def test_dm_to_unknown_user(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    with pytest.raises(ServerError) as info:
+        await alice.request("dm", to="nobody", text="hello?")
+    assert info.value.code == "no_such_user"
+    assert await pending_events(alice) == []
+
+
+async def test_dm_bad_text(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    await connect("bob")
+    for text in ("", "\x00", "x" * 4001):
+        with pytest.raises(ServerError) as info:
+            await alice.request("dm", to="bob", text=text)
+        assert info.value.code == "bad_text"
+
+
+async def test_offline_dm_is_delivered_after_welcome_exactly_once(
+    server: Any, connect: Clients
+) -> None:
+    bob = await connect("bob")
+    await bob.close()
+    alice = await connect("alice")
+    first = await alice.request("dm", to="bob", text="while you were out")
+    second = await alice.request("dm", to="Bob", text="and again")
+    assert (first["seq"], second["seq"]) == (1, 2)
+    await next_event(alice, "dm")
+    await next_event(alice, "dm")
+
+    raw = await connect.raw()
+    raw.send({"type": "hello", "proto": 1, "nick": "bob", "id": "h"})
+    welcome = await raw.recv()
+    assert welcome["type"] == "welcome" and welcome["id"] == "h"
+    frames = [await raw.recv_skip(), await raw.recv_skip()]
+    assert frames == [
+        {
+            "type": "dm",
+            "from": "alice",
+            "to": "bob",
+            "seq": 1,
+            "ts": first["ts"],
+            "text": "while you were out",
+        },
+        {
+            "type": "dm",
+            "from": "alice",
+            "to": "bob",
+            "seq": 2,
+            "ts": second["ts"],
+            "text": "and again",
+        },
+    ]
+    raw.send({"type": "bye"})
+    await raw.recv_until_eof()
+    await next_event(alice, "offline", skip=frozenset({"online"}))
+
+    # the next hello does not get them again
+    bob = await connect("bob")
+    third = await alice.request("dm", to="bob", text="third")
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (third["seq"], "third") == (3, "third")
+    # they stay in the DM history
+    history = await bob.request("history", **{"with": "alice"})
+    assert [m["text"] for m in history["messages"]] == ["while you were out", "and again", "third"]
+
+
+async def test_offline_dm_to_an_account_that_never_logged_in(
+    server: Any, connect: Clients, data_dir: Any
+) -> None:
+    alice = await connect("alice")
+    ok = await alice.request("dm", to="admin", text="are you there?")
+    admin = await connect("admin", token=admin_token(data_dir))
+    event = await next_event(admin, "dm")
+    assert event == {
+        "type": "dm",
+        "from": "alice",
+        "to": "admin",
+        "seq": ok["seq"],
+        "ts": ok["ts"],
+        "text": "are you there?",
+    }
+
+
+async def test_dm_reaches_every_session_of_an_account(server: Any, connect: Clients) -> None:
+    one = await connect.admin()
+    two = await connect.admin()
+    alice = await connect("alice")
+    ok = await alice.request("dm", to="admin", text="to all of you")
+    for conn in (one, two):
+        event = await next_event(conn, "dm")
+        assert (event["seq"], event["text"]) == (ok["seq"], "to all of you")
+    await next_event(alice, "dm")  # her own
+    reply = await two.request("dm", to="alice", text="answer")
+    for conn in (one, two, alice):
+        event = await next_event(conn, "dm")
+        assert (event["from"], event["to"], event["seq"]) == ("admin", "alice", reply["seq"])

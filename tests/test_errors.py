@@ -1,0 +1,328 @@
+"""Malformed frames, request ids, unknown types, rate limits: answered right, others unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Clients, RawClient, join, next_event
+
+from imchat.client import Connection, ServerError
+from imchat.protocol import encode_frame, encode_message
+
+
+async def chatting_pair(connect: Clients) -> tuple[Connection, Connection]:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await join(alice, "lobby")
+    await join(bob, "lobby")
+    await next_event(alice, "joined")
+    return alice, bob
+
+
+async def still_chatting(alice: Connection, bob: Connection, text: str) -> None:
+    ok = await alice.request("say", room="lobby", text=text)
+    for conn in (alice, bob):
+        event = await next_event(conn, "msg")
+        assert (event["seq"], event["text"]) == (ok["seq"], text)
+
+
+BAD_FRAMES = {
+    "empty": (b"\x00\x00\x00\x00", "bad_frame"),
+    "not utf-8": (encode_frame(b'{"type":"ping","x":"\xff\xfe"}'), "bad_frame"),
+    "overlong utf-8": (encode_frame(b'{"type":"ping","x":"\xc0\xaf"}'), "bad_frame"),
+    "not json": (encode_frame(b"hello server"), "bad_frame"),
+    "truncated json": (encode_frame(b'{"type":"ping"'), "bad_frame"),
+    "array": (encode_frame(b'[{"type":"ping"}]'), "bad_frame"),
+    "string": (encode_frame(b'"ping"'), "bad_frame"),
+    "number": (encode_frame(b"7"), "bad_frame"),
+    "null": (encode_frame(b"null"), "bad_frame"),
+    "two objects": (encode_frame(b'{"type":"ping"}{"type":"ping"}'), "bad_frame"),
+    "10 MB header": ((10 * 1024 * 1024).to_bytes(4, "big"), "frame_too_large"),
+    "max header": (b"\xff\xff\xff\xff", "frame_too_large"),
+    "one over": ((65537).to_bytes(4, "big"), "frame_too_large"),
+}
+
+
+@pytest.mark.parametrize("logged_in", [False, True], ids=["before-hello", "after-hello"])
+@pytest.mark.parametrize("name", list(BAD_FRAMES))
+async def test_bad_frame_is_answered_and_closed(
+    server: Any, connect: Clients, name: str, logged_in: bool
+) -> None:
+    alice, bob = await chatting_pair(connect)
+    data, code = BAD_FRAMES[name]
+    raw = await connect.raw()
+    if logged_in:
+        await raw.hello("mallory")
+    # anything after the bad frame, even a valid request, is never answered
+    raw.send_bytes(data + encode_message({"type": "ping", "id": 1}))
+    frames = await raw.recv_until_eof()
+    frames = [f for f in frames if f["type"] not in ("online", "offline")]
+    assert len(frames) == 1, frames
+    assert frames[0]["type"] == "error"
+    assert frames[0]["code"] == code
+    assert "id" not in frames[0]
+    assert isinstance(frames[0]["message"], str)
+    await still_chatting(alice, bob, f"after {name}")
+
+
+async def test_oversized_header_is_refused_without_the_body(server: Any, connect: Clients) -> None:
+    """Only the 4-byte header goes out; the error must come without a single body byte."""
+    alice, bob = await chatting_pair(connect)
+    raw = await connect.raw()
+    await raw.hello("mallory")
+    raw.send_bytes((10 * 1024 * 1024).to_bytes(4, "big"))
+    await raw.drain()
+    error = await raw.recv_skip()
+    assert error == {"type": "error", "code": "frame_too_large", "message": error["message"]}
+    with pytest.raises(EOFError):
+        await raw.recv_skip()
+    await still_chatting(alice, bob, "still here")
+
+
+@pytest.mark.server_config(max_frame=1024)
+async def test_max_frame_boundary(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    await raw.hello("alice")
+    body = b'{"type":"ping","id":"edge"}'
+    exact = body + b" " * (1024 - len(body))
+    raw.send_bytes(encode_frame(exact))
+    assert await raw.recv_skip() == {"type": "pong", "id": "edge"}
+    raw.send_bytes(encode_frame(exact + b" "))
+    frames = [f for f in await raw.recv_until_eof() if f["type"] not in ("online", "offline")]
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "frame_too_large")]
+
+
+async def test_frames_split_byte_by_byte(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    stream = b"".join(
+        encode_message(m)
+        for m in (
+            {"type": "hello", "proto": 1, "nick": "alice", "id": 1},
+            {"type": "join", "room": "lobby", "id": 2},
+            {"type": "say", "room": "lobby", "text": "byte by byte ☃", "id": 3},
+            {"type": "ping", "id": 4},
+        )
+    )
+    for i in range(len(stream)):
+        raw.send_bytes(stream[i : i + 1])
+        await raw.drain()
+        await asyncio.sleep(0)  # let each byte go out as its own segment
+    frames = []
+    while len(frames) < 6:
+        frames.append(await raw.recv_skip())
+    assert [(f["type"], f.get("id")) for f in frames] == [
+        ("welcome", 1),
+        ("ok", 2),
+        ("joined", None),
+        ("ok", 3),
+        ("msg", None),
+        ("pong", 4),
+    ]
+    assert frames[4]["text"] == "byte by byte ☃"
+
+
+async def test_many_frames_in_one_write(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    await raw.hello("alice")
+    raw.send_bytes(b"".join(encode_message({"type": "ping", "id": i}) for i in range(300)))
+    pongs = [await raw.recv_skip() for _ in range(300)]
+    assert pongs == [{"type": "pong", "id": i} for i in range(300)]
+
+
+async def test_header_split_across_writes(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    frame = encode_message({"type": "ping", "id": "split"})
+    for part in (frame[:1], frame[1:3], frame[3:5], frame[5:]):
+        raw.send_bytes(part)
+        await raw.drain()
+    assert await raw.recv() == {"type": "pong", "id": "split"}
+
+
+@pytest.mark.parametrize("rid", ["", "x", "x" * 64, 0, 7, -3, 2**53 + 1, 2**62, "7", "ünïcödé ☃"])
+async def test_id_is_echoed_with_its_json_type(server: Any, connect: Clients, rid: Any) -> None:
+    raw = await connect.raw()
+    raw.send_json(json.dumps({"type": "ping", "id": rid}))
+    pong = await raw.recv()
+    assert pong == {"type": "pong", "id": rid}
+    assert type(pong["id"]) is type(rid)
+    # the same for ok and error replies
+    await raw.hello("alice")
+    raw.send_json(json.dumps({"type": "users", "id": rid}))
+    ok = await raw.recv_skip()
+    assert (ok["type"], ok["id"], type(ok["id"])) == ("ok", rid, type(rid))
+    raw.send_json(json.dumps({"type": "say", "room": "nowhere", "text": "x", "id": rid}))
+    error = await raw.recv_skip()
+    assert (error["type"], error["code"], error["id"]) == ("error", "not_in_room", rid)
+    assert type(error["id"]) is type(rid)
+
+
+@pytest.mark.parametrize(
+    "rid_json", ['"' + "x" * 65 + '"', "1.5", "1.0", "1e3", "true", "null", "[]", "{}", "[1]"]
+)
+async def test_invalid_id_is_bad_request_without_id(
+    server: Any, connect: Clients, rid_json: str
+) -> None:
+    raw = await connect.raw()
+    raw.send_json('{"type":"ping","id":' + rid_json + "}")
+    error = await raw.recv()
+    assert error == {"type": "error", "code": "bad_request", "message": error["message"]}
+    # not fatal
+    assert await raw.request({"type": "ping", "id": "after"}) == {"type": "pong", "id": "after"}
+
+
+async def test_requests_without_id_get_replies_without_id(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    raw.send({"type": "ping"})
+    assert await raw.recv() == {"type": "pong"}
+    raw.send({"type": "users"})
+    error = await raw.recv()
+    assert error == {"type": "error", "code": "hello_required", "message": error["message"]}
+    raw.send({"type": "hello", "proto": 1, "nick": "alice"})
+    welcome = await raw.recv()
+    assert welcome["type"] == "welcome" and "id" not in welcome
+    raw.send({"type": "join", "room": "lobby"})
+    ok = await raw.recv_skip()
+    assert ok == {"type": "ok", "room": "lobby", "topic": "", "members": ["alice"], "last_seq": 0}
+    raw.send({"type": "say", "room": "lobby", "text": "x"})
+    frames = [await raw.recv_skip() for _ in range(3)]
+    assert frames[0]["type"] == "joined"
+    assert frames[1]["type"] == "ok" and set(frames[1]) == {"type", "seq", "ts"}
+    assert frames[2]["type"] == "msg"
+
+
+async def test_unknown_type(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    with pytest.raises(ServerError) as info:
+        await alice.request("shout", text="HI")
+    assert info.value.code == "unknown_type"
+    assert (await alice.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.parametrize(
+    "body", ['{"id":1}', '{"type":5,"id":1}', '{"type":null,"id":1}', '{"type":["ping"],"id":1}']
+)
+async def test_missing_or_mistyped_type(server: Any, connect: Clients, body: str) -> None:
+    raw = await connect.raw()
+    await raw.hello("alice")
+    raw.send_json(body)
+    error = await raw.recv_skip()
+    assert (error["type"], error["code"], error["id"]) == ("error", "bad_request", 1)
+    assert await raw.request({"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"type": "join"},
+        {"type": "join", "room": 5},
+        {"type": "say", "room": "lobby"},
+        {"type": "say", "room": "lobby", "text": ["x"]},
+        {"type": "say", "room": "lobby", "text": "x", "kind": "shout"},
+        {"type": "topic", "room": "lobby"},
+        {"type": "dm", "to": "bob"},
+        {"type": "dm", "text": "hi"},
+        {"type": "announce"},
+    ],
+)
+async def test_missing_or_mistyped_fields(
+    server: Any, connect: Clients, request_: dict[str, Any]
+) -> None:
+    admin = await connect.admin()
+    await join(admin, "lobby")
+    with pytest.raises(ServerError) as info:
+        await admin.request(request_.pop("type"), **request_)
+    assert info.value.code == "bad_request"
+
+
+async def test_unknown_fields_are_ignored(server: Any, connect: Clients) -> None:
+    raw = await connect.raw()
+    raw.send({"type": "hello", "proto": 1, "nick": "alice", "x-color": "red", "id": 1})
+    assert (await raw.recv())["type"] == "welcome"
+    ok = await raw.request({"type": "join", "room": "lobby", "future": {"a": [1]}, "id": 2})
+    assert ok["type"] == "ok"
+
+
+@pytest.mark.server_config(rate=1.0, burst=3)
+async def test_rate_limited(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    for i in range(3):
+        await alice.request("say", room="lobby", text=f"burst {i}")
+    with pytest.raises(ServerError) as info:
+        await alice.request("say", room="lobby", text="one too many")
+    assert info.value.code == "rate_limited"
+    # not fatal, and other requests are not limited
+    assert (await alice.request("users"))["users"] == ["alice"]
+    history = await alice.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["burst 0", "burst 1", "burst 2"]
+    # another session has its own budget
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    assert (await bob.request("say", room="lobby", text="bob"))["seq"] == 4
+
+
+@pytest.mark.server_config(rate=1.0, burst=2)
+async def test_rate_limit_covers_dm_topic_and_announce(server: Any, connect: Clients) -> None:
+    admin = await connect.admin()
+    await connect("bob")
+    await join(admin, "lobby")
+    await admin.request("topic", room="lobby", text="t")
+    await admin.request("dm", to="bob", text="x")
+    for kind, fields in (
+        ("announce", {"text": "x"}),
+        ("dm", {"to": "bob", "text": "x"}),
+        ("topic", {"room": "lobby", "text": "x"}),
+        ("say", {"room": "lobby", "text": "x"}),
+    ):
+        with pytest.raises(ServerError) as info:
+            await admin.request(kind, **fields)
+        assert info.value.code == "rate_limited", kind
+
+
+async def test_internal_error_is_reported_and_not_fatal(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while handling one request answers `internal` and keeps the session."""
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    store = getattr(server, "store", None) or getattr(server, "_store", None)
+    if store is None:
+        pytest.skip("no store attribute to break")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    name = next((n for n in ("append", "add_message", "store_message") if hasattr(store, n)), None)
+    if name is None:
+        pytest.skip("no append method to break")
+    monkeypatch.setattr(store, name, broken)
+    with pytest.raises(ServerError) as info:
+        await alice.request("say", room="lobby", text="boom")
+    assert info.value.code == "internal"
+    assert "disk on fire" not in info.value.message  # no internals leak to clients
+    monkeypatch.undo()
+    assert (await alice.request("say", room="lobby", text="fine"))["seq"] == 1
+
+
+async def test_garbage_connection_does_not_disturb_a_busy_room(
+    server: Any, connect: Clients
+) -> None:
+    alice, bob = await chatting_pair(connect)
+
+    async def vandal(data: bytes) -> None:
+        raw = await RawClient.open(server.port)
+        try:
+            raw.send_bytes(data)
+            frames = await raw.recv_until_eof()
+            assert frames and frames[-1]["type"] == "error"
+        finally:
+            await raw.close()
+
+    vandals = [vandal(d) for d, _ in BAD_FRAMES.values()]
+    talk = [still_chatting(alice, bob, f"busy {i}") for i in range(1)]
+    await asyncio.wait_for(asyncio.gather(*vandals, *talk), TIMEOUT * 2)
+    for i in range(5):
+        await still_chatting(alice, bob, f"after {i}")

@@ -1,0 +1,157 @@
+"""The sans-I/O frame decoder and encoder, fed byte by byte and in arbitrary chunks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imchat.protocol import (
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    ErrorCode,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    encode_message,
+)
+
+
+def frames_of(decoder: FrameDecoder, chunks: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    return out
+
+
+def test_encode_frame_is_big_endian_length_then_payload() -> None:
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert encode_frame(b"x" * 258)[:HEADER_SIZE] == b"\x00\x00\x01\x02"
+
+
+def test_encode_message_is_one_framed_json_object() -> None:
+    data = encode_message({"type": "say", "room": "lobby", "text": "héllo ☃"})
+    length = int.from_bytes(data[:4], "big")
+    assert length == len(data) - 4
+    assert json.loads(data[4:].decode("utf-8")) == {
+        "type": "say",
+        "room": "lobby",
+        "text": "héllo ☃",
+    }
+
+
+def test_decoder_fed_one_byte_at_a_time() -> None:
+    payloads = [b'{"type":"ping"}', b"{}", b'{"type":"say","text":"' + b"x" * 300 + b'"}']
+    stream = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    for i in range(len(stream)):
+        got.extend(decoder.feed(stream[i : i + 1]))
+        # a frame comes out exactly when its last byte arrives, never earlier
+        ends = [sum(len(p) + 4 for p in payloads[: k + 1]) for k in range(len(payloads))]
+        assert len(got) == sum(1 for end in ends if end <= i + 1)
+    assert got == payloads
+    assert decoder.buffered == 0
+
+
+def test_many_frames_in_one_chunk() -> None:
+    payloads = [json.dumps({"type": "ping", "id": i}).encode() for i in range(1000)]
+    decoder = FrameDecoder()
+    assert list(decoder.feed(b"".join(encode_frame(p) for p in payloads))) == payloads
+    assert decoder.buffered == 0
+
+
+def test_partial_header_and_body_wait_for_more() -> None:
+    decoder = FrameDecoder()
+    assert list(decoder.feed(b"\x00\x00")) == []
+    assert list(decoder.feed(b"\x00\x05ab")) == []
+    assert decoder.next_frame() is None
+    assert list(decoder.feed(b"cde\x00")) == [b"abcde"]
+    assert decoder.buffered == 1
+
+
+@st.composite
+def stream_and_splits(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
+    payloads = draw(st.lists(st.binary(min_size=1, max_size=300), max_size=20))
+    stream = b"".join(encode_frame(p) for p in payloads)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=40)))
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    return payloads, chunks
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream_and_splits())
+def test_any_split_yields_the_same_frames(case: tuple[list[bytes], list[bytes]]) -> None:
+    payloads, chunks = case
+    decoder = FrameDecoder()
+    assert frames_of(decoder, chunks) == payloads
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=50), min_size=1, max_size=5),
+    st.integers(51, 10_000_000),
+    st.data(),
+)
+def test_oversized_header_fails_at_any_split(
+    good: list[bytes], claimed: int, data: st.DataObject
+) -> None:
+    """Whatever the chunking, the good frames before it come out, then frame_too_large."""
+    stream = b"".join(encode_frame(p) for p in good) + claimed.to_bytes(4, "big")
+    cut = data.draw(st.integers(0, len(stream)))
+    decoder = FrameDecoder(max_frame=50)
+    got: list[bytes] = []
+    with pytest.raises(ProtocolError) as info:
+        for chunk in (stream[:cut], stream[cut:]):
+            for payload in decoder.feed(chunk):
+                got.append(payload)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    assert got == good
+
+
+def test_max_frame_is_decided_on_the_header_alone() -> None:
+    decoder = FrameDecoder(max_frame=DEFAULT_MAX_FRAME)
+    with pytest.raises(ProtocolError) as info:
+        list(decoder.feed((10 * 1024 * 1024).to_bytes(4, "big")))  # no body at all
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    assert info.value.fatal
+    assert decoder.buffered == 0
+
+
+def test_max_frame_boundary() -> None:
+    decoder = FrameDecoder(max_frame=10)
+    assert list(decoder.feed(encode_frame(b"x" * 10))) == [b"x" * 10]
+    with pytest.raises(ProtocolError) as info:
+        list(decoder.feed(b"\x00\x00\x00\x0b"))
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_largest_header_is_refused() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError) as info:
+        list(decoder.feed(b"\xff\xff\xff\xff"))
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_empty_frame_is_bad_frame() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError) as info:
+        list(decoder.feed(b"\x00\x00\x00\x00"))
+    assert info.value.code == ErrorCode.BAD_FRAME
+    assert info.value.fatal
+
+
+def test_decoder_stays_failed() -> None:
+    decoder = FrameDecoder(max_frame=4)
+    with pytest.raises(ProtocolError):
+        list(decoder.feed(b"\x00\x00\x00\x05"))
+    with pytest.raises(ProtocolError) as info:
+        list(decoder.feed(encode_frame(b"ok")))
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()

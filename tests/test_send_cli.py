@@ -1,0 +1,197 @@
+"""`imchat send` end to end: a real subprocess against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Clients, free_port, imchat_command, join, next_event, subprocess_env
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def imchat_send(
+    *args: str, port: int | None, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Result:
+    where = ["--host", "127.0.0.1", "--port", str(port)] if port is not None else []
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        *where,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or subprocess_env(),
+    )
+    out, err = await asyncio.wait_for(
+        proc.communicate(stdin.encode() if stdin is not None else b""), 30
+    )
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], result.stderr
+
+
+async def test_say_in_a_room(server: Any, connect: Clients) -> None:
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
+    result = await imchat_send(
+        "--nick", "bot", "--room", "#Lobby", "deploy done ✓", port=server.port
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    msg = await next_event(
+        watcher, "msg", skip=frozenset({"online", "offline", "joined", "parted"})
+    )
+    assert (msg["room"], msg["from"], msg["text"], msg["seq"]) == (
+        "lobby",
+        "bot",
+        "deploy done ✓",
+        1,
+    )
+
+
+async def test_stdin_one_message_per_line(server: Any, connect: Clients) -> None:
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "-", port=server.port, stdin="one\ntwo  \n\tthree\nfour"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    # exit 0 means every message was acknowledged: they are all stored
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby")
+    assert [(m["from"], m["text"]) for m in history["messages"]] == [
+        ("bot", "one"),
+        ("bot", "two  "),
+        ("bot", "\tthree"),
+        ("bot", "four"),
+    ]
+
+
+async def test_stdin_beyond_the_rate_limit_is_stored_exactly_once(
+    server: Any, connect: Clients
+) -> None:
+    lines = [f"line {i}" for i in range(55)]  # more than the default burst of 40
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "-", port=server.port, stdin="\n".join(lines) + "\n"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby", limit=100)
+    assert [m["text"] for m in history["messages"]] == lines
+    assert [m["seq"] for m in history["messages"]] == list(range(1, 56))
+
+
+async def test_direct_message(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    result = await imchat_send("--nick", "bot", "--to", "bob", "ping from cron", port=server.port)
+    assert (result.returncode, result.stderr) == (0, "")
+    dm = await next_event(bob, "dm")
+    assert (dm["from"], dm["to"], dm["text"]) == ("bot", "bob", "ping from cron")
+
+
+async def test_announce_with_the_local_admin_token(
+    server: Any, connect: Clients, data_dir: Path
+) -> None:
+    alice = await connect("alice")
+    result = await imchat_send(
+        "--data-dir", str(data_dir), "--all", "restart in 5 min", port=server.port
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    event = await next_event(alice, "announce")
+    assert (event["from"], event["text"], event["seq"]) == ("admin", "restart in 5 min", 1)
+
+
+async def test_announce_data_dir_from_environment(
+    server: Any, connect: Clients, data_dir: Path
+) -> None:
+    alice = await connect("alice")
+    env = subprocess_env(
+        IMCHAT_DATA_DIR=str(data_dir), IMCHAT_PORT=str(server.port), IMCHAT_HOST="127.0.0.1"
+    )
+    result = await imchat_send("--all", "-", port=None, env=env, stdin="a\nb\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    texts = [(await next_event(alice, "announce"))["text"] for _ in range(2)]
+    assert texts == ["a", "b"]
+
+
+async def test_announce_with_a_wrong_token(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    result = await imchat_send("--all", "--token", "not-the-token", "hi", port=server.port)
+    assert_one_line_error(result, "auth_failed")
+    assert (await alice.request("history", announcements=True))["messages"] == []
+
+
+async def test_announce_as_non_admin_is_forbidden(server: Any) -> None:
+    result = await imchat_send("--nick", "bot", "--room", "lobby", "ok", port=server.port)
+    assert result.returncode == 0
+    env = subprocess_env(IMCHAT_NICK="bot", IMCHAT_TOKEN="whatever")
+    result = await imchat_send("--all", "hi", port=server.port, env=env)
+    assert_one_line_error(result)
+    assert "auth_failed" in result.stderr or "forbidden" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--room", "bad room!", "hi"], "bad_room"),
+        (["--to", "nobody", "hi"], "no_such_user"),
+        (["--room", "lobby", "bell\x07"], "bad_text"),
+        (["--room", "lobby", "x" * 4001], "bad_text"),
+    ],
+)
+async def test_server_errors_exit_non_zero(
+    server: Any, connect: Clients, args: list[str], code: str
+) -> None:
+    result = await imchat_send("--nick", "bot", *args, port=server.port)
+    assert_one_line_error(result, code)
+
+
+async def test_stdin_stops_at_the_first_refused_line(server: Any, connect: Clients) -> None:
+    result = await imchat_send(
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "-",
+        port=server.port,
+        stdin="good\nbad\x01line\nnever sent\n",
+    )
+    assert_one_line_error(result, "bad_text")
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["good"]
+
+
+async def test_nick_taken(server: Any, connect: Clients) -> None:
+    await connect("bot")
+    result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=server.port)
+    assert_one_line_error(result, "nick_taken")
+
+
+async def test_server_not_running(tmp_path: Path) -> None:
+    result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=free_port())
+    assert_one_line_error(result)
+    assert result.stdout == ""
+
+
+async def test_no_target_is_a_usage_error(tmp_path: Path) -> None:
+    result = await imchat_send("--nick", "bot", "hi", port=free_port())
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
