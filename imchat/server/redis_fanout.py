@@ -336,6 +336,12 @@ class RedisFanout:
         """Tell every client ``shutting_down``: events may have been missed, acks can't be given."""
         self.available = False
         log.error("lost Redis (%s): closing every session; retrying", reason)
+        # Detach everyone now: their state in Redis belongs to this incarnation, which is
+        # reaped as a whole, so a late disconnect must not touch the next one's counts.
+        for user in self._users.values():
+            user.sessions.clear()
+        self._users.clear()
+        self._local_sessions = 0
         if self._hub is None:
             return
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
