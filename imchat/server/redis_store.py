@@ -95,54 +95,57 @@ local function now_ts()
 end
 """
 
-#: KEYS: cid hash, seq hash, stream zset, audience key (room members hash / session counts
-#: hash / -), pending list (dm) or -.
-#: ARGV: prefix, kind (r/d/a), stream, cid or '', payload without its closing brace,
-#: channel, hold, sender key, recipient key (dm).
+#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key.
+#: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns {status, seq, ts, payload, delivered}: status 1 stored, 0 duplicate cid, -1 not a
 #: member; delivered is the cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
-local prefix, kind, stream, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local kind = string.sub(stream, 1, 1)
+local cids = prefix .. 'cid:' .. sender
 if cid ~= '' then
-  local prev = redis.call('HGET', KEYS[1], cid)
+  local prev = redis.call('HGET', cids, cid)
   if prev then
     local pstream, pseq, pts = string.match(prev, '^(.-)\\n(%d+)\\n(.*)$')
     local found = redis.call('ZRANGEBYSCORE', prefix .. 'm:' .. pstream, pseq, pseq)
     return {0, tonumber(pseq), pts, found[1] or '', 0}
   end
 end
-local sender = ARGV[8]
-if kind == 'r' and redis.call('HEXISTS', KEYS[4], sender) == 0 then
-  return {-1, 0, '', '', 0}
+local members
+if kind == 'r' then
+  members = prefix .. 'members:' .. string.sub(stream, 3)
+  if redis.call('HEXISTS', members, sender) == 0 then return {-1, 0, '', '', 0} end
 end
-local seq = redis.call('HINCRBY', KEYS[2], stream, 1)
+local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
-local payload = ARGV[5] .. ',"seq":' .. seq .. ',"ts":' .. ts .. '}'
-redis.call('ZADD', KEYS[3], seq, payload)
+local payload = body .. ',"seq":' .. seq .. ',"ts":' .. ts .. '}'
+redis.call('ZADD', prefix .. 'm:' .. stream, seq, payload)
 if cid ~= '' then
-  redis.call('HSET', KEYS[1], cid, stream .. '\\n' .. seq .. '\\n' .. ts)
+  redis.call('HSET', cids, cid, stream .. '\\n' .. seq .. '\\n' .. ts)
 end
 local recipients
 local delivered = 0
 if kind == 'r' then
-  recipients = table.concat(redis.call('HKEYS', KEYS[4]), ' ')
+  recipients = table.concat(redis.call('HKEYS', members), ' ')
 elseif kind == 'd' then
-  local to = ARGV[9]
+  local low, high = string.match(stream, '^d:(%S+) (%S+)$')
+  local to = low
+  if low == sender then to = high end
   if to == sender then
     recipients = sender
-  elseif tonumber(redis.call('HGET', KEYS[4], to) or '0') > 0 then
+  elseif tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0 then
     recipients = sender .. ' ' .. to
   else
-    redis.call('RPUSH', KEYS[5], payload)
+    redis.call('RPUSH', prefix .. 'pending:' .. to, payload)
     recipients = sender
   end
 else
   recipients = '*'
   delivered = tonumber(redis.call('GET', prefix .. 'nsessions') or '0')
 end
-redis.call('PUBLISH', ARGV[6], ARGV[7] .. '\\n\\n' .. recipients .. '\\n' .. payload)
+redis.call('PUBLISH', prefix .. 'events', hold .. '\\n\\n' .. recipients .. '\\n' .. payload)
 return {1, seq, ts, payload, delivered}
 """
 )
@@ -434,39 +437,17 @@ class RedisStore:
         users if the recipient is online anywhere, else it waits in their pending list; an
         announcement to every session.
         """
-        keys = self.keys
         stream = draft.stream
-        event = self._encoder.encode(draft.event)
-        recipient = ""
-        if stream.startswith("r:"):
-            kind, audience, pending = "r", keys.members(stream[2:]), "-"
-        elif stream == ANNOUNCE_STREAM:
-            kind, audience, pending = "a", "-", "-"
-        else:
-            kind, audience = "d", keys.sessions
-            low, high = stream[2:].split(" ")
-            recipient = high if low == draft.sender_key else low
-            pending = keys.pending(recipient)
-        script_keys = [
-            keys.cids(draft.sender_key),
-            keys.seq,
-            keys.messages(stream),
-            audience,
-            pending,
-        ]
-        args = [
-            keys.prefix,
-            kind,
+        args = (
+            self.keys.prefix,
             stream,
             draft.cid or "",
-            event[:-1],
-            keys.channel,
+            self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
             draft.sender_key,
-            recipient,
-        ]
+        )
         status, seq, ts, payload, delivered = await self._ordered(
-            lambda pipe: self._append(keys=script_keys, args=args, client=pipe)
+            lambda pipe: self._append(args=args, client=pipe)
         )
         if status < 0:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
@@ -476,7 +457,7 @@ class RedisStore:
             payload,
             duplicate=status == 0,
             published=True,
-            delivered=delivered if kind == "a" else None,
+            delivered=delivered if stream == ANNOUNCE_STREAM else None,
         )
 
     async def history(
