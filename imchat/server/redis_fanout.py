@@ -324,6 +324,10 @@ class RedisFanout:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self._lost(reason)
             await self._close_pubsub()
+            # Pooled connections to the lost Redis would each fail once more (commands are
+            # never retried): drop them all, so the next incarnation starts clean.
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.connection_pool.disconnect()
             while not self._closing:
                 await asyncio.sleep(RECONNECT_DELAY)
                 try:

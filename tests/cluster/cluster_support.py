@@ -62,6 +62,7 @@ class Node:
         self.data_dir = data_dir
         self.port = 0
         self.lines: list[str] = []
+        self._new_line = threading.Condition()
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -69,7 +70,9 @@ class Node:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
             match = LISTENING.search(line)
             if match:
                 self.port = int(match.group(2))
@@ -80,6 +83,18 @@ class Node:
         while not self._listening.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("node did not start:\n" + "".join(self.lines))
+
+    async def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        """Wait until ``text`` has appeared in ``count`` lines of the node's log."""
+
+        def wait() -> bool:
+            with self._new_line:
+                return self._new_line.wait_for(
+                    lambda: sum(text in line for line in self.lines) >= count, timeout
+                )
+
+        if not await asyncio.to_thread(wait):
+            raise AssertionError(f"{text!r} not logged {count} times:\n" + "".join(self.lines))
 
     @property
     def admin_token(self) -> str:

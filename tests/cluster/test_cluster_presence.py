@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -202,18 +206,26 @@ def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A Redis of our own on a free port, so a test may kill it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    try:
-        proc = subprocess.Popen(
+class PrivateRedis:
+    """A Redis of our own on a free port, so a test may kill it and start it again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
-                str(port),
+                str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -221,45 +233,49 @@ def private_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
                 "--appendonly",
                 "no",
                 "--dir",
-                str(tmp_path),
+                str(self.workdir),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-    except FileNotFoundError:
-        pytest.skip("redis-server is not installed")
-    import redis
+        assert self.proc.stdout is not None
+        # Its own log says when it accepts connections (or the pipe ends if it fails).
+        for line in self.proc.stdout:
+            if "Ready to accept connections" in line:
+                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                return
+        raise AssertionError("redis-server did not start")
 
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    client.close()
-    yield port, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 async def test_redis_lost_while_running_tells_clients_and_never_acks(
-    tmp_path: Path, private_redis: tuple[int, subprocess.Popen[bytes]], clients: Clients
+    tmp_path: Path, private_redis: PrivateRedis, clients: Clients
 ) -> None:
-    port, redis_proc = private_redis
-    cluster = Cluster(tmp_path, "imchat-test-lost:", redis_url=f"redis://127.0.0.1:{port}/0")
+    cluster = Cluster(tmp_path, "imchat-test-lost:", redis_url=private_redis.url)
     try:
         node = cluster.start_many(1)[0]
         alice = await clients.connect(node, "alice")
         await alice.request("join", room="lobby")
         await alice.request("say", room="lobby", text="before")
-        redis_proc.kill()
-        redis_proc.wait()
+        private_redis.kill()
         # The node tells its client why it goes away; a say in flight is never acked.
         try:
             reply = await alice.request("say", room="lobby", text="during")
@@ -267,13 +283,20 @@ async def test_redis_lost_while_running_tells_clients_and_never_acks(
             pass
         else:
             raise AssertionError(f"acked a message Redis could not store: {reply}")
-        closed = await asyncio.wait_for(alice.conn.wait_closed(), TIMEOUT)
-        assert closed is None
+        await asyncio.wait_for(alice.conn.wait_closed(), TIMEOUT)
         assert alice.conn.closed_error is not None
         assert alice.conn.closed_error["code"] == "shutting_down"
         # New clients are refused while Redis is away.
         with pytest.raises((ServerError, ConnectionClosed)):
             await clients.connect(node, "bob")
+        # Once Redis is back, the node rejoins by itself and serves again.
+        private_redis.start()
+        await node.wait_log("joined the cluster as node", count=2)
+        bob = await clients.connect(node, "bob")
+        await bob.request("join", room="lobby")
+        reply = await bob.request("say", room="lobby", text="after")
+        msg = await bob.wait_for(is_type("msg", room="lobby"))
+        assert (msg["seq"], msg["text"]) == (reply["seq"], "after")
     finally:
         for n in cluster.nodes:
             n.stop()
@@ -296,3 +319,27 @@ def test_keys_are_namespaced_by_prefix(cluster: Cluster) -> None:
         assert not list(client.scan_iter(match=f"{cluster.prefix}*"))
     finally:
         client.close()
+
+
+async def test_stalled_node_is_reaped_and_fences_itself_when_it_resumes(
+    cluster: Cluster, clients: Clients
+) -> None:
+    node_timeout = 1.0
+    nodes = cluster.start_many(2, node_timeout=node_timeout)
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[1], "bob")
+    await alice.wait_for(is_type("online", nick="bob"))
+    nodes[1].proc.send_signal(signal.SIGSTOP)
+    try:
+        await alice.wait_for(is_type("offline", nick="bob"), node_timeout * 2 + 1.0)
+    finally:
+        nodes[1].proc.send_signal(signal.SIGCONT)
+    # Back from its stall, the node learns it was reaped: its sessions are told and closed.
+    await asyncio.wait_for(bob.conn.wait_closed(), TIMEOUT)
+    assert bob.conn.closed_error is not None
+    assert bob.conn.closed_error["code"] == "shutting_down"
+    # It rejoins as a new node: a client can use it again, and presence is right.
+    await nodes[1].wait_log("joined the cluster as node", count=2)
+    bob = await clients.connect(nodes[1], "bob")
+    await alice.wait_for(is_type("online", nick="bob"))
+    assert sorted((await alice.request("users"))["users"]) == ["alice", "bob"]
