@@ -237,8 +237,8 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._sender is not None:
-            while self._queue:
-                await asyncio.sleep(0.01)
+            while self._queue and not self._sender.done():
+                await asyncio.sleep(0.01)  # the last batch is on its way (bounded by timeouts)
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
         await self.redis.aclose()
@@ -267,7 +267,7 @@ class RedisStore:
                         for command, _ in batch:
                             await command(pipe)
                         results = await pipe.execute(raise_on_error=False)
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
