@@ -294,10 +294,14 @@ class RedisFanout:
             raise
         self._pubsub = pubsub
         self.node_id = secrets.token_hex(6)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.node(self.node_id), "1", px=int(self.node_timeout * 1000))
-            pipe.sadd(self.keys.nodes, self.node_id)
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.node(self.node_id), "1", px=int(self.node_timeout * 1000))
+                pipe.sadd(self.keys.nodes, self.node_id)
+                await pipe.execute()
+        except BaseException:
+            await self._close_pubsub()
+            raise
         self.available = True
         log.info("joined the cluster as node %s", self.node_id)
 
