@@ -266,7 +266,8 @@ class Clients:
         for client in reversed(self.opened):
             if isinstance(client, Connection):
                 client.abort()
-                await asyncio.gather(client._reader_task, return_exceptions=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wait_closed(), TIMEOUT)
             else:
                 await client.close()
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from conftest import Clients, admin_token, assert_ts, next_event, pending_events
+from conftest import TIMEOUT, Clients, admin_token, assert_ts, next_event, pending_events
 
 from imchat.client import ServerError
 
@@ -63,6 +64,14 @@ async def test_dm_to_unknown_user(server: Any, connect: Clients) -> None:
         await alice.request("dm", to="nobody", text="hello?")
     assert info.value.code == "no_such_user"
     assert await pending_events(alice) == []
+
+
+@pytest.mark.parametrize("to", ["-bob", "bob smith", "", "b" * 33])
+async def test_dm_to_an_invalid_nick(server: Any, connect: Clients, to: str) -> None:
+    alice = await connect("alice")
+    with pytest.raises(ServerError) as info:
+        await alice.request("dm", to=to, text="hi")
+    assert info.value.code in ("bad_nick", "no_such_user")
 
 
 async def test_dm_bad_text(server: Any, connect: Clients) -> None:
@@ -153,3 +162,59 @@ async def test_dm_reaches_every_session_of_an_account(server: Any, connect: Clie
     for conn in (one, two, alice):
         event = await next_event(conn, "dm")
         assert (event["from"], event["to"], event["seq"]) == ("admin", "alice", reply["seq"])
+
+
+async def test_dm_sent_while_offline_ones_are_fetched_comes_after_them(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per pair, DMs reach the recipient in seq order, even when a new one is sent while the
+    server is still fetching the recipient's undelivered ones at hello."""
+    bob = await connect("bob")
+    await bob.close()
+    alice = await connect("alice")
+    first = await alice.request("dm", to="bob", text="while you were out")
+
+    fetched, release = asyncio.Event(), asyncio.Event()
+    take_pending = server.store.take_pending
+
+    async def gated_take_pending(key: str) -> Any:
+        result = await take_pending(key)
+        fetched.set()
+        await release.wait()  # hold the delivery of the fetched DMs
+        return result
+
+    monkeypatch.setattr(server.store, "take_pending", gated_take_pending)
+    bob = await connect("bob")  # welcome arrives; the undelivered DM is being fetched
+    await asyncio.wait_for(fetched.wait(), TIMEOUT)
+    second = await alice.request("dm", to="bob", text="welcome back")
+    release.set()
+    events = [await next_event(bob, "dm"), await next_event(bob, "dm")]
+    assert [(e["seq"], e["text"]) for e in events] == [
+        (first["seq"], "while you were out"),
+        (second["seq"], "welcome back"),
+    ]
+
+
+async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob = await connect("bob")
+    await bob.close()
+    alice = await connect("alice")
+    entered, release = asyncio.Event(), asyncio.Event()
+    append = server.store.append
+
+    async def gated_append(draft: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await append(draft)
+
+    monkeypatch.setattr(server.store, "append", gated_append)
+    sending = asyncio.ensure_future(alice.request("dm", to="bob", text="hello bob"))
+    await asyncio.wait_for(entered.wait(), TIMEOUT)  # bob was offline when alice sent it
+    bob = await connect("bob")  # ... and online before it was stored
+    await pending_events(bob)  # his hello is over, undelivered DMs included
+    release.set()
+    ok = await asyncio.wait_for(sending, TIMEOUT)
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (ok["seq"], "hello bob")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from conftest import (
     Clients,
     RawClient,
     admin_token,
+    imchat_command,
     join,
     next_event,
     subprocess_env,
@@ -91,7 +94,9 @@ async def test_sigkill_right_after_ok_loses_nothing(server_process: Any, tmp_pat
         await bob.close()
 
 
-async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path: Path) -> None:
+async def test_sigkill_keeps_everything_acked(server_process: Any, tmp_path: Path) -> None:
+    """DMs still to deliver, announcements, new rooms, topics and known users all survive
+    a kill -9 right after their ok (or welcome)."""
     data = tmp_path / "d"
     proc = server_process(data)
     token = admin_token(data)
@@ -102,9 +107,14 @@ async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path
     await admin.hello("admin", token=token)
     dm = await admin.request("dm", to="alice", text="offline note")
     ann = await admin.request("announce", text="we'll be back")
+    await admin.request("join", room="fresh")
+    await admin.request("topic", room="fresh", text="set just before the crash")
+    carol = await Connection.connect("127.0.0.1", proc.port)
+    await carol.hello("carol")  # known from her welcome on
     proc.kill(signal.SIGKILL)
     proc.wait()
     admin.abort()
+    carol.abort()
 
     proc = server_process(data)
     assert admin_token(data) == token  # the token survives restarts
@@ -128,6 +138,10 @@ async def test_sigkill_keeps_dms_and_announcements(server_process: Any, tmp_path
             "text": "we'll be back",
         }
     ]
+    rooms = await raw.request({"type": "rooms", "id": 2})
+    assert rooms["rooms"] == [{"room": "fresh", "count": 0, "topic": "set just before the crash"}]
+    reply = await raw.request({"type": "dm", "to": "carol", "text": "still known?", "id": 3})
+    assert (reply["type"], reply["seq"]) == ("ok", 1)
     await raw.close()
 
 
@@ -251,7 +265,7 @@ async def test_cli_flags_reach_the_server(server_process: Any, tmp_path: Path) -
         "--max-frame",
         "4096",
         "--idle-timeout",
-        "0.5",
+        "1",
         "--rate",
         "1",
         "--burst",
@@ -269,3 +283,72 @@ async def test_cli_flags_reach_the_server(server_process: Any, tmp_path: Path) -
     frames = await raw.recv_until_eof(timeout=TIMEOUT)
     assert frames[-1]["code"] == "idle_timeout"
     await raw.close()
+
+
+async def test_sigterm_with_requests_in_flight(server_process: Any, tmp_path: Path) -> None:
+    """Every request answered before shutting_down is kept; shutting_down is the last frame."""
+    data = tmp_path / "d"
+    proc = server_process(data, "--rate", "0")
+    raw = await hello_raw(proc.port, "alice")
+    await raw.request({"type": "join", "room": "lobby", "id": "j"})
+    total = 500
+    raw.send_bytes(
+        b"".join(
+            encode_message({"type": "say", "room": "lobby", "text": f"m{i}", "id": i})
+            for i in range(total)
+        )
+    )
+    first = await raw.recv_skip(skip=frozenset({"online", "offline", "msg", "joined"}))
+    assert first["type"] == "ok"
+    proc.kill(signal.SIGTERM)
+    frames = [first, *await raw.recv_until_eof(timeout=10)]
+    await raw.close()
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    last = frames[-1]
+    assert last == {"type": "error", "code": "shutting_down", "message": last["message"]}
+    oks = {f["id"]: f for f in frames if f["type"] == "ok"}
+    assert sorted(oks) == list(range(len(oks))), "replies in request order, none skipped"
+    # an ok's events follow it: every acked message was also sent to its sender
+    sent = {f["seq"] for f in frames if f["type"] == "msg"}
+    assert {ok["seq"] for ok in oks.values()} <= sent
+
+    proc = server_process(data)
+    reader = await hello_raw(proc.port, "bob")
+    history = await reader.request(
+        {"type": "history", "room": "lobby", "after": 0, "limit": 500, "id": "h"}
+    )
+    stored = {m["seq"]: m for m in history["messages"]}
+    assert list(stored) == list(range(1, len(stored) + 1))
+    for i, ok in oks.items():
+        assert (stored[ok["seq"]]["text"], stored[ok["seq"]]["ts"]) == (f"m{i}", ok["ts"])
+    await reader.close()
+
+
+def test_cli_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                *imchat_command(),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--log-level",
+                "warning",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=subprocess_env(),
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(port) in lines[0] or "in use" in lines[0].lower()

@@ -9,6 +9,7 @@ import pytest
 from conftest import TIMEOUT, Clients, join, next_event, pending_events
 
 from imchat.client import Connection, ServerError
+from imchat.protocol import encode_message
 
 pytestmark = pytest.mark.server_config(rate=0)
 
@@ -174,3 +175,34 @@ async def test_bad_history_requests(lobby: Any, query: dict[str, Any]) -> None:
     with pytest.raises(ServerError) as info:
         await alice.request("history", **query)
     assert info.value.code == "bad_request"
+
+
+async def test_history_reply_may_exceed_max_frame(server: Any, connect: Clients) -> None:
+    """max_frame limits what clients send; a server frame may be longer."""
+    alice = await connect("alice")
+    await join(alice, "big")
+    events = []
+    for _ in range(25):  # ~100 KB of history, above max_frame (64 KiB), below max_buffer
+        await alice.request("say", room="big", text="z" * 4000)
+        events.append(await next_event(alice, "msg"))
+    reply = await alice.request("history", room="big")
+    assert reply["messages"] == events
+    assert len(encode_message(reply)) > 65536
+
+
+@pytest.mark.timeout(60)
+async def test_history_reply_larger_than_max_frame_and_max_buffer(
+    server: Any, connect: Clients
+) -> None:
+    """A history reply may be far longer than max_frame (clients take up to 16 MiB); asking for
+    one is no reason to be cut off as a slow consumer (default max_buffer is 1 MiB)."""
+    alice = await connect("alice")
+    await join(alice, "big")
+    text = "y" * 4000
+    for _ in range(300):  # 1.2 MB of history, one request at a time
+        await alice.request("say", room="big", text=text)
+        await next_event(alice, "msg")
+    reply = await asyncio.wait_for(alice.request("history", room="big", limit=500), TIMEOUT)
+    assert seqs(reply) == list(range(1, 301))
+    assert all(m["text"] == text for m in reply["messages"])
+    assert (await alice.request("ping"))["type"] == "pong"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from conftest import Clients, assert_ts, join, next_event, pending_events
+from conftest import TIMEOUT, Clients, assert_ts, join, next_event, pending_events
 
 from imchat.client import ServerError
+from imchat.protocol import encode_message
 
 
 async def test_join_reply_and_joined_event(server: Any, connect: Clients) -> None:
@@ -136,6 +138,7 @@ async def test_text_is_never_altered(server: Any, connect: Clients) -> None:
         '"quoted" \\ back',
         "\u200b",
         "\U0010ffff",
+        "\u2028 \u2029 \ufeff",
     ]
     for text in texts:
         await alice.request("say", room="lobby", text=text)
@@ -329,3 +332,37 @@ async def test_reply_comes_before_the_events_it_causes(server: Any, connect: Cli
     await admin.request("announce", text="hello all")
     frame = await raw.recv_skip()
     assert frame["type"] == "announce" and frame["text"] == "hello all"
+
+
+async def test_quitting_while_a_join_is_under_way_leaves_no_ghost_member(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user whose last session ends while its join of a new room is being stored must not
+    linger in that room's member list."""
+    entered, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    create_room = server.store.create_room
+
+    async def gated_create_room(name: str) -> Any:
+        entered.set()
+        await release.wait()
+        try:
+            return await create_room(name)
+        finally:
+            finished.set()  # the rest of the join runs before anything else
+
+    monkeypatch.setattr(server.store, "create_room", gated_create_room)
+    bob = await connect("bob")
+    alice = await connect("alice")
+    alice.send_raw(encode_message({"type": "join", "room": "fresh", "id": 1}))
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    alice.abort()
+    offline = await next_event(bob, "offline", skip=frozenset({"online"}))
+    assert offline["nick"] == "alice"
+    release.set()
+    await asyncio.wait_for(alice.wait_closed(), TIMEOUT)
+    await asyncio.wait_for(finished.wait(), TIMEOUT)
+    monkeypatch.undo()
+    rooms = {r["room"]: r["count"] for r in (await bob.request("rooms"))["rooms"]}
+    assert rooms.get("fresh", 0) == 0
+    ok = await bob.request("join", room="fresh")
+    assert ok["members"] == ["bob"]

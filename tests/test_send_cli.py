@@ -195,3 +195,49 @@ async def test_no_target_is_a_usage_error(tmp_path: Path) -> None:
     result = await imchat_send("--nick", "bot", "hi", port=free_port())
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+
+
+async def test_all_without_a_token_file(tmp_path: Path, server: Any) -> None:
+    result = await imchat_send(
+        "--data-dir", str(tmp_path / "empty"), "--all", "hi", port=server.port
+    )
+    assert_one_line_error(result, "admin.token")
+
+
+async def test_server_going_away_mid_stream(servers: Any, connect: Clients) -> None:
+    server = await servers.start()
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(b"first\n")
+        await proc.stdin.drain()
+        msg = await next_event(watcher, "msg", skip=frozenset({"online", "offline", "joined"}))
+        assert msg["text"] == "first"
+        await servers.stop(server)
+        proc.stdin.write(b"second\n")
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        proc.stdin.close()
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    result = Result(proc.returncode or 0, out.decode(), err.decode())
+    assert_one_line_error(result, "shutting_down")

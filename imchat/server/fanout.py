@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class User:
     """An online user: the sessions it has here and the rooms it is in."""
 
-    __slots__ = ("admin", "dm_live", "key", "nick", "rooms", "sessions")
+    __slots__ = ("admin", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
 
     def __init__(self, nick: str, admin: bool) -> None:
         self.nick = nick
@@ -31,8 +31,10 @@ class User:
         self.admin = admin
         self.sessions: list[Session] = []
         self.rooms: set[str] = set()
-        #: Set once undelivered DMs were fetched for this online spell: new DMs go out live.
-        self.dm_live = False
+        #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
+        #: they are done, so a user receives its DMs in the order they were sent.
+        self.dm_fetches = 0
+        self.dm_held: list[bytes] = []
 
 
 class Fanout(Protocol):

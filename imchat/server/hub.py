@@ -260,11 +260,20 @@ class Hub:
             self.fanout.to_everyone(
                 encode_message({"type": "online", "nick": user.nick, "ts": now()})
             )
-        if not user.dm_live:
-            # Set before the await: a DM sent meanwhile is then delivered live, after these.
-            user.dm_live = True
-            for payload in await self.store.take_pending(key):
-                self.fanout.to_users((key,), encode_frame(payload))
+        await self._deliver_undelivered_dms(user)
+
+    async def _deliver_undelivered_dms(self, user: User) -> None:
+        user.dm_fetches += 1
+        try:
+            payloads = await self.store.take_pending(user.key)
+        finally:
+            user.dm_fetches -= 1
+        for payload in payloads:
+            self.fanout.to_users((user.key,), encode_frame(payload))
+        if not user.dm_fetches and user.dm_held:
+            held, user.dm_held = user.dm_held, []
+            for frame in held:
+                self.fanout.to_users((user.key,), frame)
 
     async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
         if req.token is not None:
@@ -303,6 +312,8 @@ class Hub:
     async def on_join(self, session: Session, req: Join) -> None:
         user = self._user(session)
         info = await self.store.room(req.room) or await self.store.create_room(req.room)
+        if self.fanout.user(user.key) is not user:
+            return  # its last session ended while we awaited: joining now leaves a ghost member
         joined = await self.fanout.join(session, req.room)
         members = await self.fanout.members(req.room)
         self.reply(
@@ -374,13 +385,18 @@ class Hub:
     # -- direct messages, announcements, presence, history ---------------------------------
 
     def start_dm(self, session: Session, req: Dm) -> _Append:
+        """Store a DM and hand it to the recipient exactly once, live or at its next hello.
+
+        To a recipient online and settled, the DM goes out live. Otherwise it is stored as
+        undelivered; if the recipient is online by the time it is committed, it is claimed
+        (atomically, in the store) for live delivery, unless a ``hello`` fetched it first.
+        """
         user = self._user(session)
         to_key = req.to.lower()
         stream = dm_stream(user.key, to_key)
         recipient = self.fanout.user(to_key)
-        # Whether the recipient exists is known only after a lookup: it runs as part of the
-        # append, so the run's order is kept.
-        live = recipient is not None and recipient.dm_live
+        to_self = to_key == user.key
+        live = to_self or (recipient is not None and not recipient.dm_fetches)
         hold = self.fanout.hold(session)
 
         async def append() -> Stored:
@@ -400,15 +416,30 @@ class Hub:
             if stored.duplicate or stored.published:
                 return
             frame = encode_frame(stored.payload)
-            if not live:
-                self.fanout.to_users((user.key,), frame)
+            self.fanout.to_users((user.key,), frame)
+            if to_self:
                 return
-            self.fanout.to_users((user.key, to_key), frame)
-            if self.fanout.user(to_key) is None:
-                # The recipient left between the check and the commit: deliver at next hello.
-                self.spawn(self.store.set_pending(to_key, stream, stored.seq))
+            if live:
+                self._hand_over_dm(to_key, stream, stored.seq, frame)
+            elif self.fanout.user(to_key) is not None:
+                self.spawn(self._claim_dm(to_key, stream, stored.seq, frame))
 
         return _Append(req, asyncio.ensure_future(append()), finish)
+
+    async def _claim_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
+        if await self.store.claim_pending(to_key, stream, seq):
+            self._hand_over_dm(to_key, stream, seq, frame)
+        # else a hello fetched it and delivered it
+
+    def _hand_over_dm(self, to_key: str, stream: str, seq: int, frame: bytes) -> None:
+        recipient = self.fanout.user(to_key)
+        if recipient is None:
+            # Gone between the check and the commit: deliver at the next hello.
+            self.spawn(self.store.set_pending(to_key, stream, seq))
+        elif recipient.dm_fetches:
+            recipient.dm_held.append(frame)  # after the older DMs being fetched
+        else:
+            self.fanout.to_users((to_key,), frame)
 
     def start_announce(self, session: Session, req: Announce) -> _Append:
         user = self._user(session)

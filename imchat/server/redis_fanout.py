@@ -102,31 +102,35 @@ end
 )
 
 #: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold.
-#: Returns {status, nick, rooms}: status 1 came online, 0 already online, -1 nick taken,
-#: -2 this node was reaped.
+#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs kept for the
+#: user are taken, atomically with that), 0 already online, -1 nick taken, -2 this node was
+#: reaped.
 CONNECT_LUA = (
     LUA_FANOUT
     + """
 local prefix, channel, node, key, nick, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
-if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}} end
+if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
 if n > 0 and ARGV[6] == '1' then
-  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}}
+  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}}
 end
 redis.call('HINCRBY', prefix .. 'sessions', key, 1)
 redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
 redis.call('INCR', prefix .. 'nsessions')
 local status = 0
+local pending = {}
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
+  pending = redis.call('LRANGE', prefix .. 'pending:' .. key, 0, -1)
+  redis.call('DEL', prefix .. 'pending:' .. key)
   redis.call('PUBLISH', channel, envelope(hold, '', '*',
     '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
 else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
   redis.call('PUBLISH', channel, envelope(hold, '', '', ''))
 end
-return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key)}
+return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending}
 """
 )
 
@@ -236,6 +240,8 @@ class RedisFanout:
         self._users: dict[str, User] = {}
         self._local_sessions = 0
         self._holds: dict[Session, str] = {}
+        #: Undelivered DMs taken at connect, sent at release (after the welcome).
+        self._undelivered: dict[Session, list[bytes]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
@@ -285,6 +291,7 @@ class RedisFanout:
         self._inbox.clear()
         self._awaiting.clear()
         self._holds.clear()
+        self._undelivered.clear()
         self._outbox.clear()
         pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -416,11 +423,28 @@ class RedisFanout:
         return hold
 
     def release(self, session: Session) -> None:
+        dms = self._undelivered.pop(session, None) if self._undelivered else None
+        if dms:
+            self._hand_over(session, dms)
         hold = self._holds.pop(session, None)
         if hold is not None:
             self._awaiting.discard(hold)
             if self._inbox:
                 self._drain()
+
+    def _hand_over(self, session: Session, dms: list[bytes]) -> None:
+        """Send DMs kept while the user was offline, before anything published later."""
+        user = session.user
+        assert user is not None
+        if not user.sessions:
+            # The session ended during its hello: keep them for the next one, in order.
+            if self._hub is not None:
+                self._hub.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
+            return
+        for payload in dms:
+            frame = encode_frame(payload)
+            for each in user.sessions:
+                each.send(frame)
 
     # -- presence --------------------------------------------------------------------------
 
@@ -429,10 +453,15 @@ class RedisFanout:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
     async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
-        """Returns False: the ``online`` event is published by the script itself."""
+        """Returns False: the ``online`` event is published by the script itself.
+
+        A user coming online takes its undelivered DMs in the same script (so a DM is either
+        kept for it or sent live, never both); they go out at :meth:`release`, after the
+        ``welcome`` and before any event published after this.
+        """
         self._check_available()
         key = nick.lower()
-        status, online_nick, rooms = await self._connect(
+        status, online_nick, rooms, dms = await self._connect(
             args=[
                 self.keys.prefix,
                 self.keys.channel,
@@ -454,6 +483,8 @@ class RedisFanout:
         user.sessions.append(session)
         session.user = user
         self._local_sessions += 1
+        if dms:
+            self._undelivered[session] = dms
         return False
 
     async def disconnect(self, session: Session) -> list[str] | None:

@@ -474,6 +474,12 @@ class RedisStore:
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         return list(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
 
+    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+        if not found:
+            return False
+        return bool(await self.redis.lrem(self.keys.pending(recipient_key), 1, found[0]))
+
     async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
         found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
         if found:

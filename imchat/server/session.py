@@ -126,7 +126,9 @@ class Session(asyncio.Protocol):
         self._out.append(frame)
         self._out_size += len(frame)
         assert self.transport is not None
-        if self._out_size + self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+        # Only what earlier writes left unsent counts: the frames queued during this loop turn
+        # were never offered to the client, so it cannot have fallen behind on them.
+        if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
             self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:

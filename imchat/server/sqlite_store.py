@@ -426,6 +426,17 @@ class SQLiteStore:
         result: list[bytes] = await self._submit(op)
         return result
 
+    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            cursor = c.execute(
+                "DELETE FROM pending_dms WHERE recipient = ? AND stream = ? AND seq = ?",
+                (recipient_key, stream, seq),
+            )
+            return cursor.rowcount == 1
+
+        claimed: bool = await self._submit(op)
+        return claimed
+
     async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
         await self._submit(
             lambda c: c.execute(

@@ -43,8 +43,8 @@ class Draft:
     sender_key: str
     cid: str | None
     event: dict[str, Any]
-    #: Recipient key for a DM to a user who will get it at their next hello. A clustered store
-    #: decides this itself, atomically with storing, and ignores it.
+    #: Recipient key of a DM: it stays undelivered until claimed live or fetched at hello.
+    #: A clustered store decides this itself, atomically with storing, and ignores it.
     pending_for: str | None = None
     #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
     #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
@@ -156,6 +156,9 @@ class Store(Protocol):
 
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         """Undelivered DMs for a user, oldest first; each is handed out once."""
+
+    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+        """Take one undelivered DM for live delivery; False if a ``take_pending`` had it."""
 
     async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""

@@ -72,6 +72,8 @@ async def test_user_with_sessions_on_two_nodes_goes_offline_after_the_last(
     parted = await watcher.wait_for(is_type("parted", room="lobby", nick="admin"))
     assert parted["reason"] == "quit"
     await watcher.wait_for(is_type("offline", nick="admin"))
+    await watcher.request("ping")
+    assert sum(is_type("offline", nick="admin")(e) for e in watcher.seen) == 1
 
 
 async def test_dm_to_user_on_other_node_delivered_live_once(
@@ -102,9 +104,10 @@ async def test_dm_to_offline_user_delivered_once_at_next_hello_on_any_node(
     cluster: Cluster, clients: Clients
 ) -> None:
     nodes = cluster.start_many(2)
+    alice = await clients.connect(nodes[0], "alice")
     bob = await clients.connect(nodes[1], "bob")
     await bob.close()
-    alice = await clients.connect(nodes[0], "alice")
+    await alice.wait_for(is_type("offline", nick="bob"))
     with pytest.raises(ServerError) as caught:
         await alice.request("dm", to="nobody", text="?")
     assert caught.value.code == "no_such_user"
@@ -119,6 +122,7 @@ async def test_dm_to_offline_user_delivered_once_at_next_hello_on_any_node(
         ("alice", "two", 2),
     ]
     await bob.close()
+    await alice.wait_for(is_type("offline", nick="bob"))
     bob = await clients.connect(nodes[1], "bob")
     await alice.request("dm", to="bob", text="live")
     dm = await bob.wait_for(is_type("dm"))

@@ -1,0 +1,151 @@
+"""A client that never reads is cut off (`slow_consumer`); everyone else keeps up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Clients, RawClient, join, next_event
+
+from imchat.protocol import encode_message
+
+pytestmark = pytest.mark.timeout(60)
+
+MAX_BUFFER = 64 * 1024
+TEXT = "x" * 3900
+BATCH = 8  # requests in flight at once: ~32 KB per batch, under MAX_BUFFER
+PROMPT = 2.0  # seconds from the sender's ok to the reader's msg
+
+
+async def never_reading_client(port: int) -> tuple[RawClient, socket.socket]:
+    """A member of lobby whose receive buffer is tiny and who stops reading after joining."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    # limit=1024: the stream stops pulling from the socket after ~2 KB, so it really stalls
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    raw = RawClient(reader, writer)
+    await raw.hello("slow")
+    reply = await raw.request({"type": "join", "room": "lobby", "id": "join"})
+    assert reply["type"] == "ok"
+    return raw, sock
+
+
+@pytest.mark.server_config(max_buffer=MAX_BUFFER, rate=0)
+async def test_client_that_never_reads_is_cut_off(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    sender = await connect("sender")
+    await join(sender, "lobby")
+    slow, _sock = await never_reading_client(server.port)
+    connect.opened.append(slow)
+
+    received: dict[int, float] = {}
+    slow_gone = asyncio.Event()
+    frames: list[dict[str, Any]] = []
+    order: list[int] = []
+
+    async def read_bob() -> None:
+        while True:
+            event = await bob.next_event(TIMEOUT * 4)
+            if event["type"] == "msg":
+                assert event["text"] == TEXT and event["from"] == "sender"
+                received[event["seq"]] = time.monotonic()
+                order.append(event["seq"])
+            elif event["type"] == "offline" and event["nick"] == "slow":
+                slow_gone.set()
+            elif event["type"] == "parted":
+                assert (event["nick"], event["reason"]) == ("slow", "quit")
+
+    reader = asyncio.create_task(read_bob())
+    acked: dict[int, float] = {}
+    must_have_failed = kernel_send_buffer_max() + MAX_BUFFER + 512 * 1024
+    try:
+        while len(acked) * len(TEXT) < must_have_failed:
+            oks = await asyncio.wait_for(
+                asyncio.gather(
+                    *(sender.request("say", room="lobby", text=TEXT) for _ in range(BATCH))
+                ),
+                TIMEOUT,
+            )
+            for ok in oks:
+                acked[ok["seq"]] = time.monotonic()
+        # By now the slow client owes more than every buffer between it and the server could
+        # hold, so the server has given up on it. It reads at last (with a normal window):
+        # intact frames, ending with slow_consumer, then the end of the stream.
+        _sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        frames = await slow.recv_until_eof(timeout=TIMEOUT)
+        await asyncio.wait_for(slow_gone.wait(), TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while len(received) < len(acked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert frames, "nothing at all reached the slow client"
+    assert frames[-1] == {
+        "type": "error",
+        "code": "slow_consumer",
+        "message": frames[-1]["message"],
+    }
+    assert all(f["type"] != "error" for f in frames[:-1])
+    # bob got every message, in order, each promptly after its ok
+    assert order == sorted(acked) == list(range(1, len(acked) + 1))
+    late = {seq: received[seq] - acked[seq] for seq in acked if received[seq] - acked[seq] > PROMPT}
+    assert not late, f"messages reached the reading client late: {late}"
+    assert not bob.closed and not sender.closed
+    users = await bob.request("users")
+    assert sorted(users["users"]) == ["bob", "sender"]
+
+
+def kernel_send_buffer_max() -> int:
+    """How much a socket's send buffer may grow to by autotuning (tcp_wmem's maximum)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024
+
+
+async def test_simultaneous_bursts_do_not_cut_off_clients_that_read(
+    server: Any, connect: Clients
+) -> None:
+    """With the default limits, a dozen clients each send a full burst (40) of the longest
+    messages at once: ~2 MB for every member of the room within one moment, more than
+    max_buffer (1 MiB). Every member reads as fast as it can, so nobody is a slow consumer."""
+    bots, burst, text = 12, 40, "b" * 4000
+    reader = await connect("reader")
+    await join(reader, "lobby")
+    raws = []
+    for i in range(bots):
+        raw = await connect.raw()
+        await raw.hello(f"bot{i}")
+        await raw.request({"type": "join", "room": "lobby", "id": "j"})
+        raws.append(raw)
+    payload = b"".join(
+        encode_message({"type": "say", "room": "lobby", "text": text, "id": i})
+        for i in range(burst)
+    )
+    skip = frozenset({"online", "offline", "joined"})
+
+    async def read_bot(raw: RawClient) -> None:
+        oks = msgs = 0
+        while oks < burst or msgs < bots * burst:
+            frame = await raw.recv_skip(skip=skip, timeout=TIMEOUT * 2)
+            assert frame["type"] in ("ok", "msg"), frame
+            oks += frame["type"] == "ok"
+            msgs += frame["type"] == "msg"
+
+    readers = [asyncio.create_task(read_bot(raw)) for raw in raws]
+    for raw in raws:
+        raw.send_bytes(payload)
+    seqs = []
+    while len(seqs) < bots * burst:
+        seqs.append((await next_event(reader, "msg", skip=skip, timeout=TIMEOUT * 2))["seq"])
+    assert seqs == list(range(1, bots * burst + 1))
+    await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT * 2)
+    assert not reader.closed
