@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -186,25 +187,23 @@ async def test_killed_node_users_go_offline_within_the_timeout(
     await clients.connect(nodes[1], "doomed")
 
 
-def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["flag", "environment"])
+def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path, via: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{dead_port}/0"
+    args = ["--port", "0", "--data-dir", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMCHAT_")}
+    if via == "flag":
+        args += ["--redis", url]
+    else:
+        env["IMCHAT_REDIS_URL"] = url
     result = subprocess.run(
-        server_command(
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path),
-            "--redis",
-            f"redis://127.0.0.1:{dead_port}/0",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT * 2,
+        server_command(*args), capture_output=True, text=True, timeout=TIMEOUT * 2, env=env
     )
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "imchat:" in line]
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("imchat:")]
     assert len(errors) == 1
     assert "Redis" in errors[0] and str(dead_port) in errors[0]
     assert "Traceback" not in result.stderr
