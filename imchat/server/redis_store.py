@@ -212,7 +212,11 @@ def _text(value: bytes | str | None) -> str:
 
 
 class RedisStore:
-    """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster."""
+    """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster.
+
+    Only with :class:`imchat.server.redis_fanout.RedisFanout`: messages are delivered by
+    publishing them (``Stored.published``), and room membership lives in Redis.
+    """
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
         self.url = url
