@@ -346,3 +346,24 @@ async def test_stalled_node_is_reaped_and_fences_itself_when_it_resumes(
     bob = await clients.connect(nodes[1], "bob")
     await alice.wait_for(is_type("online", nick="bob"))
     assert sorted((await alice.request("users"))["users"]) == ["alice", "bob"]
+
+
+async def test_node_stopped_gracefully_hands_its_users_over_at_once(
+    cluster: Cluster, clients: Clients
+) -> None:
+    # A long node timeout: the offline below can only come from the stopping node itself.
+    nodes = cluster.start_many(2, node_timeout=60.0)
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[1], "bob")
+    for person in (alice, bob):
+        await person.request("join", room="lobby")
+    await alice.wait_for(is_type("joined", nick="bob"))
+    await asyncio.to_thread(nodes[1].stop)
+    assert nodes[1].proc.returncode == 0
+    await asyncio.wait_for(bob.conn.wait_closed(), TIMEOUT)
+    assert bob.conn.closed_error is not None
+    assert bob.conn.closed_error["code"] == "shutting_down"
+    parted = await alice.wait_for(is_type("parted", room="lobby", nick="bob"), 5.0)
+    assert parted["reason"] == "quit"
+    await alice.wait_for(is_type("offline", nick="bob"), 5.0)
+    assert (await alice.request("users"))["users"] == ["alice"]
