@@ -306,7 +306,13 @@ async def next_event(
 async def pending_events(
     conn: Connection, *, skip: frozenset[str] = PRESENCE
 ) -> list[dict[str, Any]]:
-    """Every event this session was sent before the server answered a ping from it."""
+    """Every event this session was sent before the server answered a ping from it.
+
+    Exact for the events of this session's own requests (they follow their replies). Events
+    that other users' requests cause may still be on their way (a DM is handed over after its
+    commit): wait for those with :func:`next_event`, and prove that something was *not* sent
+    with a later marker message instead.
+    """
     await asyncio.wait_for(conn.request("ping"), TIMEOUT)
     events = []
     while not conn.events.empty():

@@ -9,6 +9,7 @@ import pytest
 from conftest import TIMEOUT, Clients, admin_token, assert_ts, next_event, pending_events
 
 from imchat.client import ServerError
+from imchat.protocol import encode_message
 
 
 async def test_dm_reply_and_event_to_both(server: Any, connect: Clients) -> None:
@@ -41,7 +42,8 @@ async def test_seq_counts_the_pair(server: Any, connect: Clients) -> None:
         (await alice.request("dm", to="BOB", text="5"))["seq"],
     ]
     assert seqs == [1, 2, 1, 1, 3]
-    events = await pending_events(bob)
+    # a DM reaches the other user some time after its ok: wait for each
+    events = [await next_event(bob, "dm") for _ in range(4)]
     assert [(e["from"], e["to"], e["seq"], e["text"]) for e in events] == [
         ("alice", "bob", 1, "1"),
         ("bob", "alice", 2, "2"),
@@ -218,3 +220,34 @@ async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
     ok = await asyncio.wait_for(sending, TIMEOUT)
     event = await next_event(bob, "dm")
     assert (event["seq"], event["text"]) == (ok["seq"], "hello bob")
+
+
+@pytest.mark.server_config(rate=0)
+async def test_pipelined_dms_arrive_in_order_exactly_once(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    alice = await connect.raw()
+    await alice.hello("alice")
+    carol = await connect.raw()
+    await carol.hello("carol")
+    for raw, name in ((alice, "a"), (carol, "c")):
+        raw.send_bytes(
+            b"".join(
+                encode_message({"type": "dm", "to": "bob", "text": f"{name}{i}", "id": i})
+                for i in range(60)
+            )
+        )
+    events = [await next_event(bob, "dm") for _ in range(120)]
+    for sender, name in (("alice", "a"), ("carol", "c")):
+        mine = [(e["seq"], e["text"]) for e in events if e["from"] == sender]
+        assert mine == [(i + 1, f"{name}{i}") for i in range(60)]
+    # none came twice: the next DM bob gets is a new one
+    marker = await alice.request({"type": "dm", "to": "bob", "text": "marker", "id": "m"})
+    assert marker["seq"] == 61
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (61, "marker")
+    # and none of them is "undelivered" any more: a new session does not get them again
+    await bob.close()
+    bob = await connect("bob")
+    marker = await carol.request({"type": "dm", "to": "bob", "text": "marker", "id": "m"})
+    event = await next_event(bob, "dm")
+    assert (event["from"], event["seq"], event["text"]) == ("carol", 61, "marker")

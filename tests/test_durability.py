@@ -352,3 +352,33 @@ def test_cli_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert str(port) in lines[0] or "in use" in lines[0].lower()
+
+
+async def test_sigterm_exits_even_when_clients_do_not_read(
+    server_process: Any, tmp_path: Path
+) -> None:
+    """Clients that stopped reading cannot hold the shutdown hostage: exit 0 all the same."""
+    proc = server_process(tmp_path / "d", "--rate", "0", "--max-buffer", str(64 * 1024 * 1024))
+    stuck = []
+    for nick in ("sender", "listener"):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proc.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        raw = RawClient(reader, writer)
+        await raw.hello(nick)
+        await raw.request({"type": "join", "room": "lobby", "id": "j"})
+        stuck.append(raw)
+    # ~6 MB of events for each of them: more than the kernel buffers take; nobody reads
+    say = encode_message({"type": "say", "room": "lobby", "text": "s" * 4000})
+    for _ in range(6):
+        stuck[0].send_bytes(say * 256)
+        await stuck[0].drain()
+    ping = await RawClient.open(proc.port)  # the server itself is still responsive
+    assert await ping.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+    await ping.close()
+    proc.kill(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 15) == 0
+    for raw in stuck:
+        raw.writer.transport.abort()

@@ -374,19 +374,34 @@ async def test_internal_error_is_reported_and_not_fatal(
 async def test_garbage_connection_does_not_disturb_a_busy_room(
     server: Any, connect: Clients
 ) -> None:
+    """Vandals come and go (each bad frame kind, three times over) while two users chat."""
     alice, bob = await chatting_pair(connect)
+    vandals_done = asyncio.Event()
 
-    async def vandal(data: bytes) -> None:
+    async def vandal(data: bytes, code: str) -> None:
         raw = await RawClient.open(server.port)
         try:
             raw.send_bytes(data)
             frames = await raw.recv_until_eof()
-            assert frames and frames[-1]["type"] == "error"
+            assert [(f["type"], f["code"]) for f in frames] == [("error", code)]
         finally:
             await raw.close()
 
-    vandals = [vandal(d) for d, _ in BAD_FRAMES.values()]
-    talk = [still_chatting(alice, bob, f"busy {i}") for i in range(1)]
-    await asyncio.wait_for(asyncio.gather(*vandals, *talk), TIMEOUT * 2)
+    async def vandalise() -> None:
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(vandal(d, c) for d, c in BAD_FRAMES.values()))
+        finally:
+            vandals_done.set()
+
+    async def chat() -> int:
+        said = 0
+        while not vandals_done.is_set() or said < 10:
+            await still_chatting(alice, bob, f"busy {said}")
+            said += 1
+        return said
+
+    _, said = await asyncio.wait_for(asyncio.gather(vandalise(), chat()), TIMEOUT * 4)
+    assert said >= 10
     for i in range(5):
         await still_chatting(alice, bob, f"after {i}")

@@ -22,7 +22,8 @@ async def fill(conn: Connection, room: str, count: int, start: int = 1) -> list[
         ),
         TIMEOUT * 4,
     )
-    events = [await next_event(conn, "msg") for _ in range(count)]
+    skip = frozenset({"online", "offline", "joined", "parted"})
+    events = [await next_event(conn, "msg", skip=skip) for _ in range(count)]
     assert [e["seq"] for e in events] == [r["seq"] for r in replies]
     return events
 
@@ -206,3 +207,24 @@ async def test_history_reply_larger_than_max_frame_and_max_buffer(
     assert seqs(reply) == list(range(1, 301))
     assert all(m["text"] == text for m in reply["messages"])
     assert (await alice.request("ping"))["type"] == "pong"
+
+
+async def test_reconnecting_client_misses_nothing(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await join(alice, "lobby")
+    await join(bob, "lobby")
+    await fill(alice, "lobby", 3)
+    seen = [
+        (await next_event(bob, "msg", skip=frozenset({"online", "joined"})))["seq"]
+        for _ in range(3)
+    ]
+    await bob.close()
+    missed = await fill(alice, "lobby", 4, start=4)
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    reply = await bob.request("history", room="lobby", after=seen[-1])
+    assert reply["messages"] == missed
+    ok = await alice.request("say", room="lobby", text="live again")
+    event = await next_event(bob, "msg")
+    assert event["seq"] == ok["seq"] == missed[-1]["seq"] + 1

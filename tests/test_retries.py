@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -53,9 +54,13 @@ async def test_cid_namespace_spans_rooms_dms_and_announcements(
         if kind == "announce":
             assert again["delivered"] == 0
     assert await pending_events(admin) == []
-    assert await pending_events(bob) == []
+    # nothing reached bob: the first DM he gets is a later one, and it is the pair's first
+    marker = await admin.request("dm", to="bob", text="marker")
+    assert marker["seq"] == 1
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (1, "marker")
     assert (await admin.request("history", room="b"))["messages"] == []
-    assert (await admin.request("history", **{"with": "bob"}))["messages"] == []
+    assert (await admin.request("history", **{"with": "bob"}))["messages"] == [event]
     assert (await admin.request("history", announcements=True))["messages"] == []
 
 
@@ -69,8 +74,14 @@ async def test_announce_and_dm_retries(server: Any, connect: Clients) -> None:
     dm = await admin.request("dm", to="bob", text="psst", cid="dm-1")
     again = await admin.request("dm", to="bob", text="psst", cid="dm-1")
     assert (again["seq"], again["ts"]) == (dm["seq"], dm["ts"])
-    events = await pending_events(bob)
-    assert [(e["type"], e["seq"]) for e in events] == [("announce", 1), ("dm", 1)]
+    marker = await admin.request("dm", to="bob", text="marker")
+    events = [await next_event(bob) for _ in range(3)]
+    assert [(e["type"], e["seq"], e["text"]) for e in events] == [
+        ("announce", 1, "once"),
+        ("dm", 1, "psst"),
+        ("dm", marker["seq"], "marker"),
+    ]
+    assert marker["seq"] == 2
 
 
 async def test_cids_belong_to_their_user(server: Any, connect: Clients) -> None:
@@ -128,3 +139,25 @@ async def test_longest_cid(server: Any, connect: Clients) -> None:
     first = await alice.request("say", room="lobby", text="x", cid="c" * 64)
     again = await alice.request("say", room="lobby", text="x", cid="c" * 64)
     assert again["seq"] == first["seq"] == 1
+
+
+async def test_same_cid_from_two_sessions_at_once_is_stored_once(
+    server: Any, connect: Clients
+) -> None:
+    """A client that retries on a new connection while the first attempt is still in flight."""
+    one = await connect.admin()
+    two = await connect.admin()
+    await join(one, "lobby")
+    await next_event(two, "joined")
+    results = await asyncio.gather(
+        *(
+            conn.request("say", room="lobby", text="only once", cid=f"race-{i}")
+            for i in range(20)
+            for conn in (one, two)
+        )
+    )
+    for i in range(20):
+        first, second = results[2 * i], results[2 * i + 1]
+        assert (first["seq"], first["ts"]) == (second["seq"], second["ts"])
+    history = await one.request("history", room="lobby", limit=100)
+    assert [m["seq"] for m in history["messages"]] == list(range(1, 21))

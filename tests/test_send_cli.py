@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,16 @@ async def test_server_going_away_mid_stream(servers: Any, connect: Clients) -> N
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     result = Result(proc.returncode or 0, out.decode(), err.decode())
     assert_one_line_error(result, "shutting_down")
+
+
+def test_python_dash_m_imchat() -> None:
+    for command in ("server", "send"):
+        result = subprocess.run(
+            [sys.executable, "-m", "imchat", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=subprocess_env(),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "--port" in result.stdout

@@ -309,3 +309,28 @@ async def test_conn_after_close(server: Any, connect: Clients) -> None:
     await conn.close()
     with pytest.raises(ConnectionClosed):
         await conn.request("ping")
+
+
+async def test_password_account(server: Any, connect: Clients) -> None:
+    from imchat.server.auth import hash_password
+
+    await server.store.create_account("Carol", password_hash=hash_password("s3cret"))
+    one = await connect("carol", password="s3cret")
+    two = await connect("CAROL", password="s3cret")  # an account may have several sessions
+    assert one.welcome is not None and two.welcome is not None
+    assert one.welcome["admin"] is False
+    for fields in ({"password": "wrong"}, {}, {"password": ""}, {"token": "s3cret"}):
+        raw = await connect.raw()
+        raw.send({"type": "hello", "proto": 1, "nick": "carol", **fields, "id": 1})
+        frames = await raw.recv_until_eof()
+        assert [(f["type"], f["code"], f["id"]) for f in frames] == [("error", "auth_failed", 1)]
+    # a known account is a known user: DMs to it wait for its next hello
+    alice = await connect("alice")
+    await one.close()
+    await two.close()
+    offline = await next_event(alice, "offline", skip=frozenset({"online"}))
+    assert offline["nick"] in ("carol", "CAROL", "Carol")
+    ok = await alice.request("dm", to="carol", text="for later")
+    carol = await connect("carol", password="s3cret")
+    event = await next_event(carol, "dm")
+    assert (event["seq"], event["text"]) == (ok["seq"], "for later")
