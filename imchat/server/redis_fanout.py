@@ -44,15 +44,15 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
 from .fanout import User
-from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis
+from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 DEFAULT_NODE_TIMEOUT = 15.0
 #: Seconds between attempts to reach Redis again after losing it.
 RECONNECT_DELAY = 1.0
+#: Seconds each step of leaving the cluster at shutdown may take.
+CLOSE_TIMEOUT = 5.0
 
 #: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character) and the
 #: envelope and "user left the cluster" logic shared by disconnect and reap.
@@ -278,13 +280,18 @@ class RedisFanout:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await self._publish_outbox()
-            if self.node_id:
-                await self.redis.delete(self.keys.node(self.node_id))
-                await self._reap(args=[self.keys.prefix, self.keys.channel, self.node_id])
-        await self._close_pubsub()
-        await self._pubsub_client.aclose()
+        # Bounded: shutting down must not hang on a Redis that stopped answering.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._leave_cluster(), CLOSE_TIMEOUT)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._close_pubsub(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self._pubsub_client.aclose(), CLOSE_TIMEOUT)
+
+    async def _leave_cluster(self) -> None:
+        await self._publish_outbox()
+        if self.node_id:
+            await self.redis.delete(self.keys.node(self.node_id))
+            await self._reap(args=[self.keys.prefix, self.keys.channel, self.node_id])
 
     async def _start_incarnation(self) -> None:
         """Subscribe, then join the cluster under a fresh node id."""
@@ -590,16 +597,20 @@ class RedisFanout:
     async def _publish_outbox(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for kind, target, payload in batch:
-                    if kind == "room":
-                        await self._to_room(  # queues it in the pipeline
-                            args=[self.keys.prefix, self.keys.channel, target, payload],
-                            client=pipe,
-                        )
-                    else:
-                        pipe.publish(self.keys.channel, b"\n\n" + target.encode() + b"\n" + payload)
-                await pipe.execute()
+            commands = [self._publish_command(*item) for item in batch]
+            for result in await run_pipeline(self.redis, commands, [self._to_room]):
+                if isinstance(result, Exception):
+                    raise result
+
+    def _publish_command(self, kind: str, target: str, payload: bytes) -> Callable[[Any], Any]:
+        keys = self.keys
+        if kind == "room":
+            script = self._to_room
+            return lambda pipe: pipe.evalsha(
+                script.sha, 0, keys.prefix, keys.channel, target, payload
+            )
+        envelope = b"\n\n" + target.encode() + b"\n" + payload
+        return lambda pipe: pipe.publish(keys.channel, envelope)
 
     # -- node liveness ---------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
@@ -158,6 +158,31 @@ return items
 """
 
 
+async def run_pipeline(
+    redis: aioredis.Redis, commands: list[Callable[[Pipeline], Any]], scripts: list[Any]
+) -> list[Any]:
+    """Run commands in one pipeline, in order; results (or exceptions) in the same order.
+
+    Scripts are sent as bare EVALSHA: redis-py's pipeline would check them with an extra
+    ``SCRIPT EXISTS`` round trip per batch. Only after a Redis restart (scripts flushed) do
+    some fail with NOSCRIPT; those did not run, so they are loaded and run again, in order.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            command(pipe)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in scripts:
+            script.sha = await redis.script_load(script.script)
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in missing:
+                commands[i](pipe)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+    return results
+
+
 class Keys:
     """Key names under one prefix, in one place."""
 
@@ -241,8 +266,11 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._sender is not None:
+            deadline = asyncio.get_running_loop().time() + 5.0
             while self._queue and not self._sender.done():
-                await asyncio.sleep(0.01)  # the last batch is on its way (bounded by timeouts)
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.01)  # the last batch is on its way
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
         await self.redis.aclose()
@@ -267,10 +295,7 @@ class RedisStore:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
                 try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for command, _ in batch:
-                            await command(pipe)
-                        results = await pipe.execute(raise_on_error=False)
+                    results = await run_pipeline(self.redis, [c for c, _ in batch], [self._append])
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
@@ -450,8 +475,9 @@ class RedisStore:
             draft.hold or "",
             draft.sender_key,
         )
+        script = self._append
         status, seq, ts, payload, delivered = await self._ordered(
-            lambda pipe: self._append(args=args, client=pipe)
+            lambda pipe: pipe.evalsha(script.sha, 0, *args)
         )
         if status < 0:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
