@@ -97,8 +97,9 @@ end
 
 #: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key.
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
-#: Returns {status, seq, ts, payload, delivered}: status 1 stored, 0 duplicate cid, -1 not a
-#: member; delivered is the cluster's session count for an announcement.
+#: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
+#: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member; delivered
+#: is the cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
@@ -110,13 +111,13 @@ if cid ~= '' then
   if prev then
     local pstream, pseq, pts = string.match(prev, '^(.-)\\n(%d+)\\n(.*)$')
     local found = redis.call('ZRANGEBYSCORE', prefix .. 'm:' .. pstream, pseq, pseq)
-    return {0, tonumber(pseq), pts, found[1] or '', 0}
+    return '0 ' .. pseq .. ' ' .. pts .. ' 0\\n' .. (found[1] or '')
   end
 end
 local members
 if kind == 'r' then
   members = prefix .. 'members:' .. string.sub(stream, 3)
-  if redis.call('HEXISTS', members, sender) == 0 then return {-1, 0, '', '', 0} end
+  if redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
@@ -146,7 +147,7 @@ else
   delivered = tonumber(redis.call('GET', prefix .. 'nsessions') or '0')
 end
 redis.call('PUBLISH', prefix .. 'events', hold .. '\\n\\n' .. recipients .. '\\n' .. payload)
-return {1, seq, ts, payload, delivered}
+return '1 ' .. seq .. ' ' .. ts .. ' ' .. delivered .. '\\n' .. payload
 """
 )
 
@@ -476,18 +477,18 @@ class RedisStore:
             draft.sender_key,
         )
         script = self._append
-        status, seq, ts, payload, delivered = await self._ordered(
-            lambda pipe: pipe.evalsha(script.sha, 0, *args)
-        )
-        if status < 0:
+        reply: bytes = await self._ordered(lambda pipe: pipe.evalsha(script.sha, 0, *args))
+        head, payload = reply.split(b"\n", 1)
+        status, seq, ts, delivered = head.split(b" ")
+        if status == b"-1":
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
         return Stored(
             int(seq),
             float(ts),
             payload,
-            duplicate=status == 0,
+            duplicate=status == b"0",
             published=True,
-            delivered=delivered if stream == ANNOUNCE_STREAM else None,
+            delivered=int(delivered) if stream == ANNOUNCE_STREAM else None,
         )
 
     async def history(
