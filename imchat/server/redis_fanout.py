@@ -67,6 +67,8 @@ DEFAULT_NODE_TIMEOUT = 15.0
 RECONNECT_DELAY = 1.0
 #: Seconds each step of leaving the cluster at shutdown may take.
 CLOSE_TIMEOUT = 5.0
+#: Distinct recipient lists whose parsed form is kept.
+RECIPIENT_CACHE = 1024
 
 #: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character) and the
 #: envelope and "user left the cluster" logic shared by disconnect and reap.
@@ -247,6 +249,7 @@ class RedisFanout:
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
+        self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._hub: Hub | None = None
@@ -413,8 +416,15 @@ class RedisFanout:
                 for session in user.sessions:
                     session.send(frame)
             return
+        keys = self._recipient_keys.get(recipients)
+        if keys is None:
+            # A busy room sends the same member list again and again: parse it once.
+            if len(self._recipient_keys) >= RECIPIENT_CACHE:
+                self._recipient_keys.clear()
+            keys = tuple(set(recipients.decode().split(" ")))
+            self._recipient_keys[recipients] = keys
         users = self._users
-        for key in set(recipients.decode().split(" ")):
+        for key in keys:
             user = users.get(key)
             if user is not None:
                 for session in user.sessions:
