@@ -1,4 +1,4 @@
-"""The ``imchat`` command: ``server``, ``send`` (and ``join`` for the terminal client)."""
+"""The ``imchat`` command: ``server``, ``send`` and ``join`` (the terminal client)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from imchat.accounts_cli import token_app, user_app
 from imchat.protocol import is_valid_nick
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
 
 EXIT_SERVER_ERROR = 1
 EXIT_CONNECT = 3
@@ -84,6 +88,41 @@ def server(
     motd: Annotated[
         str | None, typer.Option(envvar="IMCHAT_MOTD", help="Message of the day in welcome.")
     ] = None,
+    require_account: Annotated[
+        bool,
+        typer.Option(
+            envvar="IMCHAT_REQUIRE_ACCOUNT", help="Refuse guests (nicks without an account)."
+        ),
+    ] = False,
+    max_connections_per_ip: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_CONNECTIONS_PER_IP", help="Open connections per address (0: any)."
+        ),
+    ] = 128,
+    hello_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_HELLO_TIMEOUT", help="Seconds to complete TLS and hello (0: forever)."
+        ),
+    ] = 10.0,
+    auth_failures: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_AUTH_FAILURES",
+            help="Failed logins per address per --auth-window before rate_limited (0: any).",
+        ),
+    ] = 5,
+    auth_window: Annotated[
+        float, typer.Option(envvar="IMCHAT_AUTH_WINDOW", help="Seconds failed logins count.")
+    ] = 60.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="IMCHAT_TLS_CERT", help="PEM certificate chain: serve TLS."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="IMCHAT_TLS_KEY", help="PEM private key for --tls-cert.")
+    ] = None,
     redis: Annotated[
         str | None,
         typer.Option(
@@ -109,6 +148,8 @@ def server(
     from imchat.server.config import default_data_dir
     from imchat.server.store import StoreUnavailable
 
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail("TLS needs both --tls-cert and --tls-key", 2)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -126,6 +167,13 @@ def server(
         burst=burst,
         motd=motd,
         log_level=log_level,
+        require_account=require_account,
+        max_connections_per_ip=max_connections_per_ip,
+        hello_timeout=hello_timeout,
+        auth_failures=auth_failures,
+        auth_window=auth_window,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         redis_url=redis,
         redis_prefix=redis_prefix,
         node_timeout=node_timeout,
@@ -177,10 +225,24 @@ def send(
     host: Host = "127.0.0.1",
     port: Port = 7667,
     data_dir: DataDir = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", envvar="IMCHAT_TLS", help="Connect with TLS (verified).")
+    ] = False,
+    ca: Annotated[
+        Path | None,
+        typer.Option(envvar="IMCHAT_CA", help="PEM CA to verify the server with (implies --tls)."),
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the account password from stdin's first line."),
+    ] = False,
 ) -> None:
     """Send messages from scripts; exit 0 only once the server acknowledged every one."""
+    import ssl
+
     from imchat.client import Connection, ConnectionClosed, ServerError
     from imchat.client.send import Target, send_messages
+    from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
 
     if (room is not None) + (to is not None) + all_ != 1:
@@ -194,17 +256,36 @@ def send(
                 f"--all needs an admin token: cannot read {token_file}: {exc.strerror}", 2
             ) from None
         nick = nick or "admin"
+    if password_stdin and text == "-":
+        raise _fail("--password-stdin needs TEXT as an argument: stdin holds the password", 2)
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     target = Target(room=room, to=to, everyone=all_)
     texts = None if text == "-" else [text]
+    try:
+        context = client_context(ca) if tls or ca is not None else None
+    except (OSError, ssl.SSLError) as exc:
+        raise _fail(f"cannot use --ca {ca}: {exc}", 2) from None
 
     async def main() -> int:
         try:
-            conn = await Connection.connect(host, port)
+            conn = await Connection.connect(host, port, ssl=context)
+        except ssl.SSLError as exc:
+            raise _fail(describe_tls_error(exc, f"{host}:{port}"), EXIT_CONNECT) from None
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "timed out"
             raise _fail(f"cannot connect to {host}:{port}: {reason}", EXIT_CONNECT) from None
         try:
-            return await send_messages(conn, nick or _default_nick(), target, texts, token=token)
+            return await send_messages(
+                conn, nick or _default_nick(), target, texts, token=token, password=password
+            )
+        except ConnectionClosed as exc:
+            if context is None and conn.welcome is None and exc.error is None:
+                # A TLS server drops a plaintext hello without a word.
+                raise _fail(
+                    f"{host}:{port} closed the connection before welcome (TLS? try --tls)",
+                    EXIT_CONNECT,
+                ) from None
+            raise
         finally:
             conn.abort()
 
@@ -214,6 +295,27 @@ def send(
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
     except ConnectionClosed as exc:
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
+
+
+@app.command()
+def join(
+    nick: Annotated[str, typer.Option(envvar="IMCHAT_NICK", help="Your nick.")],
+    host: Host = "127.0.0.1",
+    port: Port = 7667,
+    room: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_ROOM", help="Room to join on connect.")
+    ] = "lobby",
+    password: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_PASSWORD", help="Password of your account.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_TOKEN", help="Token of your account.")
+    ] = None,
+) -> None:
+    """Open the terminal chat client."""
+    from imchat.tui import run_tui
+
+    raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token))
 
 
 def main() -> None:

@@ -71,6 +71,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buffer) - self._pos
 
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
     def receive_data(self, data: bytes) -> None:
         if self._pos:
             del self._buffer[: self._pos]

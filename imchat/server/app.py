@@ -17,6 +17,7 @@ from .hub import Hub
 from .session import Session
 from .sqlite_store import SQLiteStore
 from .store import Store
+from .tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ class ChatServer:
 
     async def start(self) -> None:
         data_dir = Path(self.config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Private from the start: it holds password hashes and the admin token.
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tls = None
+        if self.config.tls_cert is not None or self.config.tls_key is not None:
+            if self.config.tls_cert is None or self.config.tls_key is None:
+                raise ValueError("TLS needs both a certificate and a key")
+            tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self.store.open()
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
@@ -67,12 +74,18 @@ class ChatServer:
             await self.store.close()
             raise
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: Session(hub), self.config.host, self.config.port, reuse_address=True
+            lambda: Session(hub),
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            ssl=tls,
+            # A peer that never finishes its handshake is a slowloris too.
+            ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
-        log.info("listening on %s:%d", self.config.host, self.port)
+        log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
 
     async def _ensure_admin(self, data_dir: Path) -> None:
         """Create the admin account, or a fresh token for it if its token file is gone."""
@@ -91,16 +104,33 @@ class ChatServer:
         log.info("admin account %r: token written to %s", ADMIN_NICK, token_file.resolve())
 
     async def _sweep_idle(self) -> None:
-        """Close sessions that sent nothing for ``idle_timeout``: one timer for all of them."""
+        """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``,
+        and re-check logged-in sessions' credentials every ``auth_recheck`` seconds.
+
+        One timer for all sessions; a period of 0 is off.
+        """
         assert self.hub is not None
-        timeout = self.config.idle_timeout
-        interval = min(1.0, timeout / 4)
+        timeout, hello_timeout = self.config.idle_timeout, self.config.hello_timeout
+        recheck = self.config.auth_recheck
+        interval = min([1.0, *(t / 4 for t in (timeout, hello_timeout, recheck) if t > 0)])
         loop = asyncio.get_running_loop()
+        next_recheck = loop.time() + recheck
         while True:
             await asyncio.sleep(interval)
-            deadline = loop.time() - timeout
-            for session in [s for s in self.hub.sessions if s.last_rx < deadline]:
-                session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:g} s"))
+            now = loop.time()
+            if recheck > 0 and now >= next_recheck:
+                next_recheck = now + recheck
+                self.hub.spawn(self.hub.recheck_credentials())
+            for session in list(self.hub.sessions):
+                if (
+                    hello_timeout > 0
+                    and session.user is None
+                    and session.opened < now - hello_timeout
+                ):
+                    message = f"no hello within {hello_timeout:g} s"
+                    session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, message))
+                elif timeout > 0 and session.last_rx < now - timeout:
+                    session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:g} s"))
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully."""

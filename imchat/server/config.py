@@ -37,6 +37,21 @@ class ServerConfig:
     burst: int = 40
     motd: str | None = None
     log_level: str = "info"
+    #: Refuse guests: every nick needs an account (``auth_failed``).
+    require_account: bool = False
+    #: Open connections per client address; more are refused with ``rate_limited``. 0: no limit.
+    max_connections_per_ip: int = 128
+    #: Seconds a connection may take to complete ``hello`` (and its TLS handshake). 0: no limit.
+    hello_timeout: float = 10.0
+    #: Failed logins per address within ``auth_window`` seconds before further logins from
+    #: that address are answered ``rate_limited`` unchecked. 0: no limit.
+    auth_failures: int = 5
+    auth_window: float = 60.0
+    #: Seconds between checks that logged-in sessions' tokens and passwords are still valid.
+    auth_recheck: float = 10.0
+    #: PEM certificate chain and private key: serve TLS instead of plain TCP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: ``redis://host:port/db`` to share rooms, presence and history with other server
     #: processes; None keeps everything in this process (SQLite in ``data_dir``).
     redis_url: str | None = None

@@ -42,16 +42,26 @@ from imchat.protocol import (
 from .auth import hash_token, verify_password
 from .config import ServerConfig
 from .fanout import Fanout, User
-from .ratelimit import TokenBucket
+from .ratelimit import FailureLimiter, TokenBucket
 from .session import Session
-from .store import ANNOUNCE_STREAM, Draft, Store, Stored, dm_stream, room_stream
+from .store import ANNOUNCE_STREAM, Account, Draft, Store, Stored, dm_stream, room_stream
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
 RATE_LIMITED_TYPES = (Say, Dm, Announce, Topic)
+#: A flush that took longer than this (seconds) makes the next one wait as long, up to
+#: FLUSH_REST_MAX: enough to batch a burst, short enough not to show in latency.
+FLUSH_REST_AFTER = 0.002
+FLUSH_REST_MAX = 0.005
+#: Password checks running at once: each scrypt takes ~16 MiB and tens of milliseconds.
+MAX_PARALLEL_PASSWORD_CHECKS = 4
+#: Bytes a session reads from its socket at most at a time (see ``Session.get_buffer``).
+READ_SIZE = 65536
 
 Handler = Callable[[Session, Any], Awaitable[None]]
+#: How a session logged in: ("token", token hash) or ("password", password hash).
+Credential = tuple[str, str]
 
 
 def now() -> float:
@@ -81,7 +91,14 @@ class Hub:
         self.limits = Limits(max_text=config.max_text)
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
+        #: Open connections per client address, for ``max_connections_per_ip``.
+        self.connections_per_addr: dict[str, int] = {}
+        self.auth_limiter = FailureLimiter(config.auth_failures, config.auth_window)
+        self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
+        #: Shared by all sessions: each read is consumed before the next one starts.
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._dirty: list[Session] = []
+        self._rest_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
@@ -109,20 +126,47 @@ class Hub:
 
     def mark_dirty(self, session: Session) -> None:
         if not self._dirty:
-            self.loop.call_soon(self._flush)
+            rest = self._rest_until - self.loop.time()
+            if rest > 0:
+                self.loop.call_later(rest, self._flush)
+            else:
+                self.loop.call_soon(self._flush)
         self._dirty.append(session)
 
     def _flush(self) -> None:
+        """Write what every session owes, one write per session.
+
+        After a flush that took a while (one write per recipient is the dominant cost of a
+        broadcast), the next one waits as long again, up to 5 ms: events arriving meanwhile
+        pile up and leave in fewer, larger writes, so a burst (thousands of users arriving, each
+        announced to everyone) costs writes per flush, not per event. A lightly loaded
+        server flushes at once.
+        """
+        start = self.loop.time()
         dirty, self._dirty = self._dirty, []
         for session in dirty:
             session.flush()
+        end = self.loop.time()
+        spent = end - start
+        self._rest_until = end + min(spent, FLUSH_REST_MAX) if spent > FLUSH_REST_AFTER else 0.0
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
         self._no_sessions.clear()
         log.info("connection from %s", session.peer)
+        count = self.connections_per_addr.get(session.addr, 0) + 1
+        self.connections_per_addr[session.addr] = count
+        limit = self.config.max_connections_per_ip
+        if limit and count > limit:
+            session.fail(
+                ProtocolError(ErrorCode.RATE_LIMITED, f"more than {limit} connections from you")
+            )
 
     def session_closed(self, session: Session, exc: Exception | None) -> None:
+        if session in self.sessions:
+            count = self.connections_per_addr.pop(session.addr, 1) - 1
+            if count > 0:
+                self.connections_per_addr[session.addr] = count
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()
@@ -230,10 +274,10 @@ class Hub:
         key = req.nick.lower()
         record = await self.store.lookup_user(key)
         account = record.account if record else None
-        if account is not None:
-            await self._authenticate(key, req, account.password_hash)
-        elif req.token is not None:
-            raise ProtocolError(ErrorCode.AUTH_FAILED, "no account with that token")
+        if account is not None or req.token is not None:
+            session.credential = await self._authenticate(session, key, req, account)
+        elif self.config.require_account:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
         if record is None:
             await self.store.remember_user(req.nick)
         admin = account is not None and account.admin
@@ -275,15 +319,69 @@ class Hub:
             for frame in held:
                 self.fanout.to_users((user.key,), frame)
 
-    async def _authenticate(self, key: str, req: Hello, password_hash: str | None) -> None:
-        if req.token is not None:
-            if await self.store.token_owner(hash_token(req.token)) == key:
-                return
-        elif req.password is not None and password_hash is not None:
-            ok = await asyncio.to_thread(verify_password, req.password, password_hash)
-            if ok:
-                return
-        raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+    async def _authenticate(
+        self, session: Session, key: str, req: Hello, account: Account | None
+    ) -> Credential:
+        """Check a password or token; an address that failed too often is not checked at all.
+
+        The block is checked again right before each scrypt run: parallel guesses wait for a
+        free slot, and by then the failures before them count, so at most ``auth_failures``
+        plus ``MAX_PARALLEL_PASSWORD_CHECKS - 1`` guesses per window get through.
+        """
+        if req.token is None and req.password is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+        limiter, addr = self.auth_limiter, session.addr
+        blocked = ProtocolError(
+            ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+        )
+        if limiter.blocked(addr):
+            raise blocked
+        ok = False
+        if account is not None and req.token is not None:
+            credential = ("token", hash_token(req.token))
+            ok = await self.store.token_owner(credential[1]) == key
+        elif account is not None and req.password is not None and account.password_hash:
+            credential = ("password", account.password_hash)
+            async with self._password_checks:
+                if limiter.blocked(addr):
+                    raise blocked
+                ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
+        if ok:
+            return credential
+        limiter.record(addr)
+        raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
+
+    async def recheck_credentials(self) -> None:
+        """Close sessions whose token was revoked, or account removed or re-passworded since.
+
+        Logins read accounts through at every hello; this extends that to sessions already
+        logged in, so ``imchat token revoke`` and ``imchat user remove``/``passwd`` take hold
+        within ``auth_recheck`` seconds. Each distinct credential is looked up once.
+        """
+        valid: dict[tuple[str, Credential], bool] = {}
+        for session in list(self.sessions):
+            user, credential = session.user, session.credential
+            if user is None or credential is None or session.closing:
+                continue
+            check = (user.key, credential)
+            if check not in valid:
+                try:
+                    valid[check] = await self._still_valid(*check)
+                except Exception:
+                    log.exception("could not re-check credentials of %s", user.nick)
+                    valid[check] = True  # a store hiccup is no reason to log everyone out
+            if not valid[check]:
+                session.fail(
+                    ProtocolError(ErrorCode.AUTH_FAILED, "your token or password was revoked")
+                )
+
+    async def _still_valid(self, key: str, credential: Credential) -> bool:
+        kind, value = credential
+        if kind == "token":
+            return await self.store.token_owner(value) == key
+        record = await self.store.lookup_user(key)
+        account = record.account if record is not None else None
+        return account is not None and account.password_hash == value
 
     async def _leave(self, session: Session) -> None:
         rooms = await self.fanout.disconnect(session)

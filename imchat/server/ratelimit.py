@@ -1,8 +1,28 @@
-"""A token bucket: ``burst`` requests at once, then ``rate`` per second."""
+"""Rate limits: a token bucket per session for messages, a failure window per address for logins."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+#: IPv6 clients are limited per /64: one host commonly owns a whole /64 and could otherwise
+#: rotate through its addresses to escape every per-address limit.
+IPV6_PREFIX = 64
+
+
+def address_key(host: str) -> str:
+    """The unit of per-address limits for a peer address: an IPv4 address or an IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host  # not an IP (e.g. a Unix socket path): limit it as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class TokenBucket:
@@ -25,3 +45,68 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+
+class FailureLimiter:
+    """Blocks an address once ``limit`` of its logins failed within the last ``window`` s.
+
+    Only failures count, so any number of users behind one address may log in at once.
+    Parallel guesses are bounded by checking :meth:`blocked` again right before each
+    expensive check (see ``Hub._authenticate``). Addresses are forgotten once their window
+    has passed, and at most ``max_addresses`` are remembered (least recently failed first out).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        max_addresses: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        #: Address -> times of its recent failures, least recently failed address first.
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def blocked(self, addr: str) -> bool:
+        if self.limit <= 0:
+            return False
+        times = self._failures.get(addr)
+        if times is None:
+            return False
+        cutoff = self._clock() - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[addr]
+            return False
+        return len(times) >= self.limit
+
+    def record(self, addr: str) -> None:
+        """Count a failed login from ``addr``."""
+        if self.limit <= 0:
+            return
+        now = self._clock()
+        self._forget_before(now - self.window)
+        times = self._failures.get(addr)
+        if times is None:
+            times = self._failures[addr] = deque(maxlen=self.limit)
+        else:
+            self._failures.move_to_end(addr)
+        times.append(now)
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+    def _forget_before(self, cutoff: float) -> None:
+        failures = self._failures
+        while failures:
+            addr, times = next(iter(failures.items()))
+            if times and times[-1] > cutoff:
+                break
+            del failures[addr]

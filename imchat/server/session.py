@@ -5,6 +5,14 @@ one, and the events a request causes follow its reply); different sessions proce
 independently. Output is coalesced: frames queued during one turn of the event loop leave in
 one write. A session that owes its client more than ``max_buffer`` bytes is cut off with
 ``slow_consumer`` instead of slowing anyone else down.
+
+Input is bounded by bytes, not only by frames: the session reads its socket into a buffer it
+sizes itself (``asyncio.BufferedProtocol``), never more than its input budget has room for,
+and stops reading when the budget is spent. Frames count against the budget until they are
+handled. Before ``hello`` the budget is one largest frame. Requests are not handled while the
+transport's write buffer is above its high-water mark, so a peer that sends without reading
+its replies is not served faster than it reads: what the server holds for an unidentified
+peer stays within ``max_frame`` of input plus a few tens of kilobytes of output.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
-from imchat.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_message
+from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
+
+from .ratelimit import address_key
 
 if TYPE_CHECKING:
     from .fanout import User
@@ -23,22 +33,32 @@ log = logging.getLogger(__name__)
 
 #: Frames read ahead of the one being handled before the session stops reading its socket.
 MAX_INBOX = 64
+#: Input bytes (unhandled frames and a partial one) an identified session may hold, in
+#: largest frames; before ``hello`` it is one.
+INBOX_FRAMES = 4
+#: Replies queued by requests handled before ``hello`` that are written out at once.
+FLUSH_AT = 65536
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
 
-class Session(asyncio.Protocol):
+class Session(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
         "_inbox",
+        "_inbox_bytes",
         "_out",
         "_out_size",
         "_reading_paused",
+        "_writing_paused",
+        "addr",
         "bucket",
         "closing",
+        "credential",
         "decoder",
         "hub",
         "last_rx",
+        "opened",
         "peer",
         "transport",
         "user",
@@ -49,13 +69,20 @@ class Session(asyncio.Protocol):
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
+        self.addr = "?"
         self.user: User | None = None
+        #: How it logged in, re-checked while it lasts (see ``Hub.recheck_credentials``).
+        self.credential: tuple[str, str] | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
-        self.last_rx = hub.loop.time()
+        self.last_rx = self.opened = hub.loop.time()
         self._inbox: list[bytes | ProtocolError] = []
+        #: Bytes of frames received and not yet handled (queued or in the batch being handled).
+        self._inbox_bytes = 0
         self._busy = False
         self._reading_paused = False
+        self._writing_paused = False
         self._out: list[bytes] = []
         self._out_size = 0
 
@@ -66,7 +93,16 @@ class Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
         self.hub.session_opened(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never read more than the budget has room for; reading pauses once it is spent.
+        room = self.input_budget - self.held
+        return self.hub.read_buffer[: max(1, min(room, len(self.hub.read_buffer)))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.hub.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.hub.loop.time()
@@ -76,11 +112,12 @@ class Session(asyncio.Protocol):
         try:
             for payload in self.decoder.feed(data):
                 inbox.append(payload)
+                self._inbox_bytes += len(payload) + HEADER_SIZE
         except ProtocolError as exc:
             # Framing is lost: answer the frames before the fault, then report it and close.
             inbox.append(exc)
             self._pause_reading()
-        if len(inbox) > MAX_INBOX:
+        if len(inbox) > MAX_INBOX or self.held >= self.input_budget:
             self._pause_reading()
         if not self._busy and inbox:
             self._busy = True
@@ -89,26 +126,66 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._inbox and not self._busy and not self.closing:
+            self._busy = True
+            self.hub.spawn(self._process())
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._out.clear()
+        self._inbox.clear()
+        self._inbox_bytes = 0
         self.hub.session_closed(self, exc)
+
+    @property
+    def held(self) -> int:
+        """Input bytes this session holds: unhandled frames and the partial one being read."""
+        return self._inbox_bytes + self.decoder.buffered
+
+    @property
+    def input_budget(self) -> int:
+        frame = self.hub.config.max_frame + HEADER_SIZE
+        return frame if self.user is None else frame * INBOX_FRAMES
 
     # -- requests --------------------------------------------------------------------------
 
     async def _process(self) -> None:
         inbox = self._inbox
         try:
-            while inbox and not self.closing:
-                batch = inbox[:]
-                inbox.clear()
-                if self._reading_paused and not isinstance(batch[-1], ProtocolError):
-                    self._reading_paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
+            while inbox and not self.closing and not self._writing_paused:
+                if self.user is None:
+                    # Before hello nothing is batched (no messages yet): one request at a time,
+                    # so the replies owed can be flushed, and backpressure applied, between them.
+                    batch = [inbox.pop(0)]
+                else:
+                    batch = inbox[:]
+                    inbox.clear()
+                size = sum(len(item) + HEADER_SIZE for item in batch if isinstance(item, bytes))
+                self._maybe_resume_reading()  # the next batch is read while this one is handled
                 await self.hub.handle_batch(self, batch)
+                self._inbox_bytes -= size
+                if self.user is None and self._out_size >= FLUSH_AT:
+                    self.flush()  # may pause writing: the rest waits for the client to read
+                self._maybe_resume_reading()
         finally:
             self._busy = False
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self.closing
+            and not self.decoder.failed  # framing is lost: nothing more is read
+            and len(self._inbox) <= MAX_INBOX
+            and self.held < self.input_budget
+        ):
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:

@@ -21,18 +21,16 @@ def dm_stream(a_key: str, b_key: str) -> str:
 
 
 ANNOUNCE_STREAM = "a"
-
-
-class StoreUnavailable(Exception):
-    """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
-
-
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
 TOKEN_ID_LENGTH = 12
 
 
 def token_id(token_hash: str) -> str:
     return token_hash[:TOKEN_ID_LENGTH]
+
+
+class StoreUnavailable(Exception):
+    """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
 
 
 @dataclass(slots=True)

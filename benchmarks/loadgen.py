@@ -1,0 +1,573 @@
+"""Load-generator core: cheap counting clients, the broadcast workload and its statistics.
+
+Clients are plain :class:`asyncio.Protocol` objects (no streams), many sharing one event loop.
+After its handshake a client only *counts* what it receives: imchat frames by walking their
+4-byte length headers, IRC lines by counting newlines. Only probe clients look inside, to
+read the send timestamp the sender put in each text (``~S<seq>~T<monotonic ns>~``), and
+``verify`` clients also record every sequence number they saw. Protocol specifics live in
+:class:`ImchatClient` here and in ``ircbench.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
+
+import msgspec
+from serverproc import HOST, ServerProc, machine_busy_seconds
+
+from imchat.protocol import encode_message
+
+_HEADER = struct.Struct(">I").unpack_from
+_json_decode = msgspec.json.Decoder().decode
+
+
+class Mode(enum.Enum):
+    DECODE = 1  # handshake: parse everything, match replies
+    DISCARD = 2  # idle or settling: count bytes only
+    COUNT = 3  # measuring: count messages (probes also read timestamps)
+
+
+@dataclass
+class Stats:
+    """Counters shared by every client of one run."""
+
+    counting: bool = False
+    delivered: int = 0
+    target: int = 1 << 62
+    done_at: float = 0.0
+    wake_at: int = 1 << 62
+    raw_bytes: int = 0
+    lost: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    acks: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_text(seq: int, sent_ns: int, size: int) -> str:
+    """A message text of ``size`` characters carrying its sequence number and send time."""
+    head = f"~S{seq}~T{sent_ns}~ "
+    return head + "x" * max(0, size - len(head))
+
+
+def parse_mark(data: bytes) -> tuple[int, int] | None:
+    """``(seq, sent_ns)`` from a frame or line holding :func:`make_text` output."""
+    i = data.find(b"~S")
+    if i < 0:
+        return None
+    j = data.find(b"~T", i)
+    k = data.find(b"~", j + 2)
+    if j < 0 or k < 0:
+        return None
+    return int(data[i + 2 : j]), int(data[j + 2 : k])
+
+
+class BaseClient(asyncio.Protocol):
+    """State common to imchat and IRC clients; subclasses implement ``data_received``."""
+
+    def __init__(
+        self, stats: Stats, *, probe: bool = False, verify: bool = False, sender: bool = False
+    ) -> None:
+        self.stats = stats
+        self.probe = probe or verify
+        self.seen: list[int] | None = [] if verify else None
+        self.sender = sender
+        self.mode = Mode.DECODE
+        self.count = 0
+        self.closed = False
+        self.leaving = False
+        self.transport: asyncio.Transport | None = None
+        self._rest = b""
+        self._waiter: asyncio.Future[Any] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.leaving:
+            self.stats.lost += 1
+        self._resolve(exc=ConnectionError(f"connection lost: {exc}"))
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def start_counting(self) -> None:
+        """Switch to counting; only valid when no bytes are in flight (after settling)."""
+        self._rest = b""
+        self.count = 0
+        self.mode = Mode.COUNT
+
+    def received_exactly(self, messages: int) -> bool:
+        """Verify mode: saw sequence numbers 0..messages-1, each once, and nothing else."""
+        return self.count == messages and sorted(self.seen or ()) == list(range(messages))
+
+    def discard(self) -> None:
+        self.mode = Mode.DISCARD
+
+    def abort(self) -> None:
+        self.leaving = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _await_reply(self, timeout: float) -> Any:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(self._waiter, timeout)
+        finally:
+            self._waiter = None
+
+    def _resolve(self, result: Any = None, exc: BaseException | None = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(result)
+
+    def _counted(self, n: int) -> None:
+        self.count += n
+        stats = self.stats
+        stats.delivered += n
+        if stats.delivered >= stats.wake_at:
+            stats.wake.set()
+            if stats.delivered >= stats.target and not stats.done.is_set():
+                stats.done_at = time.monotonic()
+                stats.done.set()
+
+    def _marked(self, data: bytes, now_ns: int) -> None:
+        mark = parse_mark(data)
+        if mark is not None:
+            self.stats.latencies_ns.append(now_ns - mark[1])
+            if self.seen is not None:
+                self.seen.append(mark[0])
+
+    # Protocol-specific API
+    async def handshake(
+        self, nick: str, rooms: Sequence[str], timeout: float, token: str | None = None
+    ) -> None:
+        raise NotImplementedError
+
+    def say(self, room: str, text: str) -> None:
+        raise NotImplementedError
+
+
+class ImchatClient(BaseClient):
+    """An imchat session: frames are counted by their length headers."""
+
+    def data_received(self, data: bytes) -> None:
+        stats = self.stats
+        stats.raw_bytes += len(data)
+        mode = self.mode
+        if mode is Mode.DISCARD:
+            return
+        if self._rest:
+            data = self._rest + data
+        n = len(data)
+        pos = 0
+        frames = 0
+        look = mode is Mode.DECODE or self.probe
+        now = time.monotonic_ns()
+        while pos + 4 <= n:
+            end = pos + 4 + _HEADER(data, pos)[0]
+            if end > n:
+                break
+            if look:
+                payload = data[pos + 4 : end]
+                if mode is Mode.DECODE:
+                    self._decoded(payload)
+                else:
+                    self._marked(payload, now)
+            frames += 1
+            pos = end
+        self._rest = data[pos:] if pos < n else b""
+        if mode is Mode.COUNT and stats.counting:
+            self._counted(frames)
+
+    def _decoded(self, payload: bytes) -> None:
+        if self.sender and self._waiter is None:
+            # After its handshake the sender sees an ``ok`` per say and its own messages.
+            if b'"type":"ok"' in payload:
+                self.stats.acks += 1
+            elif b'"error"' in payload:
+                self.stats.errors[str(_json_decode(payload).get("code"))] += 1
+            return
+        if b'"id"' not in payload:
+            return  # an event; only replies matter during the handshake
+        obj = _json_decode(payload)
+        if obj.get("type") == "error":
+            self._resolve(exc=RuntimeError(f"{obj.get('code')}: {obj.get('message')}"))
+        else:
+            self._resolve(obj)
+
+    async def handshake(
+        self, nick: str, rooms: Sequence[str], timeout: float, token: str | None = None
+    ) -> None:
+        hello: dict[str, Any] = {"type": "hello", "proto": 1, "nick": nick, "id": 1}
+        if token is not None:
+            hello["token"] = token
+        self.write(encode_message(hello))
+        await self._await_reply(timeout)
+        for room in rooms:
+            self.write(encode_message({"type": "join", "room": room, "id": 2}))
+            await self._await_reply(timeout)
+
+    def say(self, room: str, text: str) -> None:
+        self.write(encode_message({"type": "say", "room": room, "text": text}))
+
+
+class Driver:
+    """A server under test plus the client class that speaks its protocol."""
+
+    client_cls: ClassVar[type[BaseClient]] = ImchatClient
+    #: Most connections the server can hold (None: no known limit).
+    max_connections: int | None = None
+    #: Handshakes in flight at once (bounded by the server's listen backlog).
+    parallel: ClassVar[int] = 64
+
+    def __init__(self, name: str, server: ServerProc) -> None:
+        self.name = name
+        self.server = server
+
+    def nick(self, role: str, i: int) -> str:
+        return f"{role}{i}"
+
+    def room(self, name: str) -> str:
+        return name
+
+    async def connect(
+        self,
+        stats: Stats,
+        nick: str,
+        rooms: Sequence[str],
+        *,
+        probe: bool = False,
+        verify: bool = False,
+        sender: bool = False,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> BaseClient:
+        loop = asyncio.get_running_loop()
+        port = self.server.port
+        assert port is not None
+        _, client = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: self.client_cls(stats, probe=probe, verify=verify, sender=sender),
+                HOST,
+                port,
+            ),
+            timeout,
+        )
+        try:
+            await client.handshake(nick, [self.room(r) for r in rooms], timeout, token)
+        except BaseException:
+            client.abort()
+            raise
+        return client
+
+
+class ImchatDriver(Driver):
+    client_cls = ImchatClient
+
+    def admin_token(self) -> str:
+        """The token the server wrote for its ``admin`` account on first start."""
+        assert self.server.data_dir is not None
+        return (self.server.data_dir / "admin.token").read_text().strip()
+
+
+async def connect_many(
+    driver: Driver,
+    stats: Stats,
+    specs: Iterable[tuple[str, list[str], bool]],
+    *,
+    verify: bool = False,
+    token: str | None = None,
+) -> list[BaseClient]:
+    """Connect ``(nick, rooms, probe)`` clients, ``driver.parallel`` at a time, in order."""
+    sem = asyncio.Semaphore(driver.parallel)
+
+    async def one(nick: str, rooms: list[str], probe: bool) -> BaseClient:
+        async with sem:
+            client = await driver.connect(
+                stats, nick, rooms, probe=probe, verify=verify, token=token
+            )
+            client.discard()
+            return client
+
+    tasks = [asyncio.create_task(one(*spec)) for spec in specs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().abort()
+        raise
+
+
+async def settle(stats: Stats, quiet: float = 0.5, limit: float = 300.0) -> float:
+    """Wait until no client has received a byte for ``quiet`` seconds; returns the wait."""
+    start = time.monotonic()
+    last = -1
+    while time.monotonic() - start < limit:
+        if stats.raw_bytes == last:
+            return time.monotonic() - start
+        last = stats.raw_bytes
+        await asyncio.sleep(quiet)
+    raise TimeoutError(f"server still sending after {limit}s")
+
+
+def percentile(values: Sequence[int], pct: float) -> float:
+    """Nearest-rank percentile of sorted ``values`` (nan if empty)."""
+    if not values:
+        return float("nan")
+    rank = max(0, min(len(values) - 1, round(pct / 100 * len(values) + 0.5) - 1))
+    return float(values[rank])
+
+
+@dataclass
+class BroadcastResult:
+    """One broadcast run, as printed in the tables and written to JSON."""
+
+    server: str
+    receivers: int
+    messages: int
+    rate: float  # deliveries/s the sender was paced at, 0 = flat out
+    idle_other: int
+    expected: int
+    delivered: int
+    seconds: float
+    deliveries_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    samples: int
+    server_cpu_s: float
+    server_rss_kb: int
+    server_hwm_kb: int
+    loadgen_cpu_s: float
+    #: Busy CPU seconds on the machine not used by the server or this process (noise).
+    other_cpu_s: float
+    lost: int
+    errors: dict[str, int]
+    acks: int
+    verified: int | None  # receivers that saw exactly seq 0..M-1 once each (verify mode)
+    complete: bool
+
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        return self.server_cpu_s / self.delivered * 1e6 if self.delivered else float("nan")
+
+
+async def broadcast(
+    driver: Driver,
+    *,
+    receivers: int,
+    messages: int,
+    rate: float = 0.0,
+    window: int = 0,
+    probes: int = 100,
+    verify: bool = False,
+    idle_other: int = 0,
+    idle_room_size: int = 100,
+    text_size: int = 100,
+    stall: float = 15.0,
+    around: tuple[Callable[[], None], Callable[[], None]] | None = None,
+) -> BroadcastResult:
+    """One sender, ``receivers`` in one room, ``messages`` says; optional idle users elsewhere.
+
+    Flat out (``rate`` 0) the sender keeps at most ``window`` messages (0: enough for about
+    50,000 deliveries, 8 to 64 messages) undelivered to the
+    slowest part of the room (a shared delivery counter), so the server is always busy but
+    no queue grows without bound. Paced, it sends ``rate / receivers`` messages per second on
+    a fixed schedule and stamps each with its *scheduled* time (no coordinated omission).
+    ``around`` is called just before and just after the measured part (e.g. a profiler).
+    """
+    stats = Stats()
+    clients: list[BaseClient] = []
+    try:
+        if idle_other:
+            clients += await connect_many(
+                driver,
+                stats,
+                (
+                    (driver.nick("i", i), [f"idle{i // idle_room_size}"], False)
+                    for i in range(idle_other)
+                ),
+            )
+        every = max(1, receivers // max(1, probes))
+        room_clients = await connect_many(
+            driver,
+            stats,
+            ((driver.nick("r", i), ["bench"], i % every == 0) for i in range(receivers)),
+            verify=verify,
+        )
+        clients += room_clients
+        sender = await driver.connect(stats, driver.nick("s", 0), ["bench"], sender=True)
+        clients.append(sender)
+        await settle(stats)
+        for client in room_clients:
+            client.start_counting()
+        room = driver.room("bench")
+        stats.counting = True
+        stats.target = receivers * messages
+        if around:
+            around[0]()
+        cpu0, lg0, busy0 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+        t0 = time.monotonic()
+        # Auto: ~50,000 deliveries in flight, but at most 64 messages: InspIRCd leaves a
+        # larger burst from one client half-read until its next once-a-second timer.
+        window = window or max(8, min(64, 50_000 // receivers))
+        await _send(stats, sender, room, receivers, messages, rate, window, text_size, stall)
+        await _wait_done(stats, stall)
+        t1 = stats.done_at if stats.done.is_set() else time.monotonic()
+        cpu1, lg1, busy1 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+        if around:
+            around[1]()
+        lat = sorted(stats.latencies_ns)
+        verified = None
+        if verify:
+            verified = sum(1 for c in room_clients if c.received_exactly(messages))
+        seconds = max(t1 - t0, 1e-9)
+        return BroadcastResult(
+            server=driver.name,
+            receivers=receivers,
+            messages=messages,
+            rate=rate,
+            idle_other=idle_other,
+            expected=stats.target,
+            delivered=stats.delivered,
+            seconds=seconds,
+            deliveries_per_s=stats.delivered / seconds,
+            p50_ms=percentile(lat, 50) / 1e6,
+            p99_ms=percentile(lat, 99) / 1e6,
+            max_ms=(lat[-1] / 1e6 if lat else float("nan")),
+            samples=len(lat),
+            server_cpu_s=cpu1 - cpu0,
+            server_rss_kb=driver.server.rss_kb(),
+            server_hwm_kb=driver.server.hwm_kb(),
+            loadgen_cpu_s=lg1 - lg0,
+            other_cpu_s=(busy1 - busy0) - (cpu1 - cpu0) - (lg1 - lg0),
+            lost=stats.lost,
+            errors=dict(stats.errors),
+            acks=stats.acks,
+            verified=verified,
+            complete=stats.delivered == stats.target and stats.lost == 0,
+        )
+    finally:
+        for client in clients:
+            client.abort()
+
+
+async def _send(
+    stats: Stats,
+    sender: BaseClient,
+    room: str,
+    receivers: int,
+    messages: int,
+    rate: float,
+    window: int,
+    text_size: int,
+    stall: float,
+) -> None:
+    per_s = rate / receivers if rate else 0.0
+    start = time.monotonic_ns()
+    for seq in range(messages):
+        if per_s:
+            due = start + int(seq * 1e9 / per_s)
+            delay = (due - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            stamp = due
+        else:
+            need = (seq - window) * receivers
+            while stats.delivered < need:
+                stats.wake_at = need
+                stats.wake.clear()
+                try:
+                    await asyncio.wait_for(stats.wake.wait(), stall)
+                except TimeoutError:
+                    return  # the server stopped delivering; reported as incomplete
+            stamp = time.monotonic_ns()
+        if sender.closed:
+            return
+        sender.say(room, make_text(seq, stamp, text_size))
+    stats.wake_at = stats.target
+
+
+async def _wait_done(stats: Stats, stall: float) -> None:
+    """Until every delivery arrived, or none arrived for ``stall`` seconds."""
+    last = -1
+    while not stats.done.is_set() and stats.delivered != last:
+        last = stats.delivered
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stats.done.wait(), stall)
+
+
+async def idle_memory(
+    driver: Driver,
+    *,
+    connections: int,
+    room_size: int = 100,
+    baseline: int = 10,
+    sessions: bool = False,
+) -> dict[str, Any]:
+    """Server RSS growth per idle connection, each joined to a room of ``room_size`` members.
+
+    ``baseline`` connections are made first so code paths and caches are warm before the
+    first reading. With ``sessions`` (imchat only) every connection is a session of the
+    ``admin`` account instead of a user of its own, which skips the ``online`` event each new
+    user costs every connected session (N users joining one by one cost N^2/2 events).
+    """
+    stats = Stats()
+    clients: list[BaseClient] = []
+    try:
+        clients += await connect_many(
+            driver, stats, ((driver.nick("w", i), ["warm"], False) for i in range(baseline))
+        )
+        await settle(stats)
+        rss0 = driver.server.rss_kb()
+        t0 = time.monotonic()
+        token = driver.admin_token() if sessions and isinstance(driver, ImchatDriver) else None
+        clients += await connect_many(
+            driver,
+            stats,
+            (
+                ("admin" if token else driver.nick("i", i), [f"idle{i // room_size}"], False)
+                for i in range(connections)
+            ),
+            token=token,
+        )
+        connect_s = time.monotonic() - t0
+        await settle(stats, quiet=1.0)
+        settle_s = time.monotonic() - t0 - connect_s
+        await asyncio.sleep(1.0)
+        rss1 = driver.server.rss_kb()
+        return {
+            "server": driver.name,
+            "connections": connections,
+            "room_size": room_size,
+            "as": "sessions of one user" if token else "users",
+            "rss_before_kb": rss0,
+            "rss_after_kb": rss1,
+            "kb_per_connection": (rss1 - rss0) / connections,
+            "hwm_kb": driver.server.hwm_kb(),
+            "connect_s": connect_s,
+            "settle_s": settle_s,
+            "lost": stats.lost,
+            "complete": stats.lost == 0,
+        }
+    finally:
+        for client in clients:
+            client.abort()

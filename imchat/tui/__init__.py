@@ -1,0 +1,43 @@
+"""The imchat terminal client (Textual). ``imchat join`` calls :func:`run_tui`.
+
+Textual is imported lazily so that importing :mod:`imchat.tui` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+
+__all__ = ["run_tui"]
+
+
+def run_tui(
+    host: str,
+    port: int,
+    nick: str,
+    room: str | None,
+    password: str | None = None,
+    token: str | None = None,
+    tls: ssl_module.SSLContext | bool | None = None,
+) -> int:
+    """Run the chat UI until the user quits; returns a process exit code.
+
+    ``tls`` may be an ``SSLContext``, ``True`` for the system's default verification, or
+    None/False for plain TCP. ``room`` is joined on connect (None joins nothing). Exits 1
+    when the server refused us for good (``auth_failed``, ``bad_nick``, a nick in use).
+    """
+    from imchat.client.session import ChatSession
+    from imchat.tui.app import ChatApp
+
+    context: ssl_module.SSLContext | None
+    if tls is True:
+        context = ssl_module.create_default_context()
+    elif isinstance(tls, ssl_module.SSLContext):
+        context = tls
+    else:
+        context = None
+    session = ChatSession(
+        nick, host, port, password=password, token=token, ssl=context, rooms=[room] if room else []
+    )
+    app = ChatApp(session, server_label=f"{host}:{port}")
+    app.run()
+    return 1 if app.failed else 0

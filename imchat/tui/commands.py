@@ -1,0 +1,77 @@
+"""Slash commands: the one table the input, Tab completion, /help and the palette share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from imchat.tui.messages import RunCommand
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    usage: str
+    help: str
+    #: The palette fills the input with "/name " for these instead of running them.
+    takes_args: bool = False
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("/join", "/join ROOM", "join a room (and switch to it)", True),
+    CommandSpec("/part", "/part [ROOM]", "leave the current room (or ROOM)"),
+    CommandSpec(
+        "/msg", "/msg NICK [TEXT]", "open a direct conversation, optionally saying TEXT", True
+    ),
+    CommandSpec("/me", "/me ACTION", "say an action: /me waves", True),
+    CommandSpec(
+        "/topic", "/topic [TEXT]", "show the topic, or set it (an empty TEXT clears)", True
+    ),
+    CommandSpec("/users", "/users", "list who is online"),
+    CommandSpec("/rooms", "/rooms", "list the server's rooms"),
+    CommandSpec("/announce", "/announce TEXT", "send an announcement to everyone (admins)", True),
+    CommandSpec("/clear", "/clear", "clear this conversation's window"),
+    CommandSpec("/help", "/help", "show the commands and keys"),
+    CommandSpec("/quit", "/quit", "leave imchat"),
+)
+BY_NAME = {c.name: c for c in COMMANDS}
+
+KEYS_HELP = (
+    "Ctrl+N / Ctrl+P next / previous conversation · Alt+1..9 jump · Tab complete · "
+    "Up/Down recall · PgUp at the top loads older history · Ctrl+K command palette · "
+    "Ctrl+Q quit"
+)
+
+
+def parse(line: str) -> tuple[str, str] | None:
+    """``("/cmd", "args")`` for a command line; None for text to send.
+
+    A line starting with ``//`` is text that starts with ``/`` (the first one is dropped by
+    the caller).
+    """
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    name, _, args = line.partition(" ")
+    return name.lower(), args.strip()
+
+
+class ChatCommands(Provider):
+    """Lists the slash commands in Textual's command palette."""
+
+    async def discover(self) -> Hits:
+        for spec in COMMANDS:
+            yield DiscoveryHit(spec.usage, partial(self._run, spec), help=spec.help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for spec in COMMANDS:
+            score = max(matcher.match(spec.usage), matcher.match(spec.help))
+            if score > 0:
+                yield Hit(
+                    score, matcher.highlight(spec.usage), partial(self._run, spec), help=spec.help
+                )
+
+    def _run(self, spec: CommandSpec) -> None:
+        self.app.post_message(RunCommand(spec.name + (" " if spec.takes_args else "")))

@@ -1,0 +1,206 @@
+"""A virtualised, wrap-aware conversation log that can grow at both ends.
+
+Textual's ``RichLog`` renders every line when it is written and cannot prepend, and older
+history is fetched by scrolling *up*. This log keeps entries as ``Text`` and only keeps the
+*height* of each one at the current width (one line, for the common short message, found
+without rendering anything). Strips are rendered only for rows on screen, through a small
+cache, so 10,000 messages cost about as much per frame as 10.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+
+from rich.text import Text
+from textual.cache import LRUCache
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from imchat.tui.render import Entry
+
+MAX_ENTRIES = 20_000
+
+
+class MessageLog(ScrollView, can_focus=True):
+    """Entries top to bottom; sticks to the bottom unless the user has scrolled up."""
+
+    DEFAULT_CSS = """
+    MessageLog { background: $surface; }
+    """
+
+    class NeedOlder(Message):
+        """The user reached the top: fetch the history before the first entry."""
+
+        def __init__(self, log: MessageLog) -> None:
+            super().__init__()
+            self.log = log
+
+        @property
+        def control(self) -> MessageLog:
+            return self.log
+
+    def __init__(
+        self, *, max_entries: int = MAX_ENTRIES, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.max_entries = max_entries
+        self.entries: list[Entry] = []
+        self._heights: list[int] = []
+        self._starts: list[int] = []  # first row of each entry
+        self._total = 0
+        self._width = 0
+        self._strips: LRUCache[int, list[Strip]] = LRUCache(512)
+        self._generation = 0  # entry ids shift on prepend/trim; ids in the cache are absolute
+        self._first_id = 0
+        #: Set by the owner while older history is loading or once there is none.
+        self.loading_older = False
+        self.history_complete = False
+
+    # -- content ---------------------------------------------------------------------------
+
+    def append(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        follow = self.is_vertical_scroll_end or self.scroll_y >= self.max_scroll_y
+        width = self._width
+        for entry in entries:
+            height = self._height(entry, width) if width else 1
+            self._starts.append(self._total)
+            self._heights.append(height)
+            self._total += height
+            self.entries.append(entry)
+        if len(self.entries) > self.max_entries + self.max_entries // 10:
+            self._trim()
+        self._update_size()
+        if follow:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+
+    def prepend(self, entries: list[Entry]) -> None:
+        """Insert older entries above, keeping what the user is looking at in place."""
+        if not entries:
+            return
+        width = self._width
+        heights = [self._height(e, width) if width else 1 for e in entries]
+        added = sum(heights)
+        self.entries[:0] = entries
+        self._heights[:0] = heights
+        self._first_id -= len(entries)
+        self._rebuild_starts()
+        self._update_size()
+        self.scroll_to(y=self.scroll_y + added, animate=False, immediate=True)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._heights.clear()
+        self._starts.clear()
+        self._total = 0
+        self._strips.clear()
+        self._update_size()
+
+    def _trim(self) -> None:
+        drop = len(self.entries) - self.max_entries
+        removed = sum(self._heights[:drop])
+        del self.entries[:drop], self._heights[:drop]
+        self._first_id += drop
+        self._rebuild_starts()
+        self.history_complete = False
+        self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+
+    def _rebuild_starts(self) -> None:
+        self._starts = [0, *accumulate(self._heights)][:-1] if self._heights else []
+        self._total = sum(self._heights)
+
+    def _update_size(self) -> None:
+        self.virtual_size = Size(self._width, self._total)
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()  # cached strips carry the widget's base style
+
+    # -- geometry --------------------------------------------------------------------------
+
+    def _height(self, entry: Entry, width: int) -> int:
+        prefix = entry.prefix.cell_len
+        body = entry.body
+        if "\n" not in body.plain and prefix + body.cell_len <= width:
+            return 1
+        return len(self._render(entry, width))
+
+    def on_resize(self) -> None:
+        width = self.scrollable_content_region.width
+        if width and width != self._width:
+            at_end = self.scroll_y >= self.max_scroll_y
+            self._width = width
+            self._strips.clear()
+            self._heights = [self._height(e, width) for e in self.entries]
+            self._rebuild_starts()
+            self._update_size()
+            if at_end:
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def _render(self, entry: Entry, width: int) -> list[Strip]:
+        console = self.app.console
+        prefix_width = entry.prefix.cell_len
+        body_width = max(8, width - prefix_width)
+        lines = entry.body.wrap(console, body_width) if entry.body.plain else [Text("")]
+        strips: list[Strip] = []
+        for index, line in enumerate(lines):
+            head = entry.prefix if index == 0 else Text(" " * prefix_width)
+            text = Text.assemble(head, line)
+            if entry.style is not None:
+                text.stylize(entry.style)
+            segments = [s for s in text.render(console) if s.text != "\n"]
+            strip = Strip(segments).extend_cell_length(width, entry.style).crop(0, width)
+            strips.append(strip.apply_style(self.rich_style))
+        return strips
+
+    def _strips_for(self, index: int) -> list[Strip]:
+        key = self._first_id + index
+        strips = self._strips.get(key)
+        if strips is None:
+            strips = self._render(self.entries[index], self._width)
+            self._strips[key] = strips
+        return strips
+
+    def render_line(self, y: int) -> Strip:
+        row = int(self.scroll_offset.y) + y
+        width = self.scrollable_content_region.width
+        if not self.entries or row >= self._total or not self._width:
+            return Strip.blank(width, self.rich_style)
+        index = bisect_right(self._starts, row) - 1
+        strips = self._strips_for(index)
+        offset = row - self._starts[index]
+        return strips[offset] if offset < len(strips) else Strip.blank(width, self.rich_style)
+
+    # -- reaching the top ------------------------------------------------------------------
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if new_value <= 0 and old_value > 0:
+            self.request_older()
+
+    def request_older(self) -> None:
+        if not self.loading_older and not self.history_complete:
+            self.post_message(self.NeedOlder(self))
+
+    def on_mouse_scroll_up(self) -> None:
+        if self.scroll_y <= 0:
+            self.request_older()
+
+    def action_scroll_up(self) -> None:
+        if self.scroll_y <= 0:
+            self.request_older()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        if self.scroll_y <= 0:
+            self.request_older()
+        super().action_page_up()
+
+    def plain_lines(self) -> list[str]:
+        """The log as plain text, one entry per line (for tests and copying)."""
+        return [e.prefix.plain + e.body.plain for e in self.entries]

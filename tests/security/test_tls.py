@@ -1,0 +1,168 @@
+"""TLS with real certificates (trustme): verified by default, a private CA by ``--ca``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
+from secutil import Raw, StartServer
+
+from imchat.client import Connection
+from imchat.client.tls import client_context
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files: the CA, and a server certificate for 127.0.0.1 and localhost."""
+    base = tmp_path_factory.mktemp("pki")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    with paths["cert"].open("wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return paths
+
+
+async def test_client_with_the_ca_connects(start_server: StartServer, pki: dict[str, Path]) -> None:
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
+    for host in ("127.0.0.1", "localhost"):
+        conn = await Connection.connect(host, server.port, ssl=client_context(pki["ca"]))
+        welcome = await conn.hello("alice" if host[0] == "1" else "bob")
+        assert welcome["type"] == "welcome"
+        assert conn._writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+        await conn.close()
+
+
+async def test_client_without_the_ca_refuses_the_server(
+    start_server: StartServer, pki: dict[str, Path]
+) -> None:
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await Connection.connect("127.0.0.1", server.port, ssl=client_context(None))
+
+
+async def test_certificate_for_another_host_is_refused(
+    start_server: StartServer, ca: trustme.CA, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    other = ca.issue_cert("chat.example.org")
+    other.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "other.pem"))
+    server = await start_server(tls_cert=tmp_path / "other.pem", tls_key=tmp_path / "other.pem")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await Connection.connect("127.0.0.1", server.port, ssl=client_context(pki["ca"]))
+
+
+async def test_plain_client_gets_nothing_from_a_tls_server(
+    start_server: StartServer, raw: Callable[..., Awaitable[Raw]], pki: dict[str, Path]
+) -> None:
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
+    conn = await raw(server.port)
+    conn.send({"type": "hello", "proto": 1, "nick": "alice"})
+    assert await conn.until_closed() == []
+    await asyncio.sleep(0.05)
+    assert not server.hub.sessions  # type: ignore[union-attr]
+
+
+async def test_tls_handshake_has_the_hello_deadline(
+    start_server: StartServer, raw: Callable[..., Awaitable[Raw]], pki: dict[str, Path]
+) -> None:
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"], hello_timeout=0.3)
+    conn = await raw(server.port)  # TCP only: never starts the handshake
+    assert await conn.until_closed(timeout=3) == []
+
+
+# -- the command line: a server process (uvloop) and imchat send ------------------------------
+
+
+def _imchat(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "imchat", *args],
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@pytest.fixture
+def tls_server_process(pki: dict[str, Path], tmp_path: Path) -> Iterator[int]:
+    proc = _imchat(
+        "server",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--tls-cert",
+        str(pki["cert"]),
+        "--tls-key",
+        str(pki["key"]),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        for line in proc.stderr:
+            match = re.search(r"listening on \S+:(\d+) \(TLS\)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "the server did not start"
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+SEND = [sys.executable, "-m", "imchat", "send", "hello", "--room", "lobby", "--nick", "bot"]
+
+
+def _send(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SEND, "--port", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_imchat_send_over_tls(tls_server_process: int, pki: dict[str, Path]) -> None:
+    result = _send(tls_server_process, "--tls", "--ca", str(pki["ca"]))
+    assert result.returncode == 0, result.stderr
+    result = _send(tls_server_process, "--ca", str(pki["ca"]))  # --ca implies --tls
+    assert result.returncode == 0, result.stderr
+
+
+def test_imchat_send_refuses_an_unverified_server(tls_server_process: int) -> None:
+    result = _send(tls_server_process, "--tls")
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not trusted" in lines[0] and "--ca" in lines[0], lines[0]
+
+
+def test_imchat_send_without_tls_suggests_it(tls_server_process: int) -> None:
+    result = _send(tls_server_process)
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1 and "--tls" in result.stderr
+
+
+def test_imchat_send_reports_a_bad_ca_file(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    result = _send(1, "--ca", str(tmp_path / "junk.pem"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
