@@ -259,6 +259,12 @@ class Clients:
         await asyncio.wait_for(conn.hello(nick, token=token), TIMEOUT)
         return client
 
+    async def connect_raw(self, node: Node) -> Connection:
+        """A connection that has not said hello yet (closed at teardown)."""
+        conn = await Connection.connect("127.0.0.1", node.port)
+        self.open.append(Client(conn, "?"))
+        return conn
+
     async def admin(self, node: Node) -> Client:
         return await self.connect(node, "admin", token=node.admin_token)
 
