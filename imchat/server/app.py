@@ -73,15 +73,21 @@ class ChatServer:
         except BaseException:
             await self.store.close()
             raise
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Session(hub),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            ssl=tls,
-            # A peer that never finishes its handshake is a slowloris too.
-            ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
-        )
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: Session(hub),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                ssl=tls,
+                # A peer that never finishes its handshake is a slowloris too.
+                ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
+            )
+        except BaseException:
+            # Leave no trace: a clustered fanout has joined the cluster by now.
+            await self.fanout.close()
+            await self.store.close()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
