@@ -227,6 +227,22 @@ return 1
 """
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait until they are done, cancelling again if one swallowed it.
+
+    A cancellation that lands inside a redis-py command can be lost (the task then goes on
+    to its next sleep); a single cancel() could leave shutdown waiting forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: nothing to log about a task we stopped
+
+
 class RedisLost(Exception):
     """This node can no longer rely on Redis (unreachable, or it was reaped as dead)."""
 
@@ -256,6 +272,7 @@ class RedisFanout:
         self._pubsub_client = connect_redis(store.url, blocking=True)
         self._pubsub: PubSub | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         register = self.redis.register_script
         self._connect = register(CONNECT_LUA)
@@ -281,8 +298,7 @@ class RedisFanout:
         """Publish what is queued and leave the cluster (the node's sessions are gone)."""
         self._closing = True
         if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            await _cancel_all([self._runner, *self._tasks])
         # Bounded: shutting down must not hang on a Redis that stopped answering.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self._leave_cluster(), CLOSE_TIMEOUT)
@@ -331,7 +347,7 @@ class RedisFanout:
     async def _run(self) -> None:
         """Read, publish and heartbeat; on losing Redis, drop every session and start over."""
         while not self._closing:
-            tasks = [
+            self._tasks = tasks = [
                 asyncio.create_task(self._read()),
                 asyncio.create_task(self._publish_loop()),
                 asyncio.create_task(self._heartbeat_loop()),
@@ -340,9 +356,7 @@ class RedisFanout:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 reason = next((t.exception() for t in done if t.exception() is not None), None)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
             self._lost(reason)
             await self._close_pubsub()
             # Pooled connections to the lost Redis would each fail once more (commands are
@@ -627,7 +641,7 @@ class RedisFanout:
     async def _heartbeat_loop(self) -> None:
         interval = self.node_timeout / 3
         ttl_ms = int(self.node_timeout * 1000)
-        while True:
+        while not self._closing:
             alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
             if not alive:
                 raise RedisLost(f"node {self.node_id} was reaped as dead")
