@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +96,31 @@ async def test_history_anchors(store: RedisStore) -> None:
     assert await seqs(after=1, before=4) == [2, 3]
     info = await store.room("lobby")
     assert info is not None and info.last_seq == 7
+
+
+async def test_node_that_cannot_listen_leaves_the_cluster_promptly(
+    prefix: str, tmp_path: Path
+) -> None:
+    import redis.asyncio
+
+    from imchat.server import ChatServer, ServerConfig
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ServerConfig(
+            port=taken.getsockname()[1],
+            data_dir=tmp_path,
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+        )
+        server = ChatServer(config)
+        with pytest.raises(OSError):
+            # Bounded: stopping a fanout that just joined the cluster must not hang.
+            await asyncio.wait_for(server.start(), 10)
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        assert await client.smembers(f"{prefix}nodes") == set()
+    finally:
+        await client.aclose()
+        delete_keys(prefix)
