@@ -185,6 +185,8 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.
     env.setdefault("IMCHAT_IDLE_TIMEOUT", "3600")
+    # Every client comes from 127.0.0.1: lift the per-address connection limit.
+    env.setdefault("IMCHAT_MAX_CONNECTIONS_PER_IP", "0")
 
     def port_from_log(text: str) -> int | None:
         match = _LISTENING.search(text)

@@ -30,6 +30,13 @@ EXIT_CONNECT = 3
 
 Host = Annotated[str, typer.Option(envvar="IMCHAT_HOST", help="Server address.")]
 Port = Annotated[int, typer.Option(envvar="IMCHAT_PORT", help="Server port.")]
+Tls = Annotated[
+    bool, typer.Option("--tls", envvar="IMCHAT_TLS", help="Connect with TLS (verified).")
+]
+Ca = Annotated[
+    Path | None,
+    typer.Option(envvar="IMCHAT_CA", help="PEM CA to verify the server with (implies --tls)."),
+]
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -225,13 +232,8 @@ def send(
     host: Host = "127.0.0.1",
     port: Port = 7667,
     data_dir: DataDir = None,
-    tls: Annotated[
-        bool, typer.Option("--tls", envvar="IMCHAT_TLS", help="Connect with TLS (verified).")
-    ] = False,
-    ca: Annotated[
-        Path | None,
-        typer.Option(envvar="IMCHAT_CA", help="PEM CA to verify the server with (implies --tls)."),
-    ] = None,
+    tls: Tls = False,
+    ca: Ca = None,
     password_stdin: Annotated[
         bool,
         typer.Option("--password-stdin", help="Read the account password from stdin's first line."),
@@ -311,11 +313,15 @@ def join(
     token: Annotated[
         str | None, typer.Option(envvar="IMCHAT_TOKEN", help="Token of your account.")
     ] = None,
+    tls: Tls = False,
+    ca: Ca = None,
 ) -> None:
     """Open the terminal chat client."""
+    from imchat.client.tls import client_context
     from imchat.tui import run_tui
 
-    raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token))
+    context = client_context(ca) if tls or ca is not None else None
+    raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token, tls=context))
 
 
 def main() -> None:

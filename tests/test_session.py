@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import TIMEOUT, Clients, admin_token, join, next_event, pending_events
 
 from imchat.client import ConnectionClosed, ServerError
+from imchat.protocol import CLIENT_MAX_FRAME, FrameDecoder, encode_message
 
 
 def check_welcome(welcome: dict[str, Any], nick: str, *, admin: bool = False) -> None:
@@ -334,3 +336,23 @@ async def test_password_account(server: Any, connect: Clients) -> None:
     carol = await connect("carol", password="s3cret")
     event = await next_event(carol, "dm")
     assert (event["seq"], event["text"]) == (ok["seq"], "for later")
+
+
+async def test_half_closed_client_gets_its_replies_then_eof(server: Any) -> None:
+    """A script that sends its requests and shuts down its side (`nc -N`) still gets answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        encode_message({"type": "hello", "proto": 1, "nick": "script", "id": 1})
+        + encode_message({"type": "join", "room": "lobby", "id": 2})
+        + encode_message({"type": "say", "room": "lobby", "text": "from a pipe", "id": 3})
+    )
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the server closes
+    decoder = FrameDecoder(CLIENT_MAX_FRAME)
+    replies = {
+        message["id"]: message for message in map(json.loads, decoder.feed(data)) if "id" in message
+    }
+    assert replies[1]["type"] == "welcome"
+    assert replies[2]["type"] == "ok"
+    assert replies[3]["type"] == "ok" and replies[3]["seq"] == 1
+    writer.close()

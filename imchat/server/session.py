@@ -45,6 +45,7 @@ CLOSE_GRACE = 2.0
 class Session(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
+        "_eof",
         "_inbox",
         "_inbox_bytes",
         "_out",
@@ -81,6 +82,8 @@ class Session(asyncio.BufferedProtocol):
         #: Bytes of frames received and not yet handled (queued or in the batch being handled).
         self._inbox_bytes = 0
         self._busy = False
+        #: The client finished sending (half-close): answer what it sent, then close.
+        self._eof = False
         self._reading_paused = False
         self._writing_paused = False
         self._out: list[bytes] = []
@@ -124,7 +127,11 @@ class Session(asyncio.BufferedProtocol):
             self.hub.spawn(self._process())
 
     def eof_received(self) -> bool:
-        return False
+        # A client that half-closes (`printf … | nc -N`) still gets its replies.
+        self._eof = True
+        if not self._busy and not self._inbox:
+            self.close()
+        return True
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -174,6 +181,8 @@ class Session(asyncio.BufferedProtocol):
                 self._maybe_resume_reading()
         finally:
             self._busy = False
+        if self._eof and not self._inbox:
+            self.close()
 
     def _maybe_resume_reading(self) -> None:
         if (
@@ -199,14 +208,18 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             return
         if not self._out:
+            # Only what earlier writes left unsent counts: the frames queued during this loop
+            # turn were never offered to the client, so it cannot have fallen behind on them.
+            # That amount cannot change before this turn's flush: checked once per turn.
+            assert self.transport is not None
+            if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+                self.fail(
+                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
+                )
+                return
             self.hub.mark_dirty(self)
         self._out.append(frame)
         self._out_size += len(frame)
-        assert self.transport is not None
-        # Only what earlier writes left unsent counts: the frames queued during this loop turn
-        # were never offered to the client, so it cannot have fallen behind on them.
-        if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
-            self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"))
 
     def flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():

@@ -166,3 +166,34 @@ def test_imchat_send_reports_a_bad_ca_file(tmp_path: Path) -> None:
     result = _send(1, "--ca", str(tmp_path / "junk.pem"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+async def test_reconnecting_session_speaks_tls(
+    start_server: StartServer, pki: dict[str, Path]
+) -> None:
+    """The TUI's session (``imchat join --tls/--ca``) connects, joins and chats over TLS."""
+    from imchat.client.session import ChatSession, State, StateChanged
+
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
+    session = ChatSession(
+        "alice", "127.0.0.1", server.port, ssl=client_context(pki["ca"]), rooms=["lobby"]
+    )
+    connected = asyncio.Event()
+    session.add_listener(
+        lambda event: (
+            connected.set()
+            if isinstance(event, StateChanged) and event.state is State.CONNECTED
+            else None
+        )
+    )
+    task = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(connected.wait(), 10)
+        bob = await Connection.connect("127.0.0.1", server.port, ssl=client_context(pki["ca"]))
+        await bob.hello("bob")
+        joined = await bob.request("join", room="lobby")
+        assert "alice" in joined["members"]
+        await bob.close()
+    finally:
+        await session.close()
+        await asyncio.gather(task, return_exceptions=True)
