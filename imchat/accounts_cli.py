@@ -2,11 +2,14 @@
 
 They open the server's SQLite database directly (WAL mode lets them run beside a live
 server), so they need file access to the data directory, which is the access control.
+With ``IMCHAT_REDIS_URL`` set (as for ``imchat server --redis``, with ``IMCHAT_REDIS_PREFIX``
+if the cluster uses one) they act on that cluster's accounts in Redis instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,6 +42,9 @@ def _with_store(
     data_dir: Path | None, action: Callable[..., Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run ``action(store)`` on the data directory's store; one-line errors, exit 1."""
+    redis_url = os.environ.get("IMCHAT_REDIS_URL")
+    if redis_url:
+        return _with_redis_store(redis_url, action)
     from imchat.server.accounts import AccountError
     from imchat.server.app import DB_FILE
     from imchat.server.config import default_data_dir
@@ -65,6 +71,32 @@ def _with_store(
         raise _fail(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise _fail(f"cannot use the database in {directory}: {exc}") from None
+
+
+def _with_redis_store(url: str, action: Callable[..., Awaitable[T]]) -> T:
+    """Run ``action(store)`` on a cluster's store in Redis."""
+    from redis.exceptions import RedisError
+
+    from imchat.server.accounts import AccountError
+    from imchat.server.redis_store import DEFAULT_PREFIX, RedisStore
+    from imchat.server.store import StoreUnavailable
+
+    async def run() -> T:
+        store = RedisStore(url, prefix=os.environ.get("IMCHAT_REDIS_PREFIX", DEFAULT_PREFIX))
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except AccountError as exc:
+        raise _fail(str(exc)) from None
+    except StoreUnavailable as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, RedisError) as exc:
+        raise _fail(f"cannot use Redis at {url}: {exc}") from None
 
 
 def _read_password(password_stdin: bool) -> str:

@@ -130,10 +130,30 @@ def server(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="IMCHAT_TLS_KEY", help="PEM private key for --tls-cert.")
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            envvar="IMCHAT_REDIS_URL",
+            help="Share rooms, presence and history with other servers via this Redis "
+            "(redis://host:6379/0); see docs/redis.md.",
+        ),
+    ] = None,
+    redis_prefix: Annotated[
+        str, typer.Option(envvar="IMCHAT_REDIS_PREFIX", help="Prefix of every Redis key.")
+    ] = "imchat:",
+    node_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_NODE_TIMEOUT",
+            help="With --redis: seconds after which a silent server's users go offline.",
+        ),
+    ] = 15.0,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
     from imchat.server.config import default_data_dir
+    from imchat.server.store import StoreUnavailable
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail("TLS needs both --tls-cert and --tls-key", 2)
@@ -161,11 +181,18 @@ def server(
         auth_window=auth_window,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        redis_url=redis,
+        redis_prefix=redis_prefix,
+        node_timeout=node_timeout,
     )
+    if node_timeout <= 0:
+        raise _fail("--node-timeout must be positive", 2)
     try:
         run_async(ChatServer(config).serve_forever())
     except OSError as exc:
         raise _fail(f"cannot start the server: {exc}", 1) from None
+    except StoreUnavailable as exc:
+        raise _fail(str(exc), 1) from None
 
 
 def _default_nick() -> str:

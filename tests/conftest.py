@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --------------------------------------------------------------------------- servers
 
 
+#: ``IMCHAT_TEST_BACKEND=redis`` runs every in-process server on the Redis backend (one key
+#: prefix per test, deleted afterwards), so the contract tests check it too.
+REDIS_BACKEND_URL = (
+    os.environ.get("IMCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if os.environ.get("IMCHAT_TEST_BACKEND") == "redis"
+    else None
+)
+
+
 class Servers:
     """Starts in-process servers on port 0 and stops whichever are still running at teardown."""
 
@@ -59,11 +69,18 @@ class Servers:
         self.data_dir = base / "data"
         self.data_dir.mkdir()
         self.running: list[Any] = []
+        self.redis_prefix = f"imchat-test-{uuid.uuid4().hex}:" if REDIS_BACKEND_URL else None
 
     async def start(self, data_dir: Path | None = None, **overrides: Any) -> Any:
         from imchat.server.app import ChatServer
         from imchat.server.config import ServerConfig
 
+        if self.redis_prefix is not None:
+            overrides = {
+                "redis_url": REDIS_BACKEND_URL,
+                "redis_prefix": self.redis_prefix,
+                **overrides,
+            }
         config = ServerConfig(port=0, data_dir=data_dir or self.data_dir, **overrides)
         server = ChatServer(config)
         await server.start()
@@ -83,6 +100,14 @@ class Servers:
         for server in reversed(self.running):
             await server.stop()
         self.running.clear()
+        if self.redis_prefix is not None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(REDIS_BACKEND_URL)
+            keys = [k async for k in client.scan_iter(match=f"{self.redis_prefix}*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
 
 
 @pytest.fixture

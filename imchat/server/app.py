@@ -21,6 +21,17 @@ from .tls import server_context
 
 log = logging.getLogger(__name__)
 
+
+def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
+    """Store and fanout sharing one Redis (imported here: the local path never loads redis)."""
+    from .redis_fanout import RedisFanout
+    from .redis_store import RedisStore
+
+    assert config.redis_url is not None
+    store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+    return store, RedisFanout(store, node_timeout=config.node_timeout)
+
+
 ADMIN_NICK = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
 DB_FILE = "imchat.db"
@@ -35,6 +46,8 @@ class ChatServer:
         self, config: ServerConfig, *, store: Store | None = None, fanout: Fanout | None = None
     ) -> None:
         self.config = config
+        if config.redis_url is not None and store is None and fanout is None:
+            store, fanout = _redis_backend(config)
         self.store: Store = store or SQLiteStore(Path(config.data_dir) / DB_FILE)
         self.fanout: Fanout = fanout or LocalFanout()
         self.hub: Hub | None = None
@@ -55,15 +68,26 @@ class ChatServer:
         await self.store.open()
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Session(hub),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            ssl=tls,
-            # A peer that never finishes its handshake is a slowloris too.
-            ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
-        )
+        try:
+            await self.fanout.open(hub)
+        except BaseException:
+            await self.store.close()
+            raise
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: Session(hub),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                ssl=tls,
+                # A peer that never finishes its handshake is a slowloris too.
+                ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
+            )
+        except BaseException:
+            # Leave no trace: a clustered fanout has joined the cluster by now.
+            await self.fanout.close()
+            await self.store.close()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
@@ -151,5 +175,6 @@ class ChatServer:
                     session.transport.abort()
         await self._server.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
+        await self.fanout.close()
         await self.store.close()
         log.info("stopped")

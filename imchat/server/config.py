@@ -52,3 +52,11 @@ class ServerConfig:
     #: PEM certificate chain and private key: serve TLS instead of plain TCP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: ``redis://host:port/db`` to share rooms, presence and history with other server
+    #: processes; None keeps everything in this process (SQLite in ``data_dir``).
+    redis_url: str | None = None
+    #: Prefix of every Redis key and channel (several clusters, or tests, can share a Redis).
+    redis_prefix: str = "imchat:"
+    #: Seconds after which a node that stopped heartbeating is taken for dead and its users
+    #: are shown offline.
+    node_timeout: float = 15.0

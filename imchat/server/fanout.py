@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from imchat.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from .hub import Hub
     from .session import Session
 
 
@@ -37,19 +38,39 @@ class User:
 
 
 class Fanout(Protocol):
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
-        """Attach an authenticated session to its user; True if the user just came online.
+    async def open(self, hub: Hub) -> None:
+        """Start background work (a clustered fanout subscribes and heartbeats here)."""
 
-        ``exclusive`` (guests): raise ``nick_taken`` if the nick is online already.
+    async def close(self) -> None:
+        """Stop it, after every session has left."""
+
+    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+        """Attach an authenticated session to its user; True if the hub must announce
+        ``online`` (the user just came online).
+
+        ``exclusive`` (guests): raise ``nick_taken`` if the nick is online already. A
+        clustered fanout publishes ``online`` itself, atomically with the change (so it can't
+        overtake an ``offline`` from another node), and returns False.
         """
 
     async def disconnect(self, session: Session) -> list[str] | None:
-        """Detach a session. If it was the user's last, the rooms it left; else None."""
+        """Detach a session. If it was the user's last, the rooms it left; else None.
 
-    async def join(self, user: User, room: str) -> bool:
-        """Make the user a member; False if it already was."""
+        The hub sends ``parted`` (quit) to those rooms and ``offline``; a clustered fanout
+        publishes them itself and returns None.
+        """
 
-    async def part(self, user: User, room: str) -> bool: ...
+    async def join(self, session: Session, room: str) -> bool:
+        """Make the session's user a member; True if the hub must send ``joined``.
+
+        False if it already was a member, or if a clustered fanout published ``joined``
+        itself (atomically with the change, so every node applies memberships in one order).
+        Takes the session, not the user, so a clustered fanout knows whose reply the events
+        after this change must wait for (see :meth:`hold`).
+        """
+
+    async def part(self, session: Session, room: str) -> bool:
+        """End the user's membership; True if the hub must send ``parted`` (as for join)."""
 
     def is_member(self, user: User, room: str) -> bool: ...
 
@@ -60,10 +81,24 @@ class Fanout(Protocol):
     async def online(self) -> list[str]: ...
 
     def user(self, key: str) -> User | None:
-        """The online user with this nick key, if any."""
+        """The online user with this nick key on this node, if any."""
 
     def session_count(self) -> int:
-        """Sessions an announcement would be written to."""
+        """Sessions an announcement would be written to (on this node)."""
+
+    def hold(self, session: Session) -> str | None:
+        """A tag for what the session's current requests publish, or None (no cluster).
+
+        A clustered fanout delivers nothing published under a held tag (nor anything
+        published after it) to this node's sessions until :meth:`release`: that keeps "a
+        reply is sent before any event its request caused" when events come back over
+        pub/sub faster than the reply.
+        """
+
+    def release(self, session: Session) -> None:
+        """Every request of the session that took a hold has queued its reply: the events
+        they caused may go out now (the hub calls this after each handler and each run of
+        pipelined appends)."""
 
     def to_room(self, room: str, frame: bytes) -> None: ...
 
@@ -79,6 +114,12 @@ class LocalFanout:
         self._users: dict[str, User] = {}
         self._rooms: dict[str, dict[str, User]] = {}
         self._sessions = 0
+
+    async def open(self, hub: Hub) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
         key = nick.lower()
@@ -108,14 +149,18 @@ class LocalFanout:
         user.rooms.clear()
         return rooms
 
-    async def join(self, user: User, room: str) -> bool:
+    async def join(self, session: Session, room: str) -> bool:
+        user = session.user
+        assert user is not None
         if room in user.rooms:
             return False
         user.rooms.add(room)
         self._rooms.setdefault(room, {})[user.key] = user
         return True
 
-    async def part(self, user: User, room: str) -> bool:
+    async def part(self, session: Session, room: str) -> bool:
+        user = session.user
+        assert user is not None
         if room not in user.rooms:
             return False
         user.rooms.discard(room)
@@ -139,6 +184,12 @@ class LocalFanout:
 
     def session_count(self) -> int:
         return self._sessions
+
+    def hold(self, session: Session) -> str | None:
+        return None
+
+    def release(self, session: Session) -> None:
+        pass
 
     def to_room(self, room: str, frame: bytes) -> None:
         members = self._rooms.get(room)

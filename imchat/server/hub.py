@@ -239,6 +239,8 @@ class Hub:
                     continue
                 await self._finish_run(session, run)
                 await self._handlers[type(request)](session, request)
+                # Its reply is queued: events held for it may follow.
+                self.fanout.release(session)
             except ProtocolError as exc:
                 if exc.request_id is None and request is not None:
                     exc.request_id = request.id
@@ -247,10 +249,12 @@ class Hub:
                     continue
                 await self._finish_run(session, run)
                 session.send_error(exc)
+                self.fanout.release(session)
             except Exception:
                 log.exception("internal error handling a request from %s", session.peer)
                 await self._finish_run(session, run)
                 session.send_error(_internal(request))
+                self.fanout.release(session)
         await self._finish_run(session, run)
 
     async def _finish_run(self, session: Session, run: list[_Append | ProtocolError]) -> None:
@@ -269,6 +273,8 @@ class Hub:
                 continue
             item.finish(stored)
         run.clear()
+        # Every reply of the run is queued: events held for them may follow.
+        self.fanout.release(session)
 
     # -- session ---------------------------------------------------------------------------
 
@@ -416,7 +422,7 @@ class Hub:
         info = await self.store.room(req.room) or await self.store.create_room(req.room)
         if self.fanout.user(user.key) is not user:
             return  # its last session ended while we awaited: joining now leaves a ghost member
-        joined = await self.fanout.join(user, req.room)
+        joined = await self.fanout.join(session, req.room)
         members = await self.fanout.members(req.room)
         self.reply(
             session,
@@ -433,8 +439,10 @@ class Hub:
 
     async def on_part(self, session: Session, req: Part) -> None:
         user = self._member(session, req.room)
-        await self.fanout.part(user, req.room)
+        send = await self.fanout.part(session, req.room)
         self.reply(session, req, {})
+        if not send:
+            return
         frame = encode_message({"type": "parted", "room": req.room, "nick": user.nick, "ts": now()})
         self.fanout.to_room(req.room, frame)
         self.fanout.to_users((user.key,), frame)
@@ -452,10 +460,11 @@ class Hub:
 
         def finish(stored: Stored) -> None:
             self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-            if not stored.duplicate:
+            if not (stored.duplicate or stored.published):
                 self.fanout.to_room(req.room, encode_frame(stored.payload))
 
-        draft = Draft(room_stream(req.room), user.key, req.cid, event)
+        hold = self.fanout.hold(session)
+        draft = Draft(room_stream(req.room), user.key, req.cid, event, hold=hold)
         return _Append(req, self._append(draft), finish)
 
     def _append(self, draft: Draft) -> asyncio.Future[Stored]:
@@ -496,6 +505,7 @@ class Hub:
         recipient = self.fanout.user(to_key)
         to_self = to_key == user.key
         live = to_self or (recipient is not None and not recipient.dm_fetches)
+        hold = self.fanout.hold(session)
 
         async def append() -> Stored:
             to_nick = recipient.nick if recipient is not None else None
@@ -506,11 +516,12 @@ class Hub:
                 to_nick = record.nick
             event = {"type": "dm", "from": user.nick, "to": to_nick, "text": req.text}
             pending_for = None if live else to_key
-            return await self.store.append(Draft(stream, user.key, req.cid, event, pending_for))
+            draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold)
+            return await self.store.append(draft)
 
         def finish(stored: Stored) -> None:
             self.reply(session, req, {"seq": stored.seq, "ts": stored.ts})
-            if stored.duplicate:
+            if stored.duplicate or stored.published:
                 return
             frame = encode_frame(stored.payload)
             self.fanout.to_users((user.key,), frame)
@@ -545,12 +556,18 @@ class Hub:
         event = {"type": "announce", "from": user.nick, "text": req.text}
 
         def finish(stored: Stored) -> None:
-            delivered = 0 if stored.duplicate else self.fanout.session_count()
+            if stored.duplicate:
+                delivered = 0
+            elif stored.delivered is not None:
+                delivered = stored.delivered
+            else:
+                delivered = self.fanout.session_count()
             self.reply(session, req, {"seq": stored.seq, "ts": stored.ts, "delivered": delivered})
-            if not stored.duplicate:
+            if not (stored.duplicate or stored.published):
                 self.fanout.to_everyone(encode_frame(stored.payload))
 
-        return _Append(req, self._append(Draft(ANNOUNCE_STREAM, user.key, req.cid, event)), finish)
+        draft = Draft(ANNOUNCE_STREAM, user.key, req.cid, event, hold=self.fanout.hold(session))
+        return _Append(req, self._append(draft), finish)
 
     async def on_users(self, session: Session, req: Users) -> None:
         self.reply(session, req, {"users": await self.fanout.online()})

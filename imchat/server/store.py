@@ -29,6 +29,10 @@ def token_id(token_hash: str) -> str:
     return token_hash[:TOKEN_ID_LENGTH]
 
 
+class StoreUnavailable(Exception):
+    """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
+
+
 @dataclass(slots=True)
 class Draft:
     """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
@@ -38,7 +42,11 @@ class Draft:
     cid: str | None
     event: dict[str, Any]
     #: Recipient key of a DM: it stays undelivered until claimed live or fetched at hello.
+    #: A clustered store decides this itself, atomically with storing, and ignores it.
     pending_for: str | None = None
+    #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
+    #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
+    hold: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,6 +57,11 @@ class Stored:
     payload: bytes
     #: True if ``cid`` repeated an earlier message: nothing was stored or should be sent.
     duplicate: bool = False
+    #: True if the store already published the message to every node in the same atomic step
+    #: as storing it (so publish order is seq order): the hub must not send it again.
+    published: bool = False
+    #: For an announcement a store published itself: the sessions (on every node) it went to.
+    delivered: int | None = None
 
 
 @dataclass(slots=True)

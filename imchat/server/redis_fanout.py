@@ -1,0 +1,664 @@
+"""The clustered fanout: presence and membership in Redis, delivery over one pub/sub channel.
+
+Every node subscribes (one connection per node) to a single channel. Everything that causes
+events is a Lua script that changes state and PUBLISHes the resulting event in one atomic
+step, so the channel is one total order of all events in the cluster, and within a stream
+(a room, a DM pair, the announcements) publish order is seq order. A published envelope
+names its recipients (user keys, computed in Redis at publish time, or ``*``); each node
+hands the frame to its own sessions of those users. No node keeps a copy of anyone's
+membership that delivery depends on.
+
+Envelope (bytes, fields split by ``\\n``): ``hold``, ``op``, ``recipients``, ``payload``.
+``op`` is ``+room key`` / ``-room key`` (a membership change the nodes apply to their local
+users, for :meth:`is_member`), ``recipients`` space-separated user keys or ``*``.
+
+Reply before event: a request's scripts tag what they publish with the session's hold
+(:meth:`hold`). When this node reads its own envelope whose hold is not yet released, it
+stops delivering (that envelope and all after it) until the hub has queued the reply and
+called :meth:`release`. Envelopes ahead of it are delivered at once; the wait is about one
+Redis round trip.
+
+Presence keys (``P`` = prefix)::
+
+    P online            hash   key -> nick of every user with a session somewhere
+    P sessions          hash   key -> number of sessions in the cluster
+    P nsessions         string total sessions (announce's ``delivered``)
+    P members:<room>    hash   key -> nick
+    P urooms:<key>      set    rooms of a user (membership belongs to the user)
+    P nodes             set    live node ids
+    P node:<id>         string heartbeat, expires after the node timeout
+    P nodeusers:<id>    hash   key -> sessions on that node (what to undo if it dies)
+
+A node refreshes its heartbeat every third of the timeout; every node looks for members of
+``nodes`` whose heartbeat expired and reaps them with one script that removes their sessions
+and, for users left with none, publishes ``parted`` (``quit``) and ``offline``. A node that
+loses Redis closes its sessions with ``shutting_down`` (their state will be reaped), and
+reconnects as a new node id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from imchat.protocol import ErrorCode, ProtocolError, encode_frame
+
+from .fanout import User
+from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from .hub import Hub
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODE_TIMEOUT = 15.0
+#: Seconds between attempts to reach Redis again after losing it.
+RECONNECT_DELAY = 1.0
+#: Seconds each step of leaving the cluster at shutdown may take.
+CLOSE_TIMEOUT = 5.0
+#: Distinct recipient lists whose parsed form is kept.
+RECIPIENT_CACHE = 1024
+
+#: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character) and the
+#: envelope and "user left the cluster" logic shared by disconnect and reap.
+LUA_FANOUT = (
+    LUA_PRELUDE
+    + """
+local function jstr(s)
+  return '"' .. string.gsub(s, '\\\\', '\\\\\\\\') .. '"'
+end
+local function envelope(hold, op, recipients, payload)
+  return hold .. '\\n' .. op .. '\\n' .. recipients .. '\\n' .. payload
+end
+local function gone(prefix, channel, key)
+  local nick = redis.call('HGET', prefix .. 'online', key) or key
+  redis.call('HDEL', prefix .. 'online', key)
+  redis.call('HDEL', prefix .. 'sessions', key)
+  local ts = now_ts()
+  local rooms = redis.call('SMEMBERS', prefix .. 'urooms:' .. key)
+  table.sort(rooms)
+  for _, room in ipairs(rooms) do
+    local members = prefix .. 'members:' .. room
+    redis.call('HDEL', members, key)
+    local left = redis.call('HKEYS', members)
+    if #left > 0 then
+      redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
+        table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
+        jstr(nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+    end
+  end
+  redis.call('DEL', prefix .. 'urooms:' .. key)
+  redis.call('PUBLISH', channel, envelope('', '', '*',
+    '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
+end
+"""
+)
+
+#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold.
+#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs kept for the
+#: user are taken, atomically with that), 0 already online, -1 nick taken, -2 this node was
+#: reaped.
+CONNECT_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, node, key, nick, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
+local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
+if n > 0 and ARGV[6] == '1' then
+  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}}
+end
+redis.call('HINCRBY', prefix .. 'sessions', key, 1)
+redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
+redis.call('INCR', prefix .. 'nsessions')
+local status = 0
+local pending = {}
+if n == 0 then
+  redis.call('HSET', prefix .. 'online', key, nick)
+  status = 1
+  pending = redis.call('LRANGE', prefix .. 'pending:' .. key, 0, -1)
+  redis.call('DEL', prefix .. 'pending:' .. key)
+  redis.call('PUBLISH', channel, envelope(hold, '', '*',
+    '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+else
+  nick = redis.call('HGET', prefix .. 'online', key) or nick
+  redis.call('PUBLISH', channel, envelope(hold, '', '', ''))
+end
+return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending}
+"""
+)
+
+#: ARGV: prefix, channel, node, key. Returns 1 if the user left the cluster.
+DISCONNECT_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, node, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local here = prefix .. 'nodeusers:' .. node
+if redis.call('HEXISTS', here, key) == 0 then return 0 end
+if redis.call('HINCRBY', here, key, -1) <= 0 then redis.call('HDEL', here, key) end
+redis.call('DECR', prefix .. 'nsessions')
+if redis.call('HINCRBY', prefix .. 'sessions', key, -1) <= 0 then
+  gone(prefix, channel, key)
+  return 1
+end
+return 0
+"""
+)
+
+#: ARGV: prefix, channel, dead node id. Returns the number of users that left the cluster.
+REAP_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, dead = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', prefix .. 'node:' .. dead) == 1 then return -1 end
+if redis.call('SREM', prefix .. 'nodes', dead) == 0 then return -1 end
+local here = prefix .. 'nodeusers:' .. dead
+local users = redis.call('HGETALL', here)
+local left = 0
+for i = 1, #users, 2 do
+  local key, n = users[i], tonumber(users[i + 1])
+  redis.call('DECRBY', prefix .. 'nsessions', n)
+  if redis.call('HINCRBY', prefix .. 'sessions', key, -n) <= 0 then
+    gone(prefix, channel, key)
+    left = left + 1
+  end
+end
+redis.call('DEL', here)
+return left
+"""
+)
+
+#: ARGV: prefix, channel, key, nick, room, hold. Returns 1 if the user became a member.
+JOIN_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, key, nick, room, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local members = prefix .. 'members:' .. room
+if redis.call('HSETNX', members, key, nick) == 0 then return 0 end
+redis.call('SADD', prefix .. 'urooms:' .. key, room)
+redis.call('PUBLISH', channel, envelope(hold, '+' .. room .. ' ' .. key,
+  table.concat(redis.call('HKEYS', members), ' '),
+  '{"type":"joined","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+return 1
+"""
+)
+
+#: ARGV: prefix, channel, key, nick, room, hold. Returns 1 if the user was a member.
+PART_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, key, nick, room, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local members = prefix .. 'members:' .. room
+if redis.call('HDEL', members, key) == 0 then return 0 end
+redis.call('SREM', prefix .. 'urooms:' .. key, room)
+local recipients = redis.call('HKEYS', members)
+table.insert(recipients, key)
+redis.call('PUBLISH', channel, envelope(hold, '-' .. room .. ' ' .. key,
+  table.concat(recipients, ' '),
+  '{"type":"parted","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+return 1
+"""
+)
+
+#: ARGV: prefix, channel, room, payload. Publishes to the room's members as they are now.
+TO_ROOM_LUA = """
+local members = redis.call('HKEYS', ARGV[1] .. 'members:' .. ARGV[3])
+if #members > 0 then
+  redis.call('PUBLISH', ARGV[2], '\\n\\n' .. table.concat(members, ' ') .. '\\n' .. ARGV[4])
+end
+return #members
+"""
+
+#: ARGV: prefix, node, timeout ms. Refreshes the heartbeat; 0 if the node was reaped.
+HEARTBEAT_LUA = """
+if redis.call('SISMEMBER', ARGV[1] .. 'nodes', ARGV[2]) == 0 then return 0 end
+redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3])
+return 1
+"""
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait until they are done, cancelling again if one swallowed it.
+
+    A cancellation that lands inside a redis-py command can be lost (the task then goes on
+    to its next sleep); a single cancel() could leave shutdown waiting forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: nothing to log about a task we stopped
+
+
+class RedisLost(Exception):
+    """This node can no longer rely on Redis (unreachable, or it was reaped as dead)."""
+
+
+class RedisFanout:
+    """:class:`imchat.server.fanout.Fanout` for a node of a cluster sharing one Redis."""
+
+    def __init__(self, store: RedisStore, *, node_timeout: float = DEFAULT_NODE_TIMEOUT) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.keys = store.keys
+        self.node_timeout = node_timeout
+        self.node_id = ""
+        self.available = False
+        self._users: dict[str, User] = {}
+        self._local_sessions = 0
+        self._holds: dict[Session, str] = {}
+        #: Undelivered DMs taken at connect, sent at release (after the welcome).
+        self._undelivered: dict[Session, list[bytes]] = {}
+        self._awaiting: set[str] = set()
+        self._hold_ids = itertools.count(1)
+        self._inbox: deque[list[bytes]] = deque()
+        self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
+        self._outbox: list[tuple[str, str, bytes]] = []
+        self._outbox_ready = asyncio.Event()
+        self._hub: Hub | None = None
+        self._pubsub_client = connect_redis(store.url, blocking=True)
+        self._pubsub: PubSub | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        register = self.redis.register_script
+        self._connect = register(CONNECT_LUA)
+        self._disconnect = register(DISCONNECT_LUA)
+        self._reap = register(REAP_LUA)
+        self._join = register(JOIN_LUA)
+        self._part = register(PART_LUA)
+        self._to_room = register(TO_ROOM_LUA)
+        self._heartbeat = register(HEARTBEAT_LUA)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self, hub: Hub) -> None:
+        """Subscribe and register before the server listens, so no event can be missed."""
+        self._hub = hub
+        try:
+            await self._start_incarnation()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"cannot use Redis at {self.store.url}: {exc}") from None
+        self._runner = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """Publish what is queued and leave the cluster (the node's sessions are gone)."""
+        self._closing = True
+        if self._runner is not None:
+            await _cancel_all([self._runner, *self._tasks])
+        # Bounded: shutting down must not hang on a Redis that stopped answering.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._leave_cluster(), CLOSE_TIMEOUT)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._close_pubsub(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self._pubsub_client.aclose(), CLOSE_TIMEOUT)
+
+    async def _leave_cluster(self) -> None:
+        await self._publish_outbox()
+        if self.node_id:
+            await self.redis.delete(self.keys.node(self.node_id))
+            await self._reap(args=[self.keys.prefix, self.keys.channel, self.node_id])
+
+    async def _start_incarnation(self) -> None:
+        """Subscribe, then join the cluster under a fresh node id."""
+        self._inbox.clear()
+        self._awaiting.clear()
+        self._holds.clear()
+        self._undelivered.clear()
+        self._outbox.clear()
+        pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.channel)
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        self.node_id = secrets.token_hex(6)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.node(self.node_id), "1", px=int(self.node_timeout * 1000))
+                pipe.sadd(self.keys.nodes, self.node_id)
+                await pipe.execute()
+        except BaseException:
+            await self._close_pubsub()
+            raise
+        self.available = True
+        log.info("joined the cluster as node %s", self.node_id)
+
+    async def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+            self._pubsub = None
+
+    async def _run(self) -> None:
+        """Read, publish and heartbeat; on losing Redis, drop every session and start over."""
+        while not self._closing:
+            self._tasks = tasks = [
+                asyncio.create_task(self._read()),
+                asyncio.create_task(self._publish_loop()),
+                asyncio.create_task(self._heartbeat_loop()),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                reason = next((t.exception() for t in done if t.exception() is not None), None)
+            finally:
+                await _cancel_all(tasks)
+            self._lost(reason)
+            await self._close_pubsub()
+            # Pooled connections to the lost Redis would each fail once more (commands are
+            # never retried): drop them all, so the next incarnation starts clean.
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.connection_pool.disconnect()
+            while not self._closing:
+                await asyncio.sleep(RECONNECT_DELAY)
+                try:
+                    await self._start_incarnation()
+                    break
+                except (RedisError, OSError) as exc:
+                    log.warning("Redis still unreachable: %s", exc)
+
+    def _lost(self, reason: BaseException | None) -> None:
+        """Tell every client ``shutting_down``: events may have been missed, acks can't be given."""
+        self.available = False
+        log.error("lost Redis (%s): closing every session; retrying", reason)
+        # Detach everyone now: their state in Redis belongs to this incarnation, which is
+        # reaped as a whole, so a late disconnect must not touch the next one's counts.
+        for user in self._users.values():
+            user.sessions.clear()
+        self._users.clear()
+        self._local_sessions = 0
+        if self._hub is None:
+            return
+        error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
+        for session in list(self._hub.sessions):
+            session.fail(error)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        pubsub = self._pubsub
+        inbox = self._inbox
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None or message.get("type") != "message":
+                continue
+            inbox.append(message["data"].split(b"\n", 3))
+            self._drain()
+
+    def _drain(self) -> None:
+        """Deliver envelopes in channel order, stopping at one whose hold is not released."""
+        inbox = self._inbox
+        awaiting = self._awaiting
+        while inbox:
+            hold, op, recipients, payload = inbox[0]
+            if hold and hold.decode() in awaiting:
+                return
+            inbox.popleft()
+            if op:
+                self._apply(op)
+            if payload and recipients:
+                self._deliver(recipients, encode_frame(payload))
+
+    def _apply(self, op: bytes) -> None:
+        room, key = op[1:].decode().split(" ")
+        user = self._users.get(key)
+        if user is None:
+            return
+        if op[:1] == b"+":
+            user.rooms.add(room)
+        else:
+            user.rooms.discard(room)
+
+    def _deliver(self, recipients: bytes, frame: bytes) -> None:
+        if recipients == b"*":
+            for user in self._users.values():
+                for session in user.sessions:
+                    session.send(frame)
+            return
+        keys = self._recipient_keys.get(recipients)
+        if keys is None:
+            # A busy room sends the same member list again and again: parse it once.
+            if len(self._recipient_keys) >= RECIPIENT_CACHE:
+                self._recipient_keys.clear()
+            keys = tuple(set(recipients.decode().split(" ")))
+            self._recipient_keys[recipients] = keys
+        users = self._users
+        for key in keys:
+            user = users.get(key)
+            if user is not None:
+                for session in user.sessions:
+                    session.send(frame)
+
+    # -- holds -----------------------------------------------------------------------------
+
+    def hold(self, session: Session) -> str | None:
+        hold = self._holds.get(session)
+        if hold is None:
+            hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
+            self._awaiting.add(hold)
+        return hold
+
+    def release(self, session: Session) -> None:
+        dms = self._undelivered.pop(session, None) if self._undelivered else None
+        if dms:
+            self._hand_over(session, dms)
+        hold = self._holds.pop(session, None)
+        if hold is not None:
+            self._awaiting.discard(hold)
+            if self._inbox:
+                self._drain()
+
+    def _hand_over(self, session: Session, dms: list[bytes]) -> None:
+        """Send DMs kept while the user was offline, before anything published later."""
+        user = session.user
+        assert user is not None
+        if not user.sessions:
+            # The session ended during its hello: keep them for the next one, in order.
+            if self._hub is not None:
+                self._hub.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
+            return
+        for payload in dms:
+            frame = encode_frame(payload)
+            for each in user.sessions:
+                each.send(frame)
+
+    # -- presence --------------------------------------------------------------------------
+
+    def _check_available(self) -> None:
+        if not self.available:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
+
+    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+        """Returns False: the ``online`` event is published by the script itself.
+
+        A user coming online takes its undelivered DMs in the same script (so a DM is either
+        kept for it or sent live, never both); they go out at :meth:`release`, after the
+        ``welcome`` and before any event published after this.
+        """
+        self._check_available()
+        key = nick.lower()
+        status, online_nick, rooms, dms = await self._connect(
+            args=[
+                self.keys.prefix,
+                self.keys.channel,
+                self.node_id,
+                key,
+                nick,
+                int(exclusive),
+                self.hold(session),
+            ]
+        )
+        if status == -1:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"{online_nick.decode()} is online")
+        if status == -2:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
+        user = self._users.get(key)
+        if user is None:
+            user = self._users[key] = User(online_nick.decode(), admin)
+            user.rooms.update(room.decode() for room in rooms)
+        user.sessions.append(session)
+        session.user = user
+        self._local_sessions += 1
+        if dms:
+            self._undelivered[session] = dms
+        return False
+
+    async def disconnect(self, session: Session) -> list[str] | None:
+        """Returns None: ``parted``/``offline`` are published by the script itself."""
+        user = session.user
+        if user is None or session not in user.sessions:
+            return None
+        user.sessions.remove(session)
+        self._local_sessions -= 1
+        if not user.sessions:
+            del self._users[user.key]
+        node = self.node_id
+        if not self.available:
+            return None  # this incarnation's sessions are reaped once its heartbeat expires
+        try:
+            await self._disconnect(args=[self.keys.prefix, self.keys.channel, node, user.key])
+        except (RedisError, OSError) as exc:
+            log.warning("could not record that %s left (reaped later): %s", user.nick, exc)
+        return None
+
+    async def join(self, session: Session, room: str) -> bool:
+        """Returns False: the ``joined`` event is published by the script itself."""
+        user = session.user
+        assert user is not None
+        await self._join(
+            args=[
+                self.keys.prefix,
+                self.keys.channel,
+                user.key,
+                user.nick,
+                room,
+                self.hold(session),
+            ]
+        )
+        user.rooms.add(room)
+        return False
+
+    async def part(self, session: Session, room: str) -> bool:
+        """Returns False: the ``parted`` event is published by the script itself."""
+        user = session.user
+        assert user is not None
+        was_member = await self._part(
+            args=[
+                self.keys.prefix,
+                self.keys.channel,
+                user.key,
+                user.nick,
+                room,
+                self.hold(session),
+            ]
+        )
+        user.rooms.discard(room)
+        if not was_member:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
+        return False
+
+    def is_member(self, user: User, room: str) -> bool:
+        return room in user.rooms
+
+    async def members(self, room: str) -> list[str]:
+        return [nick.decode() for nick in await self.redis.hvals(self.keys.members(room))]
+
+    async def member_counts(self) -> dict[str, int]:
+        rooms = [room.decode() for room in await self.redis.smembers(self.keys.rooms)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hlen(self.keys.members(room))
+            counts = await pipe.execute()
+        return {room: count for room, count in zip(rooms, counts, strict=True) if count}
+
+    async def online(self) -> list[str]:
+        return [nick.decode() for nick in await self.redis.hvals(self.keys.online)]
+
+    def user(self, key: str) -> User | None:
+        return self._users.get(key)
+
+    def session_count(self) -> int:
+        """This node's sessions (an announcement's count comes from its script instead)."""
+        return self._local_sessions
+
+    # -- sending (events the hub publishes itself: topic, pending DMs) ---------------------
+
+    def to_room(self, room: str, frame: bytes) -> None:
+        self._queue("room", room, frame[4:])
+
+    def to_users(self, keys: Iterable[str], frame: bytes) -> None:
+        self._queue("users", " ".join(set(keys)), frame[4:])
+
+    def to_everyone(self, frame: bytes) -> None:
+        self._queue("users", "*", frame[4:])
+
+    def _queue(self, kind: str, target: str, payload: bytes) -> None:
+        self._outbox.append((kind, target, payload))
+        self._outbox_ready.set()
+
+    async def _publish_loop(self) -> None:
+        """One task publishes, in one pipeline per batch: a node's events keep their order."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            await self._publish_outbox()
+
+    async def _publish_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            commands = [self._publish_command(*item) for item in batch]
+            for result in await run_pipeline(self.redis, commands, [self._to_room]):
+                if isinstance(result, Exception):
+                    raise result
+
+    def _publish_command(self, kind: str, target: str, payload: bytes) -> Callable[[Any], Any]:
+        keys = self.keys
+        if kind == "room":
+            script = self._to_room
+            return lambda pipe: pipe.evalsha(
+                script.sha, 0, keys.prefix, keys.channel, target, payload
+            )
+        envelope = b"\n\n" + target.encode() + b"\n" + payload
+        return lambda pipe: pipe.publish(keys.channel, envelope)
+
+    # -- node liveness ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.node_timeout / 3
+        ttl_ms = int(self.node_timeout * 1000)
+        while not self._closing:
+            alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
+            if not alive:
+                raise RedisLost(f"node {self.node_id} was reaped as dead")
+            await self._reap_dead()
+            await asyncio.sleep(interval)
+
+    async def _reap_dead(self) -> None:
+        nodes = [n.decode() for n in await self.redis.smembers(self.keys.nodes)]
+        others = [n for n in nodes if n != self.node_id]
+        if not others:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node in others:
+                pipe.exists(self.keys.node(node))
+            alive = await pipe.execute()
+        for node, is_alive in zip(others, alive, strict=True):
+            if not is_alive:
+                left = await self._reap(args=[self.keys.prefix, self.keys.channel, node])
+                if left >= 0:
+                    log.warning("reaped dead node %s (%d users went offline)", node, left)

@@ -1,0 +1,1 @@
+"""Cluster tests: several server processes sharing one Redis."""

@@ -1,0 +1,329 @@
+"""Fixtures and helpers for cluster tests: server nodes as subprocesses sharing the real Redis.
+
+Each test gets its own key prefix (``imchat-test-<uuid>:``) and deletes its keys at
+teardown. Tests synchronise on frames with bounded waits, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imchat.client import Connection
+from imchat.protocol import FrameDecoder, decode_object, encode_message
+
+REDIS_URL = os.environ.get("IMCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: How long any single reply or event may take before a test fails.
+TIMEOUT = 10.0
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+Message = dict[str, Any]
+
+
+def redis_available() -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError):
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not items or redis_available():
+        return
+    skip = pytest.mark.skip(reason=f"no Redis answers at {REDIS_URL}")
+    for item in items:
+        if "cluster" in item.path.parts:
+            item.add_marker(skip)
+
+
+class Node:
+    """One ``imchat server --redis`` process; its stderr is collected by a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str], data_dir: Path) -> None:
+        self.proc = proc
+        self.data_dir = data_dir
+        self.port = 0
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+            match = LISTENING.search(line)
+            if match:
+                self.port = int(match.group(2))
+                self._listening.set()
+
+    def wait_listening(self, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("node did not start:\n" + "".join(self.lines))
+
+    async def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        """Wait until ``text`` has appeared in ``count`` lines of the node's log."""
+
+        def wait() -> bool:
+            with self._new_line:
+                return self._new_line.wait_for(
+                    lambda: sum(text in line for line in self.lines) >= count, timeout
+                )
+
+        if not await asyncio.to_thread(wait):
+            raise AssertionError(f"{text!r} not logged {count} times:\n" + "".join(self.lines))
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(TIMEOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(TIMEOUT)
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imchat", "server", *args]
+
+
+class Cluster:
+    """Starts nodes sharing one Redis prefix; stops them and deletes the keys at teardown."""
+
+    def __init__(self, base: Path, prefix: str, *, redis_url: str = REDIS_URL) -> None:
+        self.base = base
+        self.prefix = prefix
+        self.redis_url = redis_url
+        self.nodes: list[Node] = []
+
+    def start(self, *, node_timeout: float = 15.0, extra: tuple[str, ...] = ()) -> Node:
+        data_dir = self.base / f"node{len(self.nodes)}"
+        proc = subprocess.Popen(
+            server_command(
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--redis",
+                self.redis_url,
+                "--redis-prefix",
+                self.prefix,
+                "--node-timeout",
+                str(node_timeout),
+                "--rate",
+                "0",
+                *extra,
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        node = Node(proc, data_dir)
+        self.nodes.append(node)
+        return node
+
+    def start_many(self, count: int, **kwargs: Any) -> list[Node]:
+        nodes = [self.start(**kwargs) for _ in range(count)]
+        for node in nodes:
+            node.wait_listening()
+        return nodes
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        delete_keys(self.prefix, self.redis_url)
+
+
+def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"imchat-test-{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, prefix: str) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, prefix)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class Client:
+    """A :class:`Connection` plus helpers to wait for events (bounded, never sleeping)."""
+
+    def __init__(self, conn: Connection, nick: str) -> None:
+        self.conn = conn
+        self.nick = nick
+        #: Every event received so far, in order (those a wait skipped included).
+        self.seen: list[Message] = []
+
+    async def request(self, kind: str, **fields: Any) -> Message:
+        return await asyncio.wait_for(self.conn.request(kind, **fields), TIMEOUT)
+
+    async def next_event(self, timeout: float = TIMEOUT) -> Message:
+        event = await self.conn.next_event(timeout)
+        self.seen.append(event)
+        return event
+
+    async def wait_for(
+        self, predicate: Callable[[Message], bool], timeout: float = TIMEOUT
+    ) -> Message:
+        """The first event (from now on) matching ``predicate``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{self.nick}: no matching event; saw {self.seen[-10:]}")
+            try:
+                event = await self.next_event(left)
+            except TimeoutError:
+                continue
+            if predicate(event):
+                return event
+
+    async def collect(
+        self, predicate: Callable[[Message], bool], count: int, timeout: float = TIMEOUT
+    ) -> list[Message]:
+        """The next ``count`` events matching ``predicate``, in arrival order."""
+        return [await self.wait_for(predicate, timeout) for _ in range(count)]
+
+    def drain_now(self) -> list[Message]:
+        """Events already queued (without waiting)."""
+        events = []
+        while not self.conn.events.empty():
+            event = self.conn.events.get_nowait()
+            self.seen.append(event)
+            events.append(event)
+        return events
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+class Clients:
+    def __init__(self) -> None:
+        self.open: list[Client] = []
+
+    async def connect(self, node: Node, nick: str, *, token: str | None = None) -> Client:
+        conn = await Connection.connect("127.0.0.1", node.port)
+        client = Client(conn, nick)
+        self.open.append(client)
+        await asyncio.wait_for(conn.hello(nick, token=token), TIMEOUT)
+        return client
+
+    async def connect_raw(self, node: Node) -> Connection:
+        """A connection that has not said hello yet (closed at teardown)."""
+        conn = await Connection.connect("127.0.0.1", node.port)
+        self.open.append(Client(conn, "?"))
+        return conn
+
+    async def admin(self, node: Node) -> Client:
+        return await self.connect(node, "admin", token=node.admin_token)
+
+    async def close(self) -> None:
+        for client in self.open:
+            with contextlib.suppress(Exception):
+                client.conn.abort()
+        self.open.clear()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    clients = Clients()
+    try:
+        yield clients
+    finally:
+        await clients.close()
+
+
+class RawClient:
+    """Frames in arrival order, replies and events alike (for reply-before-event checks)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(16 * 1024 * 1024)
+        self._frames: list[Message] = []
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+        return cls(reader, writer)
+
+    def send(self, message: Message) -> None:
+        self.writer.write(encode_message(message))
+
+    async def recv(self, timeout: float = TIMEOUT) -> Message:
+        while not self._frames:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise EOFError("server closed")
+            self._frames.extend(decode_object(p) for p in self.decoder.feed(data))
+        return self._frames.pop(0)
+
+    async def recv_until(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Frames up to and including the first that matches."""
+        frames = []
+        while True:
+            frame = await self.recv()
+            frames.append(frame)
+            if predicate(frame):
+                return frames
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def is_type(kind: str, **fields: Any) -> Callable[[Message], bool]:
+    def predicate(event: Message) -> bool:
+        return event.get("type") == kind and all(event.get(k) == v for k, v in fields.items())
+
+    return predicate

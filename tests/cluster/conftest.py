@@ -1,0 +1,5 @@
+"""Cluster test fixtures live in :mod:`cluster_support` so test modules can import helpers."""
+
+from .cluster_support import clients, cluster, prefix, pytest_collection_modifyitems
+
+__all__ = ["clients", "cluster", "prefix", "pytest_collection_modifyitems"]
