@@ -163,7 +163,7 @@ class ChatServer:
             if session.transport is not None:
                 session.transport.pause_reading()
         # Let requests already being handled finish, so every ok they earned is sent.
-        await hub.drain_tasks()
+        await hub.drain_tasks(SHUTDOWN_GRACE)
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
         for session in sessions:
             session.fail(error)
@@ -174,7 +174,7 @@ class ChatServer:
                 if session.transport is not None:
                     session.transport.abort()
         await self._server.wait_closed()
-        await hub.drain_tasks()
+        await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()
         await self.store.close()
         log.info("stopped")

@@ -190,9 +190,19 @@ class Hub:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    async def drain_tasks(self) -> None:
+    async def drain_tasks(self, timeout: float) -> None:
+        """Wait for request handling to finish; cancel what is still stuck after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("cancelling %d requests still running at shutdown", len(self._tasks))
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)
 
     @staticmethod
     def reply(session: Session, request: Request, body: dict[str, Any]) -> None:

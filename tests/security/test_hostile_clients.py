@@ -300,6 +300,6 @@ async def test_a_thousand_half_frames_leave_no_trace(start_server: StartServer) 
     for start in range(0, 1000, 200):
         await asyncio.gather(*(vanish(i) for i in range(start, start + 200)))
     await wait_for(lambda: not server.hub.sessions, timeout=15)  # type: ignore[union-attr]
-    await server.hub.drain_tasks()  # type: ignore[union-attr]
+    await server.hub.drain_tasks(timeout=15)  # type: ignore[union-attr]
     assert baseline(server) == dict.fromkeys(baseline(server), 0)
     assert not any(server.fanout._rooms.values())  # type: ignore[attr-defined]
