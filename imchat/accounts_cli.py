@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -57,20 +57,21 @@ def _with_store(
     if create and not directory.exists():
         directory.mkdir(parents=True, mode=0o700)
 
-    async def run() -> T:
-        store = SQLiteStore(path)
-        await store.open()
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(run())
+        return asyncio.run(_use(SQLiteStore(path), action))
     except AccountError as exc:
         raise _fail(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise _fail(f"cannot use the database in {directory}: {exc}") from None
+
+
+async def _use(store: Any, action: Callable[..., Awaitable[T]]) -> T:
+    """Open ``store``, run ``action(store)``, close it."""
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
 
 
 def _with_redis_store(url: str, action: Callable[..., Awaitable[T]]) -> T:
@@ -81,16 +82,9 @@ def _with_redis_store(url: str, action: Callable[..., Awaitable[T]]) -> T:
     from imchat.server.redis_store import DEFAULT_PREFIX, RedisStore
     from imchat.server.store import StoreUnavailable
 
-    async def run() -> T:
-        store = RedisStore(url, prefix=os.environ.get("IMCHAT_REDIS_PREFIX", DEFAULT_PREFIX))
-        await store.open()
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
+    prefix = os.environ.get("IMCHAT_REDIS_PREFIX", DEFAULT_PREFIX)
     try:
-        return asyncio.run(run())
+        return asyncio.run(_use(RedisStore(url, prefix=prefix), action))
     except AccountError as exc:
         raise _fail(str(exc)) from None
     except StoreUnavailable as exc:
