@@ -344,9 +344,7 @@ class ChatSession:
         self.port = port
         self._password = password
         self._token = token
-        self._connector: Connector = connector or (
-            lambda: Connection.connect(host, port, ssl=ssl)  # type: ignore[return-value]
-        )
+        self._connector: Connector = connector or (lambda: Connection.connect(host, port, ssl=ssl))
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff = backoff or Backoff()
@@ -479,7 +477,7 @@ class ChatSession:
             conv.begin_sync()
         self._conn = conn
         pump = asyncio.create_task(self._pump(conn))
-        tasks: list[asyncio.Task[Any]] = [pump]
+        tasks: list[asyncio.Future[Any]] = [pump]
         try:
             self._emit(Welcomed(welcome))
             try:

@@ -53,6 +53,7 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
 from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
+from .redis_typed import close_pubsub, lpush, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -323,7 +324,7 @@ class RedisFanout:
         try:
             await pubsub.subscribe(self.keys.channel)
         except BaseException:
-            await pubsub.aclose()
+            await close_pubsub(pubsub)
             raise
         self._pubsub = pubsub
         self.node_id = secrets.token_hex(6)
@@ -341,7 +342,7 @@ class RedisFanout:
     async def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+                await close_pubsub(self._pubsub)
             self._pubsub = None
 
     async def _run(self) -> None:
@@ -426,8 +427,8 @@ class RedisFanout:
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
         if recipients == b"*":
-            for user in self._users.values():
-                for session in user.sessions:
+            for each in self._users.values():
+                for session in each.sessions:
                     session.send(frame)
             return
         keys = self._recipient_keys.get(recipients)
@@ -446,7 +447,7 @@ class RedisFanout:
 
     # -- holds -----------------------------------------------------------------------------
 
-    def hold(self, session: Peer) -> str | None:
+    def hold(self, session: Peer) -> str:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
@@ -470,7 +471,7 @@ class RedisFanout:
         if not user.sessions:
             # The session ended during its hello: keep them for the next one, in order.
             if self._registry is not None:
-                self._registry.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
+                self._registry.spawn(lpush(self.redis, self.keys.pending(user.key), *reversed(dms)))
             return
         for payload in dms:
             frame = encode_frame(payload)
@@ -576,10 +577,10 @@ class RedisFanout:
         return room in user.rooms
 
     async def members(self, room: str) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.members(room))]
+        return texts(await self.redis.hvals(self.keys.members(room)))
 
     async def member_counts(self) -> dict[str, int]:
-        rooms = [room.decode() for room in await self.redis.smembers(self.keys.rooms)]
+        rooms = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hlen(self.keys.members(room))
@@ -587,7 +588,7 @@ class RedisFanout:
         return {room: count for room, count in zip(rooms, counts, strict=True) if count}
 
     async def online(self) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.online)]
+        return texts(await self.redis.hvals(self.keys.online))
 
     def user(self, key: str) -> User | None:
         return self._users.get(key)
@@ -649,7 +650,7 @@ class RedisFanout:
             await asyncio.sleep(interval)
 
     async def _reap_dead(self) -> None:
-        nodes = [n.decode() for n in await self.redis.smembers(self.keys.nodes)]
+        nodes = texts(await self.redis.smembers(self.keys.nodes))
         others = [n for n in nodes if n != self.node_id]
         if not others:
             return

@@ -42,6 +42,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .redis_typed import blobs, lrem, text, texts
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -230,12 +231,6 @@ class Keys:
         return f"{self.prefix}nodeusers:{node_id}"
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RedisStore:
     """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster.
 
@@ -314,11 +309,11 @@ class RedisStore:
         fields = await self._ordered(lambda pipe: pipe.hgetall(user_key))
         if not fields:
             return None
-        nick = _text(fields.get(b"nick"))
+        nick = text(fields.get(b"nick"))
         if fields.get(b"account") != b"1":
             return UserRecord(nick)
         password_hash = fields.get(b"password_hash")
-        account = Account(nick, fields.get(b"admin") == b"1", _text(password_hash) or None)
+        account = Account(nick, fields.get(b"admin") == b"1", text(password_hash) or None)
         return UserRecord(nick, account)
 
     async def remember_user(self, nick: str) -> None:
@@ -360,7 +355,7 @@ class RedisStore:
         return True
 
     async def list_accounts(self) -> list[Account]:
-        keys = sorted(_text(k) for k in await self.redis.smembers(self.keys.accounts))
+        keys = sorted(texts(await self.redis.smembers(self.keys.accounts)))
         accounts = []
         for key in keys:
             record = await self.lookup_user(key)
@@ -386,16 +381,16 @@ class RedisStore:
 
     async def token_owner(self, token_hash: str) -> str | None:
         owner = await self.redis.hget(self.keys.token(token_hash), "user")
-        return _text(owner) if owner is not None else None
+        return text(owner) if owner is not None else None
 
     async def _tokens(self) -> list[tuple[str, str, str, float]]:
-        hashes = [_text(h) for h in await self.redis.zrange(self.keys.tokens, 0, -1)]
+        hashes = texts(await self.redis.zrange(self.keys.tokens, 0, -1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for token_hash in hashes:
                 pipe.hmget(self.keys.token(token_hash), ["user", "label", "created"])
             rows = await pipe.execute()
         return [
-            (token_hash, _text(user), _text(label), float(_text(created) or 0))
+            (token_hash, text(user), text(label), float(text(created) or 0))
             for token_hash, (user, label, created) in zip(hashes, rows, strict=True)
             if user is not None
         ]
@@ -430,17 +425,17 @@ class RedisStore:
             topic, last = await pipe.execute()
         if topic is None:
             return None
-        return RoomInfo(name, _text(topic), int(last or 0))
+        return RoomInfo(name, text(topic), int(last or 0))
 
     async def rooms(self) -> list[RoomInfo]:
-        names = [_text(n) for n in await self.redis.smembers(self.keys.rooms)]
+        names = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hget(self.keys.room(name), "topic")
                 pipe.hget(self.keys.seq, StreamId.room(name).key)
             values = await pipe.execute()
         return [
-            RoomInfo(name, _text(values[2 * i]), int(values[2 * i + 1] or 0))
+            RoomInfo(name, text(values[2 * i]), int(values[2 * i + 1] or 0))
             for i, name in enumerate(names)
         ]
 
@@ -497,20 +492,20 @@ class RedisStore:
         upper: Any = f"({before}" if before is not None else "+inf"
         if after is not None:
             result = await self.redis.zrangebyscore(key, f"({after}", upper, start=0, num=limit)
-            return list(result)
+            return blobs(result)
         result = await self.redis.zrevrangebyscore(key, upper, "-inf", start=0, num=limit)
-        return list(reversed(result))
+        return blobs(result)[::-1]
 
     async def take_pending(self, recipient_key: str) -> list[bytes]:
-        return list(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
+        return blobs(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
 
     async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if not found:
             return False
-        return bool(await self.redis.lrem(self.keys.pending(recipient_key), 1, found[0]))
+        return bool(await lrem(self.redis, self.keys.pending(recipient_key), 1, found[0]))
 
     async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if found:
             await self.redis.rpush(self.keys.pending(recipient_key), found[0])
