@@ -186,7 +186,6 @@ class Pending:
     target: str
     action: bool = False
     cid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    sent_at: float | None = None
 
 
 class Conversation:
@@ -792,7 +791,6 @@ class ChatSession:
         while True:
             while self.outbox:
                 pending = self.outbox[0]
-                pending.sent_at = time.monotonic()
                 try:
                     kind, fields = self._payload(pending)
                     await conn.request(kind, **fields)

@@ -185,7 +185,11 @@ async def run_pipeline(
 
 
 class Keys:
-    """Key names under one prefix, in one place."""
+    """The key names Python code uses, under one prefix.
+
+    Keys only the Lua scripts touch (``cid:``, ``urooms:``, ``nodeusers:``, ``sessions``,
+    ``nsessions``) are built inside the scripts; the module docstrings list them all.
+    """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -196,8 +200,6 @@ class Keys:
         self.channel = f"{prefix}events"
         # Presence (maintained by RedisFanout; the append script reads them).
         self.online = f"{prefix}online"
-        self.sessions = f"{prefix}sessions"
-        self.nsessions = f"{prefix}nsessions"
         self.nodes = f"{prefix}nodes"
 
     def user(self, key: str) -> str:
@@ -212,23 +214,14 @@ class Keys:
     def messages(self, stream: str) -> str:
         return f"{self.prefix}m:{stream}"
 
-    def cids(self, sender_key: str) -> str:
-        return f"{self.prefix}cid:{sender_key}"
-
     def pending(self, key: str) -> str:
         return f"{self.prefix}pending:{key}"
 
     def members(self, room: str) -> str:
         return f"{self.prefix}members:{room}"
 
-    def user_rooms(self, key: str) -> str:
-        return f"{self.prefix}urooms:{key}"
-
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
-
-    def node_users(self, node_id: str) -> str:
-        return f"{self.prefix}nodeusers:{node_id}"
 
 
 class RedisStore:
