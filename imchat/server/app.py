@@ -28,7 +28,9 @@ def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
     from .redis_store import RedisStore
 
     assert config.redis_url is not None
-    store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+    store = RedisStore(
+        config.redis_url, prefix=config.redis_prefix, wait_replicas=config.redis_wait
+    )
     return store, RedisFanout(store, node_timeout=config.node_timeout)
 
 

@@ -203,46 +203,64 @@ def cluster(tmp_path: Path, prefix: str) -> Iterator[Cluster]:
 
 
 class PrivateRedis:
-    """A Redis of our own on a free port, so a test may kill it and start it again."""
+    """A Redis of our own on a free port, so a test may kill it and start it again.
 
-    def __init__(self, workdir: Path) -> None:
+    ``extra`` arguments make it a replica (``--replicaof``) or a Sentinel (a config file
+    and ``--sentinel``); its log is kept for :meth:`wait_log`.
+    """
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
         self.workdir = workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
+        self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        sentinel = "--sentinel" in self.extra
+        args = [*self.extra, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if not sentinel:
+            args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.lines.clear()
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            ["redis-server", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         # Its own log says when it accepts connections (or the pipe ends if it fails).
-        for line in self.proc.stdout:
-            if "Ready to accept connections" in line:
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-        raise AssertionError("redis-server did not start")
+        ready = "Sentinel ID is" if sentinel else "Ready to accept connections"
+        self.wait_log_sync(ready)
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_log_sync(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        def seen() -> bool:
+            ended = self.proc is not None and self.proc.poll() is not None
+            return ended or sum(text in line for line in self.lines) >= count
+
+        with self._new_line:
+            self._new_line.wait_for(seen, timeout)
+            if sum(text in line for line in self.lines) < count:
+                raise AssertionError(f"redis-server never logged {text!r}:\n" + "".join(self.lines))
+
+    async def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        await asyncio.to_thread(self.wait_log_sync, text, count, timeout)
 
     def command(self, *args: str) -> Any:
         """Run one command on it (CONFIG SET, CLIENT PAUSE, REPLICAOF...)."""
@@ -258,6 +276,13 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @pytest.fixture
