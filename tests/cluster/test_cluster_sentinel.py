@@ -114,6 +114,9 @@ async def test_failover_during_traffic_loses_and_doubles_nothing(
         stored = [(m["seq"], m["text"]) for m in history["messages"]]
         assert stored == [(acked[t], t) for t in texts]
         assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
+        # Live delivery across nodes works through the new primary's pub/sub too.
+        after = await sender.request("say", room="lobby", text="after", cid="after")
+        await reader.wait_for(lambda e: e.get("type") == "msg" and e.get("seq") == after["seq"])
     finally:
         for node in cluster.nodes:
             node.stop()
