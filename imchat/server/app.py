@@ -11,32 +11,19 @@ from pathlib import Path
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .auth import hash_token, new_token
+from .backend import open_backend
 from .config import ServerConfig
-from .fanout import Fanout, LocalFanout
+from .fanout import Fanout
 from .hub import Hub
 from .session import Session
-from .sqlite_store import SQLiteStore
 from .store import Store
 from .tls import server_context
 
 log = logging.getLogger(__name__)
 
 
-def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
-    """Store and fanout sharing one Redis (imported here: the local path never loads redis)."""
-    from .redis_fanout import RedisFanout
-    from .redis_store import RedisStore
-
-    assert config.redis_url is not None
-    store = RedisStore(
-        config.redis_url, prefix=config.redis_prefix, wait_replicas=config.redis_wait
-    )
-    return store, RedisFanout(store, node_timeout=config.node_timeout)
-
-
 ADMIN_NICK = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
-DB_FILE = "imchat.db"
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
 
@@ -48,10 +35,13 @@ class ChatServer:
         self, config: ServerConfig, *, store: Store | None = None, fanout: Fanout | None = None
     ) -> None:
         self.config = config
-        if config.redis_url is not None and store is None and fanout is None:
-            store, fanout = _redis_backend(config)
-        self.store: Store = store or SQLiteStore(Path(config.data_dir) / DB_FILE)
-        self.fanout: Fanout = fanout or LocalFanout()
+        if store is None or fanout is None:
+            if store is not None or fanout is not None:
+                raise ValueError("pass both a store and its fanout, or neither")
+            backend = open_backend(config)
+            store, fanout = backend.store, backend.fanout
+        self.store: Store = store
+        self.fanout: Fanout = fanout
         self.hub: Hub | None = None
         self.port = config.port
         self._server: asyncio.Server | None = None
@@ -71,7 +61,7 @@ class ChatServer:
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
         try:
-            await self.fanout.open(hub)
+            await self.fanout.open(hub.registry)
         except BaseException:
             await self.store.close()
             raise
@@ -162,8 +152,7 @@ class ChatServer:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
         for session in sessions:
-            if session.transport is not None:
-                session.transport.pause_reading()
+            session.pause_reading()
         # Let requests already being handled finish, so every ok they earned is sent.
         await hub.drain_tasks(SHUTDOWN_GRACE)
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
@@ -173,8 +162,7 @@ class ChatServer:
             await asyncio.wait_for(hub.all_closed(), SHUTDOWN_GRACE)
         except TimeoutError:
             for session in list(hub.sessions):
-                if session.transport is not None:
-                    session.transport.abort()
+                session.abort()
         await self._server.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()

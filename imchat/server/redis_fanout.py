@@ -51,15 +51,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import User
 from .gate import Gate
+from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
+from .redis_typed import close_pubsub, lpush, text, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
-    from .hub import Hub
-    from .session import Session
+    from .peer import Peer
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -291,16 +292,16 @@ class RedisFanout:
         self.available = False
         self._users: dict[str, User] = {}
         self._local_sessions = 0
-        self._holds: dict[Session, str] = {}
+        self._holds: dict[Peer, str] = {}
         #: Undelivered DMs taken at connect, sent at release (after the welcome).
-        self._undelivered: dict[Session, list[bytes]] = {}
+        self._undelivered: dict[Peer, list[bytes]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
         self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
-        self._hub: Hub | None = None
+        self._registry: Registry | None = None
         self._pubsub_client = connect_redis(store.url, blocking=True)
         self._pubsub: PubSub | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -327,9 +328,9 @@ class RedisFanout:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def open(self, hub: Hub) -> None:
+    async def open(self, registry: Registry) -> None:
         """Subscribe and register before the server listens, so no event can be missed."""
-        self._hub = hub
+        self._registry = registry
         try:
             await self._start_incarnation()
         except (RedisError, OSError) as exc:
@@ -372,7 +373,7 @@ class RedisFanout:
         try:
             await pubsub.subscribe(self.keys.channel)
         except BaseException:
-            await pubsub.aclose()
+            await close_pubsub(pubsub)
             raise
         self._pubsub = pubsub
         self.node_id = secrets.token_hex(6)
@@ -390,7 +391,7 @@ class RedisFanout:
     async def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+                await close_pubsub(self._pubsub)
             self._pubsub = None
 
     async def _run(self) -> None:
@@ -435,10 +436,10 @@ class RedisFanout:
             user.sessions.clear()
         self._users.clear()
         self._local_sessions = 0
-        if self._hub is None:
+        if self._registry is None:
             return
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
-        for session in list(self._hub.sessions):
+        for session in list(self._registry.sessions):
             session.fail(error)
 
     # -- receiving -------------------------------------------------------------------------
@@ -515,8 +516,8 @@ class RedisFanout:
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
         if recipients == b"*":
-            for user in self._users.values():
-                for session in user.sessions:
+            for each in self._users.values():
+                for session in each.sessions:
                     session.send(frame)
             return
         keys = self._recipient_keys.get(recipients)
@@ -535,14 +536,14 @@ class RedisFanout:
 
     # -- holds -----------------------------------------------------------------------------
 
-    def hold(self, session: Session) -> str | None:
+    def hold(self, session: Peer) -> str:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
             self._awaiting.add(hold)
         return hold
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Peer) -> None:
         dms = self._undelivered.pop(session, None) if self._undelivered else None
         if dms:
             self._hand_over(session, dms)
@@ -552,14 +553,14 @@ class RedisFanout:
             if self._inbox:
                 self._drain()
 
-    def _hand_over(self, session: Session, dms: list[bytes]) -> None:
+    def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
         """Send DMs kept while the user was offline, before anything published later."""
         user = session.user
         assert user is not None
         if not user.sessions:
             # The session ended during its hello: keep them for the next one, in order.
-            if self._hub is not None:
-                self._hub.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
+            if self._registry is not None:
+                self._registry.spawn(lpush(self.redis, self.keys.pending(user.key), *reversed(dms)))
             return
         for payload in dms:
             frame = encode_frame(payload)
@@ -572,7 +573,7 @@ class RedisFanout:
         if not self.available:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
         A user coming online takes its undelivered DMs in the same script (so a DM is either
@@ -584,7 +585,7 @@ class RedisFanout:
             return await self._connect_session(session, nick, admin=admin, exclusive=exclusive)
 
     async def _connect_session(
-        self, session: Session, nick: str, *, admin: bool, exclusive: bool
+        self, session: Peer, nick: str, *, admin: bool, exclusive: bool
     ) -> bool:
         key = nick.lower()
         status, online_nick, rooms, dms = await self._connect(
@@ -613,7 +614,7 @@ class RedisFanout:
             self._undelivered[session] = dms
         return False
 
-    async def disconnect(self, session: Session) -> list[str] | None:
+    async def disconnect(self, session: Peer) -> list[str] | None:
         """Returns None: ``parted``/``offline`` are published by the script itself.
 
         A disconnect that fails (Redis paused, refusing writes) is undone later by
@@ -623,7 +624,7 @@ class RedisFanout:
             await self._disconnect_session(session)
         return None
 
-    async def _disconnect_session(self, session: Session) -> None:
+    async def _disconnect_session(self, session: Peer) -> None:
         user = session.user
         if user is None or session not in user.sessions:
             return
@@ -639,7 +640,7 @@ class RedisFanout:
         except (RedisError, OSError) as exc:
             log.warning("could not record that %s left (reconciled later): %s", user.nick, exc)
 
-    async def join(self, session: Session, room: str) -> bool:
+    async def join(self, session: Peer, room: str) -> bool:
         """Returns False: the ``joined`` event is published by the script itself."""
         user = session.user
         assert user is not None
@@ -656,7 +657,7 @@ class RedisFanout:
         user.rooms.add(room)
         return False
 
-    async def part(self, session: Session, room: str) -> bool:
+    async def part(self, session: Peer, room: str) -> bool:
         """Returns False: the ``parted`` event is published by the script itself."""
         user = session.user
         assert user is not None
@@ -679,10 +680,10 @@ class RedisFanout:
         return room in user.rooms
 
     async def members(self, room: str) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.members(room))]
+        return texts(await self.redis.hvals(self.keys.members(room)))
 
     async def member_counts(self) -> dict[str, int]:
-        rooms = [room.decode() for room in await self.redis.smembers(self.keys.rooms)]
+        rooms = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hlen(self.keys.members(room))
@@ -690,7 +691,7 @@ class RedisFanout:
         return {room: count for room, count in zip(rooms, counts, strict=True) if count}
 
     async def online(self) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.online)]
+        return texts(await self.redis.hvals(self.keys.online))
 
     def user(self, key: str) -> User | None:
         return self._users.get(key)
@@ -795,15 +796,14 @@ class RedisFanout:
         ghost whose nick nobody can take. Each heartbeat compares the records with the
         sessions here, so a ghost outlives Redis's recovery by at most one heartbeat interval.
         """
-        here = self.keys.node_users(self.node_id)
-        recorded = await self.redis.hgetall(here)
-        if not any(int(n) > self._session_count(k.decode()) for k, n in recorded.items()):
+        reply = await self.redis.hgetall(self.keys.node_users(self.node_id))
+        recorded = {text(key): int(n) for key, n in reply.items()}
+        if not any(n > self._session_count(key) for key, n in recorded.items()):
             return
         async with self._gate.exclusive():
             args: list[str | int] = [self.keys.prefix, self.keys.channel, self.node_id]
-            for raw_key, n in recorded.items():
-                key = raw_key.decode()
-                if int(n) > self._session_count(key):
+            for key, n in recorded.items():
+                if n > self._session_count(key):
                     args += [key, self._session_count(key)]
             left = await self._reconcile(args=args)
         if left:
@@ -814,7 +814,7 @@ class RedisFanout:
         return len(user.sessions) if user is not None else 0
 
     async def _reap_dead(self) -> None:
-        nodes = [n.decode() for n in await self.redis.smembers(self.keys.nodes)]
+        nodes = texts(await self.redis.smembers(self.keys.nodes))
         others = [n for n in nodes if n != self.node_id]
         if not others:
             return

@@ -43,9 +43,9 @@ from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_sentinel_url
 from .store import (
-    ANNOUNCE_STREAM,
     TOKEN_ID_LENGTH,
     Account,
     Draft,
@@ -54,9 +54,9 @@ from .store import (
     StoreUnavailable,
     TokenInfo,
     UserRecord,
-    room_stream,
     token_id,
 )
+from .streams import StreamId, StreamKind
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def connect_redis(url: str, *, blocking: bool = False) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **options)
     # Every new connection asks the Sentinels for the current primary: after a failover the
     # node's reconnect (it drops its pool when it loses Redis) lands on the new one.
-    sentinel = Sentinel(
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         list(target.sentinels),
         sentinel_kwargs={"socket_connect_timeout": 3.0, "socket_timeout": 3.0},
         ssl=target.tls,
@@ -227,7 +227,11 @@ async def run_pipeline(
 
 
 class Keys:
-    """Key names under one prefix, in one place."""
+    """The key names Python code uses, under one prefix.
+
+    Keys only the Lua scripts touch (``cid:``, ``urooms:``, ``nodeusers:``, ``sessions``,
+    ``nsessions``) are built inside the scripts; the module docstrings list them all.
+    """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -238,8 +242,6 @@ class Keys:
         self.channel = f"{prefix}events"
         # Presence (maintained by RedisFanout; the append script reads them).
         self.online = f"{prefix}online"
-        self.sessions = f"{prefix}sessions"
-        self.nsessions = f"{prefix}nsessions"
         self.nodes = f"{prefix}nodes"
 
     def user(self, key: str) -> str:
@@ -254,29 +256,17 @@ class Keys:
     def messages(self, stream: str) -> str:
         return f"{self.prefix}m:{stream}"
 
-    def cids(self, sender_key: str) -> str:
-        return f"{self.prefix}cid:{sender_key}"
-
     def pending(self, key: str) -> str:
         return f"{self.prefix}pending:{key}"
 
     def members(self, room: str) -> str:
         return f"{self.prefix}members:{room}"
 
-    def user_rooms(self, key: str) -> str:
-        return f"{self.prefix}urooms:{key}"
-
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
     def node_users(self, node_id: str) -> str:
         return f"{self.prefix}nodeusers:{node_id}"
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisStore:
@@ -381,11 +371,11 @@ class RedisStore:
         fields = await self._ordered(lambda pipe: pipe.hgetall(user_key))
         if not fields:
             return None
-        nick = _text(fields.get(b"nick"))
+        nick = text(fields.get(b"nick"))
         if fields.get(b"account") != b"1":
             return UserRecord(nick)
         password_hash = fields.get(b"password_hash")
-        account = Account(nick, fields.get(b"admin") == b"1", _text(password_hash) or None)
+        account = Account(nick, fields.get(b"admin") == b"1", text(password_hash) or None)
         return UserRecord(nick, account)
 
     async def remember_user(self, nick: str) -> None:
@@ -427,7 +417,7 @@ class RedisStore:
         return True
 
     async def list_accounts(self) -> list[Account]:
-        keys = sorted(_text(k) for k in await self.redis.smembers(self.keys.accounts))
+        keys = sorted(texts(await self.redis.smembers(self.keys.accounts)))
         accounts = []
         for key in keys:
             record = await self.lookup_user(key)
@@ -453,16 +443,16 @@ class RedisStore:
 
     async def token_owner(self, token_hash: str) -> str | None:
         owner = await self.redis.hget(self.keys.token(token_hash), "user")
-        return _text(owner) if owner is not None else None
+        return text(owner) if owner is not None else None
 
     async def _tokens(self) -> list[tuple[str, str, str, float]]:
-        hashes = [_text(h) for h in await self.redis.zrange(self.keys.tokens, 0, -1)]
+        hashes = texts(await self.redis.zrange(self.keys.tokens, 0, -1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for token_hash in hashes:
                 pipe.hmget(self.keys.token(token_hash), ["user", "label", "created"])
             rows = await pipe.execute()
         return [
-            (token_hash, _text(user), _text(label), float(_text(created) or 0))
+            (token_hash, text(user), text(label), float(text(created) or 0))
             for token_hash, (user, label, created) in zip(hashes, rows, strict=True)
             if user is not None
         ]
@@ -493,21 +483,21 @@ class RedisStore:
     async def room(self, name: str) -> RoomInfo | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.keys.room(name), "topic")
-            pipe.hget(self.keys.seq, room_stream(name))
+            pipe.hget(self.keys.seq, StreamId.room(name).key)
             topic, last = await pipe.execute()
         if topic is None:
             return None
-        return RoomInfo(name, _text(topic), int(last or 0))
+        return RoomInfo(name, text(topic), int(last or 0))
 
     async def rooms(self) -> list[RoomInfo]:
-        names = [_text(n) for n in await self.redis.smembers(self.keys.rooms)]
+        names = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hget(self.keys.room(name), "topic")
-                pipe.hget(self.keys.seq, room_stream(name))
+                pipe.hget(self.keys.seq, StreamId.room(name).key)
             values = await pipe.execute()
         return [
-            RoomInfo(name, _text(values[2 * i]), int(values[2 * i + 1] or 0))
+            RoomInfo(name, text(values[2 * i]), int(values[2 * i + 1] or 0))
             for i, name in enumerate(names)
         ]
 
@@ -536,7 +526,7 @@ class RedisStore:
         stream = draft.stream
         args = (
             self.keys.prefix,
-            stream,
+            stream.key,
             draft.cid or "",
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
@@ -549,37 +539,37 @@ class RedisStore:
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream.room_name}")
         return Stored(
             int(seq),
             float(ts),
             payload,
             duplicate=status == b"0",
             published=True,
-            delivered=int(delivered) if stream == ANNOUNCE_STREAM else None,
+            delivered=int(delivered) if stream.kind is StreamKind.ANNOUNCEMENTS else None,
         )
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
     ) -> list[bytes]:
-        key = self.keys.messages(stream)
+        key = self.keys.messages(stream.key)
         upper: Any = f"({before}" if before is not None else "+inf"
         if after is not None:
             result = await self.redis.zrangebyscore(key, f"({after}", upper, start=0, num=limit)
-            return list(result)
+            return blobs(result)
         result = await self.redis.zrevrangebyscore(key, upper, "-inf", start=0, num=limit)
-        return list(reversed(result))
+        return blobs(result)[::-1]
 
     async def take_pending(self, recipient_key: str) -> list[bytes]:
-        return list(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
+        return blobs(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if not found:
             return False
-        return bool(await self.redis.lrem(self.keys.pending(recipient_key), 1, found[0]))
+        return bool(await lrem(self.redis, self.keys.pending(recipient_key), 1, found[0]))
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if found:
             await self.redis.rpush(self.keys.pending(recipient_key), found[0])
