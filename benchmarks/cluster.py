@@ -1,14 +1,18 @@
-"""Deliveries per second: two Redis-backed nodes against one node with the embedded store.
+"""Redis-backed nodes against one node with the embedded store: rate and node CPU per delivery.
 
-Every run has the same clients: receivers and senders, all in one room. With two nodes,
-half of each sit on either node, so every message crosses Redis pub/sub to reach the other
-half. A third run, one node on Redis, separates the cost of Redis from the cost of spreading.
+Every run has the same clients: receivers and senders, all in one room. Spread over 1, 2
+or 3 nodes, every message crosses Redis pub/sub to reach the other nodes' share. "3 nodes,
+recipients on one" keeps every client on the first node while two more nodes sit in the
+cluster: what the idle nodes cost is what a node pays for events none of its users need.
 
     python benchmarks/cluster.py [--receivers 40] [--senders 4] [--messages 2500] [--repeat 3]
 
 A delivery is one ``msg`` event read by one receiver; the clock runs from the first ``say`` to
-the last expected delivery. Everything listens on 127.0.0.1; each run is bounded by
-``--timeout``. Needs a Redis at ``--redis`` (the run uses its own key prefix and deletes it).
+the last expected delivery. Node CPU is user + system time of every node process during the
+load (``/proc/<pid>/stat``), divided by deliveries. Redis commands per say come from
+``INFO stats`` (``total_commands_processed``) around the load; other clients of the same
+Redis inflate it. Everything listens on 127.0.0.1; each run is bounded by ``--timeout``.
+Needs a Redis at ``--redis`` (the run uses its own key prefix and deletes it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -125,14 +130,49 @@ class Result:
     name: str
     deliveries: int
     seconds: float
+    #: User + system seconds of every node process during the load.
+    node_cpu: float = 0.0
+    #: Redis commands processed during the load, per message said (0 without Redis).
+    redis_commands_per_say: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.deliveries / self.seconds
 
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        return self.node_cpu / self.deliveries * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_commands(url: str | None) -> int:
+    if url is None:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
 
 async def run_load(
-    name: str, ports: list[int], *, receivers: int, senders: int, messages: int, timeout: float
+    name: str,
+    ports: list[int],
+    *,
+    receivers: int,
+    senders: int,
+    messages: int,
+    timeout: float,
+    pids: list[int],
+    redis_url: str | None,
 ) -> Result:
     total = senders * messages
     expected = total  # every message reaches every receiver
@@ -147,6 +187,8 @@ async def run_load(
         await open_client(ports[i % len(ports)], f"s{tag}{i}", room, expected)
         for i in range(senders)
     ]
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    commands_before = redis_commands(redis_url)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(
@@ -161,7 +203,9 @@ async def run_load(
             if client.transport is not None:
                 client.transport.close()
     end = max(c.last_at for c in recv_clients)
-    return Result(name, expected * receivers, end - start)
+    node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    commands = redis_commands(redis_url) - commands_before
+    return Result(name, expected * receivers, end - start, node_cpu, commands / total)
 
 
 def free_port() -> int:
@@ -225,13 +269,25 @@ class Node:
 
 
 async def with_nodes(
-    name: str, node_args: list[list[str]], base: Path, load: dict[str, int | float]
+    name: str,
+    node_args: list[list[str]],
+    base: Path,
+    load: dict[str, int | float],
+    *,
+    client_nodes: int,
+    redis_url: str | None,
 ) -> Result:
     nodes = [Node(args, base / f"{name}-{i}") for i, args in enumerate(node_args)]
     try:
         for node in nodes:
             await node.wait_listening()
-        return await run_load(name, [n.port for n in nodes], **load)  # type: ignore[arg-type]
+        return await run_load(
+            name,
+            [n.port for n in nodes[:client_nodes]],
+            pids=[n.proc.pid for n in nodes],
+            redis_url=redis_url,
+            **load,  # type: ignore[arg-type]
+        )
     finally:
         for node in nodes:
             node.stop()
@@ -266,10 +322,13 @@ async def main() -> None:
     }
     prefix = f"imchat-bench-{uuid.uuid4().hex[:8]}:"
     redis_args = ["--redis", args.redis, "--redis-prefix", prefix]
-    setups = [
-        ("embedded, 1 node", [[]]),
-        ("redis, 1 node", [redis_args]),
-        ("redis, 2 nodes", [redis_args, redis_args]),
+    #: name, each node's arguments, how many of the nodes get clients
+    setups: list[tuple[str, list[list[str]], int]] = [
+        ("embedded, 1 node", [[]], 1),
+        ("redis, 1 node", [redis_args], 1),
+        ("redis, 2 nodes", [redis_args] * 2, 2),
+        ("redis, 3 nodes", [redis_args] * 3, 3),
+        ("redis, 3 nodes, recipients on one", [redis_args] * 3, 1),
     ]
     best: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="imchat-bench-") as tmp:
@@ -277,9 +336,17 @@ async def main() -> None:
         try:
             # Interleaved, so a noisy neighbour on a shared machine hurts every setup alike.
             for round_ in range(args.repeat):
-                for name, node_args in setups:
+                for name, node_args, client_nodes in setups:
                     run_dir = base / f"run{round_}"
-                    result = await with_nodes(name, node_args, run_dir, load)
+                    redis_url = args.redis if node_args[0] else None
+                    result = await with_nodes(
+                        name,
+                        node_args,
+                        run_dir,
+                        load,
+                        client_nodes=client_nodes,
+                        redis_url=redis_url,
+                    )
                     delete_prefix(args.redis, prefix)
                     if name not in best or result.rate > best[name].rate:
                         best[name] = result
@@ -289,15 +356,20 @@ async def main() -> None:
         f"{args.senders} senders x {args.messages} messages into one room, "
         f"{args.receivers} receivers; best of {args.repeat}"
     )
-    for name, _ in setups:
+    embedded = best[setups[0][0]]
+    print(
+        "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
+        "| Redis commands/say |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, _, _ in setups:
         result = best[name]
         print(
-            f"{name:>18}: {result.deliveries:>8} deliveries in {result.seconds:6.2f} s"
-            f" = {result.rate:>10,.0f} /s"
+            f"| {name} | {result.rate:,.0f} | {result.rate / embedded.rate:.2f} "
+            f"| {result.cpu_us_per_delivery:.2f} "
+            f"| {result.cpu_us_per_delivery / embedded.cpu_us_per_delivery:.2f} "
+            f"| {result.redis_commands_per_say:.1f} |"
         )
-    base_rate = best[setups[0][0]].rate
-    for name, _ in setups[1:]:
-        print(f"{name} / embedded, 1 node: {best[name].rate / base_rate:.2f}")
 
 
 if __name__ == "__main__":

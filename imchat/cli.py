@@ -136,7 +136,8 @@ def server(
             "--redis",
             envvar="IMCHAT_REDIS_URL",
             help="Share rooms, presence and history with other servers via this Redis "
-            "(redis://host:6379/0); see docs/redis.md.",
+            "(redis://host:6379/0, or redis+sentinel://h1:26379,h2:26379/service); "
+            "see docs/redis.md.",
         ),
     ] = None,
     redis_prefix: Annotated[
@@ -149,6 +150,14 @@ def server(
             help="With --redis: seconds after which a silent server's users go offline.",
         ),
     ] = 15.0,
+    redis_wait: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_REDIS_WAIT",
+            min=0,
+            help="With --redis: acknowledge a message only once this many replicas have it.",
+        ),
+    ] = 0,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
@@ -184,6 +193,7 @@ def server(
         redis_url=redis,
         redis_prefix=redis_prefix,
         node_timeout=node_timeout,
+        redis_wait=redis_wait,
     )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)

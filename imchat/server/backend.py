@@ -35,7 +35,9 @@ def open_store(config: ServerConfig) -> Store:
     if config.redis_url is not None:
         from .redis_store import RedisStore
 
-        return RedisStore(config.redis_url, prefix=config.redis_prefix)
+        return RedisStore(
+            config.redis_url, prefix=config.redis_prefix, wait_replicas=config.redis_wait
+        )
     from .sqlite_store import SQLiteStore
 
     return SQLiteStore(sqlite_path(config))

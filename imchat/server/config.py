@@ -60,3 +60,5 @@ class ServerConfig:
     #: Seconds after which a node that stopped heartbeating is taken for dead and its users
     #: are shown offline.
     node_timeout: float = 15.0
+    #: Replicas that must confirm a message (Redis ``WAIT``) before its ``ok``; 0: none.
+    redis_wait: int = 0

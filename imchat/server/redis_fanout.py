@@ -47,13 +47,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
+from .gate import Gate
 from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
-from .redis_typed import close_pubsub, lpush, texts
+from .redis_typed import close_pubsub, lpush, text, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -163,6 +164,7 @@ REAP_LUA = (
 local prefix, channel, dead = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', prefix .. 'node:' .. dead) == 1 then return -1 end
 if redis.call('SREM', prefix .. 'nodes', dead) == 0 then return -1 end
+redis.call('PUBLISH', channel, envelope('', 'reaped ' .. dead, '', ''))
 local here = prefix .. 'nodeusers:' .. dead
 local users = redis.call('HGETALL', here)
 local left = 0
@@ -175,6 +177,36 @@ for i = 1, #users, 2 do
   end
 end
 redis.call('DEL', here)
+return left
+"""
+)
+
+#: ARGV: prefix, channel, node, then pairs of user key and the sessions this node has of it.
+#: Lowers the node's recorded sessions of each user to what it really has (a disconnect that
+#: failed while Redis was paused or refusing writes left them higher) and lets users left with
+#: none leave the cluster. Returns the number of users that left.
+RECONCILE_LUA = (
+    LUA_FANOUT
+    + """
+local prefix, channel, node = ARGV[1], ARGV[2], ARGV[3]
+local here = prefix .. 'nodeusers:' .. node
+local left = 0
+for i = 4, #ARGV, 2 do
+  local key, expected = ARGV[i], tonumber(ARGV[i + 1])
+  local n = tonumber(redis.call('HGET', here, key) or '0')
+  if n > expected then
+    if expected == 0 then
+      redis.call('HDEL', here, key)
+    else
+      redis.call('HSET', here, key, expected)
+    end
+    redis.call('DECRBY', prefix .. 'nsessions', n - expected)
+    if redis.call('HINCRBY', prefix .. 'sessions', key, expected - n) <= 0 then
+      gone(prefix, channel, key)
+      left = left + 1
+    end
+  end
+end
 return left
 """
 )
@@ -283,6 +315,16 @@ class RedisFanout:
         self._part = register(PART_LUA)
         self._to_room = register(TO_ROOM_LUA)
         self._heartbeat = register(HEARTBEAT_LUA)
+        self._reconcile = register(RECONCILE_LUA)
+        #: Session records in Redis are made under ``shared``; reconciling them is exclusive.
+        self._gate = Gate()
+        #: Loop time of the last thing read from the subscription (a pong included).
+        self._pubsub_heard = 0.0
+        #: Set with a reason when this node must start over (it learnt it was reaped).
+        self._alarm = asyncio.Event()
+        self._alarm_reason = ""
+        #: Since when heartbeats have succeeded without a break (None: the last one failed).
+        self._healthy_since: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -309,9 +351,14 @@ class RedisFanout:
 
     async def _leave_cluster(self) -> None:
         await self._publish_outbox()
-        if self.node_id:
-            await self.redis.delete(self.keys.node(self.node_id))
-            await self._reap(args=[self.keys.prefix, self.keys.channel, self.node_id])
+        await self._reap_incarnation(self.node_id)
+
+    async def _reap_incarnation(self, node_id: str) -> None:
+        """Take this node's sessions of an incarnation out of the cluster now, instead of
+        leaving them online until the heartbeat expires."""
+        if node_id:
+            await self.redis.delete(self.keys.node(node_id))
+            await self._reap(args=[self.keys.prefix, self.keys.channel, node_id])
 
     async def _start_incarnation(self) -> None:
         """Subscribe, then join the cluster under a fresh node id."""
@@ -320,6 +367,8 @@ class RedisFanout:
         self._holds.clear()
         self._undelivered.clear()
         self._outbox.clear()
+        self._alarm.clear()
+        self._healthy_since = None
         pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.keys.channel)
@@ -352,6 +401,7 @@ class RedisFanout:
                 asyncio.create_task(self._read()),
                 asyncio.create_task(self._publish_loop()),
                 asyncio.create_task(self._heartbeat_loop()),
+                asyncio.create_task(self._watch()),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -360,6 +410,10 @@ class RedisFanout:
                 await _cancel_all(tasks)
             self._lost(reason)
             await self._close_pubsub()
+            # Where Redis still answers (a dead subscription, a reap noticed late), the users
+            # of the lost incarnation go offline now, so they can come back at once.
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self._reap_incarnation(self.node_id), CLOSE_TIMEOUT)
             # Pooled connections to the lost Redis would each fail once more (commands are
             # never retried): drop them all, so the next incarnation starts clean.
             with contextlib.suppress(RedisError, OSError):
@@ -394,22 +448,57 @@ class RedisFanout:
         assert self._pubsub is not None
         pubsub = self._pubsub
         inbox = self._inbox
+        loop = asyncio.get_running_loop()
         while True:
             message = await pubsub.get_message(timeout=None)
+            self._pubsub_heard = loop.time()
             if message is None or message.get("type") != "message":
                 continue
             inbox.append(message["data"].split(b"\n", 3))
             self._drain()
 
+    async def _watch(self) -> None:
+        """PING through the subscription; a link silent for ``node_timeout`` is lost.
+
+        A subscription whose connection stays open while nothing arrives (a half-open link,
+        a NAT that forgot it) would otherwise drop every event for this node's users without
+        a word. Losing it is treated like losing Redis: every session is told
+        ``shutting_down`` and resumes from history on reconnecting.
+        """
+        assert self._pubsub is not None
+        pubsub = self._pubsub
+        loop = asyncio.get_running_loop()
+        interval = self.node_timeout / 3
+        self._pubsub_heard = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._alarm.wait(), interval)
+            if self._alarm.is_set():
+                raise RedisLost(self._alarm_reason)
+            silent = loop.time() - self._pubsub_heard
+            if silent > self.node_timeout:
+                raise RedisLost(f"nothing arrived on the subscription for {silent:.1f} s")
+            await asyncio.wait_for(pubsub.ping(), interval)
+
     def _drain(self) -> None:
         """Deliver envelopes in channel order, stopping at one whose hold is not released."""
         inbox = self._inbox
         awaiting = self._awaiting
+        if self._alarm.is_set():
+            return  # starting over: nothing more is acted on
         while inbox:
             hold, op, recipients, payload = inbox[0]
             if hold and hold.decode() in awaiting:
                 return
             inbox.popleft()
+            if op.startswith(b"reaped "):
+                if op[7:].decode() == self.node_id:
+                    # Frozen past the node timeout: the memberships that follow were taken
+                    # from this node's users. Start over rather than act on them.
+                    self._alarm_reason = "this node was reaped as dead (unresponsive too long)"
+                    self._alarm.set()
+                    return
+                continue
             if op:
                 self._apply(op)
             if payload and recipients:
@@ -492,6 +581,12 @@ class RedisFanout:
         ``welcome`` and before any event published after this.
         """
         self._check_available()
+        async with self._gate.shared():
+            return await self._connect_session(session, nick, admin=admin, exclusive=exclusive)
+
+    async def _connect_session(
+        self, session: Peer, nick: str, *, admin: bool, exclusive: bool
+    ) -> bool:
         key = nick.lower()
         status, online_nick, rooms, dms = await self._connect(
             args=[
@@ -520,22 +615,30 @@ class RedisFanout:
         return False
 
     async def disconnect(self, session: Peer) -> list[str] | None:
-        """Returns None: ``parted``/``offline`` are published by the script itself."""
+        """Returns None: ``parted``/``offline`` are published by the script itself.
+
+        A disconnect that fails (Redis paused, refusing writes) is undone later by
+        :meth:`_reconcile_sessions`, which compares what Redis records with what is here.
+        """
+        async with self._gate.shared():
+            await self._disconnect_session(session)
+        return None
+
+    async def _disconnect_session(self, session: Peer) -> None:
         user = session.user
         if user is None or session not in user.sessions:
-            return None
+            return
         user.sessions.remove(session)
         self._local_sessions -= 1
         if not user.sessions:
             del self._users[user.key]
         node = self.node_id
         if not self.available:
-            return None  # this incarnation's sessions are reaped once its heartbeat expires
+            return  # this incarnation's sessions are reaped as a whole
         try:
             await self._disconnect(args=[self.keys.prefix, self.keys.channel, node, user.key])
         except (RedisError, OSError) as exc:
-            log.warning("could not record that %s left (reaped later): %s", user.nick, exc)
-        return None
+            log.warning("could not record that %s left (reconciled later): %s", user.nick, exc)
 
     async def join(self, session: Peer, room: str) -> bool:
         """Returns False: the ``joined`` event is published by the script itself."""
@@ -624,7 +727,11 @@ class RedisFanout:
             batch, self._outbox = self._outbox, []
             commands = [self._publish_command(*item) for item in batch]
             for result in await run_pipeline(self.redis, commands, [self._to_room]):
-                if isinstance(result, Exception):
+                if isinstance(result, ResponseError):
+                    # Redis answers but refuses (read-only, out of memory): this event is
+                    # lost, the node and its sessions are not.
+                    log.warning("Redis refused to publish an event: %s", result)
+                elif isinstance(result, Exception):
                     raise result
 
     def _publish_command(self, kind: str, target: str, payload: bytes) -> Callable[[Any], Any]:
@@ -640,14 +747,71 @@ class RedisFanout:
     # -- node liveness ---------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Refresh the heartbeat, reconcile this node's sessions, reap dead nodes.
+
+        A Redis that answers but refuses writes (read-only, out of memory) or stalls does not
+        end the node: sessions stay, writes are answered ``internal``, and all of this
+        resumes when Redis does. Only a reaped node starts over (a dead link is noticed by
+        :meth:`_watch`).
+        """
+        loop = asyncio.get_running_loop()
         interval = self.node_timeout / 3
         ttl_ms = int(self.node_timeout * 1000)
+        failing_since: float | None = None
+        reported = False
         while not self._closing:
-            alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
-            if not alive:
-                raise RedisLost(f"node {self.node_id} was reaped as dead")
-            await self._reap_dead()
+            try:
+                alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
+                if not alive:
+                    raise RedisLost(f"node {self.node_id} was reaped as dead")
+                if self._healthy_since is None:
+                    self._healthy_since = loop.time()
+                await self._reconcile_sessions()
+                # A node whose own heartbeats failed lately may be looking at heartbeats that
+                # expired for the same reason (Redis refused everyone's): reap only after a
+                # whole node timeout of our own successes.
+                if loop.time() - self._healthy_since >= self.node_timeout:
+                    await self._reap_dead()
+                if failing_since is not None:
+                    log.warning("Redis accepts this node's writes again")
+                    failing_since, reported = None, False
+            except (RedisError, OSError) as exc:
+                self._healthy_since = None
+                if failing_since is None:
+                    log.warning("cannot refresh this node's heartbeat (retrying): %s", exc)
+                    failing_since = loop.time()
+                elif not reported and loop.time() - failing_since > self.node_timeout:
+                    log.warning(
+                        "Redis has refused this node's writes for %.0f s; sessions stay, "
+                        "writes are answered internal until it recovers",
+                        loop.time() - failing_since,
+                    )
+                    reported = True
             await asyncio.sleep(interval)
+
+    async def _reconcile_sessions(self) -> None:
+        """Let go of sessions Redis still records for this node but that are gone here.
+
+        A disconnect whose script failed leaves its user online (and a member) in Redis: a
+        ghost whose nick nobody can take. Each heartbeat compares the records with the
+        sessions here, so a ghost outlives Redis's recovery by at most one heartbeat interval.
+        """
+        reply = await self.redis.hgetall(self.keys.node_users(self.node_id))
+        recorded = {text(key): int(n) for key, n in reply.items()}
+        if not any(n > self._session_count(key) for key, n in recorded.items()):
+            return
+        async with self._gate.exclusive():
+            args: list[str | int] = [self.keys.prefix, self.keys.channel, self.node_id]
+            for key, n in recorded.items():
+                if n > self._session_count(key):
+                    args += [key, self._session_count(key)]
+            left = await self._reconcile(args=args)
+        if left:
+            log.warning("%d users whose disconnect had failed went offline", left)
+
+    def _session_count(self, key: str) -> int:
+        user = self._users.get(key)
+        return len(user.sessions) if user is not None else 0
 
     async def _reap_dead(self) -> None:
         nodes = texts(await self.redis.smembers(self.keys.nodes))

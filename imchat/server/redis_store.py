@@ -37,12 +37,14 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .redis_typed import blobs, lrem, text, texts
+from .redis_url import parse_sentinel_url
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -57,6 +59,9 @@ from .store import (
 from .streams import StreamId, StreamKind
 
 log = logging.getLogger(__name__)
+
+#: How long an append waits for ``--redis-wait`` replicas before it is answered ``internal``.
+WAIT_TIMEOUT_MS = 1000
 
 DEFAULT_PREFIX = "imchat:"
 #: Commands sent in one pipeline at most.
@@ -74,13 +79,26 @@ def connect_redis(url: str, *, blocking: bool = False) -> aioredis.Redis:
     must reach the hub, which answers ``internal`` and never ``ok``. ``blocking`` clients
     (pub/sub) have no read timeout, since they wait for messages indefinitely.
     """
-    return aioredis.Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=3.0,
-        socket_timeout=None if blocking else 5.0,
-        health_check_interval=0,
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": 3.0,
+        "socket_timeout": None if blocking else 5.0,
+        "health_check_interval": 0,
+    }
+    target = parse_sentinel_url(url)
+    if target is None:
+        return aioredis.Redis.from_url(url, **options)
+    # Every new connection asks the Sentinels for the current primary: after a failover the
+    # node's reconnect (it drops its pool when it loses Redis) lands on the new one.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        list(target.sentinels),
+        sentinel_kwargs={"socket_connect_timeout": 3.0, "socket_timeout": 3.0},
+        ssl=target.tls,
     )
+    redis: aioredis.Redis = sentinel.master_for(
+        target.service, db=target.db, password=target.password, ssl=target.tls, **options
+    )
+    return redis
 
 
 #: Shared by the Lua scripts: Redis's clock as a JSON number of Unix seconds, ms precision.
@@ -159,28 +177,52 @@ return items
 """
 
 
+class ReplicationTimeout(RedisError):
+    """Fewer replicas than ``--redis-wait`` confirmed a write in time: its fate is unknown."""
+
+
 async def run_pipeline(
-    redis: aioredis.Redis, commands: list[Callable[[Pipeline], Any]], scripts: list[Any]
+    redis: aioredis.Redis,
+    commands: list[Callable[[Pipeline], Any]],
+    scripts: list[Any],
+    *,
+    wait: tuple[int, int] | None = None,
 ) -> list[Any]:
     """Run commands in one pipeline, in order; results (or exceptions) in the same order.
 
     Scripts are sent as bare EVALSHA: redis-py's pipeline would check them with an extra
     ``SCRIPT EXISTS`` round trip per batch. Only after a Redis restart (scripts flushed) do
     some fail with NOSCRIPT; those did not run, so they are loaded and run again, in order.
+
+    ``wait`` (replicas, timeout in ms) ends each pipeline with ``WAIT``, on the same
+    connection as the writes it covers; the fewest replicas it confirmed is appended to the
+    results.
     """
-    async with redis.pipeline(transaction=False) as pipe:
-        for command in commands:
-            command(pipe)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+
+    async def execute(indices: list[int]) -> tuple[list[Any], int | None]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in indices:
+                commands[i](pipe)
+            if wait is not None:
+                pipe.execute_command("WAIT", *wait)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        if wait is None:
+            return results, None
+        acked = results.pop()
+        return results, acked if isinstance(acked, int) else 0
+
+    results, acked = await execute(list(range(len(commands))))
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
         for script in scripts:
             script.sha = await redis.script_load(script.script)
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in missing:
-                commands[i](pipe)
-            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                results[i] = result
+        rerun, rerun_acked = await execute(missing)
+        for i, result in zip(missing, rerun, strict=True):
+            results[i] = result
+        if acked is not None and rerun_acked is not None:
+            acked = min(acked, rerun_acked)
+    if acked is not None:
+        results.append(acked)
     return results
 
 
@@ -223,6 +265,9 @@ class Keys:
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
+    def node_users(self, node_id: str) -> str:
+        return f"{self.prefix}nodeusers:{node_id}"
+
 
 class RedisStore:
     """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster.
@@ -231,14 +276,17 @@ class RedisStore:
     publishing them (``Stored.published``), and room membership lives in Redis.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, wait_replicas: int = 0) -> None:
         self.url = url
         self.keys = Keys(prefix)
+        #: ``--redis-wait``: an append is acknowledged only once this many replicas have it.
+        self.wait_replicas = wait_replicas
         self.redis = connect_redis(url)
         self._append = self.redis.register_script(APPEND_LUA)
         self._take_pending = self.redis.register_script(TAKE_PENDING_LUA)
         self._encoder = msgspec.json.Encoder()
-        self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
+        #: Commands for the ordered pipeline: each with its future and whether it writes.
+        self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
 
@@ -263,7 +311,9 @@ class RedisStore:
             await asyncio.gather(self._sender, return_exceptions=True)
         await self.redis.aclose()
 
-    def _ordered(self, command: Callable[[Pipeline], Any]) -> asyncio.Future[Any]:
+    def _ordered(
+        self, command: Callable[[Pipeline], Any], *, write: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue one command for the ordered pipeline; its result resolves the future.
 
         Appends and user lookups go through one connection in call order (results resolve in
@@ -271,7 +321,7 @@ class RedisStore:
         this keeps their seqs in that order. It also batches them, one round trip for many.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future))
+        self._queue.append((command, future, write))
         self._queued.set()
         return future
 
@@ -283,17 +333,36 @@ class RedisStore:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
                 try:
-                    results = await run_pipeline(self.redis, [c for c, _ in batch], [self._append])
+                    results = await self._run_batch(batch)
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
+                for (_, future, _), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
                         future.set_exception(result)
                     else:
                         future.set_result(result)
+
+    async def _run_batch(
+        self, batch: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]]
+    ) -> list[Any]:
+        commands = [command for command, _, _ in batch]
+        if not (self.wait_replicas and any(write for _, _, write in batch)):
+            return await run_pipeline(self.redis, commands, [self._append])
+        wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
+        results = await run_pipeline(self.redis, commands, [self._append], wait=wait)
+        acked = results.pop()
+        if acked >= self.wait_replicas:
+            return results
+        short = ReplicationTimeout(
+            f"{acked} of {self.wait_replicas} replicas confirmed within {WAIT_TIMEOUT_MS} ms"
+        )
+        return [
+            short if write and not isinstance(result, BaseException) else result
+            for (_, _, write), result in zip(batch, results, strict=True)
+        ]
 
     # -- users and accounts ----------------------------------------------------------------
 
@@ -464,7 +533,9 @@ class RedisStore:
             draft.sender_key,
         )
         script = self._append
-        reply: bytes = await self._ordered(lambda pipe: pipe.evalsha(script.sha, 0, *args))
+        reply: bytes = await self._ordered(
+            lambda pipe: pipe.evalsha(script.sha, 0, *args), write=True
+        )
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":

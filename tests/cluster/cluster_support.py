@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -128,7 +130,14 @@ class Cluster:
         self.redis_url = redis_url
         self.nodes: list[Node] = []
 
-    def start(self, *, node_timeout: float = 15.0, extra: tuple[str, ...] = ()) -> Node:
+    def start(
+        self,
+        *,
+        node_timeout: float = 15.0,
+        extra: tuple[str, ...] = (),
+        redis_url: str | None = None,
+    ) -> Node:
+        """Start a node (``redis_url``: reach Redis another way, e.g. through a proxy)."""
         data_dir = self.base / f"node{len(self.nodes)}"
         proc = subprocess.Popen(
             server_command(
@@ -137,7 +146,7 @@ class Cluster:
                 "--data-dir",
                 str(data_dir),
                 "--redis",
-                self.redis_url,
+                redis_url or self.redis_url,
                 "--redis-prefix",
                 self.prefix,
                 "--node-timeout",
@@ -191,6 +200,164 @@ def cluster(tmp_path: Path, prefix: str) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+class PrivateRedis:
+    """A Redis of our own on a free port, so a test may kill it and start it again.
+
+    ``extra`` arguments make it a replica (``--replicaof``) or a Sentinel (a config file
+    and ``--sentinel``); its log is kept for :meth:`wait_log`.
+    """
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        sentinel = "--sentinel" in self.extra
+        args = [*self.extra, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if not sentinel:
+            args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.lines.clear()
+        self.proc = subprocess.Popen(
+            ["redis-server", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        # Its own log says when it accepts connections (or the pipe ends if it fails).
+        ready = "Sentinel ID is" if sentinel else "Ready to accept connections"
+        self.wait_log_sync(ready)
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_log_sync(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        def seen() -> bool:
+            ended = self.proc is not None and self.proc.poll() is not None
+            return ended or sum(text in line for line in self.lines) >= count
+
+        with self._new_line:
+            self._new_line.wait_for(seen, timeout)
+            if sum(text in line for line in self.lines) < count:
+                raise AssertionError(f"redis-server never logged {text!r}:\n" + "".join(self.lines))
+
+    async def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        await asyncio.to_thread(self.wait_log_sync, text, count, timeout)
+
+    def command(self, *args: str) -> Any:
+        """Run one command on it (CONFIG SET, CLIENT PAUSE, REPLICAOF...)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class BlackHoleProxy:
+    """A TCP proxy to Redis that can silence the subscriptions passing through it.
+
+    A silenced connection stays open and accepts what it is sent, but nothing more arrives
+    from Redis: what a half-open link or a NAT that forgot the flow looks like to a node.
+    Only connections that had sent SUBSCRIBE when :meth:`silence_subscriptions` was called
+    are silenced, so the node's commands, and a subscription it makes afterwards, still work.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.port = 0
+        self._subscribers: list[dict[str, bool]] = []
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def silence_subscriptions(self) -> None:
+        for link in self._subscribers:
+            link["silenced"] = True
+
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._serve(client_r, client_w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        self._writers += [client_w, redis_w]
+        link = {"silenced": False}
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if b"SUBSCRIBE" in data.upper() and link not in self._subscribers:
+                    self._subscribers.append(link)
+                if not link["silenced"]:
+                    redis_w.write(data)
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if not link["silenced"]:
+                    client_w.write(data)
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(upstream(), downstream())
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 # --------------------------------------------------------------------------- clients

@@ -1,5 +1,11 @@
 """Cluster test fixtures live in :mod:`cluster_support` so test modules can import helpers."""
 
-from .cluster_support import clients, cluster, prefix, pytest_collection_modifyitems
+from .cluster_support import (
+    clients,
+    cluster,
+    prefix,
+    private_redis,
+    pytest_collection_modifyitems,
+)
 
-__all__ = ["clients", "cluster", "prefix", "pytest_collection_modifyitems"]
+__all__ = ["clients", "cluster", "prefix", "private_redis", "pytest_collection_modifyitems"]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from .cluster_support import (
     TIMEOUT,
     Clients,
     Cluster,
+    PrivateRedis,
     delete_keys,
     is_type,
     server_command,
@@ -207,66 +205,6 @@ def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path, via: str
     assert len(errors) == 1
     assert "Redis" in errors[0] and str(dead_port) in errors[0]
     assert "Traceback" not in result.stderr
-
-
-class PrivateRedis:
-    """A Redis of our own on a free port, so a test may kill it and start it again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        # Its own log says when it accepts connections (or the pipe ends if it fails).
-        for line in self.proc.stdout:
-            if "Ready to accept connections" in line:
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def test_redis_lost_while_running_tells_clients_and_never_acks(
