@@ -198,7 +198,8 @@ class StreamRequest(Request, kw_only=True):
         named = (self.room is not None) + (self.with_ is not None) + self.announcements
         if named > 1 or (named == 0 and not self.stream_optional):
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"{self.tag()} needs exactly one of room, with, announcements"
+                ErrorCode.BAD_REQUEST,
+                f"{self.tag()} needs exactly one of room, with, announcements",
             )
         if self.room is not None:
             self.room = normalize_room(self.room)
@@ -308,8 +309,8 @@ FEATURE_REQUESTS: tuple[type[Request], ...] = (
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (Hello, Ping, Bye, Join, Part, Say, Topic, Rooms, Users, Dm, Announce, History)
-    + FEATURE_REQUESTS
 }
+REQUEST_TYPES.update({cls.__struct_config__.tag: cls for cls in FEATURE_REQUESTS})  # type: ignore[misc]
 
 _decoder = msgspec.json.Decoder()
 _MISSING: Any = object()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,6 +42,8 @@ from .message_features import (
 from .store import Draft
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
     from .redis_store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,8 @@ SEARCH_SCAN_LIMIT = 20000
 SCAN_CHUNK = 500
 
 FEATURE_PRE_LUA = """
-local fkind, target, emoji, author, admin, cidkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local fkind, target, emoji = KEYS[1], KEYS[2], KEYS[3]
+local author, admin, cidkey = KEYS[4], KEYS[5], KEYS[6]
 local f_prefix, f_stream, f_cid, f_sender = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local f_mkey = f_prefix .. 'm:' .. f_stream
 local f_rxkey = f_prefix .. 'rx:' .. f_stream
@@ -142,8 +146,12 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
         reply = await store._ordered(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
     if reply.startswith(b"E "):
         code = ErrorCode(reply[2:].decode())
-        raise ProtocolError(code, "no such message" if code is ErrorCode.NO_SUCH_MESSAGE else
-                            "only its author may change that message")
+        raise ProtocolError(
+            code,
+            "no such message"
+            if code is ErrorCode.NO_SUCH_MESSAGE
+            else "only its author may change that message",
+        )
     if reply.startswith(b"D "):
         head, payload = reply.split(b"\n", 1)
         ts = _decode(payload).get("ts", 0) if payload else 0
@@ -159,8 +167,12 @@ def after_append(store: RedisStore, stream: str, reply: bytes) -> None:
         return
     for key in set(dm_participants(stream)):
         target = _key(store, f"dms:{key}")
-        future = store._ordered(lambda pipe, target=target: pipe.sadd(target, stream))
+        future = store._ordered(_sadd(target, stream))
         future.add_done_callback(_log_failure)
+
+
+def _sadd(key: str, member: str) -> Callable[[Pipeline], Any]:
+    return lambda pipe: pipe.sadd(key, member)
 
 
 def _log_failure(future: Any) -> None:
@@ -198,9 +210,7 @@ async def marker(store: RedisStore, user_key: str, stream: str) -> int:
 
 async def markers(store: RedisStore, user_key: str) -> list[tuple[str, int]]:
     found = await store.redis.hgetall(_key(store, f"markers:{user_key}"))
-    return sorted(
-        ((k.decode() if isinstance(k, bytes) else k), int(v)) for k, v in found.items()
-    )
+    return sorted(((k.decode() if isinstance(k, bytes) else k), int(v)) for k, v in found.items())
 
 
 async def last_seq(store: RedisStore, stream: str) -> int:
@@ -252,7 +262,7 @@ async def _scan(
     upper: Any = "+inf"
     scanned = 0
     while scanned < budget:
-        chunk = await store.redis.zrevrangebyscore(
+        chunk: list[bytes] = await store.redis.zrevrangebyscore(  # type: ignore[assignment]
             key, upper, "-inf", start=0, num=min(SCAN_CHUNK, budget - scanned)
         )
         if not chunk:

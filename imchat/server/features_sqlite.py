@@ -92,15 +92,13 @@ def migrate(conn: sqlite3.Connection) -> float | None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         for table in ("search_index", "search_rows", "msg_deleted", "reactions"):
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+            conn.execute(f"DELETE FROM {table}")  # fixed names, not data
         rows = conn.execute(
             "SELECT stream, seq, ts, sender, event FROM messages ORDER BY stream, seq"
         )
         for stream, seq, ts, sender, payload in rows:
             apply(conn, stream, seq, ts, sender, _decode(payload))
-        conn.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('search_index', ?)", (INDEX_VERSION,)
-        )
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('search_index', ?)", (INDEX_VERSION,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -226,9 +224,7 @@ def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:
     ).fetchone()
     if found is not None:
         conn.execute("DELETE FROM search_index WHERE rowid = ?", (found[0],))
-        conn.execute(
-            "DELETE FROM search_rows WHERE stream = ? AND target = ?", (stream, target)
-        )
+        conn.execute("DELETE FROM search_rows WHERE stream = ? AND target = ?", (stream, target))
 
 
 # -- markers ---------------------------------------------------------------------------------

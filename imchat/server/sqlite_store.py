@@ -493,6 +493,4 @@ class SQLiteStore:
             if self._searcher is None:
                 self._searcher = _connect(self.path, durable_fsync=self._durable_fsync)
             conn = self._searcher
-            return await asyncio.to_thread(
-                features_sqlite.search, conn, scope, text, before, limit
-            )
+            return await asyncio.to_thread(features_sqlite.search, conn, scope, text, before, limit)
