@@ -37,9 +37,9 @@ from .message_features import (
     SearchResult,
     SearchScope,
     dm_participants,
-    event_kind,
 )
 from .store import Draft
+from .streams import StreamId
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -161,13 +161,13 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
     return reply
 
 
-def after_append(store: RedisStore, stream: str, reply: bytes) -> None:
+def after_append(store: RedisStore, stream: StreamId, reply: bytes) -> None:
     """Remember a DM stream for both its users' searches (not awaited: no extra latency)."""
-    if not stream.startswith("d:") or not reply.startswith(b"1 "):
+    if stream.dm_keys is None or not reply.startswith(b"1 "):
         return
-    for key in set(dm_participants(stream)):
+    for key in set(stream.dm_keys):
         target = _key(store, f"dms:{key}")
-        future = store._ordered(_sadd(target, stream))
+        future = store._ordered(_sadd(target, stream.key))
         future.add_done_callback(_log_failure)
 
 
@@ -189,32 +189,33 @@ async def migrate(store: RedisStore) -> None:
     start = len(store.keys.prefix) + 2
     async with store.redis.pipeline(transaction=False) as pipe:
         async for raw in store.redis.scan_iter(match=pattern, count=1000):
-            stream = (raw.decode() if isinstance(raw, bytes) else raw)[start:]
+            stream = StreamId((raw.decode() if isinstance(raw, bytes) else raw)[start:])
             for key in set(dm_participants(stream)):
-                pipe.sadd(_key(store, f"dms:{key}"), stream)
+                pipe.sadd(_key(store, f"dms:{key}"), stream.key)
         pipe.set(done, "1")
         await pipe.execute()
 
 
-async def mark(store: RedisStore, user_key: str, stream: str, seq: int) -> bool | None:
+async def mark(store: RedisStore, user_key: str, stream: StreamId, seq: int) -> bool | None:
     result = await store.mark_lua(
-        keys=[store.keys.seq, _key(store, f"markers:{user_key}")], args=[stream, seq]
+        keys=[store.keys.seq, _key(store, f"markers:{user_key}")], args=[stream.key, seq]
     )
     return None if int(result) < 0 else bool(int(result))
 
 
-async def marker(store: RedisStore, user_key: str, stream: str) -> int:
-    value = await store.redis.hget(_key(store, f"markers:{user_key}"), stream)
+async def marker(store: RedisStore, user_key: str, stream: StreamId) -> int:
+    value = await store.redis.hget(_key(store, f"markers:{user_key}"), stream.key)
     return int(value or 0)
 
 
-async def markers(store: RedisStore, user_key: str) -> list[tuple[str, int]]:
+async def markers(store: RedisStore, user_key: str) -> list[tuple[StreamId, int]]:
     found = await store.redis.hgetall(_key(store, f"markers:{user_key}"))
-    return sorted(((k.decode() if isinstance(k, bytes) else k), int(v)) for k, v in found.items())
+    entries = [(k.decode() if isinstance(k, bytes) else k, int(v)) for k, v in found.items()]
+    return [(StreamId(key), seq) for key, seq in sorted(entries)]
 
 
-async def last_seq(store: RedisStore, stream: str) -> int:
-    return int(await store.redis.hget(store.keys.seq, stream) or 0)
+async def last_seq(store: RedisStore, stream: StreamId) -> int:
+    return int(await store.redis.hget(store.keys.seq, stream.key) or 0)
 
 
 async def search(
@@ -231,9 +232,8 @@ async def search(
     streams = list(dict.fromkeys(scope.streams))
     if scope.dm_user is not None:
         dms = await store.redis.smembers(_key(store, f"dms:{scope.dm_user}"))
-        streams.extend(
-            sorted({s.decode() if isinstance(s, bytes) else s for s in dms} - set(streams))
-        )
+        keys = sorted(s.decode() if isinstance(s, bytes) else s for s in dms)
+        streams.extend(StreamId(key) for key in keys if StreamId(key) not in streams)
     if not streams:
         return SearchResult()
     share = max(SCAN_CHUNK, SEARCH_SCAN_LIMIT // len(streams))
@@ -249,14 +249,14 @@ async def search(
 
 async def _scan(
     store: RedisStore,
-    stream: str,
+    stream: StreamId,
     query: Query,
     before: float | None,
     limit: int,
     budget: int,
 ) -> tuple[list[tuple[float, int, bytes]], bool]:
-    key = store.keys.messages(stream)
-    deleted = {int(s) for s in await store.redis.smembers(_key(store, f"del:{stream}"))}
+    key = store.keys.messages(stream.key)
+    deleted = {int(s) for s in await store.redis.smembers(_key(store, f"del:{stream.key}"))}
     current: set[int] = set()  # messages whose newest version has been seen
     hits: list[tuple[float, int, bytes]] = []
     upper: Any = "+inf"
@@ -270,7 +270,7 @@ async def _scan(
         scanned += len(chunk)
         for payload in chunk:
             event = _decode(payload)
-            seq, kind = int(event.get("seq", 0)), event_kind(event)
+            seq, kind = int(event.get("seq", 0)), event.get("kind")
             if kind == EDIT:
                 subject = event.get("target")
             elif kind in TARGETABLE_KINDS:

@@ -34,10 +34,10 @@ from .message_features import (
     SearchResult,
     SearchScope,
     dm_participants,
-    event_kind,
     scope_token,
 )
 from .store import Draft, Stored
+from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ def migrate(conn: sqlite3.Connection) -> float | None:
             "SELECT stream, seq, ts, sender, event FROM messages ORDER BY stream, seq"
         )
         for stream, seq, ts, sender, payload in rows:
-            apply(conn, stream, seq, ts, sender, _decode(payload))
+            event = _decode(payload)
+            kind, target, text = event.get("kind"), event.get("target"), event.get("text")
+            apply(conn, StreamId(stream), seq, ts, sender, kind, target, text)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('search_index', ?)", (INDEX_VERSION,))
         conn.execute("COMMIT")
     except BaseException:
@@ -117,17 +119,17 @@ def check(conn: sqlite3.Connection, draft: Draft) -> Stored | None:
     feature = draft.feature
     if feature is None:
         return None
+    stream = draft.stream.key
     row = conn.execute(
         "SELECT sender, event FROM messages WHERE stream = ? AND seq = ?",
-        (draft.stream, feature.target),
+        (stream, feature.target),
     ).fetchone()
     target = _decode(row[1]) if row is not None else None
     if (
         target is None
-        or event_kind(target) not in TARGETABLE_KINDS
+        or target.get("kind") not in TARGETABLE_KINDS
         or conn.execute(
-            "SELECT 1 FROM msg_deleted WHERE stream = ? AND seq = ?",
-            (draft.stream, feature.target),
+            "SELECT 1 FROM msg_deleted WHERE stream = ? AND seq = ?", (stream, feature.target)
         ).fetchone()
     ):
         return _refuse(ErrorCode.NO_SUCH_MESSAGE)
@@ -143,7 +145,7 @@ def check(conn: sqlite3.Connection, draft: Draft) -> Stored | None:
             "SELECT r.seq, m.ts, m.event FROM reactions r JOIN messages m"
             " ON m.stream = r.stream AND m.seq = r.seq"
             " WHERE r.stream = ? AND r.target = ? AND r.user_key = ? AND r.emoji = ?",
-            (draft.stream, feature.target, draft.sender_key, feature.emoji),
+            (stream, feature.target, draft.sender_key, feature.emoji),
         ).fetchone()
         if feature.kind == REACT and found is not None:
             return Stored(found[0], found[1], found[2], duplicate=True)
@@ -158,22 +160,24 @@ def _refuse(code: ErrorCode) -> Stored:
 
 def on_append(conn: sqlite3.Connection, draft: Draft, seq: int, ts: float) -> None:
     """Keep reactions, deletes and the search index in step with a message just stored."""
-    apply(conn, draft.stream, seq, ts, draft.sender_key, draft.event)
+    event = draft.event
+    apply(conn, draft.stream, seq, ts, draft.sender_key, event.kind, event.target, event.text)
 
 
 def apply(
     conn: sqlite3.Connection,
-    stream: str,
+    stream_id: StreamId,
     seq: int,
     ts: float,
     sender: str,
-    event: dict[str, object],
+    kind: object,
+    target: object,
+    text: object,
 ) -> None:
-    kind = event_kind(event)
-    target = event.get("target")
-    text = event.get("text")
+    """Apply one stored message (kind, target, text as in its event) to the feature state."""
+    stream = stream_id.key
     if kind in TARGETABLE_KINDS and isinstance(text, str):
-        _index(conn, stream, seq, seq, ts, text)
+        _index(conn, stream_id, seq, seq, ts, text)
     elif not isinstance(target, int):
         return
     elif kind == EDIT and isinstance(text, str):
@@ -182,7 +186,7 @@ def apply(
         ).fetchone():
             return
         _unindex(conn, stream, target)
-        _index(conn, stream, target, seq, ts, text)
+        _index(conn, stream_id, target, seq, ts, text)
     elif kind == DELETE:
         _unindex(conn, stream, target)
         conn.execute("INSERT OR IGNORE INTO msg_deleted VALUES (?, ?)", (stream, target))
@@ -198,14 +202,14 @@ def apply(
         )
 
 
-def _scope(stream: str) -> str:
-    tokens = [scope_token("s", stream)]
+def _scope(stream: StreamId) -> str:
+    tokens = [scope_token("s", stream.key)]
     tokens.extend(scope_token("u", key) for key in dm_participants(stream))
     return " ".join(tokens)
 
 
 def _index(
-    conn: sqlite3.Connection, stream: str, target: int, seq: int, ts: float, text: str
+    conn: sqlite3.Connection, stream: StreamId, target: int, seq: int, ts: float, text: str
 ) -> None:
     """Index ``text`` as the current version (message ``seq``) of message ``target``."""
     row = round(ts * 1000) * TIE_SLOTS + seq % TIE_SLOTS
@@ -213,9 +217,9 @@ def _index(
         row += 1
     conn.execute(
         "INSERT INTO search_index (rowid, text, scope, stream, seq) VALUES (?, ?, ?, ?, ?)",
-        (row, text, _scope(stream), stream, seq),
+        (row, text, _scope(stream), stream.key, seq),
     )
-    conn.execute("INSERT OR REPLACE INTO search_rows VALUES (?, ?, ?)", (stream, target, row))
+    conn.execute("INSERT OR REPLACE INTO search_rows VALUES (?, ?, ?)", (stream.key, target, row))
 
 
 def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:
@@ -251,11 +255,11 @@ def marker(conn: sqlite3.Connection, user_key: str, stream: str) -> int:
     return int(row[0]) if row else 0
 
 
-def markers(conn: sqlite3.Connection, user_key: str) -> list[tuple[str, int]]:
+def markers(conn: sqlite3.Connection, user_key: str) -> list[tuple[StreamId, int]]:
     rows = conn.execute(
         "SELECT stream, seq FROM read_markers WHERE user_key = ? ORDER BY stream", (user_key,)
     ).fetchall()
-    return [(stream, int(seq)) for stream, seq in rows]
+    return [(StreamId(stream), int(seq)) for stream, seq in rows]
 
 
 # -- search ----------------------------------------------------------------------------------
@@ -270,7 +274,7 @@ def fts_query(query: Query, scope: SearchScope) -> str | None:
     if not query.phrases:
         return None  # punctuation only: no token to look up (see Query)
     text = " AND ".join(_quote(" ".join(phrase)) for phrase in query.phrases)
-    scopes = [scope_token("s", stream) for stream in scope.streams]
+    scopes = [scope_token("s", stream.key) for stream in scope.streams]
     if scope.dm_user is not None:
         scopes.append(scope_token("u", scope.dm_user))
     if not scopes:
@@ -288,7 +292,6 @@ def search(
     upper = 2**63 - 1
     if before is not None:
         upper = max(0, math.ceil(before * 1000)) * TIE_SLOTS
-    allowed = set(scope.streams)
     rows = conn.execute(
         "SELECT rowid, stream, seq, text FROM search_index"
         " WHERE search_index MATCH ? AND rowid < ? ORDER BY rowid DESC",
@@ -299,9 +302,7 @@ def search(
         ms = rowid // TIE_SLOTS
         if len(found) >= limit and ms < found[limit - 1][0]:
             break  # every row sharing the last kept ts is in: ties can be ordered by seq
-        if stream not in allowed and (
-            scope.dm_user is None or scope.dm_user not in dm_participants(stream)
-        ):
+        if not scope.covers(StreamId(stream)):
             continue  # a scope-token hash collision
         if query.literals and not query.literals_match(body):
             continue

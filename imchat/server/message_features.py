@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any
+
+from .streams import StreamId
 
 #: Seconds during which at most one ``typing`` per user and stream is forwarded.
 TYPING_INTERVAL = 3.0
@@ -19,6 +21,30 @@ TYPING_INTERVAL = 3.0
 TARGETABLE_KINDS = (None, "action")
 #: Event kinds of revision 3 that apply to a target.
 EDIT, DELETE, REACT, UNREACT, REPLY = "edit", "delete", "react", "unreact", "reply"
+
+
+#: Throttle entries kept before stale ones are swept.
+TYPING_SWEEP_AT = 10000
+
+
+@dataclass(slots=True)
+class TypingThrottle:
+    """At most one forwarded ``typing`` per user and stream per :data:`TYPING_INTERVAL`.
+
+    Per server process: in a cluster each node throttles on its own.
+    """
+
+    last: dict[tuple[str, StreamId], float] = field(default_factory=dict)
+
+    def allow(self, user_key: str, stream: StreamId) -> bool:
+        now = time.monotonic()
+        key = (user_key, stream)
+        if now - self.last.get(key, -TYPING_INTERVAL) < TYPING_INTERVAL:
+            return False
+        if len(self.last) >= TYPING_SWEEP_AT:
+            self.last = {k: t for k, t in self.last.items() if now - t < TYPING_INTERVAL}
+        self.last[key] = now
+        return True
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,8 +71,14 @@ class SearchScope:
     """The streams one search covers: ``streams`` by name, plus every DM stream of
     ``dm_user`` (a user key) when set."""
 
-    streams: tuple[str, ...]
+    streams: tuple[StreamId, ...]
     dm_user: str | None = None
+
+    def covers(self, stream: StreamId) -> bool:
+        if stream in self.streams:
+            return True
+        keys = stream.dm_keys
+        return self.dm_user is not None and keys is not None and self.dm_user in keys
 
 
 @dataclass(slots=True)
@@ -109,19 +141,12 @@ def _has_phrase(have: list[str], phrase: tuple[str, ...]) -> bool:
 # -- streams -------------------------------------------------------------------------------
 
 
-def dm_participants(stream: str) -> tuple[str, ...]:
-    """The user keys of a DM stream ``d:<key> <key>`` (empty for other streams)."""
-    if not stream.startswith("d:"):
-        return ()
-    return tuple(stream[2:].split(" ", 1))
+def dm_participants(stream: StreamId) -> tuple[str, ...]:
+    """The user keys of a DM stream (empty for other streams)."""
+    return stream.dm_keys or ()
 
 
 def scope_token(kind: str, name: str) -> str:
     """An index token naming a stream (``s``) or a DM participant (``u``): a short hash, so
     any name fits a token; results are checked against the real stream afterwards."""
     return kind + hashlib.blake2b(name.encode(), digest_size=10).hexdigest()
-
-
-def event_kind(event: dict[str, Any]) -> str | None:
-    kind = event.get("kind")
-    return kind if isinstance(kind, str) else None

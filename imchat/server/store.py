@@ -8,21 +8,13 @@ is committed, so an ``ok`` sent after ``await store.append(...)`` is a durable p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from imchat.protocol.events import StoredEvent
 
 from .message_features import Feature, SearchResult, SearchScope
+from .streams import StreamId
 
-
-def room_stream(room: str) -> str:
-    return f"r:{room}"
-
-
-def dm_stream(a_key: str, b_key: str) -> str:
-    low, high = sorted((a_key, b_key))
-    return f"d:{low} {high}"
-
-
-ANNOUNCE_STREAM = "a"
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
 TOKEN_ID_LENGTH = 12
 
@@ -39,10 +31,10 @@ class StoreUnavailable(Exception):
 class Draft:
     """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
 
-    stream: str
+    stream: StreamId
     sender_key: str
     cid: str | None
-    event: dict[str, Any]
+    event: StoredEvent
     #: Recipient key of a DM: it stays undelivered until claimed live or fetched at hello.
     #: A clustered store decides this itself, atomically with storing, and ignores it.
     pending_for: str | None = None
@@ -155,30 +147,30 @@ class Store(Protocol):
     async def append(self, draft: Draft) -> Stored: ...
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
     ) -> list[bytes]:
         """Stored event payloads, oldest first (see the contract's History section)."""
 
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         """Undelivered DMs for a user, oldest first; each is handed out once."""
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
         """Take one undelivered DM for live delivery; False if a ``take_pending`` had it."""
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""
 
     # Revision 3: read markers and search (target checks ride on ``append`` via Draft.feature)
-    async def last_seq(self, stream: str) -> int:
+    async def last_seq(self, stream: StreamId) -> int:
         """The stream's newest seq (0 if none)."""
 
-    async def mark(self, user_key: str, stream: str, seq: int) -> bool | None:
+    async def mark(self, user_key: str, stream: StreamId, seq: int) -> bool | None:
         """Move a read marker forward; False if it was already at or past ``seq``, None if
         ``seq`` is above the stream's last seq (nothing changes)."""
 
-    async def marker(self, user_key: str, stream: str) -> int: ...
+    async def marker(self, user_key: str, stream: StreamId) -> int: ...
 
-    async def markers(self, user_key: str) -> list[tuple[str, int]]:
+    async def markers(self, user_key: str) -> list[tuple[StreamId, int]]:
         """Every (stream, seq) marker of a user."""
 
     async def search(
