@@ -279,7 +279,7 @@ async def test_dm_edit_to_an_offline_user_waits_for_them(server: Any, connect: C
 
 
 async def test_cid_retry_of_a_delete_answers_the_first(server: Any, connect: Clients) -> None:
-    alice, bob = await _room(connect, "alice", "bob")
+    alice, _bob = await _room(connect, "alice", "bob")
     said = await alice.request("say", room="lobby", text="x")
     first = await alice.request("delete", room="lobby", seq=said["seq"], cid="del-1")
     again = await alice.request("delete", room="lobby", seq=said["seq"], cid="del-1")
