@@ -20,9 +20,7 @@ async def _error(conn: Connection, kind: str, **fields: Any) -> str:
     return info.value.code
 
 
-async def test_markers_move_forward_and_reach_every_session(
-    server: Any, connect: Clients
-) -> None:
+async def test_markers_move_forward_and_reach_every_session(server: Any, connect: Clients) -> None:
     phone = await connect.admin()
     laptop = await connect.admin()
     await join(phone, "lobby")

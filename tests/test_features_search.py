@@ -99,9 +99,7 @@ async def test_newest_first_limit_and_before(server: Any, connect: Clients) -> N
     last_ts = oks[3]["ts"]
     older = await alice.request("search", text="ping", before=last_ts)
     assert all(m["ts"] < last_ts for m in older["messages"])
-    assert {m["seq"] for m in older["messages"]} == {
-        ok["seq"] for ok in oks if ok["ts"] < last_ts
-    }
+    assert {m["seq"] for m in older["messages"]} == {ok["seq"] for ok in oks if ok["ts"] < last_ts}
     # a limit above the maximum is taken as the maximum
     assert len((await alice.request("search", text="ping", limit=10**6))["messages"]) == 7
     assert await _error(alice, "search", text="ping", limit=0) == "bad_request"
