@@ -108,7 +108,7 @@ async def test_markers_sync_between_two_sessions_of_one_account(
     for text in ("one", "two", "three"):
         last = await bob.request("say", room="lobby", text=text)
     async with (
-        running(server, "admin", token=token) as (_s1, phone, phone_watch),
+        running(server, "admin", token=token) as (_s1, phone, _phone_watch),
         running(server, "admin", token=token) as (_s2, laptop, laptop_watch),
     ):
         await laptop_watch.until(lambda: laptop.unread(LOBBY) == 3)
