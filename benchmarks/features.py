@@ -36,12 +36,12 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverproc import imchat_server  # noqa: E402
+from serverproc import imchat_server
 
-from imchat.client import Connection  # noqa: E402
-from imchat.server.message_features import SearchScope  # noqa: E402
-from imchat.server.sqlite_store import SCHEMA, SQLiteStore  # noqa: E402
-from imchat.server.streams import StreamId  # noqa: E402
+from imchat.client import Connection
+from imchat.server.message_features import SearchScope
+from imchat.server.sqlite_store import SCHEMA, SQLiteStore
+from imchat.server.streams import StreamId
 
 WORDS = 20000
 
