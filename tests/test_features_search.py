@@ -103,3 +103,11 @@ async def test_newest_first_limit_and_before(server: Any, connect: Clients) -> N
     # a limit above the maximum is taken as the maximum
     assert len((await alice.request("search", text="ping", limit=10**6))["messages"]) == 7
     assert await _error(alice, "search", text="ping", limit=0) == "bad_request"
+
+
+async def test_before_far_in_the_future_or_past(server: Any, connect: Clients) -> None:
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    await alice.request("say", room="lobby", text="timeless")
+    assert _texts(await alice.request("search", text="timeless", before=1e300)) == ["timeless"]
+    assert _texts(await alice.request("search", text="timeless", before=-5)) == []

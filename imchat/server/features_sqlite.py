@@ -290,7 +290,7 @@ def search(
     if match is None:
         return SearchResult()
     upper = 2**63 - 1
-    if before is not None:
+    if before is not None and before * 1000 * TIE_SLOTS < upper:
         upper = max(0, math.ceil(before * 1000)) * TIE_SLOTS
     rows = conn.execute(
         "SELECT rowid, stream, seq, text FROM search_index"
