@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -35,15 +35,22 @@ from imchat.client.features import (
     TypingNow,
     conv_of_message,
 )
-from imchat.client.session import ConvKey, ConvKind, MessagesAdded, NotConnected, State
+from imchat.client.session import (
+    ChatSession,
+    ConvKey,
+    ConvKind,
+    MessagesAdded,
+    NotConnected,
+    State,
+)
 from imchat.protocol import ProtocolError, nick_key
 from imchat.tui.features_render import decorate, folded, snippet
-from imchat.tui.render import SYSTEM, Entry, clean
+from imchat.tui.render import SYSTEM, Entry, Formatter, clean
 from imchat.tui.widgets.pickers import EMOJIS, ConfirmScreen, PickerScreen
 from imchat.tui.widgets.typing_indicator import MODE, TypingIndicator
 
 if TYPE_CHECKING:
-    from imchat.tui.widgets import MessageLog
+    from imchat.tui.widgets import ConversationView, MessageLog
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +79,12 @@ class FeatureApp(App[None]):
     ]
 
     # Provided by ChatApp.
-    session: Any
-    formatter: Any
-    views: dict[ConvKey, Any]
-    current: Any
-    open: Any
-    open_dm: Any
+    session: ChatSession
+    formatter: Formatter
+    views: dict[ConvKey, ConversationView]
+    current: Any  # a reactive ConvKey | None on ChatApp
+    open: Callable[[ConvKey], None]
+    open_dm: Callable[[str], ConvKey]
 
     def setup_features(self) -> None:
         """Call in ``__init__``, before the session runs: it must see every event."""
