@@ -137,3 +137,21 @@ async def test_typing_rules(server: Any, connect: Clients) -> None:
     assert await _error(alice, "typing", announcements=True) == "bad_request"
     assert await _error(alice, "typing", room="lobby") == "not_in_room"
     assert await _error(alice, "typing") == "bad_request"
+
+
+async def test_typing_throttle_is_per_stream_and_expires(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imchat.server import message_features
+
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await join(alice, "lobby")
+    await join(bob, "lobby")
+    await alice.request("typing", room="lobby")
+    await alice.request("typing", **{"with": "bob"})  # another stream: not throttled
+    kinds = [await next_event(bob, "typing", skip=QUIET) for _ in range(2)]
+    assert [("room" in k, "with" in k) for k in kinds] == [(True, False), (False, True)]
+    monkeypatch.setattr(message_features, "TYPING_INTERVAL", 0.0)  # as if 3 s had passed
+    await alice.request("typing", room="lobby")
+    assert (await next_event(bob, "typing", skip=QUIET))["room"] == "lobby"

@@ -3,6 +3,7 @@ deletes reflected. Runs on both backends."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -36,7 +37,13 @@ async def test_search_covers_readable_streams_only(server: Any, connect: Clients
     await carol.request("dm", to="bob", text="deploy between carol and bob")
     await admin.request("announce", text="deploy freeze friday")
     found = await alice.request("search", text="DEPLOY")
-    assert _texts(found) == ["deploy freeze friday", "deploy tonight?", "the Deploy is green"]
+    assert sorted(_texts(found)) == [
+        "deploy freeze friday",
+        "deploy tonight?",
+        "the Deploy is green",
+    ]
+    keys = [(m["ts"], m["seq"]) for m in found["messages"]]
+    assert keys == sorted(keys, reverse=True)  # newest first (streams may share a ts)
     # any room may be named (rooms are public), and only that stream is searched
     named = await alice.request("search", text="deploy", room="secret")
     assert _texts(named) == ["deploy plan in secret"]
@@ -111,3 +118,27 @@ async def test_before_far_in_the_future_or_past(server: Any, connect: Clients) -
     await alice.request("say", room="lobby", text="timeless")
     assert _texts(await alice.request("search", text="timeless", before=1e300)) == ["timeless"]
     assert _texts(await alice.request("search", text="timeless", before=-5)) == []
+
+
+@pytest.mark.skipif(
+    os.environ.get("IMCHAT_TEST_BACKEND") != "redis", reason="the scan bound is Redis's"
+)
+async def test_redis_scan_is_bounded_and_says_more(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imchat.server import features_redis
+
+    monkeypatch.setattr(features_redis, "SEARCH_SCAN_LIMIT", 20)
+    monkeypatch.setattr(features_redis, "SCAN_CHUNK", 10)
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    await alice.request("say", room="lobby", text="needle old")
+    for i in range(30):
+        await alice.request("say", room="lobby", text=f"hay {i}")
+    cut = await alice.request("search", text="needle")
+    assert (cut["messages"], cut["more"]) == ([], True)
+    await alice.request("say", room="lobby", text="needle new")
+    found = await alice.request("search", text="needle")
+    assert _texts(found) == ["needle new"] and found["more"] is True
+    # enough found before the bound: nothing unsearched could come first
+    assert (await alice.request("search", text="hay 29", limit=1))["more"] is False
