@@ -153,3 +153,16 @@ async def test_search_hits_name_their_conversation(server: Any, connect: Clients
             (LOBBY, "find me"),
         }
         assert more is False
+
+
+def test_book_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imchat.client import features
+
+    monkeypatch.setattr(features, "MAX_VIEWS", 10)
+    monkeypatch.setattr(features, "MAX_WAITING", 3)
+    book = MessageBook()
+    book.add(LOBBY, [{"seq": n, "from": "a", "text": str(n)} for n in range(1, 101)])
+    assert len(book.views(LOBBY)) <= 11 and book.view(LOBBY, 100) is not None
+    orphans = [{"seq": 200 + n, "kind": "react", "target": 1000 + n, "text": "x"} for n in range(9)]
+    book.add(LOBBY, orphans)
+    assert len(book._waiting) <= 3

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 TYPING_INTERVAL = 3.0
 #: How long a "bob is typing" lasts without a new notification.
 TYPING_SHOWN_FOR = 6.0
+#: Messages kept per conversation (as many as the TUI's log shows); older ones are dropped.
+MAX_VIEWS = 20_000
+#: Changes kept waiting for a target that has not been loaded (yet), in all.
+MAX_WAITING = 5_000
 #: Kinds of message that change another one (the contract's ``target``).
 TARGETING_KINDS = frozenset({"edit", "delete", "react", "unreact"})
 
@@ -117,11 +121,26 @@ class MessageBook:
                 kind if isinstance(kind, str) else None,
                 reply_to if isinstance(reply_to, int) else None,
             )
-            self._views.setdefault(conv, {})[seq] = view
+            views = self._views.setdefault(conv, {})
+            views[seq] = view
             for waiting in sorted(self._waiting.pop((conv, seq), []), key=_seq):
                 self._apply(conv, seq, waiting)
             changed.add(seq)
+        self._bound(conv)
         return changed
+
+    def _bound(self, conv: ConvKey) -> None:
+        """Keep memory flat over a long session: drop the oldest messages and waiters."""
+        views = self._views.get(conv, {})
+        if len(views) > MAX_VIEWS + MAX_VIEWS // 10:
+            for seq in sorted(views)[: len(views) - MAX_VIEWS]:
+                del views[seq]
+            targeting = self.targeting.get(conv, set())
+            oldest = min(views) if views else 0
+            self.targeting[conv] = {seq for seq in targeting if seq >= oldest}
+        if len(self._waiting) > MAX_WAITING:
+            for key in list(self._waiting)[: len(self._waiting) - MAX_WAITING]:
+                del self._waiting[key]
 
     def _apply(self, conv: ConvKey, target: int, message: Message) -> bool:
         view = self.view(conv, target)
