@@ -37,6 +37,7 @@ from .message_features import (
     SearchResult,
     SearchScope,
     dm_participants,
+    owner_of,
 )
 from .store import Draft
 from .streams import StreamId
@@ -55,8 +56,8 @@ SCAN_CHUNK = 500
 
 FEATURE_PRE_LUA = """
 local fkind, target, emoji = KEYS[1], KEYS[2], KEYS[3]
-local author, admin, cidkey = KEYS[4], KEYS[5], KEYS[6]
-local f_prefix, f_stream, f_cid, f_sender = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
+local author, admin, cidkey, f_sender = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local f_prefix, f_stream, f_cid = ARGV[1], ARGV[2], ARGV[3]
 local f_mkey = f_prefix .. 'm:' .. f_stream
 local f_rxkey = f_prefix .. 'rx:' .. f_stream
 local f_delkey = f_prefix .. 'del:' .. f_stream
@@ -134,7 +135,8 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
         feature.emoji,
         feature.author,
         "1" if feature.admin else "0",
-        store.keys.cids(draft.sender_key),
+        store.keys.cids(owner_of(draft)),
+        owner_of(draft),
     )
     script = store.feature_lua
     try:

@@ -34,6 +34,7 @@ from .message_features import (
     SearchResult,
     SearchScope,
     dm_participants,
+    owner_of,
     scope_token,
 )
 from .store import Draft, Stored
@@ -135,7 +136,7 @@ def check(conn: sqlite3.Connection, draft: Draft) -> Stored | None:
         return _refuse(ErrorCode.NO_SUCH_MESSAGE)
     # The stored sender key (not the nick in "from"): a later guest with the same nick is
     # another identity and owns none of these messages.
-    own = row[0] == draft.sender_key
+    own = row[0] == owner_of(draft)
     if feature.kind == EDIT and not own:
         return _refuse(ErrorCode.FORBIDDEN)
     if feature.kind == DELETE and not own and not feature.admin:
@@ -145,7 +146,7 @@ def check(conn: sqlite3.Connection, draft: Draft) -> Stored | None:
             "SELECT r.seq, m.ts, m.event FROM reactions r JOIN messages m"
             " ON m.stream = r.stream AND m.seq = r.seq"
             " WHERE r.stream = ? AND r.target = ? AND r.user_key = ? AND r.emoji = ?",
-            (stream, feature.target, draft.sender_key, feature.emoji),
+            (stream, feature.target, owner_of(draft), feature.emoji),
         ).fetchone()
         if feature.kind == REACT and found is not None:
             return Stored(found[0], found[1], found[2], duplicate=True)
@@ -161,7 +162,7 @@ def _refuse(code: ErrorCode) -> Stored:
 def on_append(conn: sqlite3.Connection, draft: Draft, seq: int, ts: float) -> None:
     """Keep reactions, deletes and the search index in step with a message just stored."""
     event = draft.event
-    apply(conn, draft.stream, seq, ts, draft.sender_key, event.kind, event.target, event.text)
+    apply(conn, draft.stream, seq, ts, owner_of(draft), event.kind, event.target, event.text)
 
 
 def apply(

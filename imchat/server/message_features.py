@@ -66,6 +66,17 @@ class Feature:
     emoji: str = ""
 
 
+def owner_of(draft: object) -> str:
+    """Who a draft's message belongs to: its ``cid`` namespace and the stored sender.
+
+    The nick key today; with guest identities (issue 9) ``Draft.cid_owner``, the identity, so
+    that a later guest with the same nick owns none of an earlier one's messages or reactions.
+    Read with ``getattr`` so this module needs no change when that field arrives.
+    """
+    owner = getattr(draft, "cid_owner", None)
+    return owner if isinstance(owner, str) and owner else str(getattr(draft, "sender_key", ""))
+
+
 @dataclass(slots=True, frozen=True)
 class SearchScope:
     """The streams one search covers: ``streams`` by name, plus every DM stream of
