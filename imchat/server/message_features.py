@@ -77,6 +77,14 @@ def owner_of(draft: object) -> str:
     return owner if isinstance(owner, str) and owner else str(getattr(draft, "sender_key", ""))
 
 
+def marker_owner(user: object) -> str:
+    """Whose read markers: the user's identity (``User.ident``, issue 9) when it has one, so
+    an account created over a guest's nick inherits none of the guest's markers; else the
+    nick key."""
+    ident = getattr(user, "ident", None)
+    return ident if isinstance(ident, str) and ident else str(getattr(user, "key", ""))
+
+
 @dataclass(slots=True, frozen=True)
 class SearchScope:
     """The streams one search covers: ``streams`` by name, plus every DM stream of

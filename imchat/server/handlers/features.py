@@ -38,6 +38,7 @@ from ..message_features import (
     UNREACT,
     Feature,
     SearchScope,
+    marker_owner,
 )
 from ..peer import Peer, User
 from ..streams import StreamId, StreamKind
@@ -120,7 +121,7 @@ async def on_mark(ctx: Context, session: Peer, req: Mark) -> None:
     """Move the user's marker forward; the ``marker`` event goes to all its sessions."""
     user = ctx.user(session)
     stream = await _stream(ctx, session, req, member=True)
-    moved = await ctx.store.mark(user.key, stream, req.seq)
+    moved = await ctx.store.mark(marker_owner(user), stream, req.seq)
     if moved is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"seq {req.seq} is above the last seq")
     ctx.reply(session, req, Ok())
@@ -135,7 +136,8 @@ async def on_mark(ctx: Context, session: Peer, req: Mark) -> None:
 async def on_markers(ctx: Context, session: Peer, req: Markers) -> None:
     user = ctx.user(session)
     entries = [
-        await _entry(ctx, user, stream, seq) for stream, seq in await ctx.store.markers(user.key)
+        await _entry(ctx, user, stream, seq)
+        for stream, seq in await ctx.store.markers(marker_owner(user))
     ]
     ctx.reply(session, req, Ok(markers=entries))
 
