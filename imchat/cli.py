@@ -248,6 +248,16 @@ def send(
         bool,
         typer.Option("--password-stdin", help="Read the account password from stdin's first line."),
     ] = False,
+    reply_to: Annotated[
+        int | None,
+        typer.Option("--reply-to", metavar="SEQ", help="Send TEXT as a reply to message SEQ."),
+    ] = None,
+    react: Annotated[
+        int | None,
+        typer.Option(
+            "--react", metavar="SEQ", help="Add TEXT (an emoji) as a reaction to message SEQ."
+        ),
+    ] = None,
 ) -> None:
     """Send messages from scripts; exit 0 only once the server acknowledged every one."""
     import ssl
@@ -268,10 +278,14 @@ def send(
                 f"--all needs an admin token: cannot read {token_file}: {exc.strerror}", 2
             ) from None
         nick = nick or "admin"
+    if reply_to is not None and react is not None:
+        raise _fail("--reply-to and --react do not mix: a reaction answers by itself", 2)
+    if reply_to is not None and all_:
+        raise _fail("announcements take no replies (--reply-to with --all)", 2)
     if password_stdin and text == "-":
         raise _fail("--password-stdin needs TEXT as an argument: stdin holds the password", 2)
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
-    target = Target(room=room, to=to, everyone=all_)
+    target = Target(room=room, to=to, everyone=all_, reply_to=reply_to, react=react)
     texts = None if text == "-" else [text]
     try:
         context = client_context(ca) if tls or ca is not None else None

@@ -232,7 +232,14 @@ async def test_requests_without_id_get_replies_without_id(server: Any, connect: 
     assert welcome["type"] == "welcome" and "id" not in welcome
     raw.send({"type": "join", "room": "lobby"})
     ok = await raw.recv_skip()
-    assert ok == {"type": "ok", "room": "lobby", "topic": "", "members": ["alice"], "last_seq": 0}
+    assert ok == {
+        "type": "ok",
+        "room": "lobby",
+        "topic": "",
+        "members": ["alice"],
+        "last_seq": 0,
+        "read": 0,  # revision 3: the user's read marker
+    }
     raw.send({"type": "say", "room": "lobby", "text": "x"})
     frames = [await raw.recv_skip() for _ in range(3)]
     assert frames[0]["type"] == "joined"

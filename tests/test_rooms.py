@@ -24,6 +24,7 @@ async def test_join_reply_and_joined_event(server: Any, connect: Clients) -> Non
         "topic": "",
         "members": ["alice"],
         "last_seq": 0,
+        "read": 0,  # revision 3: the user's read marker
     }
     event = await next_event(alice, "joined")
     assert set(event) == {"type", "room", "nick", "ts"}

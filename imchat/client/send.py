@@ -22,13 +22,29 @@ class Target:
     room: str | None = None
     to: str | None = None
     everyone: bool = False
+    #: Revision 3: each message answers this seq of the same stream.
+    reply_to: int | None = None
+    #: Revision 3: the text is an emoji added to the message with this seq.
+    react: int | None = None
 
-    def request(self, text: str, cid: str) -> tuple[str, dict[str, str]]:
+    def request(self, text: str, cid: str) -> tuple[str, dict[str, object]]:
+        if self.react is not None:
+            return "react", {**self._stream(), "seq": self.react, "emoji": text, "cid": cid}
+        fields: dict[str, object] = {"text": text, "cid": cid}
+        if self.reply_to is not None and not self.everyone:
+            fields["reply_to"] = self.reply_to
         if self.room is not None:
-            return "say", {"room": self.room, "text": text, "cid": cid}
+            return "say", {"room": self.room, **fields}
         if self.to is not None:
-            return "dm", {"to": self.to, "text": text, "cid": cid}
-        return "announce", {"text": text, "cid": cid}
+            return "dm", {"to": self.to, **fields}
+        return "announce", fields
+
+    def _stream(self) -> dict[str, object]:
+        if self.room is not None:
+            return {"room": self.room}
+        if self.to is not None:
+            return {"with": self.to}
+        return {"announcements": True}
 
 
 async def stdin_lines(conn: Connection) -> AsyncIterator[str]:

@@ -186,6 +186,8 @@ class Pending:
     target: str
     action: bool = False
     cid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Revision 3: the seq (same conversation) this message answers.
+    reply_to: int | None = None
 
 
 class Conversation:
@@ -671,7 +673,7 @@ class ChatSession:
             else:
                 self.online.pop(nick_key(nick), None)
             self._emit(ServerEvent(message))
-        elif kind == "error":
+        elif kind in ("error", "marker", "typing"):  # marker, typing: see client.features
             self._emit(ServerEvent(message))
 
     def _deliver_live(self, key: ConvKey, message: Message, title: str) -> None:
@@ -764,13 +766,15 @@ class ChatSession:
             self._emit(MessagesAdded(key, tuple(older), prepend=True, complete=conv.complete))
         return len(older)
 
-    def say(self, room: str, text: str, *, action: bool = False) -> Pending:
+    def say(
+        self, room: str, text: str, *, action: bool = False, reply_to: int | None = None
+    ) -> Pending:
         key = ConvKey.room(normalize_room(room))
-        return self._queue(Pending(key, text, key.name, action=action))
+        return self._queue(Pending(key, text, key.name, action=action, reply_to=reply_to))
 
-    def dm(self, nick: str, text: str) -> Pending:
+    def dm(self, nick: str, text: str, *, reply_to: int | None = None) -> Pending:
         key = self.open_dm(nick)
-        return self._queue(Pending(key, text, nick))
+        return self._queue(Pending(key, text, nick, reply_to=reply_to))
 
     def announce(self, text: str) -> Pending:
         return self._queue(Pending(ANNOUNCEMENTS, text, ""))
@@ -817,9 +821,14 @@ class ChatSession:
             fields: dict[str, Any] = {"room": pending.target, "text": pending.text}
             if pending.action:
                 fields["kind"] = "action"
+            if pending.reply_to is not None:
+                fields["reply_to"] = pending.reply_to
             return "say", fields | {"cid": pending.cid}
         if kind is ConvKind.DM:
-            return "dm", {"to": pending.target, "text": pending.text, "cid": pending.cid}
+            fields = {"to": pending.target, "text": pending.text, "cid": pending.cid}
+            if pending.reply_to is not None:
+                fields["reply_to"] = pending.reply_to
+            return "dm", fields
         return "announce", {"text": pending.text, "cid": pending.cid}
 
 

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    # Revision 3: a target or reply_to that names no stored plain/action message.
+    NO_SUCH_MESSAGE = "no_such_message"
     # Not in the contract's list: the contract names the idle timeout as fatal without naming
     # a code, and a client deserves to be told why it was closed.
     IDLE_TIMEOUT = "idle_timeout"

@@ -10,6 +10,7 @@ The same structs encode requests on the client side (the ``type`` tag is added b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +25,9 @@ MAX_CID_LENGTH = 64
 DEFAULT_MAX_TEXT = 4000
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
+DEFAULT_SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 100
+MAX_EMOJI = 16
 _INT64 = 2**63
 
 
@@ -48,6 +52,11 @@ class Request(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True
 def _check_cid(cid: str | None) -> None:
     if cid is not None and not 1 <= len(cid) <= MAX_CID_LENGTH:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "cid must be a string of 1-64 characters")
+
+
+def _check_seq(name: str, value: int | None) -> None:
+    if value is not None and not 0 <= value < _INT64:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be a seq >= 0")
 
 
 class Hello(Request, tag="hello"):
@@ -88,11 +97,14 @@ class Say(Request, tag="say"):
     text: str
     kind: str | None = None
     cid: str | None = None
+    #: Revision 3: the seq of the message (of the same room) this one answers.
+    reply_to: int | None = None
 
     def validate(self, limits: Limits) -> None:
         if self.kind is not None and self.kind != "action":
             raise ProtocolError(ErrorCode.BAD_REQUEST, "kind must be 'action'")
         _check_cid(self.cid)
+        _check_seq("reply_to", self.reply_to)
         self.room = normalize_room(self.room)
         check_text(self.text, limits.max_text)
 
@@ -118,9 +130,12 @@ class Dm(Request, tag="dm"):
     to: str
     text: str
     cid: str | None = None
+    #: Revision 3: the seq of the message (of the same DM stream) this one answers.
+    reply_to: int | None = None
 
     def validate(self, limits: Limits) -> None:
         _check_cid(self.cid)
+        _check_seq("reply_to", self.reply_to)
         check_nick(self.to)
         check_text(self.text, limits.max_text)
 
@@ -166,10 +181,136 @@ class History(Request, tag="history"):
         return min(self.limit, MAX_HISTORY_LIMIT)
 
 
+# -- revision 3: message features ------------------------------------------------------------
+
+
+class StreamRequest(Request, kw_only=True):
+    """A request about exactly one stream: a room, the DM stream ``with`` a user, or the
+    announcements. Subclasses say whether naming none is allowed (``search``)."""
+
+    room: str | None = None
+    with_: str | None = msgspec.field(default=None, name="with")
+    announcements: bool = False
+    #: ``search`` may name no stream (then it covers every readable one).
+    stream_optional: ClassVar[bool] = False
+
+    def validate(self, limits: Limits) -> None:
+        named = (self.room is not None) + (self.with_ is not None) + self.announcements
+        if named > 1 or (named == 0 and not self.stream_optional):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"{self.tag()} needs exactly one of room, with, announcements",
+            )
+        if self.room is not None:
+            self.room = normalize_room(self.room)
+        if self.with_ is not None:
+            check_nick(self.with_)
+
+    @classmethod
+    def tag(cls) -> str:
+        return str(cls.__struct_config__.tag)
+
+    @property
+    def names_stream(self) -> bool:
+        return self.room is not None or self.with_ is not None or self.announcements
+
+
+class _TargetRequest(StreamRequest, kw_only=True):
+    """A request about one stored message (``seq``) of a stream; may carry a ``cid``."""
+
+    seq: int
+    cid: str | None = None
+
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        _check_cid(self.cid)
+        _check_seq("seq", self.seq)
+
+
+class Edit(_TargetRequest, tag="edit", kw_only=True):
+    text: str
+
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        check_text(self.text, limits.max_text)
+
+
+class Delete(_TargetRequest, tag="delete"):
+    pass
+
+
+class React(_TargetRequest, tag="react", kw_only=True):
+    emoji: str
+    remove: bool = False
+
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        check_text(self.emoji, MAX_EMOJI)
+
+
+class Mark(StreamRequest, tag="mark", kw_only=True):
+    seq: int
+
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        _check_seq("seq", self.seq)
+
+
+class Markers(Request, tag="markers"):
+    pass
+
+
+class Typing(StreamRequest, tag="typing"):
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        if self.announcements:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "typing is for rooms and DMs only")
+
+
+class Search(StreamRequest, tag="search", kw_only=True):
+    text: str
+    limit: int | None = None
+    #: A ``ts``: only messages strictly older are found (paging back).
+    before: float | None = None
+    stream_optional: ClassVar[bool] = True
+
+    def validate(self, limits: Limits) -> None:
+        super().validate(limits)
+        check_text(self.text, limits.max_text)
+        if not self.text.split():
+            raise ProtocolError(ErrorCode.BAD_TEXT, "search text holds no term")
+        if self.limit is not None and self.limit < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be at least 1")
+        if self.before is not None and not math.isfinite(self.before):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "before must be a finite ts")
+
+    @property
+    def terms(self) -> list[str]:
+        return self.text.split()
+
+    @property
+    def effective_limit(self) -> int:
+        if self.limit is None:
+            return DEFAULT_SEARCH_LIMIT
+        return min(self.limit, MAX_SEARCH_LIMIT)
+
+
+FEATURE_REQUESTS: tuple[type[Request], ...] = (
+    Edit,
+    Delete,
+    React,
+    Mark,
+    Markers,
+    Typing,
+    Search,
+)
+
+
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (Hello, Ping, Bye, Join, Part, Say, Topic, Rooms, Users, Dm, Announce, History)
 }
+REQUEST_TYPES.update({cls.__struct_config__.tag: cls for cls in FEATURE_REQUESTS})  # type: ignore[misc]
 
 _decoder = msgspec.json.Decoder()
 _MISSING: Any = object()

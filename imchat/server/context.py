@@ -7,7 +7,7 @@ are plain functions that depend on these parts and on :class:`Peer`, never on th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, encode_message
 from imchat.protocol.events import Ok, Pong, Welcome
@@ -16,6 +16,7 @@ from .authn import Authenticator
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
 from .fanout import Fanout
+from .message_features import TypingThrottle
 from .peer import Peer, User
 from .registry import Registry
 from .store import Store
@@ -35,6 +36,8 @@ class Context:
     authn: Authenticator
     dms: DmDelivery
     limits: Limits
+    #: Revision 3: which ``typing`` notifications were forwarded lately.
+    typing: TypingThrottle = field(default_factory=TypingThrottle)
 
     @staticmethod
     def reply(session: Peer, request: Request, reply: Ok | Welcome | Pong) -> None:

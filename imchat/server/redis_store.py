@@ -43,6 +43,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from . import features_redis
+from .message_features import SearchResult, SearchScope
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_sentinel_url
 from .store import (
@@ -256,6 +258,9 @@ class Keys:
     def messages(self, stream: str) -> str:
         return f"{self.prefix}m:{stream}"
 
+    def cids(self, sender_key: str) -> str:
+        return f"{self.prefix}cid:{sender_key}"
+
     def pending(self, key: str) -> str:
         return f"{self.prefix}pending:{key}"
 
@@ -284,6 +289,9 @@ class RedisStore:
         self.redis = connect_redis(url)
         self._append = self.redis.register_script(APPEND_LUA)
         self._take_pending = self.redis.register_script(TAKE_PENDING_LUA)
+        # Revision 3 (features_redis): the append script wrapped with target checks.
+        self.feature_lua = self.redis.register_script(features_redis.feature_script(APPEND_LUA))
+        self.mark_lua = self.redis.register_script(features_redis.MARK_LUA)
         self._encoder = msgspec.json.Encoder()
         #: Commands for the ordered pipeline: each with its future and whether it writes.
         self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
@@ -299,6 +307,7 @@ class RedisStore:
             await self.redis.aclose()
             raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
         self._sender = asyncio.create_task(self._send_batches())
+        await features_redis.migrate(self)
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -533,9 +542,12 @@ class RedisStore:
             draft.sender_key,
         )
         script = self._append
-        reply: bytes = await self._ordered(
-            lambda pipe: pipe.evalsha(script.sha, 0, *args), write=True
-        )
+        reply: bytes
+        if draft.feature is not None:  # revision 3: checked in the same atomic script
+            reply = await features_redis.append(self, draft, args)
+        else:
+            reply = await self._ordered(lambda pipe: pipe.evalsha(script.sha, 0, *args), write=True)
+        features_redis.after_append(self, stream, reply)
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
@@ -573,3 +585,22 @@ class RedisStore:
         found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if found:
             await self.redis.rpush(self.keys.pending(recipient_key), found[0])
+
+    # -- revision 3: read markers and search (see features_redis) ----------------------------
+
+    async def last_seq(self, stream: StreamId) -> int:
+        return await features_redis.last_seq(self, stream)
+
+    async def mark(self, user_key: str, stream: StreamId, seq: int) -> bool | None:
+        return await features_redis.mark(self, user_key, stream, seq)
+
+    async def marker(self, user_key: str, stream: StreamId) -> int:
+        return await features_redis.marker(self, user_key, stream)
+
+    async def markers(self, user_key: str) -> list[tuple[StreamId, int]]:
+        return await features_redis.markers(self, user_key)
+
+    async def search(
+        self, scope: SearchScope, text: str, *, before: float | None, limit: int
+    ) -> SearchResult:
+        return await features_redis.search(self, scope, text, before, limit)

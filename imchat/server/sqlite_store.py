@@ -24,6 +24,10 @@ from typing import Any
 
 import msgspec
 
+from imchat.protocol import ErrorCode, ProtocolError
+
+from . import features_sqlite
+from .message_features import SearchResult, SearchScope
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -182,6 +186,11 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
         self._rooms: dict[str, RoomInfo] = {}
+        #: Seconds the last open spent building the search index (None: it was there).
+        self.index_build_seconds: float | None = None
+        #: Searches run on a thread of their own over this connection, one at a time.
+        self._searcher: sqlite3.Connection | None = None
+        self._search_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -193,6 +202,7 @@ class SQLiteStore:
             writer_conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+        self.index_build_seconds = features_sqlite.migrate(writer_conn)
         self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
         self._load_rooms(self._reader)
         self._writer = _Writer(writer_conn, asyncio.get_running_loop())
@@ -206,6 +216,9 @@ class SQLiteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
 
     def _load_rooms(self, conn: sqlite3.Connection) -> None:
         last = dict(
@@ -366,6 +379,9 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:
                     return Stored(row[0], row[1], row[2], duplicate=True)
+            early = features_sqlite.check(c, draft)  # revision 3: targets, repeated reactions
+            if early is not None:
+                return early
             seq = writer.next_seq(c, stream)
             ts = round(time.time(), 3)
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
@@ -379,10 +395,13 @@ class SQLiteStore:
                     "INSERT INTO pending_dms VALUES (?, ?, ?)",
                     (draft.pending_for, stream, seq),
                 )
+            features_sqlite.on_append(c, draft, seq, ts)
             writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
         stored: Stored = await writer.submit(op)
+        if stored.refused is not None:
+            raise ProtocolError(ErrorCode(stored.refused), "no such message or not yours")
         room = draft.stream.room_name
         if not stored.duplicate and room is not None:
             info = self._rooms.get(room)
@@ -446,3 +465,35 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO pending_dms VALUES (?, ?, ?)", (recipient_key, stream, seq)
             )
         )
+
+    # -- revision 3: read markers and search (see features_sqlite) ---------------------------
+
+    async def last_seq(self, stream: StreamId) -> int:
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT MAX(seq) FROM messages WHERE stream = ?", (stream.key,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    async def mark(self, user_key: str, stream: StreamId, seq: int) -> bool | None:
+        moved: bool | None = await self._submit(
+            lambda c: features_sqlite.mark(c, user_key, stream.key, seq)
+        )
+        return moved
+
+    async def marker(self, user_key: str, stream: StreamId) -> int:
+        assert self._reader is not None
+        return features_sqlite.marker(self._reader, user_key, stream.key)
+
+    async def markers(self, user_key: str) -> list[tuple[StreamId, int]]:
+        assert self._reader is not None
+        return features_sqlite.markers(self._reader, user_key)
+
+    async def search(
+        self, scope: SearchScope, text: str, *, before: float | None, limit: int
+    ) -> SearchResult:
+        async with self._search_lock:
+            if self._searcher is None:
+                self._searcher = _connect(self.path, durable_fsync=self._durable_fsync)
+            conn = self._searcher
+            return await asyncio.to_thread(features_sqlite.search, conn, scope, text, before, limit)

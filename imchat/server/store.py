@@ -12,6 +12,7 @@ from typing import Protocol
 
 from imchat.protocol.events import StoredEvent
 
+from .message_features import Feature, SearchResult, SearchScope
 from .streams import StreamId
 
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
@@ -40,6 +41,8 @@ class Draft:
     #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
     #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
     hold: str | None = None
+    #: Revision 3: the target rules this message is checked against when it is stored.
+    feature: Feature | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,6 +58,9 @@ class Stored:
     published: bool = False
     #: For an announcement a store published itself: the sessions (on every node) it went to.
     delivered: int | None = None
+    #: Revision 3: the error code (``no_such_message``, ``forbidden``) a Draft.feature check
+    #: refused the message with; nothing was stored. Stores raise it from ``append``.
+    refused: str | None = None
 
 
 @dataclass(slots=True)
@@ -153,3 +159,21 @@ class Store(Protocol):
 
     async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""
+
+    # Revision 3: read markers and search (target checks ride on ``append`` via Draft.feature)
+    async def last_seq(self, stream: StreamId) -> int:
+        """The stream's newest seq (0 if none)."""
+
+    async def mark(self, user_key: str, stream: StreamId, seq: int) -> bool | None:
+        """Move a read marker forward; False if it was already at or past ``seq``, None if
+        ``seq`` is above the stream's last seq (nothing changes)."""
+
+    async def marker(self, user_key: str, stream: StreamId) -> int: ...
+
+    async def markers(self, user_key: str) -> list[tuple[StreamId, int]]:
+        """Every (stream, seq) marker of a user."""
+
+    async def search(
+        self, scope: SearchScope, text: str, *, before: float | None, limit: int
+    ) -> SearchResult:
+        """Stored plain, action and edit events holding every term, newest first."""

@@ -42,6 +42,7 @@ from imchat.client.session import (
 )
 from imchat.protocol import ProtocolError, is_valid_nick, nick_key
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
+from imchat.tui.features import FeatureApp
 from imchat.tui.messages import OpenConversation, OpenDirect, RunCommand, SessionUpdate
 from imchat.tui.render import (
     SYSTEM,
@@ -59,6 +60,7 @@ from imchat.tui.widgets import (
     MessageLog,
     StatusBar,
 )
+from imchat.tui.widgets.typing_indicator import TypingIndicator
 
 ERROR = Style(color="red", bold=True)
 
@@ -85,7 +87,7 @@ def enable_alt_digits() -> None:
         keys[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)
 
 
-class ChatApp(App[None]):
+class ChatApp(FeatureApp):
     """A chat client for one user on one server."""
 
     # Absolute, so subclasses defined elsewhere (tests, benchmarks) find it too.
@@ -129,6 +131,7 @@ class ChatApp(App[None]):
         self._want: ConvKey | None = None  # switch here once it exists (after /join)
         #: The session gave up for good (e.g. auth_failed): ``run_tui`` exits non-zero.
         self.failed = False
+        self.setup_features()  # revision 3: see imchat.tui.features
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class ChatApp(App[None]):
             yield ConversationList(id="sidebar")
             yield ContentSwitcher(id="conversations")
             yield MemberList(id="members")
+        yield TypingIndicator(id="typing")
         yield ChatInput(self.nick_candidates, BY_NAME, id="input")
         yield Footer()
 
@@ -197,6 +201,7 @@ class ChatApp(App[None]):
         self.query_one(ConversationList).set_current(key)
         self.refresh_members()
         self.query_one(ChatInput).focus()
+        self.conversation_shown(key)
 
     def open(self, key: ConvKey) -> None:
         if key in self.views:
@@ -342,6 +347,7 @@ class ChatApp(App[None]):
 
     def _messages_added(self, event: MessagesAdded) -> None:
         view = self.view(event.conv)
+        event = self.visible_items(event)
         log = view.log_widget
         entries = [self.entry(item) for item in event.items]
         if event.prepend:
@@ -383,7 +389,7 @@ class ChatApp(App[None]):
     def entry(self, item: dict[str, Any] | Gap) -> Entry:
         if isinstance(item, Gap):
             return self.formatter.gap(item)
-        return self.formatter.message(item)
+        return self.feature_entry(item)
 
     def _server_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -440,6 +446,8 @@ class ChatApp(App[None]):
 
     def _send_text(self, text: str, *, action: bool = False) -> None:
         key = self.current
+        if key is not None and self.intercept_send(text, action=action):
+            return
         if key is None:
             self.error("no conversation: /join a room or /msg someone first")
         elif key.kind is ConvKind.ROOM:

@@ -32,6 +32,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("/users", "/users", "list who is online"),
     CommandSpec("/rooms", "/rooms", "list the server's rooms"),
     CommandSpec("/announce", "/announce TEXT", "send an announcement to everyone (admins)", True),
+    CommandSpec("/reply", "/reply", "pick a message and answer it (quoted above your line)"),
+    CommandSpec("/edit", "/edit", "pick one of your messages and edit it (Up: your last)"),
+    CommandSpec("/delete", "/delete", "pick one of your messages and delete it"),
+    CommandSpec("/react", "/react [EMOJI]", "pick a message and add or take back a reaction", True),
+    CommandSpec("/find", "/find WORDS", "search every room and DM you can read; Enter jumps", True),
     CommandSpec("/clear", "/clear", "clear this conversation's window"),
     CommandSpec("/help", "/help", "show the commands and keys"),
     CommandSpec("/quit", "/quit", "leave imchat"),
@@ -40,7 +45,8 @@ BY_NAME = {c.name: c for c in COMMANDS}
 
 KEYS_HELP = (
     "Ctrl+N / Ctrl+P next / previous conversation · Alt+1..9 jump · Tab complete · "
-    "Up/Down recall · PgUp at the top loads older history · Ctrl+K command palette · "
+    "Up/Down recall (Up on an empty line edits your last message) · "
+    "PgUp at the top loads older history · Ctrl+K command palette · "
     "Ctrl+Q quit"
 )
 

@@ -15,22 +15,38 @@ from typing import Any
 from imchat.protocol import (
     Announce,
     Bye,
+    Delete,
     Dm,
+    Edit,
     Hello,
     History,
     Join,
+    Mark,
+    Markers,
     Part,
     Ping,
+    React,
     Request,
     Rooms,
     Say,
+    Search,
     Topic,
+    Typing,
     Users,
 )
 
 from ..appends import Append
 from ..context import Context
 from ..peer import Peer
+from .features import (
+    on_mark,
+    on_markers,
+    on_search,
+    on_typing,
+    start_delete,
+    start_edit,
+    start_react,
+)
 from .messages import start_announce, start_dm, start_say
 from .queries import on_history, on_users
 from .rooms import on_join, on_part, on_rooms, on_topic
@@ -49,15 +65,29 @@ HANDLERS: dict[type[Request], Handler] = {
     Rooms: on_rooms,
     Users: on_users,
     History: on_history,
+    # revision 3
+    Mark: on_mark,
+    Markers: on_markers,
+    Typing: on_typing,
+    Search: on_search,
 }
 
 APPENDERS: dict[type[Request], Starter] = {
     Say: start_say,
     Dm: start_dm,
     Announce: start_announce,
+    # revision 3: messages of their own
+    Edit: start_edit,
+    Delete: start_delete,
+    React: start_react,
 }
 
 #: Requests that spend the session's message rate limit.
-RATE_LIMITED_TYPES: tuple[type[Request], ...] = (Say, Dm, Announce, Topic)
+#: Revision 3: edits, deletes and reactions are messages; a search is work on the store.
+#: ``typing`` is not counted (the contract says so) and ``mark`` stores no message.
+RATE_LIMITED_TYPES: tuple[type[Request], ...] = (
+    *(Say, Dm, Announce, Topic),
+    *(Edit, Delete, React, Search),
+)
 
 __all__ = ["APPENDERS", "HANDLERS", "RATE_LIMITED_TYPES", "Handler", "Starter", "leave"]

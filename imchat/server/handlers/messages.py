@@ -13,14 +13,40 @@ from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent, Ok
 
 from ..appends import Append, start_storing
 from ..context import Context
-from ..peer import Peer
+from ..message_features import REPLY, Feature
+from ..peer import Peer, User
 from ..store import Draft, Stored
 from ..streams import StreamId
 
 
-def start_say(ctx: Context, session: Peer, req: Say) -> Append:
+def _feature(user: User, reply_to: int | None, feature: Feature | None) -> Feature | None:
+    """Revision 3: the target rules a message is stored under: those of an edit, delete or
+    reaction (``feature``), or of a ``reply_to``."""
+    if feature is None and reply_to is not None:
+        return Feature(REPLY, reply_to, user.key, user.admin)
+    return feature
+
+
+def _kind_target(feature: Feature | None) -> tuple[str | None, int | None]:
+    """``kind`` and ``target`` of an edit, delete or reaction's event."""
+    if feature is None or feature.kind == REPLY:
+        return None, None
+    return feature.kind, feature.target
+
+
+def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None = None) -> Append:
+    """``feature``: this say is the edit, delete or reaction it describes (revision 3)."""
     user = ctx.member(session, req.room)
-    event = MsgEvent(room=req.room, from_=user.nick, text=req.text, kind=req.kind)
+    feature = _feature(user, req.reply_to, feature)
+    kind, target = _kind_target(feature)
+    event = MsgEvent(
+        room=req.room,
+        from_=user.nick,
+        text=req.text,
+        kind=kind or req.kind,
+        reply_to=req.reply_to,
+        target=target,
+    )
 
     def finish(stored: Stored) -> None:
         ctx.reply(session, req, Ok(seq=stored.seq, ts=stored.ts))
@@ -28,13 +54,15 @@ def start_say(ctx: Context, session: Peer, req: Say) -> Append:
             ctx.fanout.to_room(req.room, encode_frame(stored.payload))
 
     hold = ctx.fanout.hold(session)
-    draft = Draft(StreamId.room(req.room), user.key, req.cid, event, hold=hold)
+    draft = Draft(StreamId.room(req.room), user.key, req.cid, event, hold=hold, feature=feature)
     return Append(req, start_storing(ctx.store, draft), finish)
 
 
-def start_dm(ctx: Context, session: Peer, req: Dm) -> Append:
+def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = None) -> Append:
     """Store a DM and hand it to the recipient exactly once (see :mod:`..dm_delivery`)."""
     user = ctx.user(session)
+    feature = _feature(user, req.reply_to, feature)
+    kind, target = _kind_target(feature)
     to_key = req.to.lower()
     stream = StreamId.dm(user.key, to_key)
     recipient = ctx.fanout.user(to_key)
@@ -49,9 +77,16 @@ def start_dm(ctx: Context, session: Peer, req: Dm) -> Append:
             if record is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
             to_nick = record.nick
-        event = DmEvent(from_=user.nick, to=to_nick, text=req.text)
+        event = DmEvent(
+            from_=user.nick,
+            to=to_nick,
+            text=req.text,
+            kind=kind,
+            reply_to=req.reply_to,
+            target=target,
+        )
         pending_for = None if live else to_key
-        draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold)
+        draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold, feature=feature)
         return await ctx.store.append(draft)
 
     def finish(stored: Stored) -> None:
@@ -66,11 +101,15 @@ def start_dm(ctx: Context, session: Peer, req: Dm) -> Append:
     return Append(req, asyncio.ensure_future(append()), finish)
 
 
-def start_announce(ctx: Context, session: Peer, req: Announce) -> Append:
+def start_announce(
+    ctx: Context, session: Peer, req: Announce, *, feature: Feature | None = None
+) -> Append:
+    """``feature``: a reaction to an announcement, which anyone may add (revision 3)."""
     user = ctx.user(session)
-    if not user.admin:
+    if feature is None and not user.admin:
         raise ProtocolError(ErrorCode.FORBIDDEN, "only admins may announce")
-    event = AnnounceEvent(from_=user.nick, text=req.text)
+    kind, target = _kind_target(feature)
+    event = AnnounceEvent(from_=user.nick, text=req.text, kind=kind, target=target)
 
     def finish(stored: Stored) -> None:
         if stored.duplicate:
@@ -83,5 +122,6 @@ def start_announce(ctx: Context, session: Peer, req: Announce) -> Append:
         if not (stored.duplicate or stored.published):
             ctx.fanout.to_everyone(encode_frame(stored.payload))
 
-    draft = Draft(StreamId.announcements(), user.key, req.cid, event, hold=ctx.fanout.hold(session))
+    hold = ctx.fanout.hold(session)
+    draft = Draft(StreamId.announcements(), user.key, req.cid, event, hold=hold, feature=feature)
     return Append(req, start_storing(ctx.store, draft), finish)

@@ -7,7 +7,9 @@ from imchat.protocol import encode_message as encode
 from imchat.protocol.events import JoinedEvent, Ok, PartedEvent, RoomEntry, TopicEvent
 
 from ..context import Context, now
+from ..message_features import marker_owner
 from ..peer import Peer
+from ..streams import StreamId
 
 
 async def on_join(ctx: Context, session: Peer, req: Join) -> None:
@@ -17,10 +19,11 @@ async def on_join(ctx: Context, session: Peer, req: Join) -> None:
         return  # its last session ended while we awaited: joining now leaves a ghost member
     joined = await ctx.fanout.join(session, req.room)
     members = await ctx.fanout.members(req.room)
+    read = await ctx.store.marker(marker_owner(user), StreamId.room(req.room))  # revision 3
     ctx.reply(
         session,
         req,
-        Ok(room=req.room, topic=info.topic, members=members, last_seq=info.last_seq),
+        Ok(room=req.room, topic=info.topic, members=members, last_seq=info.last_seq, read=read),
     )
     if joined:
         ctx.fanout.to_room(req.room, encode(JoinedEvent(room=req.room, nick=user.nick, ts=now())))

@@ -204,3 +204,27 @@ class MessageLog(ScrollView, can_focus=True):
     def plain_lines(self) -> list[str]:
         """The log as plain text, one entry per line (for tests and copying)."""
         return [e.prefix.plain + e.body.plain for e in self.entries]
+
+    # -- revision 3: entries redrawn in place (edits, deletes, reactions) ----------------------
+
+    def index_of_seq(self, seq: int) -> int | None:
+        """The index of the message entry with this ``seq`` (newest first), if shown."""
+        for index in range(len(self.entries) - 1, -1, -1):
+            if self.entries[index].meta.get("seq") == seq:
+                return index
+        return None
+
+    def replace_entry(self, index: int, entry: Entry) -> None:
+        """Redraw one entry (its height may change); the view stays where it was."""
+        follow = self.scroll_y >= self.max_scroll_y
+        self.entries[index] = entry
+        self._heights[index] = self._height(entry, self._width) if self._width else 1
+        self._strips.discard(self._first_id + index)
+        self._rebuild_starts()
+        self._update_size()
+        if follow:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+
+    def show_entry(self, index: int) -> None:
+        """Scroll so that entry ``index`` is on screen (a search result jumped to)."""
+        self.scroll_to(y=self._starts[index], animate=False, immediate=True)

@@ -1,0 +1,324 @@
+"""Revision 3 on SQLite: target checks, reactions, deletes, read markers and the search index.
+
+Everything here runs on the store's writer connection inside the transaction that stores the
+message (``check`` before it is stored, ``on_append`` after), so a check and the state it
+guards change together and a failed batch rolls both back.
+
+The search index is an FTS5 table (tokenizer ``unicode61``: letters and digits, case folded,
+diacritics kept) holding the *current* version of each plain or action message: an edit
+replaces its target's row, a delete removes it. Each row also carries scope tokens (the
+stream, and for a DM both users) so one query covers every readable stream, and its rowid
+encodes the time (``ts`` in ms * 4096 + a tie-breaker) so "newest first" and ``before`` are
+rowid order and a rowid range, which FTS5 serves without sorting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from imchat.protocol import ErrorCode
+
+from .message_features import (
+    DELETE,
+    EDIT,
+    REACT,
+    TARGETABLE_KINDS,
+    UNREACT,
+    Query,
+    SearchResult,
+    SearchScope,
+    dm_participants,
+    owner_of,
+    scope_token,
+)
+from .store import Draft, Stored
+from .streams import StreamId
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = "1"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS msg_deleted (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reactions (
+    stream TEXT NOT NULL,
+    target INTEGER NOT NULL,
+    user_key TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    seq INTEGER NOT NULL,            -- the react message
+    PRIMARY KEY (stream, target, user_key, emoji)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS read_markers (
+    user_key TEXT NOT NULL,          -- the hub's user key (account or guest identity)
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_key, stream)
+) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS search_index USING fts5(
+    text, scope, stream UNINDEXED, seq UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 0'
+);
+CREATE TABLE IF NOT EXISTS search_rows (  -- the index row of each message's current version
+    stream TEXT NOT NULL,
+    target INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    PRIMARY KEY (stream, target)
+) WITHOUT ROWID;
+"""
+#: Rowids are ts in ms times this, plus a tie-breaker (probed upwards on collision).
+TIE_SLOTS = 4096
+
+_decode = msgspec.json.Decoder().decode
+
+
+def migrate(conn: sqlite3.Connection) -> float | None:
+    """Create the tables; build the search index from existing messages once.
+
+    Returns the seconds the build took, or None if the index was already there.
+    """
+    conn.executescript(SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'search_index'").fetchone()
+    if row is not None and row[0] == INDEX_VERSION:
+        return None
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("search_index", "search_rows", "msg_deleted", "reactions"):
+            conn.execute(f"DELETE FROM {table}")  # fixed names, not data
+        rows = conn.execute(
+            "SELECT stream, seq, ts, sender, event FROM messages ORDER BY stream, seq"
+        )
+        for stream, seq, ts, sender, payload in rows:
+            event = _decode(payload)
+            kind, target, text = event.get("kind"), event.get("target"), event.get("text")
+            apply(conn, StreamId(stream), seq, ts, sender, kind, target, text)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('search_index', ?)", (INDEX_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    took = time.perf_counter() - start
+    log.info("built the search index from existing messages in %.1f s", took)
+    return took
+
+
+# -- on the writer, inside the message's transaction --------------------------------------
+
+
+def check(conn: sqlite3.Connection, draft: Draft) -> Stored | None:
+    """Refuse (``Stored.refused``), answer without storing (a repeated reaction), or None to
+    go ahead and store."""
+    feature = draft.feature
+    if feature is None:
+        return None
+    stream = draft.stream.key
+    row = conn.execute(
+        "SELECT sender, event FROM messages WHERE stream = ? AND seq = ?",
+        (stream, feature.target),
+    ).fetchone()
+    target = _decode(row[1]) if row is not None else None
+    if (
+        target is None
+        or target.get("kind") not in TARGETABLE_KINDS
+        or conn.execute(
+            "SELECT 1 FROM msg_deleted WHERE stream = ? AND seq = ?", (stream, feature.target)
+        ).fetchone()
+    ):
+        return _refuse(ErrorCode.NO_SUCH_MESSAGE)
+    # The stored sender key (not the nick in "from"): a later guest with the same nick is
+    # another identity and owns none of these messages.
+    own = row[0] == owner_of(draft)
+    if feature.kind == EDIT and not own:
+        return _refuse(ErrorCode.FORBIDDEN)
+    if feature.kind == DELETE and not own and not feature.admin:
+        return _refuse(ErrorCode.FORBIDDEN)
+    if feature.kind in (REACT, UNREACT):
+        found = conn.execute(
+            "SELECT r.seq, m.ts, m.event FROM reactions r JOIN messages m"
+            " ON m.stream = r.stream AND m.seq = r.seq"
+            " WHERE r.stream = ? AND r.target = ? AND r.user_key = ? AND r.emoji = ?",
+            (stream, feature.target, owner_of(draft), feature.emoji),
+        ).fetchone()
+        if feature.kind == REACT and found is not None:
+            return Stored(found[0], found[1], found[2], duplicate=True)
+        if feature.kind == UNREACT and found is None:
+            return Stored(0, round(time.time(), 3), b"", duplicate=True)
+    return None
+
+
+def _refuse(code: ErrorCode) -> Stored:
+    return Stored(0, 0.0, b"", duplicate=True, refused=code.value)
+
+
+def on_append(conn: sqlite3.Connection, draft: Draft, seq: int, ts: float) -> None:
+    """Keep reactions, deletes and the search index in step with a message just stored."""
+    event = draft.event
+    apply(conn, draft.stream, seq, ts, owner_of(draft), event.kind, event.target, event.text)
+
+
+def apply(
+    conn: sqlite3.Connection,
+    stream_id: StreamId,
+    seq: int,
+    ts: float,
+    sender: str,
+    kind: object,
+    target: object,
+    text: object,
+) -> None:
+    """Apply one stored message (kind, target, text as in its event) to the feature state."""
+    stream = stream_id.key
+    if kind in TARGETABLE_KINDS and isinstance(text, str):
+        _index(conn, stream_id, seq, seq, ts, text)
+    elif not isinstance(target, int):
+        return
+    elif kind == EDIT and isinstance(text, str):
+        if conn.execute(
+            "SELECT 1 FROM msg_deleted WHERE stream = ? AND seq = ?", (stream, target)
+        ).fetchone():
+            return
+        _unindex(conn, stream, target)
+        _index(conn, stream_id, target, seq, ts, text)
+    elif kind == DELETE:
+        _unindex(conn, stream, target)
+        conn.execute("INSERT OR IGNORE INTO msg_deleted VALUES (?, ?)", (stream, target))
+    elif kind == REACT and isinstance(text, str):
+        conn.execute(
+            "INSERT OR IGNORE INTO reactions VALUES (?, ?, ?, ?, ?)",
+            (stream, target, sender, text, seq),
+        )
+    elif kind == UNREACT and isinstance(text, str):
+        conn.execute(
+            "DELETE FROM reactions WHERE stream = ? AND target = ? AND user_key = ? AND emoji = ?",
+            (stream, target, sender, text),
+        )
+
+
+def _scope(stream: StreamId) -> str:
+    tokens = [scope_token("s", stream.key)]
+    tokens.extend(scope_token("u", key) for key in dm_participants(stream))
+    return " ".join(tokens)
+
+
+def _index(
+    conn: sqlite3.Connection, stream: StreamId, target: int, seq: int, ts: float, text: str
+) -> None:
+    """Index ``text`` as the current version (message ``seq``) of message ``target``."""
+    row = round(ts * 1000) * TIE_SLOTS + seq % TIE_SLOTS
+    while conn.execute("SELECT 1 FROM search_index WHERE rowid = ?", (row,)).fetchone():
+        row += 1
+    conn.execute(
+        "INSERT INTO search_index (rowid, text, scope, stream, seq) VALUES (?, ?, ?, ?, ?)",
+        (row, text, _scope(stream), stream.key, seq),
+    )
+    conn.execute("INSERT OR REPLACE INTO search_rows VALUES (?, ?, ?)", (stream.key, target, row))
+
+
+def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:
+    found = conn.execute(
+        "SELECT row FROM search_rows WHERE stream = ? AND target = ?", (stream, target)
+    ).fetchone()
+    if found is not None:
+        conn.execute("DELETE FROM search_index WHERE rowid = ?", (found[0],))
+        conn.execute("DELETE FROM search_rows WHERE stream = ? AND target = ?", (stream, target))
+
+
+# -- markers ---------------------------------------------------------------------------------
+
+
+def mark(conn: sqlite3.Connection, user_key: str, stream: str, seq: int) -> bool | None:
+    if seq == 0:
+        return False
+    last = conn.execute("SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)).fetchone()
+    if seq > (last[0] or 0):
+        return None
+    cursor = conn.execute(
+        "INSERT INTO read_markers VALUES (?, ?, ?) ON CONFLICT (user_key, stream)"
+        " DO UPDATE SET seq = excluded.seq WHERE excluded.seq > read_markers.seq",
+        (user_key, stream, seq),
+    )
+    return cursor.rowcount > 0
+
+
+def marker(conn: sqlite3.Connection, user_key: str, stream: str) -> int:
+    row = conn.execute(
+        "SELECT seq FROM read_markers WHERE user_key = ? AND stream = ?", (user_key, stream)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def markers(conn: sqlite3.Connection, user_key: str) -> list[tuple[StreamId, int]]:
+    rows = conn.execute(
+        "SELECT stream, seq FROM read_markers WHERE user_key = ? ORDER BY stream", (user_key,)
+    ).fetchall()
+    return [(StreamId(stream), int(seq)) for stream, seq in rows]
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+def _quote(token: str) -> str:
+    return '"' + token.replace('"', '""') + '"'
+
+
+def fts_query(query: Query, scope: SearchScope) -> str | None:
+    """The FTS5 MATCH expression for a query over a scope; None if nothing can match."""
+    if not query.phrases:
+        return None  # punctuation only: no token to look up (see Query)
+    text = " AND ".join(_quote(" ".join(phrase)) for phrase in query.phrases)
+    scopes = [scope_token("s", stream.key) for stream in scope.streams]
+    if scope.dm_user is not None:
+        scopes.append(scope_token("u", scope.dm_user))
+    if not scopes:
+        return None
+    return f"text : ({text}) AND scope : ({' OR '.join(scopes)})"
+
+
+def search(
+    conn: sqlite3.Connection, scope: SearchScope, text: str, before: float | None, limit: int
+) -> SearchResult:
+    query = Query.parse(text)
+    match = fts_query(query, scope)
+    if match is None:
+        return SearchResult()
+    upper = 2**63 - 1
+    if before is not None and before * 1000 * TIE_SLOTS < upper:
+        upper = max(0, math.ceil(before * 1000)) * TIE_SLOTS
+    rows = conn.execute(
+        "SELECT rowid, stream, seq, text FROM search_index"
+        " WHERE search_index MATCH ? AND rowid < ? ORDER BY rowid DESC",
+        (match, upper),
+    )
+    found: list[tuple[int, int, str, int]] = []  # (ts ms, seq, stream, seq)
+    for rowid, stream, seq, body in _rows(rows):
+        ms = rowid // TIE_SLOTS
+        if len(found) >= limit and ms < found[limit - 1][0]:
+            break  # every row sharing the last kept ts is in: ties can be ordered by seq
+        if not scope.covers(StreamId(stream)):
+            continue  # a scope-token hash collision
+        if query.literals and not query.literals_match(body):
+            continue
+        found.append((ms, seq, stream, seq))
+    rows.close()
+    found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    payloads = []
+    for _, _, stream, seq in found[:limit]:
+        event = conn.execute(
+            "SELECT event FROM messages WHERE stream = ? AND seq = ?", (stream, seq)
+        ).fetchone()
+        if event is not None:
+            payloads.append(event[0])
+    return SearchResult(payloads)
+
+
+def _rows(cursor: sqlite3.Cursor) -> Iterator[tuple[int, str, int, str]]:
+    yield from cursor
