@@ -219,20 +219,27 @@ class Commands:
                 body["token"] = secret[len("token:") :]
             else:
                 body["password"] = secret
-        reply = await self.s.ask(body)
-        if isinstance(reply, ProtocolError):
-            if reply.code == ErrorCode.AUTH_FAILED:
-                self.num("904" if sasl else "464", reply.message)
-            else:
-                self.error(reply, "NICK", nick)
-            return False
-        return True
+        result: list[bool] = []
+
+        def on_reply(reply: Reply) -> None:
+            # Called as the reply is sent: auth_failed is fatal, so the numeric must go first.
+            if isinstance(reply, ProtocolError):
+                if reply.code == ErrorCode.AUTH_FAILED:
+                    self.num("904" if sasl else "464", reply.message)
+                else:
+                    self.error(reply, "NICK", nick)
+            result.append(not isinstance(reply, ProtocolError))
+
+        await self.s.request(body, on_reply)
+        return result == [True]
 
     async def try_register(self) -> None:
         s = self.s
-        if s.registered or self.cap_open or self.reg_nick is None or not self.reg_user:
+        if s.registered or self.cap_open or not self.reg_user:
             return
-        if s.user is None and not await self.hello(self.reg_nick, self.password):
+        if s.user is None and self.reg_nick is None:
+            return
+        if s.user is None and not await self.hello(str(self.reg_nick), self.password):
             self.reg_nick = None
             return
         if s.user is None or s.closing:

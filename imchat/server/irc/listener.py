@@ -42,7 +42,7 @@ async def start_irc_listeners(
             )
             servers.append(server)
             bound = server.sockets[0].getsockname()[1]
-            log.info("IRC listening on %s:%d%s", host, bound, " (TLS)" if context else "")
+            log.info("serving IRC at %s:%d%s", host, bound, " (TLS)" if context else "")
     except BaseException:
         for server in servers:
             server.close()
