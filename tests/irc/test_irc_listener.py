@@ -320,9 +320,8 @@ async def test_chathistory(irc: Any) -> None:
         "m1",
         "m2",
     ]
-    client.send(
-        "CHATHISTORY TARGETS timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z 10"
-    )
+    span = "timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z"
+    client.send(f"CHATHISTORY TARGETS {span} 10")
     start = await client.expect("BATCH")
     assert start.params[1] == "draft/chathistory-targets"
     targets = (await client.until("BATCH"))[:-1]
