@@ -4,7 +4,8 @@ One :class:`Commands` per connection. Handlers ask the hub through their session
 (``request``/``ask``) and write numerics; :meth:`Commands.event_out` turns an incoming native
 event into this client's bytes, reusing the server-wide translation where the lines are the
 same for every recipient and keeping the little per-client state IRC needs (the channels
-shown as joined, their members and topics).
+shown as joined and their topics; members are asked of the hub when needed, so a room of N
+IRC users costs N entries, not N per session).
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ BEFORE_REGISTRATION = frozenset(
 
 
 class Channel:
-    __slots__ = ("members", "topic")
+    __slots__ = ("topic",)
 
-    def __init__(self, topic: str, members: list[str]) -> None:
+    def __init__(self, topic: str) -> None:
         self.topic = topic
-        self.members: dict[str, str] = {m.lower(): m for m in members}
 
 
 class Commands:
@@ -137,6 +137,7 @@ class Commands:
                         self.s.caps.discard(w[1:])
                     else:
                         self.s.caps.add(w)
+                self.s.echo = "echo-message" in self.s.caps
                 self.s.variant = (tr.TIME if "server-time" in self.s.caps else 0) | (
                     tr.MSGTAGS if "message-tags" in self.s.caps else 0
                 )
@@ -316,11 +317,11 @@ class Commands:
                 room = str(reply["room"])
                 joined.append(room)
                 fresh = room not in self.channels
-                self.channels[room] = Channel(str(reply["topic"]), list(reply["members"]))
+                self.channels[room] = Channel(str(reply["topic"]))
                 if fresh:
                     self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
                 self.show_topic(room, 332)
-                self.names(room)
+                self.names(room, [str(m) for m in reply["members"]])
 
             await self.s.request({"type": "join", "room": target}, on_reply)
             if joined and "draft/chathistory" not in self.s.caps:
@@ -358,10 +359,18 @@ class Commands:
         elif code == 331:
             self.num("331", "#" + room, "No topic is set")
 
-    def names(self, room: str) -> None:
-        channel = self.channels.get(room)
-        if channel is not None:
-            nicks = sorted(channel.members.values(), key=str.lower)
+    async def members(self, room: str) -> list[str] | None:
+        """The room's members, if this client is in it (a repeated join changes nothing)."""
+        if room not in self.channels:
+            return None
+        reply = await self.s.ask({"type": "join", "room": room})
+        if isinstance(reply, ProtocolError):
+            return None
+        return [str(m) for m in reply.get("members", [])]
+
+    def names(self, room: str, members: list[str] | None) -> None:
+        if members is not None:
+            nicks = sorted(members, key=str.lower)
             chunk: list[str] = []
             for nick in nicks:
                 chunk.append(nick)
@@ -411,7 +420,8 @@ class Commands:
     async def on_names(self, line: Line) -> None:
         targets = line.param(0).split(",") if line.params else ["#" + r for r in self.channels]
         for target in targets:
-            self.names(target.lstrip("#").lower())
+            room = target.lstrip("#").lower()
+            self.names(room, await self.members(room))
 
     async def on_list(self, line: Line) -> None:
         reply = await self.s.ask({"type": "rooms"})
@@ -438,8 +448,7 @@ class Commands:
     async def on_who(self, line: Line) -> None:
         mask = line.param(0, "*")
         if mask.startswith("#"):
-            channel = self.channels.get(mask[1:].lower())
-            for nick in channel.members.values() if channel else []:
+            for nick in await self.members(mask[1:].lower()) or []:
                 self.who_line(mask, nick)
         else:
             found = (await self.online()).get(mask.lower())
@@ -633,17 +642,12 @@ class Commands:
             if nick.lower() == me:
                 if room in self.channels:
                     return None
-                self.channels[room] = Channel("", [nick])  # joined from another session
-            elif room in self.channels:
-                self.channels[room].members[nick.lower()] = nick
+                self.channels[room] = Channel("")  # joined from another session
             return entry.for_variant(self.s.variant)
         if kind == "parted":
             room, nick = event["room"], event["nick"]
-            if nick.lower() == me:
-                if self.channels.pop(room, None) is None:
-                    return None
-            elif room in self.channels:
-                self.channels[room].members.pop(nick.lower(), None)
+            if nick.lower() == me and self.channels.pop(room, None) is None:
+                return None
             return entry.for_variant(self.s.variant)
         if kind == "topic":
             if event["room"] in self.channels:

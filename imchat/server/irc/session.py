@@ -57,6 +57,7 @@ class IrcSession(Session):
         "_ping_timer",
         "caps",
         "cmd",
+        "echo",
         "lines",
         "pending",
         "prebuffer",
@@ -76,6 +77,8 @@ class IrcSession(Session):
         self.queued_bytes = 0
         self.caps: set[str] = set()
         self.variant = 0
+        #: echo-message was negotiated: the client sees its own messages as stored.
+        self.echo = False
         self.registered = False
         #: Lines for events that arrived before registration finished (after a SASL hello).
         self.prebuffer: list[bytes] = []
@@ -224,9 +227,22 @@ class IrcSession(Session):
         Session.send(self, data)
 
     def send(self, frame: bytes) -> None:
+        """A native frame for this client: a reply to route, or an event to translate."""
+        cache = self.shared.cache
+        entry = cache.last if frame is cache.last_frame else cache.get(frame)
+        if entry.simple:
+            # The broadcast path: no decoding, no formatting, one dict lookup.
+            user = self.user
+            if self.closing or (user is not None and entry.author == user.key and not self.echo):
+                return
+            lines = entry.lines.get(self.variant) or entry.for_variant(self.variant)
+            if self.registered:
+                Session.send(self, lines)
+            else:
+                self.prebuffer.append(lines)
+            return
         if self.closing:
             return
-        entry = self.shared.cache.get(frame)
         event = entry.event
         rid = event.get("id")
         if rid is not None and type(rid) is int:

@@ -123,6 +123,11 @@ class Translated:
     frame: bytes
     event: dict[str, Any]
     lines: dict[int, bytes] = field(default_factory=dict)
+    #: A room message: the same lines for every recipient, except that its author sees it only
+    #: with echo-message. The fast path of a broadcast (see ``IrcSession.send``).
+    simple: bool = False
+    #: The author's nick key, for a simple event.
+    author: str = ""
 
     def for_variant(self, variant: int) -> bytes:
         out = self.lines.get(variant)
@@ -135,21 +140,33 @@ class FrameCache:
     """The last few frames translated: a broadcast hands every recipient the same bytes
     object, so each is decoded and formatted once, not once per IRC session."""
 
-    __slots__ = ("_entries", "_next", "size")
+    __slots__ = ("_entries", "_next", "last", "last_frame", "size")
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
         self._entries: list[Translated | None] = [None] * size
         self._next = 0
+        #: The frame translated last and its translation: a fan-out loop hits it every time.
+        self.last_frame: bytes = b""
+        self.last = Translated(b"", {})
 
     def get(self, frame: bytes) -> Translated:
+        if frame is self.last_frame:
+            return self.last
         for entry in self._entries:
             if entry is not None and entry.frame is frame:
+                self.last_frame, self.last = frame, entry
                 return entry
         event = _decoder.decode(memoryview(frame)[HEADER_SIZE:])
-        entry = Translated(frame, event if isinstance(event, dict) else {})
+        if not isinstance(event, dict):
+            event = {}
+        entry = Translated(frame, event)
+        if event.get("type") == "msg" and "id" not in event:
+            entry.simple = True
+            entry.author = str(event.get("from", "")).lower()
         self._entries[self._next] = entry
         self._next = (self._next + 1) % self.size
+        self.last_frame, self.last = frame, entry
         return entry
 
 
