@@ -56,6 +56,7 @@ class IrcSession(Session):
         "_next_id",
         "_ping_timer",
         "caps",
+        "cache",
         "cmd",
         "echo",
         "lines",
@@ -65,6 +66,7 @@ class IrcSession(Session):
         "queued_bytes",
         "registered",
         "shared",
+        "user_key",
         "variant",
         "waiting",
     )
@@ -72,6 +74,9 @@ class IrcSession(Session):
     def __init__(self, hub: Hub, shared: IrcShared) -> None:
         super().__init__(hub)
         self.shared = shared
+        self.cache = shared.cache
+        #: The user's nick key once registered (compared on the broadcast path).
+        self.user_key = ""
         self.lines = LineDecoder()
         self.queue: list[bytes | LineTooLong] = []
         self.queued_bytes = 0
@@ -228,18 +233,13 @@ class IrcSession(Session):
 
     def send(self, frame: bytes) -> None:
         """A native frame for this client: a reply to route, or an event to translate."""
-        cache = self.shared.cache
+        cache = self.cache
         entry = cache.last if frame is cache.last_frame else cache.get(frame)
-        if entry.simple:
+        if entry.simple and self.registered:
             # The broadcast path: no decoding, no formatting, one dict lookup.
-            user = self.user
-            if self.closing or (user is not None and entry.author == user.key and not self.echo):
+            if entry.author == self.user_key and not self.echo:
                 return
-            lines = entry.lines.get(self.variant) or entry.for_variant(self.variant)
-            if self.registered:
-                Session.send(self, lines)
-            else:
-                self.prebuffer.append(lines)
+            Session.send(self, entry.lines.get(self.variant) or entry.for_variant(self.variant))
             return
         if self.closing:
             return
@@ -279,6 +279,8 @@ class IrcSession(Session):
         return format_parts("ERROR", [f"Closing link: {error.message} ({error.code})"])
 
     def finish_registration(self) -> None:
+        assert self.user is not None
+        self.user_key = self.user.key
         self.registered = True
         held, self.prebuffer = self.prebuffer, []
         for data in held:
