@@ -55,8 +55,8 @@ class IrcSession(Session):
         "_encoder",
         "_next_id",
         "_ping_timer",
-        "caps",
         "cache",
+        "caps",
         "cmd",
         "echo",
         "lines",
@@ -239,7 +239,15 @@ class IrcSession(Session):
             # The broadcast path: no decoding, no formatting, one dict lookup.
             if entry.author == self.user_key and not self.echo:
                 return
-            Session.send(self, entry.lines.get(self.variant) or entry.for_variant(self.variant))
+            lines = entry.lines.get(self.variant) or entry.for_variant(self.variant)
+            out = self._out
+            if out and not self.closing:
+                # Already queued this loop turn (a burst): the buffer check was done with the
+                # first frame, as in Session.send; only append.
+                out.append(lines)
+                self._out_size += len(lines)
+                return
+            Session.send(self, lines)
             return
         if self.closing:
             return
