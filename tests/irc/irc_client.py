@@ -56,8 +56,8 @@ class IrcClient:
         if self._pending:
             return self._pending.pop(0)
         raw = await asyncio.wait_for(self.reader.readline(), timeout)
-        if not raw:
-            raise EOFError("server closed the connection")
+        if not raw or (not raw.endswith(b"\n") and self.reader.at_eof()):
+            raise EOFError("server closed the connection")  # (an aborted one: mid-line)
         assert raw.endswith(b"\r\n"), raw
         got = Received(raw, parse_line(raw[:-2]))
         self.seen.append(got)

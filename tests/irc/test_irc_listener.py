@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RawClient, ServerProcess, subprocess_env
+from conftest import REDIS_BACKEND_URL, RawClient, ServerProcess, subprocess_env
 from irc_client import IRC_AT, IrcClient, Received, sasl_plain
 
 from imchat.server.irc.lines import MAX_LINE
@@ -39,14 +40,27 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data = tmp_path_factory.mktemp("irc") / "data"
     data.mkdir()
+    # IMCHAT_TEST_BACKEND=redis runs the suite on the Redis backend, as the native suites do.
+    backend: list[str] = []
+    prefix = f"imchat-test-{uuid.uuid4().hex}:"
+    if REDIS_BACKEND_URL is not None:
+        backend = ["--redis", REDIS_BACKEND_URL, "--redis-prefix", prefix]
     proc = ServerProcess(
-        data, "--irc-port", "0", "--motd", "hello from imchat", env=subprocess_env()
+        data, "--irc-port", "0", "--motd", "hello from imchat", *backend, env=subprocess_env()
     )
     proc.start()
     try:
         yield Running(proc)
     finally:
         proc.cleanup()
+        if REDIS_BACKEND_URL is not None:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_BACKEND_URL)
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
 
 
 @pytest.fixture

@@ -76,6 +76,7 @@ class Commands:
             "AWAY": self.on_away,
             "MOTD": self.on_motd,
             "CHATHISTORY": self.on_chathistory,
+            "TAGMSG": self.on_tagmsg,
         }
 
     # -- helpers ---------------------------------------------------------------------------
@@ -525,6 +526,10 @@ class Commands:
 
             out.append(self.s.payload(request, on_reply))
         return out
+
+    async def on_tagmsg(self, line: Line) -> None:
+        """Tag-only messages (typing, reactions) have no imchat form yet: dropped quietly,
+        since a client sends them as a matter of course."""
 
     async def on_message(self, line: Line) -> None:
         payloads: list[bytes | ProtocolError] = list(self.message_payloads(line))

@@ -27,11 +27,12 @@ async def start_irc_listeners(
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     try:
-        for number, context in ((port, None), (tls_port, tls)):
+        for number, secure in ((port, False), (tls_port, True)):
             if number is None:
                 continue
-            if context is None and number == tls_port:
+            if secure and tls is None:
                 raise ValueError("the IRC TLS port needs --tls-cert and --tls-key")
+            context = tls if secure else None
             server = await loop.create_server(
                 lambda: IrcSession(hub, shared),
                 host,

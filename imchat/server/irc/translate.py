@@ -161,7 +161,9 @@ class FrameCache:
         if not isinstance(event, dict):
             event = {}
         entry = Translated(frame, event)
-        if event.get("type") == "msg" and "id" not in event:
+        if "id" in event:
+            return entry  # a reply goes to one session: nothing to share, and it may be large
+        if event.get("type") == "msg":
             entry.simple = True
             entry.author = str(event.get("from", "")).lower()
         self._entries[self._next] = entry
