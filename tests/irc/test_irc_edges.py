@@ -154,3 +154,17 @@ async def test_cluster_carries_irc_users(start: Any) -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_server_pings_a_silent_client_and_keeps_it(start: Any) -> None:
+    proc = start("--irc-port", "0", "--idle-timeout", "1.5")
+    client = await IrcClient.open(irc_ports(proc)[0])
+    await client.register("quiet")
+    # A PING every third of the idle timeout; the client's PONG (sent by IrcClient.recv)
+    # keeps it: three PINGs in a row span more than the timeout itself.
+    for _ in range(3):
+        ping = await client.expect("PING")
+        assert ping.params == ["imchat"]
+    client.send("PING :alive")
+    assert (await client.expect("PONG")).params[-1] == "alive"
+    await client.close()
