@@ -16,7 +16,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -51,6 +51,12 @@ class IrcShared:
 
 
 class IrcSession(Session):
+    #: Seconds the hub should hold this session's guest identity after it ends (revision 2's
+    #: ``guest_hold``). An IRC client cannot carry the ``resume`` secret, so there is nothing
+    #: to hold it for: 0. Read by the hub's leave once guest identities are merged (see
+    #: docs/irc.md, "Identities").
+    guest_hold: ClassVar[float] = 0.0
+
     __slots__ = (
         "_encoder",
         "_next_id",
