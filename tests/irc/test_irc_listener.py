@@ -512,3 +512,17 @@ async def test_server_shutdown_sends_error(tmp_path: Path) -> None:
         await client.close()
     finally:
         proc.cleanup()
+
+
+async def test_irc_guest_reconnects_with_its_nick(irc: Any) -> None:
+    """An IRC guest cannot resume (no ``resume`` secret in IRC), so its identity must end
+    with its connection: reconnecting with the same nick works at once. With revision 2's
+    guest holds this needs the hub to honour ``IrcSession.guest_hold`` (docs/irc.md)."""
+    nick = unique("back")
+    first = await irc(nick)
+    first.send("QUIT :brb")
+    await first.closed()
+    again = await irc()
+    again.send(f"NICK {nick}", "USER u 0 * :u")
+    got = await again.expect(lambda r: r.command in ("001", "433"))
+    assert got.command == "001", got.raw
