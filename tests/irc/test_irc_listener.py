@@ -518,10 +518,14 @@ async def test_irc_guest_reconnects_with_its_nick(irc: Any) -> None:
     """An IRC guest cannot resume (no ``resume`` secret in IRC), so its identity must end
     with its connection: reconnecting with the same nick works at once. With revision 2's
     guest holds this needs the hub to honour ``IrcSession.guest_hold`` (docs/irc.md)."""
-    nick = unique("back")
+    nick, room = unique("back"), unique("back")
+    observer = await irc.native(unique("obs"))
+    await observer.request({"type": "join", "room": room, "id": 1})
     first = await irc(nick)
+    await first.join("#" + room)
     first.send("QUIT :brb")
     await first.closed()
+    await native_event(observer, "parted", nick=nick)  # the server has seen it leave
     again = await irc()
     again.send(f"NICK {nick}", "USER u 0 * :u")
     got = await again.expect(lambda r: r.command in ("001", "433"))
