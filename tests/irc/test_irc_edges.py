@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 from conftest import RawClient, ServerProcess, subprocess_env
-from irc_client import IRC_AT, IrcClient
+from irc_client import IRC_AT, IrcClient, sasl_plain
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -168,3 +168,15 @@ async def test_server_pings_a_silent_client_and_keeps_it(start: Any) -> None:
     client.send("PING :alive")
     assert (await client.expect("PONG")).params[-1] == "alive"
     await client.close()
+
+
+async def test_sasl_without_cap_end_meets_the_registration_deadline(start: Any) -> None:
+    proc = start("--irc-port", "0", "--hello-timeout", "0.5")
+    token = (proc.data_dir / "admin.token").read_text().strip()
+    client = await IrcClient.open(irc_ports(proc)[0])
+    client.send("CAP LS 302", "NICK x", "USER u 0 * :u", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    await client.expect("AUTHENTICATE")
+    client.send("AUTHENTICATE " + sasl_plain("admin", "token:" + token))
+    await client.expect("903")  # logged in, but never sends CAP END
+    rest = await client.closed()
+    assert rest[-1].command == "ERROR" and "registration not completed" in rest[-1].params[-1]

@@ -42,6 +42,8 @@ BATCHED = frozenset({"PRIVMSG", "NOTICE"})
 Reply = dict[str, Any] | ProtocolError
 OnReply = Callable[[Reply], None]
 
+_encoder = msgspec.json.Encoder()
+
 
 class IrcShared:
     """What all IRC sessions of one server share: the translation cache."""
@@ -58,7 +60,6 @@ class IrcSession(Session):
     guest_hold: ClassVar[float] = 0.0
 
     __slots__ = (
-        "_encoder",
         "_next_id",
         "_ping_timer",
         "cache",
@@ -66,7 +67,6 @@ class IrcSession(Session):
         "cmd",
         "echo",
         "lines",
-        "pending",
         "prebuffer",
         "queue",
         "queued_bytes",
@@ -95,7 +95,6 @@ class IrcSession(Session):
         self.prebuffer: list[bytes] = []
         self.waiting: dict[int, OnReply] = {}
         self._next_id = 0
-        self._encoder = msgspec.json.Encoder()
         self._ping_timer: asyncio.TimerHandle | None = None
         self.cmd = Commands(self)
 
@@ -104,6 +103,16 @@ class IrcSession(Session):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._schedule_ping()
+        deadline = self.hub.config.hello_timeout
+        if deadline > 0:
+            # The hub's sweep closes sessions without a user; one that logged in by SASL has
+            # a user before its registration ends (CAP END), so registration has its own.
+            self.hub.loop.call_later(deadline, self._check_registered, deadline)
+
+    def _check_registered(self, deadline: float) -> None:
+        if not self.registered and not self.closing:
+            message = f"registration not completed within {deadline:g} s"
+            self.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, message))
 
     @property
     def held(self) -> int:
@@ -218,7 +227,7 @@ class IrcSession(Session):
         self._next_id += 1
         self.waiting[rid] = on_reply
         body["id"] = rid
-        return self._encoder.encode(body)
+        return _encoder.encode(body)
 
     async def request(self, body: dict[str, Any], on_reply: OnReply) -> None:
         await self.hub.handle_batch(self, [self.payload(body, on_reply)])
@@ -272,10 +281,12 @@ class IrcSession(Session):
             self.send_event(data)
 
     def send_event(self, data: bytes) -> None:
-        if not self.registered:
-            self.prebuffer.append(data)
-        else:
+        if self.registered:
             Session.send(self, data)
+            return
+        self.prebuffer.append(data)
+        if sum(map(len, self.prebuffer)) > self.hub.config.max_buffer:
+            self.fail(ProtocolError(ErrorCode.SLOW_CONSUMER, "registration never completed"))
 
     def send_error(self, error: ProtocolError) -> None:
         rid = error.request_id
