@@ -299,6 +299,9 @@ async def test_join_replays_history_in_a_batch(irc: Any) -> None:
     msgs = lines[:-1]
     assert [m.params[-1] for m in msgs] == ["old 0", "old 1", "old 2"]
     assert all(m.line.tags["batch"] == ref and "time" in m.line.tags for m in msgs)
+    # joining again shows topic and names, but neither a second JOIN nor the history again
+    again = await client.join("#" + room)
+    assert [r.command for r in again] == ["353", "366"]
     # without server-time or batch, the time goes into the text
     plain = await irc(unique("plain"))
     await plain.join("#" + room)

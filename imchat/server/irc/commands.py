@@ -309,27 +309,30 @@ class Commands:
             if not target.startswith("#"):
                 self.num("403", target, "No such channel (channels start with #)")
                 continue
-            joined: list[str] = []
+            joined: list[tuple[str, int]] = []
 
-            def on_reply(reply: Reply, target: str = target, joined: list[str] = joined) -> None:
+            def on_reply(
+                reply: Reply, target: str = target, joined: list[tuple[str, int]] = joined
+            ) -> None:
                 if isinstance(reply, ProtocolError):
                     self.error(reply, "JOIN", target)
                     return
                 room = str(reply["room"])
-                joined.append(room)
-                fresh = room not in self.channels
-                self.channels[room] = Channel(str(reply["topic"]))
-                if fresh:
+                if room not in self.channels:
                     self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
+                    joined.append((room, int(reply.get("last_seq", 0))))
+                self.channels[room] = Channel(str(reply["topic"]))
                 self.show_topic(room, 332)
                 self.names(room, [str(m) for m in reply["members"]])
 
             await self.s.request({"type": "join", "room": target}, on_reply)
-            if joined and "draft/chathistory" not in self.s.caps:
-                await self.replay(joined[0])
+            if joined and joined[0][1] and "draft/chathistory" not in self.s.caps:
+                await self.replay(*joined[0])
 
-    async def replay(self, room: str) -> None:
-        reply = await self.s.ask({"type": "history", "room": room, "limit": JOIN_REPLAY})
+    async def replay(self, room: str, last_seq: int) -> None:
+        """The messages before the join (later ones arrive live: none is shown twice)."""
+        body = {"type": "history", "room": room, "limit": JOIN_REPLAY, "before": last_seq + 1}
+        reply = await self.s.ask(body)
         if isinstance(reply, ProtocolError) or not reply.get("messages"):
             return
         self.emit_history(
