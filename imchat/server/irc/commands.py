@@ -10,50 +10,31 @@ IRC users costs N entries, not N per session).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import imchat
-from imchat.protocol import ErrorCode, ProtocolError
+from imchat.protocol import ProtocolError
 
 from . import translate as tr
+from .base import Channel
+from .history import History
 from .lines import Line, format_parts
+from .registration import Registration
 
 if TYPE_CHECKING:
     from .session import IrcSession, Reply
 
 #: Messages replayed on JOIN to clients that did not ask for ``draft/chathistory``.
 JOIN_REPLAY = 50
-#: Most messages one ``CHATHISTORY`` request returns (``CHATHISTORY=`` in ISUPPORT).
-CHATHISTORY_MAX = 500
-NICKLEN = 32
-CHANNELLEN = 65  # "#" and 64 characters
 #: Commands a client may send before it is registered.
 BEFORE_REGISTRATION = frozenset(
     {"CAP", "NICK", "USER", "PASS", "AUTHENTICATE", "PING", "PONG", "QUIT"}
 )
 
 
-class Channel:
-    __slots__ = ("topic",)
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-
-
-class Commands:
+class Commands(Registration, History):
     def __init__(self, session: IrcSession) -> None:
-        self.s = session
-        self.reg_nick: str | None = None
-        self.reg_user = False
-        self.password: str | None = None
-        self.cap_open = False
-        self.sasl_started = False
-        self.sasl_done = False
-        self.away: str | None = None
-        self.channels: dict[str, Channel] = {}
-        self._batches = 0
+        super().__init__(session)
         self._handlers: dict[str, Callable[[Line], Awaitable[None]]] = {
             "CAP": self.on_cap,
             "NICK": self.on_nick,
@@ -79,25 +60,6 @@ class Commands:
             "TAGMSG": self.on_tagmsg,
         }
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    @property
-    def nick(self) -> str:
-        return self.s.nick_or_star
-
-    def out(self, data: bytes) -> None:
-        self.s.send_line(data)
-
-    def num(self, code: str, *params: str) -> None:
-        self.out(tr.numeric(code, self.nick, *params))
-
-    def error(self, exc: ProtocolError, command: str, target: str = "*") -> None:
-        self.out(tr.error_lines(exc.code, exc.message, command, target, self.nick))
-
-    def new_batch(self) -> str:
-        self._batches += 1
-        return f"b{self._batches}"
-
     async def dispatch(self, line: Line) -> None:
         handler = self._handlers.get(line.command)
         if not self.s.registered and line.command not in BEFORE_REGISTRATION:
@@ -110,191 +72,6 @@ class Commands:
             self.num("421", line.command, "Unknown command")
             return
         await handler(line)
-
-    def need(self, line: Line, count: int) -> bool:
-        if len(line.params) < count or not line.params[count - 1]:
-            self.num("461", line.command, "Not enough parameters")
-            return False
-        return True
-
-    # -- registration ----------------------------------------------------------------------
-
-    async def on_cap(self, line: Line) -> None:
-        sub = line.param(0).upper()
-        if sub == "LS":
-            if not self.s.registered:
-                self.cap_open = True
-            v302 = line.param(1).isdigit() and int(line.param(1)) >= 302
-            caps = " ".join(f"{k}={v}" if v and v302 else k for k, v in tr.CAPABILITIES.items())
-            self.out(format_parts("CAP", [self.nick, "LS", caps], tr.SERVER))
-        elif sub == "REQ":
-            if not self.s.registered:
-                self.cap_open = True
-            wanted = line.param(1).split()
-            names = [w.lstrip("-") for w in wanted]
-            if all(n in tr.CAPABILITIES for n in names) and wanted:
-                for w in wanted:
-                    if w.startswith("-"):
-                        self.s.caps.discard(w[1:])
-                    else:
-                        self.s.caps.add(w)
-                self.s.echo = "echo-message" in self.s.caps
-                self.s.variant = (tr.TIME if "server-time" in self.s.caps else 0) | (
-                    tr.MSGTAGS if "message-tags" in self.s.caps else 0
-                )
-                self.out(format_parts("CAP", [self.nick, "ACK", line.param(1)], tr.SERVER))
-            else:
-                self.out(format_parts("CAP", [self.nick, "NAK", line.param(1)], tr.SERVER))
-        elif sub == "LIST":
-            self.out(
-                format_parts("CAP", [self.nick, "LIST", " ".join(sorted(self.s.caps))], tr.SERVER)
-            )
-        elif sub == "END":
-            self.cap_open = False
-            await self.try_register()
-        else:
-            self.num("410", sub or "*", "Invalid CAP command")
-
-    async def on_nick(self, line: Line) -> None:
-        if not line.params or not line.params[0]:
-            self.num("431", "No nickname given")
-            return
-        nick = line.params[0]
-        if self.s.registered:
-            if nick.lower() != self.nick.lower():
-                self.num("447", "Changing nicknames is not supported on imchat")
-            return
-        self.reg_nick = nick
-        await self.try_register()
-
-    async def on_user(self, line: Line) -> None:
-        if self.s.registered:
-            self.num("462", "You may not reregister")
-            return
-        if not self.need(line, 4):
-            return
-        self.reg_user = True
-        await self.try_register()
-
-    async def on_pass(self, line: Line) -> None:
-        if self.s.registered:
-            self.num("462", "You may not reregister")
-            return
-        if self.need(line, 1):
-            self.password = line.params[0]
-
-    async def on_authenticate(self, line: Line) -> None:
-        arg = line.param(0)
-        if self.s.registered or self.sasl_done:
-            self.num("907", "You have already authenticated using SASL")
-            return
-        if arg == "*":
-            self.sasl_started = False
-            self.num("906", "SASL authentication aborted")
-            return
-        if not self.sasl_started:
-            if arg.upper() != "PLAIN":
-                self.num("908", "PLAIN", "are available SASL mechanisms")
-                self.num("904", "SASL authentication failed")
-                return
-            self.sasl_started = True
-            self.out(format_parts("AUTHENTICATE", ["+"]))
-            return
-        self.sasl_started = False
-        from .session import decode_sasl_plain
-
-        creds = decode_sasl_plain(arg)
-        if creds is None:
-            self.num("904", "SASL authentication failed: malformed PLAIN response")
-            return
-        account, secret = creds
-        if await self.hello(account, secret, sasl=True):
-            self.sasl_done = True
-            nick = self.nick
-            self.num("900", tr.source(nick), nick, f"You are now logged in as {nick}")
-            self.num("903", "SASL authentication successful")
-
-    async def hello(self, nick: str, secret: str | None, *, sasl: bool = False) -> bool:
-        body: dict[str, Any] = {"type": "hello", "proto": 1, "nick": nick, "client": "irc"}
-        if secret is not None:
-            if secret.startswith("token:"):
-                body["token"] = secret[len("token:") :]
-            else:
-                body["password"] = secret
-        result: list[bool] = []
-
-        def on_reply(reply: Reply) -> None:
-            # Called as the reply is sent: auth_failed is fatal, so the numeric must go first.
-            if isinstance(reply, ProtocolError):
-                if reply.code == ErrorCode.AUTH_FAILED:
-                    self.num("904" if sasl else "464", reply.message)
-                else:
-                    self.error(reply, "NICK", nick)
-            result.append(not isinstance(reply, ProtocolError))
-
-        await self.s.request(body, on_reply)
-        return result == [True]
-
-    async def try_register(self) -> None:
-        s = self.s
-        if s.registered or self.cap_open or not self.reg_user:
-            return
-        if s.user is None and self.reg_nick is None:
-            return
-        if s.user is None and not await self.hello(str(self.reg_nick), self.password):
-            self.reg_nick = None
-            return
-        if s.user is None or s.closing:
-            return
-        self.burst()
-        s.finish_registration()
-
-    def burst(self) -> None:
-        s = self.s
-        config = s.hub.config
-        version = f"imchat-{imchat.__version__}"
-        self.num("001", f"Welcome to imchat, {self.nick}")
-        self.num("002", f"Your host is {tr.SERVER}, running {version}")
-        self.num("003", "This server speaks IRC as a face of the imchat protocol")
-        self.num("004", tr.SERVER, version, "i", "nt")
-        tokens = [
-            "CASEMAPPING=ascii",
-            "CHANTYPES=#",
-            f"CHANNELLEN={CHANNELLEN}",
-            f"NICKLEN={NICKLEN}",
-            f"TOPICLEN={config.max_text}",
-            f"CHATHISTORY={CHATHISTORY_MAX}",
-            "MSGREFTYPES=msgid,timestamp",
-            "NETWORK=imchat",
-            "PREFIX=()",
-            "CHANMODES=b,,,nt",
-            "UTF8ONLY",
-        ]
-        self.num("005", *tokens, "are supported by this server")
-        self.motd()
-
-    def motd(self) -> None:
-        motd = self.s.hub.config.motd
-        if not motd:
-            self.num("422", "MOTD File is missing")
-            return
-        self.num("375", f"- {tr.SERVER} Message of the day -")
-        for text in motd.splitlines() or [""]:
-            self.num("372", f"- {text}")
-        self.num("376", "End of /MOTD command")
-
-    async def on_motd(self, line: Line) -> None:
-        self.motd()
-
-    async def on_ping(self, line: Line) -> None:
-        self.out(format_parts("PONG", [tr.SERVER, line.param(0, tr.SERVER)], tr.SERVER))
-
-    async def on_pong(self, line: Line) -> None:
-        pass
-
-    async def on_quit(self, line: Line) -> None:
-        reason = line.param(0, "Client quit")
-        self.s.close(format_parts("ERROR", [f"Closing link: Quit: {reason}"]))
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -338,21 +115,6 @@ class Commands:
         self.emit_history(
             "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
         )
-
-    def emit_history(
-        self, target: str, messages: list[dict[str, Any]], *, prefix_time: bool = False
-    ) -> None:
-        batch = self.new_batch() if "batch" in self.s.caps else None
-        if batch is not None:
-            self.out(format_parts("BATCH", ["+" + batch, "chathistory", target], tr.SERVER))
-        for event in messages:
-            if prefix_time and "text" in event and "ts" in event:
-                stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event["ts"]))
-                event = {**event, "text": f"[{stamp}] {event['text']}"}
-            for data in tr.event_lines(event, self.s.variant, batch):
-                self.out(data)
-        if batch is not None:
-            self.out(format_parts("BATCH", ["-" + batch], tr.SERVER))
 
     def show_topic(self, room: str, code: int) -> None:
         channel = self.channels.get(room)
@@ -539,97 +301,6 @@ class Commands:
         if payloads:
             await self.s.hub.handle_batch(self.s, payloads)
 
-    # -- history ---------------------------------------------------------------------------
-
-    async def on_chathistory(self, line: Line) -> None:
-        sub = line.param(0).upper()
-        if sub == "TARGETS":
-            await self.history_targets(line)
-            return
-        if sub not in ("LATEST", "BEFORE", "AFTER", "BETWEEN"):
-            self.out(tr.fail("CHATHISTORY", "INVALID_PARAMS", "Unknown subcommand", sub or "*"))
-            return
-        target = line.param(1)
-        refs = line.params[2:-1]
-        try:
-            limit = min(int(line.params[-1]), CHATHISTORY_MAX)
-        except (ValueError, IndexError):
-            limit = 0
-        if not target or limit < 1 or len(refs) != (2 if sub == "BETWEEN" else 1):
-            self.out(tr.fail("CHATHISTORY", "INVALID_PARAMS", "Bad parameters", sub))
-            return
-        stream: dict[str, Any] = {"room": target} if target.startswith("#") else {"with": target}
-        parsed = [_ref(r) for r in refs]
-        if any(p is None for p in parsed) or (sub != "LATEST" and refs[0] == "*"):
-            self.out(tr.fail("CHATHISTORY", "INVALID_PARAMS", "Bad message reference", sub))
-            return
-        body: dict[str, Any] = {"type": "history", **stream, "limit": limit}
-        by_time: list[tuple[str, float]] = []
-        ok_refs = [p for p in parsed if p is not None]
-        if sub == "BETWEEN" and ok_refs[0][0] == ok_refs[1][0] and ok_refs[0][1] > ok_refs[1][1]:
-            ok_refs.reverse()  # BETWEEN may name its bounds in either order
-        for (kind, value), role in zip(ok_refs, _roles(sub), strict=False):
-            if kind == "timestamp" or (kind == "msgid" and sub == "LATEST"):
-                # LATEST wants the newest messages after the reference: filter the latest page.
-                by_time.append((role, value) if kind == "timestamp" else ("after_seq", value))
-            elif kind == "msgid":
-                body[role] = int(value)
-        if by_time:
-            body["limit"] = CHATHISTORY_MAX  # filter one page by time (see docs/irc.md)
-        reply = await self.s.ask(body)
-        if isinstance(reply, ProtocolError):
-            code = (
-                "INVALID_TARGET"
-                if reply.code
-                in (
-                    ErrorCode.NO_SUCH_ROOM,
-                    ErrorCode.NO_SUCH_USER,
-                    ErrorCode.BAD_ROOM,
-                    ErrorCode.BAD_NICK,
-                )
-                else "MESSAGE_ERROR"
-            )
-            self.out(tr.fail("CHATHISTORY", code, reply.message, sub, target))
-            return
-        messages: list[dict[str, Any]] = list(reply.get("messages", []))
-        for role, ts in by_time:
-            if role == "after_seq":
-                messages = [m for m in messages if m.get("seq", 0) > ts]
-            elif role == "after":
-                messages = [m for m in messages if m.get("ts", 0) > ts]
-            else:
-                messages = [m for m in messages if m.get("ts", 0) < ts]
-        if by_time:
-            keep_first = sub in ("AFTER", "BETWEEN")
-            messages = messages[:limit] if keep_first else messages[-limit:]
-        self.emit_history(target, messages)
-
-    async def history_targets(self, line: Line) -> None:
-        lo, hi = (_ref(r) for r in (line.param(1), line.param(2)))
-        if lo is None or hi is None or lo[0] != "timestamp" or hi[0] != "timestamp":
-            self.out(
-                tr.fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS needs timestamps", "TARGETS")
-            )
-            return
-        low, high = sorted((float(lo[1]), float(hi[1])))
-        found: list[tuple[float, str]] = []
-        for room in sorted(self.channels):
-            reply = await self.s.ask({"type": "history", "room": room, "limit": 1})
-            if isinstance(reply, ProtocolError) or not reply.get("messages"):
-                continue
-            ts = float(reply["messages"][-1].get("ts", 0))
-            if low < ts < high:
-                found.append((ts, "#" + room))
-        batch = self.new_batch() if "batch" in self.s.caps else None
-        if batch is not None:
-            self.out(format_parts("BATCH", ["+" + batch, "draft/chathistory-targets"], tr.SERVER))
-        tags = {"batch": batch} if batch is not None else {}
-        for ts, target in sorted(found):
-            stamp = "timestamp=" + tr.iso_time(ts)
-            self.out(format_parts("CHATHISTORY", ["TARGETS", target, stamp], tr.SERVER, tags))
-        if batch is not None:
-            self.out(format_parts("BATCH", ["-" + batch], tr.SERVER))
-
     # -- events ----------------------------------------------------------------------------
 
     def event_out(self, entry: tr.Translated) -> bytes | None:
@@ -667,22 +338,3 @@ class Commands:
             code = str(event.get("code", "internal")).upper()
             return tr.fail("*", code, str(event.get("message", "")))
         return None
-
-
-def _roles(sub: str) -> list[str]:
-    return {"LATEST": ["after"], "BEFORE": ["before"], "AFTER": ["after"]}.get(
-        sub, ["after", "before"]
-    )
-
-
-def _ref(text: str) -> tuple[str, float] | None:
-    """``msgid=12`` / ``timestamp=…`` / ``*`` to (kind, value)."""
-    if text == "*":
-        return ("none", 0.0)
-    kind, _, value = text.partition("=")
-    if kind == "msgid" and value.isdigit():
-        return ("msgid", float(value))
-    if kind == "timestamp":
-        ts = tr.parse_iso_time(value)
-        return None if ts is None else ("timestamp", ts)
-    return None

@@ -13,7 +13,6 @@ session's: this class only replaces how bytes are read and how frames are writte
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -336,15 +335,3 @@ def _code(value: object) -> ErrorCode:
         return ErrorCode(str(value))
     except ValueError:
         return ErrorCode.INTERNAL
-
-
-def decode_sasl_plain(data: str) -> tuple[str, str] | None:
-    """``authzid NUL authcid NUL password`` (base64) to (authcid, password)."""
-    try:
-        raw = base64.b64decode(data, validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    parts = raw.split("\0")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        return None
-    return parts[1], parts[2]
