@@ -441,6 +441,10 @@ async def test_list_names_who_whois_mode_away_ping(irc: Any) -> None:
     assert (await client.expect("421")).params[1] == "FROBNICATE"
     client.send("PART #neverjoined0")
     assert (await client.expect("442")).params[1] == "#neverjoined0"
+    outsider = await irc(unique("out"))
+    outsider.send(f"TOPIC #{room}", "TOPIC #nosuchroom0")
+    assert (await outsider.expect("331")).params[1] == "#" + room
+    assert (await outsider.expect("403")).params[1] == "#nosuchroom0"
     client.send("JOIN nohash")
     assert (await client.expect("403")).params[1] == "nohash"
     client.send("JOIN #Bad!Name")

@@ -10,7 +10,7 @@ IRC users costs N entries, not N per session).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from imchat.protocol import ProtocolError
@@ -166,17 +166,17 @@ class Commands(Registration, History):
             if room in self.channels:
                 self.show_topic(room, 331)
                 return
-            reply = await self.s.ask({"type": "rooms"})
-            if isinstance(reply, ProtocolError):
-                self.error(reply, "TOPIC", target)
+            try:
+                async for info in self.rooms():
+                    if info["room"] == room:
+                        if info["topic"]:
+                            self.num("332", target, info["topic"])
+                        else:
+                            self.num("331", target, "No topic is set")
+                        return
+            except ProtocolError as exc:
+                self.error(exc, "TOPIC", target)
                 return
-            for info in reply.get("rooms", []):
-                if info["room"] == room:
-                    if info["topic"]:
-                        self.num("332", target, info["topic"])
-                    else:
-                        self.num("331", target, "No topic is set")
-                    return
             self.num("403", target, "No such channel")
             return
         reply = await self.s.ask({"type": "topic", "room": target, "text": line.params[1]})
@@ -189,14 +189,27 @@ class Commands(Registration, History):
             room = target.lstrip("#").lower()
             self.names(room, await self.members(room))
 
+    async def rooms(self) -> AsyncIterator[dict[str, Any]]:
+        """Every room, page by page (``rooms`` answers ``more`` when it left some out)."""
+        body: dict[str, Any] = {"type": "rooms"}
+        while True:
+            reply = await self.s.ask(dict(body))
+            if isinstance(reply, ProtocolError):
+                raise reply
+            page = list(reply.get("rooms", []))
+            for info in page:
+                yield info
+            if not reply.get("more") or not page:
+                return
+            body["after"] = page[-1]["room"]
+
     async def on_list(self, line: Line) -> None:
-        reply = await self.s.ask({"type": "rooms"})
-        if isinstance(reply, ProtocolError):
-            self.error(reply, "LIST")
-            return
         self.num("321", "Channel", "Users  Name")
-        for info in reply.get("rooms", []):
-            self.num("322", "#" + info["room"], str(info["count"]), info["topic"])
+        try:
+            async for info in self.rooms():
+                self.num("322", "#" + info["room"], str(info["count"]), info["topic"])
+        except ProtocolError as exc:
+            self.error(exc, "LIST")
         self.num("323", "End of /LIST")
 
     # -- people ----------------------------------------------------------------------------
