@@ -42,10 +42,7 @@ class Registration(CommandBase):
                         self.s.caps.discard(w[1:])
                     else:
                         self.s.caps.add(w)
-                self.s.echo = "echo-message" in self.s.caps
-                self.s.variant = (tr.TIME if "server-time" in self.s.caps else 0) | (
-                    tr.MSGTAGS if "message-tags" in self.s.caps else 0
-                )
+                self.s.caps_changed()
                 self.out(format_parts("CAP", [self.nick, "ACK", line.param(1)], tr.SERVER))
             else:
                 self.out(format_parts("CAP", [self.nick, "NAK", line.param(1)], tr.SERVER))

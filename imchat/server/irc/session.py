@@ -71,6 +71,7 @@ class IrcSession(Session):
         "queued_bytes",
         "registered",
         "shared",
+        "skip_author",
         "user_key",
         "variant",
         "waiting",
@@ -80,8 +81,10 @@ class IrcSession(Session):
         super().__init__(hub)
         self.shared = shared
         self.cache = shared.cache
-        #: The user's nick key once registered (compared on the broadcast path).
+        #: The user's nick key once registered.
         self.user_key = ""
+        #: Whose room messages this client does not get: its own, unless echo-message.
+        self.skip_author = ""
         self.lines = LineDecoder()
         self.queue: list[bytes | LineTooLong] = []
         self.queued_bytes = 0
@@ -251,9 +254,9 @@ class IrcSession(Session):
         entry = cache.last if frame is cache.last_frame else cache.get(frame)
         if entry.simple and self.registered:
             # The broadcast path: no decoding, no formatting, one dict lookup.
-            if entry.author == self.user_key and not self.echo:
+            if entry.author == self.skip_author:
                 return
-            lines = entry.lines.get(self.variant) or entry.for_variant(self.variant)
+            lines = entry.lines[self.variant] or entry.for_variant(self.variant)
             out = self._out
             if out and not self.closing:
                 # Already queued this loop turn (a burst): the buffer check was done with the
@@ -305,10 +308,19 @@ class IrcSession(Session):
     def finish_registration(self) -> None:
         assert self.user is not None
         self.user_key = self.user.key
+        self.caps_changed()
         self.registered = True
         held, self.prebuffer = self.prebuffer, []
         for data in held:
             Session.send(self, data)
+
+    def caps_changed(self) -> None:
+        """Derive what the send path reads from the negotiated capabilities."""
+        self.echo = "echo-message" in self.caps
+        self.variant = (tr.TIME if "server-time" in self.caps else 0) | (
+            tr.MSGTAGS if "message-tags" in self.caps else 0
+        )
+        self.skip_author = "" if self.echo else self.user_key
 
     @property
     def nick_or_star(self) -> str:

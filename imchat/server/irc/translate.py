@@ -31,6 +31,7 @@ CAPABILITIES: dict[str, str] = {
 #: Variant bits: which tags a session's lines carry.
 TIME = 1
 MSGTAGS = 2
+VARIANTS = 4
 
 _decoder = msgspec.json.Decoder()
 
@@ -122,7 +123,8 @@ class Translated:
 
     frame: bytes
     event: dict[str, Any]
-    lines: dict[int, bytes] = field(default_factory=dict)
+    #: Lines per variant (the index: TIME | MSGTAGS bits), built on first use.
+    lines: list[bytes | None] = field(default_factory=lambda: [None] * VARIANTS)
     #: A room message: the same lines for every recipient, except that its author sees it only
     #: with echo-message. The fast path of a broadcast (see ``IrcSession.send``).
     simple: bool = False
@@ -130,7 +132,7 @@ class Translated:
     author: str = ""
 
     def for_variant(self, variant: int) -> bytes:
-        out = self.lines.get(variant)
+        out = self.lines[variant]
         if out is None:
             out = self.lines[variant] = b"".join(event_lines(self.event, variant))
         return out
