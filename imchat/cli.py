@@ -130,6 +130,17 @@ def server(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="IMCHAT_TLS_KEY", help="PEM private key for --tls-cert.")
     ] = None,
+    irc_port: Annotated[
+        int | None,
+        typer.Option(envvar="IMCHAT_IRC_PORT", help="Also serve IRC on this port (e.g. 6667)."),
+    ] = None,
+    irc_tls_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="IMCHAT_IRC_TLS_PORT",
+            help="Also serve IRC over TLS on this port (e.g. 6697; needs --tls-cert/--tls-key).",
+        ),
+    ] = None,
     redis: Annotated[
         str | None,
         typer.Option(
@@ -166,6 +177,8 @@ def server(
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail("TLS needs both --tls-cert and --tls-key", 2)
+    if irc_tls_port is not None and tls_cert is None:
+        raise _fail("--irc-tls-port needs --tls-cert and --tls-key", 2)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -190,6 +203,8 @@ def server(
         auth_window=auth_window,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        irc_port=irc_port,
+        irc_tls_port=irc_tls_port,
         redis_url=redis,
         redis_prefix=redis_prefix,
         node_timeout=node_timeout,

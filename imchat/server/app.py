@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
 
 from imchat.protocol import ErrorCode, ProtocolError
@@ -45,6 +46,9 @@ class ChatServer:
         self.hub: Hub | None = None
         self.port = config.port
         self._server: asyncio.Server | None = None
+        self._irc_servers: list[asyncio.Server] = []
+        #: Bound IRC ports (plain, TLS) once started; None where that listener is off.
+        self.irc_ports: tuple[int | None, int | None] = (None, None)
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -81,9 +85,29 @@ class ChatServer:
             await self.store.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.irc_port is not None or self.config.irc_tls_port is not None:
+            await self._start_irc(hub, tls)
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
+
+    async def _start_irc(self, hub: Hub, tls: ssl.SSLContext | None) -> None:
+        from .irc import start_irc_listeners
+
+        try:
+            self._irc_servers = await start_irc_listeners(
+                hub, self.config.host, self.config.irc_port, self.config.irc_tls_port, tls
+            )
+        except BaseException:
+            assert self._server is not None
+            self._server.close()
+            await self.fanout.close()
+            await self.store.close()
+            raise
+        ports = iter(s.sockets[0].getsockname()[1] for s in self._irc_servers)
+        plain = next(ports) if self.config.irc_port is not None else None
+        secure = next(ports) if self.config.irc_tls_port is not None else None
+        self.irc_ports = (plain, secure)
 
     async def _ensure_admin(self, data_dir: Path) -> None:
         """Create the admin account, or a fresh token for it if its token file is gone."""
@@ -148,6 +172,8 @@ class ChatServer:
         self._stopped.set()
         hub = self.hub
         self._server.close()
+        for irc in self._irc_servers:
+            irc.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
@@ -164,6 +190,8 @@ class ChatServer:
             for session in list(hub.sessions):
                 session.abort()
         await self._server.wait_closed()
+        for irc in self._irc_servers:
+            await irc.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()
         await self.store.close()

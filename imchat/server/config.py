@@ -52,6 +52,10 @@ class ServerConfig:
     #: PEM certificate chain and private key: serve TLS instead of plain TCP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: IRC listeners (``imchat.server.irc``) beside the native one; None: off. The TLS one
+    #: uses ``tls_cert``/``tls_key``.
+    irc_port: int | None = None
+    irc_tls_port: int | None = None
     #: ``redis://host:port/db`` to share rooms, presence and history with other server
     #: processes; None keeps everything in this process (SQLite in ``data_dir``).
     redis_url: str | None = None

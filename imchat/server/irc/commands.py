@@ -1,0 +1,353 @@
+"""What each IRC command means in native requests, and what native events mean on IRC.
+
+One :class:`Commands` per connection. Handlers ask the hub through their session
+(``request``/``ask``) and write numerics; :meth:`Commands.event_out` turns an incoming native
+event into this client's bytes, reusing the server-wide translation where the lines are the
+same for every recipient and keeping the little per-client state IRC needs (the channels
+shown as joined and their topics; members are asked of the hub when needed, so a room of N
+IRC users costs N entries, not N per session).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from imchat.protocol import ProtocolError
+
+from . import translate as tr
+from .base import Channel
+from .history import History
+from .lines import Line, format_parts
+from .registration import Registration
+
+if TYPE_CHECKING:
+    from .session import IrcSession, Reply
+
+#: Messages replayed on JOIN to clients that did not ask for ``draft/chathistory``.
+JOIN_REPLAY = 50
+#: Commands a client may send before it is registered.
+BEFORE_REGISTRATION = frozenset(
+    {"CAP", "NICK", "USER", "PASS", "AUTHENTICATE", "PING", "PONG", "QUIT"}
+)
+
+
+class Commands(Registration, History):
+    def __init__(self, session: IrcSession) -> None:
+        super().__init__(session)
+        self._handlers: dict[str, Callable[[Line], Awaitable[None]]] = {
+            "CAP": self.on_cap,
+            "NICK": self.on_nick,
+            "USER": self.on_user,
+            "PASS": self.on_pass,
+            "AUTHENTICATE": self.on_authenticate,
+            "PING": self.on_ping,
+            "PONG": self.on_pong,
+            "QUIT": self.on_quit,
+            "JOIN": self.on_join,
+            "PART": self.on_part,
+            "PRIVMSG": self.on_message,
+            "NOTICE": self.on_message,
+            "TOPIC": self.on_topic,
+            "NAMES": self.on_names,
+            "LIST": self.on_list,
+            "WHO": self.on_who,
+            "WHOIS": self.on_whois,
+            "MODE": self.on_mode,
+            "AWAY": self.on_away,
+            "MOTD": self.on_motd,
+            "CHATHISTORY": self.on_chathistory,
+            "TAGMSG": self.on_tagmsg,
+        }
+
+    async def dispatch(self, line: Line) -> None:
+        handler = self._handlers.get(line.command)
+        if not self.s.registered and line.command not in BEFORE_REGISTRATION:
+            if handler is None:
+                self.num("421", line.command, "Unknown command")
+            else:
+                self.num("451", "You have not registered")
+            return
+        if handler is None:
+            self.num("421", line.command, "Unknown command")
+            return
+        await handler(line)
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    async def on_join(self, line: Line) -> None:
+        if not self.need(line, 1):
+            return
+        if line.params[0] == "0":
+            for room in list(self.channels):
+                await self.part(room)
+            return
+        for target in line.params[0].split(","):
+            if not target.startswith("#"):
+                self.num("403", target, "No such channel (channels start with #)")
+                continue
+            joined: list[tuple[str, int]] = []
+
+            def on_reply(
+                reply: Reply, target: str = target, joined: list[tuple[str, int]] = joined
+            ) -> None:
+                if isinstance(reply, ProtocolError):
+                    self.error(reply, "JOIN", target)
+                    return
+                room = str(reply["room"])
+                if room not in self.channels:
+                    self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
+                    joined.append((room, int(reply.get("last_seq", 0))))
+                self.channels[room] = Channel(str(reply["topic"]))
+                self.show_topic(room, 332)
+                self.names(room, [str(m) for m in reply["members"]])
+
+            await self.s.request({"type": "join", "room": target}, on_reply)
+            if joined and joined[0][1] and "draft/chathistory" not in self.s.caps:
+                await self.replay(*joined[0])
+
+    async def replay(self, room: str, last_seq: int) -> None:
+        """The messages before the join (later ones arrive live: none is shown twice)."""
+        body = {"type": "history", "room": room, "limit": JOIN_REPLAY, "before": last_seq + 1}
+        reply = await self.s.ask(body)
+        if isinstance(reply, ProtocolError) or not reply.get("messages"):
+            return
+        self.emit_history(
+            "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
+        )
+
+    def show_topic(self, room: str, code: int) -> None:
+        channel = self.channels.get(room)
+        if channel is None:
+            return
+        if channel.topic:
+            self.num("332", "#" + room, channel.topic)
+        elif code == 331:
+            self.num("331", "#" + room, "No topic is set")
+
+    async def members(self, room: str) -> list[str] | None:
+        """The room's members, if this client is in it (a repeated join changes nothing)."""
+        if room not in self.channels:
+            return None
+        reply = await self.s.ask({"type": "join", "room": room})
+        if isinstance(reply, ProtocolError):
+            return None
+        return [str(m) for m in reply.get("members", [])]
+
+    def names(self, room: str, members: list[str] | None) -> None:
+        if members is not None:
+            nicks = sorted(members, key=str.lower)
+            chunk: list[str] = []
+            for nick in nicks:
+                chunk.append(nick)
+                if len(chunk) == 40:
+                    self.num("353", "=", "#" + room, " ".join(chunk))
+                    chunk = []
+            if chunk:
+                self.num("353", "=", "#" + room, " ".join(chunk))
+        self.num("366", "#" + room, "End of /NAMES list")
+
+    async def part(self, target: str) -> None:
+        reply = await self.s.ask({"type": "part", "room": target})
+        if isinstance(reply, ProtocolError):
+            self.error(reply, "PART", target if target.startswith("#") else "#" + target)
+
+    async def on_part(self, line: Line) -> None:
+        if self.need(line, 1):
+            for target in line.params[0].split(","):
+                await self.part(target)
+
+    async def on_topic(self, line: Line) -> None:
+        if not self.need(line, 1):
+            return
+        target = line.params[0]
+        if len(line.params) == 1:
+            room = target.lstrip("#").lower()
+            if room in self.channels:
+                self.show_topic(room, 331)
+                return
+            try:
+                async for info in self.rooms():
+                    if info["room"] == room:
+                        if info["topic"]:
+                            self.num("332", target, info["topic"])
+                        else:
+                            self.num("331", target, "No topic is set")
+                        return
+            except ProtocolError as exc:
+                self.error(exc, "TOPIC", target)
+                return
+            self.num("403", target, "No such channel")
+            return
+        reply = await self.s.ask({"type": "topic", "room": target, "text": line.params[1]})
+        if isinstance(reply, ProtocolError):
+            self.error(reply, "TOPIC", target)
+
+    async def on_names(self, line: Line) -> None:
+        targets = line.param(0).split(",") if line.params else ["#" + r for r in self.channels]
+        for target in targets:
+            room = target.lstrip("#").lower()
+            self.names(room, await self.members(room))
+
+    async def rooms(self) -> AsyncIterator[dict[str, Any]]:
+        """Every room, page by page (``rooms`` answers ``more`` when it left some out)."""
+        body: dict[str, Any] = {"type": "rooms"}
+        while True:
+            reply = await self.s.ask(dict(body))
+            if isinstance(reply, ProtocolError):
+                raise reply
+            page = list(reply.get("rooms", []))
+            for info in page:
+                yield info
+            if not reply.get("more") or not page:
+                return
+            body["after"] = page[-1]["room"]
+
+    async def on_list(self, line: Line) -> None:
+        self.num("321", "Channel", "Users  Name")
+        try:
+            async for info in self.rooms():
+                self.num("322", "#" + info["room"], str(info["count"]), info["topic"])
+        except ProtocolError as exc:
+            self.error(exc, "LIST")
+        self.num("323", "End of /LIST")
+
+    # -- people ----------------------------------------------------------------------------
+
+    def who_line(self, channel: str, nick: str) -> None:
+        here = "G" if nick.lower() == self.nick.lower() and self.away else "H"
+        self.num("352", channel, nick, tr.HOST, tr.SERVER, nick, here, f"0 {nick}")
+
+    async def online(self) -> dict[str, str]:
+        reply = await self.s.ask({"type": "users"})
+        if isinstance(reply, ProtocolError):
+            return {}
+        return {n.lower(): n for n in reply.get("users", [])}
+
+    async def on_who(self, line: Line) -> None:
+        mask = line.param(0, "*")
+        if mask.startswith("#"):
+            for nick in await self.members(mask[1:].lower()) or []:
+                self.who_line(mask, nick)
+        else:
+            found = (await self.online()).get(mask.lower())
+            if found is not None:
+                self.who_line("*", found)
+        self.num("315", mask, "End of /WHO list")
+
+    async def on_whois(self, line: Line) -> None:
+        if not self.need(line, 1):
+            return
+        target = line.params[-1]
+        nick = (await self.online()).get(target.lower())
+        if nick is None:
+            self.num("401", target, "No such nick")
+        else:
+            self.num("311", nick, nick, tr.HOST, "*", nick)
+            self.num("312", nick, tr.SERVER, "imchat")
+            if nick.lower() == self.nick.lower():
+                if self.channels:
+                    self.num("319", nick, " ".join("#" + r for r in sorted(self.channels)))
+                if self.away:
+                    self.num("301", nick, self.away)
+        self.num("318", target, "End of /WHOIS list")
+
+    async def on_mode(self, line: Line) -> None:
+        if not self.need(line, 1):
+            return
+        target = line.params[0]
+        if target.startswith("#"):
+            if len(line.params) == 1:
+                self.num("324", target, "+nt")
+            elif line.params[1].lstrip("+") == "b":
+                self.num("368", target, "End of channel ban list")
+            else:
+                self.num("482", target, "Channel modes cannot be changed on imchat")
+        elif target.lower() == self.nick.lower():
+            self.num("221", "+i")
+        else:
+            self.num("502", "Cannot change mode for other users")
+
+    async def on_away(self, line: Line) -> None:
+        self.away = line.param(0) or None
+        if self.away:
+            self.num("306", "You have been marked as being away")
+        else:
+            self.num("305", "You are no longer marked as being away")
+
+    # -- messages --------------------------------------------------------------------------
+
+    def message_payloads(self, line: Line) -> list[bytes]:
+        """The native requests for a PRIVMSG/NOTICE (several targets: several requests)."""
+        if not line.params or not line.params[0]:
+            self.num("411", f"No recipient given ({line.command})")
+            return []
+        if len(line.params) < 2 or not line.params[1]:
+            self.num("412", "No text to send")
+            return []
+        text = line.params[1]
+        body: dict[str, Any] = {}
+        if text.startswith("\x01ACTION ") and text.endswith("\x01") and len(text) > 9:
+            text, body["kind"] = text[8:-1], "action"
+        out = []
+        for target in line.params[0].split(","):
+            if target.startswith("#"):
+                request = {"type": "say", "room": target, "text": text, **body}
+            elif target.startswith("$"):
+                request = {"type": "announce", "text": text}
+            else:
+                request = {"type": "dm", "to": target, "text": text}
+
+            def on_reply(reply: Reply, target: str = target, cmd: str = line.command) -> None:
+                if isinstance(reply, ProtocolError):
+                    self.error(reply, cmd, target)
+
+            out.append(self.s.payload(request, on_reply))
+        return out
+
+    async def on_tagmsg(self, line: Line) -> None:
+        """Tag-only messages (typing, reactions) have no imchat form yet: dropped quietly,
+        since a client sends them as a matter of course."""
+
+    async def on_message(self, line: Line) -> None:
+        payloads: list[bytes | ProtocolError] = list(self.message_payloads(line))
+        if payloads:
+            await self.s.hub.handle_batch(self.s, payloads)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def event_out(self, entry: tr.Translated) -> bytes | None:
+        """This client's bytes for a native event (None: nothing to show)."""
+        event = entry.event
+        kind = event.get("type")
+        me = self.s.user.key if self.s.user is not None else ""
+        if kind == "msg" or kind == "dm":
+            if (
+                event.get("from", "").lower() == me
+                and "echo-message" not in self.s.caps
+                and event.get("to", "").lower() != me
+            ):
+                return None
+            return entry.for_variant(self.s.variant)
+        if kind == "joined":
+            room, nick = event["room"], event["nick"]
+            if nick.lower() == me:
+                if room in self.channels:
+                    return None
+                self.channels[room] = Channel("")  # joined from another session
+            return entry.for_variant(self.s.variant)
+        if kind == "parted":
+            room, nick = event["room"], event["nick"]
+            if nick.lower() == me and self.channels.pop(room, None) is None:
+                return None
+            return entry.for_variant(self.s.variant)
+        if kind == "topic":
+            if event["room"] in self.channels:
+                self.channels[event["room"]].topic = event["topic"]
+            return entry.for_variant(self.s.variant)
+        if kind == "announce":
+            return entry.for_variant(self.s.variant)
+        if kind == "error":
+            code = str(event.get("code", "internal")).upper()
+            return tr.fail("*", code, str(event.get("message", "")))
+        return None

@@ -1,0 +1,191 @@
+"""IRC lines, sans-I/O: a decoder you feed bytes, a parser and a serializer.
+
+The grammar is RFC 1459/2812 with IRCv3 message tags: ``[@tags] [:source] COMMAND params``.
+A line is at most 512 bytes without its tags (CR LF included) and the tags at most 8191 bytes
+(``@`` and the space included), so a whole line is at most 8703 bytes. The decoder never
+buffers more than that: a longer line is reported (:class:`LineTooLong`) and skipped up to its
+end. Lines end at LF; a CR before it is dropped; a NUL or a lone CR inside a line is refused.
+
+UTF-8: every line must be valid UTF-8. A line that is not is refused (:class:`BadLine` with
+``INVALID_UTF8``), never repaired: imchat does not alter a user's text silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+#: The body of a line (source, command, params, CR LF) in bytes.
+MAX_LINE = 512
+#: The tags of a line, ``@`` and the separating space included.
+MAX_TAGS = 8191
+MAX_TOTAL = MAX_LINE + MAX_TAGS
+
+_TAG_ESCAPES = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+_TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+
+
+class BadLine(Exception):
+    """A line that cannot be read; ``code`` names why (an IRCv3 standard-reply code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LineTooLong(BadLine):
+    def __init__(self) -> None:
+        super().__init__("INPUT_TOO_LONG", "input line too long")
+
+
+@dataclass(slots=True)
+class Line:
+    command: str
+    params: list[str] = field(default_factory=list)
+    source: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def param(self, index: int, default: str = "") -> str:
+        return self.params[index] if index < len(self.params) else default
+
+
+def escape_tag_value(value: str) -> str:
+    return "".join(_TAG_ESCAPES.get(ch, ch) for ch in value)
+
+
+def unescape_tag_value(value: str) -> str:
+    out: list[str] = []
+    chars = iter(value)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append(_TAG_UNESCAPES.get(nxt, nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def parse_line(raw: bytes) -> Line:
+    """One line without its line ending; raises :class:`BadLine`."""
+    if b"\0" in raw or b"\r" in raw:
+        raise BadLine("INVALID_LINE", "line contains NUL or CR")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadLine("INVALID_UTF8", "line is not valid UTF-8") from None
+    tags: dict[str, str] = {}
+    rest = text.lstrip(" ")
+    if rest.startswith("@"):
+        tag_text, _, rest = rest[1:].partition(" ")
+        if len(tag_text.encode()) + 2 > MAX_TAGS:
+            raise LineTooLong()
+        for item in tag_text.split(";"):
+            if item:
+                key, _, value = item.partition("=")
+                tags[key] = unescape_tag_value(value)
+        rest = rest.lstrip(" ")
+    if len(rest.encode()) + 2 > MAX_LINE:
+        raise LineTooLong()
+    source = None
+    if rest.startswith(":"):
+        source, _, rest = rest[1:].partition(" ")
+        rest = rest.lstrip(" ")
+    trailing = None
+    head, sep, tail = rest.partition(" :")
+    if rest.startswith(":"):
+        head, trailing = "", rest[1:]
+    elif sep:
+        trailing = tail
+    words = head.split()
+    if not words:
+        raise BadLine("INVALID_LINE", "line has no command")
+    params = words[1:]
+    if trailing is not None:
+        params.append(trailing)
+    return Line(words[0].upper(), params, source, tags)
+
+
+def format_line(line: Line) -> bytes:
+    """Serialize without any length check (see :func:`fit_text` for splitting texts)."""
+    return format_parts(line.command, line.params, line.source, line.tags)
+
+
+def format_parts(
+    command: str,
+    params: list[str] | tuple[str, ...],
+    source: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> bytes:
+    parts: list[str] = []
+    if tags:
+        parts.append(
+            "@" + ";".join(f"{k}={escape_tag_value(v)}" if v else k for k, v in tags.items())
+        )
+    if source:
+        parts.append(":" + source)
+    parts.append(command)
+    if params:
+        *middle, last = params
+        parts.extend(middle)
+        if not last or " " in last or last.startswith(":"):
+            last = ":" + last
+        parts.append(last)
+    return (" ".join(parts) + "\r\n").encode()
+
+
+def split_text(text: str, max_bytes: int) -> list[str]:
+    """Cut a text into pieces of at most ``max_bytes`` UTF-8 bytes: at newlines (IRC lines
+    cannot hold one), then at the last space that fits, else between code points."""
+    pieces: list[str] = []
+    for para in text.split("\n"):
+        while len(para.encode()) > max_bytes:
+            cut = len(para.encode()[:max_bytes].decode("utf-8", "ignore"))
+            space = para.rfind(" ", 1, cut + 1)
+            if space > cut // 2:
+                cut = space
+            pieces.append(para[:cut])
+            para = para[cut:].lstrip(" ") if space > 0 and cut == space else para[cut:]
+        pieces.append(para)
+    return [p for p in pieces if p] or [""]
+
+
+class LineDecoder:
+    """Feed it byte chunks; it yields complete lines as bytes, or a :class:`LineTooLong`
+    in the place of a line that exceeded :data:`MAX_TOTAL` (the rest of it is skipped)."""
+
+    __slots__ = ("_buffer", "_skipping")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._skipping = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> Iterator[bytes | LineTooLong]:
+        buf = self._buffer
+        buf += data
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            if self._skipping:
+                self._skipping = False
+            else:
+                line = bytes(buf[start:end])
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) + 2 > MAX_TOTAL:
+                    yield LineTooLong()
+                elif line.strip(b" "):
+                    yield line
+            start = end + 1
+        del buf[:start]
+        if len(buf) + 2 > MAX_TOTAL:
+            buf.clear()
+            if not self._skipping:
+                self._skipping = True
+                yield LineTooLong()
