@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
 
 from imchat.client.session import Backoff, ChatSession, ConvKey
 from imchat.tui.app import ChatApp
+from imchat.tui.widgets import ChatInput
 
 SIZE = (120, 36)
 TIMEOUT = 10.0
@@ -98,7 +98,7 @@ def has_line(app: ChatApp, key: ConvKey, needle: str) -> bool:
 async def type_line(pilot: Pilot[Any], text: str) -> None:
     """Type into the input as a user would, then press Enter."""
     app = pilot.app
-    chat_input = app.query_one("#input", Input)
+    chat_input = app.query_one("#input", ChatInput)
     chat_input.focus()
     chat_input.value = ""
     if len(text) <= 40:
