@@ -452,6 +452,13 @@ class ChatApp(App[None]):
                 )
             log.prepend(self._dated(entries, None, before=view))
             return
+        if event.initial and not any(e.meta.get("seq") for e in log.entries):
+            # Recent history goes above "You joined" (and any other notice so far): the
+            # newest lines are the last ones, where the view opens.
+            last_day = view.last_day
+            log.prepend(self._dated(entries, None, before=view))
+            view.last_day = last_day or view.last_day
+            return
         self._append(view, entries)
         if event.initial:
             return

@@ -55,6 +55,17 @@ PENDING = Style(color="grey50", italic=True)
 DAY = Style(color="cyan", bold=True)
 
 
+# Emoji sequences that terminals draw at a width other than the one Rich computes (and that
+# differ between terminals: tmux 3.3 draws a ZWJ family as three emoji, a VS16 heart as one
+# cell): a row holding one would shift its right border. What is left after removing the
+# joiner, the presentation selectors and the skin-tone modifiers is measured the same by
+# Rich and by the terminal (each emoji of a family shown side by side, a heart as text).
+_EMOJI_GLUE = re.compile(
+    r"[\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]"
+    r"|(?<=[\u2600-\u27bf\U0001f000-\U0001faff])\u200d"
+)
+
+
 def _visible(match: re.Match[str]) -> str:
     ch = match.group()
     code = ord(ch)
@@ -68,8 +79,10 @@ def _visible(match: re.Match[str]) -> str:
 
 
 def clean(value: Any) -> str:
-    """Network text made inert: control and bidi characters replaced by visible stand-ins."""
-    return _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+    """Network text made inert: control and bidi characters replaced by visible stand-ins,
+    and emoji glue that terminals measure unlike Rich removed."""
+    text = _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+    return _EMOJI_GLUE.sub("", text)
 
 
 def nick_style(nick: str) -> Style:
@@ -197,6 +210,7 @@ class Formatter:
         return Entry(
             Text.assemble(self._stamp(message), Text("--".rjust(NICK_WIDTH) + " ", style=SYSTEM)),
             body,
+            meta={"day": self.day_of(message) if message else self.date_format(self.clock())},
         )
 
     def event(self, message: dict[str, Any]) -> Entry | None:
