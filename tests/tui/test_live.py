@@ -147,6 +147,10 @@ async def test_pastes_become_one_message_and_long_ones_ask_first(server: ServerH
         strips = log(alice)._render_entry(entry, width)
         assert len(strips) == 50
         assert strips[1].text.startswith(" " * entry.prefix.cell_len + "row 1")
+        # The first message taller than the window still leaves the view at the bottom.
+        lg = log(alice)
+        await pilot.pause()
+        assert lg.scroll_y == lg.max_scroll_y > 0
 
 
 async def test_shift_enter_and_ctrl_j_add_a_line(server: ServerHandle) -> None:

@@ -70,6 +70,7 @@ class MessageLog(ScrollView, can_focus=True):
         self.loading_older = False
         self.history_complete = False
         self._adjusting = False  # our own scrolling (trim, resize) is not the user's
+        self._bottom_due = False
 
     # -- content ---------------------------------------------------------------------------
 
@@ -122,6 +123,19 @@ class MessageLog(ScrollView, can_focus=True):
         self._to_bottom()
 
     def _to_bottom(self) -> None:
+        self._scroll_bottom()
+        # Textual ignores a scroll until the layout knows the content overflows (the first
+        # tall entry in a short log): do it again once this frame is laid out.
+        if not self._bottom_due:
+            self._bottom_due = True
+            self.call_after_refresh(self._settle_bottom)
+
+    def _settle_bottom(self) -> None:
+        self._bottom_due = False
+        if self.following:
+            self._scroll_bottom()
+
+    def _scroll_bottom(self) -> None:
         self._adjusting = True
         try:
             self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
@@ -201,7 +215,7 @@ class MessageLog(ScrollView, can_focus=True):
             self._update_size()
         # Also when only the height changed (the pending lines below grew or shrank).
         if self.following:
-            self.call_after_refresh(self._to_bottom)
+            self._to_bottom()
 
     def _render_entry(self, entry: Entry, width: int) -> list[Strip]:
         """The rows of one entry at ``width``: its prefix, then the body wrapped beside it.
