@@ -203,8 +203,8 @@ async def test_the_log_follows_a_flood_and_shows_new_while_scrolled_up(tmp_path:
             )
             lg = log(alice)
             await until(pilot, lambda: has_line(alice, LOBBY, "flood 1999"), "flood arrived")
-            await pilot.pause()
-            assert lg.following and lg.scroll_y == lg.max_scroll_y > 0
+            assert lg.following
+            await until(pilot, lambda: lg.scroll_y == lg.max_scroll_y > 0, "at the bottom")
             # Scrolled up: new messages do not move the view, and are counted.
             await pilot.press("pageup")
             assert not lg.following
@@ -217,9 +217,9 @@ async def test_the_log_follows_a_flood_and_shows_new_while_scrolled_up(tmp_path:
             assert news.display and "3 new ↓" in str(news.render())
             # End (at the end of the input) returns to the newest and follows again.
             await pilot.press("end")
-            await pilot.pause()
-            assert lg.following and lg.unseen == 0 and not news.display
-            assert lg.scroll_y == lg.max_scroll_y
+            assert lg.following and lg.unseen == 0
+            await until(pilot, lambda: lg.scroll_y == lg.max_scroll_y, "back at the bottom")
+            await until(pilot, lambda: not news.display, "no more 'new'")
             await pilot.press("pageup")
             assert not lg.following
             await type_line(pilot, "back")  # sending returns too
