@@ -7,6 +7,7 @@ arrive as :class:`SessionUpdate` messages and are applied in order.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, Footer
 
@@ -110,6 +112,9 @@ class ChatApp(App[None]):
     COMMAND_PALETTE_BINDING = "ctrl+k"
     COMMANDS = App.COMMANDS | {ChatCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
+        # First, so that a narrow footer still shows how to bring the panes back.
+        Binding("f2", "toggle_pane('sidebar')", "Chats", priority=True),
+        Binding("f3", "toggle_pane('members')", "Members", priority=True),
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
         *(
@@ -119,8 +124,6 @@ class ChatApp(App[None]):
         # Priority: the input (a TextArea) would take them to move its cursor.
         Binding("pageup", "page(-1)", "Older", show=False, priority=True),
         Binding("pagedown", "page(1)", "Newer", show=False, priority=True),
-        Binding("f2", "toggle_pane('sidebar')", "Chats"),
-        Binding("f3", "toggle_pane('members')", "Members"),
         Binding("ctrl+q", "quit_chat", "Quit", priority=True),
     ]
 
@@ -183,7 +186,7 @@ class ChatApp(App[None]):
         self._fit(event.size.width)
 
     def _fit(self, width: int) -> None:
-        screen = self.screen
+        screen = self.default_screen  # not a dialog that happens to be open
         narrow, tiny = width < NARROW, width < TINY
         if narrow != screen.has_class("-narrow") or tiny != screen.has_class("-tiny"):
             screen.set_class(narrow, "-narrow")
@@ -191,7 +194,7 @@ class ChatApp(App[None]):
 
     def action_toggle_pane(self, pane: str) -> None:
         """F2 / F3: show a collapsed side pane, or hide one that has room."""
-        screen = self.screen
+        screen = self.default_screen
         if not screen.has_class("-narrow"):
             screen.toggle_class(f"-hide-{pane}")
             return
@@ -582,7 +585,8 @@ class ChatApp(App[None]):
 
     def _members_now(self) -> None:
         self._members_due = False
-        self.refresh_members()
+        with contextlib.suppress(NoMatches):  # the app closed meanwhile
+            self.refresh_members()
 
     # -- input -----------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from textual.strip import Strip
 from imchat.tui.render import Entry
 
 MAX_ENTRIES = 20_000
+#: Below this many columns for the text beside time and nick, lines wrap at the full width.
+MIN_BODY = 16
 
 
 class MessageLog(ScrollView, can_focus=True):
@@ -225,11 +227,18 @@ class MessageLog(ScrollView, can_focus=True):
         """
         console = self.app.console
         prefix_width = entry.prefix.cell_len
-        body_width = max(8, width - prefix_width)
-        lines = entry.body.wrap(console, body_width) if entry.body.plain else [Text("")]
+        if width - prefix_width >= MIN_BODY:
+            body_width = width - prefix_width
+            lines = entry.body.wrap(console, body_width) if entry.body.plain else [Text("")]
+            heads = [entry.prefix] + [Text(" " * prefix_width)] * (len(lines) - 1)
+        else:
+            # Too narrow for a text column beside the time and nick: run them together
+            # and wrap the whole line at the full width.
+            head = Text(" ").join(part for part in entry.prefix.split(" ") if part.plain)
+            lines = Text.assemble(head, " ", entry.body).wrap(console, max(1, width))
+            heads = [Text("")] * len(lines)
         strips: list[Strip] = []
-        for index, line in enumerate(lines):
-            head = entry.prefix if index == 0 else Text(" " * prefix_width)
+        for head, line in zip(heads, lines, strict=True):
             text = Text.assemble(head, line)
             if entry.style is not None:
                 text.stylize(entry.style)
