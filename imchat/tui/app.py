@@ -127,6 +127,9 @@ class ChatApp(App[None]):
         Binding("ctrl+q", "quit_chat", "Quit", priority=True),
     ]
 
+    #: The input's cursor blinks unless told otherwise (tests turn it off for stable screens).
+    CURSOR_BLINK: ClassVar[bool] = True
+
     current: reactive[ConvKey | None] = reactive(None)
 
     def __init__(
@@ -137,7 +140,7 @@ class ChatApp(App[None]):
         time_format: TimeFormat = default_time_format,
         date_format: TimeFormat = default_date_format,
         clock: Callable[[], float] = time.time,
-        cursor_blink: bool = True,
+        cursor_blink: bool | None = None,
     ) -> None:
         super().__init__()
         enable_alt_digits()
@@ -148,7 +151,7 @@ class ChatApp(App[None]):
         #: the one worth reading: "shutting_down", not the "connection refused" after it).
         self._outage: tuple[float, str] | None = None
         self._members_due = False
-        self.cursor_blink = cursor_blink
+        self.cursor_blink = self.CURSOR_BLINK if cursor_blink is None else cursor_blink
         self.views: dict[ConvKey, ConversationView] = {}
         self.titles: dict[ConvKey, str] = {}
         self._view_ids = 0

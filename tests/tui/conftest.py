@@ -80,10 +80,13 @@ def make_app(server: ServerHandle, nick: str, room: str | None = "lobby", **kwar
     session = ChatSession(
         nick, "127.0.0.1", server.port, backoff=FAST, rooms=[room] if room else [], **kwargs
     )
-    # No cursor blink: a blinking cursor makes screens differ from run to run.
-    return ChatApp(
-        session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time, cursor_blink=False
-    )
+    return ChatApp(session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time)
+
+
+@pytest.fixture(autouse=True)
+def no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blinking cursor makes screens differ from run to run: no test app blinks."""
+    monkeypatch.setattr(ChatApp, "CURSOR_BLINK", False)
 
 
 def log_text(app: ChatApp, key: ConvKey) -> list[str]:
