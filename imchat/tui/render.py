@@ -250,6 +250,8 @@ class Formatter:
         shown = clean(text)
         if action:
             shown = f"* {self.me} {shown}"
+        # A multi-line message keeps its lines under the text column, as in the log.
+        shown = shown.replace("\n", "\n" + " " * (6 + NICK_WIDTH + 1))
         return Text.assemble(
             Text("  …  ".ljust(6), style=PENDING),
             Text(fit_nick(self.me) + " ", style=PENDING),
