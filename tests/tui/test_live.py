@@ -207,23 +207,24 @@ async def test_the_log_follows_a_flood_and_shows_new_while_scrolled_up(tmp_path:
             await until(pilot, lambda: lg.scroll_y == lg.max_scroll_y > 0, "at the bottom")
             # Scrolled up: new messages do not move the view, and are counted.
             await pilot.press("pageup")
-            assert not lg.following
+            await until(pilot, lambda: not lg.following, "scrolled up")
             where = lg.scroll_y
             for n in range(3):
                 await conn.request("say", room="lobby", text=f"while away {n}")
             await until(pilot, lambda: lg.unseen == 3, "3 new")
             assert lg.scroll_y == where
             news = alice.views[LOBBY].news
-            assert news.display and "3 new ↓" in str(news.render())
+            await until(pilot, lambda: bool(news.display), "'3 new' shown")
+            assert "3 new ↓" in str(news.render())
             # End (at the end of the input) returns to the newest and follows again.
             await pilot.press("end")
             assert lg.following and lg.unseen == 0
             await until(pilot, lambda: lg.scroll_y == lg.max_scroll_y, "back at the bottom")
             await until(pilot, lambda: not news.display, "no more 'new'")
             await pilot.press("pageup")
-            assert not lg.following
+            await until(pilot, lambda: not lg.following, "scrolled up again")
             await type_line(pilot, "back")  # sending returns too
-            assert lg.following
+            await until(pilot, lambda: lg.following, "following after sending")
             await conn.close()
     finally:
         await server.stop()
