@@ -655,6 +655,10 @@ class ChatApp(App[None]):
         getattr(self, f"cmd_{name[1:]}")(args)
 
     def send_text(self, text: str, *, action: bool = False) -> None:
+        max_text = self.query_one(ChatInput).max_text
+        if len(text) > max_text:  # /me and /msg NICK TEXT; plain lines are caught earlier
+            self.error(f"too long to send: {len(text)} characters, at most {max_text}")
+            return
         try:
             self._send_text(text, action=action)
         except NotConnected as exc:
