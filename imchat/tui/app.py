@@ -605,7 +605,8 @@ class ChatApp(App[None]):
             # Refused here, not by the server: the text goes back into the input to shorten.
             if not chat_input.text:
                 chat_input.value = line
-            self.error(f"too long to send: {len(line)} characters, at most {max_text}")
+            # No toast: it would cover the input, whose border already shows the count.
+            self.error(f"too long to send: {len(line)} characters, at most {max_text}", toast=False)
             return
         self.handle_line(line)
         view = self.current_view()
@@ -677,11 +678,12 @@ class ChatApp(App[None]):
         else:
             self.error("this window is read-only; admins announce with /announce TEXT")
 
-    def error(self, text: str, view: ConversationView | None = None) -> None:
+    def error(self, text: str, view: ConversationView | None = None, *, toast: bool = True) -> None:
         """Tell the user something went wrong: a red line in the window, and a short toast
         (the full line is in the log; a toast as long as the error would cover the input)."""
         text = clean(text)  # server messages are network text too
-        self.notify(quote(text, 120), severity="error", markup=False, timeout=4)
+        if toast:
+            self.notify(quote(text, 120), severity="error", markup=False, timeout=4)
         view = view or self.current_view()
         if view is not None:
             self._append(view, [self.formatter.system(None, Text(text, style=ERROR))])
