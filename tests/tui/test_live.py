@@ -179,6 +179,8 @@ async def test_an_over_long_line_is_refused_locally_with_a_short_error(
         assert box.value == "y" * 4100  # kept, to shorten
         errors = [e for e in log(alice).entries if "too long" in e.body.plain]
         assert len(errors) == 1 and len(errors[0].body.plain) < 100
+        # No toast over the input (its border shows the count), and none is ever long.
+        assert not any("too long" in str(n.message) for n in alice._notifications)
         assert all(len(str(n.message)) <= 120 for n in alice._notifications)
         await type_line(pilot, "short one")
         await settle(pilot, texts, 1)
