@@ -584,7 +584,7 @@ class ChatApp(App[None]):
         """Refresh the member list once for a burst of presence events, not once each."""
         if not self._members_due:
             self._members_due = True
-            self.set_timer(0.1, self._members_now)
+            self.set_timer(0.25, self._members_now)
 
     def _members_now(self) -> None:
         self._members_due = False
