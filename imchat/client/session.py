@@ -398,6 +398,7 @@ class ChatSession:
         """Connect, and reconnect whenever the connection is lost, until :meth:`close`."""
         attempt = 0
         reason: str | None = None
+        self._stopped = False  # run again after a permanent failure (e.g. with a new nick)
         while not self._closing:
             self._set_state(
                 State.CONNECTING if not self._connected_once else State.RECONNECTING,

@@ -7,19 +7,22 @@ arrive as :class:`SessionUpdate` messages and are applied in order.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from rich.style import Style
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, Footer, Input
+from textual.widgets import ContentSwitcher, Footer
 
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.session import (
@@ -43,6 +46,7 @@ from imchat.client.session import (
 from imchat.protocol import ProtocolError, is_valid_nick, nick_key
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
 from imchat.tui.features import FeatureApp
+from imchat.tui.fold import PresenceFold
 from imchat.tui.messages import OpenConversation, OpenDirect, RunCommand, SessionUpdate
 from imchat.tui.render import (
     SYSTEM,
@@ -50,8 +54,10 @@ from imchat.tui.render import (
     Formatter,
     TimeFormat,
     clean,
+    default_date_format,
     default_time_format,
 )
+from imchat.tui.screens import Ask, Confirm
 from imchat.tui.widgets import (
     ChatInput,
     ConversationList,
@@ -63,6 +69,19 @@ from imchat.tui.widgets import (
 from imchat.tui.widgets.typing_indicator import TypingIndicator
 
 ERROR = Style(color="red", bold=True)
+#: Below this many columns the side panes collapse; below TINY only the conversation stays.
+NARROW = 100
+TINY = 60
+#: How much of a refused message an error line quotes.
+QUOTE = 60
+
+
+def quote(text: str, limit: int = QUOTE) -> str:
+    """A refused message as an error line quotes it: one line, at most ``limit`` characters."""
+    one_line = " ".join(text.split())
+    if len(one_line) <= limit:
+        return one_line
+    return f"{one_line[: limit - 1]}… ({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +116,23 @@ class ChatApp(FeatureApp):
     COMMAND_PALETTE_BINDING = "ctrl+k"
     COMMANDS = App.COMMANDS | {ChatCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
+        # First, so that a narrow footer still shows how to bring the panes back.
+        Binding("f2", "toggle_pane('sidebar')", "Chats", priority=True),
+        Binding("f3", "toggle_pane('members')", "Members", priority=True),
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
         *(
             Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
             for n in range(1, 10)
         ),
-        Binding("pageup", "page(-1)", "Older", show=False),
-        Binding("pagedown", "page(1)", "Newer", show=False),
+        # Priority: the input (a TextArea) would take them to move its cursor.
+        Binding("pageup", "page(-1)", "Older", show=False, priority=True),
+        Binding("pagedown", "page(1)", "Newer", show=False, priority=True),
         Binding("ctrl+q", "quit_chat", "Quit", priority=True),
     ]
+
+    #: The input's cursor blinks unless told otherwise (tests turn it off for stable screens).
+    CURSOR_BLINK: ClassVar[bool] = True
 
     current: reactive[ConvKey | None] = reactive(None)
 
@@ -116,14 +142,20 @@ class ChatApp(FeatureApp):
         *,
         server_label: str | None = None,
         time_format: TimeFormat = default_time_format,
-        cursor_blink: bool = True,
+        date_format: TimeFormat = default_date_format,
+        clock: Callable[[], float] = time.time,
+        cursor_blink: bool | None = None,
     ) -> None:
         super().__init__()
         enable_alt_digits()
         self.session = session
         self.server_label = server_label or f"{session.host}:{session.port}"
-        self.formatter = Formatter(session.nick, time_format)
-        self.cursor_blink = cursor_blink
+        self.formatter = Formatter(session.nick, time_format, date_format=date_format, clock=clock)
+        #: The reason the connection went, kept for the whole outage (the first reason is
+        #: the one worth reading: "shutting_down", not the "connection refused" after it).
+        self._outage: tuple[float, str] | None = None
+        self._members_due = False
+        self.cursor_blink = self.CURSOR_BLINK if cursor_blink is None else cursor_blink
         self.views: dict[ConvKey, ConversationView] = {}
         self.titles: dict[ConvKey, str] = {}
         self._view_ids = 0
@@ -156,6 +188,29 @@ class ChatApp(FeatureApp):
         chat_input.focus()
         self.session.add_listener(self._on_session_event)
         self.run_session()
+
+    # -- adapting to the terminal's size ------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        screen = self.default_screen  # not a dialog that happens to be open
+        narrow, tiny = width < NARROW, width < TINY
+        if narrow != screen.has_class("-narrow") or tiny != screen.has_class("-tiny"):
+            screen.set_class(narrow, "-narrow")
+            screen.set_class(tiny, "-tiny")
+
+    def action_toggle_pane(self, pane: str) -> None:
+        """F2 / F3: show a collapsed side pane, or hide one that has room."""
+        screen = self.default_screen
+        if not screen.has_class("-narrow"):
+            screen.toggle_class(f"-hide-{pane}")
+            return
+        screen.toggle_class(f"-show-{pane}")
+        if screen.has_class("-tiny"):  # room for one pane beside the conversation
+            other = "members" if pane == "sidebar" else "sidebar"
+            screen.remove_class(f"-show-{other}")
 
     def _on_session_event(self, event: SessionEvent) -> None:
         self.post_message(SessionUpdate(event))
@@ -293,7 +348,7 @@ class ChatApp(FeatureApp):
             )
         elif isinstance(event, SendFailed):
             self.error(
-                f"not sent ({event.code}: {event.message}): {event.text}",
+                f"not sent ({event.code}: {event.message}): {quote(event.text)}",
                 self.views.get(event.conv),
             )
         elif isinstance(event, StateChanged):
@@ -305,6 +360,9 @@ class ChatApp(FeatureApp):
         elif isinstance(event, Welcomed):
             self.formatter.me = self.session.nick
             self.query_one(StatusBar).nick = self.session.nick
+            max_text = event.welcome.get("max_text")
+            if isinstance(max_text, int) and max_text > 0:
+                self.query_one(ChatInput).max_text = max_text
             motd = event.welcome.get("motd")
             if motd and self._motd is None and not self.views:
                 self._motd = f"Message of the day: {clean(motd)}"
@@ -312,12 +370,58 @@ class ChatApp(FeatureApp):
     def _state_changed(self, event: StateChanged) -> None:
         status = self.query_one(StatusBar)
         status.retry_at = event.retry_at
-        status.reason = event.reason
+        self._log_outage(event)
+        # The first reason of an outage stays on the bar; later connect errors follow it.
+        reason = event.reason
+        if self._outage is not None and event.state is State.RECONNECTING:
+            first = self._outage[1]
+            reason = first if reason in (None, first) else f"{first}; then {reason}"
+        status.reason = reason
         status.state = event.state
         if event.state is State.OFFLINE and event.reason and event.reason != "closed":
             self.failed = True
-            self.error(f"disconnected: {event.reason}")
+            if event.reason.startswith("nick_taken"):
+                self._ask_for_nick(event.reason)
+            else:
+                self.error(f"disconnected: {event.reason}")
         self.refresh_members()
+
+    def _log_outage(self, event: StateChanged) -> None:
+        """Write when the connection went (and why) and when it came back into the log."""
+        now = self.formatter.clock()
+        if event.state is State.RECONNECTING and event.reason and self._outage is None:
+            self._outage = (now, event.reason)
+            self._system_everywhere(Text(f"disconnected: {clean(event.reason)}", style=ERROR))
+        elif event.state is State.CONNECTED and self._outage is not None:
+            began, _ = self._outage
+            self._outage = None
+            self._system_everywhere(
+                Text(f"reconnected after {_duration(now - began)}", style=SYSTEM)
+            )
+
+    def _system_everywhere(self, line: Text) -> None:
+        for view in self.views.values():
+            self._append(view, [self.formatter.system(None, line)])
+
+    def _ask_for_nick(self, reason: str) -> None:
+        """The nick is taken: offer to pick another instead of leaving an empty window."""
+
+        def answered(nick: str | None) -> None:
+            if nick is None:
+                self.exit()
+                return
+            if not is_valid_nick(nick):
+                self._ask_for_nick(f"bad_nick: {nick!r} is not a valid nick")
+                return
+            self.failed = False
+            self.session.nick = nick
+            self.formatter.me = nick
+            self.query_one(StatusBar).nick = nick
+            self.run_session()
+
+        self.push_screen(
+            Ask(f"{clean(reason)}\nPick another nick:", f"{self.session.nick}_"), answered
+        )
 
     def _room_joined(self, event: RoomJoined) -> None:
         key = ConvKey.room(event.room)
@@ -329,14 +433,14 @@ class ChatApp(FeatureApp):
             if event.topic:
                 line.append("  topic: ", style=SYSTEM)
                 line.append(clean(event.topic))
-        view.log_widget.append([self.formatter.system(None, line)])
+        self._append(view, [self.formatter.system(None, line)])
         if self.current == key:
             self.refresh_members()
 
     def _room_left(self, room: str) -> None:
         key = ConvKey.room(room)
         view = self.views.pop(key, None)
-        self.query_one(ConversationList).remove(key)
+        self.query_one(ConversationList).forget(key)
         if view is not None:
             view.remove()
         if self.current == key:
@@ -360,9 +464,16 @@ class ChatApp(FeatureApp):
                         None, f"— the beginning of {self.titles.get(event.conv, '')} —"
                     ),
                 )
-            log.prepend(entries)
+            log.prepend(self._dated(entries, None, before=view))
             return
-        log.append(entries)
+        if event.initial and not any(e.meta.get("seq") for e in log.entries):
+            # Recent history goes above "You joined" (and any other notice so far): the
+            # newest lines are the last ones, where the view opens.
+            last_day = view.last_day
+            log.prepend(self._dated(entries, None, before=view))
+            view.last_day = last_day or view.last_day
+            return
+        self._append(view, entries)
         if event.initial:
             return
         me = nick_key(self.session.nick)
@@ -376,7 +487,7 @@ class ChatApp(FeatureApp):
         if event.conv == ANNOUNCEMENTS:
             current = self.current_view()
             if current is not None and current is not view:
-                current.log_widget.append([self.entry(i) for i in news])
+                self._append(current, [self.entry(i) for i in news])
             for item in news:
                 self.notify(
                     f"{clean(item.get('from'))}: {clean(item.get('text'))}",
@@ -391,38 +502,152 @@ class ChatApp(FeatureApp):
             return self.formatter.gap(item)
         return self.feature_entry(item)
 
+    def _append(self, view: ConversationView, entries: list[Entry]) -> None:
+        """Append to a view's log, with a day separator before each new day's first line."""
+        view.log_widget.append(self._dated(entries, view))
+
+    def _dated(
+        self,
+        entries: list[Entry],
+        view: ConversationView | None,
+        *,
+        before: ConversationView | None = None,
+    ) -> list[Entry]:
+        """``entries`` with day separators; ``view`` holds the day they follow on from,
+        ``before`` the view they are prepended to (its first day needs no new separator)."""
+        last = view.last_day if view is not None else None
+        out: list[Entry] = []
+        for entry in entries:
+            day = entry.meta.get("day")
+            if day is not None and day != last:
+                out.append(self.formatter.day_separator(day))
+                last = day
+            out.append(entry)
+        if view is not None:
+            view.last_day = last
+        if before is not None:
+            log = before.log_widget
+            head = log.entries[0] if log.entries else None
+            if head is not None and last is not None and head.meta.get("separator") == last:
+                log.replace(0, None)  # the older batch ends on the day the log began with
+            if before.last_day is None:
+                before.last_day = last
+        return out
+
     def _server_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         room = message.get("room")
-        mine = nick_key(str(message.get("nick", ""))) == nick_key(self.session.nick)
+        nick = str(message.get("nick", ""))
+        mine = nick_key(nick) == nick_key(self.session.nick)
         if kind == "joined" and mine:
             pass  # RoomJoined already said so, with the topic
-        elif kind in ("joined", "parted", "topic") and isinstance(room, str):
+        elif kind in ("joined", "parted") and isinstance(room, str):
+            view = self.views.get(ConvKey.room(room))
+            if view is not None:
+                self._fold_presence(view, room, str(kind), nick, message)
+        elif kind == "topic" and isinstance(room, str):
             view = self.views.get(ConvKey.room(room))
             entry = self.formatter.event(message)
             if view is not None and entry is not None:
-                view.log_widget.append([entry])
+                self._append(view, [entry])
         if kind in ("joined", "parted", "topic", "online", "offline"):
+            self._members_later()
+
+    def _fold_presence(
+        self, view: ConversationView, room: str, kind: str, nick: str, message: dict[str, Any]
+    ) -> None:
+        """Joins and parts in a row share one line, updated in place (see fold.py)."""
+        log = view.log_widget
+        last = log.entries[-1] if log.entries else None
+        fold = last.meta.get("fold") if last is not None else None
+        if kind == "parted" and not isinstance(fold, PresenceFold):
+            # Joined, spoke and left at once (imchat send --room): the message is enough.
+            for index in range(len(log.entries) - 1, max(-1, len(log.entries) - 6), -1):
+                entry = log.entries[index]
+                earlier = entry.meta.get("fold")
+                if isinstance(earlier, PresenceFold):
+                    if earlier.forget_join(nick):
+                        log.replace(index, None if earlier.empty else self._fold_entry(earlier))
+                        return
+                    break
+                if entry.meta.get("from") != nick_key(nick):
+                    break
+        if isinstance(fold, PresenceFold):
+            fold.add(kind, nick)
+            log.replace(-1, None if fold.empty else self._fold_entry(fold, message))
+            return
+        fold = PresenceFold(room)
+        fold.add(kind, nick)
+        self._append(view, [self._fold_entry(fold, message)])
+
+    def _fold_entry(self, fold: PresenceFold, message: dict[str, Any] | None = None) -> Entry:
+        """The folded line, timed by the latest event in it."""
+        if message is not None:
+            fold.last_event = message
+        entry = self.formatter.system(fold.last_event, fold.text())
+        entry.meta["fold"] = fold
+        return entry
+
+    def _members_later(self) -> None:
+        """Refresh the member list once for a burst of presence events, not once each."""
+        if not self._members_due:
+            self._members_due = True
+            self.set_timer(0.25, self._members_now)
+
+    def _members_now(self) -> None:
+        self._members_due = False
+        with contextlib.suppress(NoMatches):  # the app closed meanwhile
             self.refresh_members()
 
     # -- input -----------------------------------------------------------------------------
 
-    @on(Input.Submitted, "#input")
-    def _submitted(self, event: Input.Submitted) -> None:
-        chat_input = self.query_one(ChatInput)
-        line = event.value
-        chat_input.value = ""
+    @on(ChatInput.Submitted, "#input")
+    def _submitted(self, event: ChatInput.Submitted) -> None:
+        chat_input = event.chat_input
+        line = event.value  # the input was already cleared, in order, when Enter arrived
         if not line.strip():
             return
         chat_input.remember(line)
+        max_text = chat_input.max_text
+        if parse(line) is None and len(line) > max_text:
+            # Refused here, not by the server: the text goes back into the input to shorten.
+            if not chat_input.text:
+                chat_input.value = line
+            # No toast: it would cover the input, whose border already shows the count.
+            self.error(f"too long to send: {len(line)} characters, at most {max_text}", toast=False)
+            return
         self.handle_line(line)
+        view = self.current_view()
+        if view is not None:
+            view.log_widget.follow()
+
+    @on(ChatInput.JumpToBottom)
+    def _jump_to_bottom(self) -> None:
+        view = self.current_view()
+        if view is not None:
+            view.log_widget.follow()
+
+    @on(ChatInput.LongPaste)
+    def _long_paste(self, message: ChatInput.LongPaste) -> None:
+        lines = message.text.count("\n") + 1
+
+        def answered(insert: bool | None) -> None:
+            if insert:
+                self.query_one(ChatInput).insert(message.text)
+
+        self.push_screen(
+            Confirm(
+                f"Paste {lines} lines ({len(message.text)} characters) into the input?",
+                "y / Enter: paste (then Enter sends it as one message)    n / Esc: drop it",
+            ),
+            answered,
+        )
 
     @on(RunCommand)
     def _run_command(self, message: RunCommand) -> None:
         if message.line.endswith(" "):
             chat_input = self.query_one(ChatInput)
             chat_input.value = message.line
-            chat_input.cursor_position = len(message.line)
             chat_input.focus()
         else:
             self.handle_line(message.line)
@@ -439,6 +664,10 @@ class ChatApp(FeatureApp):
         getattr(self, f"cmd_{name[1:]}")(args)
 
     def send_text(self, text: str, *, action: bool = False) -> None:
+        max_text = self.query_one(ChatInput).max_text
+        if len(text) > max_text:  # /me and /msg NICK TEXT; plain lines are caught earlier
+            self.error(f"too long to send: {len(text)} characters, at most {max_text}")
+            return
         try:
             self._send_text(text, action=action)
         except NotConnected as exc:
@@ -459,13 +688,15 @@ class ChatApp(FeatureApp):
         else:
             self.error("this window is read-only; admins announce with /announce TEXT")
 
-    def error(self, text: str, view: ConversationView | None = None) -> None:
-        """Tell the user something went wrong: a toast, and a red line in the window."""
+    def error(self, text: str, view: ConversationView | None = None, *, toast: bool = True) -> None:
+        """Tell the user something went wrong: a red line in the window, and a short toast
+        (the full line is in the log; a toast as long as the error would cover the input)."""
         text = clean(text)  # server messages are network text too
-        self.notify(text, severity="error", markup=False)
+        if toast:
+            self.notify(quote(text, 120), severity="error", markup=False, timeout=4)
         view = view or self.current_view()
         if view is not None:
-            view.log_widget.append([self.formatter.system(None, Text(text, style=ERROR))])
+            self._append(view, [self.formatter.system(None, Text(text, style=ERROR))])
 
     def info(self, lines: list[Text | str]) -> None:
         view = self.current_view()
@@ -473,7 +704,7 @@ class ChatApp(FeatureApp):
             for line in lines:
                 self.notify(str(line), markup=False)
             return
-        view.log_widget.append([self.formatter.system(None, line) for line in lines])
+        self._append(view, [self.formatter.system(None, line) for line in lines])
 
     def _net(self, what: str, coro: Awaitable[Any]) -> None:
         self.run_worker(self._guard(what, coro), group="net", exit_on_error=False)
@@ -617,6 +848,23 @@ class ChatApp(FeatureApp):
         self.action_quit_chat()
 
     def action_quit_chat(self) -> None:
+        """Quit; with messages still waiting to be sent, ask first (they would be lost)."""
+        unsent = len(self.session.outbox)
+        if unsent and not isinstance(self.screen, Confirm):
+            noun = "message is" if unsent == 1 else "messages are"
+
+            def answered(quit_anyway: bool | None) -> None:
+                if quit_anyway:
+                    self._quit_now()
+
+            self.push_screen(
+                Confirm(f"{unsent} {noun} not sent yet and would be lost. Quit anyway?"),
+                answered,
+            )
+            return
+        self._quit_now()
+
+    def _quit_now(self) -> None:
         async def quit_chat() -> None:
             await self.session.close()
             self.exit()
@@ -637,3 +885,14 @@ class ChatApp(FeatureApp):
                 message.log.loading_older = False
 
         self._net("history", older())
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

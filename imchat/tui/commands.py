@@ -46,7 +46,8 @@ BY_NAME = {c.name: c for c in COMMANDS}
 KEYS_HELP = (
     "Ctrl+N / Ctrl+P next / previous conversation · Alt+1..9 jump · Tab complete · "
     "Up/Down recall (Up on an empty line edits your last message) · "
-    "PgUp at the top loads older history · Ctrl+K command palette · "
+    "Shift+Enter or Ctrl+J new line · PgUp at the top loads older history · "
+    "End back to the newest · F2 / F3 conversations / members pane · Ctrl+K command palette · "
     "Ctrl+Q quit"
 )
 

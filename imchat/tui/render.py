@@ -52,6 +52,18 @@ GAP = Style(color="yellow", bold=True)
 ANNOUNCE = Style(color="black", bgcolor="yellow", bold=True)
 MENTION = Style(bgcolor="#3b3000")
 PENDING = Style(color="grey50", italic=True)
+DAY = Style(color="cyan", bold=True)
+
+
+# Emoji sequences that terminals draw at a width other than the one Rich computes (and that
+# differ between terminals: tmux 3.3 draws a ZWJ family as three emoji, a VS16 heart as one
+# cell): a row holding one would shift its right border. What is left after removing the
+# joiner, the presentation selectors and the skin-tone modifiers is measured the same by
+# Rich and by the terminal (each emoji of a family shown side by side, a heart as text).
+_EMOJI_GLUE = re.compile(
+    r"[\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]"
+    r"|(?<=[\u2600-\u27bf\U0001f000-\U0001faff])\u200d"
+)
 
 
 def _visible(match: re.Match[str]) -> str:
@@ -67,8 +79,10 @@ def _visible(match: re.Match[str]) -> str:
 
 
 def clean(value: Any) -> str:
-    """Network text made inert: control and bidi characters replaced by visible stand-ins."""
-    return _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+    """Network text made inert: control and bidi characters replaced by visible stand-ins,
+    and emoji glue that terminals measure unlike Rich removed."""
+    text = _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+    return _EMOJI_GLUE.sub("", text)
 
 
 def nick_style(nick: str) -> Style:
@@ -78,6 +92,22 @@ def nick_style(nick: str) -> Style:
 
 def default_time_format(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
+
+
+def default_date_format(ts: float) -> str:
+    """The day ``ts`` falls on, as shown on day separators and older lines' times."""
+    return time.strftime("%a %d %b %Y", time.localtime(ts))
+
+
+def fit_nick(nick: str, width: int = NICK_WIDTH) -> str:
+    """A nick cut to ``width`` cells (with an ellipsis), right-aligned in that width.
+
+    Nicks may be 32 characters long; an uncut one would push the text of its line far to
+    the right of everyone else's.
+    """
+    if len(nick) > width:
+        nick = nick[: width - 1] + "…"
+    return nick.rjust(width)
 
 
 def mentions(text: str, nick: str) -> bool:
@@ -99,18 +129,44 @@ class Entry:
 class Formatter:
     """Builds :class:`Entry` objects for one user's view (their nick decides mentions)."""
 
-    def __init__(self, me: str, time_format: TimeFormat = default_time_format) -> None:
+    def __init__(
+        self,
+        me: str,
+        time_format: TimeFormat = default_time_format,
+        *,
+        date_format: TimeFormat = default_date_format,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.me = me
         self.time_format = time_format
+        self.date_format = date_format
+        self.clock = clock
 
-    def _stamp(self, message: dict[str, Any]) -> Text:
-        ts = message.get("ts")
-        stamp = self.time_format(float(ts)) if isinstance(ts, int | float) else "--:--"
+    def _stamp(self, message: dict[str, Any] | None) -> Text:
+        """The time of a line; lines of an earlier day carry their date too."""
+        ts = message.get("ts") if message else self.clock()
+        if not isinstance(ts, int | float):
+            return Text("--:-- ", style=TIMESTAMP)
+        stamp = self.time_format(float(ts))
+        day = self.date_format(float(ts))
+        if day != self.date_format(self.clock()):
+            stamp = f"{day} {stamp}"
         return Text(stamp + " ", style=TIMESTAMP)
 
+    def day_of(self, message: dict[str, Any]) -> str | None:
+        ts = message.get("ts")
+        return self.date_format(float(ts)) if isinstance(ts, int | float) else None
+
+    def day_separator(self, day: str) -> Entry:
+        label = "today" if day == self.date_format(self.clock()) else day
+        return Entry(
+            Text(" " * 6),
+            Text(f"─── {label} ───", style=DAY),
+            meta={"separator": day},
+        )
+
     def _nick_cell(self, nick: str, *, marker: str = "") -> Text:
-        shown = marker + nick
-        return Text(shown.rjust(NICK_WIDTH) + " ", style=nick_style(nick))
+        return Text(fit_nick(marker + nick) + " ", style=nick_style(nick))
 
     def message(self, message: dict[str, Any]) -> Entry:
         """A ``msg``, ``dm`` or ``announce`` event as stored by the server."""
@@ -123,7 +179,9 @@ class Formatter:
                 Text(f"{sender}: ", style=Style(color="yellow", bold=True)),
                 Text(text, style=Style(color="yellow", bold=True)),
             )
-            return Entry(prefix, body, meta={"seq": message.get("seq")})
+            return Entry(
+                prefix, body, meta={"seq": message.get("seq"), "day": self.day_of(message)}
+            )
         if message.get("kind") == "action":
             prefix = Text.assemble(self._stamp(message), Text("*".rjust(NICK_WIDTH) + " "))
             body = Text.assemble(
@@ -137,14 +195,23 @@ class Formatter:
             prefix,
             body,
             style=MENTION if mention else None,
-            meta={"seq": message.get("seq"), "mention": mention},
+            meta={
+                "seq": message.get("seq"),
+                "mention": mention,
+                "from": nick_key(sender),
+                "day": self.day_of(message),
+            },
         )
 
     def system(self, message: dict[str, Any] | None, text: str | Text) -> Entry:
-        """A quiet line: joins, parts, topic changes, command output."""
-        stamp = self._stamp(message) if message else Text(" " * 6)
+        """A quiet line: joins, parts, topic changes, command output; timed (now, if it
+        is not about a server event)."""
         body = text if isinstance(text, Text) else Text(text, style=SYSTEM)
-        return Entry(Text.assemble(stamp, Text("--".rjust(NICK_WIDTH) + " ", style=SYSTEM)), body)
+        return Entry(
+            Text.assemble(self._stamp(message), Text("--".rjust(NICK_WIDTH) + " ", style=SYSTEM)),
+            body,
+            meta={"day": self.day_of(message) if message else self.date_format(self.clock())},
+        )
 
     def event(self, message: dict[str, Any]) -> Entry | None:
         kind = message.get("type")
@@ -183,9 +250,11 @@ class Formatter:
         shown = clean(text)
         if action:
             shown = f"* {self.me} {shown}"
+        # A multi-line message keeps its lines under the text column, as in the log.
+        shown = shown.replace("\n", "\n" + " " * (6 + NICK_WIDTH + 1))
         return Text.assemble(
             Text("  …  ".ljust(6), style=PENDING),
-            Text(self.me.rjust(NICK_WIDTH) + " ", style=PENDING),
+            Text(fit_nick(self.me) + " ", style=PENDING),
             Text(shown, style=PENDING),
             Text("  (pending)", style=PENDING),
         )

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
 
 from imchat.client.session import Backoff, ChatSession, ConvKey
 from imchat.tui.app import ChatApp
+from imchat.tui.widgets import ChatInput
 
 SIZE = (120, 36)
 TIMEOUT = 10.0
@@ -80,10 +80,13 @@ def make_app(server: ServerHandle, nick: str, room: str | None = "lobby", **kwar
     session = ChatSession(
         nick, "127.0.0.1", server.port, backoff=FAST, rooms=[room] if room else [], **kwargs
     )
-    # No cursor blink: a blinking cursor makes screens differ from run to run.
-    return ChatApp(
-        session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time, cursor_blink=False
-    )
+    return ChatApp(session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time)
+
+
+@pytest.fixture(autouse=True)
+def no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blinking cursor makes screens differ from run to run: no test app blinks."""
+    monkeypatch.setattr(ChatApp, "CURSOR_BLINK", False)
 
 
 def log_text(app: ChatApp, key: ConvKey) -> list[str]:
@@ -98,7 +101,7 @@ def has_line(app: ChatApp, key: ConvKey, needle: str) -> bool:
 async def type_line(pilot: Pilot[Any], text: str) -> None:
     """Type into the input as a user would, then press Enter."""
     app = pilot.app
-    chat_input = app.query_one("#input", Input)
+    chat_input = app.query_one("#input", ChatInput)
     chat_input.focus()
     chat_input.value = ""
     if len(text) <= 40:

@@ -26,6 +26,14 @@ def utc_time(ts: float) -> str:
     return time.strftime("%H:%M", time.gmtime(ts))
 
 
+def utc_date(ts: float) -> str:
+    return time.strftime("%a %d %b %Y", time.gmtime(ts))
+
+
+#: "Now" for the screens: just after the fake server's first timestamps.
+NOW = 1_700_000_000.0
+
+
 def build(server: FakeServer, nick: str = "alice") -> ChatApp:
     session = ChatSession(
         nick,
@@ -36,7 +44,11 @@ def build(server: FakeServer, nick: str = "alice") -> ChatApp:
         rng=lambda: 1.0,
     )
     return ChatApp(
-        session, server_label="chat.example.org:7667", time_format=utc_time, cursor_blink=False
+        session,
+        server_label="chat.example.org:7667",
+        time_format=utc_time,
+        date_format=utc_date,
+        clock=lambda: NOW,
     )
 
 
@@ -73,7 +85,7 @@ async def lively(pilot: Pilot[Any], server: FakeServer) -> None:
     await pilot.pause()
 
 
-def test_main_screen(snap_compare: Any) -> None:
+def main_screen(snap_compare: Any, size: tuple[int, int]) -> bool:
     server = FakeServer()
     app = build(server)
 
@@ -83,7 +95,41 @@ def test_main_screen(snap_compare: Any) -> None:
         app.clear_notifications()
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    return bool(snap_compare(app, terminal_size=size, run_before=run_before))
+
+
+def test_main_screen(snap_compare: Any) -> None:
+    assert main_screen(snap_compare, SIZE)
+
+
+def test_main_screen_80x24(snap_compare: Any) -> None:
+    """Side panes collapsed (F2 / F3 in the footer); the text keeps a sane width."""
+    assert main_screen(snap_compare, (80, 24))
+
+
+def test_main_screen_160x45(snap_compare: Any) -> None:
+    assert main_screen(snap_compare, (160, 45))
+
+
+def test_scrolled_up_with_new_messages_40x15(snap_compare: Any) -> None:
+    """Only the conversation and the input; "N new ↓" while the user reads older lines."""
+    server = FakeServer()
+    app = build(server)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await lively(pilot, server)
+        bob = await user(server, "erin", "lobby")
+        for n in range(12):
+            await bob.request("say", room="lobby", text=f"line {n}")
+        await until(pilot, lambda: "line 11" in app.views[LOBBY].log_widget.plain_lines()[-1], "x")
+        await pilot.press("pageup")
+        for n in range(3):
+            await bob.request("say", room="lobby", text=f"new {n}")
+        await until(pilot, lambda: app.views[LOBBY].log_widget.unseen == 3, "3 new")
+        app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(40, 15), run_before=run_before)
 
 
 def test_offline_with_pending_messages(snap_compare: Any) -> None:

@@ -1,4 +1,12 @@
-"""The input line: Up/Down recall, Tab completes commands and nicks."""
+"""The input box: multi-line, every key applied in the order it arrived.
+
+Textual runs a widget's key *bindings* only when the key has bubbled up to the app, after
+the keys that followed it in the same read (tmux send-keys, a fast typist, a paste without
+bracketed paste) were already typed: ``first<Enter>second<Enter>`` would submit
+``firstsecond`` twice. So this input handles every key it owns (Enter, Tab, editing and
+cursor keys) in its own ``_on_key``, in its own queue, and snapshots the text at the
+moment Enter arrives.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,48 @@ from collections.abc import Callable, Iterable
 
 from textual import events
 from textual.binding import Binding
-from textual.widgets import Input
+from textual.message import Message
+from textual.widgets import TextArea
 
 HISTORY_SIZE = 500
+#: A paste of more lines than this asks before it goes into the input.
+PASTE_CONFIRM_LINES = 5
+#: The counter shows once a message is this close to the server's max_text.
+COUNTER_MARGIN = 200
+NEWLINE_KEYS = frozenset({"shift+enter", "ctrl+j", "alt+enter", "newline"})
+#: Keys the app handles whatever has focus (scrolling the log, not the input).
+APP_KEYS = frozenset({"pageup", "pagedown"})
 
 
-class ChatInput(Input):
+class ChatInput(TextArea):
+    """Enter sends; Shift+Enter / Ctrl+J add a line; Up/Down recall; Tab completes."""
+
     BINDINGS = [
         Binding("up", "recall(-1)", "Previous input", show=False),
         Binding("down", "recall(1)", "Next input", show=False),
     ]
+
+    class Submitted(Message):
+        """Enter was pressed: ``value`` is exactly what was typed before it."""
+
+        def __init__(self, chat_input: ChatInput, value: str) -> None:
+            super().__init__()
+            self.chat_input = chat_input
+            self.value = value
+
+        @property
+        def control(self) -> ChatInput:
+            return self.chat_input
+
+    class JumpToBottom(Message):
+        """End at the end of the input (or Ctrl+End): show the newest messages again."""
+
+    class LongPaste(Message):
+        """A paste of many lines: the app asks before inserting it."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
 
     def __init__(
         self,
@@ -24,51 +64,142 @@ class ChatInput(Input):
         *,
         id: str | None = None,
     ) -> None:
-        super().__init__(placeholder="Message, or /help", id=id)
+        super().__init__(
+            id=id,
+            soft_wrap=True,
+            tab_behavior="focus",
+            show_line_numbers=False,
+            placeholder="Message, or /help  (Shift+Enter or Ctrl+J: new line)",
+        )
         self._candidates = candidates
         self._commands = sorted(commands)
-        self.history: list[str] = []
+        self.sent: list[str] = []  # lines sent, for Up/Down recall
         self._recall: int | None = None
         self._draft = ""
         self._cycle: tuple[str, list[str], int] | None = None  # (stem line, matches, index)
+        #: The server's max_text (from welcome); the input counts towards it.
+        self.max_text = 4000
+
+    # -- Input-like surface ----------------------------------------------------------------
+
+    @property
+    def value(self) -> str:
+        return self.text
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.load_text(text)
+        self.move_to_end()
+
+    def move_to_end(self) -> None:
+        self.move_cursor(self.document.end)
+
+    @property
+    def cursor_position(self) -> int:
+        row, column = self.cursor_location
+        return sum(len(line) + 1 for line in self.document.lines[:row]) + column
+
+    @cursor_position.setter
+    def cursor_position(self, position: int) -> None:
+        text = self.text[:position]
+        self.move_cursor((text.count("\n"), len(text.rpartition("\n")[2])))
+
+    # -- keys, in arrival order --------------------------------------------------------------
 
     async def _on_key(self, event: events.Key) -> None:
-        # Tab is handled here, in the input's own queue, not as a binding: bindings run when
-        # the key reaches the app, after the keys that followed it in the same read (a paste,
-        # a fast typist, tmux send-keys) were already typed, so "bo<Tab>x" would complete "x".
-        if event.key == "tab":
-            event.stop()
-            event.prevent_default()
+        key = event.key
+        if key in APP_KEYS:
+            return  # bubbles to the app's bindings
+        if key == "enter":
+            self._stop(event)
+            self.submit()
+            return
+        if key in NEWLINE_KEYS:
+            self._stop(event)
+            self.insert("\n")
+            return
+        if key == "tab":
+            self._stop(event)
             self.action_complete()
+            return
+        if key == "ctrl+end" or (key == "end" and self.cursor_location == self.document.end):
+            self._stop(event)
+            self.post_message(self.JumpToBottom())
+            return
+        for binding in self._bindings.key_to_bindings.get(key, ()):
+            if binding.priority:
+                continue
+            if await self.app.run_action(binding.action, self):
+                self._stop(event)
+            # else nothing to do here (e.g. Ctrl+C without a selection in the input): the
+            # key goes on to the screen, which copies a selection in the log.
             return
         await super()._on_key(event)
 
+    @staticmethod
+    def _stop(event: events.Key) -> None:
+        event.stop()
+        event.prevent_default()
+
+    def submit(self) -> None:
+        value = self.text
+        self.clear()
+        self._cycle = None
+        self.post_message(self.Submitted(self, value))
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        event.stop()
+        event.prevent_default()
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        if text.count("\n") + 1 > PASTE_CONFIRM_LINES:
+            self.post_message(self.LongPaste(text))
+        else:
+            self.insert(text)
+
+    def _on_text_area_changed(self, event: TextArea.Changed) -> None:
+        length = len(self.text)
+        if length > self.max_text:
+            self.border_subtitle = f"{length}/{self.max_text} too long"
+            self.add_class("-too-long")
+        elif length >= self.max_text - COUNTER_MARGIN:
+            self.border_subtitle = f"{length}/{self.max_text}"
+            self.remove_class("-too-long")
+        else:
+            self.border_subtitle = None
+            self.remove_class("-too-long")
+
+    # -- recall and completion -----------------------------------------------------------------
+
     def remember(self, line: str) -> None:
-        if line and (not self.history or self.history[-1] != line):
-            self.history.append(line)
-            del self.history[:-HISTORY_SIZE]
+        if line and (not self.sent or self.sent[-1] != line):
+            self.sent.append(line)
+            del self.sent[:-HISTORY_SIZE]
         self._recall = None
         self._draft = ""
 
     def action_recall(self, step: int) -> None:
-        if not self.history:
+        row = self.cursor_location[0]
+        # Inside a multi-line draft, Up and Down move between its lines.
+        if (step < 0 and row > 0) or (step > 0 and row < self.document.line_count - 1):
+            self.action_cursor_up() if step < 0 else self.action_cursor_down()
+            return
+        if not self.sent:
             return
         if self._recall is None:
             if step > 0:
                 return
             self._draft = self.value
-            index = len(self.history) - 1
+            index = len(self.sent) - 1
         else:
             index = self._recall + step
         if index < 0:
             index = 0
-        if index >= len(self.history):
+        if index >= len(self.sent):
             self._recall = None
             self.value = self._draft
         else:
             self._recall = index
-            self.value = self.history[index]
-        self.cursor_position = len(self.value)
+            self.value = self.sent[index]
 
     def completions(self, line: str) -> tuple[str, list[str]]:
         """(the text before the word being completed, the candidate words)."""
@@ -98,7 +229,6 @@ class ChatInput(Input):
                 return
             self._cycle = (stem, matches, 0)
         self.value = self._cycle_value()
-        self.cursor_position = len(self.value)
 
     def _cycle_value(self) -> str:
         assert self._cycle is not None

@@ -58,7 +58,8 @@ class ConversationList(OptionList):
             self.refresh_items()
         return status
 
-    def remove(self, key: ConvKey) -> None:
+    def forget(self, key: ConvKey) -> None:
+        """Take ``key`` off the list (not ``remove``: that is Textual's, for the widget)."""
         index = self.index_of(key)
         if index is not None:
             del self.items[index]

@@ -16,16 +16,29 @@ from rich.text import Text
 from textual.cache import LRUCache
 from textual.geometry import Size
 from textual.message import Message
+from textual.reactive import reactive
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 
 from imchat.tui.render import Entry
 
 MAX_ENTRIES = 20_000
+#: Below this many columns for the text beside time and nick, lines wrap at the full width.
+MIN_BODY = 16
 
 
 class MessageLog(ScrollView, can_focus=True):
-    """Entries top to bottom; sticks to the bottom unless the user has scrolled up."""
+    """Entries top to bottom; follows the newest unless the user has scrolled up.
+
+    Whether to follow is kept as state (``following``), not guessed from the scroll
+    position at the time of an append: under a flood, the position lags the growing size
+    by a frame, and a guess would stop following for good.
+    """
+
+    #: Entries appended while the user was scrolled up (shown as "N new ↓").
+    unseen: reactive[int] = reactive(0)
+    following: reactive[bool] = reactive(True)
 
     DEFAULT_CSS = """
     MessageLog { background: $surface; }
@@ -58,13 +71,14 @@ class MessageLog(ScrollView, can_focus=True):
         #: Set by the owner while older history is loading or once there is none.
         self.loading_older = False
         self.history_complete = False
+        self._adjusting = False  # our own scrolling (trim, resize) is not the user's
+        self._bottom_due = False
 
     # -- content ---------------------------------------------------------------------------
 
     def append(self, entries: list[Entry]) -> None:
         if not entries:
             return
-        follow = self.is_vertical_scroll_end or self.scroll_y >= self.max_scroll_y
         width = self._width
         for entry in entries:
             height = self._height(entry, width) if width else 1
@@ -75,8 +89,60 @@ class MessageLog(ScrollView, can_focus=True):
         if len(self.entries) > self.max_entries + self.max_entries // 10:
             self._trim()
         self._update_size()
-        if follow:
-            self.scroll_end(animate=False, immediate=False, x_axis=False)
+        if self.following:
+            self._to_bottom()
+        else:
+            self.unseen += len(entries)
+
+    def replace(self, index: int, entry: Entry | None) -> None:
+        """Put ``entry`` in place of the entry at ``index`` (a negative index counts from
+        the end), or delete it: a folded join/part line grows in place."""
+        if index < 0:
+            index += len(self.entries)
+        if not 0 <= index < len(self.entries):
+            return
+        if entry is None:
+            del self.entries[index], self._heights[index]
+            # Ids after the removed entry shift down by one: drop what they cached.
+            self._strips.clear()
+            self._rebuild_starts()
+        else:
+            self.entries[index] = entry
+            self._heights[index] = self._height(entry, self._width) if self._width else 1
+            self._strips.discard(self._first_id + index)
+            if index == len(self.entries) - 1:  # the usual case: the newest entry grows
+                self._total = self._starts[index] + self._heights[index]
+            else:
+                self._rebuild_starts()
+        self._update_size()
+        if self.following:
+            self._to_bottom()
+
+    def follow(self) -> None:
+        """Jump to the newest entry and keep following (End, sending a message)."""
+        self.following = True
+        self.unseen = 0
+        self._to_bottom()
+
+    def _to_bottom(self) -> None:
+        self._scroll_bottom()
+        # Textual ignores a scroll until the layout knows the content overflows (the first
+        # tall entry in a short log): do it again once this frame is laid out.
+        if not self._bottom_due:
+            self._bottom_due = True
+            self.call_after_refresh(self._settle_bottom)
+
+    def _settle_bottom(self) -> None:
+        self._bottom_due = False
+        if self.following:
+            self._scroll_bottom()
+
+    def _scroll_bottom(self) -> None:
+        self._adjusting = True
+        try:
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+        finally:
+            self._adjusting = False
 
     def prepend(self, entries: list[Entry]) -> None:
         """Insert older entries above, keeping what the user is looking at in place."""
@@ -90,7 +156,14 @@ class MessageLog(ScrollView, can_focus=True):
         self._first_id -= len(entries)
         self._rebuild_starts()
         self._update_size()
-        self.scroll_to(y=self.scroll_y + added, animate=False, immediate=True)
+        if self.following:
+            self._to_bottom()
+        else:
+            self._adjusting = True
+            try:
+                self.scroll_to(y=self.scroll_y + added, animate=False, immediate=True)
+            finally:
+                self._adjusting = False
 
     def clear(self) -> None:
         self.entries.clear()
@@ -107,7 +180,11 @@ class MessageLog(ScrollView, can_focus=True):
         self._first_id += drop
         self._rebuild_starts()
         self.history_complete = False
-        self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+        self._adjusting = True
+        try:
+            self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+        finally:
+            self._adjusting = False
 
     def _rebuild_starts(self) -> None:
         self._starts = [0, *accumulate(self._heights)][:-1] if self._heights else []
@@ -128,28 +205,40 @@ class MessageLog(ScrollView, can_focus=True):
         body = entry.body
         if "\n" not in body.plain and prefix + body.cell_len <= width:
             return 1
-        return len(self._render(entry, width))
+        return len(self._render_entry(entry, width))
 
     def on_resize(self) -> None:
         width = self.scrollable_content_region.width
         if width and width != self._width:
-            at_end = self.scroll_y >= self.max_scroll_y
             self._width = width
             self._strips.clear()
             self._heights = [self._height(e, width) for e in self.entries]
             self._rebuild_starts()
             self._update_size()
-            if at_end:
-                self.scroll_end(animate=False, immediate=True, x_axis=False)
+        # Also when only the height changed (the pending lines below grew or shrank).
+        if self.following:
+            self._to_bottom()
 
-    def _render(self, entry: Entry, width: int) -> list[Strip]:
+    def _render_entry(self, entry: Entry, width: int) -> list[Strip]:
+        """The rows of one entry at ``width``: its prefix, then the body wrapped beside it.
+
+        (Not ``_render``: that name is Textual's, and shadowing it broke copying a
+        selection with Ctrl+C.)
+        """
         console = self.app.console
         prefix_width = entry.prefix.cell_len
-        body_width = max(8, width - prefix_width)
-        lines = entry.body.wrap(console, body_width) if entry.body.plain else [Text("")]
+        if width - prefix_width >= MIN_BODY:
+            body_width = width - prefix_width
+            lines = entry.body.wrap(console, body_width) if entry.body.plain else [Text("")]
+            heads = [entry.prefix] + [Text(" " * prefix_width)] * (len(lines) - 1)
+        else:
+            # Too narrow for a text column beside the time and nick: run them together
+            # and wrap the whole line at the full width.
+            head = Text(" ").join(part for part in entry.prefix.split(" ") if part.plain)
+            lines = Text.assemble(head, " ", entry.body).wrap(console, max(1, width))
+            heads = [Text("")] * len(lines)
         strips: list[Strip] = []
-        for index, line in enumerate(lines):
-            head = entry.prefix if index == 0 else Text(" " * prefix_width)
+        for head, line in zip(heads, lines, strict=True):
             text = Text.assemble(head, line)
             if entry.style is not None:
                 text.stylize(entry.style)
@@ -162,7 +251,7 @@ class MessageLog(ScrollView, can_focus=True):
         key = self._first_id + index
         strips = self._strips.get(key)
         if strips is None:
-            strips = self._render(self.entries[index], self._width)
+            strips = self._render_entry(self.entries[index], self._width)
             self._strips[key] = strips
         return strips
 
@@ -174,14 +263,43 @@ class MessageLog(ScrollView, can_focus=True):
         index = bisect_right(self._starts, row) - 1
         strips = self._strips_for(index)
         offset = row - self._starts[index]
-        return strips[offset] if offset < len(strips) else Strip.blank(width, self.rich_style)
+        strip = strips[offset] if offset < len(strips) else Strip.blank(width, self.rich_style)
+        # Offsets let the mouse select text in the log (see get_selection).
+        return strip.apply_offsets(0, row)
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected text: rows as shown, for the rows the selection spans."""
+        if not self.entries or not self._width:
+            return None
+        last = self._total - 1 if selection.end is None else min(selection.end.y, self._total - 1)
+        first = 0 if selection.start is None else max(0, selection.start.y)
+        rows = ["" for _ in range(first)]
+        row = first
+        while row <= last:
+            index = bisect_right(self._starts, row) - 1
+            strips = self._strips_for(index)
+            for strip in strips[row - self._starts[index] :]:
+                if row > last:
+                    break
+                rows.append(strip.text.rstrip())
+                row += 1
+        return selection.extract("\n".join(rows)), "\n"
 
     # -- reaching the top ------------------------------------------------------------------
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
+        if not self._adjusting:
+            if new_value < old_value and new_value < self.max_scroll_y:
+                self.following = False  # the user scrolled up: stay where they are
+            elif new_value >= self.max_scroll_y:
+                self.follow_resumed()
         if new_value <= 0 and old_value > 0:
             self.request_older()
+
+    def follow_resumed(self) -> None:
+        self.following = True
+        self.unseen = 0
 
     def request_older(self) -> None:
         if not self.loading_older and not self.history_complete:
