@@ -24,7 +24,7 @@ from textual import on
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
-from textual.widgets import Input
+from textual.widgets import TextArea
 
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.features import (
@@ -46,6 +46,7 @@ from imchat.client.session import (
 from imchat.protocol import ProtocolError, nick_key
 from imchat.tui.features_render import decorate, folded, snippet
 from imchat.tui.render import SYSTEM, Entry, Formatter, clean
+from imchat.tui.widgets.chat_input import ChatInput
 from imchat.tui.widgets.pickers import EMOJIS, ConfirmScreen, PickerScreen
 from imchat.tui.widgets.typing_indicator import MODE, TypingIndicator
 
@@ -223,13 +224,14 @@ class FeatureApp(App[None]):
 
     # -- input: typing notifications, modes ------------------------------------------------
 
-    @on(Input.Changed, "#input")
-    def _input_changed(self, event: Input.Changed) -> None:
+    @on(TextArea.Changed, "#input")
+    def _input_changed(self, event: TextArea.Changed) -> None:
         key = self.current
+        text = event.text_area.text
         if (
             key is None
-            or not event.value
-            or event.value.startswith("/")
+            or not text
+            or text.startswith("/")
             or self.session.state is not State.CONNECTED
         ):
             return
@@ -255,7 +257,7 @@ class FeatureApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "edit_last":
-            chat_input = self.query_one("#input", Input)
+            chat_input = self.query_one("#input", ChatInput)
             if self.focused is not chat_input:
                 return False
             if self.editing is not None:
@@ -283,7 +285,7 @@ class FeatureApp(App[None]):
     def action_edit_last(self, step: int) -> None:
         """Up on an empty input: edit your last message here. Up/Down while editing: leave
         the edit. Either way the input's own recall moves on as for any Up/Down."""
-        chat_input = self.query_one("#input", Input)
+        chat_input = self.query_one("#input", ChatInput)
         editing = self.editing is not None
         recall = getattr(chat_input, "action_recall", None)
         if recall is not None:
@@ -303,7 +305,7 @@ class FeatureApp(App[None]):
         view = self.chat_features.book.view(key, seq)
         if view is None:
             return
-        chat_input = self.query_one("#input", Input)
+        chat_input = self.query_one("#input", ChatInput)
         chat_input.value = view.text
         chat_input.cursor_position = len(view.text)
         self._set_mode(None, (key, seq))
@@ -345,7 +347,7 @@ class FeatureApp(App[None]):
         def chosen(seq: int | None) -> None:
             if seq is not None:
                 self._set_mode((key, seq), None)
-                self.query_one("#input", Input).focus()
+                self.query_one("#input", ChatInput).focus()
 
         self._pick("Reply to which message?", key, own_only=False, then=chosen)
 

@@ -7,12 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from textual.widgets import Input, OptionList
+from textual.widgets import OptionList
 
 from imchat.client import Connection
 from imchat.client.session import ChatSession, ConvKey
 from imchat.tui.app import ChatApp
 from imchat.tui.widgets import ConversationList
+from imchat.tui.widgets.chat_input import ChatInput
 from imchat.tui.widgets.pickers import ConfirmScreen, PickerScreen
 from imchat.tui.widgets.typing_indicator import TypingIndicator
 
@@ -39,7 +40,7 @@ def line_with(app: ChatApp, needle: str) -> str:
 
 async def submit(pilot: Any, line: str) -> None:
     """Put a whole line in the input (as a paste would) and press Enter."""
-    chat_input = pilot.app.query_one("#input", Input)
+    chat_input = pilot.app.query_one("#input", ChatInput)
     chat_input.focus()
     chat_input.value = line
     await pilot.press("enter")
@@ -100,7 +101,7 @@ async def test_up_on_empty_input_edits_the_last_message(server: ServerHandle) ->
     async with running(alice) as pilot, client(server, "bob") as bob:
         await type_line(pilot, "teh plan")
         await until(pilot, lambda: has_line(alice, LOBBY, "teh plan"), "said")
-        chat_input = alice.query_one("#input", Input)
+        chat_input = alice.query_one("#input", ChatInput)
         await pilot.press("up")
         assert chat_input.value == "teh plan"
         assert alice.editing is not None
@@ -136,7 +137,7 @@ async def test_typing_shows_in_the_status_line(server: ServerHandle) -> None:
         await bob.request("say", room="lobby", text="there")
         await until(pilot, lambda: "typing" not in str(indicator.render()), "typing ends")
         # typing in the input tells the others
-        alice.query_one("#input", Input).focus()
+        alice.query_one("#input", ChatInput).focus()
         await pilot.press("h")
         event = await bob.next_event(5)
         while event.get("type") != "typing":
