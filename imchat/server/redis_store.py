@@ -18,6 +18,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P m:<stream>        zset   the stream's event payloads, scored by seq
     P cid:<sender>      hash   cid -> "<stream>\\n<seq>\\n<ts>"
     P pending:<key>     list   payloads of DMs to deliver at the user's next hello
+    P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
+    P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel shared by all nodes (see redis_fanout)
 
 Presence keys are described in :mod:`imchat.server.redis_fanout`. Scripts name keys they
@@ -42,6 +44,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .hookstore import Hook
+from .stats import STATS
 from .store import (
     ANNOUNCE_STREAM,
     TOKEN_ID_LENGTH,
@@ -295,8 +299,10 @@ class RedisStore:
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
+                started = time.perf_counter()
                 try:
                     results = await run_pipeline(self.redis, [c for c, _ in batch], [self._append])
+                    STATS.commit_seconds.observe(time.perf_counter() - started)
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
@@ -515,3 +521,57 @@ class RedisStore:
         found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
         if found:
             await self.redis.rpush(self.keys.pending(recipient_key), found[0])
+
+    # -- webhooks (imchat.server.hookstore.HookStore) --------------------------------------
+
+    def _hook_key(self, token_hash: str) -> str:
+        return f"{self.keys.prefix}hook:{token_hash}"
+
+    async def add_hook(self, token_hash: str, hook: Hook) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._hook_key(token_hash),
+                mapping={
+                    "kind": hook.kind,
+                    "room": hook.room,
+                    "user": hook.user,
+                    "secret": hook.secret,
+                    "template": hook.template,
+                    "created": repr(hook.created),
+                },
+            )
+            pipe.zadd(f"{self.keys.prefix}hooks", {token_hash: hook.created})
+            await pipe.execute()
+
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        fields = await self.redis.hgetall(self._hook_key(token_hash))
+        if not fields:
+            return None
+        return Hook(
+            token_id(token_hash),
+            _text(fields.get(b"kind")),
+            _text(fields.get(b"room")),
+            _text(fields.get(b"user")),
+            _text(fields.get(b"secret")),
+            _text(fields.get(b"template")),
+            float(fields.get(b"created") or 0),
+        )
+
+    async def list_hooks(self) -> list[Hook]:
+        hashes = await self.redis.zrange(f"{self.keys.prefix}hooks", 0, -1)
+        found = [await self.hook_by_token(_text(h)) for h in hashes]
+        return [hook for hook in found if hook is not None]
+
+    async def remove_hook(self, hook_id: str) -> bool:
+        index = f"{self.keys.prefix}hooks"
+        for token_hash in map(_text, await self.redis.zrange(index, 0, -1)):
+            if token_id(token_hash) == hook_id.lower():
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self._hook_key(token_hash))
+                    pipe.zrem(index, token_hash)
+                    await pipe.execute()
+                return True
+        return False
+
+    async def ping(self) -> None:
+        await self._ordered(lambda pipe: pipe.ping())

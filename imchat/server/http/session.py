@@ -1,0 +1,82 @@
+"""An in-process session: how an HTTP request goes through the hub like any client's.
+
+The hub takes native request payloads from it (``hub.handle_batch(session, [payload])``) and
+answers through ``session.send(frame)``, so the HTTP API obeys exactly the rules, limits and
+error codes of the native protocol without a second copy of them. Its user is *detached*
+(``User.detached``): not online, in no room, never a recipient of events (see docs/http.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from imchat.protocol import HEADER_SIZE, ErrorCode, ProtocolError
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from imchat.server.fanout import User
+    from imchat.server.hub import Hub
+    from imchat.server.ratelimit import TokenBucket
+    from imchat.server.session import Session
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiSession:
+    """One HTTP request's session: it collects the replies the hub sends it."""
+
+    __slots__ = ("addr", "bucket", "closing", "credential", "peer", "replies", "user")
+
+    #: ``imchat_sessions{protocol=…}`` (it is never registered with the hub, though).
+    protocol = "http"
+
+    def __init__(self, user: User, bucket: TokenBucket, addr: str, peer: str) -> None:
+        self.user: User | None = user
+        self.bucket = bucket
+        self.addr = addr
+        self.peer = peer
+        self.credential: tuple[str, str] | None = None
+        self.closing = False
+        self.replies: list[dict[str, Any]] = []
+
+    def send(self, frame: bytes) -> None:
+        self.replies.append(_decode(frame[HEADER_SIZE:]))
+
+    def send_error(self, error: ProtocolError) -> None:
+        self.replies.append({"type": "error", "code": str(error.code), "message": error.message})
+
+    def fail(self, error: ProtocolError) -> None:
+        self.send_error(error)
+        self.closing = True
+
+    def close(self, last_frame: bytes | None = None) -> None:
+        if last_frame is not None:
+            self.send(last_frame)
+        self.closing = True
+
+    @property
+    def nick(self) -> str:
+        return self.user.nick if self.user is not None else "-"
+
+
+def as_session(session: object) -> Session:
+    """The hub's annotations name the TCP session; adapters have every attribute it uses."""
+    return cast("Session", session)
+
+
+async def run_request(hub: Hub, session: ApiSession, payload: dict[str, Any]) -> dict[str, Any]:
+    """Hand one native request to the hub; its ``ok`` body, or :class:`ApiError`."""
+    await hub.handle_batch(as_session(session), [_encode(payload)])
+    if not session.replies:
+        # The hub answers every request; no answer means the session was closed under it.
+        raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+    reply = session.replies[0]
+    if reply.get("type") == "error":
+        raise ApiError(str(reply["code"]), str(reply.get("message", "")))
+    reply.pop("type", None)
+    reply.pop("id", None)
+    return reply
