@@ -108,8 +108,3 @@ class Callers:
         else:
             self._buckets.move_to_end(key)
         return bucket
-
-    def retry_after(self) -> float:
-        """Seconds until a bucket has a token again, at the latest."""
-        rate = self.hub.config.rate
-        return 1.0 / rate if rate > 0 else 1.0

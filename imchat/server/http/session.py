@@ -76,7 +76,11 @@ async def run_request(hub: Hub, session: ApiSession, payload: dict[str, Any]) ->
         raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
     reply = session.replies[0]
     if reply.get("type") == "error":
-        raise ApiError(str(reply["code"]), str(reply.get("message", "")))
+        code = str(reply["code"])
+        rate = session.bucket.rate
+        # The bucket holds a whole token again after 1/rate seconds.
+        retry_after = 1 / rate if code == ErrorCode.RATE_LIMITED and rate > 0 else None
+        raise ApiError(code, str(reply.get("message", "")), retry_after=retry_after)
     reply.pop("type", None)
     reply.pop("id", None)
     return reply

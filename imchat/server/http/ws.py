@@ -44,7 +44,10 @@ CLOSE_GRACE = 2.0
 
 
 def routes(front: HttpFrontend) -> list[web.RouteDef]:
-    return [web.get("/ws", lambda request: serve(front.hub, request))]
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        return await serve(front.hub, request)
+
+    return [web.get("/ws", handler)]
 
 
 class WsSession:
