@@ -78,7 +78,7 @@ def hook_add(
 def hook_list(data_dir: DataDir = None) -> None:
     """List hooks by id (a prefix of the token's hash, not the token)."""
     found = _with_store(data_dir, lambda store: store.list_hooks())
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             h.id,
             h.kind,

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imchat.protocol import ErrorCode, ProtocolError
 
@@ -18,6 +20,9 @@ from .session import Session
 from .sqlite_store import SQLiteStore
 from .store import Store
 from .tls import server_context
+
+if TYPE_CHECKING:
+    from .http import HttpFrontend
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class ChatServer:
         self.hub: Hub | None = None
         self.port = config.port
         self._server: asyncio.Server | None = None
+        #: The HTTP face, with ``config.http_port`` (see docs/http.md).
+        self.http: HttpFrontend | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -89,9 +96,25 @@ class ChatServer:
             await self.store.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.http_port is not None:
+            await self._start_http(hub, tls)
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
+
+    async def _start_http(self, hub: Hub, tls: ssl.SSLContext | None) -> None:
+        # Imported here: a server without the HTTP face never loads aiohttp.
+        from .http import HttpFrontend
+
+        assert self._server is not None and self.config.http_port is not None
+        self.http = HttpFrontend(hub, ssl_context=tls)
+        try:
+            await self.http.start(self.config.host, self.config.http_port)
+        except BaseException:
+            self._server.close()
+            await self.fanout.close()
+            await self.store.close()
+            raise
 
     async def _ensure_admin(self, data_dir: Path) -> None:
         """Create the admin account, or a fresh token for it if its token file is gone."""
@@ -156,6 +179,8 @@ class ChatServer:
         self._stopped.set()
         hub = self.hub
         self._server.close()
+        if self.http is not None:
+            await self.http.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
@@ -172,6 +197,8 @@ class ChatServer:
             for session in list(hub.sessions):
                 session.abort()
         await self._server.wait_closed()
+        if self.http is not None:
+            await self.http.close()  # in-flight HTTP requests finish while the store is open
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()
         await self.store.close()

@@ -60,3 +60,6 @@ class ServerConfig:
     #: Seconds after which a node that stopped heartbeating is taken for dead and its users
     #: are shown offline.
     node_timeout: float = 15.0
+    #: Port of the HTTP face (API, webhooks, /ws, /healthz, /metrics) on ``host``; None: off,
+    #: 0: any free port. TLS with the same certificate as the native port.
+    http_port: int | None = None

@@ -98,7 +98,8 @@ local function now_ts()
 end
 """
 
-#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key.
+#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
+#: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
 #: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member; delivered
@@ -107,6 +108,7 @@ APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local as_member = ARGV[7] ~= '0'
 local kind = string.sub(stream, 1, 1)
 local cids = prefix .. 'cid:' .. sender
 if cid ~= '' then
@@ -120,7 +122,7 @@ end
 local members
 if kind == 'r' then
   members = prefix .. 'members:' .. string.sub(stream, 3)
-  if redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
+  if as_member and redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
@@ -480,6 +482,7 @@ class RedisStore:
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
             draft.sender_key,
+            "1" if draft.as_member else "0",
         )
         script = self._append
         reply: bytes = await self._ordered(lambda pipe: pipe.evalsha(script.sha, 0, *args))

@@ -40,6 +40,8 @@ class Draft:
     #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
     #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
     hold: str | None = None
+    #: False for a detached (HTTP) poster: the store must not require room membership.
+    as_member: bool = True
 
 
 @dataclass(slots=True, frozen=True)

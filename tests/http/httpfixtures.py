@@ -67,4 +67,6 @@ async def http_fixture(request: pytest.FixtureRequest, servers: Servers) -> Asyn
     marker = request.node.get_closest_marker("server_config")
     server = await start_http(servers, **(marker.kwargs if marker else {}))
     async with aiohttp.ClientSession() as client:
-        yield Http(client, server, f"http://127.0.0.1:{server.http.port}", admin_token(servers.data_dir))
+        yield Http(
+            client, server, f"http://127.0.0.1:{server.http.port}", admin_token(servers.data_dir)
+        )

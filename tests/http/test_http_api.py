@@ -214,9 +214,17 @@ async def test_text_and_body_errors(http: Http, connect: Clients) -> None:
         ({"json": {"txt": "hi"}}, 400, "bad_request"),
         ({"json": ["hi"]}, 400, "bad_request"),
         ({"json": {"text": 5}}, 400, "bad_request"),
-        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
+        (
+            {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "bad_request",
+        ),
         ({"data": b"\xff\xfe", "headers": {"Content-Type": "text/plain"}}, 400, "bad_text"),
-        ({"data": b"hi", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "bad_request"),
+        (
+            {"data": b"hi", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+            415,
+            "bad_request",
+        ),
         ({"data": b"x" * 2000, "headers": {"Content-Type": "text/plain"}}, 413, "frame_too_large"),
     ]
     for kwargs, want_status, want_code in cases:

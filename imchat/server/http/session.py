@@ -8,7 +8,8 @@ error codes of the native protocol without a second copy of them. Its user is *d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import time
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -17,30 +18,39 @@ from imchat.protocol import HEADER_SIZE, ErrorCode, ProtocolError
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from imchat.server.fanout import User
     from imchat.server.hub import Hub
+    from imchat.server.peer import Credential, User
     from imchat.server.ratelimit import TokenBucket
-    from imchat.server.session import Session
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
 class ApiSession:
-    """One HTTP request's session: it collects the replies the hub sends it."""
+    """One HTTP request's :class:`~imchat.server.peer.Peer`: it collects the replies the hub
+    sends it. Never registered with the hub (it lives for one request), so it is no
+    recipient of anything but its own replies."""
 
-    __slots__ = ("addr", "bucket", "closing", "credential", "peer", "replies", "user")
-
-    #: ``imchat_sessions{protocol=…}`` (it is never registered with the hub, though).
-    protocol = "http"
+    __slots__ = (
+        "addr",
+        "bucket",
+        "closing",
+        "credential",
+        "last_rx",
+        "opened",
+        "peer",
+        "replies",
+        "user",
+    )
 
     def __init__(self, user: User, bucket: TokenBucket, addr: str, peer: str) -> None:
         self.user: User | None = user
         self.bucket = bucket
         self.addr = addr
         self.peer = peer
-        self.credential: tuple[str, str] | None = None
+        self.credential: Credential | None = None
         self.closing = False
+        self.opened = self.last_rx = time.monotonic()
         self.replies: list[dict[str, Any]] = []
 
     def send(self, frame: bytes) -> None:
@@ -53,9 +63,16 @@ class ApiSession:
         self.send_error(error)
         self.closing = True
 
-    def close(self, last_frame: bytes | None = None) -> None:
-        if last_frame is not None:
-            self.send(last_frame)
+    def close(self) -> None:
+        self.closing = True
+
+    def flush(self) -> None:
+        pass  # replies are read by run_request as soon as the hub is done
+
+    def pause_reading(self) -> None:
+        pass
+
+    def abort(self) -> None:
         self.closing = True
 
     @property
@@ -63,14 +80,9 @@ class ApiSession:
         return self.user.nick if self.user is not None else "-"
 
 
-def as_session(session: object) -> Session:
-    """The hub's annotations name the TCP session; adapters have every attribute it uses."""
-    return cast("Session", session)
-
-
 async def run_request(hub: Hub, session: ApiSession, payload: dict[str, Any]) -> dict[str, Any]:
     """Hand one native request to the hub; its ``ok`` body, or :class:`ApiError`."""
-    await hub.handle_batch(as_session(session), [_encode(payload)])
+    await hub.handle_batch(session, [_encode(payload)])
     if not session.replies:
         # The hub answers every request; no answer means the session was closed under it.
         raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")

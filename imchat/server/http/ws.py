@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from imchat.protocol import HEADER_SIZE, ErrorCode, ProtocolError, encode_message
+from imchat.protocol.events import ErrorReply
 from imchat.server.ratelimit import address_key
 from imchat.server.stats import STATS
 
-from .session import as_session
-
 if TYPE_CHECKING:
-    from imchat.server.fanout import User
     from imchat.server.hub import Hub
+    from imchat.server.peer import Credential, User
 
     from .app import HttpFrontend
 
@@ -59,15 +58,15 @@ class WsSession:
         self.hub = hub
         self.ws = ws
         self.raw = request.transport
-        #: None: ``ChatServer.stop`` pauses TCP sessions' sockets; this one stops on its own.
-        self.transport = None
         remote = request.remote or "?"
         self.peer = f"ws:{remote}"
         self.addr = address_key(remote)
         self.user: User | None = None
-        self.credential: tuple[str, str] | None = None
+        self.credential: Credential | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
+        #: Set at shutdown: no more requests are taken (those read are still answered).
+        self.paused = False
         self.last_rx = self.opened = hub.loop.time()
         self.inbox: list[bytes | ProtocolError] = []
         self.busy = False
@@ -117,15 +116,22 @@ class WsSession:
         self.close(_error_frame(error))
 
     def close(self, last_frame: bytes | None = None) -> None:
+        """Send what is owed (plus ``last_frame``), then close; abort if the peer won't read."""
         if self.closing:
             return
         if last_frame is not None:
             self._queue(last_frame)
         self.closing = True
         self._wake.set()
-        self.hub.loop.call_later(CLOSE_GRACE, self._abort)
+        self.hub.loop.call_later(CLOSE_GRACE, self.abort)
 
-    def _abort(self) -> None:
+    def flush(self) -> None:
+        pass  # the writer task sends as soon as frames are queued
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def abort(self) -> None:
         if self.raw is not None and not self.raw.is_closing():
             self.raw.abort()
 
@@ -173,7 +179,7 @@ class WsSession:
                 if self.user is not None:
                     self.inbox.clear()
                 self._room.set()
-                await self.hub.handle_batch(as_session(self), batch)
+                await self.hub.handle_batch(self, batch)
         finally:
             self.busy = False
             self._room.set()
@@ -184,12 +190,7 @@ class WsSession:
 
 
 def _error_frame(error: ProtocolError) -> bytes:
-    body: dict[str, object] = {"type": "error"}
-    if error.request_id is not None:
-        body["id"] = error.request_id
-    body["code"] = str(error.code)
-    body["message"] = error.message
-    return encode_message(body)
+    return encode_message(ErrorReply.of(error))
 
 
 async def serve(hub: Hub, request: web.Request) -> web.WebSocketResponse:
@@ -201,14 +202,15 @@ async def serve(hub: Hub, request: web.Request) -> web.WebSocketResponse:
     )
     await ws.prepare(request)
     session = WsSession(hub, ws, request)
-    hub.session_opened(as_session(session))
+    hub.session_opened(session)
     writer = asyncio.create_task(session.write_loop())
     try:
-        while not session.closing:
+        while not session.closing and not session.paused:
             await session.room()
             message = await ws.receive()
             if message.type == WSMsgType.TEXT:
-                session.receive(message.data)
+                if not session.paused:
+                    session.receive(message.data)
             elif message.type == WSMsgType.BINARY:
                 session.fail(ProtocolError(ErrorCode.BAD_FRAME, "send JSON as text messages"))
             else:  # closing, closed or a protocol error (1009: message too big)
@@ -221,6 +223,6 @@ async def serve(hub: Hub, request: web.Request) -> web.WebSocketResponse:
     finally:
         session.closing = True
         writer.cancel()
-        session._abort()
-        hub.session_closed(as_session(session), None)
+        session.abort()
+        hub.session_closed(session, None)
     return ws
