@@ -137,9 +137,9 @@ def alertmanager(payload: Mapping[str, Any]) -> str | None:
             for k, v in (labels.items() if isinstance(labels, dict) else ())
             if k != "alertname"
         )
-        what = _s(alert, "annotations.summary") or _s(alert, "annotations.description")
-        if what == summary:
-            what = ""
+        what = _s(alert, "annotations.summary")
+        if not what or what == summary:  # said in the head already: the details, if any
+            what = _s(alert, "annotations.description")
         line = f"- {_s(alert, 'status') or status} {shown}".rstrip()
         lines.append(f"{line}: {what}" if what else line)
     if len(alerts) > MAX_ALERT_LINES:
