@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,6 +28,7 @@ from imchat.server.stats import STATS, Histogram
 if TYPE_CHECKING:
     from .app import HttpFrontend
 
+Ping = Callable[[], Awaitable[Any]]
 #: Seconds between event-loop lag samples and between Redis pings.
 LAG_INTERVAL = 0.25
 REDIS_INTERVAL = 5.0
@@ -43,31 +44,37 @@ class Probes:
         self.last_lag = 0.0
         self.redis_rtt = Histogram()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
-    def start(self, redis_ping: object | None) -> None:
+    def start(self, redis_ping: Ping | None) -> None:
         self._tasks.append(asyncio.create_task(self._sample_lag()))
         if redis_ping is not None:
             self._tasks.append(asyncio.create_task(self._sample_redis(redis_ping)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        """Cancel the probes, again until they are done: redis-py can swallow a cancellation
+        that arrives during a command (the loops also end on ``_stopping``)."""
+        self._stopping = True
+        tasks = self._tasks
+        while any(not task.done() for task in tasks):
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
+        tasks.clear()
 
     async def _sample_lag(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             started = loop.time()
             await asyncio.sleep(LAG_INTERVAL)
             self.last_lag = max(0.0, loop.time() - started - LAG_INTERVAL)
             self.loop_lag.observe(self.last_lag)
 
-    async def _sample_redis(self, ping: object) -> None:
-        while True:
+    async def _sample_redis(self, ping: Ping) -> None:
+        while not self._stopping:
             started = time.perf_counter()
             try:
-                await ping()  # type: ignore[operator]
+                await ping()
             except Exception:  # an outage shows on /healthz; the histogram skips it
                 pass
             else:
