@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -559,14 +559,18 @@ class RedisStore:
             float(fields.get(b"created") or 0),
         )
 
+    async def _hook_hashes(self) -> list[str]:
+        """Token hashes of every hook, oldest first."""
+        found = await self.redis.zrange(f"{self.keys.prefix}hooks", 0, -1)
+        return [_text(h) for h in cast("list[bytes]", found)]
+
     async def list_hooks(self) -> list[Hook]:
-        hashes = await self.redis.zrange(f"{self.keys.prefix}hooks", 0, -1)
-        found = [await self.hook_by_token(_text(h)) for h in hashes]
+        found = [await self.hook_by_token(h) for h in await self._hook_hashes()]
         return [hook for hook in found if hook is not None]
 
     async def remove_hook(self, hook_id: str) -> bool:
         index = f"{self.keys.prefix}hooks"
-        for token_hash in map(_text, await self.redis.zrange(index, 0, -1)):
+        for token_hash in await self._hook_hashes():
             if token_id(token_hash) == hook_id.lower():
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.delete(self._hook_key(token_hash))
