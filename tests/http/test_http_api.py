@@ -306,3 +306,27 @@ async def test_parallel_posts_keep_seq_gapless(http: Http, connect: Clients) -> 
     assert seqs == list(range(1, 31))
     got = [(await next_event(bob, "msg", skip=PRESENCE))["seq"] for _ in range(30)]
     assert got == list(range(1, 31))
+
+
+@pytest.mark.server_config(max_connections_per_ip=2)
+async def test_connections_per_address_are_limited(http: Http) -> None:
+    port = http.server.http.port
+    kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""  # dropped before it is answered
+    writer.close()
+    # The two within the limit are served; once one closes, a new one is too.
+    reader0, writer0 = kept[0]
+    writer0.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader0.read(), TIMEOUT)).startswith(b"HTTP/1.1 200")
+    writer0.close()
+    await writer0.wait_closed()
+    status, _, _ = await http.get("/healthz")
+    assert status == 200
+    for _, w in kept[1:]:
+        w.close()

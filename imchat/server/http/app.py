@@ -7,6 +7,7 @@ application, answers every failure as the protocol's JSON error, counts requests
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from imchat.protocol import ErrorCode
 from imchat.server.hookstore import HookStore
 from imchat.server.hub import Hub
+from imchat.server.ratelimit import address_key
 
 from . import api, hooks, ops, ws
 from .callers import Callers
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: How long in-flight HTTP requests may take to finish at shutdown.
 SHUTDOWN_TIMEOUT = 5.0
+#: Seconds an idle HTTP connection (also one that never sends a request) stays open.
+KEEPALIVE_TIMEOUT = 15.0
 
 
 class HttpFrontend:
@@ -47,6 +51,8 @@ class HttpFrontend:
         self.closing = False
         self.port = 0
         self.requests: dict[tuple[str, int], int] = {}
+        #: Open HTTP connections per client address (IPv6: per /64).
+        self.connections_per_addr: dict[str, int] = {}
         self.probes = Probes()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServerCollector(self))
@@ -71,9 +77,13 @@ class HttpFrontend:
 
     async def start(self, host: str, port: int) -> int:
         self._runner = web.AppRunner(
-            self.make_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+            self.make_app(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await self._runner.setup()
+        self._limit_connections(self._runner.server)
         self._site = web.TCPSite(
             self._runner, host, port, ssl_context=self.ssl_context, reuse_address=True
         )
@@ -89,6 +99,37 @@ class HttpFrontend:
         scheme = "https" if self.ssl_context is not None else "http"
         log.info("HTTP API at %s://%s:%d", scheme, host, self.port)
         return self.port
+
+    def _limit_connections(self, server: web.Server | None) -> None:
+        """``max_connections_per_ip`` holds on this port too: a connection beyond it from one
+        address (IPv6: /64) is dropped at once. aiohttp reports every connection's start and
+        end to its ``Server``; these wrap those two calls."""
+        limit = self.hub.config.max_connections_per_ip
+        if server is None or not limit:
+            return
+        made, lost = server.connection_made, server.connection_lost
+        counts = self.connections_per_addr
+        addrs: dict[object, str] = {}
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            addr = address_key(str(peer[0])) if isinstance(peer, tuple) else "?"
+            addrs[handler] = addr
+            counts[addr] = count = counts.get(addr, 0) + 1
+            if count > limit:
+                transport.abort()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            addr = addrs.pop(handler, None)
+            if addr is not None:
+                left = counts.pop(addr, 1) - 1
+                if left > 0:
+                    counts[addr] = left
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
 
     async def stop_accepting(self) -> None:
         """Refuse new work: the API answers 503 from now on (WebSocket sessions are closed
