@@ -330,3 +330,20 @@ async def test_connections_per_address_are_limited(http: Http) -> None:
     assert status == 200
     for _, w in kept[1:]:
         w.close()
+
+
+async def test_connection_that_never_finishes_a_request_is_closed(
+    servers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imchat.server.http import app as http_app
+
+    monkeypatch.setattr(http_app, "KEEPALIVE_TIMEOUT", 0.5)
+    server = await servers.start(http_port=0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHo")  # and then nothing
+    try:
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"" or data.startswith(b"HTTP/1.1 4"), data
+    writer.close()
