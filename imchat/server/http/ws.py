@@ -205,11 +205,11 @@ async def serve(hub: Hub, request: web.Request) -> web.WebSocketResponse:
     hub.session_opened(session)
     writer = asyncio.create_task(session.write_loop())
     try:
-        while not session.closing and not session.paused:
+        while not session.closing:
             await session.room()
             message = await ws.receive()
             if message.type == WSMsgType.TEXT:
-                if not session.paused:
+                if not session.paused:  # shutting down: shutting_down follows shortly
                     session.receive(message.data)
             elif message.type == WSMsgType.BINARY:
                 session.fail(ProtocolError(ErrorCode.BAD_FRAME, "send JSON as text messages"))
