@@ -194,3 +194,11 @@ async def test_ws_client_that_never_reads_is_cut_off(http: Http, connect: Client
         assert seen == list(range(1, last + 1))
     finally:
         reader.cancel()
+
+
+@pytest.mark.server_config(idle_timeout=0.5)
+async def test_ws_session_that_stays_silent_gets_idle_timeout(http: Http) -> None:
+    web = await open_ws(http)
+    await web.request({"type": "hello", "proto": 1, "nick": "alice", "id": 1})
+    frames, _ = await web.until_closed()
+    assert [f.get("code") for f in frames if f["type"] == "error"] == ["idle_timeout"]
