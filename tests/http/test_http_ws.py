@@ -202,3 +202,18 @@ async def test_ws_session_that_stays_silent_gets_idle_timeout(http: Http) -> Non
     await web.request({"type": "hello", "proto": 1, "nick": "alice", "id": 1})
     frames, _ = await web.until_closed()
     assert [f.get("code") for f in frames if f["type"] == "error"] == ["idle_timeout"]
+
+
+async def test_ws_wait_written(http: Http) -> None:
+    """``wait_written`` (what DM queues wait on): True once sent, False once closed."""
+    web = await open_ws(http)
+    await web.request({"type": "hello", "proto": 1, "nick": "alice", "id": 1})
+    [session] = [s for s in http.server.hub.sessions if s.nick == "alice"]
+    session.send(b"\x00\x00\x00\x0f" + b'{"type":"test"}')
+    assert await asyncio.wait_for(session.wait_written(), TIMEOUT) is True
+    while (frame := await web.recv())["type"] == "online":
+        pass
+    assert frame == {"type": "test"}
+    await web.ws.close()
+    await asyncio.wait_for(http.server.hub.all_closed(), TIMEOUT)  # alice's was the only one
+    assert await session.wait_written() is False

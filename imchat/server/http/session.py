@@ -8,6 +8,7 @@ error codes of the native protocol without a second copy of them. Its user is *d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,13 @@ class ApiSession:
 
     def abort(self) -> None:
         self.closing = True
+
+    def wait_written(self) -> asyncio.Future[bool]:
+        """Nothing is ever queued for it but its replies, which ``run_request`` takes at
+        once: done. (The trust-core branch adds this to ``Peer``.)"""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future.set_result(not self.closing)
+        return future
 
     @property
     def nick(self) -> str:

@@ -40,6 +40,8 @@ MAX_INBOX = 64
 OUTPUT_HIGH_WATER = 64 * 1024
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
+#: While someone waits in :meth:`WsSession.wait_written`, how often the socket is looked at.
+WRITTEN_POLL = 0.05
 
 
 def routes(front: HttpFrontend) -> list[web.RouteDef]:
@@ -77,6 +79,8 @@ class WsSession:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
+        #: Waiters of :meth:`wait_written`.
+        self._written: list[asyncio.Future[bool]] = []
 
     # -- output ----------------------------------------------------------------------------
 
@@ -154,6 +158,36 @@ class WsSession:
         except (ConnectionError, RuntimeError):
             self._drained.set()  # the peer is gone: nothing is owed any more
 
+    def wait_written(self) -> asyncio.Future[bool]:
+        """True once what is queued now has left this process for the client (sent by the
+        writer and out of the socket's buffer); False if the connection ends first. (The
+        trust-core branch adds this to ``Peer``: a queued DM leaves its queue only once
+        written.)"""
+        future: asyncio.Future[bool] = self.hub.loop.create_future()
+        if self.closing:
+            future.set_result(False)
+            return future
+        self._written.append(future)
+        if len(self._written) == 1:
+            self._check_written()
+        return future
+
+    def _check_written(self) -> None:
+        if not self._written:
+            return
+        if self.closing:
+            self._settle_written(False)
+        elif not self._out and (self.raw is None or self.raw.get_write_buffer_size() == 0):
+            self._settle_written(True)
+        else:
+            self.hub.loop.call_later(WRITTEN_POLL, self._check_written)
+
+    def _settle_written(self, written: bool) -> None:
+        waiters, self._written = self._written, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(written)
+
     # -- input -----------------------------------------------------------------------------
 
     def receive(self, item: bytes | ProtocolError) -> None:
@@ -222,6 +256,7 @@ async def serve(hub: Hub, request: web.Request) -> web.WebSocketResponse:
         pass
     finally:
         session.closing = True
+        session._settle_written(False)
         writer.cancel()
         session.abort()
         hub.session_closed(session, None)
