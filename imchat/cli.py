@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from imchat.accounts_cli import token_app, user_app
+from imchat.hooks_cli import hook_app
 from imchat.protocol import is_valid_nick
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(hook_app, name="hook")
 
 EXIT_SERVER_ERROR = 1
 EXIT_CONNECT = 3
@@ -169,21 +171,34 @@ def server(
             help="With --redis: acknowledge a message only once this many replicas have it.",
         ),
     ] = 0,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="IMCHAT_HTTP_PORT",
+            help="Serve the HTTP API, webhooks, /ws, /healthz and /metrics on this port "
+            "(0: any free port); see docs/http.md.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option(envvar="IMCHAT_LOG_FORMAT", help="text, or json: one object per line.")
+    ] = "text",
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
     from imchat.server.config import default_data_dir
+    from imchat.server.logformat import formatter
     from imchat.server.store import StoreUnavailable
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail("TLS needs both --tls-cert and --tls-key", 2)
     if irc_tls_port is not None and tls_cert is None:
         raise _fail("--irc-tls-port needs --tls-cert and --tls-key", 2)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter(log_format))
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
     config = ServerConfig(
         host=host,
         port=port,
@@ -209,6 +224,7 @@ def server(
         redis_prefix=redis_prefix,
         node_timeout=node_timeout,
         redis_wait=redis_wait,
+        http_port=http_port,
     )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)
@@ -361,6 +377,69 @@ def join(
 
     context = client_context(ca) if tls or ca is not None else None
     raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token, tls=context))
+
+
+@app.command()
+def web(
+    nick: Annotated[str, typer.Option(envvar="IMCHAT_NICK", help="The nick the browser uses.")],
+    bind: Annotated[
+        str,
+        typer.Option(envvar="IMCHAT_WEB_BIND", help="Address the web page listens on."),
+    ] = "127.0.0.1",
+    web_port: Annotated[
+        int, typer.Option(envvar="IMCHAT_WEB_PORT", help="Port the web page listens on.")
+    ] = 8667,
+    web_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMCHAT_WEB_TOKEN",
+            help="Token a browser must present [default when not on loopback: a new one].",
+        ),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="The URL browsers reach this at [default: http://BIND:WEB_PORT]."),
+    ] = None,
+    host: Host = "127.0.0.1",
+    port: Port = 7667,
+    room: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_ROOM", help="Room to join on connect.")
+    ] = "lobby",
+    password: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_PASSWORD", help="Password of your account.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_TOKEN", help="Token of your account.")
+    ] = None,
+    tls: Tls = False,
+    ca: Ca = None,
+) -> None:
+    """The terminal client in a browser (textual-serve); loopback only unless given a token."""
+    import secrets
+
+    from imchat.web import WebServer, is_loopback, join_command
+    from imchat.web import public_url as default_url
+
+    if not is_valid_nick(nick):
+        raise _fail(f"{nick!r} is not a valid nick", 2)
+    if not is_loopback(bind):
+        web_token = web_token or secrets.token_urlsafe(24)
+        typer.echo(
+            f"imchat: WARNING: serving the chat client on {bind}, reachable from other machines;"
+            " anyone with the token below can chat as you. The page is plain HTTP: put it behind"
+            " a TLS proxy before using it over a network you do not trust.",
+            err=True,
+        )
+    # The client processes inherit these; the command line (visible in ps) carries none.
+    if password is not None:
+        os.environ["IMCHAT_PASSWORD"] = password
+    if token is not None:
+        os.environ["IMCHAT_TOKEN"] = token
+    url = public_url or default_url(bind, web_port)
+    command = join_command(nick, host, port, room, tls=tls, ca=str(ca) if ca else None)
+    if web_token is not None:
+        typer.echo(f"imchat: open {url}/?token={web_token}", err=True)
+    WebServer(command, bind, web_port, url, web_token).serve()
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imchat.protocol import ErrorCode, ProtocolError
 
@@ -19,6 +20,9 @@ from .hub import Hub
 from .session import Session
 from .store import Store
 from .tls import server_context
+
+if TYPE_CHECKING:
+    from .http import HttpFrontend
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class ChatServer:
         self._irc_servers: list[asyncio.Server] = []
         #: Bound IRC ports (plain, TLS) once started; None where that listener is off.
         self.irc_ports: tuple[int | None, int | None] = (None, None)
+        #: The HTTP face, with ``config.http_port`` (see docs/http.md).
+        self.http: HttpFrontend | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -87,6 +93,8 @@ class ChatServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.config.irc_port is not None or self.config.irc_tls_port is not None:
             await self._start_irc(hub, tls)
+        if self.config.http_port is not None:
+            await self._start_http(hub, tls)
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
@@ -99,15 +107,33 @@ class ChatServer:
                 hub, self.config.host, self.config.irc_port, self.config.irc_tls_port, tls
             )
         except BaseException:
-            assert self._server is not None
-            self._server.close()
-            await self.fanout.close()
-            await self.store.close()
+            await self._abort_start()
             raise
         ports = iter(s.sockets[0].getsockname()[1] for s in self._irc_servers)
         plain = next(ports) if self.config.irc_port is not None else None
         secure = next(ports) if self.config.irc_tls_port is not None else None
         self.irc_ports = (plain, secure)
+
+    async def _start_http(self, hub: Hub, tls: ssl.SSLContext | None) -> None:
+        # Imported here: a server without the HTTP face never loads aiohttp.
+        from .http import HttpFrontend
+
+        assert self.config.http_port is not None
+        self.http = HttpFrontend(hub, ssl_context=tls)
+        try:
+            await self.http.start(self.config.host, self.config.http_port)
+        except BaseException:
+            await self._abort_start()
+            raise
+
+    async def _abort_start(self) -> None:
+        """A listener beside the native one could not start: undo what did."""
+        assert self._server is not None
+        self._server.close()
+        for irc in self._irc_servers:
+            irc.close()
+        await self.fanout.close()
+        await self.store.close()
 
     async def _ensure_admin(self, data_dir: Path) -> None:
         """Create the admin account, or a fresh token for it if its token file is gone."""
@@ -174,6 +200,8 @@ class ChatServer:
         self._server.close()
         for irc in self._irc_servers:
             irc.close()
+        if self.http is not None:
+            await self.http.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
@@ -192,6 +220,8 @@ class ChatServer:
         await self._server.wait_closed()
         for irc in self._irc_servers:
             await irc.wait_closed()
+        if self.http is not None:
+            await self.http.close()  # in-flight HTTP requests finish while the store is open
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()
         await self.store.close()

@@ -18,6 +18,7 @@ from imchat.protocol import ErrorCode, ProtocolError, Request
 
 from .fanout import Fanout
 from .peer import Peer
+from .stats import STATS
 from .store import Draft, Store, Stored
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
             log.exception("storing a message from %s failed", session.peer)
             session.send_error(internal_error(item.request))
             continue
+        if not stored.duplicate:
+            STATS.messages += 1
         item.finish(stored)
     run.clear()
     # Every reply of the run is queued: events held for them may follow.

@@ -66,3 +66,6 @@ class ServerConfig:
     node_timeout: float = 15.0
     #: Replicas that must confirm a message (Redis ``WAIT``) before its ``ok``; 0: none.
     redis_wait: int = 0
+    #: Port of the HTTP face (API, webhooks, /ws, /healthz, /metrics) on ``host``; None: off,
+    #: 0: any free port. TLS with the same certificate as the native port.
+    http_port: int | None = None

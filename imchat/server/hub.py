@@ -26,6 +26,7 @@ from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, leave
 from .peer import Peer
 from .ratelimit import FailureLimiter, TokenBucket
 from .registry import Registry
+from .stats import STATS
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Hub:
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
                 if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
+                    STATS.rate_limited += 1
                     raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
                 starter = APPENDERS.get(type(request))
                 if starter is not None:

@@ -69,12 +69,15 @@ class Peer(Protocol):
 class User:
     """An online user: the sessions it has here and the rooms it is in."""
 
-    __slots__ = ("admin", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
+    __slots__ = ("admin", "detached", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
 
     def __init__(self, nick: str, admin: bool) -> None:
         self.nick = nick
         self.key = nick.lower()
         self.admin = admin
+        #: An HTTP caller (``imchat.server.http``) posting as its account: never online, in
+        #: no room, never a recipient; it may post to a room it is not a member of.
+        self.detached = False
         self.sessions: list[Peer] = []
         self.rooms: set[str] = set()
         #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until

@@ -18,6 +18,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P m:<stream>        zset   the stream's event payloads, scored by seq
     P cid:<sender>      hash   cid -> "<stream>\\n<seq>\\n<ts>"
     P pending:<key>     list   payloads of DMs to deliver at the user's next hello
+    P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
+    P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel shared by all nodes (see redis_fanout)
 
 Presence keys are described in :mod:`imchat.server.redis_fanout`. Scripts name keys they
@@ -44,9 +46,11 @@ from redis.exceptions import NoScriptError, RedisError
 from imchat.protocol import ErrorCode, ProtocolError
 
 from . import features_redis
+from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_sentinel_url
+from .stats import STATS
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -115,7 +119,8 @@ local function now_ts()
 end
 """
 
-#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key.
+#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
+#: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
 #: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member; delivered
@@ -124,6 +129,7 @@ APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local as_member = ARGV[7] ~= '0'
 local kind = string.sub(stream, 1, 1)
 local cids = prefix .. 'cid:' .. sender
 if cid ~= '' then
@@ -137,7 +143,7 @@ end
 local members
 if kind == 'r' then
   members = prefix .. 'members:' .. string.sub(stream, 3)
-  if redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
+  if as_member and redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
@@ -341,8 +347,10 @@ class RedisStore:
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
+                started = time.perf_counter()
                 try:
                     results = await self._run_batch(batch)
+                    STATS.commit_seconds.observe(time.perf_counter() - started)
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
@@ -540,6 +548,7 @@ class RedisStore:
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
             draft.sender_key,
+            "1" if draft.as_member else "0",
         )
         script = self._append
         reply: bytes
@@ -604,3 +613,61 @@ class RedisStore:
         self, scope: SearchScope, text: str, *, before: float | None, limit: int
     ) -> SearchResult:
         return await features_redis.search(self, scope, text, before, limit)
+
+    # -- webhooks (imchat.server.hookstore.HookStore) --------------------------------------
+
+    def _hook_key(self, token_hash: str) -> str:
+        return f"{self.keys.prefix}hook:{token_hash}"
+
+    async def add_hook(self, token_hash: str, hook: Hook) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._hook_key(token_hash),
+                mapping={
+                    "kind": hook.kind,
+                    "room": hook.room,
+                    "user": hook.user,
+                    "secret": hook.secret,
+                    "template": hook.template,
+                    "created": repr(hook.created),
+                },
+            )
+            pipe.zadd(f"{self.keys.prefix}hooks", {token_hash: hook.created})
+            await pipe.execute()
+
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        fields = await self.redis.hgetall(self._hook_key(token_hash))
+        if not fields:
+            return None
+        return Hook(
+            token_id(token_hash),
+            text(fields.get(b"kind")),
+            text(fields.get(b"room")),
+            text(fields.get(b"user")),
+            text(fields.get(b"secret")),
+            text(fields.get(b"template")),
+            float(fields.get(b"created") or 0),
+        )
+
+    async def _hook_hashes(self) -> list[str]:
+        """Token hashes of every hook, oldest first."""
+        found = await self.redis.zrange(f"{self.keys.prefix}hooks", 0, -1)
+        return texts(found)
+
+    async def list_hooks(self) -> list[Hook]:
+        found = [await self.hook_by_token(h) for h in await self._hook_hashes()]
+        return [hook for hook in found if hook is not None]
+
+    async def remove_hook(self, hook_id: str) -> bool:
+        index = f"{self.keys.prefix}hooks"
+        for token_hash in await self._hook_hashes():
+            if token_id(token_hash) == hook_id.lower():
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self._hook_key(token_hash))
+                    pipe.zrem(index, token_hash)
+                    await pipe.execute()
+                return True
+        return False
+
+    async def ping(self) -> None:
+        await self._ordered(lambda pipe: pipe.ping())

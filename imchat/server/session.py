@@ -25,6 +25,7 @@ from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError,
 from imchat.protocol.events import ErrorReply
 
 from .ratelimit import address_key
+from .stats import STATS
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -244,6 +245,7 @@ class Session(asyncio.BufferedProtocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            STATS.deliveries += len(out)
         self._out = []
         self._out_size = 0
 
@@ -253,6 +255,7 @@ class Session(asyncio.BufferedProtocol):
             return
         log.info("closing %s (%s): %s %s", self.peer, self.nick, error.code, error.message)
         if error.code == ErrorCode.SLOW_CONSUMER:
+            STATS.slow_consumers += 1
             # What it owes is in history; sending more would only grow the backlog.
             self._out.clear()
         self.close(self._error_frame(error))

@@ -27,7 +27,9 @@ import msgspec
 from imchat.protocol import ErrorCode, ProtocolError
 
 from . import features_sqlite
+from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
+from .stats import STATS
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -80,6 +82,16 @@ CREATE TABLE IF NOT EXISTS pending_dms (
     seq INTEGER NOT NULL,
     PRIMARY KEY (recipient, stream, seq)
 ) WITHOUT ROWID;
+-- Webhooks (imchat.server.hookstore): the HTTP front end's, nothing else reads them.
+CREATE TABLE IF NOT EXISTS http_hooks (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    room TEXT NOT NULL,
+    user_key TEXT NOT NULL,
+    secret TEXT NOT NULL DEFAULT '',
+    template TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
 """
 
 #: Operations the writer runs per transaction at most; a bound keeps one commit short.
@@ -143,11 +155,13 @@ class _Writer(threading.Thread):
     def _run_batch(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         conn = self._conn
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
                 results.append((future, op(conn), None))
             conn.execute("COMMIT")
+            STATS.commit_seconds.observe(time.perf_counter() - started)
         except BaseException as exc:
             log.exception("store: a batch of %d writes failed and was rolled back", len(batch))
             if conn.in_transaction:
@@ -497,3 +511,57 @@ class SQLiteStore:
                 self._searcher = _connect(self.path, durable_fsync=self._durable_fsync)
             conn = self._searcher
             return await asyncio.to_thread(features_sqlite.search, conn, scope, text, before, limit)
+
+    # -- webhooks (imchat.server.hookstore.HookStore) --------------------------------------
+
+    async def add_hook(self, token_hash: str, hook: Hook) -> None:
+        await self._submit(
+            lambda c: c.execute(
+                "INSERT INTO http_hooks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_hash,
+                    hook.kind,
+                    hook.room,
+                    hook.user,
+                    hook.secret,
+                    hook.template,
+                    hook.created,
+                ),
+            )
+        )
+
+    async def hook_by_token(self, token_hash: str) -> Hook | None:
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT token_hash, kind, room, user_key, secret, template, created"
+            " FROM http_hooks WHERE token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        return _hook(row) if row else None
+
+    async def list_hooks(self) -> list[Hook]:
+        assert self._reader is not None
+        rows = self._reader.execute(
+            "SELECT token_hash, kind, room, user_key, secret, template, created"
+            " FROM http_hooks ORDER BY created, token_hash"
+        ).fetchall()
+        return [_hook(row) for row in rows]
+
+    async def remove_hook(self, hook_id: str) -> bool:
+        deleted: int = await self._submit(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM http_hooks WHERE substr(token_hash, 1, ?) = ?",
+                    (TOKEN_ID_LENGTH, hook_id.lower()),
+                ).rowcount
+            )
+        )
+        return deleted > 0
+
+    async def ping(self) -> None:
+        await self._submit(lambda c: c.execute("SELECT 1").fetchone())
+
+
+def _hook(row: tuple[Any, ...]) -> Hook:
+    token_hash, kind, room, user, secret, template, created = row
+    return Hook(token_id(token_hash), kind, room, user, secret, template, created)

@@ -43,6 +43,8 @@ class Draft:
     hold: str | None = None
     #: Revision 3: the target rules this message is checked against when it is stored.
     feature: Feature | None = None
+    #: False for a detached (HTTP) poster: the store must not require room membership.
+    as_member: bool = True
 
 
 @dataclass(slots=True, frozen=True)

@@ -54,7 +54,15 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
             ctx.fanout.to_room(req.room, encode_frame(stored.payload))
 
     hold = ctx.fanout.hold(session)
-    draft = Draft(StreamId.room(req.room), user.key, req.cid, event, hold=hold, feature=feature)
+    draft = Draft(
+        StreamId.room(req.room),
+        user.key,
+        req.cid,
+        event,
+        hold=hold,
+        feature=feature,
+        as_member=not user.detached,
+    )
     return Append(req, start_storing(ctx.store, draft), finish)
 
 

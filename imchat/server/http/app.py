@@ -1,0 +1,166 @@
+"""The HTTP face of the server: one aiohttp application in the server's own event loop.
+
+Routes come from small modules (``api``, ``hooks``, ``ws``, ``ops``); this one builds the
+application, answers every failure as the protocol's JSON error, counts requests for
+``/metrics``, and starts and stops the listener alongside the native one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from imchat.protocol import ErrorCode
+from imchat.server.hookstore import HookStore
+from imchat.server.hub import Hub
+from imchat.server.ratelimit import address_key
+
+from . import api, hooks, ops, ws
+from .callers import Callers
+from .errors import ApiError, error_response
+from .metrics import Probes, ServerCollector
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: How long in-flight HTTP requests may take to finish at shutdown.
+SHUTDOWN_TIMEOUT = 5.0
+#: Seconds an idle HTTP connection (also one that never sends a request) stays open.
+KEEPALIVE_TIMEOUT = 15.0
+
+
+class HttpFrontend:
+    """``start(host, port)`` serves the HTTP API, webhooks, ``/ws``, ``/healthz``, ``/metrics``."""
+
+    def __init__(self, hub: Hub, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.hub = hub
+        self.ssl_context = ssl_context
+        store: Any = hub.store
+        self.hook_store: HookStore | None = store if isinstance(store, HookStore) else None
+        redis = getattr(store, "redis", None)
+        self.redis_ping: Callable[[], Awaitable[Any]] | None = (
+            redis.ping if redis is not None else None
+        )
+        self.callers = Callers(hub)
+        self.closing = False
+        self.port = 0
+        self.requests: dict[tuple[str, int], int] = {}
+        #: Open HTTP connections per client address (IPv6: per /64).
+        self.connections_per_addr: dict[str, int] = {}
+        self.probes = Probes()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ServerCollector(self))
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._errors],
+            client_max_size=hooks.HOOK_MAX_BODY,
+        )
+        app.add_routes(
+            [*api.routes(self), *hooks.routes(self), *ws.routes(self), *ops.routes(self)]
+        )
+        return app
+
+    async def ping_store(self) -> None:
+        if self.hook_store is not None:
+            await self.hook_store.ping()
+        else:
+            await self.hub.store.lookup_user("admin")
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(
+            self.make_app(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        await self._runner.setup()
+        self._limit_connections(self._runner.server)
+        self._site = web.TCPSite(
+            self._runner, host, port, ssl_context=self.ssl_context, reuse_address=True
+        )
+        try:
+            await self._site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.probes.start(self.redis_ping)
+        scheme = "https" if self.ssl_context is not None else "http"
+        log.info("HTTP API at %s://%s:%d", scheme, host, self.port)
+        return self.port
+
+    def _limit_connections(self, server: web.Server | None) -> None:
+        """``max_connections_per_ip`` holds on this port too: a connection beyond it from one
+        address (IPv6: /64) is dropped at once. aiohttp reports every connection's start and
+        end to its ``Server``; these wrap those two calls."""
+        limit = self.hub.config.max_connections_per_ip
+        if server is None or not limit:
+            return
+        made, lost = server.connection_made, server.connection_lost
+        counts = self.connections_per_addr
+        addrs: dict[object, str] = {}
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            addr = address_key(str(peer[0])) if isinstance(peer, tuple) else "?"
+            addrs[handler] = addr
+            counts[addr] = count = counts.get(addr, 0) + 1
+            if count > limit:
+                transport.abort()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            addr = addrs.pop(handler, None)
+            if addr is not None:
+                left = counts.pop(addr, 1) - 1
+                if left > 0:
+                    counts[addr] = left
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    async def stop_accepting(self) -> None:
+        """Refuse new work: the API answers 503 from now on (WebSocket sessions are closed
+        with the TCP ones, by ``shutting_down``)."""
+        self.closing = True
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.probes.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        response: web.StreamResponse
+        try:
+            if self.closing and not name.startswith(("/healthz", "/metrics")):
+                raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(ErrorCode.BAD_REQUEST, exc.reason, status=exc.status)
+        except Exception:
+            log.exception("internal error answering %s %s", request.method, request.path)
+            response = error_response(ErrorCode.INTERNAL, "internal server error")
+        key = (name, response.status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        return response
