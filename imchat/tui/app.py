@@ -7,7 +7,8 @@ arrive as :class:`SessionUpdate` messages and are applied in order.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+import time
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,10 +16,11 @@ from typing import Any, ClassVar
 from rich.style import Style
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.reactive import reactive
+from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input
 
 from imchat.client import ConnectionClosed, ServerError
@@ -40,9 +42,14 @@ from imchat.client.session import (
     StateChanged,
     Welcomed,
 )
-from imchat.protocol import ProtocolError, is_valid_nick, nick_key
+from imchat.protocol import ProtocolError, is_valid_nick, nick_key, normalize_room
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
+from imchat.tui.config import TuiConfig
+from imchat.tui.hotlist import hotlist, totals
 from imchat.tui.messages import OpenConversation, OpenDirect, RunCommand, SessionUpdate
+from imchat.tui.notify import Notifier
+from imchat.tui.palette import ConversationCommands, screenshot_command
+from imchat.tui.read_marker import ReadMarkers
 from imchat.tui.render import (
     SYSTEM,
     Entry,
@@ -51,12 +58,14 @@ from imchat.tui.render import (
     clean,
     default_time_format,
 )
+from imchat.tui.search import Highlight, SearchResults, local_search
 from imchat.tui.widgets import (
     ChatInput,
     ConversationList,
     ConversationView,
     MemberList,
     MessageLog,
+    SearchBar,
     StatusBar,
 )
 
@@ -91,7 +100,7 @@ class ChatApp(App[None]):
     TITLE = "imchat"
     # Ctrl+P belongs to "previous conversation"; Ctrl+K is the usual chat-app switcher key.
     COMMAND_PALETTE_BINDING = "ctrl+k"
-    COMMANDS = App.COMMANDS | {ChatCommands}
+    COMMANDS = App.COMMANDS | {ChatCommands, ConversationCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
@@ -99,6 +108,8 @@ class ChatApp(App[None]):
             Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
             for n in range(1, 10)
         ),
+        Binding("alt+0", "goto(10)", "Chat 10", show=False, priority=True),
+        Binding("ctrl+f", "search", "Search", tooltip="search this conversation", priority=True),
         Binding("pageup", "page(-1)", "Older", show=False),
         Binding("pagedown", "page(1)", "Newer", show=False),
         Binding("ctrl+q", "quit_chat", "Quit", priority=True),
@@ -111,14 +122,31 @@ class ChatApp(App[None]):
         session: ChatSession,
         *,
         server_label: str | None = None,
-        time_format: TimeFormat = default_time_format,
+        time_format: TimeFormat | None = None,
         cursor_blink: bool = True,
+        config: TuiConfig | None = None,
     ) -> None:
         super().__init__()
         enable_alt_digits()
         self.session = session
         self.server_label = server_label or f"{session.host}:{session.port}"
+        self.config = config or TuiConfig()
+        look = self.config.appearance
+        if time_format is None:
+            time_format = default_time_format
+            if look.time_format != "%H:%M":
+                time_format = lambda ts: time.strftime(look.time_format, time.localtime(ts))  # noqa: E731
         self.formatter = Formatter(session.nick, time_format)
+        self.formatter.mention_style = Style(bgcolor=look.mention)
+        self.search_style = Style(bgcolor=look.search, bold=True)
+        self.theme = look.theme
+        self.notifier = Notifier(self.config.notify, self._write_terminal)
+        self.read_markers = ReadMarkers()
+        self.search_results = SearchResults()
+        self._highlight: Highlight | None = None
+        #: Closed conversations keep their view (and what it showed) until reopened.
+        self.closed: dict[ConvKey, ConversationView] = {}
+        self.last_screenshot: Path | None = None
         self.cursor_blink = cursor_blink
         self.views: dict[ConvKey, ConversationView] = {}
         self.titles: dict[ConvKey, str] = {}
@@ -163,6 +191,9 @@ class ChatApp(App[None]):
     def view(self, key: ConvKey, title: str | None = None) -> ConversationView:
         """The view of ``key``, created (and listed in the sidebar) on first use."""
         view = self.views.get(key)
+        if view is None and key in self.closed:
+            view = self.views[key] = self.closed.pop(key)
+            self.query_one(ConversationList).ensure(key, self.titles[key])
         if view is None:
             self._view_ids += 1
             view = ConversationView(key, id=f"conv-{self._view_ids}")
@@ -184,7 +215,10 @@ class ChatApp(App[None]):
     def current_view(self) -> ConversationView | None:
         return self.views.get(self.current) if self.current else None
 
-    def watch_current(self, key: ConvKey | None) -> None:
+    def watch_current(self, old: ConvKey | None, key: ConvKey | None) -> None:
+        if old is not None and old != key:
+            self.read_markers.left(old)
+            self.close_search()
         if key is None:
             return
         view = self.views[key]
@@ -354,17 +388,18 @@ class ChatApp(App[None]):
                 )
             log.prepend(entries)
             return
-        log.append(entries)
-        if event.initial:
-            return
         me = nick_key(self.session.nick)
         news = [
             i for i in event.items if isinstance(i, dict) and nick_key(str(i.get("from", ""))) != me
         ]
-        if not news:
+        if news and not event.initial:
+            self.read_markers.arriving(event.conv, log, looking=self.looking_at(event.conv))
+        log.append(entries)
+        if event.initial or not news:
             return
         attention = event.conv.kind is ConvKind.DM or any(e.meta.get("mention") for e in entries)
         self.query_one(ConversationList).bump(event.conv, len(news), attention=attention)
+        self._notify_news(event.conv, event.items, entries)
         if event.conv == ANNOUNCEMENTS:
             current = self.current_view()
             if current is not None and current is not view:
@@ -377,6 +412,47 @@ class ChatApp(App[None]):
                     timeout=8,
                     markup=False,
                 )
+
+    # -- notifications, hotlist, title -----------------------------------------------------
+
+    def looking_at(self, key: ConvKey) -> bool:
+        """Whether the user sees ``key`` now: it is in front and the terminal has focus."""
+        return key == self.current and self.app_focus
+
+    def _notify_news(
+        self, key: ConvKey, items: Sequence[dict[str, Any] | Gap], entries: list[Entry]
+    ) -> None:
+        me = nick_key(self.session.nick)
+        looking = self.looking_at(key)
+        for item, entry in zip(items, entries, strict=True):
+            if isinstance(item, Gap) or nick_key(str(item.get("from", ""))) == me:
+                continue
+            kind = self.notifier.message(
+                key,
+                str(item.get("from", "?")),
+                str(item.get("text", "")),
+                mention=bool(entry.meta.get("mention")),
+                looking=looking,
+            )
+            if kind is not None:
+                break  # one bell and one notification per batch is enough
+
+    def _write_terminal(self, data: str) -> None:
+        """Raw output to the terminal (bell, notifications, title); nothing when headless."""
+        driver = self._driver
+        if driver is not None and not self.is_headless:
+            driver.write(data)
+
+    @on(ConversationList.ActivityChanged)
+    def _activity_changed(self) -> None:
+        items = self.query_one(ConversationList).items
+        self.query_one(StatusBar).hotlist = hotlist(items)
+        unread, attention = totals(items)
+        self.notifier.title(unread, attention, f"{self.session.nick} @ {self.server_label}")
+
+    def on_app_blur(self) -> None:
+        if self.current is not None:
+            self.read_markers.left(self.current)
 
     def entry(self, item: dict[str, Any] | Gap) -> Entry:
         if isinstance(item, Gap):
@@ -494,9 +570,17 @@ class ChatApp(App[None]):
         if not args:
             self.error("usage: /join ROOM")
             return
+        try:
+            room = normalize_room(args)
+        except ProtocolError:
+            self.error(
+                f"not a room name: {args!r} (letters a-z, digits, _ - . ; "
+                "starting with a letter or digit; at most 64)"
+            )
+            return
 
         async def join() -> None:
-            joined = await self.session.join(args.split()[0])
+            joined = await self.session.join(room)
             self.open(ConvKey.room(joined.room))
 
         self._net("/join", join())
@@ -542,6 +626,43 @@ class ChatApp(App[None]):
             return
         text = "" if args in ('""', "''", "-") else args
         self._net("/topic", self.session.request("topic", room=key.name, text=text))
+
+    def cmd_close(self, args: str) -> None:
+        key = self.current
+        if key is None:
+            self.error("no window to close")
+        elif key.kind is ConvKind.ROOM:
+            self.cmd_part(key.name)  # leaving the room closes its window
+        else:
+            self.close_conversation(key)
+
+    def close_conversation(self, key: ConvKey) -> None:
+        """Hide a DM or the announcements; a new message (or /msg) brings it back as it was."""
+        view = self.views.pop(key, None)
+        if view is None:
+            return
+        self.closed[key] = view
+        conversations = self.query_one(ConversationList)
+        index = conversations.index_of(key) or 0
+        conversations.remove(key)
+        items = conversations.items
+        if self.current == key:
+            self.current = items[min(index, len(items) - 1)].key if items else None
+            if self.current is None:
+                self.query_one(MemberList).show(self.session.nick, [], set())
+
+    def cmd_goto(self, args: str) -> None:
+        count = len(self.query_one(ConversationList).items)
+        if not args.isdigit() or not 1 <= int(args) <= count:
+            self.error(f"usage: /goto N, N from 1 to {count}")
+            return
+        self.action_goto(int(args))
+
+    def cmd_window(self, args: str) -> None:
+        self.cmd_goto(args)
+
+    def cmd_search(self, args: str) -> None:
+        self.action_search(args)
 
     def cmd_users(self, args: str) -> None:
         async def users() -> None:
@@ -612,6 +733,95 @@ class ChatApp(App[None]):
             self.exit()
 
         self.run_worker(quit_chat(), group="quit")
+
+    # -- search ----------------------------------------------------------------------------
+
+    def action_search(self, query: str | None = None) -> None:
+        """Open the search bar (Ctrl+F); while open, Ctrl+F steps to the next older hit."""
+        if self.current_view() is None:
+            self.error("no conversation to search")
+            return
+        bars = self.query(SearchBar)
+        if bars and query is None and bars.first().display:
+            self.search_step(older=True)
+            return
+        bar = bars.first() if bars else SearchBar(id="search")
+        if not bars:
+            self.mount(bar, before=self.query_one(ChatInput))
+        bar.display = True
+        bar.focus()
+        if query is not None:
+            bar.value = query  # Input.Changed runs the search
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.run_search(event.value)
+
+    def run_search(self, query: str) -> None:
+        view = self.current_view()
+        self._clear_highlight()
+        entries = view.log_widget.entries if view else []
+        self.search_results = SearchResults(query, local_search(entries, query))
+        self.search_step(older=True)
+
+    @on(SearchBar.Step)
+    def _search_step(self, message: SearchBar.Step) -> None:
+        self.search_step(message.older)
+
+    def search_step(self, older: bool) -> None:
+        results = self.search_results
+        index = results.step(older)
+        view = self.current_view()
+        self._clear_highlight()
+        if index is not None and view is not None:
+            log = view.log_widget
+            self._highlight = Highlight(log.entries[index], log.entries[index].style)
+            log.restyle(index, self.search_style)
+            log.scroll_to_entry(index)
+        for bar in self.query(SearchBar):
+            bar.border_title = results.label()
+
+    def _clear_highlight(self) -> None:
+        highlight, self._highlight = self._highlight, None
+        view = self.current_view()
+        if highlight is None or view is None:
+            return
+        log = view.log_widget
+        index = log.index_of(highlight.entry)
+        if index is not None:
+            log.restyle(index, highlight.previous)
+
+    @on(SearchBar.Closed)
+    def close_search(self) -> None:
+        self._clear_highlight()
+        self.search_results = SearchResults()
+        for bar in self.query(SearchBar):
+            bar.display = False
+            bar.value = ""
+        self.query_one(ChatInput).focus()
+
+    # -- screenshot ------------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        def later() -> None:
+            # After the palette has closed, so it is not in the picture.
+            self.set_timer(0.1, self.action_save_screenshot)
+
+        return screenshot_command(super().get_system_commands(screen), later)
+
+    def action_save_screenshot(self) -> None:
+        """Save an SVG of the screen into the configured directory, and say where."""
+        directory = self.config.screenshot_dir
+        name = time.strftime("imchat-%Y%m%d-%H%M%S.svg")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(name, str(directory))
+        except OSError as exc:
+            self.error(f"screenshot not saved: {directory}: {exc.strerror or exc}")
+            return
+        self.last_screenshot = Path(path)
+        self.info([Text(f"screenshot saved: {path}", style=SYSTEM)])
+        self.notify(f"saved to {path}", title="Screenshot", markup=False)
 
     @on(MessageLog.NeedOlder)
     def _need_older(self, message: MessageLog.NeedOlder) -> None:
