@@ -105,10 +105,24 @@ class ChatApp(App[None]):
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
         *(
-            Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
+            Binding(
+                f"alt+{n}",
+                f"goto({n})",
+                f"Chat {n}",
+                show=False,
+                priority=True,
+                tooltip=f"jump to conversation {n}",
+            )
             for n in range(1, 10)
         ),
-        Binding("alt+0", "goto(10)", "Chat 10", show=False, priority=True),
+        Binding(
+            "alt+0",
+            "goto(10)",
+            "Chat 10",
+            show=False,
+            priority=True,
+            tooltip="jump to conversation 10",
+        ),
         Binding("ctrl+f", "search", "Search", tooltip="search this conversation", priority=True),
         Binding("pageup", "page(-1)", "Older", show=False),
         Binding("pagedown", "page(1)", "Newer", show=False),

@@ -18,6 +18,7 @@ from rich.text import Text
 # A URL ends at whitespace or at characters that are rarely part of one in chat text.
 _URL = re.compile(r"(?i)\b(?:https?://|mailto:)[^\s<>\"'`]+")
 _TRAILING = ".,;:!?)]}'\""
+_PAIRS = {")": "(", "]": "[", "}": "{"}
 _SCHEMES = ("http://", "https://", "mailto:")
 #: Longest URL made clickable; longer ones stay plain text.
 MAX_URL = 2000
@@ -46,16 +47,22 @@ def find_urls(text: str) -> list[tuple[int, int, str]]:
     """``(start, end, url)`` of each link-worthy URL in ``text``."""
     found = []
     for match in _URL.finditer(text):
-        raw = match.group().rstrip(_TRAILING)
-        # Keep a closing parenthesis that balances one inside the URL (Wikipedia links).
-        end = match.start() + len(raw)
-        if text[end : end + 1] == ")" and raw.count("(") > raw.count(")"):
-            raw += ")"
-            end += 1
+        raw = _trim(match.group())
         url = safe_url(raw)
         if url is not None:
-            found.append((match.start(), end, url))
+            found.append((match.start(), match.start() + len(raw), url))
     return found
+
+
+def _trim(raw: str) -> str:
+    """Drop trailing punctuation, but keep a bracket that closes one inside the URL."""
+    while raw and raw[-1] in _TRAILING:
+        closer = raw[-1]
+        opener = _PAIRS.get(closer)
+        if opener is not None and raw.count(opener) >= raw.count(closer):
+            break
+        raw = raw[:-1]
+    return raw
 
 
 def linkify(text: Text) -> Text:

@@ -36,10 +36,12 @@ class ChatInput(Input):
         # Tab is handled here, in the input's own queue, not as a binding: bindings run when
         # the key reaches the app, after the keys that followed it in the same read (a paste,
         # a fast typist, tmux send-keys) were already typed, so "bo<Tab>x" would complete "x".
-        if event.key == "tab":
+        # Shift+Tab cycles back through the completions instead of moving the focus away
+        # from the input (where the next typed keys would be lost).
+        if event.key in ("tab", "shift+tab"):
             event.stop()
             event.prevent_default()
-            self.action_complete()
+            self.action_complete(-1 if event.key == "shift+tab" else 1)
             return
         await super()._on_key(event)
 
@@ -86,17 +88,17 @@ class ChatInput(Input):
         suffix = ": " if not head else " "
         return stem, [n + suffix for n in sorted(seen.values(), key=str.lower)]
 
-    def action_complete(self) -> None:
+    def action_complete(self, step: int = 1) -> None:
         if self._cycle is not None and self.value == self._cycle_value():
             stem, matches, index = self._cycle
-            self._cycle = (stem, matches, (index + 1) % len(matches))
+            self._cycle = (stem, matches, (index + step) % len(matches))
         else:
             stem, matches = self.completions(self.value)
             if not matches:
                 self._cycle = None
                 self.app.bell()
                 return
-            self._cycle = (stem, matches, 0)
+            self._cycle = (stem, matches, 0 if step > 0 else len(matches) - 1)
         self.value = self._cycle_value()
         self.cursor_position = len(self.value)
 
