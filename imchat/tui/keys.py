@@ -2,7 +2,7 @@
 
 Generated from the bindings of the app and the input themselves, so it cannot drift from
 what the keys do. A run of bindings to one action with numbered arguments (Alt+1 … Alt+9)
-is shown as one row (``Alt+1–9, Alt+0``).
+is shown as one row (``Alt+1-9, Alt+0``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def key_name(key: str) -> str:
 
 
 def _condense(keys: list[str]) -> str:
-    """``Alt+1 … Alt+9, Alt+0`` → ``Alt+1–9, Alt+0``: runs of consecutive digits shortened."""
+    """``Alt+1 … Alt+9, Alt+0`` → ``Alt+1-9, Alt+0``: runs of consecutive digits shortened."""
     out: list[str] = []
     run: list[str] = []
 
     def flush() -> None:
         if len(run) > 2:
-            out.append(f"{run[0]}–{run[-1].rpartition('+')[2]}")
+            out.append(f"{run[0]}-{run[-1].rpartition('+')[2]}")
         else:
             out.extend(run)
         run.clear()

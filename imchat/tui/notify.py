@@ -101,7 +101,7 @@ class Notifier:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self._write = write
+        self.write = write
         self.desktop = desktop_protocol(settings.desktop, os.environ if env is None else env)
         self._title: str | None = None
 
@@ -122,7 +122,7 @@ class Notifier:
         elif self.desktop == "osc9":
             out += osc9(f"{title}: {text}")
         if out:
-            self._write(out)
+            self.write(out)
         return kind
 
     def title(self, unread: int, attention: int, label: str) -> None:
@@ -133,4 +133,4 @@ class Notifier:
         title = f"{head}imchat {label}"
         if title != self._title:
             self._title = title
-            self._write(osc_title(title))
+            self.write(osc_title(title))

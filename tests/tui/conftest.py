@@ -18,6 +18,7 @@ from textual.widgets import Input
 
 from imchat.client.session import Backoff, ChatSession, ConvKey
 from imchat.tui.app import ChatApp
+from imchat.tui.config import TuiConfig
 
 SIZE = (120, 36)
 TIMEOUT = 10.0
@@ -76,13 +77,23 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerHandle]:
         await handle.stop()
 
 
-def make_app(server: ServerHandle, nick: str, room: str | None = "lobby", **kwargs: Any) -> ChatApp:
+def make_app(
+    server: ServerHandle,
+    nick: str,
+    room: str | None = "lobby",
+    config: TuiConfig | None = None,
+    **kwargs: Any,
+) -> ChatApp:
     session = ChatSession(
         nick, "127.0.0.1", server.port, backoff=FAST, rooms=[room] if room else [], **kwargs
     )
     # No cursor blink: a blinking cursor makes screens differ from run to run.
     return ChatApp(
-        session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time, cursor_blink=False
+        session,
+        server_label=f"127.0.0.1:{server.port}",
+        time_format=fixed_time,
+        cursor_blink=False,
+        config=config,
     )
 
 

@@ -116,9 +116,7 @@ def test_a_bad_config_is_one_line_and_exit_2(
     assert "Traceback" not in result.output and "notify.bell" in result.output
 
 
-def test_no_nick_anywhere_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_nick_anywhere_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result, seen = run_join(monkeypatch, ["--config", str(write(tmp_path, ""))], {})
     assert result.exit_code == 2 and "no nick" in result.output and not seen
 
@@ -132,5 +130,5 @@ def test_join_help_lists_every_key_binding() -> None:
         if binding.description and not binding.action.startswith("goto"):
             assert key_name(binding.key) in out, binding.key
     # Alt+1 … Alt+9 and Alt+0 are one row.
-    assert "Alt+1–9, Alt+0" in out and "conversation N" in out
+    assert "Alt+1-9, Alt+0" in out and "conversation N" in out
     assert "Ctrl+F" in out and "Tab" in out and "complete" in out

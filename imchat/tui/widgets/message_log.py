@@ -207,9 +207,7 @@ class MessageLog(ScrollView, can_focus=True):
 
         Decorations such as the read marker line are left out: they are not conversation.
         """
-        return [
-            e.prefix.plain + e.body.plain for e in self.entries if not e.meta.get("decoration")
-        ]
+        return [e.prefix.plain + e.body.plain for e in self.entries if not e.meta.get("decoration")]
 
     # -- finding and marking entries (search, read marker) ---------------------------------
 
