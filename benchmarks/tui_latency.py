@@ -125,7 +125,8 @@ async def keystrokes(term: Terminal, count: int, per_line: int = 40) -> list[flo
 def report(label: str, times: list[float]) -> str:
     ms = sorted(t * 1000 for t in times)
     p95 = ms[max(0, int(len(ms) * 0.95) - 1)]
-    return f"{label:<36} median {statistics.median(ms):6.2f} ms   p95 {p95:6.2f} ms   max {ms[-1]:6.2f} ms"
+    median = statistics.median(ms)
+    return f"{label:<36} median {median:6.2f} ms   p95 {p95:6.2f} ms   max {ms[-1]:6.2f} ms"
 
 
 async def user(port: int, nick: str) -> Connection:
