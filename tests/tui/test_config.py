@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,10 @@ def test_join_help_lists_every_key_binding() -> None:
     # Alt+1 … Alt+9 and Alt+0 are one row.
     assert "Alt+1-9, Alt+0" in out and "conversation N" in out
     assert "Ctrl+F" in out and "Tab" in out and "complete" in out
+
+
+def test_the_readme_config_example_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tui_config.parse(tomllib.loads(block))
+    assert cfg.appearance.theme == "nord" and cfg.tls is True and cfg.notify.desktop == "auto"
