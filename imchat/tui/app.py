@@ -80,7 +80,7 @@ class _KeyName:
 
 
 def enable_alt_digits() -> None:
-    """Deliver Esc+digit, which terminals send for Alt+digit, as ``alt+1`` … ``alt+9``.
+    """Deliver Esc+digit, which terminals send for Alt+digit, as ``alt+0`` … ``alt+9``.
 
     Textual turns those sequences into the characters macOS's Option+digit types (``¡``,
     ``™``, …), so an ``alt+1`` binding would never fire in a real terminal. A chat client
@@ -88,7 +88,7 @@ def enable_alt_digits() -> None:
     """
     from textual import _ansi_sequences
 
-    for n in range(1, 10):
+    for n in range(10):
         _ansi_sequences.ANSI_SEQUENCES_KEYS[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)  # type: ignore[assignment]
 
 
@@ -789,7 +789,7 @@ class ChatApp(App[None]):
         self._clear_highlight()
         if index is not None and view is not None:
             log = view.log_widget
-            self._highlight = Highlight(log.entries[index], log.entries[index].style)
+            self._highlight = Highlight(log, log.entries[index], log.entries[index].style)
             log.restyle(index, self.search_style)
             log.scroll_to_entry(index)
         for bar in self.query(SearchBar):
@@ -797,13 +797,8 @@ class ChatApp(App[None]):
 
     def _clear_highlight(self) -> None:
         highlight, self._highlight = self._highlight, None
-        view = self.current_view()
-        if highlight is None or view is None:
-            return
-        log = view.log_widget
-        index = log.index_of(highlight.entry)
-        if index is not None:
-            log.restyle(index, highlight.previous)
+        if highlight is not None:
+            highlight.clear()
 
     @on(SearchBar.Closed)
     def close_search(self) -> None:

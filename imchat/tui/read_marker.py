@@ -49,7 +49,3 @@ class ReadMarkers:
             entry = marker_entry()
             self._entries[key] = entry
             log.append([entry])
-
-    def forget(self, key: ConvKey) -> None:
-        self._entries.pop(key, None)
-        self._placed.discard(key)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from rich.style import Style
 
 from imchat.tui.render import Entry
+from imchat.tui.widgets.message_log import MessageLog
 
 
 def terms(query: str) -> list[str]:
@@ -63,7 +64,13 @@ class SearchResults:
 
 @dataclass(slots=True)
 class Highlight:
-    """Restores the style a hit had before it was highlighted."""
+    """The hit shown, in which log, and the style it had before (to restore it)."""
 
+    log: MessageLog
     entry: Entry
     previous: Style | None
+
+    def clear(self) -> None:
+        index = self.log.index_of(self.entry)
+        if index is not None:
+            self.log.restyle(index, self.previous)

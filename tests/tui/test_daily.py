@@ -262,6 +262,15 @@ async def test_search_finds_highlights_steps_and_closes(server: ServerHandle) ->
         # /search does the same from the input; no match says so.
         await type_line(pilot, "/search nothing-like-this")
         await until(pilot, lambda: "no match" in str(bar.border_title), "no match")
+        # Switching away from a highlighted hit restores that line's own look.
+        await pilot.press("escape")
+        await type_line(pilot, "/search deploy 30")
+        await until(pilot, lambda: "deploy 30" in shown(), "hit")
+        await pilot.press("ctrl+n")  # to the next conversation (the DM opened below)
+        alice.open_dm("bob")
+        await until(pilot, lambda: alice.current == ConvKey.dm("bob"), "switched")
+        assert not any(e.style == alice.search_style for e in log.entries)
+        assert not bar.display
 
 
 async def test_read_marker_shows_what_came_while_away_and_moves(server: ServerHandle) -> None:
@@ -317,3 +326,13 @@ async def test_urls_become_osc8_links_with_literal_text(server: ServerHandle) ->
         assert "javascript" in log.entries[index].body.plain
         plain = re.sub(r"\x1b\][^\x1b]*\x1b\\|\x1b\[[0-9;]*m", "", output)
         assert "see https://example.org/x?a=1 and javascript:alert(1)" in " ".join(plain.split())
+
+
+def test_alt_zero_from_a_real_terminal_is_alt_0() -> None:
+    from textual._xterm_parser import XTermParser
+
+    from imchat.tui.app import enable_alt_digits
+
+    enable_alt_digits()
+    keys = [e.key for e in XTermParser().feed("\x1b0") if hasattr(e, "key")]
+    assert keys == ["alt+0"]
