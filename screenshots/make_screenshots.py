@@ -146,7 +146,6 @@ async def main(out: Path) -> None:
             app.handle_line("/help")
             await pilot.pause(0.3)
             app.save_screenshot("imchat-help.svg", str(out))
-            app.handle_line("/clear")
             # Search in the lobby, with news waiting elsewhere (the hotlist on top).
             await carol.request("say", room="dev", text="alice: the release notes need you")
             await until(pilot, lambda: bool(app.query_one(StatusBar).hotlist.plain))

@@ -21,7 +21,7 @@ LABEL = Style(color="grey62")
 
 
 def hotlist(items: Sequence[ConvStatus]) -> Text:
-    """``act: 3:@bob(2)! 2:#dev(5)``, or empty text when nothing is unread."""
+    """``act: 3:@bob(2)! 2:#dev(5) 4:★(1)``, or empty text when nothing is unread."""
     active = [(n, s) for n, s in enumerate(items, 1) if s.unread]
     if not active:
         return Text("")
@@ -30,7 +30,10 @@ def hotlist(items: Sequence[ConvStatus]) -> Text:
     for index, (number, status) in enumerate(active):
         if index:
             parts.append(" ")
-        name = ("@" if status.key.kind is ConvKind.DM else "") + clean(status.title)
+        kind = status.key.kind
+        # Short: the line shares the top bar with the topic, also at 80 columns.
+        name = "★" if kind is ConvKind.ANNOUNCE else ("@" if kind is ConvKind.DM else "")
+        name += "" if kind is ConvKind.ANNOUNCE else clean(status.title)
         mark = "!" if status.attention else ""
         parts.append(
             Text(f"{number}:{name}({status.unread}){mark}", style=HOT if status.attention else WARM)

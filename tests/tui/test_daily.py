@@ -336,3 +336,19 @@ def test_alt_zero_from_a_real_terminal_is_alt_0() -> None:
     enable_alt_digits()
     keys = [e.key for e in XTermParser().feed("\x1b0") if hasattr(e, "key")]
     assert keys == ["alt+0"]
+
+
+def test_hotlist_orders_attention_first_and_keeps_names_short() -> None:
+    from imchat.client.session import ANNOUNCEMENTS
+    from imchat.tui.hotlist import hotlist, totals
+    from imchat.tui.widgets.conversation_list import ConvStatus
+
+    items = [
+        ConvStatus(LOBBY, "#lobby", unread=2),
+        ConvStatus(DEV, "#dev"),
+        ConvStatus(ConvKey.dm("bob"), "bob", unread=1, attention=True),
+        ConvStatus(ANNOUNCEMENTS, "announcements", unread=1),
+    ]
+    assert hotlist(items).plain == "act: 3:@bob(1)! 1:#lobby(2) 4:★(1)"
+    assert totals(items) == (4, 1)
+    assert hotlist(items[1:2]).plain == ""
