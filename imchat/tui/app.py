@@ -587,10 +587,7 @@ class ChatApp(App[None]):
         try:
             room = normalize_room(args)
         except ProtocolError:
-            self.error(
-                f"not a room name: {args!r} (letters a-z, digits, _ - . ; "
-                "starting with a letter or digit; at most 64)"
-            )
+            self.error(f"not a room name: {args!r} (up to 64 of a-z 0-9 _ - .)")
             return
 
         async def join() -> None:
