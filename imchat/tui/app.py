@@ -58,7 +58,7 @@ from imchat.tui.render import (
     clean,
     default_time_format,
 )
-from imchat.tui.search import Highlight, SearchResults, local_search
+from imchat.tui.search import ScrollbackSearch
 from imchat.tui.widgets import (
     ChatInput,
     ConversationList,
@@ -153,11 +153,10 @@ class ChatApp(App[None]):
         self.formatter = Formatter(session.nick, time_format)
         self.formatter.mention_style = Style(bgcolor=look.mention)
         self.search_style = Style(bgcolor=look.search, bold=True)
+        self.scrollback = ScrollbackSearch(self.search_style)
         self.theme = look.theme
         self.notifier = Notifier(self.config.notify, self._write_terminal)
         self.read_markers = ReadMarkers()
-        self.search_results = SearchResults()
-        self._highlight: Highlight | None = None
         #: Closed conversations keep their view (and what it showed) until reopened.
         self.closed: dict[ConvKey, ConversationView] = {}
         self.last_screenshot: Path | None = None
@@ -754,7 +753,7 @@ class ChatApp(App[None]):
             return
         bars = self.query(SearchBar)
         if bars and query is None and bars.first().display:
-            self.search_step(older=True)
+            self._search_label(self.scrollback.step(older=True))
             return
         bar = bars.first() if bars else SearchBar(id="search")
         if not bars:
@@ -766,41 +765,20 @@ class ChatApp(App[None]):
 
     @on(Input.Changed, "#search")
     def _search_changed(self, event: Input.Changed) -> None:
-        self.run_search(event.value)
-
-    def run_search(self, query: str) -> None:
         view = self.current_view()
-        self._clear_highlight()
-        entries = view.log_widget.entries if view else []
-        self.search_results = SearchResults(query, local_search(entries, query))
-        self.search_step(older=True)
+        self._search_label(self.scrollback.run(view.log_widget if view else None, event.value))
 
     @on(SearchBar.Step)
     def _search_step(self, message: SearchBar.Step) -> None:
-        self.search_step(message.older)
+        self._search_label(self.scrollback.step(message.older))
 
-    def search_step(self, older: bool) -> None:
-        results = self.search_results
-        index = results.step(older)
-        view = self.current_view()
-        self._clear_highlight()
-        if index is not None and view is not None:
-            log = view.log_widget
-            self._highlight = Highlight(log, log.entries[index], log.entries[index].style)
-            log.restyle(index, self.search_style)
-            log.scroll_to_entry(index)
+    def _search_label(self, label: str) -> None:
         for bar in self.query(SearchBar):
-            bar.border_title = results.label()
-
-    def _clear_highlight(self) -> None:
-        highlight, self._highlight = self._highlight, None
-        if highlight is not None:
-            highlight.clear()
+            bar.border_title = label
 
     @on(SearchBar.Closed)
     def close_search(self) -> None:
-        self._clear_highlight()
-        self.search_results = SearchResults()
+        self.scrollback.clear()
         for bar in self.query(SearchBar):
             bar.display = False
             bar.value = ""

@@ -74,3 +74,43 @@ class Highlight:
         index = self.log.index_of(self.entry)
         if index is not None:
             self.log.restyle(index, self.previous)
+
+
+class ScrollbackSearch:
+    """One search in one conversation's log: its hits, the one shown, and its highlight."""
+
+    def __init__(self, style: Style) -> None:
+        self.style = style
+        self.results = SearchResults()
+        self._log: MessageLog | None = None
+        self._highlight: Highlight | None = None
+
+    def run(self, log: MessageLog | None, query: str) -> str:
+        """Search ``log`` and show the newest hit; returns the label for the search bar."""
+        self.clear()
+        self._log = log
+        self.results = SearchResults(query, local_search(log.entries if log else [], query))
+        return self.step(older=True)
+
+    def step(self, older: bool) -> str:
+        """Show the next older (or newer) hit; returns the label for the search bar."""
+        index = self.results.step(older)
+        self._unhighlight()
+        log = self._log
+        if index is not None and log is not None and index < len(log.entries):
+            entry = log.entries[index]
+            self._highlight = Highlight(log, entry, entry.style)
+            log.restyle(index, self.style)
+            log.scroll_to_entry(index)
+        return self.results.label()
+
+    def clear(self) -> None:
+        """Forget the search and give the highlighted line its own look back."""
+        self._unhighlight()
+        self.results = SearchResults()
+        self._log = None
+
+    def _unhighlight(self) -> None:
+        highlight, self._highlight = self._highlight, None
+        if highlight is not None:
+            highlight.clear()
