@@ -6,6 +6,7 @@ Textual is imported lazily so that importing :mod:`imchat.tui` stays cheap for t
 from __future__ import annotations
 
 import ssl as ssl_module
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,4 +46,8 @@ def run_tui(
     )
     app = ChatApp(session, server_label=f"{host}:{port}", config=config)
     app.run()
+    restore = app.notifier.restore_title()
+    if restore and sys.__stderr__ is not None:  # Textual's driver writes to stderr too
+        sys.__stderr__.write(restore)
+        sys.__stderr__.flush()
     return 1 if app.failed else 0

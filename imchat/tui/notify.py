@@ -20,6 +20,8 @@ from imchat.client.session import ConvKey, ConvKind
 
 BEL = "\x07"
 _ST = "\x1b\\"  # string terminator
+TITLE_PUSH = "\x1b[22;0t"
+TITLE_POP = "\x1b[23;0t"
 
 # Every C0 and C1 control (ESC, BEL and ST 0x9c end an OSC), DEL, the bidi controls, and
 # ";" which separates OSC 777's fields (a sender could otherwise forge the title).
@@ -132,5 +134,12 @@ class Notifier:
         head = f"({unread}{'!' if attention else ''}) " if unread else ""
         title = f"{head}imchat {label}"
         if title != self._title:
+            # The first time, save the terminal's own title on its stack (xterm, tmux, VTE;
+            # others ignore it) so that :meth:`restore_title` can put it back on exit.
+            push = TITLE_PUSH if self._title is None else ""
             self._title = title
-            self.write(osc_title(title))
+            self.write(push + osc_title(title))
+
+    def restore_title(self) -> str:
+        """The sequence that gives the terminal its title back ("" if we never set one)."""
+        return TITLE_POP if self._title is not None else ""

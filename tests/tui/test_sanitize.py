@@ -11,7 +11,17 @@ from rich.text import Text
 
 from imchat.client.session import ConvKey
 from imchat.tui.links import find_urls, linkify, safe_url
-from imchat.tui.notify import BEL, Notifier, NotifySettings, osc9, osc777, osc_safe, osc_title
+from imchat.tui.notify import (
+    BEL,
+    TITLE_POP,
+    TITLE_PUSH,
+    Notifier,
+    NotifySettings,
+    osc9,
+    osc777,
+    osc_safe,
+    osc_title,
+)
 
 HOSTILE = "bob\x1b]2;pwned\x07\x1b\\\x9c\x9d;evil\r\n\u202etxt\x00"
 
@@ -77,8 +87,13 @@ def test_title_shows_unread_counts_once_per_change() -> None:
     notifier.title(3, 1, "alice @ \x1b]0;x\x07host")
     notifier.title(3, 1, "alice @ \x1b]0;x\x07host")
     assert len(written) == 1
+    assert written[0].startswith(TITLE_PUSH)  # the terminal's own title is saved first
     (body,) = osc_bodies(written[0])
     assert body.startswith("2;(3!) imchat alice @ ") and "\x1b" not in body
+    notifier.title(0, 0, "alice")
+    assert written[-1] == osc_title("imchat alice")  # pushed only once
+    assert notifier.restore_title() == TITLE_POP
+    assert Notifier(NotifySettings(), written.append, env={}).restore_title() == ""
 
 
 def test_links_only_for_allowed_schemes() -> None:
