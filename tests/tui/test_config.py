@@ -140,3 +140,20 @@ def test_the_readme_config_example_is_valid() -> None:
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     cfg = tui_config.parse(tomllib.loads(block))
     assert cfg.appearance.theme == "nord" and cfg.tls is True and cfg.notify.desktop == "auto"
+
+
+def test_the_app_takes_its_look_from_the_config() -> None:
+    import time
+
+    from rich.style import Style
+
+    from imchat.client.session import ChatSession
+    from imchat.tui.config import Appearance
+
+    look = Appearance(theme="nord", time_format="%H:%M:%S", mention="#112233", search="#445566")
+    app = ChatApp(ChatSession("alice", "127.0.0.1", 1), config=TuiConfig(appearance=look))
+    assert app.theme == "nord"
+    assert app.formatter.time_format(0) == time.strftime("%H:%M:%S", time.localtime(0))
+    entry = app.formatter.message({"type": "msg", "from": "bob", "text": "alice: hi", "ts": 0})
+    assert entry.style == Style(bgcolor="#112233")
+    assert app.search_style.bgcolor is not None and app.search_style.bgcolor.name == "#445566"
