@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ TITLE_POP = "\x1b[23;0t"
 _OSC_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069;]")
 _SPACES = re.compile(r"\s+")
 
+#: Seconds after a notification in which the same conversation does not notify again.
+QUIET = 5.0
 #: Longest text put into one sequence; terminals drop or truncate longer ones anyway.
 OSC_TEXT_LIMIT = 200
 
@@ -93,7 +96,8 @@ class Notifier:
     """Decides whether a new message notifies, and writes the sequences.
 
     ``write`` sends raw text to the terminal (the app's driver). Nothing is sent for the
-    conversation the user is looking at while the terminal has focus.
+    conversation the user is looking at while the terminal has focus, nor more than once
+    per conversation in :data:`QUIET` seconds.
     """
 
     def __init__(
@@ -101,9 +105,12 @@ class Notifier:
         settings: NotifySettings,
         write: Callable[[str], None],
         env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.write = write
+        self.clock = clock
+        self._last: dict[ConvKey, float] = {}
         self.desktop = desktop_protocol(settings.desktop, os.environ if env is None else env)
         self._title: str | None = None
 
@@ -114,6 +121,11 @@ class Notifier:
         kind = kind_of(key, mention)
         if kind is None or looking or not getattr(self.settings, kind):
             return None
+        # A busy DM or a flood of mentions rings once per conversation every few seconds.
+        now = self.clock()
+        if now - self._last.get(key, -QUIET) < QUIET:
+            return None
+        self._last[key] = now
         out = ""
         if self.settings.bell:
             out += BEL

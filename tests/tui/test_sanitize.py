@@ -13,6 +13,7 @@ from imchat.client.session import ConvKey
 from imchat.tui.links import find_urls, linkify, safe_url
 from imchat.tui.notify import (
     BEL,
+    QUIET,
     TITLE_POP,
     TITLE_PUSH,
     Notifier,
@@ -125,3 +126,16 @@ def test_linkify_keeps_the_visible_text_literal() -> None:
     with console.capture() as capture:
         console.print(text)
     assert capture.get().count("\x1b]8;") == 2
+
+
+def test_a_flood_notifies_once_per_conversation_per_quiet_period() -> None:
+    written: list[str] = []
+    now = [100.0]
+    notifier = Notifier(NotifySettings(), written.append, env={}, clock=lambda: now[0])
+    bob, carol = ConvKey.dm("bob"), ConvKey.dm("carol")
+    assert notifier.message(bob, "bob", "1", mention=False, looking=False) == "dm"
+    assert notifier.message(bob, "bob", "2", mention=False, looking=False) is None
+    assert notifier.message(carol, "carol", "3", mention=False, looking=False) == "dm"
+    now[0] += QUIET
+    assert notifier.message(bob, "bob", "4", mention=False, looking=False) == "dm"
+    assert len(written) == 3
