@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from imchat.accounts_cli import token_app, user_app
 from imchat.hooks_cli import hook_app
@@ -354,29 +355,87 @@ def send(
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
 
 
-@app.command()
+class JoinCommand(TyperCommand):
+    """``imchat join``: its ``--help`` ends with the key bindings, read from the app itself."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from rich.markup import escape
+
+        from imchat.tui.keys import keys_help
+
+        text = keys_help()
+        self.epilog = escape(text) if self.rich_markup_mode == "rich" else text
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=JoinCommand)
 def join(
-    nick: Annotated[str, typer.Option(envvar="IMCHAT_NICK", help="Your nick.")],
-    host: Host = "127.0.0.1",
-    port: Port = 7667,
+    nick: Annotated[
+        str | None, typer.Option(envvar="IMCHAT_NICK", help="Your nick [default: from config].")
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(envvar="IMCHAT_HOST", help="Server address [default: 127.0.0.1]."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="IMCHAT_PORT", help="Server port [default: 7667].")
+    ] = None,
     room: Annotated[
-        str | None, typer.Option(envvar="IMCHAT_ROOM", help="Room to join on connect.")
-    ] = "lobby",
+        str | None,
+        typer.Option(
+            envvar="IMCHAT_ROOM", help='Room to join on connect [default: lobby; "": none].'
+        ),
+    ] = None,
     password: Annotated[
         str | None, typer.Option(envvar="IMCHAT_PASSWORD", help="Password of your account.")
     ] = None,
     token: Annotated[
         str | None, typer.Option(envvar="IMCHAT_TOKEN", help="Token of your account.")
     ] = None,
-    tls: Tls = False,
+    tls: Annotated[
+        bool | None,
+        typer.Option("--tls/--no-tls", envvar="IMCHAT_TLS", help="Connect with TLS (verified)."),
+    ] = None,
     ca: Ca = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IMCHAT_CONFIG",
+            help="Config file [default: ~/.config/imchat/config.toml].",
+        ),
+    ] = None,
 ) -> None:
-    """Open the terminal chat client."""
+    """Open the terminal chat client.
+
+    Defaults come from the config file; flags and IMCHAT_* variables override it.
+    """
     from imchat.client.tls import client_context
     from imchat.tui import run_tui
+    from imchat.tui.config import ConfigError, load
 
-    context = client_context(ca) if tls or ca is not None else None
-    raise typer.Exit(run_tui(host, port, nick, room, password=password, token=token, tls=context))
+    try:
+        settings = load(config)
+    except ConfigError as exc:
+        raise _fail(f"config: {exc}", 2) from None
+    nick = nick or settings.nick
+    if not nick:
+        raise _fail("no nick: pass --nick, set IMCHAT_NICK, or set nick in the config file", 2)
+    room = room if room is not None else settings.room if settings.room is not None else "lobby"
+    ca = ca if ca is not None else settings.ca
+    use_tls = tls if tls is not None else bool(settings.tls)
+    context = client_context(ca) if use_tls or ca is not None else None
+    raise typer.Exit(
+        run_tui(
+            host or settings.host or "127.0.0.1",
+            port if port is not None else settings.port or 7667,
+            nick,
+            room or None,
+            password=password,
+            token=token,
+            tls=context,
+            config=settings,
+        )
+    )
 
 
 @app.command()

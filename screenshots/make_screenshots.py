@@ -3,7 +3,8 @@
     .venv/bin/python screenshots/make_screenshots.py [--out screenshots]
 
 Everything runs in one process on 127.0.0.1: an in-process server on an ephemeral port, a few
-scripted users on the client library, and the TUI (headless, 120x36) as "alice". PNGs are made
+scripted users on the client library, and the TUI (headless, 120x36, and at the end 80x24)
+as "alice". PNGs are made
 with ``rsvg-convert`` (apt: librsvg2-bin) or, failing that, ``cairosvg`` (pip).
 """
 
@@ -23,8 +24,10 @@ from typing import Any
 from imchat.client import Connection
 from imchat.client.session import ANNOUNCEMENTS, ChatSession, ConvKey, State
 from imchat.tui.app import ChatApp
+from imchat.tui.widgets import StatusBar
 
 SIZE = (120, 36)
+SMALL = (80, 24)
 
 
 async def until(pilot: Any, cond: Callable[[], bool], timeout: float = 10) -> None:
@@ -143,6 +146,17 @@ async def main(out: Path) -> None:
             app.handle_line("/help")
             await pilot.pause(0.3)
             app.save_screenshot("imchat-help.svg", str(out))
+            # Search in the lobby, with news waiting elsewhere (the hotlist on top).
+            await carol.request("say", room="dev", text="alice: the release notes need you")
+            await until(pilot, lambda: bool(app.query_one(StatusBar).hotlist.plain))
+            app.handle_line("/search review")
+            await pilot.pause(0.3)
+            app.save_screenshot("imchat-search.svg", str(out))
+            await pilot.press("escape")
+            # A small terminal.
+            await pilot.resize_terminal(*SMALL)
+            await pilot.pause(0.5)
+            app.save_screenshot("imchat-80x24.svg", str(out))
             await session.close()
         for conn in (bob, carol, dave, erin, admin):
             await conn.close()

@@ -6,6 +6,11 @@ Textual is imported lazily so that importing :mod:`imchat.tui` stays cheap for t
 from __future__ import annotations
 
 import ssl as ssl_module
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imchat.tui.config import TuiConfig
 
 __all__ = ["run_tui"]
 
@@ -18,6 +23,7 @@ def run_tui(
     password: str | None = None,
     token: str | None = None,
     tls: ssl_module.SSLContext | bool | None = None,
+    config: TuiConfig | None = None,
 ) -> int:
     """Run the chat UI until the user quits; returns a process exit code.
 
@@ -38,6 +44,10 @@ def run_tui(
     session = ChatSession(
         nick, host, port, password=password, token=token, ssl=context, rooms=[room] if room else []
     )
-    app = ChatApp(session, server_label=f"{host}:{port}")
+    app = ChatApp(session, server_label=f"{host}:{port}", config=config)
     app.run()
+    restore = app.notifier.restore_title()
+    if restore and sys.__stderr__ is not None:  # Textual's driver writes to stderr too
+        sys.__stderr__.write(restore)
+        sys.__stderr__.flush()
     return 1 if app.failed else 0

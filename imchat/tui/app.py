@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -17,12 +17,13 @@ from typing import Any, ClassVar, cast
 from rich.style import Style
 from rich.text import Text
 from textual import events, on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, Footer
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Footer, Input
 
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.session import (
@@ -43,11 +44,16 @@ from imchat.client.session import (
     StateChanged,
     Welcomed,
 )
-from imchat.protocol import ProtocolError, is_valid_nick, nick_key
+from imchat.protocol import ProtocolError, is_valid_nick, nick_key, normalize_room
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
+from imchat.tui.config import TuiConfig
 from imchat.tui.features import FeatureApp
 from imchat.tui.fold import PresenceFold
+from imchat.tui.hotlist import hotlist, totals
 from imchat.tui.messages import OpenConversation, OpenDirect, RunCommand, SessionUpdate
+from imchat.tui.notify import Notifier
+from imchat.tui.palette import ConversationCommands, screenshot_command
+from imchat.tui.read_marker import ReadMarkers
 from imchat.tui.render import (
     SYSTEM,
     Entry,
@@ -58,12 +64,14 @@ from imchat.tui.render import (
     default_time_format,
 )
 from imchat.tui.screens import Ask, Confirm
+from imchat.tui.search import ScrollbackSearch
 from imchat.tui.widgets import (
     ChatInput,
     ConversationList,
     ConversationView,
     MemberList,
     MessageLog,
+    SearchBar,
     StatusBar,
 )
 from imchat.tui.widgets.typing_indicator import TypingIndicator
@@ -92,7 +100,7 @@ class _KeyName:
 
 
 def enable_alt_digits() -> None:
-    """Deliver Esc+digit, which terminals send for Alt+digit, as ``alt+1`` … ``alt+9``.
+    """Deliver Esc+digit, which terminals send for Alt+digit, as ``alt+0`` … ``alt+9``.
 
     Textual turns those sequences into the characters macOS's Option+digit types (``¡``,
     ``™``, …), so an ``alt+1`` binding would never fire in a real terminal. A chat client
@@ -102,7 +110,7 @@ def enable_alt_digits() -> None:
 
     # Declared a read-only Mapping, but it is the dict Textual looks sequences up in.
     keys = cast(dict[str, Any], _ansi_sequences.ANSI_SEQUENCES_KEYS)
-    for n in range(1, 10):
+    for n in range(10):
         keys[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)
 
 
@@ -114,7 +122,7 @@ class ChatApp(FeatureApp):
     TITLE = "imchat"
     # Ctrl+P belongs to "previous conversation"; Ctrl+K is the usual chat-app switcher key.
     COMMAND_PALETTE_BINDING = "ctrl+k"
-    COMMANDS = App.COMMANDS | {ChatCommands}
+    COMMANDS = App.COMMANDS | {ChatCommands, ConversationCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         # First, so that a narrow footer still shows how to bring the panes back.
         Binding("f2", "toggle_pane('sidebar')", "Chats", priority=True),
@@ -122,9 +130,25 @@ class ChatApp(FeatureApp):
         Binding("ctrl+n", "cycle(1)", "Next chat", priority=True),
         Binding("ctrl+p", "cycle(-1)", "Prev chat", priority=True),
         *(
-            Binding(f"alt+{n}", f"goto({n})", f"Chat {n}", show=False, priority=True)
+            Binding(
+                f"alt+{n}",
+                f"goto({n})",
+                f"Chat {n}",
+                show=False,
+                priority=True,
+                tooltip=f"jump to conversation {n}",
+            )
             for n in range(1, 10)
         ),
+        Binding(
+            "alt+0",
+            "goto(10)",
+            "Chat 10",
+            show=False,
+            priority=True,
+            tooltip="jump to conversation 10",
+        ),
+        Binding("ctrl+f", "search", "Search", tooltip="search this conversation", priority=True),
         # Priority: the input (a TextArea) would take them to move its cursor.
         Binding("pageup", "page(-1)", "Older", show=False, priority=True),
         Binding("pagedown", "page(1)", "Newer", show=False, priority=True),
@@ -141,16 +165,32 @@ class ChatApp(FeatureApp):
         session: ChatSession,
         *,
         server_label: str | None = None,
-        time_format: TimeFormat = default_time_format,
+        time_format: TimeFormat | None = None,
         date_format: TimeFormat = default_date_format,
         clock: Callable[[], float] = time.time,
         cursor_blink: bool | None = None,
+        config: TuiConfig | None = None,
     ) -> None:
         super().__init__()
         enable_alt_digits()
         self.session = session
         self.server_label = server_label or f"{session.host}:{session.port}"
+        self.config = config or TuiConfig()
+        look = self.config.appearance
+        if time_format is None:
+            time_format = default_time_format
+            if look.time_format != "%H:%M":
+                time_format = lambda ts: time.strftime(look.time_format, time.localtime(ts))  # noqa: E731
         self.formatter = Formatter(session.nick, time_format, date_format=date_format, clock=clock)
+        self.formatter.mention_style = Style(bgcolor=look.mention)
+        self.search_style = Style(bgcolor=look.search, bold=True)
+        self.scrollback = ScrollbackSearch(self.search_style)
+        self.theme = look.theme
+        self.notifier = Notifier(self.config.notify, self._write_terminal)
+        self.read_markers = ReadMarkers()
+        #: Closed conversations keep their view (and what it showed) until reopened.
+        self.closed: dict[ConvKey, ConversationView] = {}
+        self.last_screenshot: Path | None = None
         #: The reason the connection went, kept for the whole outage (the first reason is
         #: the one worth reading: "shutting_down", not the "connection refused" after it).
         self._outage: tuple[float, str] | None = None
@@ -224,6 +264,9 @@ class ChatApp(FeatureApp):
     def view(self, key: ConvKey, title: str | None = None) -> ConversationView:
         """The view of ``key``, created (and listed in the sidebar) on first use."""
         view = self.views.get(key)
+        if view is None and key in self.closed:
+            view = self.views[key] = self.closed.pop(key)
+            self.query_one(ConversationList).ensure(key, self.titles[key])
         if view is None:
             self._view_ids += 1
             view = ConversationView(key, id=f"conv-{self._view_ids}")
@@ -245,7 +288,10 @@ class ChatApp(FeatureApp):
     def current_view(self) -> ConversationView | None:
         return self.views.get(self.current) if self.current else None
 
-    def watch_current(self, key: ConvKey | None) -> None:
+    def watch_current(self, old: ConvKey | None, key: ConvKey | None) -> None:
+        if old is not None and old != key:
+            self.read_markers.left(old)
+            self.close_search()
         if key is None:
             return
         view = self.views[key]
@@ -473,17 +519,18 @@ class ChatApp(FeatureApp):
             log.prepend(self._dated(entries, None, before=view))
             view.last_day = last_day or view.last_day
             return
-        self._append(view, entries)
-        if event.initial:
-            return
         me = nick_key(self.session.nick)
         news = [
             i for i in event.items if isinstance(i, dict) and nick_key(str(i.get("from", ""))) != me
         ]
-        if not news:
+        if news and not event.initial:
+            self.read_markers.arriving(event.conv, log, looking=self.looking_at(event.conv))
+        self._append(view, entries)
+        if event.initial or not news:
             return
         attention = event.conv.kind is ConvKind.DM or any(e.meta.get("mention") for e in entries)
         self.query_one(ConversationList).bump(event.conv, len(news), attention=attention)
+        self._notify_news(event.conv, event.items, entries)
         if event.conv == ANNOUNCEMENTS:
             current = self.current_view()
             if current is not None and current is not view:
@@ -496,6 +543,47 @@ class ChatApp(FeatureApp):
                     timeout=8,
                     markup=False,
                 )
+
+    # -- notifications, hotlist, title -----------------------------------------------------
+
+    def looking_at(self, key: ConvKey) -> bool:
+        """Whether the user sees ``key`` now: it is in front and the terminal has focus."""
+        return key == self.current and self.app_focus
+
+    def _notify_news(
+        self, key: ConvKey, items: Sequence[dict[str, Any] | Gap], entries: list[Entry]
+    ) -> None:
+        me = nick_key(self.session.nick)
+        looking = self.looking_at(key)
+        for item, entry in zip(items, entries, strict=True):
+            if isinstance(item, Gap) or nick_key(str(item.get("from", ""))) == me:
+                continue
+            kind = self.notifier.message(
+                key,
+                str(item.get("from", "?")),
+                str(item.get("text", "")),
+                mention=bool(entry.meta.get("mention")),
+                looking=looking,
+            )
+            if kind is not None:
+                break  # one bell and one notification per batch is enough
+
+    def _write_terminal(self, data: str) -> None:
+        """Raw output to the terminal (bell, notifications, title); nothing when headless."""
+        driver = self._driver
+        if driver is not None and not self.is_headless:
+            driver.write(data)
+
+    @on(ConversationList.ActivityChanged)
+    def _activity_changed(self) -> None:
+        items = self.query_one(ConversationList).items
+        self.query_one(StatusBar).hotlist = hotlist(items)
+        unread, attention = totals(items)
+        self.notifier.title(unread, attention, f"{self.session.nick} @ {self.server_label}")
+
+    def on_app_blur(self) -> None:
+        if self.current is not None:
+            self.read_markers.left(self.current)
 
     def entry(self, item: dict[str, Any] | Gap) -> Entry:
         if isinstance(item, Gap):
@@ -735,9 +823,14 @@ class ChatApp(FeatureApp):
         if not args:
             self.error("usage: /join ROOM")
             return
+        try:
+            room = normalize_room(args)
+        except ProtocolError:
+            self.error(f"not a room name: {args!r} (up to 64 of a-z 0-9 _ - .)")
+            return
 
         async def join() -> None:
-            joined = await self.session.join(args.split()[0])
+            joined = await self.session.join(room)
             self.open(ConvKey.room(joined.room))
 
         self._net("/join", join())
@@ -783,6 +876,43 @@ class ChatApp(FeatureApp):
             return
         text = "" if args in ('""', "''", "-") else args
         self._net("/topic", self.session.request("topic", room=key.name, text=text))
+
+    def cmd_close(self, args: str) -> None:
+        key = self.current
+        if key is None:
+            self.error("no window to close")
+        elif key.kind is ConvKind.ROOM:
+            self.cmd_part(key.name)  # leaving the room closes its window
+        else:
+            self.close_conversation(key)
+
+    def close_conversation(self, key: ConvKey) -> None:
+        """Hide a DM or the announcements; a new message (or /msg) brings it back as it was."""
+        view = self.views.pop(key, None)
+        if view is None:
+            return
+        self.closed[key] = view
+        conversations = self.query_one(ConversationList)
+        index = conversations.index_of(key) or 0
+        conversations.forget(key)
+        items = conversations.items
+        if self.current == key:
+            self.current = items[min(index, len(items) - 1)].key if items else None
+            if self.current is None:
+                self.query_one(MemberList).show(self.session.nick, [], set())
+
+    def cmd_goto(self, args: str) -> None:
+        count = len(self.query_one(ConversationList).items)
+        if not args.isdigit() or not 1 <= int(args) <= count:
+            self.error(f"usage: /goto N, N from 1 to {count}")
+            return
+        self.action_goto(int(args))
+
+    def cmd_window(self, args: str) -> None:
+        self.cmd_goto(args)
+
+    def cmd_search(self, args: str) -> None:
+        self.action_search(args)
 
     def cmd_users(self, args: str) -> None:
         async def users() -> None:
@@ -870,6 +1000,69 @@ class ChatApp(FeatureApp):
             self.exit()
 
         self.run_worker(quit_chat(), group="quit")
+
+    # -- search ----------------------------------------------------------------------------
+
+    def action_search(self, query: str | None = None) -> None:
+        """Open the search bar (Ctrl+F); while open, Ctrl+F steps to the next older hit."""
+        if self.current_view() is None:
+            self.error("no conversation to search")
+            return
+        bars = self.query(SearchBar)
+        if bars and query is None and bars.first().display:
+            self._search_label(self.scrollback.step(older=True))
+            return
+        bar = bars.first() if bars else SearchBar(id="search")
+        if not bars:
+            self.mount(bar, before=self.query_one(ChatInput))
+        bar.display = True
+        bar.focus()
+        if query is not None:
+            bar.value = query  # Input.Changed runs the search
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        view = self.current_view()
+        self._search_label(self.scrollback.run(view.log_widget if view else None, event.value))
+
+    @on(SearchBar.Step)
+    def _search_step(self, message: SearchBar.Step) -> None:
+        self._search_label(self.scrollback.step(message.older))
+
+    def _search_label(self, label: str) -> None:
+        for bar in self.query(SearchBar):
+            bar.border_title = label
+
+    @on(SearchBar.Closed)
+    def close_search(self) -> None:
+        self.scrollback.clear()
+        for bar in self.query(SearchBar):
+            bar.display = False
+            bar.value = ""
+        self.query_one(ChatInput).focus()
+
+    # -- screenshot ------------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        def later() -> None:
+            # After the palette has closed, so it is not in the picture.
+            self.set_timer(0.1, self.action_save_screenshot)
+
+        return screenshot_command(super().get_system_commands(screen), later)
+
+    def action_save_screenshot(self) -> None:
+        """Save an SVG of the screen into the configured directory, and say where."""
+        directory = self.config.screenshot_dir
+        name = time.strftime("imchat-%Y%m%d-%H%M%S.svg")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(name, str(directory))
+        except OSError as exc:
+            self.error(f"screenshot not saved: {directory}: {exc.strerror or exc}")
+            return
+        self.last_screenshot = Path(path)
+        self.info([Text(f"screenshot saved: {path}", style=SYSTEM)])
+        self.notify(f"saved to {path}", title="Screenshot", markup=False)
 
     @on(MessageLog.NeedOlder)
     def _need_older(self, message: MessageLog.NeedOlder) -> None:

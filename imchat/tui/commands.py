@@ -26,9 +26,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "/msg", "/msg NICK [TEXT]", "open a direct conversation, optionally saying TEXT", True
     ),
     CommandSpec("/me", "/me ACTION", "say an action: /me waves", True),
-    CommandSpec(
-        "/topic", "/topic [TEXT]", "show the topic, or set it (an empty TEXT clears)", True
-    ),
+    CommandSpec("/topic", "/topic [TEXT|-]", "show the topic; set it to TEXT; - clears it", True),
+    CommandSpec("/close", "/close", "close this window (a room: leave it too)"),
+    CommandSpec("/goto", "/goto N", "switch to conversation N (as numbered on the left)", True),
+    CommandSpec("/window", "/window N", "the same as /goto N", True),
+    CommandSpec("/search", "/search TEXT", "find TEXT in this conversation (Ctrl+F)", True),
     CommandSpec("/users", "/users", "list who is online"),
     CommandSpec("/rooms", "/rooms", "list the server's rooms"),
     CommandSpec("/announce", "/announce TEXT", "send an announcement to everyone (admins)", True),
@@ -44,8 +46,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
 BY_NAME = {c.name: c for c in COMMANDS}
 
 KEYS_HELP = (
-    "Ctrl+N / Ctrl+P next / previous conversation · Alt+1..9 jump · Tab complete · "
-    "Up/Down recall (Up on an empty line edits your last message) · "
+    "Ctrl+N / Ctrl+P next / previous conversation · Alt+1..9, Alt+0 jump (/goto N past 10) · "
+    "Ctrl+F search · Tab complete · Up/Down recall (Up on an empty line edits your last message) · "
     "Shift+Enter or Ctrl+J new line · PgUp at the top loads older history · "
     "End back to the newest · F2 / F3 conversations / members pane · Ctrl+K command palette · "
     "Ctrl+Q quit"

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from imchat.client.session import Gap
 from imchat.protocol import nick_key
+from imchat.tui.links import linkify
 
 TimeFormat = Callable[[float], str]
 
@@ -141,6 +142,7 @@ class Formatter:
         self.time_format = time_format
         self.date_format = date_format
         self.clock = clock
+        self.mention_style = MENTION
 
     def _stamp(self, message: dict[str, Any] | None) -> Text:
         """The time of a line; lines of an earlier day carry their date too."""
@@ -185,16 +187,18 @@ class Formatter:
         if message.get("kind") == "action":
             prefix = Text.assemble(self._stamp(message), Text("*".rjust(NICK_WIDTH) + " "))
             body = Text.assemble(
-                Text(sender, style=nick_style(sender)), " ", Text(text, style=Style(italic=True))
+                Text(sender, style=nick_style(sender)),
+                " ",
+                linkify(Text(text, style=Style(italic=True))),
             )
         else:
             prefix = Text.assemble(self._stamp(message), self._nick_cell(sender))
-            body = Text(text)
+            body = linkify(Text(text))
         mention = nick_key(sender) != nick_key(self.me) and mentions(text, self.me)
         return Entry(
             prefix,
             body,
-            style=MENTION if mention else None,
+            style=self.mention_style if mention else None,
             meta={
                 "seq": message.get("seq"),
                 "mention": mention,

@@ -17,6 +17,7 @@ from textual.pilot import Pilot
 
 from imchat.client.session import Backoff, ChatSession, ConvKey
 from imchat.tui.app import ChatApp
+from imchat.tui.config import TuiConfig
 from imchat.tui.widgets import ChatInput
 
 SIZE = (120, 36)
@@ -76,11 +77,22 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerHandle]:
         await handle.stop()
 
 
-def make_app(server: ServerHandle, nick: str, room: str | None = "lobby", **kwargs: Any) -> ChatApp:
+def make_app(
+    server: ServerHandle,
+    nick: str,
+    room: str | None = "lobby",
+    config: TuiConfig | None = None,
+    **kwargs: Any,
+) -> ChatApp:
     session = ChatSession(
         nick, "127.0.0.1", server.port, backoff=FAST, rooms=[room] if room else [], **kwargs
     )
-    return ChatApp(session, server_label=f"127.0.0.1:{server.port}", time_format=fixed_time)
+    return ChatApp(
+        session,
+        server_label=f"127.0.0.1:{server.port}",
+        time_format=fixed_time,
+        config=config,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -234,7 +234,7 @@ async def test_hostile_text_is_shown_literally(server: ServerHandle) -> None:
                 "text": "\x1b[2J\x1b[31mred\rover\x07",
             }
         )
-        await until(pilot, lambda: has_line(alice, LOBBY, "red"), "escape message")
+        await until(pilot, lambda: has_line(alice, LOBBY, "␍over"), "escape message")
         await pilot.pause()
         log = alice.views[LOBBY].log_widget
         rows = [log.render_line(y) for y in range(log.size.height)]

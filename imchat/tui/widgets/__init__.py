@@ -5,6 +5,7 @@ from .conversation_list import ConversationList
 from .conversation_view import ConversationView
 from .member_list import MemberList
 from .message_log import MessageLog
+from .search_bar import SearchBar
 from .status_bar import StatusBar
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "ConversationView",
     "MemberList",
     "MessageLog",
+    "SearchBar",
     "StatusBar",
 ]

@@ -118,9 +118,11 @@ class ChatInput(TextArea):
             self._stop(event)
             self.insert("\n")
             return
-        if key == "tab":
+        if key in ("tab", "shift+tab"):
+            # Shift+Tab cycles back through the completions instead of moving the focus
+            # away from the input (where the next typed keys would be lost).
             self._stop(event)
-            self.action_complete()
+            self.action_complete(-1 if key == "shift+tab" else 1)
             return
         if key == "ctrl+end" or (key == "end" and self.cursor_location == self.document.end):
             self._stop(event)
@@ -217,17 +219,17 @@ class ChatInput(TextArea):
         suffix = ": " if not head else " "
         return stem, [n + suffix for n in sorted(seen.values(), key=str.lower)]
 
-    def action_complete(self) -> None:
+    def action_complete(self, step: int = 1) -> None:
         if self._cycle is not None and self.value == self._cycle_value():
             stem, matches, index = self._cycle
-            self._cycle = (stem, matches, (index + 1) % len(matches))
+            self._cycle = (stem, matches, (index + step) % len(matches))
         else:
             stem, matches = self.completions(self.value)
             if not matches:
                 self._cycle = None
                 self.app.bell()
                 return
-            self._cycle = (stem, matches, 0)
+            self._cycle = (stem, matches, 0 if step > 0 else len(matches) - 1)
         self.value = self._cycle_value()
 
     def _cycle_value(self) -> str:

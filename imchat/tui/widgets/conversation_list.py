@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.text import Text
 from textual import on
+from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
@@ -25,7 +26,10 @@ class ConvStatus:
 
 
 class ConversationList(OptionList):
-    """Conversations in the order they were opened; Alt+N picks the N-th."""
+    """Conversations in the order they were opened; Alt+N (or ``/goto N``) picks the N-th."""
+
+    class ActivityChanged(Message):
+        """Unread counts or the list changed (the hotlist and the window title follow)."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -92,7 +96,7 @@ class ConversationList(OptionList):
         elif status.unread:
             style += Style(bold=True, color="bright_white")
         label = Text.assemble(
-            Text(f"{number} " if number <= 9 else "  ", style="grey50"),
+            Text(f"{number} ".rjust(3) if len(self.items) > 9 else f"{number} ", style="grey50"),
             Text(icon + clean(status.title), style=style),
         )
         if status.unread:
@@ -111,6 +115,7 @@ class ConversationList(OptionList):
         )
         if highlighted is not None:
             self.highlighted = highlighted
+        self.post_message(self.ActivityChanged())
 
     @on(OptionList.OptionSelected)
     def _selected(self, event: OptionList.OptionSelected) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from itertools import accumulate
 
+from rich.style import Style
 from rich.text import Text
 from textual.cache import LRUCache
 from textual.geometry import Size
@@ -320,8 +321,11 @@ class MessageLog(ScrollView, can_focus=True):
         super().action_page_up()
 
     def plain_lines(self) -> list[str]:
-        """The log as plain text, one entry per line (for tests and copying)."""
-        return [e.prefix.plain + e.body.plain for e in self.entries]
+        """The log as plain text, one entry per line (for tests and copying).
+
+        Decorations such as the read marker line are left out: they are not conversation.
+        """
+        return [e.prefix.plain + e.body.plain for e in self.entries if not e.meta.get("decoration")]
 
     # -- revision 3: entries redrawn in place (edits, deletes, reactions) ----------------------
 
@@ -346,3 +350,34 @@ class MessageLog(ScrollView, can_focus=True):
     def show_entry(self, index: int) -> None:
         """Scroll so that entry ``index`` is on screen (a search result jumped to)."""
         self.scroll_to(y=self._starts[index], animate=False, immediate=True)
+
+    # -- finding and marking entries (search, read marker) ---------------------------------
+
+    def scroll_to_entry(self, index: int) -> None:
+        """Bring entry ``index`` into view, a third of the way down the window."""
+        if 0 <= index < len(self.entries):
+            top = self._starts[index] - self.scrollable_content_region.height // 3
+            self.scroll_to(y=max(0, top), animate=False, immediate=True)
+
+    def restyle(self, index: int, style: Style | None) -> None:
+        """Give entry ``index`` another line style (search hits), repainting only it."""
+        self.entries[index].style = style
+        self._strips.discard(self._first_id + index)
+        self.refresh()
+
+    def index_of(self, entry: Entry) -> int | None:
+        for index in range(len(self.entries) - 1, -1, -1):
+            if self.entries[index] is entry:
+                return index
+        return None
+
+    def remove_entry(self, entry: Entry) -> bool:
+        """Take one entry out (the read marker moving); False if it is not here."""
+        index = self.index_of(entry)
+        if index is None:
+            return False
+        del self.entries[index], self._heights[index]
+        self._strips.clear()  # the ids of the entries after it shift
+        self._rebuild_starts()
+        self._update_size()
+        return True

@@ -21,6 +21,8 @@ class StatusBar(Static):
     reason: reactive[str | None] = reactive(None)
     nick: reactive[str] = reactive("")
     topic: reactive[str] = reactive("")
+    #: Conversations with unread activity (see :mod:`imchat.tui.hotlist`).
+    hotlist: reactive[Text] = reactive(Text)
 
     def __init__(self, server: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -57,6 +59,9 @@ class StatusBar(Static):
         ]
         if self.state is not State.CONNECTED and self.reason:
             parts.append(Text(f"  ({clean(self.reason)})", style=Style(color="grey50")))
+        if self.hotlist.plain:
+            parts.append(Text("  │  ", style="grey42"))
+            parts.append(self.hotlist)
         if self.topic:
             parts.append(Text("  │  ", style="grey42"))
             parts.append(Text(clean(self.topic).replace("\n", " "), style=Style(italic=True)))
@@ -75,4 +80,7 @@ class StatusBar(Static):
         self.refresh_text()
 
     def watch_reason(self) -> None:
+        self.refresh_text()
+
+    def watch_hotlist(self) -> None:
         self.refresh_text()
