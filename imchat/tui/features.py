@@ -45,6 +45,7 @@ from imchat.client.session import (
 )
 from imchat.protocol import ProtocolError, nick_key
 from imchat.tui.features_render import decorate, folded, snippet
+from imchat.tui.read_marker import ReadMarkers
 from imchat.tui.render import SYSTEM, Entry, Formatter, clean
 from imchat.tui.widgets.chat_input import ChatInput
 from imchat.tui.widgets.pickers import EMOJIS, ConfirmScreen, PickerScreen
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 PICK_LAST = 30
 #: Older pages fetched at most to reach a search result.
 JUMP_PAGES = 20
-NEW_SINCE = "──── new since you last read ────"
 
 
 class FeatureUpdate(Message):
@@ -81,6 +81,7 @@ class FeatureApp(App[None]):
 
     # Provided by ChatApp.
     session: ChatSession
+    read_markers: ReadMarkers
     formatter: Formatter
     views: dict[ConvKey, ConversationView]
     current: Any  # a reactive ConvKey | None on ChatApp
@@ -94,8 +95,6 @@ class FeatureApp(App[None]):
         #: (conversation, seq) the next line answers, or is the new text of.
         self.replying: tuple[ConvKey, int] | None = None
         self.editing: tuple[ConvKey, int] | None = None
-        #: First unread seq per conversation when it was opened: the "new since" line.
-        self.new_since: dict[ConvKey, int] = {}
 
     def _post_feature_event(self, event: FeatureEvent) -> None:
         self.post_message(FeatureUpdate(event))
@@ -109,10 +108,7 @@ class FeatureApp(App[None]):
 
     def feature_entry(self, message: dict[str, Any]) -> Entry:
         conv = conv_of_message(message, self.session.nick)
-        entry = decorate(self.formatter, self.chat_features.book, conv, message)
-        if self.new_since.get(conv) == message.get("seq"):
-            entry.body = Text.assemble(Text(NEW_SINCE, style=SYSTEM), "\n", entry.body)
-        return entry
+        return decorate(self.formatter, self.chat_features.book, conv, message)
 
     def intercept_send(self, text: str, *, action: bool) -> bool:
         """Send ``text`` as the pending reply or edit, if there is one (True if so)."""
@@ -149,12 +145,10 @@ class FeatureApp(App[None]):
                 ),
                 None,
             )
-        old = self.new_since.pop(key, None)
-        if first is not None:
-            self.new_since[key] = first
-        for seq in {old, first} - {None}:
-            assert seq is not None
-            self._redraw(key, seq)
+        view = self.views.get(key)
+        if first is not None and view is not None:
+            # The read marker line goes above the first message the server says is unread.
+            self.read_markers.place_before(key, view.log_widget, first)
         if self.replying is not None and self.replying[0] != key:
             self._set_mode(None, None)
         if self.editing is not None and self.editing[0] != key:
@@ -188,7 +182,7 @@ class FeatureApp(App[None]):
             return
         message = log_widget.entries[index].meta.get("message")
         if isinstance(message, dict):
-            log_widget.replace_entry(index, self.feature_entry(message))
+            log_widget.replace(index, self.feature_entry(message))
 
     def _unread_from_marker(self, conv: ConvKey) -> None:
         """Another session (or a restore at connect) moved the marker: recount unread."""
@@ -468,7 +462,7 @@ class FeatureApp(App[None]):
                 index = view.log_widget.index_of_seq(seq)
                 if index is not None:
                     self.current = key
-                    view.log_widget.show_entry(index)
+                    view.log_widget.scroll_to_entry(index)
                     return
             if not await self.session.load_older(key):
                 break

@@ -1,9 +1,9 @@
-"""The read marker: a line above the first message that arrived while you looked elsewhere.
+"""The read marker: a line above the first message you have not seen.
 
-Local to this run (what you saw last since starting imchat); the server's read markers of
-revision 3 can seed it later. One marker per conversation: it is placed when the first new
-message arrives while the conversation is not in front of you (another window, or the
-terminal without focus) and moves the next time that happens after you came back.
+One marker per conversation. It is placed when the first new message arrives while the
+conversation is not in front of you (another window, or the terminal without focus), and
+when a conversation is opened where the server's read marker (revision 3, shared by every
+session of the user) says messages are unread; it moves the next time either happens.
 """
 
 from __future__ import annotations
@@ -49,3 +49,18 @@ class ReadMarkers:
             entry = marker_entry()
             self._entries[key] = entry
             log.append([entry])
+
+    def place_before(self, key: ConvKey, log: MessageLog, seq: int) -> None:
+        """Put the marker above the message ``seq`` (the first one the server says is unread)."""
+        index = log.index_of_seq(seq)
+        if index is None:
+            return
+        old = self._entries.get(key)
+        if old is not None:
+            if index > 0 and log.entries[index - 1] is old:
+                return  # already there
+            if log.remove_entry(old) and log.index_of(old) is None:
+                index = log.index_of_seq(seq) or 0
+        entry = marker_entry()
+        self._entries[key] = entry
+        log.insert_entry(index, entry)

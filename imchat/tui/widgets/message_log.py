@@ -336,21 +336,6 @@ class MessageLog(ScrollView, can_focus=True):
                 return index
         return None
 
-    def replace_entry(self, index: int, entry: Entry) -> None:
-        """Redraw one entry (its height may change); the view stays where it was."""
-        follow = self.scroll_y >= self.max_scroll_y
-        self.entries[index] = entry
-        self._heights[index] = self._height(entry, self._width) if self._width else 1
-        self._strips.discard(self._first_id + index)
-        self._rebuild_starts()
-        self._update_size()
-        if follow:
-            self.scroll_end(animate=False, immediate=False, x_axis=False)
-
-    def show_entry(self, index: int) -> None:
-        """Scroll so that entry ``index`` is on screen (a search result jumped to)."""
-        self.scroll_to(y=self._starts[index], animate=False, immediate=True)
-
     # -- finding and marking entries (search, read marker) ---------------------------------
 
     def scroll_to_entry(self, index: int) -> None:
@@ -376,8 +361,15 @@ class MessageLog(ScrollView, can_focus=True):
         index = self.index_of(entry)
         if index is None:
             return False
-        del self.entries[index], self._heights[index]
+        self.replace(index, None)
+        return True
+
+    def insert_entry(self, index: int, entry: Entry) -> None:
+        """Put ``entry`` before the entry at ``index`` (the read marker, placed later)."""
+        self.entries.insert(index, entry)
+        self._heights.insert(index, self._height(entry, self._width) if self._width else 1)
         self._strips.clear()  # the ids of the entries after it shift
         self._rebuild_starts()
         self._update_size()
-        return True
+        if self.following:
+            self._to_bottom()
