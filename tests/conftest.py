@@ -49,6 +49,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(30))
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Clients keep guest ``resume`` secrets here, never in the user's own state dir."""
+    state = tmp_path / "client-state"
+    monkeypatch.setenv("IMCHAT_STATE_DIR", str(state))
+    return state
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -359,6 +367,8 @@ def imchat_command() -> list[str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMCHAT_")}
     env["PYTHONUNBUFFERED"] = "1"
+    if "IMCHAT_STATE_DIR" in os.environ:  # the test's own, never the user's resume secrets
+        env["IMCHAT_STATE_DIR"] = os.environ["IMCHAT_STATE_DIR"]
     env.update(extra)
     return env
 

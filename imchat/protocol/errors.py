@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    #: *rev 2*: a quota was reached (rooms per user, queued DMs per recipient, replies).
+    LIMIT_REACHED = "limit_reached"
     # Not in the contract's list: the contract names the idle timeout as fatal without naming
     # a code, and a client deserves to be told why it was closed.
     IDLE_TIMEOUT = "idle_timeout"

@@ -60,3 +60,8 @@ class ServerConfig:
     #: Seconds after which a node that stopped heartbeating is taken for dead and its users
     #: are shown offline.
     node_timeout: float = 15.0
+    #: Seconds a guest identity stays held (its nick reserved for its ``resume``) after its
+    #: last session ends (rev 2).
+    guest_hold: float = 300.0
+    #: Undelivered DMs that may wait per recipient; one more is ``limit_reached``. 0: no limit.
+    max_queued: int = 1000

@@ -28,6 +28,11 @@ Presence keys (``P`` = prefix)::
     P nodes             set    live node ids
     P node:<id>         string heartbeat, expires after the node timeout
     P nodeusers:<id>    hash   key -> sessions on that node (what to undo if it dies)
+    P identof           hash   key -> identity id of the online user (its DM peers, its hold)
+
+Presence is scoped (*rev 2*): ``online``/``offline`` go to the user itself, the members of
+its rooms and its DM peers (the streams in ``since:<ident>``), never to everyone, so an
+arrival costs the size of its own neighbourhood, not of the cluster.
 
 A node refreshes its heartbeat every third of the timeout; every node looks for members of
 ``nodes`` whose heartbeat expired and reaps them with one script that removes their sessions
@@ -51,7 +56,7 @@ from redis.exceptions import RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import User
+from .fanout import User, evict, written_to_any
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
 
 if TYPE_CHECKING:
@@ -81,13 +86,26 @@ end
 local function envelope(hold, op, recipients, payload)
   return hold .. '\\n' .. op .. '\\n' .. recipients .. '\\n' .. payload
 end
-local function gone(prefix, channel, key)
+-- The keys of an identity's DM peers (who hears its presence besides its rooms).
+local function peers(prefix, ident, out, seen)
+  if not ident then return end
+  for _, stream in ipairs(redis.call('HKEYS', prefix .. 'since:' .. ident)) do
+    local low, high = string.match(stream, '^d:(%S+) (%S+)$')
+    for _, k in ipairs({low, high}) do
+      if k and not seen[k] then seen[k] = true; table.insert(out, k) end
+    end
+  end
+end
+local function gone(prefix, channel, key, hold_ms)
   local nick = redis.call('HGET', prefix .. 'online', key) or key
+  local ident = redis.call('HGET', prefix .. 'identof', key)
   redis.call('HDEL', prefix .. 'online', key)
   redis.call('HDEL', prefix .. 'sessions', key)
+  redis.call('HDEL', prefix .. 'identof', key)
   local ts = now_ts()
   local rooms = redis.call('SMEMBERS', prefix .. 'urooms:' .. key)
   table.sort(rooms)
+  local audience, seen = {}, {}
   for _, room in ipairs(rooms) do
     local members = prefix .. 'members:' .. room
     redis.call('HDEL', members, key)
@@ -96,23 +114,38 @@ local function gone(prefix, channel, key)
       redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
         table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
         jstr(nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+      for _, k in ipairs(left) do
+        if not seen[k] then seen[k] = true; table.insert(audience, k) end
+      end
     end
   end
   redis.call('DEL', prefix .. 'urooms:' .. key)
-  redis.call('PUBLISH', channel, envelope('', '', '*',
-    '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
+  peers(prefix, ident, audience, seen)
+  if ident then
+    local guest = prefix .. 'guest:' .. key
+    if redis.call('HGET', guest, 'ident') == ident then
+      -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
+      redis.call('PEXPIRE', guest, hold_ms)
+      redis.call('PEXPIRE', prefix .. 'pending:' .. ident, hold_ms)
+    end
+  end
+  if #audience > 0 then
+    redis.call('PUBLISH', channel, envelope('', '', table.concat(audience, ' '),
+      '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
+  end
 end
 """
 )
 
-#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold.
-#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs kept for the
-#: user are taken, atomically with that), 0 already online, -1 nick taken, -2 this node was
-#: reaped.
+#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id.
+#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs queued for
+#: the identity are read, atomically with that; they stay queued until written to a
+#: session), 0 already online, -1 nick taken, -2 this node was reaped.
 CONNECT_LUA = (
     LUA_FANOUT
     + """
 local prefix, channel, node, key, nick, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+local ident = ARGV[8]
 if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
 if n > 0 and ARGV[6] == '1' then
@@ -123,12 +156,25 @@ redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
 redis.call('INCR', prefix .. 'nsessions')
 local status = 0
 local pending = {}
+redis.call('HSET', prefix .. 'identof', key, ident)
+local guest = prefix .. 'guest:' .. key
+if redis.call('HGET', guest, 'ident') == ident then
+  redis.call('PERSIST', guest)  -- online: no longer counting down a hold
+  redis.call('PERSIST', prefix .. 'pending:' .. ident)
+end
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
-  pending = redis.call('LRANGE', prefix .. 'pending:' .. key, 0, -1)
-  redis.call('DEL', prefix .. 'pending:' .. key)
-  redis.call('PUBLISH', channel, envelope(hold, '', '*',
+  pending = redis.call('LRANGE', prefix .. 'pending:' .. ident, 0, -1)
+  local audience, seen = {key}, {}
+  seen[key] = true
+  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+    for _, k in ipairs(redis.call('HKEYS', prefix .. 'members:' .. room)) do
+      if not seen[k] then seen[k] = true; table.insert(audience, k) end
+    end
+  end
+  peers(prefix, ident, audience, seen)
+  redis.call('PUBLISH', channel, envelope(hold, '', table.concat(audience, ' '),
     '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
 else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
@@ -138,28 +184,29 @@ return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pendin
 """
 )
 
-#: ARGV: prefix, channel, node, key. Returns 1 if the user left the cluster.
+#: ARGV: prefix, channel, node, key, guest hold ms. Returns 1 if the user left the cluster.
 DISCONNECT_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, channel, node, key, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local here = prefix .. 'nodeusers:' .. node
 if redis.call('HEXISTS', here, key) == 0 then return 0 end
 if redis.call('HINCRBY', here, key, -1) <= 0 then redis.call('HDEL', here, key) end
 redis.call('DECR', prefix .. 'nsessions')
 if redis.call('HINCRBY', prefix .. 'sessions', key, -1) <= 0 then
-  gone(prefix, channel, key)
+  gone(prefix, channel, key, hold_ms)
   return 1
 end
 return 0
 """
 )
 
-#: ARGV: prefix, channel, dead node id. Returns the number of users that left the cluster.
+#: ARGV: prefix, channel, dead node id, guest hold ms. Returns the number of users that left
+#: the cluster.
 REAP_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, dead = ARGV[1], ARGV[2], ARGV[3]
+local prefix, channel, dead, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', prefix .. 'node:' .. dead) == 1 then return -1 end
 if redis.call('SREM', prefix .. 'nodes', dead) == 0 then return -1 end
 local here = prefix .. 'nodeusers:' .. dead
@@ -169,7 +216,7 @@ for i = 1, #users, 2 do
   local key, n = users[i], tonumber(users[i + 1])
   redis.call('DECRBY', prefix .. 'nsessions', n)
   if redis.call('HINCRBY', prefix .. 'sessions', key, -n) <= 0 then
-    gone(prefix, channel, key)
+    gone(prefix, channel, key, hold_ms)
     left = left + 1
   end
 end
@@ -310,7 +357,9 @@ class RedisFanout:
         await self._publish_outbox()
         if self.node_id:
             await self.redis.delete(self.keys.node(self.node_id))
-            await self._reap(args=[self.keys.prefix, self.keys.channel, self.node_id])
+            await self._reap(
+                args=[self.keys.prefix, self.keys.channel, self.node_id, self._hold_ms()]
+            )
 
     async def _start_incarnation(self) -> None:
         """Subscribe, then join the cluster under a fresh node id."""
@@ -464,30 +513,47 @@ class RedisFanout:
                 self._drain()
 
     def _hand_over(self, session: Session, dms: list[bytes]) -> None:
-        """Send DMs kept while the user was offline, before anything published later."""
+        """Send DMs kept while the user was offline, before anything published later.
+
+        They leave the queue only once written to a session (rev 2): a session that ends
+        first (or is cut as a slow consumer) leaves them for the identity's next hello.
+        """
         user = session.user
         assert user is not None
         if not user.sessions:
-            # The session ended during its hello: keep them for the next one, in order.
-            if self._hub is not None:
-                self._hub.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
-            return
+            return  # the session ended during its hello: they stay queued
         for payload in dms:
             frame = encode_frame(payload)
             for each in user.sessions:
                 each.send(frame)
+        if self._hub is not None:
+            self._hub.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
+
+    async def _drop_when_written(
+        self, sessions: list[Session], ident: str, dms: list[bytes]
+    ) -> None:
+        if not await written_to_any(sessions):
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payload in dms:
+                pipe.lrem(self.keys.pending(ident), 1, payload)
+            await pipe.execute()
 
     # -- presence --------------------------------------------------------------------------
+
+    def _hold_ms(self) -> int:
+        hold = self._hub.config.guest_hold if self._hub is not None else 300.0
+        return max(int(hold * 1000), 1)
 
     def _check_available(self) -> None:
         if not self.available:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Session, nick: str, *, admin: bool, ident: str) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
-        A user coming online takes its undelivered DMs in the same script (so a DM is either
-        kept for it or sent live, never both); they go out at :meth:`release`, after the
+        A user coming online reads its undelivered DMs in the same script (so a DM is either
+        queued for it or sent live, never both); they go out at :meth:`release`, after the
         ``welcome`` and before any event published after this.
         """
         self._check_available()
@@ -499,17 +565,22 @@ class RedisFanout:
                 self.node_id,
                 key,
                 nick,
-                int(exclusive),
+                0,
                 self.hold(session),
+                ident,
             ]
         )
-        if status == -1:
-            raise ProtocolError(ErrorCode.NICK_TAKEN, f"{online_nick.decode()} is online")
         if status == -2:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
         user = self._users.get(key)
+        if user is not None and user.ident != ident:
+            # An account took the nick of a guest identity online here: that identity ends
+            # now and never shares a user with the account (rev 2).
+            evict(user)
+            del self._users[key]
+            user = None
         if user is None:
-            user = self._users[key] = User(online_nick.decode(), admin)
+            user = self._users[key] = User(online_nick.decode(), admin, ident)
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
         session.user = user
@@ -525,13 +596,15 @@ class RedisFanout:
             return None
         user.sessions.remove(session)
         self._local_sessions -= 1
-        if not user.sessions:
+        if not user.sessions and self._users.get(user.key) is user:
             del self._users[user.key]
         node = self.node_id
         if not self.available:
             return None  # this incarnation's sessions are reaped once its heartbeat expires
         try:
-            await self._disconnect(args=[self.keys.prefix, self.keys.channel, node, user.key])
+            await self._disconnect(
+                args=[self.keys.prefix, self.keys.channel, node, user.key, self._hold_ms()]
+            )
         except (RedisError, OSError) as exc:
             log.warning("could not record that %s left (reaped later): %s", user.nick, exc)
         return None
@@ -659,6 +732,8 @@ class RedisFanout:
             alive = await pipe.execute()
         for node, is_alive in zip(others, alive, strict=True):
             if not is_alive:
-                left = await self._reap(args=[self.keys.prefix, self.keys.channel, node])
+                left = await self._reap(
+                    args=[self.keys.prefix, self.keys.channel, node, self._hold_ms()]
+                )
                 if left >= 0:
                     log.warning("reaped dead node %s (%d users went offline)", node, left)

@@ -8,7 +8,11 @@ persistence (``docs/redis.md``).
 
 Key layout (``P`` is the prefix, ``imchat:`` by default)::
 
-    P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash
+    P epoch             string the store's epoch, created with SET NX by the first node
+    P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash,
+                               ident (the account's identity id; absent: the nick key)
+    P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
+                               nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
     P token:<hash>      hash   user, label, created
     P tokens            zset   token hashes by creation time
@@ -16,8 +20,10 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P rooms             set    room names
     P seq               hash   stream -> last seq
     P m:<stream>        zset   the stream's event payloads, scored by seq
-    P cid:<sender>      hash   cid -> "<stream>\\n<seq>\\n<ts>"
-    P pending:<key>     list   payloads of DMs to deliver at the user's next hello
+    P cid:<ident>       hash   cid -> "<stream>\\n<seq>\\n<ts>" (per account or guest identity)
+    P since:<ident>     hash   DM stream -> first seq the identity may read
+    P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
+                               held guest's expires with its hold)
     P events            pub/sub channel shared by all nodes (see redis_fanout)
 
 Presence keys are described in :mod:`imchat.server.redis_fanout`. Scripts name keys they
@@ -46,12 +52,18 @@ from .store import (
     ANNOUNCE_STREAM,
     TOKEN_ID_LENGTH,
     Account,
+    ClaimStatus,
     Draft,
+    GuestClaim,
+    Identity,
     RoomInfo,
     Stored,
     StoreUnavailable,
     TokenInfo,
     UserRecord,
+    dm_stream,
+    new_epoch,
+    new_ident,
     room_stream,
     token_id,
 )
@@ -95,17 +107,19 @@ local function now_ts()
 end
 """
 
-#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key.
+#: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
+#: owner (sender identity id: the cid namespace), recipient identity id (DMs), max_queued.
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
-#: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member; delivered
-#: is the cluster's session count for an announcement.
+#: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member, -2 the
+#: recipient's queue is full; delivered is the cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local owner, to_ident, max_queued = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local kind = string.sub(stream, 1, 1)
-local cids = prefix .. 'cid:' .. sender
+local cids = prefix .. 'cid:' .. owner
 if cid ~= '' then
   local prev = redis.call('HGET', cids, cid)
   if prev then
@@ -115,9 +129,19 @@ if cid ~= '' then
   end
 end
 local members
+local to, to_online
 if kind == 'r' then
   members = prefix .. 'members:' .. string.sub(stream, 3)
   if redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
+elseif kind == 'd' then
+  local low, high = string.match(stream, '^d:(%S+) (%S+)$')
+  to = low
+  if low == sender then to = high end
+  to_online = tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0
+  if to ~= sender and not to_online and max_queued > 0 and
+      redis.call('LLEN', prefix .. 'pending:' .. to_ident) >= max_queued then
+    return '-2 0 0 0\\n'
+  end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
@@ -131,15 +155,19 @@ local delivered = 0
 if kind == 'r' then
   recipients = table.concat(redis.call('HKEYS', members), ' ')
 elseif kind == 'd' then
-  local low, high = string.match(stream, '^d:(%S+) (%S+)$')
-  local to = low
-  if low == sender then to = high end
+  redis.call('HSETNX', prefix .. 'since:' .. owner, stream, seq)
+  if to_ident ~= '' then redis.call('HSETNX', prefix .. 'since:' .. to_ident, stream, seq) end
   if to == sender then
     recipients = sender
-  elseif tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0 then
+  elseif to_online then
     recipients = sender .. ' ' .. to
   else
-    redis.call('RPUSH', prefix .. 'pending:' .. to, payload)
+    local queue = prefix .. 'pending:' .. to_ident
+    redis.call('RPUSH', queue, payload)
+    local ttl = redis.call('PTTL', prefix .. 'guest:' .. to)
+    if ttl > 0 and redis.call('HGET', prefix .. 'guest:' .. to, 'ident') == to_ident then
+      redis.call('PEXPIRE', queue, ttl)  -- dropped when the guest's hold ends
+    end
     recipients = sender
   end
 else
@@ -151,11 +179,41 @@ return '1 ' .. seq .. ' ' .. ts .. ' ' .. delivered .. '\\n' .. payload
 """
 )
 
-#: KEYS: pending list. Returns and removes every payload in it, oldest first.
-TAKE_PENDING_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return items
+#: ARGV: prefix, key, nick, resume hash or '', new ident, new resume hash, hold ms.
+#: Returns {status, ident, nick} or {'taken', pttl} (see Store.claim_guest).
+CLAIM_GUEST_LUA = """
+local prefix, key, nick, resume = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local user = prefix .. 'user:' .. key
+if redis.call('HGET', user, 'account') == '1' then return {'account'} end
+local guest = prefix .. 'guest:' .. key
+local cur = redis.call('HMGET', guest, 'ident', 'resume', 'nick')
+if cur[1] then
+  local ttl = redis.call('PTTL', guest)
+  if resume == '' or cur[2] ~= resume then return {'taken', tostring(ttl)} end
+  if ttl >= 0 then redis.call('PEXPIRE', guest, ARGV[7]) end
+  return {'resumed', cur[1], cur[3]}
+end
+redis.call('HSET', guest, 'ident', ARGV[5], 'nick', nick, 'resume', ARGV[6])
+redis.call('PEXPIRE', guest, ARGV[7])
+redis.call('HSETNX', user, 'nick', nick)
+return {'new', ARGV[5], nick}
+"""
+
+#: ARGV: prefix, key, new account ident, nick, admin, password hash or ''. Creates (or
+#: replaces) an account and ends the guest identity holding the nick, with its queue.
+CREATE_ACCOUNT_LUA = """
+local prefix, key = ARGV[1], ARGV[2]
+local guest = prefix .. 'guest:' .. key
+local old = redis.call('HGET', guest, 'ident')
+if old then redis.call('DEL', prefix .. 'pending:' .. old) end
+redis.call('DEL', guest)
+local user = prefix .. 'user:' .. key
+redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])
+redis.call('HSETNX', user, 'created', ARGV[7])
+if ARGV[6] == '' then redis.call('HDEL', user, 'password_hash')
+else redis.call('HSET', user, 'password_hash', ARGV[6]) end
+redis.call('SADD', prefix .. 'accounts', key)
+return 1
 """
 
 
@@ -199,6 +257,7 @@ class Keys:
         self.sessions = f"{prefix}sessions"
         self.nsessions = f"{prefix}nsessions"
         self.nodes = f"{prefix}nodes"
+        self.epoch = f"{prefix}epoch"
 
     def user(self, key: str) -> str:
         return f"{self.prefix}user:{key}"
@@ -212,11 +271,17 @@ class Keys:
     def messages(self, stream: str) -> str:
         return f"{self.prefix}m:{stream}"
 
-    def cids(self, sender_key: str) -> str:
-        return f"{self.prefix}cid:{sender_key}"
+    def cids(self, ident: str) -> str:
+        return f"{self.prefix}cid:{ident}"
 
-    def pending(self, key: str) -> str:
-        return f"{self.prefix}pending:{key}"
+    def pending(self, ident: str) -> str:
+        return f"{self.prefix}pending:{ident}"
+
+    def guest(self, key: str) -> str:
+        return f"{self.prefix}guest:{key}"
+
+    def since(self, ident: str) -> str:
+        return f"{self.prefix}since:{ident}"
 
     def members(self, room: str) -> str:
         return f"{self.prefix}members:{room}"
@@ -249,7 +314,9 @@ class RedisStore:
         self.keys = Keys(prefix)
         self.redis = connect_redis(url)
         self._append = self.redis.register_script(APPEND_LUA)
-        self._take_pending = self.redis.register_script(TAKE_PENDING_LUA)
+        self._claim_guest = self.redis.register_script(CLAIM_GUEST_LUA)
+        self._create_account = self.redis.register_script(CREATE_ACCOUNT_LUA)
+        self._epoch: str | None = None
         self._encoder = msgspec.json.Encoder()
         self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any]]] = []
         self._queued = asyncio.Event()
@@ -263,6 +330,9 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             await self.redis.aclose()
             raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        # The first node of a new store names its epoch; every other node reads that one.
+        await self.redis.set(self.keys.epoch, new_epoch(), nx=True)
+        self._epoch = _text(await self.redis.get(self.keys.epoch))
         self._sender = asyncio.create_task(self._send_batches())
 
     async def close(self) -> None:
@@ -319,7 +389,8 @@ class RedisStore:
         if fields.get(b"account") != b"1":
             return UserRecord(nick)
         password_hash = fields.get(b"password_hash")
-        account = Account(nick, fields.get(b"admin") == b"1", _text(password_hash) or None)
+        ident = _text(fields.get(b"ident")) or key
+        account = Account(nick, fields.get(b"admin") == b"1", _text(password_hash) or None, ident)
         return UserRecord(nick, account)
 
     async def remember_user(self, nick: str) -> None:
@@ -332,18 +403,18 @@ class RedisStore:
     async def create_account(
         self, nick: str, *, admin: bool = False, password_hash: str | None = None
     ) -> None:
-        key = nick.lower()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.user(key), mapping={"nick": nick, "account": 1, "admin": int(admin)}
-            )
-            pipe.hsetnx(self.keys.user(key), "created", repr(time.time()))
-            if password_hash is None:
-                pipe.hdel(self.keys.user(key), "password_hash")
-            else:
-                pipe.hset(self.keys.user(key), "password_hash", password_hash)
-            pipe.sadd(self.keys.accounts, key)
-            await pipe.execute()
+        """Accounts outrank guests: a guest identity holding the nick ends here (rev 2)."""
+        await self._create_account(
+            args=[
+                self.keys.prefix,
+                nick.lower(),
+                new_ident("a"),
+                nick,
+                int(admin),
+                password_hash or "",
+                repr(time.time()),
+            ]
+        )
 
     async def remove_account(self, key: str) -> bool:
         record = await self.lookup_user(key)
@@ -352,8 +423,10 @@ class RedisStore:
         tokens = [info for info in await self._tokens() if info[1] == key]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.user(key), mapping={"account": 0, "admin": 0})
-            pipe.hdel(self.keys.user(key), "password_hash")
+            pipe.hdel(self.keys.user(key), "password_hash", "ident")
             pipe.srem(self.keys.accounts, key)
+            # The account's identity ends: its queue does not pass to the nick's next holder.
+            pipe.delete(self.keys.pending(record.account.ident))
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
@@ -422,6 +495,63 @@ class RedisStore:
             await pipe.execute()
         return True
 
+    # -- identities (rev 2) ----------------------------------------------------------------
+
+    async def epoch(self) -> str:
+        assert self._epoch is not None, "store is not open"
+        return self._epoch
+
+    async def identity(self, key: str) -> Identity | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.user(key), ["nick", "account", "admin", "password_hash", "ident"])
+            pipe.hmget(self.keys.guest(key), ["ident", "nick"])
+            pipe.pttl(self.keys.guest(key))
+            user, guest, ttl = await pipe.execute()
+        nick, account, admin, password_hash, ident = user
+        if account == b"1":
+            ident_text = _text(ident) or key
+            return Identity(
+                _text(nick),
+                ident_text,
+                Account(_text(nick), admin == b"1", _text(password_hash) or None, ident_text),
+            )
+        if guest[0] is None:
+            return None
+        held_until = time.time() + ttl / 1000 if ttl >= 0 else None
+        return Identity(_text(guest[1]), _text(guest[0]), held_until=held_until)
+
+    async def claim_guest(
+        self, nick: str, resume: str | None, new_resume: str, hold: float
+    ) -> GuestClaim:
+        reply = await self._claim_guest(
+            args=[
+                self.keys.prefix,
+                nick.lower(),
+                nick,
+                resume or "",
+                new_ident("g"),
+                new_resume,
+                max(int(hold * 1000), 1),
+            ]
+        )
+        status = _text(reply[0])
+        if status == "account":
+            return GuestClaim(ClaimStatus.ACCOUNT)
+        if status == "taken":
+            ttl = int(_text(reply[1]))
+            return GuestClaim(
+                ClaimStatus.TAKEN, held_until=time.time() + ttl / 1000 if ttl >= 0 else None
+            )
+        identity = Identity(_text(reply[2]), _text(reply[1]))
+        return GuestClaim(ClaimStatus(status), identity)
+
+    async def guest_left(self, ident: str, hold: float) -> None:
+        """Nothing to do: the fanout's scripts hold a guest when its cluster's last session
+        ends (a node cannot know whether another node still serves it)."""
+
+    async def hold_guests(self, hold: float) -> None:
+        """Nothing to do: holds are TTLs in Redis, which outlives any one node."""
+
     # -- rooms -----------------------------------------------------------------------------
 
     async def room(self, name: str) -> RoomInfo | None:
@@ -475,6 +605,9 @@ class RedisStore:
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
             draft.sender_key,
+            draft.cid_owner,
+            draft.recipient_ident,
+            draft.max_queued,
         )
         script = self._append
         reply: bytes = await self._ordered(lambda pipe: pipe.evalsha(script.sha, 0, *args))
@@ -482,6 +615,11 @@ class RedisStore:
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
+        if status == b"-2":
+            raise ProtocolError(
+                ErrorCode.LIMIT_REACHED,
+                f"{draft.max_queued} messages already wait for them; try later",
+            )
         return Stored(
             int(seq),
             float(ts),
@@ -492,26 +630,59 @@ class RedisStore:
         )
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self,
+        stream: str,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        viewer: str | None = None,
     ) -> list[bytes]:
         key = self.keys.messages(stream)
+        lower = after
+        if viewer is not None and stream.startswith("d:") and viewer not in stream[2:].split(" "):
+            # A guest identity (or an account of revision 2) reads from its first message on.
+            first = await self.redis.hget(self.keys.since(viewer), stream)
+            if first is None:
+                return []
+            lower = max(lower if lower is not None else -1, int(first) - 1)
         upper: Any = f"({before}" if before is not None else "+inf"
+        bottom: Any = f"({lower}" if lower is not None else "-inf"
         if after is not None:
-            result = await self.redis.zrangebyscore(key, f"({after}", upper, start=0, num=limit)
+            result = await self.redis.zrangebyscore(key, bottom, upper, start=0, num=limit)
             return list(result)
-        result = await self.redis.zrevrangebyscore(key, upper, "-inf", start=0, num=limit)
+        result = await self.redis.zrevrangebyscore(key, upper, bottom, start=0, num=limit)
         return list(reversed(result))
 
-    async def take_pending(self, recipient_key: str) -> list[bytes]:
-        return list(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[str, int, bytes]]:
+        payloads = await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1)
+        items = []
+        for payload in payloads:
+            event = msgspec.json.decode(payload)
+            stream = dm_stream(str(event["from"]).lower(), str(event["to"]).lower())
+            items.append((stream, int(event["seq"]), payload))
+        return items
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+    async def drop_pending(self, recipient: str, items: list[tuple[str, int]]) -> None:
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, seq in items:
+                pipe.zrangebyscore(self.keys.messages(stream), seq, seq)
+            found = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payloads in found:
+                if payloads:
+                    pipe.lrem(self.keys.pending(recipient), 1, payloads[0])
+            await pipe.execute()
+
+    async def claim_pending(self, recipient: str, stream: str, seq: int) -> bool:
         found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
         if not found:
             return False
-        return bool(await self.redis.lrem(self.keys.pending(recipient_key), 1, found[0]))
+        return bool(await self.redis.lrem(self.keys.pending(recipient), 1, found[0]))
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient: str, stream: str, seq: int) -> None:
         found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
         if found:
-            await self.redis.rpush(self.keys.pending(recipient_key), found[0])
+            await self.redis.rpush(self.keys.pending(recipient), found[0])
