@@ -56,7 +56,8 @@ from redis.exceptions import RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import User, evict, written_to_any
+from .fanout import User
+from .identities import evict, written_to_any
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
 
 if TYPE_CHECKING:

@@ -549,6 +549,9 @@ class RedisStore:
         """Nothing to do: the fanout's scripts hold a guest when its cluster's last session
         ends (a node cannot know whether another node still serves it)."""
 
+    async def dm_streams(self, ident: str) -> list[str]:
+        return [_text(s) for s in await self.redis.hkeys(self.keys.since(ident))]
+
     async def hold_guests(self, hold: float) -> None:
         """Nothing to do: holds are TTLs in Redis, which outlives any one node."""
 

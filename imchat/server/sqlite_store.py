@@ -461,6 +461,11 @@ class SQLiteStore:
             )
         )
 
+    async def dm_streams(self, ident: str) -> list[str]:
+        assert self._reader is not None
+        rows = self._reader.execute("SELECT stream FROM dm_since WHERE ident = ?", (ident,))
+        return [row[0] for row in rows]
+
     async def hold_guests(self, hold: float) -> None:
         def op(c: sqlite3.Connection) -> None:
             now = time.time()

@@ -198,6 +198,9 @@ class Store(Protocol):
         A clustered store does this itself when the cluster's last session ends.
         """
 
+    async def dm_streams(self, ident: str) -> list[str]:
+        """The DM streams an identity has a message in (whom its presence concerns)."""
+
     async def hold_guests(self, hold: float) -> None:
         """At start: every guest identity (online when the server stopped, or held) is held
         ``hold`` seconds from now, so holds survive restarts and count on from them."""

@@ -1,0 +1,329 @@
+"""Guest identities, accounts outranking guests, epochs and DM queues (protocol revision 2).
+
+Each test reproduces an attack or a loss from issue 9 over real sockets; it runs on both
+backends (``IMCHAT_TEST_BACKEND=redis`` reruns it on Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Clients, RawClient, Servers, join, next_event, pending_events
+
+from imchat.client import Connection, ServerError
+from imchat.server.accounts import add_user, remove_user
+
+PASSWORD = "correct horse"
+
+
+async def refused(conn: Connection, kind: str, **fields: Any) -> ServerError:
+    with pytest.raises(ServerError) as caught:
+        await asyncio.wait_for(conn.request(kind, **fields), TIMEOUT)
+    return caught.value
+
+
+async def hello_refused(connect: Clients, nick: str, **hello: Any) -> ServerError:
+    conn = await connect()
+    with pytest.raises(ServerError) as caught:
+        await asyncio.wait_for(conn.hello(nick, **hello), TIMEOUT)
+    return caught.value
+
+
+async def leave(conn: Connection) -> None:
+    await conn.close()
+
+
+# -- guest identities --------------------------------------------------------------------------
+
+
+async def test_welcome_carries_identity_fields(server: Any, connect: Clients) -> None:
+    guest = await connect("bob")
+    welcome = guest.welcome or {}
+    assert isinstance(welcome["resume"], str) and 1 <= len(welcome["resume"]) <= 64
+    assert welcome["account"] is False
+    assert welcome["guest_hold"] == 300
+    assert isinstance(welcome["epoch"], str) and welcome["epoch"]
+    admin = await connect.admin()
+    assert (admin.welcome or {})["account"] is True
+    assert "resume" not in (admin.welcome or {})
+    assert (admin.welcome or {})["epoch"] == welcome["epoch"]
+
+
+async def test_held_guest_nick_needs_its_resume(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    second = await connect("BOB", resume=resume)  # a second session of the same identity
+    assert (second.welcome or {})["resume"] == resume
+    await leave(second)
+    await leave(bob)
+    error = await hello_refused(connect, "bob")
+    assert error.code == "nick_taken"
+    assert "held" in error.message and " s more" in error.message
+    wrong = await hello_refused(connect, "bob", resume="not-the-secret")
+    assert wrong.code == "nick_taken"
+    back = await connect("bob", resume=resume)
+    assert (back.welcome or {})["resume"] == resume
+
+
+async def test_online_guest_nick_needs_its_resume(server: Any, connect: Clients) -> None:
+    await connect("bob")
+    error = await hello_refused(connect, "bob")
+    assert error.code == "nick_taken" and "online" in error.message
+
+
+async def test_held_guest_gets_dms_sent_while_away(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    alice = await connect("alice")
+    await leave(bob)
+    ok = await alice.request("dm", to="bob", text="while you were out")
+    back = await connect("bob", resume=resume)
+    event = await next_event(back, "dm")
+    assert (event["text"], event["seq"]) == ("while you were out", ok["seq"])
+
+
+@pytest.mark.server_config(guest_hold=0)
+async def test_stranger_taking_a_freed_guest_nick_gets_nothing(
+    server: Any, connect: Clients
+) -> None:
+    """Issue 9: whoever took a free guest nick got its queued DMs and its DM history."""
+    bob = await connect("bob")
+    alice = await connect("alice")
+    await alice.request("dm", to="bob", text="secret 1")
+    await next_event(bob, "dm")
+    await bob.request("dm", to="alice", text="secret 2")
+    await leave(bob)  # the hold is 0 s: the identity is gone at once
+    assert (await refused(alice, "dm", to="bob", text="secret 3")).code == "no_such_user"
+    stranger = await connect("bob")
+    assert (stranger.welcome or {})["resume"] != (bob.welcome or {})["resume"]
+    assert await pending_events(stranger) == []
+    history = await stranger.request("history", **{"with": "alice"})
+    assert history["messages"] == []
+    # The stream is the nick pair's: the new identity reads it from its own first message on.
+    ok = await alice.request("dm", to="bob", text="hello, new bob")
+    assert ok["seq"] == 3
+    history = await stranger.request("history", **{"with": "alice"})
+    assert [m["text"] for m in history["messages"]] == ["hello, new bob"]
+    assert (await alice.request("history", **{"with": "bob"}))["messages"][0]["text"] == "secret 1"
+
+
+@pytest.mark.server_config(guest_hold=0)
+async def test_cids_are_not_carried_to_the_next_guest(server: Any, connect: Clients) -> None:
+    first = await connect("bob")
+    await join(first, "lobby")
+    ok = await first.request("say", room="lobby", text="mine", cid="c-1")
+    await leave(first)
+    second = await connect("bob")
+    await join(second, "lobby")
+    again = await second.request("say", room="lobby", text="also mine", cid="c-1")
+    assert again["seq"] == ok["seq"] + 1
+    event = await next_event(second, "msg")
+    assert event["text"] == "also mine"
+
+
+async def test_dm_queue_is_bounded(servers: Servers, connect: Clients) -> None:
+    await servers.start(max_queued=2)
+    bob = await connect("bob")
+    alice = await connect("alice")
+    await leave(bob)
+    await alice.request("dm", to="bob", text="1")
+    await alice.request("dm", to="bob", text="2")
+    error = await refused(alice, "dm", to="bob", text="3")
+    assert error.code == "limit_reached"
+    # Nothing was stored for the refused one: the pair's seq did not move.
+    assert (await alice.request("dm", to="alice", text="note to self"))["seq"] == 1
+    history = await alice.request("history", **{"with": "bob"})
+    assert [m["text"] for m in history["messages"]] == ["1", "2"]
+
+
+@pytest.mark.server_config(rate=0, max_buffer=16384)
+async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
+    server: Any, connect: Clients
+) -> None:
+    """Issue 9: what a slow reader did not receive was deleted from the queue anyway."""
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    alice = await connect("alice")
+    await leave(bob)
+    count = 300
+    for i in range(count):
+        await alice.request("dm", to="bob", text=f"{i:04d} " + "x" * 3990)
+    # A client with a tiny receive window that reads its welcome and nothing more.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    stalled = RawClient(reader, writer)
+    welcome = await stalled.hello("bob", resume=resume)
+    assert welcome["resume"] == resume
+    await stalled.close()
+    back = await connect("bob", resume=resume)
+    texts = [(await next_event(back, "dm", timeout=10))["text"][:4] for _ in range(count)]
+    assert texts == [f"{i:04d}" for i in range(count)]
+
+
+async def test_each_queued_dm_is_delivered_once(server: Any, connect: Clients) -> None:
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    alice = await connect("alice")
+    await leave(bob)
+    for i in range(5):
+        await alice.request("dm", to="bob", text=f"m{i}")
+    first = await connect("bob", resume=resume)
+    assert [(await next_event(first, "dm"))["text"] for _ in range(5)] == [
+        f"m{i}" for i in range(5)
+    ]
+    await pending_events(first)
+    await leave(first)
+    again = await connect("bob", resume=resume)
+    assert [e for e in await pending_events(again) if e["type"] == "dm"] == []
+
+
+# -- accounts outrank guests -------------------------------------------------------------------
+
+
+@pytest.mark.server_config(auth_recheck=0.2)
+async def test_account_creation_ends_an_online_guest(server: Any, connect: Clients) -> None:
+    squatter = await connect("bob")
+    await add_user(server.store, "bob", PASSWORD)
+    error = await next_event(squatter, "error", timeout=10)
+    assert error["code"] == "nick_taken"
+    await asyncio.wait_for(squatter.wait_closed(), TIMEOUT)
+    # Its resume does not bring it back.
+    again = await hello_refused(connect, "bob", resume=(squatter.welcome or {})["resume"])
+    assert again.code == "auth_failed"
+
+
+@pytest.mark.server_config(auth_recheck=0)
+async def test_owner_never_shares_a_user_with_the_squatter(server: Any, connect: Clients) -> None:
+    """Issue 9: the owner's session joined the guest's user (an admin could not announce)."""
+    squatter = await connect("bob")
+    await join(squatter, "lobby")
+    await add_user(server.store, "bob", PASSWORD, admin=True)
+    owner = await connect("bob", password=PASSWORD)
+    assert (owner.welcome or {})["account"] is True
+    error = await next_event(squatter, "error")
+    assert error["code"] == "nick_taken"
+    ok = await owner.request("announce", text="mine now")
+    assert ok["delivered"] == 1
+    alice = await connect("alice")
+    await alice.request("dm", to="bob", text="for the owner")
+    assert (await next_event(owner, "dm"))["text"] == "for the owner"
+    assert (await refused(owner, "say", room="lobby", text="x")).code == "not_in_room"
+
+
+async def test_account_created_over_a_held_guest_inherits_nothing(
+    server: Any, connect: Clients
+) -> None:
+    bob = await connect("bob")
+    alice = await connect("alice")
+    await leave(bob)
+    await alice.request("dm", to="bob", text="for the guest")
+    await add_user(server.store, "bob", PASSWORD)
+    owner = await connect("bob", password=PASSWORD)
+    assert [e for e in await pending_events(owner) if e["type"] == "dm"] == []
+    assert (await owner.request("history", **{"with": "alice"}))["messages"] == []
+
+
+async def test_removed_accounts_dms_do_not_go_to_the_next_holder(
+    server: Any, connect: Clients
+) -> None:
+    await add_user(server.store, "bob", PASSWORD)
+    owner = await connect("bob", password=PASSWORD)
+    alice = await connect("alice")
+    await alice.request("dm", to="bob", text="read this")
+    await next_event(owner, "dm")
+    await leave(owner)
+    await alice.request("dm", to="bob", text="queued for the owner")
+    await remove_user(server.store, "bob")
+    stranger = await connect("bob")
+    assert [e for e in await pending_events(stranger) if e["type"] == "dm"] == []
+    assert (await stranger.request("history", **{"with": "alice"}))["messages"] == []
+
+
+# -- epochs ------------------------------------------------------------------------------------
+
+
+async def test_epoch_survives_a_restart_and_a_fresh_store_gets_a_new_one(
+    servers: Servers, connect: Clients, tmp_path: Path
+) -> None:
+    first = await servers.start()
+    epoch = ((await connect("alice")).welcome or {})["epoch"]
+    await servers.stop(first)
+    again = await servers.start()
+    assert ((await connect("bob")).welcome or {})["epoch"] == epoch
+    await servers.stop(again)
+    fresh_prefix = {"redis_prefix": f"{servers.redis_prefix}fresh:"} if servers.redis_prefix else {}
+    fresh = await servers.start(tmp_path / "fresh", **fresh_prefix)
+    try:
+        assert ((await connect("carol")).welcome or {})["epoch"] != epoch
+    finally:
+        await servers.stop(fresh)
+        if fresh_prefix:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(_redis_url())
+            keys = [k async for k in client.scan_iter(match=f"{fresh_prefix['redis_prefix']}*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+
+def _redis_url() -> str:
+    from conftest import REDIS_BACKEND_URL
+
+    assert REDIS_BACKEND_URL is not None
+    return REDIS_BACKEND_URL
+
+
+async def test_guest_identity_and_its_hold_survive_a_restart(
+    servers: Servers, connect: Clients
+) -> None:
+    first = await servers.start()
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    await servers.stop(first)  # bob was online: held from the restart on
+    await servers.start()
+    error = await hello_refused(connect, "bob")
+    assert error.code == "nick_taken" and "held" in error.message
+    back = await connect("bob", resume=resume)
+    assert (back.welcome or {})["resume"] == resume
+
+
+# -- scoped presence ---------------------------------------------------------------------------
+
+
+async def test_presence_reaches_only_rooms_and_dm_peers(server: Any, connect: Clients) -> None:
+    """Issue 9: every arrival sent ``online`` to every session (N² for N arrivals)."""
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    stranger = await connect("stranger")
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    await join(bob, "lobby")
+    await bob.close()
+    presence = frozenset({"online", "offline"})
+    # alice shares a room with bob: she hears him leave; the stranger does not.
+    offline = await next_event(alice, "offline")
+    assert offline["nick"] == "bob"
+    assert [e for e in await pending_events(stranger, skip=frozenset()) if e["type"] in presence] == []
+    # bob comes back: in no room yet and with no DM, nobody but himself hears it.
+    bob = await connect("bob", resume=resume)
+    own = await next_event(bob, "online")
+    assert own["nick"] == "bob"
+    for other in (alice, stranger):
+        events = await pending_events(other, skip=frozenset({"joined", "parted"}))
+        assert [e for e in events if e["type"] in presence] == [], events
+    # A DM makes them peers: alice now hears bob come and go.
+    await alice.request("dm", to="bob", text="hi")
+    await bob.close()
+    assert (await next_event(alice, "offline"))["nick"] == "bob"
+    await connect("bob", resume=resume)
+    assert (await next_event(alice, "online"))["nick"] == "bob"
+    events = await pending_events(stranger, skip=frozenset())
+    assert [e for e in events if e["type"] in presence] == []
