@@ -29,7 +29,9 @@ def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
 
     assert config.redis_url is not None
     store = RedisStore(config.redis_url, prefix=config.redis_prefix)
-    return store, RedisFanout(store, node_timeout=config.node_timeout)
+    return store, RedisFanout(
+        store, node_timeout=config.node_timeout, guest_hold=config.guest_hold
+    )
 
 
 ADMIN_NICK = "admin"
@@ -66,10 +68,12 @@ class ChatServer:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self.store.open()
+        # Guest identities online or held when the server stopped are held from now on.
+        await self.store.hold_guests(self.config.guest_hold)
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
         try:
-            await self.fanout.open(hub)
+            await self.fanout.open(hub.registry)
         except BaseException:
             await self.store.close()
             raise
@@ -160,8 +164,7 @@ class ChatServer:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
         for session in sessions:
-            if session.transport is not None:
-                session.transport.pause_reading()
+            session.pause_reading()
         # Let requests already being handled finish, so every ok they earned is sent.
         await hub.drain_tasks(SHUTDOWN_GRACE)
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
@@ -171,8 +174,7 @@ class ChatServer:
             await asyncio.wait_for(hub.all_closed(), SHUTDOWN_GRACE)
         except TimeoutError:
             for session in list(hub.sessions):
-                if session.transport is not None:
-                    session.transport.abort()
+                session.abort()
         await self._server.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()

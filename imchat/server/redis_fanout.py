@@ -56,15 +56,15 @@ from redis.exceptions import RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import User
 from .identities import evict, written_to_any
+from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
-    from .hub import Hub
-    from .session import Session
+    from .peer import Peer
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -298,25 +298,33 @@ class RedisLost(Exception):
 class RedisFanout:
     """:class:`imchat.server.fanout.Fanout` for a node of a cluster sharing one Redis."""
 
-    def __init__(self, store: RedisStore, *, node_timeout: float = DEFAULT_NODE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        guest_hold: float = 300.0,
+    ) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
         self.node_timeout = node_timeout
+        #: Seconds a guest identity is held after the cluster's last session of it ends.
+        self.guest_hold = guest_hold
         self.node_id = ""
         self.available = False
         self._users: dict[str, User] = {}
         self._local_sessions = 0
-        self._holds: dict[Session, str] = {}
+        self._holds: dict[Peer, str] = {}
         #: Undelivered DMs taken at connect, sent at release (after the welcome).
-        self._undelivered: dict[Session, list[bytes]] = {}
+        self._undelivered: dict[Peer, list[bytes]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
         self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
-        self._hub: Hub | None = None
+        self._registry: Registry | None = None
         self._pubsub_client = connect_redis(store.url, blocking=True)
         self._pubsub: PubSub | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -333,9 +341,9 @@ class RedisFanout:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def open(self, hub: Hub) -> None:
+    async def open(self, registry: Registry) -> None:
         """Subscribe and register before the server listens, so no event can be missed."""
-        self._hub = hub
+        self._registry = registry
         try:
             await self._start_incarnation()
         except (RedisError, OSError) as exc:
@@ -431,10 +439,10 @@ class RedisFanout:
             user.sessions.clear()
         self._users.clear()
         self._local_sessions = 0
-        if self._hub is None:
+        if self._registry is None:
             return
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
-        for session in list(self._hub.sessions):
+        for session in list(self._registry.sessions):
             session.fail(error)
 
     # -- receiving -------------------------------------------------------------------------
@@ -496,14 +504,14 @@ class RedisFanout:
 
     # -- holds -----------------------------------------------------------------------------
 
-    def hold(self, session: Session) -> str | None:
+    def hold(self, session: Peer) -> str | None:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
             self._awaiting.add(hold)
         return hold
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Peer) -> None:
         dms = self._undelivered.pop(session, None) if self._undelivered else None
         if dms:
             self._hand_over(session, dms)
@@ -513,7 +521,7 @@ class RedisFanout:
             if self._inbox:
                 self._drain()
 
-    def _hand_over(self, session: Session, dms: list[bytes]) -> None:
+    def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
         """Send DMs kept while the user was offline, before anything published later.
 
         They leave the queue only once written to a session (rev 2): a session that ends
@@ -527,12 +535,10 @@ class RedisFanout:
             frame = encode_frame(payload)
             for each in user.sessions:
                 each.send(frame)
-        if self._hub is not None:
-            self._hub.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
+        if self._registry is not None:
+            self._registry.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
 
-    async def _drop_when_written(
-        self, sessions: list[Session], ident: str, dms: list[bytes]
-    ) -> None:
+    async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
         if not await written_to_any(sessions):
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -543,14 +549,13 @@ class RedisFanout:
     # -- presence --------------------------------------------------------------------------
 
     def _hold_ms(self) -> int:
-        hold = self._hub.config.guest_hold if self._hub is not None else 300.0
-        return max(int(hold * 1000), 1)
+        return max(int(self.guest_hold * 1000), 1)
 
     def _check_available(self) -> None:
         if not self.available:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, ident: str) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
         A user coming online reads its undelivered DMs in the same script (so a DM is either
@@ -590,7 +595,7 @@ class RedisFanout:
             self._undelivered[session] = dms
         return False
 
-    async def disconnect(self, session: Session) -> list[str] | None:
+    async def disconnect(self, session: Peer) -> list[str] | None:
         """Returns None: ``parted``/``offline`` are published by the script itself."""
         user = session.user
         if user is None or session not in user.sessions:
@@ -610,7 +615,7 @@ class RedisFanout:
             log.warning("could not record that %s left (reaped later): %s", user.nick, exc)
         return None
 
-    async def join(self, session: Session, room: str) -> bool:
+    async def join(self, session: Peer, room: str) -> bool:
         """Returns False: the ``joined`` event is published by the script itself."""
         user = session.user
         assert user is not None
@@ -627,7 +632,7 @@ class RedisFanout:
         user.rooms.add(room)
         return False
 
-    async def part(self, session: Session, room: str) -> bool:
+    async def part(self, session: Peer, room: str) -> bool:
         """Returns False: the ``parted`` event is published by the script itself."""
         user = session.user
         assert user is not None

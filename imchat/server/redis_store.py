@@ -49,7 +49,6 @@ from redis.exceptions import NoScriptError, RedisError
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .store import (
-    ANNOUNCE_STREAM,
     TOKEN_ID_LENGTH,
     Account,
     ClaimStatus,
@@ -61,12 +60,11 @@ from .store import (
     StoreUnavailable,
     TokenInfo,
     UserRecord,
-    dm_stream,
     new_epoch,
     new_ident,
-    room_stream,
     token_id,
 )
+from .streams import StreamId, StreamKind
 
 log = logging.getLogger(__name__)
 
@@ -560,7 +558,7 @@ class RedisStore:
     async def room(self, name: str) -> RoomInfo | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.keys.room(name), "topic")
-            pipe.hget(self.keys.seq, room_stream(name))
+            pipe.hget(self.keys.seq, StreamId.room(name).key)
             topic, last = await pipe.execute()
         if topic is None:
             return None
@@ -571,7 +569,7 @@ class RedisStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hget(self.keys.room(name), "topic")
-                pipe.hget(self.keys.seq, room_stream(name))
+                pipe.hget(self.keys.seq, StreamId.room(name).key)
             values = await pipe.execute()
         return [
             RoomInfo(name, _text(values[2 * i]), int(values[2 * i + 1] or 0))
@@ -603,7 +601,7 @@ class RedisStore:
         stream = draft.stream
         args = (
             self.keys.prefix,
-            stream,
+            stream.key,
             draft.cid or "",
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
@@ -617,7 +615,7 @@ class RedisStore:
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream.room_name}")
         if status == b"-2":
             raise ProtocolError(
                 ErrorCode.LIMIT_REACHED,
@@ -629,23 +627,24 @@ class RedisStore:
             payload,
             duplicate=status == b"0",
             published=True,
-            delivered=int(delivered) if stream == ANNOUNCE_STREAM else None,
+            delivered=int(delivered) if stream.kind is StreamKind.ANNOUNCEMENTS else None,
         )
 
     async def history(
         self,
-        stream: str,
+        stream: StreamId,
         *,
         after: int | None,
         before: int | None,
         limit: int,
         viewer: str | None = None,
     ) -> list[bytes]:
-        key = self.keys.messages(stream)
+        key = self.keys.messages(stream.key)
         lower = after
-        if viewer is not None and stream.startswith("d:") and viewer not in stream[2:].split(" "):
+        keys = stream.dm_keys
+        if viewer is not None and keys is not None and viewer not in keys:
             # A guest identity (or an account of revision 2) reads from its first message on.
-            first = await self.redis.hget(self.keys.since(viewer), stream)
+            first = await self.redis.hget(self.keys.since(viewer), stream.key)
             if first is None:
                 return []
             lower = max(lower if lower is not None else -1, int(first) - 1)
@@ -657,21 +656,23 @@ class RedisStore:
         result = await self.redis.zrevrangebyscore(key, upper, bottom, start=0, num=limit)
         return list(reversed(result))
 
-    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[str, int, bytes]]:
+    async def peek_pending(
+        self, recipient: str, limit: int
+    ) -> list[tuple[StreamId, int, bytes]]:
         payloads = await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1)
         items = []
         for payload in payloads:
             event = msgspec.json.decode(payload)
-            stream = dm_stream(str(event["from"]).lower(), str(event["to"]).lower())
+            stream = StreamId.dm(str(event["from"]).lower(), str(event["to"]).lower())
             items.append((stream, int(event["seq"]), payload))
         return items
 
-    async def drop_pending(self, recipient: str, items: list[tuple[str, int]]) -> None:
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
         if not items:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, seq in items:
-                pipe.zrangebyscore(self.keys.messages(stream), seq, seq)
+                pipe.zrangebyscore(self.keys.messages(stream.key), seq, seq)
             found = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for payloads in found:
@@ -679,13 +680,13 @@ class RedisStore:
                     pipe.lrem(self.keys.pending(recipient), 1, payloads[0])
             await pipe.execute()
 
-    async def claim_pending(self, recipient: str, stream: str, seq: int) -> bool:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
+        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
         if not found:
             return False
         return bool(await self.redis.lrem(self.keys.pending(recipient), 1, found[0]))
 
-    async def set_pending(self, recipient: str, stream: str, seq: int) -> None:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def set_pending(self, recipient: str, stream: StreamId, seq: int) -> None:
+        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
         if found:
             await self.redis.rpush(self.keys.pending(recipient), found[0])

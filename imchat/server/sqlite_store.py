@@ -39,9 +39,9 @@ from .store import (
     UserRecord,
     new_epoch,
     new_ident,
-    room_stream,
     token_id,
 )
+from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class SQLiteStore:
             ).fetchall()
         )
         for name, topic in conn.execute("SELECT name, topic FROM rooms"):
-            self._rooms[name] = RoomInfo(name, topic, last.get(room_stream(name), 0))
+            self._rooms[name] = RoomInfo(name, topic, last.get(StreamId.room(name).key, 0))
 
     def _submit(self, op: Operation) -> asyncio.Future[Any]:
         assert self._writer is not None, "store is not open"
@@ -513,6 +513,7 @@ class SQLiteStore:
         writer = self._writer
         assert writer is not None, "store is not open"
         owner = draft.cid_owner
+        stream = draft.stream.key
 
         def op(c: sqlite3.Connection) -> Stored | ProtocolError:
             # A refusal is returned, not raised: raising would roll back the whole batch.
@@ -532,36 +533,34 @@ class SQLiteStore:
                         ErrorCode.LIMIT_REACHED,
                         f"{draft.max_queued} messages already wait for them; try later",
                     )
-            seq = writer.next_seq(c, draft.stream)
+            seq = writer.next_seq(c, stream)
             ts = round(time.time(), 3)
-            event = dict(draft.event)
-            event["seq"] = seq
-            event["ts"] = ts
-            payload = writer.encoder.encode(event)
+            payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
             c.execute(
                 "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (draft.stream, seq, ts, owner, draft.cid, payload),
+                (stream, seq, ts, owner, draft.cid, payload),
             )
             if draft.dm_idents is not None:
                 for ident in set(draft.dm_idents):
                     c.execute(
                         "INSERT OR IGNORE INTO dm_since VALUES (?, ?, ?)",
-                        (ident, draft.stream, seq),
+                        (ident, stream, seq),
                     )
             if draft.pending_for is not None:
                 c.execute(
                     "INSERT INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",
-                    (draft.pending_for, draft.stream, seq),
+                    (draft.pending_for, stream, seq),
                 )
-            writer.last_seq[draft.stream] = seq
+            writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
         stored: Stored | ProtocolError = await writer.submit(op)
         if isinstance(stored, ProtocolError):
             raise stored
-        if not stored.duplicate and draft.stream.startswith("r:"):
-            info = self._rooms.get(draft.stream[2:])
+        room = draft.stream.room_name
+        if not stored.duplicate and room is not None:
+            info = self._rooms.get(room)
             if info is not None and stored.seq > info.last_seq:
                 info.last_seq = stored.seq
         return stored
@@ -578,7 +577,7 @@ class SQLiteStore:
 
     async def history(
         self,
-        stream: str,
+        stream_id: StreamId,
         *,
         after: int | None,
         before: int | None,
@@ -586,6 +585,7 @@ class SQLiteStore:
         viewer: str | None = None,
     ) -> list[bytes]:
         assert self._reader is not None
+        stream = stream_id.key
         first = self._first_visible(stream, viewer)
         if first is None:
             return []
@@ -606,7 +606,9 @@ class SQLiteStore:
             rows.reverse()
         return [row[0] for row in rows]
 
-    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[str, int, bytes]]:
+    async def peek_pending(
+        self, recipient: str, limit: int
+    ) -> list[tuple[StreamId, int, bytes]]:
         assert self._reader is not None
         rows = self._reader.execute(
             "SELECT q.stream, q.seq, m.event FROM dm_queue q JOIN messages m"
@@ -614,19 +616,21 @@ class SQLiteStore:
             " WHERE q.recipient = ? ORDER BY q.n LIMIT ?",
             (recipient, limit),
         ).fetchall()
-        return [(stream, seq, event) for stream, seq, event in rows]
+        return [(StreamId(stream), seq, event) for stream, seq, event in rows]
 
-    async def drop_pending(self, recipient: str, items: list[tuple[str, int]]) -> None:
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
         if not items:
             return
         await self._submit(
             lambda c: c.executemany(
                 "DELETE FROM dm_queue WHERE recipient = ? AND stream = ? AND seq = ?",
-                [(recipient, stream, seq) for stream, seq in items],
+                [(recipient, stream.key, seq) for stream, seq in items],
             )
         )
 
-    async def claim_pending(self, recipient: str, stream: str, seq: int) -> bool:
+    async def claim_pending(self, recipient: str, stream_id: StreamId, seq: int) -> bool:
+        stream = stream_id.key
+
         def op(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
                 "DELETE FROM dm_queue WHERE recipient = ? AND stream = ? AND seq = ?",
@@ -637,7 +641,8 @@ class SQLiteStore:
         claimed: bool = await self._submit(op)
         return claimed
 
-    async def set_pending(self, recipient: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient: str, stream_id: StreamId, seq: int) -> None:
+        stream = stream_id.key
         await self._submit(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",

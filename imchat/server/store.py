@@ -11,19 +11,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
+from imchat.protocol.events import StoredEvent
 
-def room_stream(room: str) -> str:
-    return f"r:{room}"
+from .streams import StreamId
 
-
-def dm_stream(a_key: str, b_key: str) -> str:
-    low, high = sorted((a_key, b_key))
-    return f"d:{low} {high}"
-
-
-ANNOUNCE_STREAM = "a"
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
 TOKEN_ID_LENGTH = 12
 
@@ -64,10 +57,10 @@ class StoreUnavailable(Exception):
 class Draft:
     """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
 
-    stream: str
+    stream: StreamId
     sender_key: str
     cid: str | None
-    event: dict[str, Any]
+    event: StoredEvent
     #: Recipient identity of a DM: it stays undelivered until claimed live or fetched at
     #: hello. A clustered store decides this itself, atomically with storing.
     pending_for: str | None = None
@@ -250,7 +243,7 @@ class Store(Protocol):
 
     async def history(
         self,
-        stream: str,
+        stream: StreamId,
         *,
         after: int | None,
         before: int | None,
@@ -263,15 +256,15 @@ class Store(Protocol):
         messages from its first one on.
         """
 
-    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[str, int, bytes]]:
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
         """The oldest ``limit`` undelivered DMs of an identity: (stream, seq, payload), in the
         order they were queued (seq order within a stream). They stay queued."""
 
-    async def drop_pending(self, recipient: str, items: list[tuple[str, int]]) -> None:
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
         """Remove undelivered DMs that were written to one of the recipient's sessions."""
 
-    async def claim_pending(self, recipient: str, stream: str, seq: int) -> bool:
+    async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
         """Take one undelivered DM for live delivery; False if a hello's delivery had it."""
 
-    async def set_pending(self, recipient: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient: str, stream: StreamId, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""
