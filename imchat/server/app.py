@@ -29,9 +29,7 @@ def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
 
     assert config.redis_url is not None
     store = RedisStore(config.redis_url, prefix=config.redis_prefix)
-    return store, RedisFanout(
-        store, node_timeout=config.node_timeout, guest_hold=config.guest_hold
-    )
+    return store, RedisFanout(store, node_timeout=config.node_timeout, guest_hold=config.guest_hold)
 
 
 ADMIN_NICK = "admin"

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 from imchat.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from .fanout import User
-    from .session import Session
+    from .peer import Peer, User
 
 #: Undelivered DMs read and written per batch at hello: a queue of thousands of large DMs
 #: is never loaded at once, and the next batch waits until the client takes this one.
@@ -54,7 +53,7 @@ def evict(user: User) -> None:
         session.fail(error)
 
 
-async def written_to_any(sessions: Iterable[Session]) -> bool:
+async def written_to_any(sessions: Iterable[Peer]) -> bool:
     """Wait until what was just queued to these sessions was written to at least one of
     them; False if every one of them ended (or was cut) first."""
     waiters = [asyncio.ensure_future(s.wait_written()) for s in sessions if not s.closing]

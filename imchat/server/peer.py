@@ -9,6 +9,7 @@ server core free of import cycles and of any one transport.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from imchat.protocol import ProtocolError
@@ -65,16 +66,24 @@ class Peer(Protocol):
     def abort(self) -> None:
         """Drop the connection at once, unflushed."""
 
+    def wait_written(self) -> Awaitable[bool]:
+        """True once what was queued so far has been written to the connection (its buffer
+        below the high-water mark); False if it closes first (rev 2: a queued DM leaves its
+        queue only once written)."""
+
 
 class User:
     """An online user: the sessions it has here and the rooms it is in."""
 
-    __slots__ = ("admin", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
+    __slots__ = ("admin", "dm_fetches", "dm_held", "ident", "key", "nick", "rooms", "sessions")
 
-    def __init__(self, nick: str, admin: bool) -> None:
+    def __init__(self, nick: str, admin: bool, ident: str = "") -> None:
         self.nick = nick
         self.key = nick.lower()
         self.admin = admin
+        #: The account or guest identity (rev 2): its cids, DM queue and DM view. Sessions
+        #: of another identity never join this user. Empty: the nick key (tests, adapters).
+        self.ident = ident or self.key
         self.sessions: list[Peer] = []
         self.rooms: set[str] = set()
         #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until

@@ -157,6 +157,25 @@ redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
 redis.call('INCR', prefix .. 'nsessions')
 local status = 0
 local pending = {}
+local prev = redis.call('HGET', prefix .. 'identof', key)
+if n > 0 and prev and prev ~= ident then
+  -- An account outranks the guest identity online under its nick (rev 2): that identity
+  -- leaves its rooms and every node ends its sessions; it shares nothing with the account.
+  local old_nick = redis.call('HGET', prefix .. 'online', key) or key
+  local ts = now_ts()
+  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+    local members = prefix .. 'members:' .. room
+    redis.call('HDEL', members, key)
+    local left = redis.call('HKEYS', members)
+    redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
+      table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
+      jstr(old_nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+  end
+  redis.call('DEL', prefix .. 'urooms:' .. key)
+  redis.call('PUBLISH', channel, envelope('', '!' .. key .. ' ' .. ident, '', ''))
+  redis.call('HSET', prefix .. 'sessions', key, 1)  -- this session alone
+  n = 0
+end
 redis.call('HSET', prefix .. 'identof', key, ident)
 local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') == ident then
@@ -185,7 +204,8 @@ return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pendin
 """
 )
 
-#: ARGV: prefix, channel, node, key, guest hold ms. Returns 1 if the user left the cluster.
+#: ARGV: prefix, channel, node, key, guest hold ms, identity id. Returns 1 if the user left
+#: the cluster.
 DISCONNECT_LUA = (
     LUA_FANOUT
     + """
@@ -194,6 +214,8 @@ local here = prefix .. 'nodeusers:' .. node
 if redis.call('HEXISTS', here, key) == 0 then return 0 end
 if redis.call('HINCRBY', here, key, -1) <= 0 then redis.call('HDEL', here, key) end
 redis.call('DECR', prefix .. 'nsessions')
+local current = redis.call('HGET', prefix .. 'identof', key)
+if current and current ~= ARGV[6] then return 0 end  -- a session of an outranked identity
 if redis.call('HINCRBY', prefix .. 'sessions', key, -1) <= 0 then
   gone(prefix, channel, key, hold_ms)
   return 1
@@ -477,6 +499,12 @@ class RedisFanout:
         user = self._users.get(key)
         if user is None:
             return
+        if op[:1] == b"!":
+            # ``!key ident``: an account took the nick; another identity here under it ends.
+            if user.ident != room:
+                del self._users[key]
+                evict(user)
+            return
         if op[:1] == b"+":
             user.rooms.add(room)
         else:
@@ -609,7 +637,14 @@ class RedisFanout:
             return None  # this incarnation's sessions are reaped once its heartbeat expires
         try:
             await self._disconnect(
-                args=[self.keys.prefix, self.keys.channel, node, user.key, self._hold_ms()]
+                args=[
+                    self.keys.prefix,
+                    self.keys.channel,
+                    node,
+                    user.key,
+                    self._hold_ms(),
+                    user.ident,
+                ]
             )
         except (RedisError, OSError) as exc:
             log.warning("could not record that %s left (reaped later): %s", user.nick, exc)

@@ -656,15 +656,14 @@ class RedisStore:
         result = await self.redis.zrevrangebyscore(key, upper, bottom, start=0, num=limit)
         return list(reversed(result))
 
-    async def peek_pending(
-        self, recipient: str, limit: int
-    ) -> list[tuple[StreamId, int, bytes]]:
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
         payloads = await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1)
         items = []
         for payload in payloads:
-            event = msgspec.json.decode(payload)
+            data = payload if isinstance(payload, bytes) else str(payload).encode()
+            event = msgspec.json.decode(data)
             stream = StreamId.dm(str(event["from"]).lower(), str(event["to"]).lower())
-            items.append((stream, int(event["seq"]), payload))
+            items.append((stream, int(event["seq"]), data))
         return items
 
     async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:

@@ -606,9 +606,7 @@ class SQLiteStore:
             rows.reverse()
         return [row[0] for row in rows]
 
-    async def peek_pending(
-        self, recipient: str, limit: int
-    ) -> list[tuple[StreamId, int, bytes]]:
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
         assert self._reader is not None
         rows = self._reader.execute(
             "SELECT q.stream, q.seq, m.event FROM dm_queue q JOIN messages m"

@@ -28,7 +28,7 @@ def start_say(ctx: Context, session: Peer, req: Say) -> Append:
             ctx.fanout.to_room(req.room, encode_frame(stored.payload))
 
     hold = ctx.fanout.hold(session)
-    draft = Draft(StreamId.room(req.room), user.key, req.cid, event, hold=hold)
+    draft = Draft(StreamId.room(req.room), user.key, req.cid, event, hold=hold, owner=user.ident)
     return Append(req, start_storing(ctx.store, draft), finish)
 
 
@@ -42,16 +42,30 @@ def start_dm(ctx: Context, session: Peer, req: Dm) -> Append:
     live = to_self or ctx.dms.is_live(to_key)
     hold = ctx.fanout.hold(session)
 
+    to_ident = user.ident if to_self else recipient.ident if recipient is not None else ""
+
     async def append() -> Stored:
+        """To an online user, an account or a held guest identity (rev 2); else none."""
+        nonlocal to_ident
         to_nick = recipient.nick if recipient is not None else None
         if to_nick is None:
-            record = await ctx.store.lookup_user(to_key)
-            if record is None:
+            identity = await ctx.store.identity(to_key)
+            if identity is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
-            to_nick = record.nick
+            to_nick, to_ident = identity.nick, identity.ident
         event = DmEvent(from_=user.nick, to=to_nick, text=req.text)
-        pending_for = None if live else to_key
-        draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold)
+        draft = Draft(
+            stream,
+            user.key,
+            req.cid,
+            event,
+            None if live else to_ident,
+            hold=hold,
+            owner=user.ident,
+            dm_idents=(user.ident, to_ident),
+            recipient_ident=to_ident,
+            max_queued=ctx.config.max_queued,
+        )
         return await ctx.store.append(draft)
 
     def finish(stored: Stored) -> None:
@@ -61,7 +75,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm) -> Append:
         frame = encode_frame(stored.payload)
         ctx.fanout.to_users((user.key,), frame)
         if not to_self:
-            ctx.dms.after_commit(to_key, stream, stored.seq, frame, live)
+            ctx.dms.after_commit(to_key, to_ident, stream, stored.seq, frame, live)
 
     return Append(req, asyncio.ensure_future(append()), finish)
 
@@ -83,5 +97,12 @@ def start_announce(ctx: Context, session: Peer, req: Announce) -> Append:
         if not (stored.duplicate or stored.published):
             ctx.fanout.to_everyone(encode_frame(stored.payload))
 
-    draft = Draft(StreamId.announcements(), user.key, req.cid, event, hold=ctx.fanout.hold(session))
+    draft = Draft(
+        StreamId.announcements(),
+        user.key,
+        req.cid,
+        event,
+        hold=ctx.fanout.hold(session),
+        owner=user.ident,
+    )
     return Append(req, start_storing(ctx.store, draft), finish)
