@@ -99,7 +99,7 @@ async def test_stranger_taking_a_freed_guest_nick_gets_nothing(
     await leave(bob)  # the hold is 0 s: the identity is gone at once
     assert (await next_event(alice, "offline", skip=frozenset({"dm", "online"})))["nick"] == "bob"
     assert (await refused(alice, "dm", to="bob", text="secret 3")).code == "no_such_user"
-    stranger = await connect("bob")
+    stranger = await connect("bob", fresh=True)
     assert (stranger.welcome or {})["resume"] != (bob.welcome or {})["resume"]
     assert await pending_events(stranger) == []
     history = await stranger.request("history", **{"with": "alice"})
@@ -118,7 +118,7 @@ async def test_cids_are_not_carried_to_the_next_guest(server: Any, connect: Clie
     await join(first, "lobby")
     ok = await first.request("say", room="lobby", text="mine", cid="c-1")
     await leave(first)
-    second = await connect("bob")
+    second = await connect("bob", fresh=True)
     await join(second, "lobby")
     again = await second.request("say", room="lobby", text="also mine", cid="c-1")
     assert again["seq"] == ok["seq"] + 1
@@ -248,7 +248,7 @@ async def test_removed_accounts_dms_do_not_go_to_the_next_holder(
     await leave(owner)
     await alice.request("dm", to="bob", text="queued for the owner")
     await remove_user(server.store, "bob")
-    stranger = await connect("bob")
+    stranger = await connect("bob", fresh=True)
     assert [e for e in await pending_events(stranger) if e["type"] == "dm"] == []
     assert (await stranger.request("history", **{"with": "alice"}))["messages"] == []
 
