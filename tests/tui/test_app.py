@@ -12,6 +12,8 @@ from textual.command import CommandPalette
 from textual.widgets import Input
 
 from imchat.client import Connection
+from imchat.client.resume import ResumeStore
+from imchat.client.send import guest_hello
 from imchat.client.session import ANNOUNCEMENTS, ConvKey, State
 from imchat.tui.app import ChatApp
 from imchat.tui.widgets import ConversationList, MemberList, MessageLog
@@ -23,11 +25,18 @@ LOBBY = ConvKey.room("lobby")
 
 @contextlib.asynccontextmanager
 async def client(
-    server: ServerHandle, nick: str, *, token: str | None = None, rooms: tuple[str, ...] = ()
+    server: ServerHandle,
+    nick: str,
+    *,
+    token: str | None = None,
+    rooms: tuple[str, ...] = (),
+    elsewhere: bool = False,
 ) -> AsyncIterator[Connection]:
-    """A plain library client, for the other side of a conversation."""
+    """A plain library client, for the other side of a conversation (keeping its guest
+    identity's resume as the library does, so it can come back under its nick)."""
     conn = await Connection.connect("127.0.0.1", server.port)
-    await conn.hello(nick, token=token)
+    # ``elsewhere``: another machine, which does not share this one's resume secrets.
+    await guest_hello(conn, nick, None if elsewhere else ResumeStore(), token=token)
     for room in rooms:
         await conn.request("join", room=room)
     try:
@@ -403,7 +412,7 @@ def test_alt_digit_sequences_reach_the_app_as_alt_keys() -> None:
 
 async def test_a_refused_hello_goes_offline_and_says_why(server: ServerHandle) -> None:
     """A nick in use at the first connect is final: offline, explained, exit code 1."""
-    async with client(server, "alice"):
+    async with client(server, "alice", elsewhere=True):
         alice = make_app(server, "alice")
         async with alice.run_test(size=(120, 36)) as pilot:
             await until(pilot, lambda: alice.failed, "gave up")
