@@ -89,7 +89,7 @@ class Servers:
                 "redis_prefix": self.redis_prefix,
                 **overrides,
             }
-        config = ServerConfig(port=0, data_dir=data_dir or self.data_dir, **overrides)
+        config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()
         self.running.append(server)

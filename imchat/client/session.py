@@ -175,8 +175,8 @@ class SendFailed:
 @dataclass(frozen=True, slots=True)
 class HistoryReset:
     """The server's history was reset: a new store ``epoch`` (``conv`` None: every
-    conversation) or a room rewound to ``last_seq``. What was held above it is void and was
-    fetched again; what is already on screen stays (never hide a message)."""
+    conversation) or a room rewound to ``last_seq``. The seqs seen are void; recent history
+    is fetched again; what is already on screen stays (never hide a message)."""
 
     conv: ConvKey | None
     last_seq: int = 0
@@ -675,9 +675,10 @@ class ChatSession:
         self._emit(joined)
         known_last = reply.get("last_seq")
         if isinstance(known_last, int) and conv.last_seq is not None and known_last < conv.last_seq:
-            # The room's stream was rewound (a store restored from an older copy): what we
-            # hold above last_seq is void, and new messages will reuse those seqs.
-            conv.rewind(known_last)
+            # The room's stream was rewound (a store restored from an older copy): seqs we
+            # saw were or will be reused, and which of ours are void is unknown: fetch the
+            # room's recent history afresh after the reset line (shown twice beats hidden).
+            conv.rewind(None)
             self._emit(HistoryReset(key, known_last))
         await self._catch_up(
             conn, conv, {"room": name}, known_last if isinstance(known_last, int) else None

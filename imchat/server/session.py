@@ -280,10 +280,14 @@ class Session(asyncio.BufferedProtocol):
         then look again every :data:`WRITTEN_POLL` seconds (only while someone waits)."""
         if not self._written or self.closing or self._out or self._writing_paused:
             return
-        if self.transport is not None and self.transport.get_write_buffer_size() == 0:
-            if _unacknowledged(self.transport) <= 0:
-                self._settle_written(True)
-                return
+        transport = self.transport
+        if (
+            transport is not None
+            and transport.get_write_buffer_size() == 0
+            and _unacknowledged(transport) <= 0
+        ):
+            self._settle_written(True)
+            return
         self.hub.loop.call_later(WRITTEN_POLL, self._check_written)
 
     def _settle_written(self, written: bool) -> None:
