@@ -172,7 +172,7 @@ async def test_nick_taken_case_insensitively_while_online(server: Any, connect: 
         await (await connect()).hello("ALICE")
     assert info.value.code == "nick_taken" and "held" in info.value.message
     late = await connect("ALICE", resume=resume)
-    assert late.welcome is not None and late.welcome["nick"] == "alice"
+    assert late.welcome is not None and late.welcome["nick"] == "ALICE"
 
 
 async def test_admin_token_file(server: Any, data_dir: Any) -> None:

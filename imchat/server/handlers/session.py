@@ -42,7 +42,7 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     assert identity is not None
     admin = account is not None and account.admin
     try:
-        first = await ctx.fanout.connect(session, identity.nick, admin=admin, ident=identity.ident)
+        first = await ctx.fanout.connect(session, req.nick, admin=admin, ident=identity.ident)
     except BaseException:
         if resume is not None:
             await ctx.store.guest_left(identity.ident, ctx.config.guest_hold)
