@@ -338,3 +338,76 @@ async def test_presence_reaches_only_rooms_and_dm_peers(server: Any, connect: Cl
     await connect("bob", resume=resume)
     assert (await next_event(alice, "online"))["nick"] == "bob"
     assert about_bob(await pending_events(stranger, skip=frozenset())) == []
+
+
+async def test_epoch_of_a_server_process_survives_restart_and_kill(
+    server_process: Any, tmp_path: Path
+) -> None:
+    """A real server process: restart and SIGKILL keep the epoch; a fresh data dir gets another."""
+    import signal
+
+    data = tmp_path / "d"
+    epochs = []
+    for stop in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
+        proc = server_process(data)
+        raw = await RawClient.open(proc.port)
+        epochs.append((await raw.hello(f"u{len(epochs)}"))["epoch"])
+        await raw.close()
+        proc.kill(stop)
+        proc.wait()
+    assert len(set(epochs)) == 1
+    fresh = server_process(tmp_path / "fresh")
+    raw = await RawClient.open(fresh.port)
+    assert (await raw.hello("u"))["epoch"] != epochs[0]
+    await raw.close()
+
+
+async def test_revision_1_database_is_migrated(tmp_path: Path) -> None:
+    """Accounts keep their queued DMs, DM history and cids; guests of revision 1 had no
+    identity, so their queues are dropped and their nicks are free."""
+    import sqlite3
+
+    from imchat.server.sqlite_store import SQLiteStore
+    from imchat.server.streams import StreamId
+
+    path = tmp_path / "imchat.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE users (key TEXT PRIMARY KEY, nick TEXT NOT NULL, created REAL NOT NULL,
+            account INTEGER NOT NULL DEFAULT 0, admin INTEGER NOT NULL DEFAULT 0,
+            password_hash TEXT);
+        INSERT INTO users VALUES ('bob', 'bob', 0, 1, 0, NULL), ('gus', 'gus', 0, 0, 0, NULL);
+        CREATE TABLE messages (stream TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+            sender TEXT NOT NULL, cid TEXT, event BLOB NOT NULL, PRIMARY KEY (stream, seq))
+            WITHOUT ROWID;
+        CREATE TABLE pending_dms (recipient TEXT NOT NULL, stream TEXT NOT NULL,
+            seq INTEGER NOT NULL, PRIMARY KEY (recipient, stream, seq)) WITHOUT ROWID;
+        INSERT INTO pending_dms VALUES ('bob', 'd:alice bob', 1), ('gus', 'd:alice gus', 1);
+        """
+    )
+    for stream, text in (
+        ("d:alice bob", b'{"text":"to bob"}'),
+        ("d:alice gus", b'{"text":"to gus"}'),
+    ):
+        conn.execute("INSERT INTO messages VALUES (?, 1, 1, 'alice', NULL, ?)", (stream, text))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        bob = await store.identity("bob")
+        assert bob is not None and bob.account is not None
+        queued = await store.peek_pending(bob.ident, 10)
+        assert [payload for _, _, payload in queued] == [b'{"text":"to bob"}']
+        history = await store.history(
+            StreamId.dm("alice", "bob"), after=None, before=None, limit=10, viewer=bob.ident
+        )
+        assert history == [b'{"text":"to bob"}']
+        assert await store.identity("gus") is None  # a free guest nick
+        assert await store.peek_pending("gus", 10) == []
+        assert await store.epoch()
+    finally:
+        await store.close()

@@ -236,6 +236,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
         self._rooms: dict[str, RoomInfo] = {}
+        self._epoch: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -399,9 +400,11 @@ class SQLiteStore:
     # -- identities (rev 2) ----------------------------------------------------------------
 
     async def epoch(self) -> str:
-        assert self._reader is not None
-        row = self._reader.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-        return str(row[0])
+        if self._epoch is None:
+            assert self._reader is not None
+            row = self._reader.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            self._epoch = str(row[0])
+        return self._epoch
 
     async def identity(self, key: str) -> Identity | None:
         assert self._reader is not None
