@@ -18,6 +18,7 @@ from imchat.client import Connection, ServerError
 from imchat.server.accounts import add_user, remove_user
 
 PASSWORD = "correct horse"
+NOISE = frozenset({"online", "joined", "parted", "msg"})
 
 
 async def refused(conn: Connection, kind: str, **fields: Any) -> ServerError:
@@ -114,10 +115,14 @@ async def test_stranger_taking_a_freed_guest_nick_gets_nothing(
 
 @pytest.mark.server_config(guest_hold=0)
 async def test_cids_are_not_carried_to_the_next_guest(server: Any, connect: Clients) -> None:
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
     first = await connect("bob")
     await join(first, "lobby")
     ok = await first.request("say", room="lobby", text="mine", cid="c-1")
     await leave(first)
+    # A room mate hears bob go: by then his identity is gone (a hold of 0 s).
+    assert (await next_event(watcher, "offline", skip=NOISE))["nick"] == "bob"
     second = await connect("bob", fresh=True)
     await join(second, "lobby")
     again = await second.request("say", room="lobby", text="also mine", cid="c-1")

@@ -126,8 +126,12 @@ local function gone(prefix, channel, key, hold_ms)
     local guest = prefix .. 'guest:' .. key
     if redis.call('HGET', guest, 'ident') == ident then
       -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
-      redis.call('PEXPIRE', guest, hold_ms)
-      redis.call('PEXPIRE', prefix .. 'pending:' .. ident, hold_ms)
+      if tonumber(hold_ms) > 0 then
+        redis.call('PEXPIRE', guest, hold_ms)
+        redis.call('PEXPIRE', prefix .. 'pending:' .. ident, hold_ms)
+      else
+        redis.call('DEL', guest, prefix .. 'pending:' .. ident)
+      end
     end
   end
   if #audience > 0 then
@@ -577,7 +581,7 @@ class RedisFanout:
     # -- presence --------------------------------------------------------------------------
 
     def _hold_ms(self) -> int:
-        return max(int(self.guest_hold * 1000), 1)
+        return max(int(self.guest_hold * 1000), 0)
 
     def _check_available(self) -> None:
         if not self.available:

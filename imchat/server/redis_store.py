@@ -69,6 +69,9 @@ from .streams import StreamId, StreamKind
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "imchat:"
+#: Seconds a guest identity claimed by a hello is kept at least until its session is counted
+#: online (a short ``guest_hold`` must not free the nick in between).
+CLAIM_GRACE = 60.0
 #: Commands sent in one pipeline at most.
 MAX_BATCH = 512
 
@@ -529,7 +532,8 @@ class RedisStore:
                 resume or "",
                 new_ident("g"),
                 new_resume,
-                max(int(hold * 1000), 1),
+                # Until its connect script makes it online: long enough for any hello.
+                int(max(hold, CLAIM_GRACE) * 1000),
             ]
         )
         status = _text(reply[0])
