@@ -416,3 +416,48 @@ async def test_revision_1_database_is_migrated(tmp_path: Path) -> None:
         assert await store.epoch()
     finally:
         await store.close()
+
+
+async def test_message_answered_internal_is_retried_with_its_cid(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``internal`` means the outcome is unknown: the library resends with the same cid."""
+    from imchat.client.send import Target, send_one
+
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    append = server.store.append
+    failures: list[str] = []
+
+    async def flaky_append(draft: Any) -> Any:
+        if not failures:
+            failures.append(draft.cid)
+            stored = await append(draft)  # stored, but the ok is lost to an error
+            raise RuntimeError(f"lost after storing seq {stored.seq}")
+        return await append(draft)
+
+    monkeypatch.setattr(server.store, "append", flaky_append)
+    ok = await send_one(alice, Target(room="lobby"), "exactly once")
+    assert failures and ok["seq"] == 1
+    history = await alice.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["exactly once"]
+
+
+async def test_queued_dms_keep_seq_order_when_the_clock_steps_back(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9: undelivered DMs were ordered by ts, so a clock step backwards reordered them."""
+    from types import SimpleNamespace
+
+    from imchat.server import sqlite_store
+
+    clock = iter(range(2_000_000_000, 0, -100))  # every reading 100 s earlier than the last
+    monkeypatch.setattr(sqlite_store, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    bob = await connect("bob")
+    alice = await connect("alice")
+    await leave(bob)
+    for i in range(5):
+        await alice.request("dm", to="bob", text=f"m{i}")
+    back = await connect("bob")
+    texts = [(await next_event(back, "dm"))["text"] for _ in range(5)]
+    assert texts == [f"m{i}" for i in range(5)]

@@ -429,3 +429,18 @@ async def test_a_refused_hello_goes_offline_and_says_why(server: ServerHandle) -
                 lambda: any("not sent" in str(n.message) for n in alice._notifications),
                 "refused to queue",
             )
+
+
+async def test_a_history_reset_is_one_line_in_the_conversation(server: ServerHandle) -> None:
+    """Rev 2: a new store epoch (or a rewound room) is said once, where the user looks."""
+    from imchat.client.session import HistoryReset
+
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        await until(pilot, lambda: LOBBY in alice.views, "lobby shown")
+        alice.session._emit(HistoryReset(None))
+        await until(pilot, lambda: has_line(alice, LOBBY, "history was reset"), "reset line")
+        alice.session._emit(HistoryReset(LOBBY, 7))
+        await until(pilot, lambda: has_line(alice, LOBBY, "reset to message 7"), "rewind line")
+        lines = log_text(alice, LOBBY)
+        assert sum("history was reset" in x for x in lines) == 1
