@@ -390,6 +390,8 @@ class ChatSession:
         self.admin = False
         #: Guest identities' resume secrets (None: kept nowhere, e.g. with a fake server).
         self.resumes = resumes if resumes is not None else ResumeStore()
+        #: This session's guest identity secret, also kept in memory.
+        self._resume: str | None = None
         #: The server store's epoch seen last; another one voids every seq we hold.
         self.epoch: str | None = None
         #: Rooms we are in; those given at construction are joined on connect.
@@ -495,7 +497,9 @@ class ChatSession:
         """
         resume = None
         if self._password is None and self._token is None:
-            resume = self.resumes.get(self.host, self.port, self.nick)
+            # The file first (another client of ours may have renewed it), else our memory
+            # (an unwritable state dir must not cost the nick at the next reconnect).
+            resume = self.resumes.get(self.host, self.port, self.nick) or self._resume
         try:
             fields: dict[str, Any] = {"resume": resume} if resume is not None else {}
             welcome = await conn.hello(
@@ -509,6 +513,7 @@ class ChatSession:
             if exc.code == "nick_taken" and resume is not None:
                 # The identity our secret named is gone: someone else holds the nick now.
                 self.resumes.forget(self.host, self.port, self.nick)
+                self._resume = None
             if exc.code in _PERMANENT_HELLO_ERRORS or exc.code == "nick_taken":
                 raise _Permanent(f"{exc.code}: {exc.message}") from None
             return f"{exc.code}: {exc.message}", False
@@ -518,6 +523,8 @@ class ChatSession:
         self.nick = str(welcome.get("nick", self.nick))
         self.admin = bool(welcome.get("admin"))
         remember_welcome(self.resumes, self.host, self.port, self.nick, welcome)
+        kept = welcome.get("resume")
+        self._resume = kept if isinstance(kept, str) else None
         self._check_epoch(welcome)
         for conv in self.conversations.values():
             conv.begin_sync()
@@ -554,6 +561,7 @@ class ChatSession:
             if error.get("code") == "nick_taken":
                 # An account took our guest nick: the identity is gone for good.
                 self.resumes.forget(self.host, self.port, self.nick)
+                self._resume = None
                 raise _Permanent(f"nick_taken: {error.get('message', '')}")
             return f"{error.get('code')}: {error.get('message', '')}", True
         return "connection lost", True
