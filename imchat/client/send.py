@@ -128,5 +128,6 @@ def held_nick_advice(nick: str, message: str) -> str:
     return (
         f"nick_taken: {message}. A guest nick stays with the machine that took it; "
         f"scripts on other machines (CI runners) should use an account token "
-        f"(imchat user add {nick} && imchat token create {nick}, then --token or IMCHAT_TOKEN)."
+        f"(imchat user add {nick} --no-password; imchat token create --user {nick}; "
+        f"then --token or IMCHAT_TOKEN)."
     )
