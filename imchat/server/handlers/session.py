@@ -34,6 +34,8 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
             # An account was created for the nick meanwhile: it needs its credentials.
             record = await ctx.store.lookup_user(key)
             account = record.account if record else None
+            if account is None:  # ... and removed again at once: let the client retry
+                raise ProtocolError(ErrorCode.NICK_TAKEN, f"{req.nick} is changing hands")
     if account is not None or req.token is not None:
         session.credential = await ctx.authn.authenticate(session, key, req, account)
         assert account is not None  # a token authenticates only an existing account
