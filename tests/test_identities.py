@@ -461,3 +461,36 @@ async def test_queued_dms_keep_seq_order_when_the_clock_steps_back(
     back = await connect("bob")
     texts = [(await next_event(back, "dm"))["text"] for _ in range(5)]
     assert texts == [f"m{i}" for i in range(5)]
+
+
+@pytest.mark.server_config(guest_hold=0)
+async def test_nothing_is_kept_for_a_guest_identity_that_ended(
+    server: Any, connect: Clients, servers: Servers
+) -> None:
+    """Queues, DM views and cids of ended guest identities do not pile up in the store."""
+    alice = await connect("alice")
+    await join(alice, "lobby")
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    await bob.request("say", room="lobby", text="with a cid", cid="c-1")
+    await bob.request("dm", to="alice", text="hi")
+    await alice.request("dm", to="bob", text="hi back")
+    await leave(bob)
+    assert (await next_event(alice, "offline", skip=NOISE | {"dm"}))["nick"] == "bob"
+    if servers.redis_prefix is None:
+        rows = server.store._reader.execute("SELECT ident FROM dm_since").fetchall()
+        assert len(rows) == 1  # alice's only
+    else:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(_redis_url())
+        try:
+            left = [
+                k
+                async for k in client.scan_iter(match=f"{servers.redis_prefix}*")
+                if b":g." in k or k.endswith(b"guest:bob")
+            ]
+            alice_ident = [k for k in left if b"since:g." in k]
+            assert len(left) == len(alice_ident) == 1, left  # alice's DM view only
+        finally:
+            await client.aclose()

@@ -126,11 +126,12 @@ local function gone(prefix, channel, key, hold_ms)
     local guest = prefix .. 'guest:' .. key
     if redis.call('HGET', guest, 'ident') == ident then
       -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
-      if tonumber(hold_ms) > 0 then
-        redis.call('PEXPIRE', guest, hold_ms)
-        redis.call('PEXPIRE', prefix .. 'pending:' .. ident, hold_ms)
-      else
-        redis.call('DEL', guest, prefix .. 'pending:' .. ident)
+      -- Everything kept for it goes with it when the hold ends (no key outlives a guest).
+      local owned = {guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
+        prefix .. 'cid:' .. ident}
+      for _, k in ipairs(owned) do
+        if tonumber(hold_ms) > 0 then redis.call('PEXPIRE', k, hold_ms)
+        else redis.call('DEL', k) end
       end
     end
   end
@@ -183,8 +184,11 @@ end
 redis.call('HSET', prefix .. 'identof', key, ident)
 local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') == ident then
-  redis.call('PERSIST', guest)  -- online: no longer counting down a hold
-  redis.call('PERSIST', prefix .. 'pending:' .. ident)
+  -- online: no longer counting down a hold
+  for _, k in ipairs({guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
+      prefix .. 'cid:' .. ident}) do
+    redis.call('PERSIST', k)
+  end
 end
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)

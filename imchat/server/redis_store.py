@@ -157,7 +157,13 @@ if kind == 'r' then
   recipients = table.concat(redis.call('HKEYS', members), ' ')
 elseif kind == 'd' then
   redis.call('HSETNX', prefix .. 'since:' .. owner, stream, seq)
-  if to_ident ~= '' then redis.call('HSETNX', prefix .. 'since:' .. to_ident, stream, seq) end
+  local to_ttl = redis.call('PTTL', prefix .. 'guest:' .. to)
+  local to_held = to_ttl > 0 and redis.call('HGET', prefix .. 'guest:' .. to, 'ident') == to_ident
+  if to_ident ~= '' then
+    redis.call('HSETNX', prefix .. 'since:' .. to_ident, stream, seq)
+    -- a held guest's keys end with its hold
+    if to_held then redis.call('PEXPIRE', prefix .. 'since:' .. to_ident, to_ttl) end
+  end
   if to == sender then
     recipients = sender
   elseif to_online then
@@ -165,10 +171,7 @@ elseif kind == 'd' then
   else
     local queue = prefix .. 'pending:' .. to_ident
     redis.call('RPUSH', queue, payload)
-    local ttl = redis.call('PTTL', prefix .. 'guest:' .. to)
-    if ttl > 0 and redis.call('HGET', prefix .. 'guest:' .. to, 'ident') == to_ident then
-      redis.call('PEXPIRE', queue, ttl)  -- dropped when the guest's hold ends
-    end
+    if to_held then redis.call('PEXPIRE', queue, to_ttl) end  -- dropped when the hold ends
     recipients = sender
   end
 else

@@ -108,6 +108,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if name not in columns:
             conn.execute(f"ALTER TABLE users ADD COLUMN {name} {kind}")
     conn.execute("UPDATE users SET ident = key WHERE account = 1 AND ident IS NULL")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS users_held ON users (held_until) WHERE held_until IS NOT NULL"
+    )
     old = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_dms'"
     ).fetchone()
@@ -211,9 +214,19 @@ def _end_identity(c: sqlite3.Connection, key: str) -> None:
     if row is None or row[0] is None:
         return
     c.execute("DELETE FROM dm_queue WHERE recipient = ?", (row[0],))
+    c.execute("DELETE FROM dm_since WHERE ident = ?", (row[0],))
     c.execute(
         "UPDATE users SET ident = NULL, resume = NULL, held_until = NULL WHERE key = ?", (key,)
     )
+
+
+def _end_expired(c: sqlite3.Connection, now: float) -> None:
+    """End every guest identity whose hold is over (found through ``users_held``)."""
+    for (key,) in c.execute(
+        "SELECT key FROM users WHERE held_until IS NOT NULL AND held_until <= ? AND account = 0",
+        (now,),
+    ).fetchall():
+        _end_identity(c, key)
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -457,12 +470,18 @@ class SQLiteStore:
         return claim
 
     async def guest_left(self, ident: str, hold: float) -> None:
-        until = time.time() + hold
-        await self._submit(
-            lambda c: c.execute(
-                "UPDATE users SET held_until = ? WHERE ident = ? AND account = 0", (until, ident)
+        """Hold the identity; identities whose hold ended meanwhile end now (their queues and
+        DM views go), so nothing is kept for a gone guest longer than until the next leave."""
+
+        def op(c: sqlite3.Connection) -> None:
+            now = time.time()
+            c.execute(
+                "UPDATE users SET held_until = ? WHERE ident = ? AND account = 0",
+                (now + hold, ident),
             )
-        )
+            _end_expired(c, now)
+
+        await self._submit(op)
 
     async def dm_streams(self, ident: str) -> list[str]:
         assert self._reader is not None
@@ -472,12 +491,7 @@ class SQLiteStore:
     async def hold_guests(self, hold: float) -> None:
         def op(c: sqlite3.Connection) -> None:
             now = time.time()
-            for (key,) in c.execute(
-                "SELECT key FROM users WHERE account = 0 AND ident IS NOT NULL"
-                " AND held_until IS NOT NULL AND held_until <= ?",
-                (now,),
-            ).fetchall():
-                _end_identity(c, key)
+            _end_expired(c, now)
             c.execute(
                 "UPDATE users SET held_until = ? WHERE account = 0 AND ident IS NOT NULL",
                 (now + hold,),

@@ -111,15 +111,15 @@ async def leave(ctx: Context, session: Peer) -> None:
     if rooms is None:
         return
     user = ctx.user(session)
+    peers = await _dm_peers(ctx, user)  # before the identity may end (a hold of 0)
     if session.credential is None:
         await ctx.store.guest_left(user.ident, ctx.config.guest_hold)
     ts = now()
-    audience: set[str] = set()
+    audience: set[str] = set(peers)
     for room in rooms:
         parted = PartedEvent(room=room, nick=user.nick, ts=ts, reason="quit")
         ctx.fanout.to_room(room, encode(parted))
         audience.update(member.lower() for member in await ctx.fanout.members(room))
-    audience.update(await _dm_peers(ctx, user))
     audience.discard(user.key)
     if audience:
         ctx.fanout.to_users(audience, encode(OfflineEvent(nick=user.nick, ts=ts)))
