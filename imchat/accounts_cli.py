@@ -12,12 +12,15 @@ import asyncio
 import os
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from imchat.server.store import Store
 
 T = TypeVar("T")
 
@@ -41,56 +44,50 @@ def _fail(message: str) -> typer.Exit:
 def _with_store(
     data_dir: Path | None, action: Callable[..., Awaitable[T]], *, create: bool = False
 ) -> T:
-    """Run ``action(store)`` on the data directory's store; one-line errors, exit 1."""
-    redis_url = os.environ.get("IMCHAT_REDIS_URL")
-    if redis_url:
-        return _with_redis_store(redis_url, action)
+    """Run ``action(store)`` on the server's store; one-line errors, exit 1.
+
+    The store is the one ``imchat server`` would open with the same settings: Redis with
+    ``IMCHAT_REDIS_URL`` (and ``IMCHAT_REDIS_PREFIX``), else SQLite in the data directory.
+    """
     from imchat.server.accounts import AccountError
-    from imchat.server.app import DB_FILE
-    from imchat.server.config import default_data_dir
-    from imchat.server.sqlite_store import SQLiteStore
+    from imchat.server.backend import open_store, sqlite_path
+    from imchat.server.config import ServerConfig, default_data_dir
+    from imchat.server.store import StoreUnavailable
 
     directory = data_dir or default_data_dir()
-    path = directory / DB_FILE
-    if not create and not path.exists():
-        raise _fail(f"no imchat database in {directory} (is --data-dir right?)")
-    if create and not directory.exists():
-        directory.mkdir(parents=True, mode=0o700)
-
+    config = ServerConfig(data_dir=directory, redis_url=os.environ.get("IMCHAT_REDIS_URL") or None)
+    if config.redis_url is not None:
+        config.redis_prefix = os.environ.get("IMCHAT_REDIS_PREFIX", config.redis_prefix)
+        where = f"Redis at {config.redis_url}"
+        store_errors: tuple[type[Exception], ...] = _redis_errors()
+    else:
+        where = f"the database in {directory}"
+        store_errors = (OSError, sqlite3.Error)
+        if not create and not sqlite_path(config).exists():
+            raise _fail(f"no imchat database in {directory} (is --data-dir right?)")
+        if create and not directory.exists():
+            directory.mkdir(parents=True, mode=0o700)
     try:
-        return asyncio.run(_use(SQLiteStore(path), action))
-    except AccountError as exc:
+        return asyncio.run(_use(open_store(config), action))
+    except (AccountError, StoreUnavailable) as exc:
         raise _fail(str(exc)) from None
-    except (OSError, sqlite3.Error) as exc:
-        raise _fail(f"cannot use the database in {directory}: {exc}") from None
+    except store_errors as exc:
+        raise _fail(f"cannot use {where}: {exc}") from None
 
 
-async def _use(store: Any, action: Callable[..., Awaitable[T]]) -> T:
+def _redis_errors() -> tuple[type[Exception], ...]:
+    from redis.exceptions import RedisError
+
+    return (OSError, RedisError)
+
+
+async def _use(store: Store, action: Callable[..., Awaitable[T]]) -> T:
     """Open ``store``, run ``action(store)``, close it."""
     await store.open()
     try:
         return await action(store)
     finally:
         await store.close()
-
-
-def _with_redis_store(url: str, action: Callable[..., Awaitable[T]]) -> T:
-    """Run ``action(store)`` on a cluster's store in Redis."""
-    from redis.exceptions import RedisError
-
-    from imchat.server.accounts import AccountError
-    from imchat.server.redis_store import DEFAULT_PREFIX, RedisStore
-    from imchat.server.store import StoreUnavailable
-
-    prefix = os.environ.get("IMCHAT_REDIS_PREFIX", DEFAULT_PREFIX)
-    try:
-        return asyncio.run(_use(RedisStore(url, prefix=prefix), action))
-    except AccountError as exc:
-        raise _fail(str(exc)) from None
-    except StoreUnavailable as exc:
-        raise _fail(str(exc)) from None
-    except (OSError, RedisError) as exc:
-        raise _fail(f"cannot use Redis at {url}: {exc}") from None
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -197,7 +194,7 @@ def token_revoke(
     typer.echo(f"token {token_id} revoked", err=True)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo(

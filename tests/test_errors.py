@@ -144,7 +144,7 @@ async def test_frames_split_byte_by_byte(server: Any, connect: Clients) -> None:
     for i in range(len(stream)):
         raw.send_bytes(stream[i : i + 1])
         await raw.drain()
-        await asyncio.sleep(0)  # let each byte go out as its own segment
+        await asyncio.sleep(0)  # one loop turn per byte: the server reads each on its own
     frames = []
     while len(frames) < 6:
         frames.append(await raw.recv_skip())
@@ -340,7 +340,7 @@ async def test_internal_error_is_reported_and_not_fatal(
     await join(bob, "lobby")
 
     async def broken_later(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # fails only after giving up the loop, as real I/O would
         raise RuntimeError("disk on fire")
 
     def broken_now(*args: Any, **kwargs: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import stat
 from typing import Any
@@ -289,9 +290,18 @@ async def test_idle_timeout_also_before_hello(server: Any, connect: Clients) -> 
 @pytest.mark.server_config(idle_timeout=1.0)
 async def test_pings_keep_a_session_alive(server: Any, connect: Clients) -> None:
     conn = await connect("alice")
-    for _ in range(12):  # 2.4 s in all, well past the idle timeout
-        await asyncio.sleep(0.2)
+    # A silent session opened after alice: once it is closed as idle, alice has been
+    # connected longer than the idle timeout, and only her pings kept her.
+    silent = await connect.raw()
+    await silent.hello("silent")
+    frames = []
+    while not silent.eof:
         assert (await asyncio.wait_for(conn.request("ping"), TIMEOUT))["type"] == "pong"
+        with contextlib.suppress(TimeoutError, EOFError):
+            # A ping every 200 ms at most: the wait is for the silent session's close.
+            frames.append(await silent.recv(timeout=0.2))
+    assert [f.get("code") for f in frames if f["type"] == "error"] == ["idle_timeout"]
+    assert (await asyncio.wait_for(conn.request("ping"), TIMEOUT))["type"] == "pong"
     assert not conn.closed
 
 

@@ -208,7 +208,6 @@ class Pending:
     target: str
     action: bool = False
     cid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    sent_at: float | None = None
 
 
 class Conversation:
@@ -376,9 +375,7 @@ class ChatSession:
         self.port = port
         self._password = password
         self._token = token
-        self._connector: Connector = connector or (
-            lambda: Connection.connect(host, port, ssl=ssl)  # type: ignore[return-value]
-        )
+        self._connector: Connector = connector or (lambda: Connection.connect(host, port, ssl=ssl))
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff = backoff or Backoff()
@@ -530,7 +527,7 @@ class ChatSession:
             conv.begin_sync()
         self._conn = conn
         pump = asyncio.create_task(self._pump(conn))
-        tasks: list[asyncio.Task[Any]] = [pump]
+        tasks: list[asyncio.Future[Any]] = [pump]
         try:
             self._emit(Welcomed(welcome))
             try:
@@ -868,7 +865,6 @@ class ChatSession:
         while True:
             while self.outbox:
                 pending = self.outbox[0]
-                pending.sent_at = time.monotonic()
                 try:
                     kind, fields = self._payload(pending)
                     await self._request_retrying(conn, kind, fields)

@@ -87,8 +87,9 @@ class Ok(ServerFrame, tag="ok"):
     more: bool | None = None
     # users
     users: list[str] | None = None
-    # history, search: the stored events exactly as they were sent
-    messages: list[msgspec.Raw] | None = None
+    # history, search: the stored events exactly as they were sent (the server passes each
+    # as msgspec.Raw; a client gets dicts, which decode_stored/event_from_dict type)
+    messages: list[Any] | None = None
     # markers
     markers: list[MarkerEntry] | None = None
 
@@ -216,6 +217,12 @@ def decode_event(payload: bytes) -> Event:
     """One server frame's payload as its struct; ``msgspec.DecodeError`` (or its subclass
     ``ValidationError``) for anything that is not a well-formed frame of a known type."""
     result: Event = _decoder.decode(payload)
+    return result
+
+
+def event_from_dict(message: dict[str, Any]) -> Event:
+    """A frame a client already decoded to a dict, as its struct (same errors as above)."""
+    result: Event = msgspec.convert(message, Event)
     return result
 
 

@@ -38,9 +38,6 @@ class Encoder:
         buf[:HEADER_SIZE] = (len(buf) - HEADER_SIZE).to_bytes(HEADER_SIZE, "big")
         return bytes(buf)
 
-    def encode_payload(self, message: Any) -> bytes:
-        return self._encoder.encode(message)
-
 
 _default_encoder = Encoder()
 

@@ -11,30 +11,19 @@ from pathlib import Path
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .auth import hash_token, new_token
+from .backend import open_backend
 from .config import ServerConfig
-from .fanout import Fanout, LocalFanout
+from .fanout import Fanout
 from .hub import Hub
 from .session import Session
-from .sqlite_store import SQLiteStore
 from .store import Store
 from .tls import server_context
 
 log = logging.getLogger(__name__)
 
 
-def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
-    """Store and fanout sharing one Redis (imported here: the local path never loads redis)."""
-    from .redis_fanout import RedisFanout
-    from .redis_store import RedisStore
-
-    assert config.redis_url is not None
-    store = RedisStore(config.redis_url, prefix=config.redis_prefix)
-    return store, RedisFanout(store, node_timeout=config.node_timeout, guest_hold=config.guest_hold)
-
-
 ADMIN_NICK = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
-DB_FILE = "imchat.db"
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
 
@@ -46,10 +35,13 @@ class ChatServer:
         self, config: ServerConfig, *, store: Store | None = None, fanout: Fanout | None = None
     ) -> None:
         self.config = config
-        if config.redis_url is not None and store is None and fanout is None:
-            store, fanout = _redis_backend(config)
-        self.store: Store = store or SQLiteStore(Path(config.data_dir) / DB_FILE)
-        self.fanout: Fanout = fanout or LocalFanout()
+        if store is None or fanout is None:
+            if store is not None or fanout is not None:
+                raise ValueError("pass both a store and its fanout, or neither")
+            backend = open_backend(config)
+            store, fanout = backend.store, backend.fanout
+        self.store: Store = store
+        self.fanout: Fanout = fanout
         self.hub: Hub | None = None
         self.port = config.port
         self._server: asyncio.Server | None = None

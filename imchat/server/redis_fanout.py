@@ -59,6 +59,7 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 from .identities import evict, written_to_any
 from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
+from .redis_typed import close_pubsub, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -411,7 +412,7 @@ class RedisFanout:
         try:
             await pubsub.subscribe(self.keys.channel)
         except BaseException:
-            await pubsub.aclose()
+            await close_pubsub(pubsub)
             raise
         self._pubsub = pubsub
         self.node_id = secrets.token_hex(6)
@@ -429,7 +430,7 @@ class RedisFanout:
     async def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+                await close_pubsub(self._pubsub)
             self._pubsub = None
 
     async def _run(self) -> None:
@@ -520,8 +521,8 @@ class RedisFanout:
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
         if recipients == b"*":
-            for user in self._users.values():
-                for session in user.sessions:
+            for each in self._users.values():
+                for session in each.sessions:
                     session.send(frame)
             return
         keys = self._recipient_keys.get(recipients)
@@ -540,7 +541,7 @@ class RedisFanout:
 
     # -- holds -----------------------------------------------------------------------------
 
-    def hold(self, session: Peer) -> str | None:
+    def hold(self, session: Peer) -> str:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
@@ -698,10 +699,10 @@ class RedisFanout:
         return room in user.rooms
 
     async def members(self, room: str) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.members(room))]
+        return texts(await self.redis.hvals(self.keys.members(room)))
 
     async def member_counts(self) -> dict[str, int]:
-        rooms = [room.decode() for room in await self.redis.smembers(self.keys.rooms)]
+        rooms = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hlen(self.keys.members(room))
@@ -709,7 +710,7 @@ class RedisFanout:
         return {room: count for room, count in zip(rooms, counts, strict=True) if count}
 
     async def online(self) -> list[str]:
-        return [nick.decode() for nick in await self.redis.hvals(self.keys.online)]
+        return texts(await self.redis.hvals(self.keys.online))
 
     def user(self, key: str) -> User | None:
         return self._users.get(key)
@@ -771,7 +772,7 @@ class RedisFanout:
             await asyncio.sleep(interval)
 
     async def _reap_dead(self) -> None:
-        nodes = [n.decode() for n in await self.redis.smembers(self.keys.nodes)]
+        nodes = texts(await self.redis.smembers(self.keys.nodes))
         others = [n for n in nodes if n != self.node_id]
         if not others:
             return

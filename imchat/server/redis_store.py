@@ -48,6 +48,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .redis_typed import blobs, lrem, text, texts
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
@@ -247,7 +248,11 @@ async def run_pipeline(
 
 
 class Keys:
-    """Key names under one prefix, in one place."""
+    """The key names Python code uses, under one prefix.
+
+    Keys only the Lua scripts touch (``cid:``, ``urooms:``, ``nodeusers:``, ``sessions``,
+    ``nsessions``) are built inside the scripts; the module docstrings list them all.
+    """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -258,8 +263,6 @@ class Keys:
         self.channel = f"{prefix}events"
         # Presence (maintained by RedisFanout; the append script reads them).
         self.online = f"{prefix}online"
-        self.sessions = f"{prefix}sessions"
-        self.nsessions = f"{prefix}nsessions"
         self.nodes = f"{prefix}nodes"
         self.epoch = f"{prefix}epoch"
 
@@ -290,20 +293,8 @@ class Keys:
     def members(self, room: str) -> str:
         return f"{self.prefix}members:{room}"
 
-    def user_rooms(self, key: str) -> str:
-        return f"{self.prefix}urooms:{key}"
-
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
-
-    def node_users(self, node_id: str) -> str:
-        return f"{self.prefix}nodeusers:{node_id}"
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisStore:
@@ -336,7 +327,7 @@ class RedisStore:
             raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
         # The first node of a new store names its epoch; every other node reads that one.
         await self.redis.set(self.keys.epoch, new_epoch(), nx=True)
-        self._epoch = _text(await self.redis.get(self.keys.epoch))
+        self._epoch = text(await self.redis.get(self.keys.epoch))
         self._sender = asyncio.create_task(self._send_batches())
 
     async def close(self) -> None:
@@ -389,12 +380,12 @@ class RedisStore:
         fields = await self._ordered(lambda pipe: pipe.hgetall(user_key))
         if not fields:
             return None
-        nick = _text(fields.get(b"nick"))
+        nick = text(fields.get(b"nick"))
         if fields.get(b"account") != b"1":
             return UserRecord(nick)
         password_hash = fields.get(b"password_hash")
-        ident = _text(fields.get(b"ident")) or key
-        account = Account(nick, fields.get(b"admin") == b"1", _text(password_hash) or None, ident)
+        ident = text(fields.get(b"ident")) or key
+        account = Account(nick, fields.get(b"admin") == b"1", text(password_hash) or None, ident)
         return UserRecord(nick, account)
 
     async def remember_user(self, nick: str) -> None:
@@ -438,7 +429,7 @@ class RedisStore:
         return True
 
     async def list_accounts(self) -> list[Account]:
-        keys = sorted(_text(k) for k in await self.redis.smembers(self.keys.accounts))
+        keys = sorted(texts(await self.redis.smembers(self.keys.accounts)))
         accounts = []
         for key in keys:
             record = await self.lookup_user(key)
@@ -464,16 +455,16 @@ class RedisStore:
 
     async def token_owner(self, token_hash: str) -> str | None:
         owner = await self.redis.hget(self.keys.token(token_hash), "user")
-        return _text(owner) if owner is not None else None
+        return text(owner) if owner is not None else None
 
     async def _tokens(self) -> list[tuple[str, str, str, float]]:
-        hashes = [_text(h) for h in await self.redis.zrange(self.keys.tokens, 0, -1)]
+        hashes = texts(await self.redis.zrange(self.keys.tokens, 0, -1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for token_hash in hashes:
                 pipe.hmget(self.keys.token(token_hash), ["user", "label", "created"])
             rows = await pipe.execute()
         return [
-            (token_hash, _text(user), _text(label), float(_text(created) or 0))
+            (token_hash, text(user), text(label), float(text(created) or 0))
             for token_hash, (user, label, created) in zip(hashes, rows, strict=True)
             if user is not None
         ]
@@ -513,16 +504,16 @@ class RedisStore:
             user, guest, ttl = await pipe.execute()
         nick, account, admin, password_hash, ident = user
         if account == b"1":
-            ident_text = _text(ident) or key
+            ident_text = text(ident) or key
             return Identity(
-                _text(nick),
+                text(nick),
                 ident_text,
-                Account(_text(nick), admin == b"1", _text(password_hash) or None, ident_text),
+                Account(text(nick), admin == b"1", text(password_hash) or None, ident_text),
             )
         if guest[0] is None:
             return None
         held_until = time.time() + ttl / 1000 if ttl >= 0 else None
-        return Identity(_text(guest[1]), _text(guest[0]), held_until=held_until)
+        return Identity(text(guest[1]), text(guest[0]), held_until=held_until)
 
     async def claim_guest(
         self, nick: str, resume: str | None, new_resume: str, hold: float
@@ -539,15 +530,15 @@ class RedisStore:
                 int(max(hold, CLAIM_GRACE) * 1000),
             ]
         )
-        status = _text(reply[0])
+        status = text(reply[0])
         if status == "account":
             return GuestClaim(ClaimStatus.ACCOUNT)
         if status == "taken":
-            ttl = int(_text(reply[1]))
+            ttl = int(text(reply[1]))
             return GuestClaim(
                 ClaimStatus.TAKEN, held_until=time.time() + ttl / 1000 if ttl >= 0 else None
             )
-        identity = Identity(_text(reply[2]), _text(reply[1]))
+        identity = Identity(text(reply[2]), text(reply[1]))
         return GuestClaim(ClaimStatus(status), identity)
 
     async def guest_left(self, ident: str, hold: float) -> None:
@@ -555,7 +546,7 @@ class RedisStore:
         ends (a node cannot know whether another node still serves it)."""
 
     async def dm_streams(self, ident: str) -> list[str]:
-        return [_text(s) for s in await self.redis.hkeys(self.keys.since(ident))]
+        return [text(s) for s in await self.redis.hkeys(self.keys.since(ident))]
 
     async def hold_guests(self, hold: float) -> None:
         """Nothing to do: holds are TTLs in Redis, which outlives any one node."""
@@ -569,17 +560,17 @@ class RedisStore:
             topic, last = await pipe.execute()
         if topic is None:
             return None
-        return RoomInfo(name, _text(topic), int(last or 0))
+        return RoomInfo(name, text(topic), int(last or 0))
 
     async def rooms(self) -> list[RoomInfo]:
-        names = [_text(n) for n in await self.redis.smembers(self.keys.rooms)]
+        names = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hget(self.keys.room(name), "topic")
                 pipe.hget(self.keys.seq, StreamId.room(name).key)
             values = await pipe.execute()
         return [
-            RoomInfo(name, _text(values[2 * i]), int(values[2 * i + 1] or 0))
+            RoomInfo(name, text(values[2 * i]), int(values[2 * i + 1] or 0))
             for i, name in enumerate(names)
         ]
 
@@ -659,18 +650,17 @@ class RedisStore:
         bottom: Any = f"({lower}" if lower is not None else "-inf"
         if after is not None:
             result = await self.redis.zrangebyscore(key, bottom, upper, start=0, num=limit)
-            return list(result)
+            return blobs(result)
         result = await self.redis.zrevrangebyscore(key, upper, bottom, start=0, num=limit)
-        return list(reversed(result))
+        return blobs(result)[::-1]
 
     async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
-        payloads = await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1)
+        payloads = blobs(await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1))
         items = []
         for payload in payloads:
-            data = payload if isinstance(payload, bytes) else str(payload).encode()
-            event = msgspec.json.decode(data)
+            event = msgspec.json.decode(payload)
             stream = StreamId.dm(str(event["from"]).lower(), str(event["to"]).lower())
-            items.append((stream, int(event["seq"]), data))
+            items.append((stream, int(event["seq"]), payload))
         return items
 
     async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
@@ -679,20 +669,20 @@ class RedisStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, seq in items:
                 pipe.zrangebyscore(self.keys.messages(stream.key), seq, seq)
-            found = await pipe.execute()
+            found = [blobs(reply) for reply in await pipe.execute()]
         async with self.redis.pipeline(transaction=False) as pipe:
             for payloads in found:
                 if payloads:
-                    pipe.lrem(self.keys.pending(recipient), 1, payloads[0])
+                    pipe.lrem(self.keys.pending(recipient), 1, payloads[0])  # type: ignore[arg-type]
             await pipe.execute()
 
     async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if not found:
             return False
-        return bool(await self.redis.lrem(self.keys.pending(recipient), 1, found[0]))
+        return bool(await lrem(self.redis, self.keys.pending(recipient), 1, found[0]))
 
     async def set_pending(self, recipient: str, stream: StreamId, seq: int) -> None:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
+        found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if found:
             await self.redis.rpush(self.keys.pending(recipient), found[0])

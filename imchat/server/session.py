@@ -186,6 +186,22 @@ class Session(asyncio.BufferedProtocol):
         return self._inbox_bytes + self.decoder.buffered
 
     @property
+    def reading_paused(self) -> bool:
+        """Reading from the socket is paused (the input budget or inbox is full)."""
+        return self._reading_paused
+
+    @property
+    def writing_paused(self) -> bool:
+        """The transport's write buffer is above its high-water mark: requests wait."""
+        return self._writing_paused
+
+    @property
+    def owed(self) -> int:
+        """Output bytes this session holds: queued frames plus the transport's write buffer."""
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self._out_size + buffered
+
+    @property
     def input_budget(self) -> int:
         frame = self.hub.config.max_frame + HEADER_SIZE
         return frame if self.user is None else frame * INBOX_FRAMES

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from rich.style import Style
 from rich.text import Text
@@ -80,8 +80,10 @@ def enable_alt_digits() -> None:
     """
     from textual import _ansi_sequences
 
+    # Declared a read-only Mapping, but it is the dict Textual looks sequences up in.
+    keys = cast(dict[str, Any], _ansi_sequences.ANSI_SEQUENCES_KEYS)
     for n in range(1, 10):
-        _ansi_sequences.ANSI_SEQUENCES_KEYS[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)  # type: ignore[assignment]
+        keys[f"\x1b{n}"] = (_KeyName(f"alt+{n}"),)
 
 
 class ChatApp(App[None]):

@@ -94,24 +94,30 @@ class Raw:
             await asyncio.wait_for(self.writer.wait_closed(), TIMEOUT)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll server state until ``predicate`` holds (state has no event to await)."""
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = TIMEOUT
+) -> None:
+    """Re-check server state until ``predicate`` holds, for state that has no event to await
+    (such as a fan-out's tables settling after connections vanished). Prefer an event."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        result = predicate()
+        if result if isinstance(result, bool) else await result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
 
 
-def baseline(server: ChatServer) -> dict[str, int]:
-    """What must return to zero once every client is gone."""
+async def baseline(server: ChatServer) -> dict[str, int]:
+    """What must return to zero once every client is gone (read through public interfaces)."""
     hub = server.hub
     assert hub is not None
-    fanout: Any = server.fanout
+    fanout = server.fanout
     return {
         "sessions": len(hub.sessions),
         "addresses": len(hub.connections_per_addr),
-        "users": len(fanout._users),
-        "room_members": sum(len(m) for m in fanout._rooms.values()),
+        "users": len(await fanout.online()),
+        "room_members": sum((await fanout.member_counts()).values()),
         "fanout_sessions": fanout.session_count(),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import Raw, StartServer, wait_for
 
 from imchat.protocol import encode_message
+from imchat.server import ratelimit
 from imchat.server.session import Session
 
 RawFactory = Callable[..., Awaitable[Raw]]
@@ -26,9 +28,21 @@ def only_session(server: object) -> Session:
 # -- messages per second per session -------------------------------------------------------
 
 
+class FakeClock:
+    """The rate limiter's clock, advanced by the test instead of waited for."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
 async def test_message_rate_is_limited_per_session(
-    start_server: StartServer, raw: RawFactory
+    start_server: StartServer, raw: RawFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(ratelimit, "time", clock)
     server = await start_server(rate=1.0, burst=3)
     conn = await raw(server.port)
     await conn.hello("alice")
@@ -41,7 +55,7 @@ async def test_message_rate_is_limited_per_session(
     # Not fatal, and only messages are limited.
     for _ in range(10):
         assert (await conn.request({"type": "ping"}))["type"] == "pong"
-    await asyncio.sleep(1.1)  # one token back at 1/s
+    clock.offset += 1.0  # one token back at 1/s
     reply = await conn.request({"type": "say", "room": "lobby", "text": "again"})
     assert reply["type"] == "ok"
     # Another session of the same user has its own bucket.
@@ -90,31 +104,31 @@ async def test_connection_without_hello_is_closed(
 ) -> None:
     server = await start_server(hello_timeout=0.5)
     silent = await raw(server.port)
-    # A slowloris: keeps trickling bytes of a frame that never completes.
+    # A slowloris: keeps trickling bytes of a hello that would complete only after 5 s.
     trickler = await raw(server.port)
     identified = await raw(server.port)
     await identified.hello("alice")
-    started = time.monotonic()
-
-    async def trickle() -> None:
-        for byte in encode_message({"type": "hello", "proto": 1, "nick": "slow"}):
-            trickler.send_bytes(bytes([byte]))
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(trickle())
-    for conn in (silent, trickler):
-        frames = await conn.until_closed(timeout=3)
-        assert [(f["type"], f["code"]) for f in frames] == [("error", "idle_timeout")]
-    task.cancel()
-    assert time.monotonic() - started < 3
+    frame = encode_message({"type": "hello", "proto": 1, "nick": "slow", "client": "x" * 40})
+    frames = []
+    for byte in frame:
+        trickler.send_bytes(bytes([byte]))
+        try:
+            # A byte every 50 ms at most: the wait is for the close this test expects.
+            frames.append(await trickler.recv(timeout=0.05))
+        except TimeoutError:
+            continue
+        except EOFError:
+            break
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "idle_timeout")]
+    assert trickler.eof, "the trickled hello completed before the deadline closed it"
+    frames = await silent.until_closed(timeout=3)
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "idle_timeout")]
     # Pings do not extend the deadline either: only hello counts.
     pinger = await raw(server.port)
     for _ in range(2):
-        pinger.send({"type": "ping"})
-        await asyncio.sleep(0.05)
+        assert (await pinger.request({"type": "ping"}))["type"] == "pong"
     frames = await pinger.until_closed(timeout=3)
-    assert [f["type"] for f in frames] == ["pong"] * 2 + ["error"]
-    assert frames[-1]["code"] == "idle_timeout"
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "idle_timeout")]
     assert (await identified.request({"type": "ping"}))["type"] == "pong"
 
 
@@ -123,16 +137,20 @@ async def test_connection_without_hello_is_closed(
 
 async def test_idle_session_is_closed(start_server: StartServer, raw: RawFactory) -> None:
     server = await start_server(idle_timeout=0.8)
-    idle = await raw(server.port)
-    await idle.hello("idle")
+    # busy starts first: had pings not kept it alive, it would be closed before idle.
     busy = await raw(server.port)
     await busy.hello("busy")
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
+    idle = await raw(server.port)
+    await idle.hello("idle")
+    frames = []
+    while not idle.eof:
         assert (await busy.request({"type": "ping"}))["type"] == "pong"
-        await asyncio.sleep(0.1)
-    frames = await idle.until_closed(timeout=3)
-    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "idle_timeout"
+        with contextlib.suppress(TimeoutError, EOFError):
+            # A ping every 100 ms at most: the wait is for idle's close.
+            frames.append(await idle.recv(timeout=0.1))
+    assert [f.get("code") for f in frames if f["type"] == "error"] == ["idle_timeout"]
+    assert frames[-1]["type"] == "error"
+    assert (await busy.request({"type": "ping"}))["type"] == "pong"
 
 
 # -- max frame ----------------------------------------------------------------------------------
@@ -234,7 +252,8 @@ async def test_identified_sessions_pipeline_without_stalling(
         if frame["type"] == "ok":
             ids.append(frame["id"])
     assert ids == list(range(n))
-    await wait_for(lambda: only_session(server).held == 0)
+    # The last ok is written after its batch was handled and released: nothing is held.
+    assert only_session(server).held == 0
 
 
 async def test_peer_that_does_not_read_is_not_served_faster_than_it_reads(
@@ -254,10 +273,11 @@ async def test_peer_that_does_not_read_is_not_served_faster_than_it_reads(
     request = encode_message({"type": "join", "room": "lobby"})
     count = (1 << 20) // len(request)
     writer.write(request * count)
-    await wait_for(lambda: session._writing_paused)
-    await asyncio.sleep(0.2)
+    # Both paused: the session does nothing more until its client reads, so what it holds
+    # now is the most it will hold.
+    await wait_for(lambda: session.writing_paused and session.reading_paused)
     assert session.held <= 1024 + 4
-    assert session._out_size + session.transport.get_write_buffer_size() <= 2 * 65536 + 1024
+    assert session.owed <= 2 * 65536 + 1024
     assert not session.closing
     for _ in range(count):  # every reply arrives once the client reads
         assert (await conn.recv())["code"] == "hello_required"

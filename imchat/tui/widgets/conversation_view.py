@@ -19,7 +19,6 @@ class ConversationView(Vertical):
         self.key = key
         self.log_widget = MessageLog(classes="log")
         self.pending = Static("", classes="pending")
-        self.loaded = False
 
     def compose(self) -> ComposeResult:
         yield self.log_widget
