@@ -59,7 +59,7 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 from .identities import evict, written_to_any
 from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
-from .redis_typed import close_pubsub, texts
+from .redis_typed import close_pubsub, lrem, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -578,10 +578,8 @@ class RedisFanout:
     async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
         if not await written_to_any(sessions):
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for payload in dms:
-                pipe.lrem(self.keys.pending(ident), 1, payload)
-            await pipe.execute()
+        for payload in dms:
+            await lrem(self.redis, self.keys.pending(ident), 1, payload)
 
     # -- presence --------------------------------------------------------------------------
 

@@ -670,11 +670,9 @@ class RedisStore:
             for stream, seq in items:
                 pipe.zrangebyscore(self.keys.messages(stream.key), seq, seq)
             found = [blobs(reply) for reply in await pipe.execute()]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for payloads in found:
-                if payloads:
-                    pipe.lrem(self.keys.pending(recipient), 1, payloads[0])  # type: ignore[arg-type]
-            await pipe.execute()
+        for payloads in found:
+            if payloads:
+                await lrem(self.redis, self.keys.pending(recipient), 1, payloads[0])
 
     async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
         found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
