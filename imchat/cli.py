@@ -183,6 +183,20 @@ def server(
     log_format: Annotated[
         str, typer.Option(envvar="IMCHAT_LOG_FORMAT", help="text, or json: one object per line.")
     ] = "text",
+    guest_hold: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_GUEST_HOLD",
+            help="Seconds a guest's nick stays reserved for it after its last session ends.",
+        ),
+    ] = 300.0,
+    max_queued: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_QUEUED",
+            help="Undelivered direct messages that may wait per recipient (0: no limit).",
+        ),
+    ] = 1000,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
@@ -226,7 +240,11 @@ def server(
         node_timeout=node_timeout,
         redis_wait=redis_wait,
         http_port=http_port,
+        guest_hold=guest_hold,
+        max_queued=max_queued,
     )
+    if guest_hold < 0 or max_queued < 0:
+        raise _fail("--guest-hold and --max-queued must not be negative", 2)
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)
     try:
@@ -295,7 +313,8 @@ def send(
     import ssl
 
     from imchat.client import Connection, ConnectionClosed, ServerError
-    from imchat.client.send import Target, send_messages
+    from imchat.client.resume import ResumeStore
+    from imchat.client.send import Target, held_nick_advice, send_messages
     from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
 
@@ -324,6 +343,8 @@ def send(
     except (OSError, ssl.SSLError) as exc:
         raise _fail(f"cannot use --ca {ca}: {exc}", 2) from None
 
+    send_nick = nick or _default_nick()
+
     async def main() -> int:
         try:
             conn = await Connection.connect(host, port, ssl=context)
@@ -334,7 +355,13 @@ def send(
             raise _fail(f"cannot connect to {host}:{port}: {reason}", EXIT_CONNECT) from None
         try:
             return await send_messages(
-                conn, nick or _default_nick(), target, texts, token=token, password=password
+                conn,
+                send_nick,
+                target,
+                texts,
+                token=token,
+                password=password,
+                resumes=ResumeStore(),
             )
         except ConnectionClosed as exc:
             if context is None and conn.welcome is None and exc.error is None:
@@ -350,6 +377,8 @@ def send(
     try:
         run_async(main())
     except ServerError as exc:
+        if exc.code == "nick_taken" and token is None and password is None:
+            raise _fail(held_nick_advice(send_nick, exc.message), EXIT_SERVER_ERROR) from None
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
     except ConnectionClosed as exc:
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None

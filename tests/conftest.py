@@ -49,6 +49,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(30))
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Clients keep guest ``resume`` secrets here, never in the user's own state dir."""
+    state = tmp_path / "client-state"
+    monkeypatch.setenv("IMCHAT_STATE_DIR", str(state))
+    return state
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -81,7 +89,7 @@ class Servers:
                 "redis_prefix": self.redis_prefix,
                 **overrides,
             }
-        config = ServerConfig(port=0, data_dir=data_dir or self.data_dir, **overrides)
+        config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()
         self.running.append(server)
@@ -145,11 +153,18 @@ class RawClient:
     input need the stream as it came.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        resumes: dict[str, str] | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder(16 * 1024 * 1024)
         self.eof = False
+        #: Guest resume secrets shared with the test's other clients (see :class:`Clients`).
+        self.resumes = resumes if resumes is not None else {}
 
     @classmethod
     async def open(cls, port: int) -> RawClient:
@@ -221,11 +236,17 @@ class RawClient:
             if "id" in frame and frame["id"] == message.get("id"):
                 return frame
 
-    async def hello(self, nick: str, **fields: Any) -> dict[str, Any]:
+    async def hello(self, nick: str, *, fresh: bool = False, **fields: Any) -> dict[str, Any]:
+        """``hello``, continuing the guest identity this test last had under ``nick`` (as
+        the client library does) unless ``fresh`` or credentials are given."""
+        key = nick.lower()
+        if not fresh and key in self.resumes and not fields.keys() & CREDENTIALS:
+            fields["resume"] = self.resumes[key]
         welcome = await self.request(
             {"type": "hello", "proto": 1, "nick": nick, **fields, "id": "hello"}
         )
         assert welcome["type"] == "welcome", welcome
+        remember_resume(self.resumes, nick, welcome)
         return welcome
 
     async def close(self) -> None:
@@ -234,28 +255,54 @@ class RawClient:
             await asyncio.wait_for(self.writer.wait_closed(), TIMEOUT)
 
 
+CREDENTIALS = frozenset({"resume", "password", "token"})
+
+
+def remember_resume(resumes: dict[str, str], nick: str, welcome: dict[str, Any]) -> None:
+    resume = welcome.get("resume")
+    if isinstance(resume, str):
+        resumes[nick.lower()] = resume
+    else:
+        resumes.pop(nick.lower(), None)
+
+
 class Clients:
-    """Opens clients against ``servers.current`` (or a given port) and closes them all."""
+    """Opens clients against ``servers.current`` (or a given port) and closes them all.
+
+    Like the client library, it keeps each guest identity's ``resume`` (rev 2) and sends it
+    when the same nick says ``hello`` again; ``fresh=True`` is a stranger without it.
+    """
 
     def __init__(self, servers: Servers) -> None:
         self.servers = servers
         self.opened: list[Connection | RawClient] = []
+        self.resumes: dict[str, str] = {}
 
     def _port(self, port: int | None) -> int:
         return port if port is not None else self.servers.current.port
 
     async def __call__(
-        self, nick: str | None = None, *, port: int | None = None, **hello: Any
+        self,
+        nick: str | None = None,
+        *,
+        port: int | None = None,
+        fresh: bool = False,
+        **hello: Any,
     ) -> Connection:
         """A connection, after ``hello`` as ``nick`` unless ``nick`` is None."""
         conn = await Connection.connect("127.0.0.1", self._port(port), timeout=TIMEOUT)
         self.opened.append(conn)
         if nick is not None:
-            await asyncio.wait_for(conn.hello(nick, **hello), TIMEOUT)
+            key = nick.lower()
+            if not fresh and key in self.resumes and not hello.keys() & CREDENTIALS:
+                hello["resume"] = self.resumes[key]
+            welcome = await asyncio.wait_for(conn.hello(nick, **hello), TIMEOUT)
+            remember_resume(self.resumes, nick, welcome)
         return conn
 
     async def raw(self, *, port: int | None = None) -> RawClient:
         client = await RawClient.open(self._port(port))
+        client.resumes = self.resumes
         self.opened.append(client)
         return client
 
@@ -359,6 +406,8 @@ def imchat_command() -> list[str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMCHAT_")}
     env["PYTHONUNBUFFERED"] = "1"
+    if "IMCHAT_STATE_DIR" in os.environ:  # the test's own, never the user's resume secrets
+        env["IMCHAT_STATE_DIR"] = os.environ["IMCHAT_STATE_DIR"]
     env.update(extra)
     return env
 

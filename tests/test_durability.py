@@ -81,7 +81,8 @@ async def test_sigkill_right_after_ok_loses_nothing(server_process: Any, tmp_pat
             }
         # retries after the crash find the acked messages, and nothing new is stored
         alice = await Connection.connect("127.0.0.1", proc.port)
-        await alice.hello("alice")
+        # her guest identity was online at the crash: held for her resume from the restart
+        await alice.hello("alice", resume=raw.resumes["alice"])
         await alice.request("join", room="lobby")
         for i in (0, kill_at - 1):
             again = await alice.request("say", room="lobby", text=f"m{i}", cid=f"c{i}")
@@ -118,7 +119,7 @@ async def test_sigkill_keeps_everything_acked(server_process: Any, tmp_path: Pat
 
     proc = server_process(data)
     assert admin_token(data) == token  # the token survives restarts
-    raw = await hello_raw(proc.port, "alice")
+    raw = await hello_raw(proc.port, "alice", resume=(alice.welcome or {})["resume"])
     event = await raw.recv_skip()
     assert event == {
         "type": "dm",
@@ -140,6 +141,7 @@ async def test_sigkill_keeps_everything_acked(server_process: Any, tmp_path: Pat
     ]
     rooms = await raw.request({"type": "rooms", "id": 2})
     assert rooms["rooms"] == [{"room": "fresh", "count": 0, "topic": "set just before the crash"}]
+    # carol's guest identity was online at the crash: held from the restart, so DMs reach it
     reply = await raw.request({"type": "dm", "to": "carol", "text": "still known?", "id": 3})
     assert (reply["type"], reply["seq"]) == ("ok", 1)
     await raw.close()

@@ -104,6 +104,8 @@ async def test_every_frame_a_session_receives_decodes(
     await admin.hello("admin", token=admin_token(data_dir))
     bob = await connect.raw()
     await bob.hello("bob")
+    # DM peers (rev 2: presence is scoped), so admin is told when bob goes offline.
+    assert (await bob.request({"type": "dm", "to": "admin", "text": "hi", "id": 1}))["type"] == "ok"
     for message in (
         {"type": "join", "room": "lobby"},
         {"type": "topic", "room": "lobby", "text": "hello"},

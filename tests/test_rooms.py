@@ -275,7 +275,8 @@ async def test_presence_and_quit(server: Any, connect: Clients) -> None:
     await join(alice, "a")
     await join(alice, "b")
     bob = await connect("bob")
-    online = await next_event(alice, "online", skip=frozenset())
+    # rev 2: presence is scoped; bob hears his own arrival, alice (no shared room yet) not
+    online = await next_event(bob, "online", skip=frozenset())
     assert set(online) == {"type", "nick", "ts"} and online["nick"] == "bob"
     assert_ts(online["ts"])
     await join(bob, "a")
@@ -356,6 +357,8 @@ async def test_quitting_while_a_join_is_under_way_leaves_no_ghost_member(
     monkeypatch.setattr(server.store, "create_room", gated_create_room)
     bob = await connect("bob")
     alice = await connect("alice")
+    await alice.request("dm", to="bob", text="hi")  # DM peers: bob hears alice go (rev 2)
+    await next_event(bob, "dm")
     alice.send_raw(encode_message({"type": "join", "room": "fresh", "id": 1}))
     try:
         await asyncio.wait_for(entered.wait(), TIMEOUT)

@@ -256,3 +256,32 @@ def test_python_dash_m_imchat() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "--port" in result.stdout
+
+
+async def test_guest_send_twice_in_a_row_keeps_its_nick(
+    server: Any, connect: Clients, private_state_dir: Path
+) -> None:
+    """Rev 2: a guest nick stays held after `imchat send` exits; the resume file brings the
+    next run back under it (issue 9)."""
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
+    for text in ("first run", "second run"):
+        result = await imchat_send("--nick", "ci", "--room", "lobby", text, port=server.port)
+        assert result.returncode == 0, result.stderr
+        noise = frozenset({"joined", "parted", "online", "offline"})
+        assert (await next_event(watcher, "msg", skip=noise))["text"] == text
+    resume_file = private_state_dir / "resume.json"
+    assert resume_file.stat().st_mode & 0o777 == 0o600
+
+
+async def test_held_guest_nick_points_scripts_to_tokens(
+    server: Any, connect: Clients, tmp_path: Path
+) -> None:
+    result = await imchat_send("--nick", "ci", "--room", "lobby", "from here", port=server.port)
+    assert result.returncode == 0, result.stderr
+    # Another machine (another state dir) cannot use the nick while it is held.
+    elsewhere = subprocess_env(IMCHAT_STATE_DIR=str(tmp_path / "runner"))
+    result = await imchat_send(
+        "--nick", "ci", "--room", "lobby", "from a runner", port=server.port, env=elsewhere
+    )
+    assert_one_line_error(result, "nick_taken", "held", "account token", "imchat token create")

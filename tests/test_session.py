@@ -165,12 +165,15 @@ async def test_nick_taken_case_insensitively_while_online(server: Any, connect: 
     # not fatal: another nick works on the same connection
     welcome = await other.hello("alice2")
     assert welcome["nick"] == "alice2"
-    # once alice is gone (others are told she is offline), her nick is free again
+    # once alice is gone her guest identity is held (rev 2): a stranger is still refused,
+    # and her own resume brings her back under the spelling she chose
+    resume = (alice.welcome or {})["resume"]
     await alice.close()
-    offline = await next_event(other, "offline", skip=frozenset({"online"}))
-    assert offline["nick"] == "alice"
-    late = await connect("Alice")
-    assert late.welcome is not None and late.welcome["nick"] == "Alice"
+    with pytest.raises(ServerError) as info:
+        await (await connect()).hello("ALICE")
+    assert info.value.code == "nick_taken" and "held" in info.value.message
+    late = await connect("ALICE", resume=resume)
+    assert late.welcome is not None and late.welcome["nick"] == "ALICE"
 
 
 async def test_admin_token_file(server: Any, data_dir: Any) -> None:
@@ -233,6 +236,8 @@ async def test_several_sessions_of_one_account(server: Any, connect: Clients) ->
     everything = frozenset()
     bob = await connect("bob")
     await join(bob, "lobby")
+    # rev 2: presence goes to DM peers and room mates; a DM makes bob admin's peer
+    await bob.request("dm", to="admin", text="hi")
     await pending_events(bob, skip=everything)  # whatever bob was told about himself
     one = await connect.admin()
     online = await next_event(bob, "online", skip=everything)
@@ -242,7 +247,7 @@ async def test_several_sessions_of_one_account(server: Any, connect: Clients) ->
     ok = await one.request("join", room="lobby")
     assert sorted(ok["members"]) == ["admin", "bob"]
     for conn in (one, two, bob):
-        event = await next_event(conn, "joined")
+        event = await next_event(conn, "joined", skip=frozenset({"online", "offline", "dm"}))
         assert (event["room"], event["nick"]) == ("lobby", "admin")
     # a member's every session gets the room's events, and may speak in it
     said = await two.request("say", room="lobby", text="from two")
@@ -338,6 +343,8 @@ async def test_password_account(server: Any, connect: Clients) -> None:
         assert [(f["type"], f["code"], f["id"]) for f in frames] == [("error", "auth_failed", 1)]
     # a known account is a known user: DMs to it wait for its next hello
     alice = await connect("alice")
+    await alice.request("dm", to="carol", text="hi")  # peers now: alice hears carol leave
+    await next_event(alice, "dm")
     await one.close()
     await two.close()
     offline = await next_event(alice, "offline", skip=frozenset({"online"}))

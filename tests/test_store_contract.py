@@ -79,9 +79,30 @@ def say(text: str, cid: str | None = None, sender: str = "amy") -> Draft:
     return Draft(LOBBY, sender, cid, MsgEvent(room="lobby", from_=sender, text=text))
 
 
-def dm(text: str, *, pending_for: str | None = "bob", cid: str | None = None) -> Draft:
+def dm(
+    text: str, *, pending_for: str | None = "bob", cid: str | None = None, max_queued: int = 0
+) -> Draft:
+    """A DM from amy to bob (identities named like their nicks, as accounts from before
+    revision 2 are); ``pending_for`` None: bob is online."""
     event = DmEvent(from_="amy", to="bob", text=text)
-    return Draft(AMY_BOB, "amy", cid, event, pending_for)
+    return Draft(
+        AMY_BOB,
+        "amy",
+        cid,
+        event,
+        pending_for,
+        owner="amy",
+        dm_idents=("amy", "bob"),
+        recipient_ident="bob",
+        max_queued=max_queued,
+    )
+
+
+async def take_pending(store: Store, ident: str) -> list[bytes]:
+    """Read an identity's queued DMs and remove them, as a hello that wrote them does."""
+    items = await store.peek_pending(ident, 100)
+    await store.drop_pending(ident, [(stream, seq) for stream, seq, _ in items])
+    return [payload for _, _, payload in items]
 
 
 def decoded(payloads: list[bytes]) -> list[dict[str, Any]]:
@@ -265,9 +286,46 @@ async def test_history_anchors(store: Store) -> None:
 async def test_pending_dms_are_taken_once_oldest_first(store: Store) -> None:
     first = await store.append(dm("one"))
     second = await store.append(dm("two"))
-    assert await store.take_pending("bob") == [first.payload, second.payload]
-    assert await store.take_pending("bob") == []
-    assert await store.take_pending("amy") == []
+    # Read, they stay queued (rev 2: until written to a session); dropped, they are gone.
+    assert [p for _, _, p in await store.peek_pending("bob", 10)] == [
+        first.payload,
+        second.payload,
+    ]
+    assert await take_pending(store, "bob") == [first.payload, second.payload]
+    assert await take_pending(store, "bob") == []
+    assert await take_pending(store, "amy") == []
+
+
+async def test_a_full_queue_refuses_and_stores_nothing(store: Store) -> None:
+    from imchat.protocol import ProtocolError
+
+    await store.append(dm("one", max_queued=2))
+    await store.append(dm("two", max_queued=2))
+    with pytest.raises(ProtocolError) as caught:
+        await store.append(dm("three", max_queued=2))
+    assert caught.value.code == "limit_reached"
+    assert len(await store.history(AMY_BOB, after=None, before=None, limit=9)) == 2
+
+
+async def test_guest_identities_claim_resume_and_taken(store: Store) -> None:
+    from imchat.server.store import ClaimStatus
+
+    new = await store.claim_guest("Gus", None, "r1", 300)
+    assert new.status is ClaimStatus.NEW and new.identity is not None
+    again = await store.claim_guest("gus", "r1", "r2", 300)
+    assert again.status is ClaimStatus.RESUMED and again.identity == new.identity
+    assert (await store.claim_guest("gus", None, "r3", 300)).status is ClaimStatus.TAKEN
+    assert (await store.claim_guest("gus", "wrong", "r3", 300)).status is ClaimStatus.TAKEN
+    await store.create_account("gus")  # accounts outrank guests
+    assert (await store.claim_guest("gus", "r1", "r4", 300)).status is ClaimStatus.ACCOUNT
+    identity = await store.identity("gus")
+    assert identity is not None and identity.account is not None
+    assert identity.ident != new.identity.ident
+
+
+async def test_epoch_is_stable_for_a_store(store: Store) -> None:
+    epoch = await store.epoch()
+    assert epoch and await store.epoch() == epoch
 
 
 async def test_a_pending_dm_is_claimed_once_or_taken_never_both(store: Store) -> None:
@@ -275,13 +333,13 @@ async def test_a_pending_dm_is_claimed_once_or_taken_never_both(store: Store) ->
     second = await store.append(dm("two"))
     assert await store.claim_pending("bob", AMY_BOB, first.seq)
     assert not await store.claim_pending("bob", AMY_BOB, first.seq)
-    assert await store.take_pending("bob") == [second.payload]
+    assert await take_pending(store, "bob") == [second.payload]
     assert not await store.claim_pending("bob", AMY_BOB, second.seq)
     assert not await store.claim_pending("bob", AMY_BOB, 99)
 
 
 async def test_set_pending_makes_a_dm_undelivered_again(store: Store) -> None:
     stored = await store.append(dm("one"))
-    assert await store.take_pending("bob") == [stored.payload]
+    assert await take_pending(store, "bob") == [stored.payload]
     await store.set_pending("bob", AMY_BOB, stored.seq)
-    assert await store.take_pending("bob") == [stored.payload]
+    assert await take_pending(store, "bob") == [stored.payload]

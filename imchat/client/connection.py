@@ -55,6 +55,9 @@ class Connection:
         self.events: asyncio.Queue[Message] = asyncio.Queue()
         self.welcome: Message | None = None
         self.closed_error: Message | None = None
+        #: The server as the caller named it (keys the guest ``resume`` secrets).
+        self.host = ""
+        self.port = 0
         self._closed = asyncio.Event()
         self._reader_task = asyncio.create_task(self._read_loop())
 
@@ -70,7 +73,9 @@ class Connection:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=ssl, limit=CLIENT_MAX_FRAME), timeout
         )
-        return cls(reader, writer)
+        conn = cls(reader, writer)
+        conn.host, conn.port = host, port
+        return conn
 
     @property
     def closed(self) -> bool:
@@ -86,9 +91,15 @@ class Connection:
         password: str | None = None,
         token: str | None = None,
         client: str | None = None,
+        resume: str | None = None,
     ) -> Message:
         fields: Message = {"proto": PROTOCOL_VERSION, "nick": nick}
-        for key, value in (("password", password), ("token", token), ("client", client)):
+        for key, value in (
+            ("password", password),
+            ("token", token),
+            ("client", client),
+            ("resume", resume),
+        ):
             if value is not None:
                 fields[key] = value
         self.welcome = await self.request("hello", **fields)

@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from .connection import Connection, ServerError
+from .resume import ResumeStore, remember_welcome
 
-#: Waits after ``rate_limited`` before the same message (same cid) is sent again.
+#: Waits after ``rate_limited`` or ``internal`` (outcome unknown) before the same message
+#: (same cid) is sent again.
 RATE_LIMIT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
+RETRIED_CODES = frozenset({"rate_limited", "internal"})
 KEEPALIVE = 30.0
 
 
@@ -72,7 +75,7 @@ async def send_one(conn: Connection, target: Target, text: str) -> dict[str, obj
         try:
             return await conn.request(kind, **fields)
         except ServerError as exc:
-            if exc.code != "rate_limited" or delay is None:
+            if exc.code not in RETRIED_CODES or delay is None:
                 raise
             await asyncio.sleep(delay)  # a retry with the same cid is never stored twice
     raise AssertionError("unreachable")
@@ -86,12 +89,14 @@ async def send_messages(
     *,
     token: str | None = None,
     password: str | None = None,
+    resumes: ResumeStore | None = None,
 ) -> int:
     """Send ``texts`` (or standard input's lines when None); return how many were acked.
 
-    Empty lines from standard input are skipped: the protocol refuses empty text.
+    Empty lines from standard input are skipped: the protocol refuses empty text. A guest
+    nick's ``resume`` is kept in ``resumes``, so the next run continues the same identity.
     """
-    await conn.hello(nick, token=token, password=password, client="imchat-send")
+    await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
     if target.room is not None:
         await conn.request("join", room=target.room)
     sent = 0
@@ -103,3 +108,42 @@ async def send_messages(
         sent += 1
     await conn.close()
     return sent
+
+
+async def guest_hello(
+    conn: Connection,
+    nick: str,
+    resumes: ResumeStore | None,
+    *,
+    token: str | None = None,
+    password: str | None = None,
+    client: str | None = None,
+) -> dict[str, object]:
+    """``hello`` with the kept ``resume`` for this server and nick (if any); keep the new one.
+
+    A ``nick_taken`` after sending a resume means the identity it named is gone (another
+    holds the nick now): the stale secret is forgotten.
+    """
+    resume = None
+    if resumes is not None and token is None and password is None:
+        resume = resumes.get(conn.host, conn.port, nick)
+    try:
+        welcome = await conn.hello(
+            nick, token=token, password=password, client=client, resume=resume
+        )
+    except ServerError as exc:
+        if exc.code == "nick_taken" and resume is not None and resumes is not None:
+            resumes.forget(conn.host, conn.port, nick)
+        raise
+    remember_welcome(resumes, conn.host, conn.port, nick, welcome)
+    return welcome
+
+
+def held_nick_advice(nick: str, message: str) -> str:
+    """The one line ``imchat send`` prints when a guest identity holds the nick."""
+    return (
+        f"nick_taken: {message}. A guest nick stays with the machine that took it; "
+        f"scripts on other machines (CI runners) should use an account token "
+        f"(imchat user add {nick} --no-password; imchat token create --user {nick}; "
+        f"then --token or IMCHAT_TOKEN)."
+    )

@@ -8,7 +8,15 @@ cannot be recovered (more was missed than one history reply or the server's hist
 becomes an explicit :class:`Gap` in the conversation rather than a silent hole.
 
 Messages typed while disconnected wait in an outbox and are sent, in order, with a ``cid``,
-so a resend after a lost ``ok`` is never stored twice.
+so a resend after a lost ``ok`` (or an ``internal`` error, whose outcome is unknown) is never
+stored twice.
+
+A guest nick's ``resume`` (protocol revision 2) is kept on disk (:mod:`imchat.client.resume`)
+and sent on every ``hello``, so reconnects and restarts keep the identity and its nick. A
+``welcome`` with an ``epoch`` other than the one seen before, or a ``join`` whose ``last_seq``
+is below what was seen, means the server's history was reset: what is held above it is void,
+it is fetched again, and listeners get one :class:`HistoryReset`; nothing already shown is
+taken back, and no new message is hidden as a "duplicate" of a void seq.
 
 It is independent of any UI: listeners receive the small frozen dataclasses below, in order,
 synchronously, on the event loop that runs :meth:`ChatSession.run`. Nothing here imports
@@ -32,6 +40,7 @@ from typing import Any, Protocol
 from imchat.protocol import MAX_HISTORY_LIMIT, nick_key, normalize_room
 
 from .connection import DEFAULT_PORT, Connection, ConnectionClosed, Message, ServerError
+from .resume import ResumeStore, remember_welcome
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,8 @@ OLDER_HISTORY = 100
 
 #: Error codes on ``hello`` after which retrying cannot help.
 _PERMANENT_HELLO_ERRORS = frozenset({"auth_failed", "bad_nick", "bad_request"})
+#: Waits before a message answered ``internal`` (outcome unknown) is sent again, same cid.
+INTERNAL_RETRY = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class ConvKind(StrEnum):
@@ -161,8 +172,19 @@ class SendFailed:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryReset:
+    """The server's history was reset: a new store ``epoch`` (``conv`` None: every
+    conversation) or a room rewound to ``last_seq``. The seqs seen are void; recent history
+    is fetched again; what is already on screen stays (never hide a message)."""
+
+    conv: ConvKey | None
+    last_seq: int = 0
+
+
 SessionEvent = (
     StateChanged
+    | HistoryReset
     | Welcomed
     | MessagesAdded
     | RoomJoined
@@ -233,6 +255,14 @@ class Conversation:
 
     def begin_sync(self) -> None:
         self.syncing = True
+
+    def rewind(self, last_seq: int | None) -> None:
+        """Forget everything above ``last_seq`` (None: everything), so it is fetched again."""
+        self.last_seq = last_seq
+        if last_seq is None or (self.first_seq is not None and self.first_seq > last_seq):
+            self.first_seq = None
+        self.complete = False
+        self.buffer = [m for m in self.buffer if last_seq is not None and _seq(m) > last_seq]
 
     def finish_sync(self, history: list[Message], known_last: int | None) -> list[Message | Gap]:
         """Deliver the catch-up ``history`` then whatever arrived live meanwhile.
@@ -305,6 +335,7 @@ class ConnectionLike(Protocol):
         password: str | None = ...,
         token: str | None = ...,
         client: str | None = ...,
+        resume: str | None = ...,
     ) -> Message: ...
     async def request(self, message: Any, /, **fields: Any) -> Message: ...
     async def next_event(self, timeout: float | None = None) -> Message: ...
@@ -339,6 +370,7 @@ class ChatSession:
         rng: Callable[[], float] = random.random,
         client_name: str = "imchat-tui",
         rooms: Iterable[str] = (),
+        resumes: ResumeStore | None = None,
     ) -> None:
         self.nick = nick
         self.host = host
@@ -355,6 +387,12 @@ class ChatSession:
         self.retry_at: float | None = None
         self.welcome: Message | None = None
         self.admin = False
+        #: Guest identities' resume secrets (None: kept nowhere, e.g. with a fake server).
+        self.resumes = resumes if resumes is not None else ResumeStore()
+        #: This session's guest identity secret, also kept in memory.
+        self._resume: str | None = None
+        #: The server store's epoch seen last; another one voids every seq we hold.
+        self.epoch: str | None = None
         #: Rooms we are in; those given at construction are joined on connect.
         self.rooms: dict[str, RoomInfo] = {
             name: RoomInfo(name) for name in map(normalize_room, rooms)
@@ -457,17 +495,26 @@ class ChatSession:
 
         Returns why it ended and whether it got as far as a welcome.
         """
+        resume = None
+        if self._password is None and self._token is None:
+            # The file first (another client of ours may have renewed it), else our memory
+            # (an unwritable state dir must not cost the nick at the next reconnect).
+            resume = self.resumes.get(self.host, self.port, self.nick) or self._resume
         try:
+            fields: dict[str, Any] = {"resume": resume} if resume is not None else {}
             welcome = await conn.hello(
                 self.nick,
                 password=self._password,
                 token=self._token,
                 client=self._client_name,
+                **fields,
             )
         except ServerError as exc:
-            if exc.code in _PERMANENT_HELLO_ERRORS or (
-                exc.code == "nick_taken" and not self._connected_once
-            ):
+            if exc.code == "nick_taken" and resume is not None:
+                # The identity our secret named is gone: someone else holds the nick now.
+                self.resumes.forget(self.host, self.port, self.nick)
+                self._resume = None
+            if exc.code in _PERMANENT_HELLO_ERRORS or exc.code == "nick_taken":
                 raise _Permanent(f"{exc.code}: {exc.message}") from None
             return f"{exc.code}: {exc.message}", False
         except ConnectionClosed as exc:
@@ -475,6 +522,10 @@ class ChatSession:
         self.welcome = welcome
         self.nick = str(welcome.get("nick", self.nick))
         self.admin = bool(welcome.get("admin"))
+        remember_welcome(self.resumes, self.host, self.port, self.nick, welcome)
+        kept = welcome.get("resume")
+        self._resume = kept if isinstance(kept, str) else None
+        self._check_epoch(welcome)
         for conv in self.conversations.values():
             conv.begin_sync()
         self._conn = conn
@@ -507,8 +558,25 @@ class ChatSession:
                 conv.buffer.clear()
         error = getattr(conn, "closed_error", None)
         if error:
+            if error.get("code") == "nick_taken":
+                # An account took our guest nick: the identity is gone for good.
+                self.resumes.forget(self.host, self.port, self.nick)
+                self._resume = None
+                raise _Permanent(f"nick_taken: {error.get('message', '')}")
             return f"{error.get('code')}: {error.get('message', '')}", True
         return "connection lost", True
+
+    def _check_epoch(self, welcome: Message) -> None:
+        """A store with another epoch: every seq we remember is void (rev 2)."""
+        epoch = welcome.get("epoch")
+        if not isinstance(epoch, str):
+            return
+        previous, self.epoch = self.epoch, epoch
+        if previous is None or previous == epoch:
+            return
+        for conv in self.conversations.values():
+            conv.rewind(None)
+        self._emit(HistoryReset(None))
 
     async def _pump(self, conn: ConnectionLike) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -614,6 +682,12 @@ class ChatSession:
         joined = RoomJoined(name, info.topic, tuple(members), rejoin=rejoin)
         self._emit(joined)
         known_last = reply.get("last_seq")
+        if isinstance(known_last, int) and conv.last_seq is not None and known_last < conv.last_seq:
+            # The room's stream was rewound (a store restored from an older copy): seqs we
+            # saw were or will be reused, and which of ours are void is unknown: fetch the
+            # room's recent history afresh after the reset line (shown twice beats hidden).
+            conv.rewind(None)
+            self._emit(HistoryReset(key, known_last))
         await self._catch_up(
             conn, conv, {"room": name}, known_last if isinstance(known_last, int) else None
         )
@@ -798,7 +872,7 @@ class ChatSession:
                 pending = self.outbox[0]
                 try:
                     kind, fields = self._payload(pending)
-                    await conn.request(kind, **fields)
+                    await self._request_retrying(conn, kind, fields)
                 except ServerError as exc:
                     self._drop(pending)
                     self._emit(SendFailed(pending.conv, pending.text, exc.code, exc.message))
@@ -809,6 +883,18 @@ class ChatSession:
                 self._drop(pending)
             self._outbox_wake.clear()
             await self._outbox_wake.wait()
+
+    @staticmethod
+    async def _request_retrying(conn: ConnectionLike, kind: str, fields: dict[str, Any]) -> None:
+        """Send; after ``internal`` (outcome unknown) send again with the same cid."""
+        for delay in (*INTERNAL_RETRY, None):
+            try:
+                await conn.request(kind, **fields)
+                return
+            except ServerError as exc:
+                if exc.code != "internal" or delay is None:
+                    raise
+            await asyncio.sleep(delay)
 
     def _drop(self, pending: Pending) -> None:
         with contextlib.suppress(ValueError):

@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     # Revision 3: a target or reply_to that names no stored plain/action message.
     NO_SUCH_MESSAGE = "no_such_message"
+    #: *rev 2*: a quota was reached (rooms per user, queued DMs per recipient, replies).
+    LIMIT_REACHED = "limit_reached"
     # Not in the contract's list: the contract names the idle timeout as fatal without naming
     # a code, and a client deserves to be told why it was closed.
     IDLE_TIMEOUT = "idle_timeout"

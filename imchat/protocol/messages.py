@@ -22,6 +22,8 @@ from .names import check_nick, check_text, normalize_room
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 64
 MAX_CID_LENGTH = 64
+#: A guest identity's ``resume`` secret is at most this long (*rev 2*).
+MAX_RESUME_LENGTH = 64
 DEFAULT_MAX_TEXT = 4000
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
@@ -65,11 +67,15 @@ class Hello(Request, tag="hello"):
     password: str | None = None
     token: str | None = None
     client: str | None = None
+    #: The secret a guest identity's ``welcome`` carried: continues that identity (*rev 2*).
+    resume: str | None = None
     before_hello: ClassVar[bool] = True
 
     def validate(self, limits: Limits) -> None:
         if self.proto != PROTOCOL_VERSION:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unsupported protocol {self.proto}")
+        if self.resume is not None and not 1 <= len(self.resume) <= MAX_RESUME_LENGTH:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "resume must be 1-64 characters")
         check_nick(self.nick)
 
 

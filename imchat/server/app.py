@@ -68,6 +68,8 @@ class ChatServer:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self.store.open()
+        # Guest identities online or held when the server stopped are held from now on.
+        await self.store.hold_guests(self.config.guest_hold)
         await self._ensure_admin(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
         try:

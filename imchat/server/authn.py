@@ -14,6 +14,7 @@ from imchat.protocol import ErrorCode, Hello, ProtocolError
 
 from .auth import hash_token, verify_password
 from .config import ServerConfig
+from .identities import account_took
 from .peer import Credential, Peer
 from .ratelimit import FailureLimiter
 from .store import Account, Store
@@ -71,9 +72,17 @@ class Authenticator:
         within ``auth_recheck`` seconds. Each distinct credential is looked up once.
         """
         valid: dict[tuple[str, Credential], bool] = {}
+        guests: dict[str, bool] = {}
         for session in list(sessions):
             user, credential = session.user, session.credential
-            if user is None or credential is None or session.closing:
+            if user is None or session.closing:
+                continue
+            if credential is None:
+                # A guest: an account created for its nick ends its identity (rev 2).
+                if user.ident not in guests:
+                    guests[user.ident] = await self._guest_still_holds(user.key, user.ident)
+                if not guests[user.ident]:
+                    session.fail(account_took(user.nick))
                 continue
             check = (user.key, credential)
             if check not in valid:
@@ -86,6 +95,14 @@ class Authenticator:
                 session.fail(
                     ProtocolError(ErrorCode.AUTH_FAILED, "your token or password was revoked")
                 )
+
+    async def _guest_still_holds(self, key: str, ident: str) -> bool:
+        try:
+            identity = await self.store.identity(key)
+        except Exception:
+            log.exception("could not re-check the guest identity of %s", key)
+            return True
+        return identity is not None and identity.account is None and identity.ident == ident
 
     async def _still_valid(self, key: str, credential: Credential) -> bool:
         kind, value = credential

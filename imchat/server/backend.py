@@ -51,5 +51,6 @@ def open_backend(config: ServerConfig) -> Backend:
         from .redis_store import RedisStore
 
         assert isinstance(store, RedisStore)
-        return Backend(store, RedisFanout(store, node_timeout=config.node_timeout))
+        fanout = RedisFanout(store, node_timeout=config.node_timeout, guest_hold=config.guest_hold)
+        return Backend(store, fanout)
     return Backend(store, LocalFanout())

@@ -69,3 +69,8 @@ class ServerConfig:
     #: Port of the HTTP face (API, webhooks, /ws, /healthz, /metrics) on ``host``; None: off,
     #: 0: any free port. TLS with the same certificate as the native port.
     http_port: int | None = None
+    #: Seconds a guest identity stays held (its nick reserved for its ``resume``) after its
+    #: last session ends (rev 2).
+    guest_hold: float = 300.0
+    #: Undelivered DMs that may wait per recipient; one more is ``limit_reached``. 0: no limit.
+    max_queued: int = 1000

@@ -12,6 +12,7 @@ from __future__ import annotations
 from imchat.protocol import encode_frame
 
 from .fanout import Fanout
+from .identities import DM_BATCH, written_to_any
 from .peer import User
 from .registry import Registry
 from .store import Store
@@ -25,14 +26,28 @@ class DmDelivery:
         self.registry = registry
 
     async def deliver_undelivered(self, user: User) -> None:
-        """Send a user who just came online the DMs kept for it, then those held meanwhile."""
+        """Send a user who just came online the DMs kept for it, then those held meanwhile.
+
+        In batches of :data:`DM_BATCH`, each removed from the queue only once written to one
+        of the user's sessions (rev 2): a client that does not read keeps its DMs queued, and
+        thousands are never loaded at once. The loop ends on an empty read, so a DM committed
+        as undelivered while it runs is either in a later batch or claimed live after it.
+        """
         user.dm_fetches += 1
         try:
-            payloads = await self.store.take_pending(user.key)
+            while user.sessions:
+                batch = await self.store.peek_pending(user.ident, DM_BATCH)
+                if not batch:
+                    break
+                for _, _, payload in batch:
+                    self.fanout.to_users((user.key,), encode_frame(payload))
+                if not await written_to_any(list(user.sessions)):
+                    # Every session it went to ended first: still queued. Sessions that
+                    # joined meanwhile did not get this batch: start again for them.
+                    continue
+                await self.store.drop_pending(user.ident, [(s, q) for s, q, _ in batch])
         finally:
             user.dm_fetches -= 1
-        for payload in payloads:
-            self.fanout.to_users((user.key,), encode_frame(payload))
         if not user.dm_fetches and user.dm_held:
             held, user.dm_held = user.dm_held, []
             for frame in held:
@@ -44,24 +59,31 @@ class DmDelivery:
         return recipient is not None and not recipient.dm_fetches
 
     def after_commit(
-        self, to_key: str, stream: StreamId, seq: int, frame: bytes, live: bool
+        self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes, live: bool
     ) -> None:
         """Deliver a committed DM to its recipient (not to the sender's own sessions)."""
         if live:
-            self.hand_over(to_key, stream, seq, frame)
-        elif self.fanout.user(to_key) is not None:
-            self.registry.spawn(self._claim(to_key, stream, seq, frame))
+            self.hand_over(to_key, to_ident, stream, seq, frame)
+            return
+        recipient = self.fanout.user(to_key)
+        if recipient is not None and recipient.ident == to_ident and not recipient.dm_fetches:
+            self.registry.spawn(self._claim(to_key, to_ident, stream, seq, frame))
+        # else offline, or its hello's delivery loop is running and will read it from the queue
 
-    async def _claim(self, to_key: str, stream: StreamId, seq: int, frame: bytes) -> None:
-        if await self.store.claim_pending(to_key, stream, seq):
-            self.hand_over(to_key, stream, seq, frame)
+    async def _claim(
+        self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes
+    ) -> None:
+        if await self.store.claim_pending(to_ident, stream, seq):
+            self.hand_over(to_key, to_ident, stream, seq, frame)
         # else a hello fetched it and delivered it
 
-    def hand_over(self, to_key: str, stream: StreamId, seq: int, frame: bytes) -> None:
+    def hand_over(
+        self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes
+    ) -> None:
         recipient = self.fanout.user(to_key)
-        if recipient is None:
+        if recipient is None or recipient.ident != to_ident:
             # Gone between the check and the commit: deliver at the next hello.
-            self.registry.spawn(self.store.set_pending(to_key, stream, seq))
+            self.registry.spawn(self.store.set_pending(to_ident, stream, seq))
         elif recipient.dm_fetches:
             recipient.dm_held.append(frame)  # after the older DMs being fetched
         else:

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from imchat.protocol import ErrorCode, ProtocolError
-
+from .identities import evict
 from .peer import User
 
 if TYPE_CHECKING:
@@ -31,13 +30,15 @@ class Fanout(Protocol):
     async def close(self) -> None:
         """Stop it, after every session has left."""
 
-    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         """Attach an authenticated session to its user; True if the hub must announce
         ``online`` (the user just came online).
 
-        ``exclusive`` (guests): raise ``nick_taken`` if the nick is online already. A
-        clustered fanout publishes ``online`` itself, atomically with the change (so it can't
-        overtake an ``offline`` from another node), and returns False.
+        ``ident`` is the account or guest identity the hello established (the store decided
+        who may have the nick). A user of another identity online under the nick is a guest
+        an account just outranked: it is ended (:func:`imchat.server.identities.evict`), never
+        shared. A clustered fanout publishes ``online`` itself, atomically with the change (so
+        it can't overtake an ``offline`` from another node), and returns False.
         """
 
     async def disconnect(self, session: Peer) -> list[str] | None:
@@ -108,14 +109,16 @@ class LocalFanout:
     async def close(self) -> None:
         pass
 
-    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         key = nick.lower()
         user = self._users.get(key)
-        if user is not None and exclusive:
-            raise ProtocolError(ErrorCode.NICK_TAKEN, f"{user.nick} is online")
+        if user is not None and user.ident != ident:
+            self._drop(user)
+            evict(user)
+            user = None
         first = user is None
         if user is None:
-            user = self._users[key] = User(nick, admin)
+            user = self._users[key] = User(nick, admin, ident)
         user.sessions.append(session)
         session.user = user
         self._sessions += 1
@@ -127,8 +130,12 @@ class LocalFanout:
             return None
         user.sessions.remove(session)
         self._sessions -= 1
-        if user.sessions:
-            return None
+        if user.sessions or self._users.get(user.key) is not user:
+            return None  # not its last session, or an evicted identity (already dropped)
+        return self._drop(user)
+
+    def _drop(self, user: User) -> list[str]:
+        """Forget an online user and its memberships; the rooms it was in."""
         del self._users[user.key]
         rooms = sorted(user.rooms)
         for room in rooms:

@@ -9,6 +9,7 @@ server core free of import cycles and of any one transport.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from imchat.protocol import ProtocolError
@@ -38,6 +39,10 @@ class Peer(Protocol):
     #: Loop time of its start and of the last bytes it sent (for the idle sweep).
     opened: float
     last_rx: float
+    #: Seconds its guest identity stays held after its last session ends (rev 2); None: the
+    #: server's ``--guest-hold``. A transport whose clients cannot send ``resume`` (IRC)
+    #: holds nothing: there is no secret to come back with.
+    guest_hold: float | None
 
     @property
     def nick(self) -> str:
@@ -65,19 +70,37 @@ class Peer(Protocol):
     def abort(self) -> None:
         """Drop the connection at once, unflushed."""
 
+    def wait_written(self) -> Awaitable[bool]:
+        """True once what was queued so far has been written to the connection (its buffer
+        below the high-water mark); False if it closes first (rev 2: a queued DM leaves its
+        queue only once written)."""
+
 
 class User:
     """An online user: the sessions it has here and the rooms it is in."""
 
-    __slots__ = ("admin", "detached", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
+    __slots__ = (
+        "admin",
+        "detached",
+        "dm_fetches",
+        "dm_held",
+        "ident",
+        "key",
+        "nick",
+        "rooms",
+        "sessions",
+    )
 
-    def __init__(self, nick: str, admin: bool) -> None:
+    def __init__(self, nick: str, admin: bool, ident: str = "") -> None:
         self.nick = nick
         self.key = nick.lower()
         self.admin = admin
         #: An HTTP caller (``imchat.server.http``) posting as its account: never online, in
         #: no room, never a recipient; it may post to a room it is not a member of.
         self.detached = False
+        #: The account or guest identity (rev 2): its cids, DM queue and DM view. Sessions
+        #: of another identity never join this user. Empty: the nick key (tests, adapters).
+        self.ident = ident or self.key
         self.sessions: list[Peer] = []
         self.rooms: set[str] = set()
         #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until

@@ -28,6 +28,11 @@ Presence keys (``P`` = prefix)::
     P nodes             set    live node ids
     P node:<id>         string heartbeat, expires after the node timeout
     P nodeusers:<id>    hash   key -> sessions on that node (what to undo if it dies)
+    P identof           hash   key -> identity id of the online user (its DM peers, its hold)
+
+Presence is scoped (*rev 2*): ``online``/``offline`` go to the user itself, the members of
+its rooms and its DM peers (the streams in ``since:<ident>``), never to everyone, so an
+arrival costs the size of its own neighbourhood, not of the cluster.
 
 A node refreshes its heartbeat every third of the timeout; every node looks for members of
 ``nodes`` whose heartbeat expired and reaps them with one script that removes their sessions
@@ -52,9 +57,10 @@ from redis.exceptions import RedisError, ResponseError
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
 from .gate import Gate
+from .identities import evict, written_to_any
 from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
-from .redis_typed import close_pubsub, lpush, text, texts
+from .redis_typed import close_pubsub, lrem, text, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -83,13 +89,26 @@ end
 local function envelope(hold, op, recipients, payload)
   return hold .. '\\n' .. op .. '\\n' .. recipients .. '\\n' .. payload
 end
-local function gone(prefix, channel, key)
+-- The keys of an identity's DM peers (who hears its presence besides its rooms).
+local function peers(prefix, ident, out, seen)
+  if not ident then return end
+  for _, stream in ipairs(redis.call('HKEYS', prefix .. 'since:' .. ident)) do
+    local low, high = string.match(stream, '^d:(%S+) (%S+)$')
+    for _, k in ipairs({low, high}) do
+      if k and not seen[k] then seen[k] = true; table.insert(out, k) end
+    end
+  end
+end
+local function gone(prefix, channel, key, hold_ms)
   local nick = redis.call('HGET', prefix .. 'online', key) or key
+  local ident = redis.call('HGET', prefix .. 'identof', key)
   redis.call('HDEL', prefix .. 'online', key)
   redis.call('HDEL', prefix .. 'sessions', key)
+  redis.call('HDEL', prefix .. 'identof', key)
   local ts = now_ts()
   local rooms = redis.call('SMEMBERS', prefix .. 'urooms:' .. key)
   table.sort(rooms)
+  local audience, seen = {}, {}
   for _, room in ipairs(rooms) do
     local members = prefix .. 'members:' .. room
     redis.call('HDEL', members, key)
@@ -98,23 +117,43 @@ local function gone(prefix, channel, key)
       redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
         table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
         jstr(nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+      for _, k in ipairs(left) do
+        if not seen[k] then seen[k] = true; table.insert(audience, k) end
+      end
     end
   end
   redis.call('DEL', prefix .. 'urooms:' .. key)
-  redis.call('PUBLISH', channel, envelope('', '', '*',
-    '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
+  peers(prefix, ident, audience, seen)
+  if ident then
+    local guest = prefix .. 'guest:' .. key
+    if redis.call('HGET', guest, 'ident') == ident then
+      -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
+      -- Everything kept for it goes with it when the hold ends (no key outlives a guest).
+      local owned = {guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
+        prefix .. 'cid:' .. ident}
+      for _, k in ipairs(owned) do
+        if tonumber(hold_ms) > 0 then redis.call('PEXPIRE', k, hold_ms)
+        else redis.call('DEL', k) end
+      end
+    end
+  end
+  if #audience > 0 then
+    redis.call('PUBLISH', channel, envelope('', '', table.concat(audience, ' '),
+      '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
+  end
 end
 """
 )
 
-#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold.
-#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs kept for the
-#: user are taken, atomically with that), 0 already online, -1 nick taken, -2 this node was
-#: reaped.
+#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id.
+#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs queued for
+#: the identity are read, atomically with that; they stay queued until written to a
+#: session), 0 already online, -1 nick taken, -2 this node was reaped.
 CONNECT_LUA = (
     LUA_FANOUT
     + """
 local prefix, channel, node, key, nick, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+local ident = ARGV[8]
 if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
 if n > 0 and ARGV[6] == '1' then
@@ -125,12 +164,47 @@ redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
 redis.call('INCR', prefix .. 'nsessions')
 local status = 0
 local pending = {}
+local prev = redis.call('HGET', prefix .. 'identof', key)
+if n > 0 and prev and prev ~= ident then
+  -- An account outranks the guest identity online under its nick (rev 2): that identity
+  -- leaves its rooms and every node ends its sessions; it shares nothing with the account.
+  local old_nick = redis.call('HGET', prefix .. 'online', key) or key
+  local ts = now_ts()
+  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+    local members = prefix .. 'members:' .. room
+    redis.call('HDEL', members, key)
+    local left = redis.call('HKEYS', members)
+    redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
+      table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
+      jstr(old_nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+  end
+  redis.call('DEL', prefix .. 'urooms:' .. key)
+  redis.call('PUBLISH', channel, envelope('', '!' .. key .. ' ' .. ident, '', ''))
+  redis.call('HSET', prefix .. 'sessions', key, 1)  -- this session alone
+  n = 0
+end
+redis.call('HSET', prefix .. 'identof', key, ident)
+local guest = prefix .. 'guest:' .. key
+if redis.call('HGET', guest, 'ident') == ident then
+  -- online: no longer counting down a hold
+  for _, k in ipairs({guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
+      prefix .. 'cid:' .. ident}) do
+    redis.call('PERSIST', k)
+  end
+end
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
-  pending = redis.call('LRANGE', prefix .. 'pending:' .. key, 0, -1)
-  redis.call('DEL', prefix .. 'pending:' .. key)
-  redis.call('PUBLISH', channel, envelope(hold, '', '*',
+  pending = redis.call('LRANGE', prefix .. 'pending:' .. ident, 0, -1)
+  local audience, seen = {key}, {}
+  seen[key] = true
+  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+    for _, k in ipairs(redis.call('HKEYS', prefix .. 'members:' .. room)) do
+      if not seen[k] then seen[k] = true; table.insert(audience, k) end
+    end
+  end
+  peers(prefix, ident, audience, seen)
+  redis.call('PUBLISH', channel, envelope(hold, '', table.concat(audience, ' '),
     '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
 else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
@@ -140,28 +214,32 @@ return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pendin
 """
 )
 
-#: ARGV: prefix, channel, node, key. Returns 1 if the user left the cluster.
+#: ARGV: prefix, channel, node, key, guest hold ms, identity id. Returns 1 if the user left
+#: the cluster.
 DISCONNECT_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, channel, node, key, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local here = prefix .. 'nodeusers:' .. node
 if redis.call('HEXISTS', here, key) == 0 then return 0 end
 if redis.call('HINCRBY', here, key, -1) <= 0 then redis.call('HDEL', here, key) end
 redis.call('DECR', prefix .. 'nsessions')
+local current = redis.call('HGET', prefix .. 'identof', key)
+if current and current ~= ARGV[6] then return 0 end  -- a session of an outranked identity
 if redis.call('HINCRBY', prefix .. 'sessions', key, -1) <= 0 then
-  gone(prefix, channel, key)
+  gone(prefix, channel, key, hold_ms)
   return 1
 end
 return 0
 """
 )
 
-#: ARGV: prefix, channel, dead node id. Returns the number of users that left the cluster.
+#: ARGV: prefix, channel, dead node id, guest hold ms. Returns the number of users that left
+#: the cluster.
 REAP_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, dead = ARGV[1], ARGV[2], ARGV[3]
+local prefix, channel, dead, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', prefix .. 'node:' .. dead) == 1 then return -1 end
 if redis.call('SREM', prefix .. 'nodes', dead) == 0 then return -1 end
 redis.call('PUBLISH', channel, envelope('', 'reaped ' .. dead, '', ''))
@@ -172,7 +250,7 @@ for i = 1, #users, 2 do
   local key, n = users[i], tonumber(users[i + 1])
   redis.call('DECRBY', prefix .. 'nsessions', n)
   if redis.call('HINCRBY', prefix .. 'sessions', key, -n) <= 0 then
-    gone(prefix, channel, key)
+    gone(prefix, channel, key, hold_ms)
     left = left + 1
   end
 end
@@ -181,17 +259,18 @@ return left
 """
 )
 
-#: ARGV: prefix, channel, node, then pairs of user key and the sessions this node has of it.
+#: ARGV: prefix, channel, node, guest hold ms, then pairs of user key and the sessions this
+#: node has of it.
 #: Lowers the node's recorded sessions of each user to what it really has (a disconnect that
 #: failed while Redis was paused or refusing writes left them higher) and lets users left with
 #: none leave the cluster. Returns the number of users that left.
 RECONCILE_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node = ARGV[1], ARGV[2], ARGV[3]
+local prefix, channel, node, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local here = prefix .. 'nodeusers:' .. node
 local left = 0
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local key, expected = ARGV[i], tonumber(ARGV[i + 1])
   local n = tonumber(redis.call('HGET', here, key) or '0')
   if n > expected then
@@ -202,7 +281,7 @@ for i = 4, #ARGV, 2 do
     end
     redis.call('DECRBY', prefix .. 'nsessions', n - expected)
     if redis.call('HINCRBY', prefix .. 'sessions', key, expected - n) <= 0 then
-      gone(prefix, channel, key)
+      gone(prefix, channel, key, hold_ms)
       left = left + 1
     end
   end
@@ -283,11 +362,19 @@ class RedisLost(Exception):
 class RedisFanout:
     """:class:`imchat.server.fanout.Fanout` for a node of a cluster sharing one Redis."""
 
-    def __init__(self, store: RedisStore, *, node_timeout: float = DEFAULT_NODE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        guest_hold: float = 300.0,
+    ) -> None:
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
         self.node_timeout = node_timeout
+        #: Seconds a guest identity is held after the cluster's last session of it ends.
+        self.guest_hold = guest_hold
         self.node_id = ""
         self.available = False
         self._users: dict[str, User] = {}
@@ -358,7 +445,7 @@ class RedisFanout:
         leaving them online until the heartbeat expires."""
         if node_id:
             await self.redis.delete(self.keys.node(node_id))
-            await self._reap(args=[self.keys.prefix, self.keys.channel, node_id])
+            await self._reap(args=[self.keys.prefix, self.keys.channel, node_id, self._hold_ms()])
 
     async def _start_incarnation(self) -> None:
         """Subscribe, then join the cluster under a fresh node id."""
@@ -509,6 +596,12 @@ class RedisFanout:
         user = self._users.get(key)
         if user is None:
             return
+        if op[:1] == b"!":
+            # ``!key ident``: an account took the nick; another identity here under it ends.
+            if user.ident != room:
+                del self._users[key]
+                evict(user)
+            return
         if op[:1] == b"+":
             user.rooms.add(room)
         else:
@@ -554,39 +647,50 @@ class RedisFanout:
                 self._drain()
 
     def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
-        """Send DMs kept while the user was offline, before anything published later."""
+        """Send DMs kept while the user was offline, before anything published later.
+
+        They leave the queue only once written to a session (rev 2): a session that ends
+        first (or is cut as a slow consumer) leaves them for the identity's next hello.
+        """
         user = session.user
         assert user is not None
         if not user.sessions:
-            # The session ended during its hello: keep them for the next one, in order.
-            if self._registry is not None:
-                self._registry.spawn(lpush(self.redis, self.keys.pending(user.key), *reversed(dms)))
-            return
+            return  # the session ended during its hello: they stay queued
         for payload in dms:
             frame = encode_frame(payload)
             for each in user.sessions:
                 each.send(frame)
+        if self._registry is not None:
+            self._registry.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
+
+    async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
+        if not await written_to_any(sessions):
+            return
+        for payload in dms:
+            await lrem(self.redis, self.keys.pending(ident), 1, payload)
 
     # -- presence --------------------------------------------------------------------------
+
+    def _hold_ms(self, hold: float | None = None) -> int:
+        """A guest hold in ms for the scripts: the session's own, else the server's."""
+        return max(int((self.guest_hold if hold is None else hold) * 1000), 0)
 
     def _check_available(self) -> None:
         if not self.available:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
-    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
-        A user coming online takes its undelivered DMs in the same script (so a DM is either
-        kept for it or sent live, never both); they go out at :meth:`release`, after the
+        A user coming online reads its undelivered DMs in the same script (so a DM is either
+        queued for it or sent live, never both); they go out at :meth:`release`, after the
         ``welcome`` and before any event published after this.
         """
         self._check_available()
         async with self._gate.shared():
-            return await self._connect_session(session, nick, admin=admin, exclusive=exclusive)
+            return await self._connect_session(session, nick, admin=admin, ident=ident)
 
-    async def _connect_session(
-        self, session: Peer, nick: str, *, admin: bool, exclusive: bool
-    ) -> bool:
+    async def _connect_session(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         key = nick.lower()
         status, online_nick, rooms, dms = await self._connect(
             args=[
@@ -595,17 +699,22 @@ class RedisFanout:
                 self.node_id,
                 key,
                 nick,
-                int(exclusive),
+                0,
                 self.hold(session),
+                ident,
             ]
         )
-        if status == -1:
-            raise ProtocolError(ErrorCode.NICK_TAKEN, f"{online_nick.decode()} is online")
         if status == -2:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
         user = self._users.get(key)
+        if user is not None and user.ident != ident:
+            # An account took the nick of a guest identity online here: that identity ends
+            # now and never shares a user with the account (rev 2).
+            evict(user)
+            del self._users[key]
+            user = None
         if user is None:
-            user = self._users[key] = User(online_nick.decode(), admin)
+            user = self._users[key] = User(online_nick.decode(), admin, ident)
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
         session.user = user
@@ -630,13 +739,22 @@ class RedisFanout:
             return
         user.sessions.remove(session)
         self._local_sessions -= 1
-        if not user.sessions:
+        if not user.sessions and self._users.get(user.key) is user:
             del self._users[user.key]
         node = self.node_id
         if not self.available:
             return  # this incarnation's sessions are reaped as a whole
         try:
-            await self._disconnect(args=[self.keys.prefix, self.keys.channel, node, user.key])
+            await self._disconnect(
+                args=[
+                    self.keys.prefix,
+                    self.keys.channel,
+                    node,
+                    user.key,
+                    self._hold_ms(session.guest_hold),
+                    user.ident,
+                ]
+            )
         except (RedisError, OSError) as exc:
             log.warning("could not record that %s left (reconciled later): %s", user.nick, exc)
 
@@ -801,7 +919,12 @@ class RedisFanout:
         if not any(n > self._session_count(key) for key, n in recorded.items()):
             return
         async with self._gate.exclusive():
-            args: list[str | int] = [self.keys.prefix, self.keys.channel, self.node_id]
+            args: list[str | int] = [
+                self.keys.prefix,
+                self.keys.channel,
+                self.node_id,
+                self._hold_ms(),
+            ]
             for key, n in recorded.items():
                 if n > self._session_count(key):
                     args += [key, self._session_count(key)]
@@ -824,6 +947,8 @@ class RedisFanout:
             alive = await pipe.execute()
         for node, is_alive in zip(others, alive, strict=True):
             if not is_alive:
-                left = await self._reap(args=[self.keys.prefix, self.keys.channel, node])
+                left = await self._reap(
+                    args=[self.keys.prefix, self.keys.channel, node, self._hold_ms()]
+                )
                 if left >= 0:
                     log.warning("reaped dead node %s (%d users went offline)", node, left)

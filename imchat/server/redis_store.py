@@ -8,7 +8,11 @@ persistence (``docs/redis.md``).
 
 Key layout (``P`` is the prefix, ``imchat:`` by default)::
 
-    P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash
+    P epoch             string the store's epoch, created with SET NX by the first node
+    P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash,
+                               ident (the account's identity id; absent: the nick key)
+    P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
+                               nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
     P token:<hash>      hash   user, label, created
     P tokens            zset   token hashes by creation time
@@ -16,8 +20,10 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P rooms             set    room names
     P seq               hash   stream -> last seq
     P m:<stream>        zset   the stream's event payloads, scored by seq
-    P cid:<sender>      hash   cid -> "<stream>\\n<seq>\\n<ts>"
-    P pending:<key>     list   payloads of DMs to deliver at the user's next hello
+    P cid:<ident>       hash   cid -> "<stream>\\n<seq>\\n<ts>" (per account or guest identity)
+    P since:<ident>     hash   DM stream -> first seq the identity may read
+    P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
+                               held guest's expires with its hold)
     P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
     P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel shared by all nodes (see redis_fanout)
@@ -54,12 +60,17 @@ from .stats import STATS
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
+    ClaimStatus,
     Draft,
+    GuestClaim,
+    Identity,
     RoomInfo,
     Stored,
     StoreUnavailable,
     TokenInfo,
     UserRecord,
+    new_epoch,
+    new_ident,
     token_id,
 )
 from .streams import StreamId, StreamKind
@@ -70,6 +81,9 @@ log = logging.getLogger(__name__)
 WAIT_TIMEOUT_MS = 1000
 
 DEFAULT_PREFIX = "imchat:"
+#: Seconds a guest identity claimed by a hello is kept at least until its session is counted
+#: online (a short ``guest_hold`` must not free the nick in between).
+CLAIM_GRACE = 60.0
 #: Commands sent in one pipeline at most.
 MAX_BATCH = 512
 
@@ -120,18 +134,20 @@ end
 """
 
 #: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
+#: owner (sender identity id: the cid namespace), recipient identity id (DMs), max_queued,
 #: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
-#: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member; delivered
-#: is the cluster's session count for an announcement.
+#: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member, -2 the
+#: recipient's queue is full; delivered is the cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local as_member = ARGV[7] ~= '0'
+local owner, to_ident, max_queued = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local as_member = ARGV[10] ~= '0'
 local kind = string.sub(stream, 1, 1)
-local cids = prefix .. 'cid:' .. sender
+local cids = prefix .. 'cid:' .. owner
 if cid ~= '' then
   local prev = redis.call('HGET', cids, cid)
   if prev then
@@ -141,9 +157,19 @@ if cid ~= '' then
   end
 end
 local members
+local to, to_online
 if kind == 'r' then
   members = prefix .. 'members:' .. string.sub(stream, 3)
   if as_member and redis.call('HEXISTS', members, sender) == 0 then return '-1 0 0 0\\n' end
+elseif kind == 'd' then
+  local low, high = string.match(stream, '^d:(%S+) (%S+)$')
+  to = low
+  if low == sender then to = high end
+  to_online = tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0
+  if to ~= sender and not to_online and max_queued > 0 and
+      redis.call('LLEN', prefix .. 'pending:' .. to_ident) >= max_queued then
+    return '-2 0 0 0\\n'
+  end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
@@ -157,15 +183,22 @@ local delivered = 0
 if kind == 'r' then
   recipients = table.concat(redis.call('HKEYS', members), ' ')
 elseif kind == 'd' then
-  local low, high = string.match(stream, '^d:(%S+) (%S+)$')
-  local to = low
-  if low == sender then to = high end
+  redis.call('HSETNX', prefix .. 'since:' .. owner, stream, seq)
+  local to_ttl = redis.call('PTTL', prefix .. 'guest:' .. to)
+  local to_held = to_ttl > 0 and redis.call('HGET', prefix .. 'guest:' .. to, 'ident') == to_ident
+  if to_ident ~= '' then
+    redis.call('HSETNX', prefix .. 'since:' .. to_ident, stream, seq)
+    -- a held guest's keys end with its hold
+    if to_held then redis.call('PEXPIRE', prefix .. 'since:' .. to_ident, to_ttl) end
+  end
   if to == sender then
     recipients = sender
-  elseif tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0 then
+  elseif to_online then
     recipients = sender .. ' ' .. to
   else
-    redis.call('RPUSH', prefix .. 'pending:' .. to, payload)
+    local queue = prefix .. 'pending:' .. to_ident
+    redis.call('RPUSH', queue, payload)
+    if to_held then redis.call('PEXPIRE', queue, to_ttl) end  -- dropped when the hold ends
     recipients = sender
   end
 else
@@ -177,11 +210,41 @@ return '1 ' .. seq .. ' ' .. ts .. ' ' .. delivered .. '\\n' .. payload
 """
 )
 
-#: KEYS: pending list. Returns and removes every payload in it, oldest first.
-TAKE_PENDING_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return items
+#: ARGV: prefix, key, nick, resume hash or '', new ident, new resume hash, hold ms.
+#: Returns {status, ident, nick} or {'taken', pttl} (see Store.claim_guest).
+CLAIM_GUEST_LUA = """
+local prefix, key, nick, resume = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local user = prefix .. 'user:' .. key
+if redis.call('HGET', user, 'account') == '1' then return {'account'} end
+local guest = prefix .. 'guest:' .. key
+local cur = redis.call('HMGET', guest, 'ident', 'resume', 'nick')
+if cur[1] then
+  local ttl = redis.call('PTTL', guest)
+  if resume == '' or cur[2] ~= resume then return {'taken', tostring(ttl)} end
+  if ttl >= 0 then redis.call('PEXPIRE', guest, ARGV[7]) end
+  return {'resumed', cur[1], cur[3]}
+end
+redis.call('HSET', guest, 'ident', ARGV[5], 'nick', nick, 'resume', ARGV[6])
+redis.call('PEXPIRE', guest, ARGV[7])
+redis.call('HSETNX', user, 'nick', nick)
+return {'new', ARGV[5], nick}
+"""
+
+#: ARGV: prefix, key, new account ident, nick, admin, password hash or ''. Creates (or
+#: replaces) an account and ends the guest identity holding the nick, with its queue.
+CREATE_ACCOUNT_LUA = """
+local prefix, key = ARGV[1], ARGV[2]
+local guest = prefix .. 'guest:' .. key
+local old = redis.call('HGET', guest, 'ident')
+if old then redis.call('DEL', prefix .. 'pending:' .. old) end
+redis.call('DEL', guest)
+local user = prefix .. 'user:' .. key
+redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])
+redis.call('HSETNX', user, 'created', ARGV[7])
+if ARGV[6] == '' then redis.call('HDEL', user, 'password_hash')
+else redis.call('HSET', user, 'password_hash', ARGV[6]) end
+redis.call('SADD', prefix .. 'accounts', key)
+return 1
 """
 
 
@@ -251,6 +314,7 @@ class Keys:
         # Presence (maintained by RedisFanout; the append script reads them).
         self.online = f"{prefix}online"
         self.nodes = f"{prefix}nodes"
+        self.epoch = f"{prefix}epoch"
 
     def user(self, key: str) -> str:
         return f"{self.prefix}user:{key}"
@@ -264,11 +328,17 @@ class Keys:
     def messages(self, stream: str) -> str:
         return f"{self.prefix}m:{stream}"
 
-    def cids(self, sender_key: str) -> str:
-        return f"{self.prefix}cid:{sender_key}"
+    def cids(self, ident: str) -> str:
+        return f"{self.prefix}cid:{ident}"
 
-    def pending(self, key: str) -> str:
-        return f"{self.prefix}pending:{key}"
+    def pending(self, ident: str) -> str:
+        return f"{self.prefix}pending:{ident}"
+
+    def guest(self, key: str) -> str:
+        return f"{self.prefix}guest:{key}"
+
+    def since(self, ident: str) -> str:
+        return f"{self.prefix}since:{ident}"
 
     def members(self, room: str) -> str:
         return f"{self.prefix}members:{room}"
@@ -294,10 +364,12 @@ class RedisStore:
         self.wait_replicas = wait_replicas
         self.redis = connect_redis(url)
         self._append = self.redis.register_script(APPEND_LUA)
-        self._take_pending = self.redis.register_script(TAKE_PENDING_LUA)
         # Revision 3 (features_redis): the append script wrapped with target checks.
         self.feature_lua = self.redis.register_script(features_redis.feature_script(APPEND_LUA))
         self.mark_lua = self.redis.register_script(features_redis.MARK_LUA)
+        self._claim_guest = self.redis.register_script(CLAIM_GUEST_LUA)
+        self._create_account = self.redis.register_script(CREATE_ACCOUNT_LUA)
+        self._epoch: str | None = None
         self._encoder = msgspec.json.Encoder()
         #: Commands for the ordered pipeline: each with its future and whether it writes.
         self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
@@ -312,6 +384,9 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             await self.redis.aclose()
             raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        # The first node of a new store names its epoch; every other node reads that one.
+        await self.redis.set(self.keys.epoch, new_epoch(), nx=True)
+        self._epoch = text(await self.redis.get(self.keys.epoch))
         self._sender = asyncio.create_task(self._send_batches())
         await features_redis.migrate(self)
 
@@ -392,7 +467,8 @@ class RedisStore:
         if fields.get(b"account") != b"1":
             return UserRecord(nick)
         password_hash = fields.get(b"password_hash")
-        account = Account(nick, fields.get(b"admin") == b"1", text(password_hash) or None)
+        ident = text(fields.get(b"ident")) or key
+        account = Account(nick, fields.get(b"admin") == b"1", text(password_hash) or None, ident)
         return UserRecord(nick, account)
 
     async def remember_user(self, nick: str) -> None:
@@ -405,18 +481,18 @@ class RedisStore:
     async def create_account(
         self, nick: str, *, admin: bool = False, password_hash: str | None = None
     ) -> None:
-        key = nick.lower()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.user(key), mapping={"nick": nick, "account": 1, "admin": int(admin)}
-            )
-            pipe.hsetnx(self.keys.user(key), "created", repr(time.time()))
-            if password_hash is None:
-                pipe.hdel(self.keys.user(key), "password_hash")
-            else:
-                pipe.hset(self.keys.user(key), "password_hash", password_hash)
-            pipe.sadd(self.keys.accounts, key)
-            await pipe.execute()
+        """Accounts outrank guests: a guest identity holding the nick ends here (rev 2)."""
+        await self._create_account(
+            args=[
+                self.keys.prefix,
+                nick.lower(),
+                new_ident("a"),
+                nick,
+                int(admin),
+                password_hash or "",
+                repr(time.time()),
+            ]
+        )
 
     async def remove_account(self, key: str) -> bool:
         record = await self.lookup_user(key)
@@ -425,8 +501,10 @@ class RedisStore:
         tokens = [info for info in await self._tokens() if info[1] == key]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.user(key), mapping={"account": 0, "admin": 0})
-            pipe.hdel(self.keys.user(key), "password_hash")
+            pipe.hdel(self.keys.user(key), "password_hash", "ident")
             pipe.srem(self.keys.accounts, key)
+            # The account's identity ends: its queue does not pass to the nick's next holder.
+            pipe.delete(self.keys.pending(record.account.ident))
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
@@ -495,6 +573,67 @@ class RedisStore:
             await pipe.execute()
         return True
 
+    # -- identities (rev 2) ----------------------------------------------------------------
+
+    async def epoch(self) -> str:
+        assert self._epoch is not None, "store is not open"
+        return self._epoch
+
+    async def identity(self, key: str) -> Identity | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.user(key), ["nick", "account", "admin", "password_hash", "ident"])
+            pipe.hmget(self.keys.guest(key), ["ident", "nick"])
+            pipe.pttl(self.keys.guest(key))
+            user, guest, ttl = await pipe.execute()
+        nick, account, admin, password_hash, ident = user
+        if account == b"1":
+            ident_text = text(ident) or key
+            return Identity(
+                text(nick),
+                ident_text,
+                Account(text(nick), admin == b"1", text(password_hash) or None, ident_text),
+            )
+        if guest[0] is None:
+            return None
+        held_until = time.time() + ttl / 1000 if ttl >= 0 else None
+        return Identity(text(guest[1]), text(guest[0]), held_until=held_until)
+
+    async def claim_guest(
+        self, nick: str, resume: str | None, new_resume: str, hold: float
+    ) -> GuestClaim:
+        reply = await self._claim_guest(
+            args=[
+                self.keys.prefix,
+                nick.lower(),
+                nick,
+                resume or "",
+                new_ident("g"),
+                new_resume,
+                # Until its connect script makes it online: long enough for any hello.
+                int(max(hold, CLAIM_GRACE) * 1000),
+            ]
+        )
+        status = text(reply[0])
+        if status == "account":
+            return GuestClaim(ClaimStatus.ACCOUNT)
+        if status == "taken":
+            ttl = int(text(reply[1]))
+            return GuestClaim(
+                ClaimStatus.TAKEN, held_until=time.time() + ttl / 1000 if ttl >= 0 else None
+            )
+        identity = Identity(text(reply[2]), text(reply[1]))
+        return GuestClaim(ClaimStatus(status), identity)
+
+    async def guest_left(self, ident: str, hold: float) -> None:
+        """Nothing to do: the fanout's scripts hold a guest when its cluster's last session
+        ends (a node cannot know whether another node still serves it)."""
+
+    async def dm_streams(self, ident: str) -> list[str]:
+        return [text(s) for s in await self.redis.hkeys(self.keys.since(ident))]
+
+    async def hold_guests(self, hold: float) -> None:
+        """Nothing to do: holds are TTLs in Redis, which outlives any one node."""
+
     # -- rooms -----------------------------------------------------------------------------
 
     async def room(self, name: str) -> RoomInfo | None:
@@ -548,6 +687,9 @@ class RedisStore:
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
             draft.sender_key,
+            draft.cid_owner,
+            draft.recipient_ident,
+            draft.max_queued,
             "1" if draft.as_member else "0",
         )
         script = self._append
@@ -561,6 +703,11 @@ class RedisStore:
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream.room_name}")
+        if status == b"-2":
+            raise ProtocolError(
+                ErrorCode.LIMIT_REACHED,
+                f"{draft.max_queued} messages already wait for them; try later",
+            )
         return Stored(
             int(seq),
             float(ts),
@@ -571,29 +718,61 @@ class RedisStore:
         )
 
     async def history(
-        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
+        self,
+        stream: StreamId,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        viewer: str | None = None,
     ) -> list[bytes]:
         key = self.keys.messages(stream.key)
+        lower = after
+        keys = stream.dm_keys
+        if viewer is not None and keys is not None and viewer not in keys:
+            # A guest identity (or an account of revision 2) reads from its first message on.
+            first = await self.redis.hget(self.keys.since(viewer), stream.key)
+            if first is None:
+                return []
+            lower = max(lower if lower is not None else -1, int(first) - 1)
         upper: Any = f"({before}" if before is not None else "+inf"
+        bottom: Any = f"({lower}" if lower is not None else "-inf"
         if after is not None:
-            result = await self.redis.zrangebyscore(key, f"({after}", upper, start=0, num=limit)
+            result = await self.redis.zrangebyscore(key, bottom, upper, start=0, num=limit)
             return blobs(result)
-        result = await self.redis.zrevrangebyscore(key, upper, "-inf", start=0, num=limit)
+        result = await self.redis.zrevrangebyscore(key, upper, bottom, start=0, num=limit)
         return blobs(result)[::-1]
 
-    async def take_pending(self, recipient_key: str) -> list[bytes]:
-        return blobs(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
+        payloads = blobs(await self.redis.lrange(self.keys.pending(recipient), 0, limit - 1))
+        items = []
+        for payload in payloads:
+            event = msgspec.json.decode(payload)
+            stream = StreamId.dm(str(event["from"]).lower(), str(event["to"]).lower())
+            items.append((stream, int(event["seq"]), payload))
+        return items
 
-    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, seq in items:
+                pipe.zrangebyscore(self.keys.messages(stream.key), seq, seq)
+            found = [blobs(reply) for reply in await pipe.execute()]
+        for payloads in found:
+            if payloads:
+                await lrem(self.redis, self.keys.pending(recipient), 1, payloads[0])
+
+    async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
         found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if not found:
             return False
-        return bool(await lrem(self.redis, self.keys.pending(recipient_key), 1, found[0]))
+        return bool(await lrem(self.redis, self.keys.pending(recipient), 1, found[0]))
 
-    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
+    async def set_pending(self, recipient: str, stream: StreamId, seq: int) -> None:
         found = blobs(await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq))
         if found:
-            await self.redis.rpush(self.keys.pending(recipient_key), found[0])
+            await self.redis.rpush(self.keys.pending(recipient), found[0])
 
     # -- revision 3: read markers and search (see features_redis) ----------------------------
 

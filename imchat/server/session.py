@@ -18,7 +18,11 @@ peer stays within ``max_frame`` of input plus a few tens of kilobytes of output.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
+import sys
+import termios
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
@@ -40,6 +44,24 @@ MAX_INBOX = 64
 INBOX_FRAMES = 4
 #: Replies queued by requests handled before ``hello`` that are written out at once.
 FLUSH_AT = 65536
+#: Seconds between looks at whether a client's TCP stack acknowledged what it was sent.
+WRITTEN_POLL = 0.02
+#: Linux's SIOCOUTQ: bytes in a socket's send queue the peer has not acknowledged.
+SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes sent to the peer but not yet acknowledged by it (0 where unknown)."""
+    sock = transport.get_extra_info("socket")
+    if SIOCOUTQ is None or sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
@@ -56,11 +78,13 @@ class Session(asyncio.BufferedProtocol):
         "_out_size",
         "_reading_paused",
         "_writing_paused",
+        "_written",
         "addr",
         "bucket",
         "closing",
         "credential",
         "decoder",
+        "guest_hold",
         "hub",
         "last_rx",
         "opened",
@@ -71,6 +95,7 @@ class Session(asyncio.BufferedProtocol):
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.guest_hold: float | None = None
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -92,6 +117,8 @@ class Session(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._out: list[bytes] = []
         self._out_size = 0
+        #: Waiters of :meth:`wait_written`.
+        self._written: list[asyncio.Future[bool]] = []
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -142,12 +169,15 @@ class Session(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._written and not self._out and not self.closing:
+            self._check_written()
         if self._inbox and not self._busy and not self.closing:
             self._busy = True
             self.hub.spawn(self._process())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._settle_written(False)
         self._out.clear()
         self._inbox.clear()
         self._inbox_bytes = 0
@@ -248,6 +278,43 @@ class Session(asyncio.BufferedProtocol):
             STATS.deliveries += len(out)
         self._out = []
         self._out_size = 0
+        if self._written and not self._writing_paused and not self.closing:
+            self._check_written()
+
+    def wait_written(self) -> asyncio.Future[bool]:
+        """True once what is queued now has reached the client: out of our buffers and
+        acknowledged by its TCP stack (Linux: nothing unacknowledged in the socket's send
+        queue); False if the connection ends first. Bytes in a kernel buffer of a client that
+        never reads do not count: they would be lost when it goes away."""
+        future: asyncio.Future[bool] = self.hub.loop.create_future()
+        if self.closing:
+            future.set_result(False)
+            return future
+        self._written.append(future)
+        if len(self._written) == 1 and not self._out and not self._writing_paused:
+            self._check_written()
+        return future
+
+    def _check_written(self) -> None:
+        """Settle the written waiters once the socket's send queue is acknowledged; until
+        then look again every :data:`WRITTEN_POLL` seconds (only while someone waits)."""
+        if not self._written or self.closing or self._out or self._writing_paused:
+            return
+        transport = self.transport
+        if (
+            transport is not None
+            and transport.get_write_buffer_size() == 0
+            and _unacknowledged(transport) <= 0
+        ):
+            self._settle_written(True)
+            return
+        self.hub.loop.call_later(WRITTEN_POLL, self._check_written)
+
+    def _settle_written(self, written: bool) -> None:
+        waiters, self._written = self._written, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(written)
 
     def fail(self, error: ProtocolError) -> None:
         """Send a fatal error as the last frame and close."""
@@ -258,6 +325,7 @@ class Session(asyncio.BufferedProtocol):
             STATS.slow_consumers += 1
             # What it owes is in history; sending more would only grow the backlog.
             self._out.clear()
+            self._settle_written(False)  # queued DMs it was owed stay queued
         self.close(self._error_frame(error))
 
     def close(self, last_frame: bytes | None = None) -> None:

@@ -33,18 +33,23 @@ from .stats import STATS
 from .store import (
     TOKEN_ID_LENGTH,
     Account,
+    ClaimStatus,
     Draft,
+    GuestClaim,
+    Identity,
     RoomInfo,
     Stored,
     TokenInfo,
     UserRecord,
+    new_epoch,
+    new_ident,
     token_id,
 )
 from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -76,11 +81,18 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_cid ON messages (sender, cid) WHERE cid IS NOT NULL;
-CREATE TABLE IF NOT EXISTS pending_dms (
-    recipient TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS dm_queue (
+    n INTEGER PRIMARY KEY,           -- queue order: seq order within a stream, never by clock
+    recipient TEXT NOT NULL,         -- identity id
     stream TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (recipient, stream, seq)
+    UNIQUE (recipient, stream, seq)
+);
+CREATE TABLE IF NOT EXISTS dm_since (
+    ident TEXT NOT NULL,             -- an identity reads a DM stream from its first message on
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (ident, stream)
 ) WITHOUT ROWID;
 -- Webhooks (imchat.server.hookstore): the HTTP front end's, nothing else reads them.
 CREATE TABLE IF NOT EXISTS http_hooks (
@@ -93,6 +105,37 @@ CREATE TABLE IF NOT EXISTS http_hooks (
     created REAL NOT NULL
 );
 """
+
+#: Revision 2 columns of ``users``: the identity holding the nick (``ident``), a guest
+#: identity's resume hash, and when its hold ends (NULL while online).
+IDENTITY_COLUMNS = (("ident", "TEXT"), ("resume", "TEXT"), ("held_until", "REAL"))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a revision 1 database to revision 2 (idempotent).
+
+    Accounts keep their nick key as identity id, so their DMs, cids and queue stay theirs.
+    Guests of revision 1 had no identity: their nicks are free and their queues dropped.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    for name, kind in IDENTITY_COLUMNS:
+        if name not in columns:
+            conn.execute(f"ALTER TABLE users ADD COLUMN {name} {kind}")
+    conn.execute("UPDATE users SET ident = key WHERE account = 1 AND ident IS NULL")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS users_held ON users (held_until) WHERE held_until IS NOT NULL"
+    )
+    old = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_dms'"
+    ).fetchone()
+    if old is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO dm_queue (recipient, stream, seq)"
+            " SELECT p.recipient, p.stream, p.seq FROM pending_dms p"
+            " JOIN users u ON u.key = p.recipient AND u.account = 1 ORDER BY p.stream, p.seq"
+        )
+        conn.execute("DROP TABLE pending_dms")
+
 
 #: Operations the writer runs per transaction at most; a bound keeps one commit short.
 MAX_BATCH = 1024
@@ -180,6 +223,28 @@ class _Writer(threading.Thread):
         return last + 1
 
 
+def _end_identity(c: sqlite3.Connection, key: str) -> None:
+    """The identity holding ``key`` is gone for good: its undelivered DMs are dropped and the
+    nick no longer names it (its DM view and cids stay with its id, which nobody reuses)."""
+    row = c.execute("SELECT ident FROM users WHERE key = ?", (key,)).fetchone()
+    if row is None or row[0] is None:
+        return
+    c.execute("DELETE FROM dm_queue WHERE recipient = ?", (row[0],))
+    c.execute("DELETE FROM dm_since WHERE ident = ?", (row[0],))
+    c.execute(
+        "UPDATE users SET ident = NULL, resume = NULL, held_until = NULL WHERE key = ?", (key,)
+    )
+
+
+def _end_expired(c: sqlite3.Connection, now: float) -> None:
+    """End every guest identity whose hold is over (found through ``users_held``)."""
+    for (key,) in c.execute(
+        "SELECT key FROM users WHERE held_until IS NOT NULL AND held_until <= ? AND account = 0",
+        (now,),
+    ).fetchall():
+        _end_identity(c, key)
+
+
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     # One callback per batch, in submission order: replies leave in the order requests came.
     for future, value, exc in results:
@@ -205,6 +270,7 @@ class SQLiteStore:
         #: Searches run on a thread of their own over this connection, one at a time.
         self._searcher: sqlite3.Connection | None = None
         self._search_lock = asyncio.Lock()
+        self._epoch: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -213,9 +279,14 @@ class SQLiteStore:
         writer_conn = _connect(self.path, durable_fsync=self._durable_fsync)
         with writer_conn:
             writer_conn.executescript(SCHEMA)
+            writer_conn.execute("BEGIN IMMEDIATE")
+            _migrate(writer_conn)
             writer_conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            # A new store is a new epoch; an existing one keeps its own (rev 2).
+            writer_conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_epoch(),))
+            writer_conn.execute("COMMIT")
         self.index_build_seconds = features_sqlite.migrate(writer_conn)
         self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
         self._load_rooms(self._reader)
@@ -253,12 +324,14 @@ class SQLiteStore:
         # Read through: `imchat user …` may have changed accounts from another process.
         assert self._reader is not None
         row = self._reader.execute(
-            "SELECT nick, account, admin, password_hash FROM users WHERE key = ?", (key,)
+            "SELECT nick, account, admin, password_hash, ident FROM users WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             return None
-        nick, account, admin, password_hash = row
-        return UserRecord(nick, Account(nick, bool(admin), password_hash) if account else None)
+        nick, account, admin, password_hash, ident = row
+        return UserRecord(
+            nick, Account(nick, bool(admin), password_hash, ident or key) if account else None
+        )
 
     async def remember_user(self, nick: str) -> None:
         key = nick.lower()
@@ -272,16 +345,22 @@ class SQLiteStore:
     async def create_account(
         self, nick: str, *, admin: bool = False, password_hash: str | None = None
     ) -> None:
+        """Accounts outrank guests: a guest identity holding the nick ends here (rev 2)."""
         key = nick.lower()
-        await self._submit(
-            lambda c: c.execute(
-                "INSERT INTO users (key, nick, created, account, admin, password_hash)"
-                " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+        ident = new_ident("a")
+
+        def op(c: sqlite3.Connection) -> None:
+            _end_identity(c, key)
+            c.execute(
+                "INSERT INTO users (key, nick, created, account, admin, password_hash, ident)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
                 " nick = excluded.nick, account = 1, admin = excluded.admin,"
-                " password_hash = excluded.password_hash",
-                (key, nick, time.time(), int(admin), password_hash),
+                " password_hash = excluded.password_hash, ident = excluded.ident,"
+                " resume = NULL, held_until = NULL",
+                (key, nick, time.time(), int(admin), password_hash, ident),
             )
-        )
+
+        await self._submit(op)
 
     async def remove_account(self, key: str) -> bool:
         record = await self.lookup_user(key)
@@ -290,6 +369,9 @@ class SQLiteStore:
 
         def op(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM tokens WHERE user_key = ?", (key,))
+            # The account's identity ends: its queue and DM view do not pass to the nick's
+            # next holder.
+            _end_identity(c, key)
             c.execute(
                 "UPDATE users SET account = 0, admin = 0, password_hash = NULL WHERE key = ?",
                 (key,),
@@ -353,6 +435,95 @@ class SQLiteStore:
         )
         return deleted > 0
 
+    # -- identities (rev 2) ----------------------------------------------------------------
+
+    async def epoch(self) -> str:
+        if self._epoch is None:
+            assert self._reader is not None
+            row = self._reader.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            self._epoch = str(row[0])
+        return self._epoch
+
+    async def identity(self, key: str) -> Identity | None:
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT nick, account, admin, password_hash, ident, held_until FROM users"
+            " WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        nick, account, admin, password_hash, ident, held_until = row
+        if account:
+            ident = ident or key
+            return Identity(nick, ident, Account(nick, bool(admin), password_hash, ident))
+        if ident is None or (held_until is not None and held_until <= time.time()):
+            return None
+        return Identity(nick, ident, held_until=held_until)
+
+    async def claim_guest(
+        self, nick: str, resume: str | None, new_resume: str, hold: float
+    ) -> GuestClaim:
+        key = nick.lower()
+        ident = new_ident("g")
+
+        def op(c: sqlite3.Connection) -> GuestClaim:
+            row = c.execute(
+                "SELECT nick, account, ident, resume, held_until FROM users WHERE key = ?",
+                (key,),
+            ).fetchone()
+            now = time.time()
+            if row is not None:
+                held_nick, account, held, held_resume, held_until = row
+                if account:
+                    return GuestClaim(ClaimStatus.ACCOUNT)
+                if held is not None and (held_until is None or held_until > now):
+                    if resume is None or resume != held_resume:
+                        return GuestClaim(ClaimStatus.TAKEN, held_until=held_until)
+                    c.execute("UPDATE users SET held_until = NULL WHERE key = ?", (key,))
+                    return GuestClaim(ClaimStatus.RESUMED, Identity(held_nick, held))
+                _end_identity(c, key)
+            c.execute(
+                "INSERT INTO users (key, nick, created, ident, resume) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET nick = excluded.nick, ident = excluded.ident,"
+                " resume = excluded.resume, held_until = NULL",
+                (key, nick, now, ident, new_resume),
+            )
+            return GuestClaim(ClaimStatus.NEW, Identity(nick, ident))
+
+        claim: GuestClaim = await self._submit(op)
+        return claim
+
+    async def guest_left(self, ident: str, hold: float) -> None:
+        """Hold the identity; identities whose hold ended meanwhile end now (their queues and
+        DM views go), so nothing is kept for a gone guest longer than until the next leave."""
+
+        def op(c: sqlite3.Connection) -> None:
+            now = time.time()
+            c.execute(
+                "UPDATE users SET held_until = ? WHERE ident = ? AND account = 0",
+                (now + hold, ident),
+            )
+            _end_expired(c, now)
+
+        await self._submit(op)
+
+    async def dm_streams(self, ident: str) -> list[str]:
+        assert self._reader is not None
+        rows = self._reader.execute("SELECT stream FROM dm_since WHERE ident = ?", (ident,))
+        return [row[0] for row in rows]
+
+    async def hold_guests(self, hold: float) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            now = time.time()
+            _end_expired(c, now)
+            c.execute(
+                "UPDATE users SET held_until = ? WHERE account = 0 AND ident IS NOT NULL",
+                (now + hold,),
+            )
+
+        await self._submit(op)
+
     # -- rooms -----------------------------------------------------------------------------
 
     async def room(self, name: str) -> RoomInfo | None:
@@ -383,37 +554,56 @@ class SQLiteStore:
     async def append(self, draft: Draft) -> Stored:
         writer = self._writer
         assert writer is not None, "store is not open"
+        owner = draft.cid_owner
         stream = draft.stream.key
 
-        def op(c: sqlite3.Connection) -> Stored:
+        def op(c: sqlite3.Connection) -> Stored | ProtocolError:
+            # A refusal is returned, not raised: raising would roll back the whole batch.
             if draft.cid is not None:
                 row = c.execute(
                     "SELECT seq, ts, event FROM messages WHERE sender = ? AND cid = ?",
-                    (draft.sender_key, draft.cid),
+                    (owner, draft.cid),
                 ).fetchone()
                 if row is not None:
                     return Stored(row[0], row[1], row[2], duplicate=True)
             early = features_sqlite.check(c, draft)  # revision 3: targets, repeated reactions
             if early is not None:
                 return early
+            if draft.pending_for is not None and draft.max_queued:
+                (queued,) = c.execute(
+                    "SELECT COUNT(*) FROM dm_queue WHERE recipient = ?", (draft.pending_for,)
+                ).fetchone()
+                if queued >= draft.max_queued:
+                    return ProtocolError(
+                        ErrorCode.LIMIT_REACHED,
+                        f"{draft.max_queued} messages already wait for them; try later",
+                    )
             seq = writer.next_seq(c, stream)
             ts = round(time.time(), 3)
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
             c.execute(
                 "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (stream, seq, ts, draft.sender_key, draft.cid, payload),
+                (stream, seq, ts, owner, draft.cid, payload),
             )
+            if draft.dm_idents is not None:
+                for ident in set(draft.dm_idents):
+                    c.execute(
+                        "INSERT OR IGNORE INTO dm_since VALUES (?, ?, ?)",
+                        (ident, stream, seq),
+                    )
             if draft.pending_for is not None:
                 c.execute(
-                    "INSERT INTO pending_dms VALUES (?, ?, ?)",
+                    "INSERT INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",
                     (draft.pending_for, stream, seq),
                 )
             features_sqlite.on_append(c, draft, seq, ts)
             writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
-        stored: Stored = await writer.submit(op)
+        stored: Stored | ProtocolError = await writer.submit(op)
+        if isinstance(stored, ProtocolError):
+            raise stored
         if stored.refused is not None:
             raise ProtocolError(ErrorCode(stored.refused), "no such message or not yours")
         room = draft.stream.room_name
@@ -423,12 +613,31 @@ class SQLiteStore:
                 info.last_seq = stored.seq
         return stored
 
+    def _first_visible(self, stream: str, viewer: str | None) -> int | None:
+        """The first seq of a DM stream ``viewer`` may read (0: all); None: nothing."""
+        if viewer is None or not stream.startswith("d:") or viewer in stream[2:].split(" "):
+            return 0  # rooms, announcements, and accounts from before revision 2
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT seq FROM dm_since WHERE ident = ? AND stream = ?", (viewer, stream)
+        ).fetchone()
+        return int(row[0]) if row is not None else None
+
     async def history(
-        self, stream_id: StreamId, *, after: int | None, before: int | None, limit: int
+        self,
+        stream_id: StreamId,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        viewer: str | None = None,
     ) -> list[bytes]:
         assert self._reader is not None
         stream = stream_id.key
-        lower = after if after is not None else -1
+        first = self._first_visible(stream, viewer)
+        if first is None:
+            return []
+        lower = max(after if after is not None else -1, first - 1)
         upper = before if before is not None else 2**63 - 1
         if after is not None:
             rows = self._reader.execute(
@@ -438,45 +647,52 @@ class SQLiteStore:
             ).fetchall()
         else:
             rows = self._reader.execute(
-                "SELECT event FROM messages WHERE stream = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (stream, upper, limit),
+                "SELECT event FROM messages WHERE stream = ? AND seq > ? AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (stream, lower, upper, limit),
             ).fetchall()
             rows.reverse()
         return [row[0] for row in rows]
 
-    async def take_pending(self, recipient_key: str) -> list[bytes]:
-        def op(c: sqlite3.Connection) -> list[bytes]:
-            rows = c.execute(
-                "SELECT m.event FROM pending_dms p JOIN messages m"
-                " ON m.stream = p.stream AND m.seq = p.seq"
-                " WHERE p.recipient = ? ORDER BY m.ts, m.seq",
-                (recipient_key,),
-            ).fetchall()
-            if rows:
-                c.execute("DELETE FROM pending_dms WHERE recipient = ?", (recipient_key,))
-            return [row[0] for row in rows]
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
+        assert self._reader is not None
+        rows = self._reader.execute(
+            "SELECT q.stream, q.seq, m.event FROM dm_queue q JOIN messages m"
+            " ON m.stream = q.stream AND m.seq = q.seq"
+            " WHERE q.recipient = ? ORDER BY q.n LIMIT ?",
+            (recipient, limit),
+        ).fetchall()
+        return [(StreamId(stream), seq, event) for stream, seq, event in rows]
 
-        result: list[bytes] = await self._submit(op)
-        return result
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
+        if not items:
+            return
+        await self._submit(
+            lambda c: c.executemany(
+                "DELETE FROM dm_queue WHERE recipient = ? AND stream = ? AND seq = ?",
+                [(recipient, stream.key, seq) for stream, seq in items],
+            )
+        )
 
-    async def claim_pending(self, recipient_key: str, stream_id: StreamId, seq: int) -> bool:
+    async def claim_pending(self, recipient: str, stream_id: StreamId, seq: int) -> bool:
         stream = stream_id.key
 
         def op(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
-                "DELETE FROM pending_dms WHERE recipient = ? AND stream = ? AND seq = ?",
-                (recipient_key, stream, seq),
+                "DELETE FROM dm_queue WHERE recipient = ? AND stream = ? AND seq = ?",
+                (recipient, stream, seq),
             )
             return cursor.rowcount == 1
 
         claimed: bool = await self._submit(op)
         return claimed
 
-    async def set_pending(self, recipient_key: str, stream_id: StreamId, seq: int) -> None:
+    async def set_pending(self, recipient: str, stream_id: StreamId, seq: int) -> None:
         stream = stream_id.key
         await self._submit(
             lambda c: c.execute(
-                "INSERT OR IGNORE INTO pending_dms VALUES (?, ?, ?)", (recipient_key, stream, seq)
+                "INSERT OR IGNORE INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",
+                (recipient, stream, seq),
             )
         )
 

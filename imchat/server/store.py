@@ -7,7 +7,10 @@ is committed, so an ``ok`` sent after ``await store.append(...)`` is a durable p
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from imchat.protocol.events import StoredEvent
@@ -23,6 +26,30 @@ def token_id(token_hash: str) -> str:
     return token_hash[:TOKEN_ID_LENGTH]
 
 
+def new_ident(kind: str) -> str:
+    """A fresh identity id: ``g.`` (guest) or ``a.`` (account) and 24 hex digits.
+
+    The dot is no nick character, so no identity id equals a nick key: accounts from before
+    revision 2 keep their nick key as id and own what was stored under it.
+    """
+    return f"{kind}.{secrets.token_hex(12)}"
+
+
+def new_resume() -> str:
+    """A guest identity's resume secret (43 URL-safe characters, well under 64)."""
+    return secrets.token_urlsafe(32)
+
+
+def resume_hash(resume: str) -> str:
+    """Stores keep only this: a leaked database does not let anyone take a held nick."""
+    return hashlib.sha256(resume.encode()).hexdigest()
+
+
+def new_epoch() -> str:
+    """A store's epoch: random, so two fresh stores never share one."""
+    return secrets.token_hex(16)
+
+
 class StoreUnavailable(Exception):
     """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
 
@@ -35,8 +62,8 @@ class Draft:
     sender_key: str
     cid: str | None
     event: StoredEvent
-    #: Recipient key of a DM: it stays undelivered until claimed live or fetched at hello.
-    #: A clustered store decides this itself, atomically with storing, and ignores it.
+    #: Recipient identity of a DM: it stays undelivered until claimed live or fetched at
+    #: hello. A clustered store decides this itself, atomically with storing.
     pending_for: str | None = None
     #: The requesting session's hold (:meth:`Fanout.hold`): a store that publishes the message
     #: itself tags it with this, so the requesting node delivers it only after the ``ok``.
@@ -45,6 +72,19 @@ class Draft:
     feature: Feature | None = None
     #: False for a detached (HTTP) poster: the store must not require room membership.
     as_member: bool = True
+    #: The sender's identity id: the namespace of its ``cid``s (*rev 2*). Empty: the nick key.
+    owner: str = ""
+    #: A DM's sender and recipient identity ids: each reads the stream from its first
+    #: message on (a later guest with the same nick sees nothing earlier).
+    dm_idents: tuple[str, str] | None = None
+    #: A DM's recipient identity, for a clustered store that decides about queueing itself.
+    recipient_ident: str = ""
+    #: Undelivered DMs a recipient may have waiting; one more is ``limit_reached``. 0: none.
+    max_queued: int = 0
+
+    @property
+    def cid_owner(self) -> str:
+        return self.owner or self.sender_key
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +117,38 @@ class Account:
     nick: str
     admin: bool = False
     password_hash: str | None = None
+    #: The account's identity id (cids, DM queue, DM view); a new one for each account.
+    ident: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Identity:
+    """Who holds a nick now: an account, or a guest identity that is online or held."""
+
+    nick: str
+    ident: str
+    account: Account | None = None
+    #: Unix time a held guest identity ends; None while it is online (and for accounts).
+    held_until: float | None = None
+
+
+class ClaimStatus(StrEnum):
+    NEW = "new"
+    RESUMED = "resumed"
+    #: Held or online under another resume: ``nick_taken``.
+    TAKEN = "taken"
+    #: The nick is an account's: authenticate instead.
+    ACCOUNT = "account"
+
+
+@dataclass(slots=True, frozen=True)
+class GuestClaim:
+    """What a guest ``hello`` found (see :meth:`Store.claim_guest`)."""
+
+    status: ClaimStatus
+    identity: Identity | None = None
+    #: TAKEN: when the hold ends (None: the identity is online).
+    held_until: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,6 +176,35 @@ class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def epoch(self) -> str:
+        """The store's lifetime name: created with the store, kept across restarts (rev 2)."""
+
+    # Guest identities (rev 2)
+    async def identity(self, key: str) -> Identity | None:
+        """The account or live guest identity holding a nick key; None if the nick is free."""
+
+    async def claim_guest(
+        self, nick: str, resume: str | None, new_resume: str, hold: float
+    ) -> GuestClaim:
+        """Atomically: continue the guest identity ``resume`` names, or begin a new one with
+        ``new_resume`` if the nick is free (an earlier identity whose hold ended is dropped with
+        its undelivered DMs). ``resume``/``new_resume`` are hashes (:func:`resume_hash`).
+        The identity counts as online until :meth:`guest_left`; ``hold`` bounds how long a
+        claim that never got a session keeps it (a clustered store)."""
+
+    async def guest_left(self, ident: str, hold: float) -> None:
+        """The identity's last session ended: hold it for ``hold`` seconds from now.
+
+        A clustered store does this itself when the cluster's last session ends.
+        """
+
+    async def dm_streams(self, ident: str) -> list[str]:
+        """The DM streams an identity has a message in (whom its presence concerns)."""
+
+    async def hold_guests(self, hold: float) -> None:
+        """At start: every guest identity (online when the server stopped, or held) is held
+        ``hold`` seconds from now, so holds survive restarts and count on from them."""
 
     # Users and accounts
     async def lookup_user(self, key: str) -> UserRecord | None:
@@ -149,17 +250,31 @@ class Store(Protocol):
     async def append(self, draft: Draft) -> Stored: ...
 
     async def history(
-        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
+        self,
+        stream: StreamId,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        viewer: str | None = None,
     ) -> list[bytes]:
-        """Stored event payloads, oldest first (see the contract's History section)."""
+        """Stored event payloads, oldest first (see the contract's History section).
 
-    async def take_pending(self, recipient_key: str) -> list[bytes]:
-        """Undelivered DMs for a user, oldest first; each is handed out once."""
+        ``viewer`` (an identity id) limits a DM stream to what that identity may read: the
+        messages from its first one on.
+        """
 
-    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
-        """Take one undelivered DM for live delivery; False if a ``take_pending`` had it."""
+    async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
+        """The oldest ``limit`` undelivered DMs of an identity: (stream, seq, payload), in the
+        order they were queued (seq order within a stream). They stay queued."""
 
-    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
+    async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
+        """Remove undelivered DMs that were written to one of the recipient's sessions."""
+
+    async def claim_pending(self, recipient: str, stream: StreamId, seq: int) -> bool:
+        """Take one undelivered DM for live delivery; False if a hello's delivery had it."""
+
+    async def set_pending(self, recipient: str, stream: StreamId, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""
 
     # Revision 3: read markers and search (target checks ride on ``append`` via Draft.feature)

@@ -32,6 +32,7 @@ from imchat.client.session import (
     ConvKey,
     ConvKind,
     Gap,
+    HistoryReset,
     MessagesAdded,
     NotConnected,
     OutboxChanged,
@@ -403,6 +404,8 @@ class ChatApp(FeatureApp):
             self._room_joined(event)
         elif isinstance(event, RoomLeft):
             self._room_left(event.room)
+        elif isinstance(event, HistoryReset):
+            self._history_reset(event)
         elif isinstance(event, Welcomed):
             self.formatter.me = self.session.nick
             self.query_one(StatusBar).nick = self.session.nick
@@ -412,6 +415,18 @@ class ChatApp(FeatureApp):
             motd = event.welcome.get("motd")
             if motd and self._motd is None and not self.views:
                 self._motd = f"Message of the day: {clean(motd)}"
+
+    def _history_reset(self, event: HistoryReset) -> None:
+        """One line where the user looks: seqs were reused, nothing shown is taken back."""
+        key = event.conv or self.current
+        if key is None:
+            return
+        if event.conv is None:
+            text = "the server's history was reset (a new store): what follows may repeat seqs"
+        else:
+            text = f"the server's history of this room was reset to message {event.last_seq}"
+        view = self.view(key)
+        view.log_widget.append([self.formatter.system(None, Text(text, style=SYSTEM))])
 
     def _state_changed(self, event: StateChanged) -> None:
         status = self.query_one(StatusBar)

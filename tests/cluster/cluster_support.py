@@ -416,14 +416,23 @@ class Client:
 
 
 class Clients:
+    """Like the client library, keeps each guest identity's ``resume`` (rev 2) and sends it
+    when the same nick says hello again, on any node; ``fresh=True`` is a stranger."""
+
     def __init__(self) -> None:
         self.open: list[Client] = []
+        self.resumes: dict[str, str] = {}
 
-    async def connect(self, node: Node, nick: str, *, token: str | None = None) -> Client:
+    async def connect(
+        self, node: Node, nick: str, *, token: str | None = None, fresh: bool = False
+    ) -> Client:
         conn = await Connection.connect("127.0.0.1", node.port)
         client = Client(conn, nick)
         self.open.append(client)
-        await asyncio.wait_for(conn.hello(nick, token=token), TIMEOUT)
+        resume = None if fresh or token is not None else self.resumes.get(nick.lower())
+        welcome = await asyncio.wait_for(conn.hello(nick, token=token, resume=resume), TIMEOUT)
+        if isinstance(welcome.get("resume"), str):
+            self.resumes[nick.lower()] = welcome["resume"]
         return client
 
     async def connect_raw(self, node: Node) -> Connection:

@@ -10,7 +10,7 @@ import pytest
 
 from imchat.client import ConnectionClosed, ServerError
 
-from .cluster_support import REDIS_URL, TIMEOUT, Clients, Cluster
+from .cluster_support import REDIS_URL, TIMEOUT, Clients, Cluster, is_type
 
 
 def imchat(prefix: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -67,3 +67,37 @@ def test_cli_without_redis_says_so_in_one_line(prefix: str) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Redis" in result.stderr
+
+
+async def test_account_created_on_a_cluster_ends_the_guest_holding_the_nick(
+    cluster: Cluster, clients: Clients
+) -> None:
+    """Rev 2: accounts outrank guests, on every node, within the credential re-check."""
+    nodes = cluster.start_many(2)
+    squatter = await clients.connect(nodes[1], "carol")
+    await squatter.request("join", room="lobby")
+    password = "correct horse"
+    added = imchat(
+        cluster.prefix, "user", "add", "carol", "--password-stdin", stdin=password + "\n"
+    )
+    assert added.returncode == 0, added.stderr
+    owner = await clients.connect_raw(nodes[0])
+    welcome = await owner.hello("carol", password=password)
+    assert welcome["account"] is True and "resume" not in welcome
+    # The owner's login ends the guest identity on its node at once: fatal nick_taken.
+    error = await squatter.wait_for(is_type("error"), TIMEOUT)
+    assert error["code"] == "nick_taken"
+    # It shares nothing with the account: not its rooms, not its DMs.
+    with pytest.raises(ServerError) as caught:
+        await owner.request("say", room="lobby", text="whose room?")
+    assert caught.value.code == "not_in_room"
+    assert (await owner.request("history", **{"with": "carol"}))["messages"] == []
+
+
+async def test_every_node_has_the_same_epoch(cluster: Cluster, clients: Clients) -> None:
+    nodes = cluster.start_many(3)
+    epochs = set()
+    for i, node in enumerate(nodes):
+        client = await clients.connect(node, f"user{i}")
+        epochs.add((client.conn.welcome or {})["epoch"])
+    assert len(epochs) == 1 and all(epochs)

@@ -27,28 +27,34 @@ from .cluster_support import (
 
 
 async def test_users_and_online_offline_across_nodes(cluster: Cluster, clients: Clients) -> None:
+    """``users`` lists everyone; ``online``/``offline`` reach DM peers and room mates only."""
     nodes = cluster.start_many(3)
     alice = await clients.connect(nodes[0], "alice")
-    bob = await clients.connect(nodes[1], "Bob")
-    await alice.wait_for(is_type("online", nick="Bob"))
     carol = await clients.connect(nodes[2], "carol")
-    for person in (alice, bob):
-        await person.wait_for(is_type("online", nick="carol"))
+    bob = await clients.connect(nodes[1], "Bob")
     for person in (alice, bob, carol):
         users = (await person.request("users"))["users"]
         assert sorted(users) == ["Bob", "alice", "carol"]
+    await bob.request("dm", to="alice", text="hi")  # peers from now on
+    await alice.wait_for(is_type("dm"))
     await bob.close()
-    for person in (alice, carol):
-        await person.wait_for(is_type("offline", nick="Bob"))
+    await alice.wait_for(is_type("offline", nick="Bob"))
     assert sorted((await carol.request("users"))["users"]) == ["alice", "carol"]
+    bob = await clients.connect(nodes[2], "Bob")  # the same guest identity, another node
+    await alice.wait_for(is_type("online", nick="Bob"))
+    await carol.request("ping")
+    carol.drain_now()
+    assert not any(e.get("nick") == "Bob" for e in carol.seen), "carol shares nothing with Bob"
 
 
 async def test_guest_nick_is_unique_across_nodes(cluster: Cluster, clients: Clients) -> None:
     nodes = cluster.start_many(2)
     await clients.connect(nodes[0], "alice")
     with pytest.raises(ServerError) as caught:
-        await clients.connect(nodes[1], "ALICE")
+        await clients.connect(nodes[1], "ALICE", fresh=True)
     assert caught.value.code == "nick_taken"
+    # Its own resume is a second session of the same identity, on another node.
+    await clients.connect(nodes[1], "ALICE")
 
 
 async def test_user_with_sessions_on_two_nodes_goes_offline_after_the_last(
@@ -57,6 +63,7 @@ async def test_user_with_sessions_on_two_nodes_goes_offline_after_the_last(
     nodes = cluster.start_many(2)
     watcher = await clients.connect(nodes[0], "watcher")
     await watcher.request("join", room="lobby")
+    await watcher.request("dm", to="admin", text="hi")  # DM peers: presence reaches watcher
     first = await clients.admin(nodes[0])
     await watcher.wait_for(is_type("online", nick="admin"))
     await first.request("join", room="lobby")
@@ -105,6 +112,9 @@ async def test_dm_to_offline_user_delivered_once_at_next_hello_on_any_node(
     nodes = cluster.start_many(2)
     alice = await clients.connect(nodes[0], "alice")
     bob = await clients.connect(nodes[1], "bob")
+    await alice.request("dm", to="bob", text="hi")  # DM peers: alice hears bob leave
+    await bob.wait_for(is_type("dm"))
+    await alice.wait_for(is_type("dm"))
     await bob.close()
     await alice.wait_for(is_type("offline", nick="bob"))
     with pytest.raises(ServerError) as caught:
@@ -114,11 +124,11 @@ async def test_dm_to_offline_user_delivered_once_at_next_hello_on_any_node(
         await alice.request("dm", to="bob", text=text)
     echoes = await alice.collect(is_type("dm"), 2)
     assert [e["text"] for e in echoes] == ["one", "two"]
-    bob = await clients.connect(nodes[0], "bob")
+    bob = await clients.connect(nodes[0], "bob")  # bob's held identity, on another node
     got = await bob.collect(is_type("dm"), 2)
     assert [(d["from"], d["text"], d["seq"]) for d in got] == [
-        ("alice", "one", 1),
-        ("alice", "two", 2),
+        ("alice", "one", 2),
+        ("alice", "two", 3),
     ]
     await bob.close()
     await alice.wait_for(is_type("offline", nick="bob"))
@@ -181,7 +191,10 @@ async def test_killed_node_users_go_offline_within_the_timeout(
     msg = await bob.wait_for(is_type("msg", room="lobby"))
     assert msg["text"] == "are we alone?"
     assert not any(e["type"] in ("offline", "parted") and e["nick"] != "doomed" for e in bob.seen)
-    # The nick is free again.
+    # The guest identity is held (rev 2): a stranger is refused, its resume gets it back.
+    with pytest.raises(ServerError) as caught:
+        await clients.connect(nodes[1], "doomed", fresh=True)
+    assert caught.value.code == "nick_taken"
     await clients.connect(nodes[1], "doomed")
 
 
@@ -269,7 +282,8 @@ async def test_stalled_node_is_reaped_and_fences_itself_when_it_resumes(
     nodes = cluster.start_many(2, node_timeout=node_timeout)
     alice = await clients.connect(nodes[0], "alice")
     bob = await clients.connect(nodes[1], "bob")
-    await alice.wait_for(is_type("online", nick="bob"))
+    await bob.request("dm", to="alice", text="hi")  # DM peers: alice hears bob go
+    await alice.wait_for(is_type("dm"))
     nodes[1].proc.send_signal(signal.SIGSTOP)
     try:
         await alice.wait_for(is_type("offline", nick="bob"), node_timeout * 2 + 1.0)

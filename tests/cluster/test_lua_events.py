@@ -84,7 +84,7 @@ async def test_presence_and_membership_scripts_publish_typed_events(store: Redis
         await store.redis.sadd(keys.nodes, node)
         for nick in (ODD, "bob"):
             await script(CONNECT_LUA)(
-                args=[keys.prefix, keys.channel, node, nick.lower(), nick, 1, ""]
+                args=[keys.prefix, keys.channel, node, nick.lower(), nick, 0, "", nick.lower()]
             )
         for nick in (ODD, "bob"):
             await script(JOIN_LUA)(
@@ -93,10 +93,13 @@ async def test_presence_and_membership_scripts_publish_typed_events(store: Redis
         await script(PART_LUA)(args=[keys.prefix, keys.channel, "bob", "bob", "lobby", ""])
         await script(JOIN_LUA)(args=[keys.prefix, keys.channel, "bob", "bob", "lobby", ""])
         # The odd nick leaves (parted quit to bob, offline); bob's node dies and is reaped.
-        await script(DISCONNECT_LUA)(args=[keys.prefix, keys.channel, node, ODD.lower()])
-        await script(REAP_LUA)(args=[keys.prefix, keys.channel, node])
-        # online x2, joined x2, parted, joined, parted quit + offline, offline (bob alone)
-        return 9
+        await script(DISCONNECT_LUA)(
+            args=[keys.prefix, keys.channel, node, ODD.lower(), 1000, ODD.lower()]
+        )
+        await script(REAP_LUA)(args=[keys.prefix, keys.channel, node, 1000])
+        # online x2, joined x2, parted, joined, parted quit + offline (to bob, a room mate);
+        # bob alone shares a room and a DM with nobody: his offline goes to no one (rev 2)
+        return 8
 
     events = await published(store, actions)
     assert [type(e) for e in events] == [
@@ -107,7 +110,6 @@ async def test_presence_and_membership_scripts_publish_typed_events(store: Redis
         PartedEvent,
         JoinedEvent,
         PartedEvent,
-        OfflineEvent,
         OfflineEvent,
     ]
     assert events[0].nick == ODD and events[2].nick == ODD

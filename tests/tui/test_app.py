@@ -12,6 +12,8 @@ from textual.command import CommandPalette
 from textual.widgets import Input
 
 from imchat.client import Connection
+from imchat.client.resume import ResumeStore
+from imchat.client.send import guest_hello
 from imchat.client.session import ANNOUNCEMENTS, ConvKey, State
 from imchat.tui.app import ChatApp
 from imchat.tui.widgets import ChatInput, ConversationList, MemberList, MessageLog
@@ -23,11 +25,18 @@ LOBBY = ConvKey.room("lobby")
 
 @contextlib.asynccontextmanager
 async def client(
-    server: ServerHandle, nick: str, *, token: str | None = None, rooms: tuple[str, ...] = ()
+    server: ServerHandle,
+    nick: str,
+    *,
+    token: str | None = None,
+    rooms: tuple[str, ...] = (),
+    elsewhere: bool = False,
 ) -> AsyncIterator[Connection]:
-    """A plain library client, for the other side of a conversation."""
+    """A plain library client, for the other side of a conversation (keeping its guest
+    identity's resume as the library does, so it can come back under its nick)."""
     conn = await Connection.connect("127.0.0.1", server.port)
-    await conn.hello(nick, token=token)
+    # ``elsewhere``: another machine, which does not share this one's resume secrets.
+    await guest_hello(conn, nick, None if elsewhere else ResumeStore(), token=token)
     for room in rooms:
         await conn.request("join", room=room)
     try:
@@ -414,7 +423,7 @@ async def test_a_taken_nick_offers_to_pick_another(server: ServerHandle) -> None
     Escape quits (exit code 1), a new nick connects."""
     from imchat.tui.screens import Ask
 
-    async with client(server, "alice"):
+    async with client(server, "alice", elsewhere=True):
         alice = make_app(server, "alice")
         async with alice.run_test(size=(120, 36)) as pilot:
             await until(pilot, lambda: isinstance(alice.screen, Ask), "asked for a nick")
@@ -436,3 +445,18 @@ async def test_a_taken_nick_offers_to_pick_another(server: ServerHandle) -> None
             await pilot.press("escape")
             await until(pilot, lambda: not alice.is_running, "quit")
         assert alice.failed
+
+
+async def test_a_history_reset_is_one_line_in_the_conversation(server: ServerHandle) -> None:
+    """Rev 2: a new store epoch (or a rewound room) is said once, where the user looks."""
+    from imchat.client.session import HistoryReset
+
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        await until(pilot, lambda: LOBBY in alice.views, "lobby shown")
+        alice.session._emit(HistoryReset(None))
+        await until(pilot, lambda: has_line(alice, LOBBY, "history was reset"), "reset line")
+        alice.session._emit(HistoryReset(LOBBY, 7))
+        await until(pilot, lambda: has_line(alice, LOBBY, "reset to message 7"), "rewind line")
+        lines = log_text(alice, LOBBY)
+        assert sum("history was reset" in x for x in lines) == 1

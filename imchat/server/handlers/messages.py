@@ -62,6 +62,7 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         hold=hold,
         feature=feature,
         as_member=not user.detached,
+        owner=user.ident,
     )
     return Append(req, start_storing(ctx.store, draft), finish)
 
@@ -78,13 +79,17 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
     live = to_self or ctx.dms.is_live(to_key)
     hold = ctx.fanout.hold(session)
 
+    to_ident = user.ident if to_self else recipient.ident if recipient is not None else ""
+
     async def append() -> Stored:
+        """To an online user, an account or a held guest identity (rev 2); else none."""
+        nonlocal to_ident
         to_nick = recipient.nick if recipient is not None else None
         if to_nick is None:
-            record = await ctx.store.lookup_user(to_key)
-            if record is None:
+            identity = await ctx.store.identity(to_key)
+            if identity is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
-            to_nick = record.nick
+            to_nick, to_ident = identity.nick, identity.ident
         event = DmEvent(
             from_=user.nick,
             to=to_nick,
@@ -93,8 +98,19 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
             reply_to=req.reply_to,
             target=target,
         )
-        pending_for = None if live else to_key
-        draft = Draft(stream, user.key, req.cid, event, pending_for, hold=hold, feature=feature)
+        draft = Draft(
+            stream,
+            user.key,
+            req.cid,
+            event,
+            None if live else to_ident,
+            hold=hold,
+            feature=feature,
+            owner=user.ident,
+            dm_idents=(user.ident, to_ident),
+            recipient_ident=to_ident,
+            max_queued=ctx.config.max_queued,
+        )
         return await ctx.store.append(draft)
 
     def finish(stored: Stored) -> None:
@@ -104,7 +120,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
         frame = encode_frame(stored.payload)
         ctx.fanout.to_users((user.key,), frame)
         if not to_self:
-            ctx.dms.after_commit(to_key, stream, stored.seq, frame, live)
+            ctx.dms.after_commit(to_key, to_ident, stream, stored.seq, frame, live)
 
     return Append(req, asyncio.ensure_future(append()), finish)
 
@@ -130,6 +146,13 @@ def start_announce(
         if not (stored.duplicate or stored.published):
             ctx.fanout.to_everyone(encode_frame(stored.payload))
 
-    hold = ctx.fanout.hold(session)
-    draft = Draft(StreamId.announcements(), user.key, req.cid, event, hold=hold, feature=feature)
+    draft = Draft(
+        StreamId.announcements(),
+        user.key,
+        req.cid,
+        event,
+        hold=ctx.fanout.hold(session),
+        feature=feature,
+        owner=user.ident,
+    )
     return Append(req, start_storing(ctx.store, draft), finish)

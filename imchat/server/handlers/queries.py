@@ -30,6 +30,10 @@ async def on_history(ctx: Context, session: Peer, req: History) -> None:
     else:
         stream = StreamId.announcements()
     payloads = await ctx.store.history(
-        stream, after=req.after, before=req.before, limit=req.effective_limit
+        stream,
+        after=req.after,
+        before=req.before,
+        limit=req.effective_limit,
+        viewer=user.ident,
     )
     ctx.reply(session, req, Ok(messages=[msgspec.Raw(p) for p in payloads]))

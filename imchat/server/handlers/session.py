@@ -10,7 +10,9 @@ from imchat.protocol import encode_message as encode
 from imchat.protocol.events import OfflineEvent, OnlineEvent, PartedEvent, Pong, Welcome
 
 from ..context import Context, now
-from ..peer import Peer
+from ..identities import dm_peer_keys, nick_taken
+from ..peer import Peer, User
+from ..store import ClaimStatus, Identity, new_resume, resume_hash
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +25,31 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     key = req.nick.lower()
     record = await ctx.store.lookup_user(key)
     account = record.account if record else None
+    resume: str | None = None
+    if account is None and req.token is None:
+        if ctx.config.require_account:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
+        identity, resume = await _claim_guest(ctx, req)
+        if identity is None:
+            # An account was created for the nick meanwhile: it needs its credentials.
+            record = await ctx.store.lookup_user(key)
+            account = record.account if record else None
+            if account is None:  # ... and removed again at once: let the client retry
+                raise ProtocolError(ErrorCode.NICK_TAKEN, f"{req.nick} is changing hands")
     if account is not None or req.token is not None:
         session.credential = await ctx.authn.authenticate(session, key, req, account)
-    elif ctx.config.require_account:
-        raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
-    if record is None:
-        await ctx.store.remember_user(req.nick)
+        assert account is not None  # a token authenticates only an existing account
+        identity = Identity(account.nick, account.ident or key, account)
+        resume = None
+    assert identity is not None
     admin = account is not None and account.admin
-    first = await ctx.fanout.connect(session, req.nick, admin=admin, exclusive=account is None)
-    user = session.user
-    assert user is not None
+    try:
+        first = await ctx.fanout.connect(session, req.nick, admin=admin, ident=identity.ident)
+    except BaseException:
+        if resume is not None:
+            await ctx.store.guest_left(identity.ident, _hold(ctx, session))
+        raise
+    user = ctx.user(session)
     if session.closing:
         # The connection went away while we awaited: undo the presence it just gained.
         ctx.registry.spawn(leave(ctx, session))
@@ -45,25 +62,72 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
         max_frame=ctx.config.max_frame,
         max_text=ctx.config.max_text,
         admin=admin,
+        account=account is not None,
+        epoch=await ctx.store.epoch(),
+        guest_hold=round(ctx.config.guest_hold),
+        resume=resume,
         motd=ctx.config.motd or None,
     )
     ctx.reply(session, req, welcome)
     if first:
-        ctx.fanout.to_everyone(encode(OnlineEvent(nick=user.nick, ts=now())))
-    await ctx.dms.deliver_undelivered(user)
+        online = encode(OnlineEvent(nick=user.nick, ts=now()))
+        ctx.fanout.to_users([user.key, *await _dm_peers(ctx, user)], online)
+        await ctx.dms.deliver_undelivered(user)
+
+
+async def _claim_guest(ctx: Context, req: Hello) -> tuple[Identity | None, str | None]:
+    """The guest identity this hello continues or begins, and its resume secret.
+
+    None if the nick turned out to be an account's; ``nick_taken`` (saying for how long) if
+    another guest identity holds it.
+    """
+    new = new_resume()
+    claim = await ctx.store.claim_guest(
+        req.nick,
+        resume_hash(req.resume) if req.resume is not None else None,
+        resume_hash(new),
+        ctx.config.guest_hold,
+    )
+    if claim.status is ClaimStatus.ACCOUNT:
+        return None, None
+    if claim.status is ClaimStatus.TAKEN:
+        raise nick_taken(req.nick, claim.held_until)
+    assert claim.identity is not None
+    return claim.identity, new if claim.status is ClaimStatus.NEW else req.resume
+
+
+async def _dm_peers(ctx: Context, user: User) -> list[str]:
+    """Whom a user's presence concerns besides its rooms: those it exchanged a DM with."""
+    return dm_peer_keys(await ctx.store.dm_streams(user.ident), user.key)
+
+
+def _hold(ctx: Context, session: Peer) -> float:
+    """How long the session's guest identity is held once it ends."""
+    return ctx.config.guest_hold if session.guest_hold is None else session.guest_hold
 
 
 async def leave(ctx: Context, session: Peer) -> None:
-    """Detach a closed session; if it was its user's last, announce that the user left."""
+    """Detach a closed session; if it was its user's last, announce that the user left.
+
+    ``offline`` goes to the rooms it was in and its DM peers only (rev 2); a guest identity
+    is held for ``guest_hold`` seconds from now.
+    """
     rooms = await ctx.fanout.disconnect(session)
     if rooms is None:
         return
     user = ctx.user(session)
+    peers = await _dm_peers(ctx, user)  # before the identity may end (a hold of 0)
+    if session.credential is None:
+        await ctx.store.guest_left(user.ident, _hold(ctx, session))
     ts = now()
+    audience: set[str] = set(peers)
     for room in rooms:
         parted = PartedEvent(room=room, nick=user.nick, ts=ts, reason="quit")
         ctx.fanout.to_room(room, encode(parted))
-    ctx.fanout.to_everyone(encode(OfflineEvent(nick=user.nick, ts=ts)))
+        audience.update(member.lower() for member in await ctx.fanout.members(room))
+    audience.discard(user.key)
+    if audience:
+        ctx.fanout.to_users(audience, encode(OfflineEvent(nick=user.nick, ts=ts)))
 
 
 async def on_ping(ctx: Context, session: Peer, req: Ping) -> None:

@@ -37,6 +37,7 @@ class ApiSession:
         "bucket",
         "closing",
         "credential",
+        "guest_hold",
         "last_rx",
         "opened",
         "peer",
@@ -50,6 +51,7 @@ class ApiSession:
         self.addr = addr
         self.peer = peer
         self.credential: Credential | None = None
+        self.guest_hold: float | None = None
         self.closing = False
         self.opened = self.last_rx = time.monotonic()
         self.replies: list[dict[str, Any]] = []

@@ -65,6 +65,7 @@ class WsSession:
         self.addr = address_key(remote)
         self.user: User | None = None
         self.credential: Credential | None = None
+        self.guest_hold: float | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
         #: Set at shutdown: no more requests are taken (those read are still answered).

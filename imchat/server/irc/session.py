@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -52,12 +52,6 @@ class IrcShared:
 
 
 class IrcSession(Session):
-    #: Seconds the hub should hold this session's guest identity after it ends (revision 2's
-    #: ``guest_hold``). An IRC client cannot carry the ``resume`` secret, so there is nothing
-    #: to hold it for: 0. Read by the hub's leave once guest identities are merged (see
-    #: docs/irc.md, "Identities").
-    guest_hold: ClassVar[float] = 0.0
-
     __slots__ = (
         "_next_id",
         "_ping_timer",
@@ -79,6 +73,9 @@ class IrcSession(Session):
 
     def __init__(self, hub: Hub, shared: IrcShared) -> None:
         super().__init__(hub)
+        # An IRC client cannot carry the ``resume`` secret: nothing to hold its guest
+        # identity for once it disconnects (docs/irc.md, "Identities").
+        self.guest_hold = 0.0
         self.shared = shared
         self.cache = shared.cache
         #: The user's nick key once registered.
