@@ -447,12 +447,14 @@ async def test_queued_dms_keep_seq_order_when_the_clock_steps_back(
     server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 9: undelivered DMs were ordered by ts, so a clock step backwards reordered them."""
+    import time
     from types import SimpleNamespace
 
     from imchat.server import sqlite_store
 
     clock = iter(range(2_000_000_000, 0, -100))  # every reading 100 s earlier than the last
-    monkeypatch.setattr(sqlite_store, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    wall = SimpleNamespace(time=lambda: float(next(clock)), perf_counter=time.perf_counter)
+    monkeypatch.setattr(sqlite_store, "time", wall)
     bob = await connect("bob")
     alice = await connect("alice")
     await leave(bob)
