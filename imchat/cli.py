@@ -32,6 +32,14 @@ EXIT_SERVER_ERROR = 1
 EXIT_CONNECT = 3
 
 Host = Annotated[str, typer.Option(envvar="IMCHAT_HOST", help="Server address.")]
+Servers = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        envvar="IMCHAT_HOST",
+        help="Server address, or several nodes of one cluster: a:7667,b:7667 (tried in turn).",
+    ),
+]
 Port = Annotated[int, typer.Option(envvar="IMCHAT_PORT", help="Server port.")]
 Tls = Annotated[
     bool, typer.Option("--tls", envvar="IMCHAT_TLS", help="Connect with TLS (verified).")
@@ -289,7 +297,7 @@ def send(
             help="Account token [default with --all: the data dir's admin.token].",
         ),
     ] = None,
-    host: Host = "127.0.0.1",
+    host: Servers = "127.0.0.1",
     port: Port = 7667,
     data_dir: DataDir = None,
     tls: Tls = False,
@@ -312,9 +320,10 @@ def send(
     """Send messages from scripts; exit 0 only once the server acknowledged every one."""
     import ssl
 
-    from imchat.client import Connection, ConnectionClosed, ServerError
+    from imchat.client import ConnectionClosed, ServerError
     from imchat.client.resume import ResumeStore
     from imchat.client.send import Target, held_nick_advice, send_messages
+    from imchat.client.servers import BadServerList, connect_first, parse_servers
     from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
 
@@ -344,15 +353,20 @@ def send(
         raise _fail(f"cannot use --ca {ca}: {exc}", 2) from None
 
     send_nick = nick or _default_nick()
+    try:
+        servers = parse_servers(host, port)
+    except BadServerList as exc:
+        raise _fail(f"--host: {exc}", 2) from None
+    where = ",".join(map(str, servers))
 
     async def main() -> int:
         try:
-            conn = await Connection.connect(host, port, ssl=context)
+            conn, _ = await connect_first(servers, ssl=context)
         except ssl.SSLError as exc:
-            raise _fail(describe_tls_error(exc, f"{host}:{port}"), EXIT_CONNECT) from None
+            raise _fail(describe_tls_error(exc, where), EXIT_CONNECT) from None
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "timed out"
-            raise _fail(f"cannot connect to {host}:{port}: {reason}", EXIT_CONNECT) from None
+            raise _fail(f"cannot connect to {where}: {reason}", EXIT_CONNECT) from None
         try:
             return await send_messages(
                 conn,
@@ -367,7 +381,7 @@ def send(
             if context is None and conn.welcome is None and exc.error is None:
                 # A TLS server drops a plaintext hello without a word.
                 raise _fail(
-                    f"{host}:{port} closed the connection before welcome (TLS? try --tls)",
+                    f"{where} closed the connection before welcome (TLS? try --tls)",
                     EXIT_CONNECT,
                 ) from None
             raise
@@ -404,7 +418,11 @@ def join(
     ] = None,
     host: Annotated[
         str | None,
-        typer.Option(envvar="IMCHAT_HOST", help="Server address [default: 127.0.0.1]."),
+        typer.Option(
+            envvar="IMCHAT_HOST",
+            help="Server address, or several nodes of one cluster: a:7667,b:7667 "
+            "[default: 127.0.0.1].",
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(envvar="IMCHAT_PORT", help="Server port [default: 7667].")
@@ -438,6 +456,7 @@ def join(
 
     Defaults come from the config file; flags and IMCHAT_* variables override it.
     """
+    from imchat.client.servers import BadServerList, parse_servers
     from imchat.client.tls import client_context
     from imchat.tui import run_tui
     from imchat.tui.config import ConfigError, load
@@ -453,10 +472,16 @@ def join(
     ca = ca if ca is not None else settings.ca
     use_tls = tls if tls is not None else bool(settings.tls)
     context = client_context(ca) if use_tls or ca is not None else None
+    host = host or settings.host or "127.0.0.1"
+    port = port if port is not None else settings.port or 7667
+    try:
+        parse_servers(host, port)
+    except BadServerList as exc:
+        raise _fail(f"--host: {exc}", 2) from None
     raise typer.Exit(
         run_tui(
-            host or settings.host or "127.0.0.1",
-            port if port is not None else settings.port or 7667,
+            host,
+            port,
             nick,
             room or None,
             password=password,

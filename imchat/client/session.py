@@ -32,7 +32,7 @@ import random
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from imchat.protocol import MAX_HISTORY_LIMIT, nick_key, normalize_room
 
 from .connection import DEFAULT_PORT, Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
+from .servers import Endpoint, connect_first
 
 log = logging.getLogger(__name__)
 
@@ -371,13 +372,18 @@ class ChatSession:
         client_name: str = "imchat-tui",
         rooms: Iterable[str] = (),
         resumes: ResumeStore | None = None,
+        servers: Sequence[Endpoint] = (),
     ) -> None:
         self.nick = nick
-        self.host = host
-        self.port = port
+        #: Every address of the service (``servers``, or ``host``:``port``); the first names
+        #: it. A lost connection is followed by trying the next one first.
+        self.servers = tuple(servers) or (Endpoint(host, port),)
+        self.host, self.port = self.servers[0].host, self.servers[0].port
+        self._next_server = 0
+        self._ssl = ssl
         self._password = password
         self._token = token
-        self._connector: Connector = connector or (lambda: Connection.connect(host, port, ssl=ssl))
+        self._connector: Connector = connector or self._connect_next
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff = backoff or Backoff()
@@ -410,6 +416,13 @@ class ChatSession:
         self._stopped = False
         self._joining: set[str] = set()
         self._side_tasks: set[asyncio.Future[Any]] = set()
+
+    async def _connect_next(self) -> Connection:
+        conn, index = await connect_first(self.servers, ssl=self._ssl, start=self._next_server)
+        # When this connection is lost, another node is tried first: the one that dropped
+        # it may be the one that is going away.
+        self._next_server = (index + 1) % len(self.servers)
+        return conn
 
     # -- listeners --------------------------------------------------------------------------
 

@@ -27,10 +27,13 @@ def run_tui(
 ) -> int:
     """Run the chat UI until the user quits; returns a process exit code.
 
-    ``tls`` may be an ``SSLContext``, ``True`` for the system's default verification, or
-    None/False for plain TCP. ``room`` is joined on connect (None joins nothing). Exits 1
-    when the server refused us for good (``auth_failed``, ``bad_nick``, a nick in use).
+    ``host`` may list several nodes of one service (``a:7667,b:7667``, see
+    :mod:`imchat.client.servers`); ``port`` is the default for those without one. ``tls`` may
+    be an ``SSLContext``, ``True`` for the system's default verification, or None/False for
+    plain TCP. ``room`` is joined on connect (None joins nothing). Exits 1 when the server
+    refused us for good (``auth_failed``, ``bad_nick``, a nick in use).
     """
+    from imchat.client.servers import parse_servers
     from imchat.client.session import ChatSession
     from imchat.tui.app import ChatApp
 
@@ -41,10 +44,16 @@ def run_tui(
         context = tls
     else:
         context = None
+    servers = parse_servers(host, port)
     session = ChatSession(
-        nick, host, port, password=password, token=token, ssl=context, rooms=[room] if room else []
+        nick,
+        password=password,
+        token=token,
+        ssl=context,
+        rooms=[room] if room else [],
+        servers=servers,
     )
-    app = ChatApp(session, server_label=f"{host}:{port}", config=config)
+    app = ChatApp(session, server_label=",".join(map(str, servers)), config=config)
     app.run()
     restore = app.notifier.restore_title()
     if restore and sys.__stderr__ is not None:  # Textual's driver writes to stderr too
