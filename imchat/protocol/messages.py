@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from .depth import MAX_DEPTH, exceeds_depth
 from .errors import ErrorCode, ProtocolError, RequestId
 from .names import check_nick, check_text, normalize_room
 
@@ -176,10 +177,20 @@ _MISSING: Any = object()
 
 
 def decode_object(payload: bytes) -> dict[str, Any]:
-    """JSON bytes to a dict, or the fatal ``bad_frame``."""
+    """JSON bytes to a dict, or the fatal ``bad_frame``.
+
+    Nesting deeper than :data:`MAX_DEPTH` is ``bad_frame`` before the decoder sees it (it
+    would recurse into ``RecursionError``). A number too large for 64 bits is valid JSON the
+    protocol has no use for: ``bad_request``, which keeps the connection (framing is intact).
+    """
+    if exceeds_depth(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         obj = _decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except msgspec.ValidationError:
+        # The only type rule of an untyped decode: numbers must fit (ints in 64 bits).
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "number out of range") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not a JSON object")
