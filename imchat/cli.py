@@ -149,6 +149,14 @@ def server(
             help="With --redis: seconds after which a silent server's users go offline.",
         ),
     ] = 15.0,
+    fresh_store: Annotated[
+        bool,
+        typer.Option(
+            envvar="IMCHAT_FRESH_STORE",
+            help="Start on an empty store even though the data dir shows an earlier one "
+            "(after a lost database; a new store, a new admin token).",
+        ),
+    ] = False,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
@@ -184,6 +192,7 @@ def server(
         redis_url=redis,
         redis_prefix=redis_prefix,
         node_timeout=node_timeout,
+        fresh_store=fresh_store,
     )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
 from imchat.protocol import ErrorCode, ProtocolError
 
-from .auth import hash_token, new_token
+from . import logthrottle
 from .config import ServerConfig
+from .datadir import (
+    ensure_admin,
+    make_private,
+    refuse_if_lost,
+    store_is_empty,
+    write_marker,
+)
 from .fanout import Fanout, LocalFanout
 from .hub import Hub
 from .session import Session
 from .sqlite_store import SQLiteStore
-from .store import Store
+from .store import Store, StoreUnavailable
 from .tls import server_context
 
 log = logging.getLogger(__name__)
@@ -32,11 +38,14 @@ def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
     return store, RedisFanout(store, node_timeout=config.node_timeout)
 
 
-ADMIN_NICK = "admin"
-ADMIN_TOKEN_FILE = "admin.token"
 DB_FILE = "imchat.db"
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
 
 
 class ChatServer:
@@ -58,15 +67,15 @@ class ChatServer:
 
     async def start(self) -> None:
         data_dir = Path(self.config.data_dir)
-        # Private from the start: it holds password hashes and the admin token.
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private on every start: it holds password hashes, every DM and the admin token.
+        make_private(data_dir)
+        logthrottle.install(self.config.error_log_interval)
         tls = None
         if self.config.tls_cert is not None or self.config.tls_key is not None:
             if self.config.tls_cert is None or self.config.tls_key is None:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
-        await self.store.open()
-        await self._ensure_admin(data_dir)
+        await self._open_store(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
         try:
             await self.fanout.open(hub)
@@ -93,21 +102,36 @@ class ChatServer:
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
 
-    async def _ensure_admin(self, data_dir: Path) -> None:
-        """Create the admin account, or a fresh token for it if its token file is gone."""
-        token_file = data_dir / ADMIN_TOKEN_FILE
-        record = await self.store.lookup_user(ADMIN_NICK)
-        if record is not None and record.account is not None and token_file.exists():
-            return
-        if record is None or record.account is None:
-            await self.store.create_account(ADMIN_NICK, admin=True)
-        token = new_token()
-        await self.store.add_token(ADMIN_NICK, hash_token(token), "admin.token")
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.chmod(token_file, 0o600)
-        log.info("admin account %r: token written to %s", ADMIN_NICK, token_file.resolve())
+    async def _open_store(self, data_dir: Path) -> None:
+        """Open the store, refuse an empty one where data was before, ensure the admin.
+
+        Every failure here is :class:`StoreUnavailable` with one line to show (a damaged or
+        read-only database, an unreachable Redis), never a traceback.
+        """
+        fresh = self.config.fresh_store
+        sqlite_path = self.store.path if isinstance(self.store, SQLiteStore) else None
+        if sqlite_path is not None and not sqlite_path.exists():
+            # Checked before opening, which would create it.
+            refuse_if_lost(data_dir, store_empty=True, fresh=fresh, what=str(sqlite_path))
+        what = str(sqlite_path) if sqlite_path is not None else "the store"
+        try:
+            await self.store.open()
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot open {what}: {_one_line(exc)}") from None
+        try:
+            refuse_if_lost(
+                data_dir, store_empty=await store_is_empty(self.store), fresh=fresh, what=what
+            )
+            await ensure_admin(self.store, data_dir)
+            write_marker(data_dir)
+            make_private(data_dir)  # the files SQLite just created, too
+        except BaseException as exc:
+            await self.store.close()
+            if isinstance(exc, StoreUnavailable) or not isinstance(exc, Exception):
+                raise
+            raise StoreUnavailable(f"cannot use {what}: {_one_line(exc)}") from None
 
     async def _sweep_idle(self) -> None:
         """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``,

@@ -60,3 +60,8 @@ class ServerConfig:
     #: Seconds after which a node that stopped heartbeating is taken for dead and its users
     #: are shown offline.
     node_timeout: float = 15.0
+    #: Start even though the data dir shows an earlier store and the store is empty (a lost
+    #: database is then replaced by a new, empty one).
+    fresh_store: bool = False
+    #: Seconds during which repeated errors from one code site are counted, not logged.
+    error_log_interval: float = 60.0

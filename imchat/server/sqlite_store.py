@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -187,14 +188,24 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created private: it holds password hashes and every DM (SQLite would use the umask).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         writer_conn = _connect(self.path, durable_fsync=self._durable_fsync)
-        with writer_conn:
-            writer_conn.executescript(SCHEMA)
-            writer_conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
-        self._load_rooms(self._reader)
+        try:
+            with writer_conn:
+                writer_conn.executescript(SCHEMA)
+                writer_conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
+            self._load_rooms(self._reader)
+        except BaseException:
+            writer_conn.close()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            raise
         self._writer = _Writer(writer_conn, asyncio.get_running_loop())
         self._writer.start()
 
