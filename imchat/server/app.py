@@ -78,7 +78,7 @@ class ChatServer:
         await self._open_store(data_dir)
         self.hub = hub = Hub(self.config, self.store, self.fanout)
         try:
-            await self.fanout.open(hub)
+            await self.fanout.open(hub.registry)
         except BaseException:
             await self.store.close()
             raise
@@ -184,8 +184,7 @@ class ChatServer:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
         for session in sessions:
-            if session.transport is not None:
-                session.transport.pause_reading()
+            session.pause_reading()
         # Let requests already being handled finish, so every ok they earned is sent.
         await hub.drain_tasks(SHUTDOWN_GRACE)
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
@@ -195,8 +194,7 @@ class ChatServer:
             await asyncio.wait_for(hub.all_closed(), SHUTDOWN_GRACE)
         except TimeoutError:
             for session in list(hub.sessions):
-                if session.transport is not None:
-                    session.transport.abort()
+                session.abort()
         await self._server.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()

@@ -1,6 +1,6 @@
 """Who receives an event: presence, room membership and delivery to sessions.
 
-The hub asks a :class:`Fanout` who is online and who is in a room, and hands it encoded
+The handlers ask a :class:`Fanout` who is online and who is in a room, and hands it encoded
 frames to deliver. :class:`LocalFanout` keeps all of that in this process; a clustered
 implementation keeps the shared part in Redis and delivers to its own sessions the same way.
 Delivery methods take bytes that were encoded once and only append them to each recipient's
@@ -15,36 +15,23 @@ from typing import TYPE_CHECKING, Protocol
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .peer import User
+
 if TYPE_CHECKING:
-    from .hub import Hub
-    from .session import Session
+    from .peer import Peer
+    from .registry import Registry
 
-
-class User:
-    """An online user: the sessions it has here and the rooms it is in."""
-
-    __slots__ = ("admin", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
-
-    def __init__(self, nick: str, admin: bool) -> None:
-        self.nick = nick
-        self.key = nick.lower()
-        self.admin = admin
-        self.sessions: list[Session] = []
-        self.rooms: set[str] = set()
-        #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
-        #: they are done, so a user receives its DMs in the order they were sent.
-        self.dm_fetches = 0
-        self.dm_held: list[bytes] = []
+__all__ = ["Fanout", "LocalFanout", "User"]
 
 
 class Fanout(Protocol):
-    async def open(self, hub: Hub) -> None:
+    async def open(self, registry: Registry) -> None:
         """Start background work (a clustered fanout subscribes and heartbeats here)."""
 
     async def close(self) -> None:
         """Stop it, after every session has left."""
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
         """Attach an authenticated session to its user; True if the hub must announce
         ``online`` (the user just came online).
 
@@ -53,14 +40,14 @@ class Fanout(Protocol):
         overtake an ``offline`` from another node), and returns False.
         """
 
-    async def disconnect(self, session: Session) -> list[str] | None:
+    async def disconnect(self, session: Peer) -> list[str] | None:
         """Detach a session. If it was the user's last, the rooms it left; else None.
 
         The hub sends ``parted`` (quit) to those rooms and ``offline``; a clustered fanout
         publishes them itself and returns None.
         """
 
-    async def join(self, session: Session, room: str) -> bool:
+    async def join(self, session: Peer, room: str) -> bool:
         """Make the session's user a member; True if the hub must send ``joined``.
 
         False if it already was a member, or if a clustered fanout published ``joined``
@@ -69,7 +56,7 @@ class Fanout(Protocol):
         after this change must wait for (see :meth:`hold`).
         """
 
-    async def part(self, session: Session, room: str) -> bool:
+    async def part(self, session: Peer, room: str) -> bool:
         """End the user's membership; True if the hub must send ``parted`` (as for join)."""
 
     def is_member(self, user: User, room: str) -> bool: ...
@@ -86,7 +73,7 @@ class Fanout(Protocol):
     def session_count(self) -> int:
         """Sessions an announcement would be written to (on this node)."""
 
-    def hold(self, session: Session) -> str | None:
+    def hold(self, session: Peer) -> str | None:
         """A tag for what the session's current requests publish, or None (no cluster).
 
         A clustered fanout delivers nothing published under a held tag (nor anything
@@ -95,7 +82,7 @@ class Fanout(Protocol):
         pub/sub faster than the reply.
         """
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Peer) -> None:
         """Every request of the session that took a hold has queued its reply: the events
         they caused may go out now (the hub calls this after each handler and each run of
         pipelined appends)."""
@@ -115,13 +102,13 @@ class LocalFanout:
         self._rooms: dict[str, dict[str, User]] = {}
         self._sessions = 0
 
-    async def open(self, hub: Hub) -> None:
+    async def open(self, registry: Registry) -> None:
         pass
 
     async def close(self) -> None:
         pass
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
         key = nick.lower()
         user = self._users.get(key)
         if user is not None and exclusive:
@@ -134,7 +121,7 @@ class LocalFanout:
         self._sessions += 1
         return first
 
-    async def disconnect(self, session: Session) -> list[str] | None:
+    async def disconnect(self, session: Peer) -> list[str] | None:
         user = session.user
         if user is None or session not in user.sessions:
             return None
@@ -149,7 +136,7 @@ class LocalFanout:
         user.rooms.clear()
         return rooms
 
-    async def join(self, session: Session, room: str) -> bool:
+    async def join(self, session: Peer, room: str) -> bool:
         user = session.user
         assert user is not None
         if room in user.rooms:
@@ -158,7 +145,7 @@ class LocalFanout:
         self._rooms.setdefault(room, {})[user.key] = user
         return True
 
-    async def part(self, session: Session, room: str) -> bool:
+    async def part(self, session: Peer, room: str) -> bool:
         user = session.user
         assert user is not None
         if room not in user.rooms:
@@ -185,10 +172,10 @@ class LocalFanout:
     def session_count(self) -> int:
         return self._sessions
 
-    def hold(self, session: Session) -> str | None:
+    def hold(self, session: Peer) -> str | None:
         return None
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Peer) -> None:
         pass
 
     def to_room(self, room: str, frame: bytes) -> None:

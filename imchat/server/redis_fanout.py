@@ -51,14 +51,14 @@ from redis.exceptions import RedisError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import User
+from .peer import User
 from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
-    from .hub import Hub
-    from .session import Session
+    from .peer import Peer
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +259,16 @@ class RedisFanout:
         self.available = False
         self._users: dict[str, User] = {}
         self._local_sessions = 0
-        self._holds: dict[Session, str] = {}
+        self._holds: dict[Peer, str] = {}
         #: Undelivered DMs taken at connect, sent at release (after the welcome).
-        self._undelivered: dict[Session, list[bytes]] = {}
+        self._undelivered: dict[Peer, list[bytes]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
         self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
-        self._hub: Hub | None = None
+        self._registry: Registry | None = None
         self._pubsub_client = connect_redis(store.url, blocking=True)
         self._pubsub: PubSub | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -285,9 +285,9 @@ class RedisFanout:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def open(self, hub: Hub) -> None:
+    async def open(self, registry: Registry) -> None:
         """Subscribe and register before the server listens, so no event can be missed."""
-        self._hub = hub
+        self._registry = registry
         try:
             await self._start_incarnation()
         except (RedisError, OSError) as exc:
@@ -381,10 +381,10 @@ class RedisFanout:
             user.sessions.clear()
         self._users.clear()
         self._local_sessions = 0
-        if self._hub is None:
+        if self._registry is None:
             return
         error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
-        for session in list(self._hub.sessions):
+        for session in list(self._registry.sessions):
             session.fail(error)
 
     # -- receiving -------------------------------------------------------------------------
@@ -446,14 +446,14 @@ class RedisFanout:
 
     # -- holds -----------------------------------------------------------------------------
 
-    def hold(self, session: Session) -> str | None:
+    def hold(self, session: Peer) -> str | None:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
             self._awaiting.add(hold)
         return hold
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Peer) -> None:
         dms = self._undelivered.pop(session, None) if self._undelivered else None
         if dms:
             self._hand_over(session, dms)
@@ -463,14 +463,14 @@ class RedisFanout:
             if self._inbox:
                 self._drain()
 
-    def _hand_over(self, session: Session, dms: list[bytes]) -> None:
+    def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
         """Send DMs kept while the user was offline, before anything published later."""
         user = session.user
         assert user is not None
         if not user.sessions:
             # The session ended during its hello: keep them for the next one, in order.
-            if self._hub is not None:
-                self._hub.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
+            if self._registry is not None:
+                self._registry.spawn(self.redis.lpush(self.keys.pending(user.key), *reversed(dms)))
             return
         for payload in dms:
             frame = encode_frame(payload)
@@ -483,7 +483,7 @@ class RedisFanout:
         if not self.available:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
 
-    async def connect(self, session: Session, nick: str, *, admin: bool, exclusive: bool) -> bool:
+    async def connect(self, session: Peer, nick: str, *, admin: bool, exclusive: bool) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
         A user coming online takes its undelivered DMs in the same script (so a DM is either
@@ -518,7 +518,7 @@ class RedisFanout:
             self._undelivered[session] = dms
         return False
 
-    async def disconnect(self, session: Session) -> list[str] | None:
+    async def disconnect(self, session: Peer) -> list[str] | None:
         """Returns None: ``parted``/``offline`` are published by the script itself."""
         user = session.user
         if user is None or session not in user.sessions:
@@ -536,7 +536,7 @@ class RedisFanout:
             log.warning("could not record that %s left (reaped later): %s", user.nick, exc)
         return None
 
-    async def join(self, session: Session, room: str) -> bool:
+    async def join(self, session: Peer, room: str) -> bool:
         """Returns False: the ``joined`` event is published by the script itself."""
         user = session.user
         assert user is not None
@@ -553,7 +553,7 @@ class RedisFanout:
         user.rooms.add(room)
         return False
 
-    async def part(self, session: Session, room: str) -> bool:
+    async def part(self, session: Peer, room: str) -> bool:
         """Returns False: the ``parted`` event is published by the script itself."""
         user = session.user
         assert user is not None

@@ -43,7 +43,6 @@ from redis.exceptions import NoScriptError, RedisError
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .store import (
-    ANNOUNCE_STREAM,
     TOKEN_ID_LENGTH,
     Account,
     Draft,
@@ -52,9 +51,9 @@ from .store import (
     StoreUnavailable,
     TokenInfo,
     UserRecord,
-    room_stream,
     token_id,
 )
+from .streams import StreamId, StreamKind
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +426,7 @@ class RedisStore:
     async def room(self, name: str) -> RoomInfo | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.keys.room(name), "topic")
-            pipe.hget(self.keys.seq, room_stream(name))
+            pipe.hget(self.keys.seq, StreamId.room(name).key)
             topic, last = await pipe.execute()
         if topic is None:
             return None
@@ -438,7 +437,7 @@ class RedisStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hget(self.keys.room(name), "topic")
-                pipe.hget(self.keys.seq, room_stream(name))
+                pipe.hget(self.keys.seq, StreamId.room(name).key)
             values = await pipe.execute()
         return [
             RoomInfo(name, _text(values[2 * i]), int(values[2 * i + 1] or 0))
@@ -470,7 +469,7 @@ class RedisStore:
         stream = draft.stream
         args = (
             self.keys.prefix,
-            stream,
+            stream.key,
             draft.cid or "",
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
@@ -481,20 +480,20 @@ class RedisStore:
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream[2:]}")
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {stream.room_name}")
         return Stored(
             int(seq),
             float(ts),
             payload,
             duplicate=status == b"0",
             published=True,
-            delivered=int(delivered) if stream == ANNOUNCE_STREAM else None,
+            delivered=int(delivered) if stream.kind is StreamKind.ANNOUNCEMENTS else None,
         )
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
     ) -> list[bytes]:
-        key = self.keys.messages(stream)
+        key = self.keys.messages(stream.key)
         upper: Any = f"({before}" if before is not None else "+inf"
         if after is not None:
             result = await self.redis.zrangebyscore(key, f"({after}", upper, start=0, num=limit)
@@ -505,13 +504,13 @@ class RedisStore:
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         return list(await self._take_pending(keys=[self.keys.pending(recipient_key)]))
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
+        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
         if not found:
             return False
         return bool(await self.redis.lrem(self.keys.pending(recipient_key), 1, found[0]))
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
-        found = await self.redis.zrangebyscore(self.keys.messages(stream), seq, seq)
+    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
+        found = await self.redis.zrangebyscore(self.keys.messages(stream.key), seq, seq)
         if found:
             await self.redis.rpush(self.keys.pending(recipient_key), found[0])

@@ -22,12 +22,13 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
+from imchat.protocol.events import ErrorReply
 
 from .ratelimit import address_key
 
 if TYPE_CHECKING:
-    from .fanout import User
     from .hub import Hub
+    from .peer import Credential, User
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ CLOSE_GRACE = 2.0
 
 
 class Session(asyncio.BufferedProtocol):
+    """A native-protocol connection: a :class:`imchat.server.peer.Peer` over TCP (or TLS)."""
+
     __slots__ = (
         "_busy",
         "_eof",
@@ -73,8 +76,8 @@ class Session(asyncio.BufferedProtocol):
         #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
         self.addr = "?"
         self.user: User | None = None
-        #: How it logged in, re-checked while it lasts (see ``Hub.recheck_credentials``).
-        self.credential: tuple[str, str] | None = None
+        #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
+        self.credential: Credential | None = None
         self.bucket = hub.new_bucket()
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()
@@ -250,14 +253,18 @@ class Session(asyncio.BufferedProtocol):
         transport.close()
         self.hub.loop.call_later(CLOSE_GRACE, transport.abort)
 
+    def pause_reading(self) -> None:
+        """Stop reading requests (at shutdown: what was read is still answered)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     @staticmethod
     def _error_frame(error: ProtocolError) -> bytes:
-        body: dict[str, object] = {"type": "error"}
-        if error.request_id is not None:
-            body["id"] = error.request_id
-        body["code"] = str(error.code)
-        body["message"] = error.message
-        return encode_message(body)
+        return encode_message(ErrorReply.of(error))
 
     def send_error(self, error: ProtocolError) -> None:
         if error.fatal:

@@ -33,9 +33,9 @@ from .store import (
     Stored,
     TokenInfo,
     UserRecord,
-    room_stream,
     token_id,
 )
+from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class SQLiteStore:
             ).fetchall()
         )
         for name, topic in conn.execute("SELECT name, topic FROM rooms"):
-            self._rooms[name] = RoomInfo(name, topic, last.get(room_stream(name), 0))
+            self._rooms[name] = RoomInfo(name, topic, last.get(StreamId.room(name).key, 0))
 
     def _submit(self, op: Operation) -> asyncio.Future[Any]:
         assert self._writer is not None, "store is not open"
@@ -367,6 +367,7 @@ class SQLiteStore:
     async def append(self, draft: Draft) -> Stored:
         writer = self._writer
         assert writer is not None, "store is not open"
+        stream = draft.stream.key
 
         def op(c: sqlite3.Connection) -> Stored:
             if draft.cid is not None:
@@ -376,36 +377,35 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:
                     return Stored(row[0], row[1], row[2], duplicate=True)
-            seq = writer.next_seq(c, draft.stream)
+            seq = writer.next_seq(c, stream)
             ts = round(time.time(), 3)
-            event = dict(draft.event)
-            event["seq"] = seq
-            event["ts"] = ts
-            payload = writer.encoder.encode(event)
+            payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
             c.execute(
                 "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (draft.stream, seq, ts, draft.sender_key, draft.cid, payload),
+                (stream, seq, ts, draft.sender_key, draft.cid, payload),
             )
             if draft.pending_for is not None:
                 c.execute(
                     "INSERT INTO pending_dms VALUES (?, ?, ?)",
-                    (draft.pending_for, draft.stream, seq),
+                    (draft.pending_for, stream, seq),
                 )
-            writer.last_seq[draft.stream] = seq
+            writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
         stored: Stored = await writer.submit(op)
-        if not stored.duplicate and draft.stream.startswith("r:"):
-            info = self._rooms.get(draft.stream[2:])
+        room = draft.stream.room_name
+        if not stored.duplicate and room is not None:
+            info = self._rooms.get(room)
             if info is not None and stored.seq > info.last_seq:
                 info.last_seq = stored.seq
         return stored
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self, stream_id: StreamId, *, after: int | None, before: int | None, limit: int
     ) -> list[bytes]:
         assert self._reader is not None
+        stream = stream_id.key
         lower = after if after is not None else -1
         upper = before if before is not None else 2**63 - 1
         if after is not None:
@@ -437,7 +437,9 @@ class SQLiteStore:
         result: list[bytes] = await self._submit(op)
         return result
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+    async def claim_pending(self, recipient_key: str, stream_id: StreamId, seq: int) -> bool:
+        stream = stream_id.key
+
         def op(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
                 "DELETE FROM pending_dms WHERE recipient = ? AND stream = ? AND seq = ?",
@@ -448,7 +450,8 @@ class SQLiteStore:
         claimed: bool = await self._submit(op)
         return claimed
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient_key: str, stream_id: StreamId, seq: int) -> None:
+        stream = stream_id.key
         await self._submit(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO pending_dms VALUES (?, ?, ?)", (recipient_key, stream, seq)

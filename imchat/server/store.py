@@ -8,19 +8,12 @@ is committed, so an ``ok`` sent after ``await store.append(...)`` is a durable p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from imchat.protocol.events import StoredEvent
 
-def room_stream(room: str) -> str:
-    return f"r:{room}"
+from .streams import StreamId
 
-
-def dm_stream(a_key: str, b_key: str) -> str:
-    low, high = sorted((a_key, b_key))
-    return f"d:{low} {high}"
-
-
-ANNOUNCE_STREAM = "a"
 #: Hex characters of a token's hash that name it in ``imchat token list``/``revoke``.
 TOKEN_ID_LENGTH = 12
 
@@ -37,10 +30,10 @@ class StoreUnavailable(Exception):
 class Draft:
     """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
 
-    stream: str
+    stream: StreamId
     sender_key: str
     cid: str | None
-    event: dict[str, Any]
+    event: StoredEvent
     #: Recipient key of a DM: it stays undelivered until claimed live or fetched at hello.
     #: A clustered store decides this itself, atomically with storing, and ignores it.
     pending_for: str | None = None
@@ -148,15 +141,15 @@ class Store(Protocol):
     async def append(self, draft: Draft) -> Stored: ...
 
     async def history(
-        self, stream: str, *, after: int | None, before: int | None, limit: int
+        self, stream: StreamId, *, after: int | None, before: int | None, limit: int
     ) -> list[bytes]:
         """Stored event payloads, oldest first (see the contract's History section)."""
 
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         """Undelivered DMs for a user, oldest first; each is handed out once."""
 
-    async def claim_pending(self, recipient_key: str, stream: str, seq: int) -> bool:
+    async def claim_pending(self, recipient_key: str, stream: StreamId, seq: int) -> bool:
         """Take one undelivered DM for live delivery; False if a ``take_pending`` had it."""
 
-    async def set_pending(self, recipient_key: str, stream: str, seq: int) -> None:
+    async def set_pending(self, recipient_key: str, stream: StreamId, seq: int) -> None:
         """Mark a DM undelivered again (its recipient left before it could be sent)."""

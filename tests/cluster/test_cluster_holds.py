@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imchat.protocol import encode_frame
-from imchat.server.fanout import User
+from imchat.server.peer import User
 from imchat.server.redis_fanout import RedisFanout
 from imchat.server.redis_store import RedisStore
 

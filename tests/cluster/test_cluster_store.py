@@ -74,21 +74,23 @@ async def test_tokens(store: RedisStore) -> None:
 
 
 async def test_history_anchors(store: RedisStore) -> None:
-    from imchat.server.store import Draft, room_stream
+    from imchat.protocol.events import MsgEvent
+    from imchat.server.store import Draft
+    from imchat.server.streams import StreamId
 
     await store.create_room("lobby")
     # Stored without a member check: the room has no members hash, so seed one.
     await store.redis.hset(store.keys.members("lobby"), "amy", "amy")
     for n in range(1, 8):
-        event = {"type": "msg", "room": "lobby", "from": "amy", "text": f"m{n}"}
-        stored = await store.append(Draft(room_stream("lobby"), "amy", None, event))
+        event = MsgEvent(room="lobby", from_="amy", text=f"m{n}")
+        stored = await store.append(Draft(StreamId.room("lobby"), "amy", None, event))
         assert stored.seq == n and stored.published
 
     async def seqs(**anchors: int | None) -> list[int]:
         import json
 
         args = {"after": None, "before": None, "limit": 3, **anchors}
-        return [json.loads(p)["seq"] for p in await store.history(room_stream("lobby"), **args)]
+        return [json.loads(p)["seq"] for p in await store.history(StreamId.room("lobby"), **args)]
 
     assert await seqs() == [5, 6, 7]
     assert await seqs(after=2) == [3, 4, 5]

@@ -13,7 +13,7 @@ from secutil import Raw, StartServer
 from typer.testing import CliRunner
 
 from imchat.cli import app
-from imchat.server import hub as hub_module
+from imchat.server import authn as authn_module
 from imchat.server.auth import hash_password, hash_token
 from imchat.server.ratelimit import FailureLimiter, address_key
 from imchat.server.sqlite_store import SQLiteStore
@@ -233,13 +233,13 @@ async def test_password_is_checked_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     threads: list[threading.Thread] = []
-    real = hub_module.verify_password
+    real = authn_module.verify_password
 
     def spy(password: str, encoded: str) -> bool:
         threads.append(threading.current_thread())
         return real(password, encoded)
 
-    monkeypatch.setattr(hub_module, "verify_password", spy)
+    monkeypatch.setattr(authn_module, "verify_password", spy)
     server = await start_server(data_dir=tmp_path)
     await cli_ok(tmp_path, "user", "add", "alice", "--password-stdin", input=PASSWORD)
     conn = await raw(server.port)
@@ -290,7 +290,7 @@ async def test_parallel_guesses_are_bounded_too(
     codes = [(await conn.recv())["code"] for conn in conns]
     checked = codes.count("auth_failed")
     # Guesses queue for a password check and are refused once earlier ones failed.
-    assert 3 <= checked <= 3 + hub_module.MAX_PARALLEL_PASSWORD_CHECKS - 1, codes
+    assert 3 <= checked <= 3 + authn_module.MAX_PARALLEL_PASSWORD_CHECKS - 1, codes
     assert codes.count("rate_limited") == 20 - checked
 
 

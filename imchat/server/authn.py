@@ -1,0 +1,96 @@
+"""Authentication at ``hello`` and the periodic re-check of sessions already logged in.
+
+Guessing is bounded per address (:class:`FailureLimiter`) and password checks are bounded in
+number at once (each scrypt run takes ~16 MiB and tens of milliseconds, off the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from imchat.protocol import ErrorCode, Hello, ProtocolError
+
+from .auth import hash_token, verify_password
+from .config import ServerConfig
+from .peer import Credential, Peer
+from .ratelimit import FailureLimiter
+from .store import Account, Store
+
+log = logging.getLogger(__name__)
+
+#: Password checks running at once: each scrypt takes ~16 MiB and tens of milliseconds.
+MAX_PARALLEL_PASSWORD_CHECKS = 4
+
+
+class Authenticator:
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.store = store
+        self.limiter = FailureLimiter(config.auth_failures, config.auth_window)
+        self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
+
+    async def authenticate(
+        self, session: Peer, key: str, req: Hello, account: Account | None
+    ) -> Credential:
+        """Check a password or token; an address that failed too often is not checked at all.
+
+        The block is checked again right before each scrypt run: parallel guesses wait for a
+        free slot, and by then the failures before them count, so at most ``auth_failures``
+        plus ``MAX_PARALLEL_PASSWORD_CHECKS - 1`` guesses per window get through.
+        """
+        if req.token is None and req.password is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
+        limiter, addr = self.limiter, session.addr
+        blocked = ProtocolError(
+            ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+        )
+        if limiter.blocked(addr):
+            raise blocked
+        ok = False
+        credential: Credential | None = None
+        if account is not None and req.token is not None:
+            credential = ("token", hash_token(req.token))
+            ok = await self.store.token_owner(credential[1]) == key
+        elif account is not None and req.password is not None and account.password_hash:
+            credential = ("password", account.password_hash)
+            async with self._password_checks:
+                if limiter.blocked(addr):
+                    raise blocked
+                ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
+        if ok and credential is not None:
+            return credential
+        limiter.record(addr)
+        raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
+
+    async def recheck(self, sessions: Iterable[Peer]) -> None:
+        """Close sessions whose token was revoked, or account removed or re-passworded since.
+
+        Logins read accounts through at every hello; this extends that to sessions already
+        logged in, so ``imchat token revoke`` and ``imchat user remove``/``passwd`` take hold
+        within ``auth_recheck`` seconds. Each distinct credential is looked up once.
+        """
+        valid: dict[tuple[str, Credential], bool] = {}
+        for session in list(sessions):
+            user, credential = session.user, session.credential
+            if user is None or credential is None or session.closing:
+                continue
+            check = (user.key, credential)
+            if check not in valid:
+                try:
+                    valid[check] = await self._still_valid(*check)
+                except Exception:
+                    log.exception("could not re-check credentials of %s", user.nick)
+                    valid[check] = True  # a store hiccup is no reason to log everyone out
+            if not valid[check]:
+                session.fail(
+                    ProtocolError(ErrorCode.AUTH_FAILED, "your token or password was revoked")
+                )
+
+    async def _still_valid(self, key: str, credential: Credential) -> bool:
+        kind, value = credential
+        if kind == "token":
+            return await self.store.token_owner(value) == key
+        record = await self.store.lookup_user(key)
+        account = record.account if record is not None else None
+        return account is not None and account.password_hash == value

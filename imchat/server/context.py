@@ -1,0 +1,56 @@
+"""What request handlers work with: the server's parts, and the two ways they answer.
+
+One :class:`Context` per server, built by the hub and passed to every handler, so handlers
+are plain functions that depend on these parts and on :class:`Peer`, never on the hub.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, encode_message
+from imchat.protocol.events import Ok, Pong, Welcome
+
+from .authn import Authenticator
+from .config import ServerConfig
+from .dm_delivery import DmDelivery
+from .fanout import Fanout
+from .peer import Peer, User
+from .registry import Registry
+from .store import Store
+
+
+def now() -> float:
+    """An event's ``ts``: Unix seconds rounded to milliseconds."""
+    return round(time.time(), 3)
+
+
+@dataclass(slots=True)
+class Context:
+    config: ServerConfig
+    store: Store
+    fanout: Fanout
+    registry: Registry
+    authn: Authenticator
+    dms: DmDelivery
+    limits: Limits
+
+    @staticmethod
+    def reply(session: Peer, request: Request, reply: Ok | Welcome | Pong) -> None:
+        """Send a reply carrying the request's id, if it had one."""
+        reply.id = request.id
+        session.send(encode_message(reply))
+
+    @staticmethod
+    def user(session: Peer) -> User:
+        """The session's user (handlers that need one run only after ``hello``)."""
+        assert session.user is not None  # guaranteed by the hello_required check
+        return session.user
+
+    def member(self, session: Peer, room: str) -> User:
+        """The session's user, if it is a member of ``room`` (else ``not_in_room``)."""
+        user = self.user(session)
+        if not self.fanout.is_member(user, room):
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
+        return user

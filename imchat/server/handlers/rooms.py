@@ -1,0 +1,54 @@
+"""Room requests: join, part, topic and the room list (``say`` is in :mod:`.messages`)."""
+
+from __future__ import annotations
+
+from imchat.protocol import Join, Part, Rooms, Topic
+from imchat.protocol import encode_message as encode
+from imchat.protocol.events import JoinedEvent, Ok, PartedEvent, RoomEntry, TopicEvent
+
+from ..context import Context, now
+from ..peer import Peer
+
+
+async def on_join(ctx: Context, session: Peer, req: Join) -> None:
+    user = ctx.user(session)
+    info = await ctx.store.room(req.room) or await ctx.store.create_room(req.room)
+    if ctx.fanout.user(user.key) is not user:
+        return  # its last session ended while we awaited: joining now leaves a ghost member
+    joined = await ctx.fanout.join(session, req.room)
+    members = await ctx.fanout.members(req.room)
+    ctx.reply(
+        session,
+        req,
+        Ok(room=req.room, topic=info.topic, members=members, last_seq=info.last_seq),
+    )
+    if joined:
+        ctx.fanout.to_room(req.room, encode(JoinedEvent(room=req.room, nick=user.nick, ts=now())))
+
+
+async def on_part(ctx: Context, session: Peer, req: Part) -> None:
+    user = ctx.member(session, req.room)
+    send = await ctx.fanout.part(session, req.room)
+    ctx.reply(session, req, Ok())
+    if not send:
+        return
+    frame = encode(PartedEvent(room=req.room, nick=user.nick, ts=now()))
+    ctx.fanout.to_room(req.room, frame)
+    ctx.fanout.to_users((user.key,), frame)
+
+
+async def on_topic(ctx: Context, session: Peer, req: Topic) -> None:
+    user = ctx.member(session, req.room)
+    await ctx.store.set_topic(req.room, req.text)
+    ctx.reply(session, req, Ok())
+    event = TopicEvent(room=req.room, topic=req.text, by=user.nick, ts=now())
+    ctx.fanout.to_room(req.room, encode(event))
+
+
+async def on_rooms(ctx: Context, session: Peer, req: Rooms) -> None:
+    counts = await ctx.fanout.member_counts()
+    rooms = [
+        RoomEntry(room=info.name, count=counts.get(info.name, 0), topic=info.topic)
+        for info in sorted(await ctx.store.rooms(), key=lambda info: info.name)
+    ]
+    ctx.reply(session, req, Ok(rooms=rooms))

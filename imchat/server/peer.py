@@ -1,0 +1,83 @@
+"""A client connection (:class:`Peer`) and the online user it belongs to (:class:`User`).
+
+``Peer`` is what the hub, its handlers and the fan-outs need of a connection.
+
+:class:`imchat.server.session.Session` (the native TCP protocol) is one; the IRC and HTTP
+adapters provide their own. Depending on this protocol instead of on ``Session`` keeps the
+server core free of import cycles and of any one transport.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from imchat.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from .ratelimit import TokenBucket
+
+#: How a session logged in: ("token", token hash) or ("password", password hash).
+Credential = tuple[str, str]
+
+
+class Peer(Protocol):
+    """One connection of a client, whatever its transport."""
+
+    #: The authenticated user, None before ``hello``.
+    user: User | None
+    #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
+    addr: str
+    #: The remote end, for logs ("host:port").
+    peer: str
+    #: Set once the connection is being closed: nothing more is sent or handled.
+    closing: bool
+    #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
+    credential: Credential | None
+    #: Its message rate limit.
+    bucket: TokenBucket
+    #: Loop time of its start and of the last bytes it sent (for the idle sweep).
+    opened: float
+    last_rx: float
+
+    @property
+    def nick(self) -> str:
+        """The user's nick, or ``-`` before ``hello`` (for logs)."""
+        ...
+
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded frame; it leaves at the next flush."""
+
+    def send_error(self, error: ProtocolError) -> None:
+        """Send an error reply, or fail the connection if the error is fatal."""
+
+    def fail(self, error: ProtocolError) -> None:
+        """Send a fatal error as the last frame and close."""
+
+    def close(self) -> None:
+        """Flush what is owed and close."""
+
+    def flush(self) -> None:
+        """Write the frames queued since the last flush (called by the registry)."""
+
+    def pause_reading(self) -> None:
+        """Stop taking requests (at shutdown, so the last ones can be answered)."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, unflushed."""
+
+
+class User:
+    """An online user: the sessions it has here and the rooms it is in."""
+
+    __slots__ = ("admin", "dm_fetches", "dm_held", "key", "nick", "rooms", "sessions")
+
+    def __init__(self, nick: str, admin: bool) -> None:
+        self.nick = nick
+        self.key = nick.lower()
+        self.admin = admin
+        self.sessions: list[Peer] = []
+        self.rooms: set[str] = set()
+        #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
+        #: they are done, so a user receives its DMs in the order they were sent.
+        self.dm_fetches = 0
+        self.dm_held: list[bytes] = []

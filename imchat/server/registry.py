@@ -1,0 +1,111 @@
+"""The connections a server holds: who is connected, from where, what they owe, what runs.
+
+The registry counts connections per address (``max_connections_per_ip``), batches writes
+(a session with frames queued is marked dirty, and one flush per loop turn writes each once),
+and tracks the tasks the server must wait for at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from .peer import Peer
+
+log = logging.getLogger(__name__)
+
+#: A flush that took longer than this (seconds) makes the next one wait as long, up to
+#: FLUSH_REST_MAX: enough to batch a burst, short enough not to show in latency.
+FLUSH_REST_AFTER = 0.002
+FLUSH_REST_MAX = 0.005
+
+
+class Registry:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sessions: set[Peer] = set()
+        #: Open connections per client address, for ``max_connections_per_ip``.
+        self.connections_per_addr: dict[str, int] = {}
+        self._dirty: list[Peer] = []
+        self._rest_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def add(self, session: Peer) -> int:
+        """Register a new connection; the number of connections from its address now."""
+        self.sessions.add(session)
+        self._no_sessions.clear()
+        count = self.connections_per_addr.get(session.addr, 0) + 1
+        self.connections_per_addr[session.addr] = count
+        return count
+
+    def remove(self, session: Peer) -> None:
+        if session in self.sessions:
+            count = self.connections_per_addr.pop(session.addr, 1) - 1
+            if count > 0:
+                self.connections_per_addr[session.addr] = count
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+
+    async def all_closed(self) -> None:
+        await self._no_sessions.wait()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def mark_dirty(self, session: Peer) -> None:
+        """The session queued its first frame since its last flush: flush it soon."""
+        if not self._dirty:
+            rest = self._rest_until - self.loop.time()
+            if rest > 0:
+                self.loop.call_later(rest, self._flush)
+            else:
+                self.loop.call_soon(self._flush)
+        self._dirty.append(session)
+
+    def _flush(self) -> None:
+        """Write what every session owes, one write per session.
+
+        After a flush that took a while (one write per recipient is the dominant cost of a
+        broadcast), the next one waits as long again, up to 5 ms: events arriving meanwhile
+        pile up and leave in fewer, larger writes, so a burst (thousands of users arriving, each
+        announced to everyone) costs writes per flush, not per event. A lightly loaded
+        server flushes at once.
+        """
+        start = self.loop.time()
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session.flush()
+        end = self.loop.time()
+        spent = end - start
+        self._rest_until = end + min(spent, FLUSH_REST_MAX) if spent > FLUSH_REST_AFTER else 0.0
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a task the server waits for at shutdown (request handling, leaving)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def drain_tasks(self, timeout: float) -> None:
+        """Wait for request handling to finish; cancel what is still stuck after ``timeout``."""
+        deadline = self.loop.time() + timeout
+        while self._tasks:
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                log.warning("cancelling %d requests still running at shutdown", len(self._tasks))
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)
