@@ -20,6 +20,7 @@ from .datadir import (
 )
 from .fanout import Fanout, LocalFanout
 from .hub import Hub
+from .listener import Listener
 from .session import Session
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
@@ -61,7 +62,7 @@ class ChatServer:
         self.fanout: Fanout = fanout or LocalFanout()
         self.hub: Hub | None = None
         self.port = config.port
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -82,22 +83,24 @@ class ChatServer:
         except BaseException:
             await self.store.close()
             raise
+        self._listener = listener = Listener(
+            hub.registry,
+            lambda: Session(hub, admitted=True),
+            max_per_addr=self.config.max_connections_per_ip,
+            tls=tls,
+            # A peer that never finishes its handshake is a slowloris too.
+            handshake_timeout=self.config.hello_timeout,
+            send_buffer=self.config.socket_send_buffer,
+        )
         try:
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: Session(hub),
-                self.config.host,
-                self.config.port,
-                reuse_address=True,
-                ssl=tls,
-                # A peer that never finishes its handshake is a slowloris too.
-                ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
+            self.port = await listener.start(
+                self.config.host, self.config.port, self.config.listen_backlog
             )
         except BaseException:
             # Leave no trace: a clustered fanout has joined the cluster by now.
             await self.fanout.close()
             await self.store.close()
             raise
-        self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
@@ -175,11 +178,11 @@ class ChatServer:
 
     async def stop(self) -> None:
         """Tell every session ``shutting_down``, flush, close, and close the store."""
-        if self._stopped.is_set() or self.hub is None or self._server is None:
+        if self._stopped.is_set() or self.hub is None or self._listener is None:
             return
         self._stopped.set()
         hub = self.hub
-        self._server.close()
+        self._listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         sessions = list(hub.sessions)
@@ -195,7 +198,6 @@ class ChatServer:
         except TimeoutError:
             for session in list(hub.sessions):
                 session.abort()
-        await self._server.wait_closed()
         await hub.drain_tasks(SHUTDOWN_GRACE)
         await self.fanout.close()
         await self.store.close()

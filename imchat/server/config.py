@@ -60,6 +60,11 @@ class ServerConfig:
     #: Seconds after which a node that stopped heartbeating is taken for dead and its users
     #: are shown offline.
     node_timeout: float = 15.0
+    #: Accept-queue length (capped by net.core.somaxconn): a reconnect storm must fit.
+    listen_backlog: int = 4096
+    #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux
+    #: doubles it) per client that stops reading; 0 leaves the kernel's autotuning.
+    socket_send_buffer: int = 256 * 1024
     #: Start even though the data dir shows an earlier store and the store is empty (a lost
     #: database is then replaced by a new, empty one).
     fresh_store: bool = False

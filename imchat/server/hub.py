@@ -90,9 +90,10 @@ class Hub:
 
     def session_opened(self, session: Peer) -> None:
         log.info("connection from %s", session.peer)
-        count = self.registry.add(session)
+        admitted = bool(getattr(session, "admitted", False))
+        count = self.registry.add(session, counted=admitted)
         limit = self.config.max_connections_per_ip
-        if limit and count > limit:
+        if limit and count > limit and not admitted:
             session.fail(
                 ProtocolError(ErrorCode.RATE_LIMITED, f"more than {limit} connections from you")
             )

@@ -35,19 +35,35 @@ class Registry:
 
     # -- connections -----------------------------------------------------------------------
 
-    def add(self, session: Peer) -> int:
-        """Register a new connection; the number of connections from its address now."""
+    def admit(self, addr: str, limit: int) -> bool:
+        """Count a connection just accepted from ``addr``, unless it has ``limit`` (0: none)."""
+        count = self.connections_per_addr.get(addr, 0)
+        if limit and count >= limit:
+            return False
+        self.connections_per_addr[addr] = count + 1
+        return True
+
+    def release(self, addr: str) -> None:
+        count = self.connections_per_addr.pop(addr, 1) - 1
+        if count > 0:
+            self.connections_per_addr[addr] = count
+
+    def add(self, session: Peer, *, counted: bool = False) -> int:
+        """Register a new connection; the number of connections from its address now.
+
+        ``counted``: :meth:`admit` counted it already, at accept.
+        """
         self.sessions.add(session)
         self._no_sessions.clear()
+        if counted:
+            return self.connections_per_addr.get(session.addr, 0)
         count = self.connections_per_addr.get(session.addr, 0) + 1
         self.connections_per_addr[session.addr] = count
         return count
 
     def remove(self, session: Peer) -> None:
         if session in self.sessions:
-            count = self.connections_per_addr.pop(session.addr, 1) - 1
-            if count > 0:
-                self.connections_per_addr[session.addr] = count
+            self.release(session.addr)
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()

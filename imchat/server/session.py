@@ -56,6 +56,7 @@ class Session(asyncio.BufferedProtocol):
         "_reading_paused",
         "_writing_paused",
         "addr",
+        "admitted",
         "bucket",
         "closing",
         "credential",
@@ -68,8 +69,10 @@ class Session(asyncio.BufferedProtocol):
         "user",
     )
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, *, admitted: bool = False) -> None:
         self.hub = hub
+        #: Counted against the per-address limit when accepted (see :mod:`.listener`).
+        self.admitted = admitted
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
