@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     # Not in the contract's list: the contract names the idle timeout as fatal without naming
     # a code, and a client deserves to be told why it was closed.
     IDLE_TIMEOUT = "idle_timeout"
+    #: A quota (rooms per user, queued DMs) is used up (*rev 2*).
+    LIMIT_REACHED = "limit_reached"
 
 
 #: Codes after which the server closes the connection.

@@ -23,6 +23,9 @@ PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 64
 MAX_CID_LENGTH = 64
 DEFAULT_MAX_TEXT = 4000
+DEFAULT_MAX_TOPIC = 500
+#: Rooms per ``rooms`` reply: the default and the most (*rev 2*).
+MAX_ROOMS_LIMIT = 500
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
 _INT64 = 2**63
@@ -33,6 +36,7 @@ class Limits:
     """The server-announced bounds that validation depends on."""
 
     max_text: int = DEFAULT_MAX_TEXT
+    max_topic: int = DEFAULT_MAX_TOPIC
 
 
 class Request(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
@@ -104,11 +108,28 @@ class Topic(Request, tag="topic"):
 
     def validate(self, limits: Limits) -> None:
         self.room = normalize_room(self.room)
-        check_text(self.text, limits.max_text, allow_empty=True)
+        # May be empty (clears the topic); at most max_topic, so no room list can outgrow
+        # what clients accept.
+        check_text(self.text, min(limits.max_text, limits.max_topic), allow_empty=True)
 
 
 class Rooms(Request, tag="rooms"):
-    pass
+    """One page of the room list: the rooms named after ``after``, at most ``limit``."""
+
+    after: str | None = None
+    limit: int | None = None
+
+    def validate(self, limits: Limits) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be at least 1")
+        if self.after is not None:
+            if len(self.after) > 65:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "after must be a room name")
+            self.after = self.after.removeprefix("#").lower()
+
+    @property
+    def effective_limit(self) -> int:
+        return MAX_ROOMS_LIMIT if self.limit is None else min(self.limit, MAX_ROOMS_LIMIT)
 
 
 class Users(Request, tag="users"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import platformdirs
 
 from imchat.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_TEXT
+from imchat.protocol.messages import DEFAULT_MAX_TOPIC
 
 DEFAULT_PORT = 7667
 
@@ -27,6 +28,10 @@ class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     max_frame: int = DEFAULT_MAX_FRAME
     max_text: int = DEFAULT_MAX_TEXT
+    #: Longest room topic, in characters (announced in ``welcome``).
+    max_topic: int = DEFAULT_MAX_TOPIC
+    #: Rooms a user may be a member of at once; a join beyond is ``limit_reached``.
+    max_rooms: int = 256
     #: Seconds without a frame from the client before its session is closed.
     idle_timeout: float = 90.0
     #: Bytes a session may owe its client before it is cut off as ``slow_consumer``.

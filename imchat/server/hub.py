@@ -49,7 +49,7 @@ class Hub:
             registry=registry,
             authn=self.authn,
             dms=DmDelivery(store, fanout, registry),
-            limits=Limits(max_text=config.max_text),
+            limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))

@@ -57,7 +57,8 @@ APPENDERS: dict[type[Request], Starter] = {
     Announce: start_announce,
 }
 
-#: Requests that spend the session's message rate limit.
-RATE_LIMITED_TYPES: tuple[type[Request], ...] = (Say, Dm, Announce, Topic)
+#: Requests that spend the session's message rate limit (joins too, *rev 2*: each may create
+#: a permanent room).
+RATE_LIMITED_TYPES: tuple[type[Request], ...] = (Say, Dm, Announce, Topic, Join)
 
 __all__ = ["APPENDERS", "HANDLERS", "RATE_LIMITED_TYPES", "Handler", "Starter", "leave"]
