@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from imchat.protocol import ErrorCode, Hello, ProtocolError
 
-from .auth import hash_token, verify_password
+from .auth import dummy_hash, hash_token, verify_password
 from .config import ServerConfig
 from .peer import Credential, Peer
 from .ratelimit import FailureLimiter
@@ -28,6 +28,9 @@ class Authenticator:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.store = store
         self.limiter = FailureLimiter(config.auth_failures, config.auth_window)
+        #: Every password check from an address, right or wrong: a scrypt run costs the same
+        #: either way, so correct passwords in a loop must not crowd out everyone's logins.
+        self.checks = FailureLimiter(config.auth_logins, config.auth_window)
         self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
 
     async def authenticate(
@@ -41,9 +44,9 @@ class Authenticator:
         """
         if req.token is None and req.password is None:
             raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
-        limiter, addr = self.limiter, session.addr
+        limiter, checks, addr = self.limiter, self.checks, session.addr
         blocked = ProtocolError(
-            ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+            ErrorCode.RATE_LIMITED, "too many logins from your address; try later"
         )
         if limiter.blocked(addr):
             raise blocked
@@ -52,12 +55,20 @@ class Authenticator:
         if account is not None and req.token is not None:
             credential = ("token", hash_token(req.token))
             ok = await self.store.token_owner(credential[1]) == key
-        elif account is not None and req.password is not None and account.password_hash:
-            credential = ("password", account.password_hash)
+        elif req.password is not None:
+            # An account without a password (token-only) is checked against a dummy hash:
+            # a wrong password costs the same ~100 ms whether the account has one or not.
+            encoded = account.password_hash if account is not None else None
             async with self._password_checks:
-                if limiter.blocked(addr):
+                if limiter.blocked(addr) or checks.blocked(addr):
                     raise blocked
-                ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
+                checks.record(addr)
+                matched = await asyncio.to_thread(
+                    verify_password, req.password, encoded or dummy_hash()
+                )
+            if encoded:
+                credential = ("password", encoded)
+                ok = matched
         if ok and credential is not None:
             return credential
         limiter.record(addr)

@@ -52,6 +52,9 @@ class ServerConfig:
     #: that address are answered ``rate_limited`` unchecked. 0: no limit.
     auth_failures: int = 5
     auth_window: float = 60.0
+    #: Password checks per address within ``auth_window``, correct ones included, before
+    #: further logins from that address are answered ``rate_limited``. 0: no limit.
+    auth_logins: int = 30
     #: Seconds between checks that logged-in sessions' tokens and passwords are still valid.
     auth_recheck: float = 10.0
     #: PEM certificate chain and private key: serve TLS instead of plain TCP.
