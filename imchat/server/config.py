@@ -36,6 +36,9 @@ class ServerConfig:
     idle_timeout: float = 90.0
     #: Bytes a session may owe its client before it is cut off as ``slow_consumer``.
     max_buffer: int = 1024 * 1024
+    #: Unsent output all sessions together may hold; over it the largest owers are cut with
+    #: ``slow_consumer``. 0: no bound.
+    max_output_total: int = 256 * 1024 * 1024
     #: Sustained say/dm/announce/topic requests per second per session; 0 disables.
     rate: float = 20.0
     #: How many such requests a session may send at once before ``rate`` applies.

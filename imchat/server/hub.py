@@ -40,7 +40,7 @@ class Hub:
         self.store = store
         self.fanout = fanout
         self.loop = asyncio.get_running_loop()
-        self.registry = registry = Registry(self.loop)
+        self.registry = registry = Registry(self.loop, config.max_output_total)
         self.authn = Authenticator(config, store)
         self.ctx = Context(
             config=config,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Protocol
+
+from imchat.protocol import ErrorCode, ProtocolError
 
 from .peer import Peer
 
@@ -21,9 +24,31 @@ FLUSH_REST_AFTER = 0.002
 FLUSH_REST_MAX = 0.005
 
 
+class Owing(Protocol):
+    """A connection that can say how many bytes it owes its client (written or queued)."""
+
+    @property
+    def owed(self) -> int: ...
+
+    def fail(self, error: ProtocolError) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Registry:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_output_total: int = 0) -> None:
         self.loop = loop
+        #: Unsent output all connections together may hold before the largest owers are cut.
+        self.max_output_total = max_output_total
+        #: Connections that report what they owe (see :meth:`track_output`).
+        self._owers: set[Owing] = set()
+        #: Bytes handed to transports since the last exact count: what is owed now is at most
+        #: the last count plus this, so the exact (O(connections)) count is needed only when
+        #: this estimate passes the bound, and once per sweep.
+        self._output_estimate = 0
+        self._count_scheduled = False
+        #: Connections cut to keep within ``max_output_total`` (for logs and benchmarks).
+        self.output_cuts = 0
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.connections_per_addr: dict[str, int] = {}
@@ -67,6 +92,58 @@ class Registry:
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()
+
+    # -- the bound on unsent output ----------------------------------------------------------
+
+    def track_output(self, session: Owing) -> None:
+        self._owers.add(session)
+
+    def untrack_output(self, session: Owing) -> None:
+        self._owers.discard(session)
+
+    def wrote(self, nbytes: int) -> None:
+        """``nbytes`` were handed to a transport: count them until the next exact count."""
+        self._output_estimate += nbytes
+        if (
+            self.max_output_total
+            and self._output_estimate > self.max_output_total
+            and not self._count_scheduled
+        ):
+            self._count_scheduled = True
+            self.loop.call_soon(self.enforce_output_bound)
+
+    def enforce_output_bound(self) -> int:
+        """Count what every connection owes; cut the largest owers while over the bound.
+
+        Returns the bytes owed afterwards. A cut connection is aborted at once: its backlog
+        (unread by definition) is dropped with it instead of lingering for a close grace.
+        """
+        self._count_scheduled = False
+        owed = [(session.owed, session) for session in self._owers]
+        total = sum(amount for amount, _ in owed)
+        limit = self.max_output_total
+        if limit and total > limit:
+            owed.sort(key=lambda pair: pair[0], reverse=True)
+            error = ProtocolError(
+                ErrorCode.SLOW_CONSUMER, "the server holds too much unsent output; read faster"
+            )
+            cut = 0
+            for amount, session in owed:
+                if total <= limit or amount == 0:
+                    break
+                session.fail(error)
+                session.abort()
+                self._owers.discard(session)
+                total -= amount
+                cut += 1
+            self.output_cuts += cut
+            log.warning(
+                "unsent output over --max-output-total (%d bytes): cut the %d largest owers",
+                limit,
+                cut,
+            )
+        self._output_estimate = total
+        return total
 
     async def all_closed(self) -> None:
         await self._no_sessions.wait()

@@ -103,6 +103,7 @@ class Session(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
+        self.hub.registry.track_output(self)
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -149,6 +150,7 @@ class Session(asyncio.BufferedProtocol):
             self.hub.spawn(self._process())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.registry.untrack_output(self)
         self.closing = True
         self._out.clear()
         self._inbox.clear()
@@ -231,8 +233,17 @@ class Session(asyncio.BufferedProtocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.hub.registry.wrote(self._out_size)
         self._out = []
         self._out_size = 0
+
+    @property
+    def owed(self) -> int:
+        """Bytes this session holds for its client: queued, and written but unsent."""
+        transport = self.transport
+        # A closing session's backlog counts too: it stays until the close grace aborts it.
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        return buffered + self._out_size
 
     def fail(self, error: ProtocolError) -> None:
         """Send a fatal error as the last frame and close."""
