@@ -10,6 +10,7 @@ from pathlib import Path
 from imchat.protocol import ErrorCode, ProtocolError
 
 from . import logthrottle
+from .addrlimits import AddressLimits, LocalAddressLimits, RedisAddressLimits
 from .config import ServerConfig
 from .datadir import (
     ensure_admin,
@@ -77,7 +78,7 @@ class ChatServer:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self._open_store(data_dir)
-        self.hub = hub = Hub(self.config, self.store, self.fanout)
+        self.hub = hub = Hub(self.config, self.store, self.fanout, self._address_limits())
         try:
             await self.fanout.open(hub.registry)
         except BaseException:
@@ -104,6 +105,23 @@ class ChatServer:
         self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
+
+    def _address_limits(self) -> AddressLimits:
+        """Per-address budgets: in Redis when the store is, so every node shares them."""
+        config = self.config
+        redis = getattr(self.store, "redis", None)
+        if config.redis_url is not None and redis is not None:
+            return RedisAddressLimits(
+                redis,
+                config.redis_prefix,
+                config.addr_rate,
+                config.addr_burst,
+                config.auth_failures,
+                config.auth_window,
+            )
+        return LocalAddressLimits(
+            config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
+        )
 
     async def _open_store(self, data_dir: Path) -> None:
         """Open the store, refuse an empty one where data was before, ensure the admin.

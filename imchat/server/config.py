@@ -43,6 +43,10 @@ class ServerConfig:
     rate: float = 20.0
     #: How many such requests a session may send at once before ``rate`` applies.
     burst: int = 40
+    #: The same budget per client address (IPv4, or IPv6 /64) across all its sessions, and
+    #: across all nodes of a cluster on the Redis backend; 0 disables.
+    addr_rate: float = 40.0
+    addr_burst: int = 80
     motd: str | None = None
     log_level: str = "info"
     #: Refuse guests: every nick needs an account (``auth_failed``).

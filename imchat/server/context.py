@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, encode_message
 from imchat.protocol.events import Ok, Pong, Welcome
 
+from .addrlimits import AddressLimits
 from .authn import Authenticator
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
@@ -35,6 +36,8 @@ class Context:
     authn: Authenticator
     dms: DmDelivery
     limits: Limits
+    #: Budgets of each client address across its sessions (and a cluster's nodes).
+    addr_limits: AddressLimits
 
     @staticmethod
     def reply(session: Peer, request: Request, reply: Ok | Welcome | Pong) -> None:

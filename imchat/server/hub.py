@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, parse_request
 
+from .addrlimits import AddressLimits, LocalAddressLimits
 from .appends import Run, finish_run, internal_error
 from .authn import Authenticator
 from .config import ServerConfig
@@ -35,13 +36,23 @@ READ_SIZE = 65536
 
 
 class Hub:
-    def __init__(self, config: ServerConfig, store: Store, fanout: Fanout) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        fanout: Fanout,
+        addr_limits: AddressLimits | None = None,
+    ) -> None:
         self.config = config
+        if addr_limits is None:
+            addr_limits = LocalAddressLimits(
+                config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
+            )
         self.store = store
         self.fanout = fanout
         self.loop = asyncio.get_running_loop()
         self.registry = registry = Registry(self.loop, config.max_output_total)
-        self.authn = Authenticator(config, store)
+        self.authn = Authenticator(config, store, addr_limits)
         self.ctx = Context(
             config=config,
             store=store,
@@ -50,6 +61,7 @@ class Hub:
             authn=self.authn,
             dms=DmDelivery(store, fanout, registry),
             limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
+            addr_limits=addr_limits,
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
@@ -127,8 +139,13 @@ class Hub:
                 request = parse_request(item, ctx.limits)
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
-                if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
-                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                if isinstance(request, RATE_LIMITED_TYPES):
+                    if not session.bucket.take():
+                        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                    if not await ctx.addr_limits.take(session.addr):
+                        raise ProtocolError(
+                            ErrorCode.RATE_LIMITED, "too many messages from your address"
+                        )
                 starter = APPENDERS.get(type(request))
                 if starter is not None:
                     run.append(starter(ctx, session, request))

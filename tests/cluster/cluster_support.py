@@ -144,6 +144,8 @@ class Cluster:
                 str(node_timeout),
                 "--rate",
                 "0",
+                "--addr-rate",
+                "0",
                 *extra,
             ),
             stdin=subprocess.DEVNULL,
