@@ -45,7 +45,13 @@ def test_one_error_per_site_and_interval_then_a_count() -> None:
 def test_ordinary_records_are_never_throttled() -> None:
     throttle = ErrorThrottle(60.0, Clock())
     assert all(throttle.filter(record(1, logging.INFO, exc=False)) for _ in range(100))
-    assert all(throttle.filter(record(1, logging.WARNING, exc=False)) for _ in range(100))
+    assert all(throttle.filter(record(1, logging.DEBUG, exc=False)) for _ in range(100))
+
+
+def test_warnings_are_throttled_like_errors() -> None:
+    throttle = ErrorThrottle(60.0, Clock())
+    assert throttle.filter(record(1, logging.WARNING, exc=False))
+    assert not throttle.filter(record(1, logging.WARNING, exc=False))
 
 
 def test_a_record_is_judged_once_whatever_filters_it() -> None:
@@ -78,6 +84,9 @@ async def test_full_disk_answers_internal_and_logs_compactly(
         if "id" in frame:
             codes.append(frame.get("code", frame["type"]))
     assert set(codes) == {"internal"}
+    # A new guest is still let in: nothing it needs has to be written.
+    newcomer = await connect.raw()
+    assert (await newcomer.hello("newcomer"))["type"] == "welcome"
     # Two sites fail per refused message (the writer's batch and the hub's request): each
     # logs its traceback once per interval, not 300 times.
     assert len(errors(caplog)) <= 4, [r.getMessage() for r in errors(caplog)]

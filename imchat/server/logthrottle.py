@@ -22,8 +22,8 @@ Site = tuple[str, str, int]
 
 
 class ErrorThrottle(logging.Filter):
-    """Passes errors (level ERROR and up, or any record with a traceback) at most once per
-    site and interval; everything else passes untouched.
+    """Passes warnings and errors (and any record with a traceback) at most once per site and
+    interval; everything else passes untouched.
 
     One instance serves many loggers (see :func:`install`); a record is judged once.
     """
@@ -45,7 +45,7 @@ class ErrorThrottle(logging.Filter):
         return bool(verdict)
 
     def _judge(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR and record.exc_info is None:
+        if record.levelno < logging.WARNING and record.exc_info is None:
             return True
         site = (record.name, record.pathname, record.lineno)
         now = self.clock()

@@ -28,7 +28,12 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     elif ctx.config.require_account:
         raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
     if record is None:
-        await ctx.store.remember_user(req.nick)
+        try:
+            await ctx.store.remember_user(req.nick)
+        except Exception as exc:
+            # A full disk must not lock guests out: the guest is only not remembered (DMs to
+            # it while it is offline are refused like the messages the full store refuses).
+            log.warning("could not remember guest %s: %s", req.nick, exc)
     admin = account is not None and account.admin
     first = await ctx.fanout.connect(session, req.nick, admin=admin, exclusive=account is None)
     user = session.user
