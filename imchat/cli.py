@@ -204,6 +204,19 @@ def server(
             help="Seconds during which repeats of one error are counted, not logged.",
         ),
     ] = 60.0,
+    retain_days: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_RETAIN_DAYS", help="Delete messages older than this (0: keep all)."
+        ),
+    ] = 0.0,
+    retain_messages: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_RETAIN_MESSAGES",
+            help="Keep at most this many newest messages per room/DM stream (0: all).",
+        ),
+    ] = 0,
     fresh_store: Annotated[
         bool,
         typer.Option(
@@ -257,6 +270,8 @@ def server(
         socket_send_buffer=socket_send_buffer,
         listen_backlog=listen_backlog,
         error_log_interval=error_log_interval,
+        retain_days=retain_days,
+        retain_messages=retain_messages,
     )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)

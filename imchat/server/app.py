@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 from imchat.protocol import ErrorCode, ProtocolError
@@ -41,6 +42,8 @@ def _redis_backend(config: ServerConfig) -> tuple[Store, Fanout]:
 
 
 DB_FILE = "imchat.db"
+#: Seconds between retention passes (the first runs at start).
+PRUNE_INTERVAL = 300.0
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
 
@@ -65,6 +68,7 @@ class ChatServer:
         self.port = config.port
         self._listener: Listener | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -103,6 +107,8 @@ class ChatServer:
             await self.store.close()
             raise
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if self.config.retain_days > 0 or self.config.retain_messages > 0:
+            self._pruner = asyncio.create_task(self._prune_periodically())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
 
@@ -154,6 +160,28 @@ class ChatServer:
                 raise
             raise StoreUnavailable(f"cannot use {what}: {_one_line(exc)}") from None
 
+    async def prune(self, now: float | None = None) -> int:
+        """Apply ``retain_days`` and ``retain_messages`` once; the number of messages deleted.
+
+        History then starts at the oldest message kept; no seq is ever handed out again.
+        """
+        days, keep = self.config.retain_days, self.config.retain_messages
+        if days <= 0 and keep <= 0:
+            return 0
+        before = (time.time() if now is None else now) - days * 86400 if days > 0 else None
+        deleted = await self.store.prune(before_ts=before, keep=keep or None)
+        if deleted:
+            log.info("retention: deleted %d messages", deleted)
+        return deleted
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("retention: pruning failed")
+            await asyncio.sleep(PRUNE_INTERVAL)
+
     async def _sweep_idle(self) -> None:
         """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``,
         and re-check logged-in sessions' credentials every ``auth_recheck`` seconds.
@@ -202,8 +230,9 @@ class ChatServer:
         self._stopped.set()
         hub = self.hub
         self._listener.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._pruner):
+            if task is not None:
+                task.cancel()
         sessions = list(hub.sessions)
         for session in sessions:
             session.pause_reading()

@@ -80,6 +80,10 @@ class ServerConfig:
     #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux
     #: doubles it) per client that stops reading; 0 leaves the kernel's autotuning.
     socket_send_buffer: int = 256 * 1024
+    #: Retention: delete messages older than this many days (0: keep them all).
+    retain_days: float = 0.0
+    #: Retention: keep at most this many newest messages per stream (0: all).
+    retain_messages: int = 0
     #: Start even though the data dir shows an earlier store and the store is empty (a lost
     #: database is then replaced by a new, empty one).
     fresh_store: bool = False

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_cid ON messages (sender, cid) WHERE cid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS seq_floor (
+    stream TEXT PRIMARY KEY,         -- a stream some of whose messages were pruned
+    seq INTEGER NOT NULL             -- its last seq when they were: never handed out again
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_dms (
     recipient TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -159,7 +163,8 @@ class _Writer(threading.Thread):
             row = conn.execute(
                 "SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)
             ).fetchone()
-            last = row[0] or 0
+            floor = conn.execute("SELECT seq FROM seq_floor WHERE stream = ?", (stream,)).fetchone()
+            last = max(row[0] or 0, floor[0] if floor else 0)
         return last + 1
 
 
@@ -221,7 +226,9 @@ class SQLiteStore:
     def _load_rooms(self, conn: sqlite3.Connection) -> None:
         last = dict(
             conn.execute(
-                "SELECT stream, MAX(seq) FROM messages WHERE stream LIKE 'r:%' GROUP BY stream"
+                "SELECT stream, MAX(seq) FROM (SELECT stream, seq FROM messages"
+                " UNION ALL SELECT stream, seq FROM seq_floor)"
+                " WHERE stream LIKE 'r:%' GROUP BY stream"
             ).fetchall()
         )
         for name, topic in conn.execute("SELECT name, topic FROM rooms"):
@@ -400,6 +407,37 @@ class SQLiteStore:
             if info is not None and stored.seq > info.last_seq:
                 info.last_seq = stored.seq
         return stored
+
+    async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
+        """Delete messages older than ``before_ts`` and all but the last ``keep`` of each
+        stream; the number deleted. Each stream's last seq is kept in ``seq_floor`` first, so
+        a stream pruned empty still continues from it."""
+
+        def op(c: sqlite3.Connection) -> int:
+            c.execute(
+                "INSERT INTO seq_floor (stream, seq) SELECT stream, MAX(seq) FROM messages"
+                " WHERE true GROUP BY stream"
+                " ON CONFLICT (stream) DO UPDATE SET seq = max(seq, excluded.seq)"
+            )
+            deleted = 0
+            if before_ts is not None:
+                deleted += c.execute("DELETE FROM messages WHERE ts < ?", (before_ts,)).rowcount
+            if keep:
+                deleted += c.execute(
+                    "DELETE FROM messages WHERE (stream, seq) IN (SELECT stream, seq FROM"
+                    " (SELECT stream, seq, ROW_NUMBER() OVER"
+                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)",
+                    (keep,),
+                ).rowcount
+            if deleted:
+                c.execute(
+                    "DELETE FROM pending_dms WHERE NOT EXISTS (SELECT 1 FROM messages m"
+                    " WHERE m.stream = pending_dms.stream AND m.seq = pending_dms.seq)"
+                )
+            return deleted
+
+        deleted: int = await self._submit(op)
+        return deleted
 
     async def history(
         self, stream_id: StreamId, *, after: int | None, before: int | None, limit: int

@@ -145,6 +145,11 @@ class Store(Protocol):
     ) -> list[bytes]:
         """Stored event payloads, oldest first (see the contract's History section)."""
 
+    async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
+        """Retention: delete messages older than ``before_ts`` and all but the newest ``keep``
+        of each stream (None: no such rule); the number deleted. A seq is never reused."""
+        ...
+
     async def take_pending(self, recipient_key: str) -> list[bytes]:
         """Undelivered DMs for a user, oldest first; each is handed out once."""
 
