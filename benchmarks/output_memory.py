@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storm import Frames, frame, raise_nofile, wait_listening  # noqa: E402
+from storm import Frames, frame, raise_nofile, wait_listening
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024

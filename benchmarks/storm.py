@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imchat.client.session import Backoff  # noqa: E402
+from imchat.client.session import Backoff
 
 HEADER = struct.Struct(">I")
 HOST = "127.0.0.1"
@@ -175,7 +175,7 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

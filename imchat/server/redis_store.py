@@ -518,7 +518,7 @@ class RedisStore:
         """Trim each stream's sorted set. Seqs come from the ``seq`` hash, which pruning never
         touches, so a stream pruned empty continues where it was."""
         deleted = 0
-        streams = [s.decode() for s in await self.redis.hkeys(self.keys.seq)]
+        streams = [s.decode() for s in cast(list[bytes], await self.redis.hkeys(self.keys.seq))]
         for stream in streams:
             key = self.keys.messages(stream)
             if keep:
