@@ -58,21 +58,25 @@ def raise_nofile() -> int:
 
 
 class Frames:
-    """Reads whole frames from a stream."""
+    """Reads whole frames from a stream; only the awaited reply is decoded (the generator must
+    not be the bottleneck: the presence events of thousands of arrivals are skipped unread)."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
 
-    async def next(self) -> dict[str, Any]:
+    async def next_bytes(self) -> bytes:
         header = await self.reader.readexactly(4)
         (length,) = HEADER.unpack(header)
-        return dict(json.loads(await self.reader.readexactly(length)))
+        return await self.reader.readexactly(length)
 
     async def reply(self, rid: str) -> dict[str, Any]:
+        marker = f'"id":"{rid}"'.encode()
         while True:
-            message = await self.next()
-            if message.get("id") == rid:
-                return message
+            body = await self.next_bytes()
+            if marker in body:
+                message = dict(json.loads(body))
+                if message.get("id") == rid:
+                    return message
 
 
 class StormClient:
@@ -111,9 +115,9 @@ class StormClient:
         """Read until the server closes (after ``shutting_down``)."""
         assert self.frames is not None
         try:
-            while True:
-                await self.frames.next()
-        except (asyncio.IncompleteReadError, ConnectionError):
+            while await self.frames.reader.read(1 << 16):
+                pass
+        except ConnectionError:
             pass
         if self.writer is not None:
             self.writer.close()
