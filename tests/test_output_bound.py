@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from conftest import TIMEOUT, Clients, RawClient
 
+from imchat.protocol import encode_message
+
 MIB = 1024 * 1024
 
 
@@ -64,3 +66,37 @@ async def test_unread_replies_are_bounded_in_total(server: Any, connect: Clients
     assert (await reader.request({"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
     for guest in guests:
         guest.writer.transport.abort()
+
+
+@pytest.mark.server_config(rate=0, max_output_total=0, socket_send_buffer=16384)
+async def test_pipelined_large_replies_wait_for_the_client_to_read(
+    server: Any, connect: Clients
+) -> None:
+    """Replies count against max_buffer: 64 pipelined requests for a ~1.2 MB reply do not make
+    the server hold 64 replies for one connection that does not read."""
+    writer = await connect.raw()
+    await writer.hello("writer")
+    await writer.request({"type": "join", "room": "big", "id": "j"})
+    for i in range(100):
+        writer.send({"type": "say", "room": "big", "text": chr(0x4E00 + i) * 4000})
+    await writer.request({"type": "ping", "id": "p"})
+    guest = await non_reader(server.port)
+    guest.send({"type": "hello", "proto": 1, "nick": "piper"})
+    guest.send_bytes(
+        b"".join(
+            encode_message({"type": "history", "room": "big", "limit": 100, "id": i})
+            for i in range(64)
+        )
+    )
+    hub = server.hub
+
+    def piper() -> Any:
+        return next((s for s in hub.sessions if s.nick == "piper"), None)
+
+    await until(lambda: (s := piper()) is not None and s._writing_paused and s.owed > MIB)
+    session = piper()
+    assert session is not None
+    reply = 1_250_000
+    assert session.owed < server.config.max_buffer + 2 * reply
+    assert session._inbox  # the rest waits, unanswered, until the client reads
+    guest.writer.transport.abort()

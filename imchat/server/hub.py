@@ -120,18 +120,29 @@ class Hub:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def handle_batch(self, session: Peer, items: list[bytes | ProtocolError]) -> None:
-        """Handle a session's requests in order.
+    async def handle_batch(
+        self, session: Peer, items: list[bytes | ProtocolError]
+    ) -> list[bytes | ProtocolError]:
+        """Handle a session's requests in order; the ones left for later (returned).
+
+        Replies count like events: once the session owes its client more than ``max_buffer``
+        (replies queued by this batch included), the rest of the batch waits until the client
+        has read, so 64 pipelined requests for the largest reply cannot make the server hold
+        64 such replies for one connection.
 
         A run of ``say``/``dm``/``announce`` is started together, so its messages share one
         commit, and finished in request order: each reply, then the events it caused. Any
         other request first waits for the run before it, so replies never overtake.
         """
         ctx, fanout = self.ctx, self.fanout
+        max_buffer = self.config.max_buffer
         run: Run = []
-        for item in items:
+        for index, item in enumerate(items):
             if session.closing:
                 break
+            if index and getattr(session, "owed", 0) > max_buffer:
+                await finish_run(session, run, fanout)
+                return items[index:]
             request: Request | None = None
             try:
                 if isinstance(item, ProtocolError):
@@ -169,3 +180,4 @@ class Hub:
                 session.send_error(internal_error(request))
                 fanout.release(session)
         await finish_run(session, run, fanout)
+        return []

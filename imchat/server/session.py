@@ -180,10 +180,17 @@ class Session(asyncio.BufferedProtocol):
                 else:
                     batch = inbox[:]
                     inbox.clear()
-                size = sum(len(item) + HEADER_SIZE for item in batch if isinstance(item, bytes))
                 self._maybe_resume_reading()  # the next batch is read while this one is handled
-                await self.hub.handle_batch(self, batch)
-                self._inbox_bytes -= size
+                rest = await self.hub.handle_batch(self, batch)
+                done = batch[: len(batch) - len(rest)]
+                self._inbox_bytes -= sum(
+                    len(item) + HEADER_SIZE for item in done if isinstance(item, bytes)
+                )
+                if rest:
+                    # It owes more than max_buffer: send it now; the rest waits for the client
+                    # to read (writing pauses above the high-water mark).
+                    inbox[:0] = rest
+                    self.flush()
                 if self.user is None and self._out_size >= FLUSH_AT:
                     self.flush()  # may pause writing: the rest waits for the client to read
                 self._maybe_resume_reading()
