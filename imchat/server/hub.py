@@ -140,7 +140,7 @@ class Hub:
         for index, item in enumerate(items):
             if session.closing:
                 break
-            if index and getattr(session, "owed", 0) > max_buffer:
+            if index and (getattr(session, "owed", 0) > max_buffer or self.registry.saturated()):
                 await finish_run(session, run, fanout)
                 return items[index:]
             request: Request | None = None

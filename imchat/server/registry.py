@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 #: FLUSH_REST_MAX: enough to batch a burst, short enough not to show in latency.
 FLUSH_REST_AFTER = 0.002
 FLUSH_REST_MAX = 0.005
+#: Memory a byte of unsent output costs, counted conservatively: transport buffers
+#: over-allocate, a large reply is copied while it is encoded and written, and the allocator
+#: keeps freed blocks a while. Counting each byte once, 60 guests holding unread 7.7 MiB
+#: replies grew the RSS by 293 MiB for a 256 MiB bound (benchmarks/output_memory.py), too
+#: close to the bound's 64 MiB slack on a loaded machine; counted twice, by 158 MiB.
+MEMORY_PER_BYTE_OWED = 2
+#: Seconds between exact counts of the output owed while the bound is reached.
+COUNT_INTERVAL = 0.05
 
 
 class Owing(Protocol):
@@ -33,6 +41,9 @@ class Owing(Protocol):
     def fail(self, error: ProtocolError) -> None: ...
 
     def abort(self) -> None: ...
+
+    def wake(self) -> None:
+        """Handle the requests held back while the server was over its output bound."""
 
 
 class Registry:
@@ -46,9 +57,15 @@ class Registry:
         #: the last count plus this, so the exact (O(connections)) count is needed only when
         #: this estimate passes the bound, and once per sweep.
         self._output_estimate = 0
-        self._count_scheduled = False
+        self._enforcing = False
         #: Connections cut to keep within ``max_output_total`` (for logs and benchmarks).
         self.output_cuts = 0
+        #: Memory of cut connections not yet released (an aborted transport lets go of its
+        #: buffer only when it is closed, a loop turn or more later).
+        self._releasing: dict[Owing, int] = {}
+        #: Connections with requests held back until the output fits the bound again.
+        self._waiting: set[Owing] = set()
+        self._last_count = 0.0
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.connections_per_addr: dict[str, int] = {}
@@ -100,26 +117,63 @@ class Registry:
 
     def untrack_output(self, session: Owing) -> None:
         self._owers.discard(session)
+        self._waiting.discard(session)
+        if self._releasing.pop(session, None) is not None and not self._releasing:
+            self._wake_waiting()
+
+    def saturated(self) -> bool:
+        """True while the output held (and being released) is at the bound: requests that
+        would add to it wait (see :meth:`wait_for_room`). Counted afresh at most every 50 ms."""
+        limit = self.max_output_total
+        if not limit:
+            return False
+        held = self._output_estimate + sum(self._releasing.values())
+        if held <= limit:
+            return False
+        now = self.loop.time()
+        if now - self._last_count >= COUNT_INTERVAL:
+            self._last_count = now
+            self.enforce_output_bound()
+            held = self._output_estimate + sum(self._releasing.values())
+        return held > limit
+
+    def wait_for_room(self, session: Owing) -> None:
+        """Hold ``session``'s requests until the output fits the bound; then :meth:`Owing.wake`."""
+        self._waiting.add(session)
+
+    def _wake_waiting(self) -> None:
+        if self._waiting and not self.saturated():
+            waiting, self._waiting = self._waiting, set()
+            for session in waiting:
+                session.wake()
 
     def wrote(self, nbytes: int) -> None:
         """``nbytes`` were handed to a transport: count them until the next exact count."""
-        self._output_estimate += nbytes
+        self._output_estimate += nbytes * MEMORY_PER_BYTE_OWED
         if (
             self.max_output_total
             and self._output_estimate > self.max_output_total
-            and not self._count_scheduled
+            and not self._enforcing
         ):
-            self._count_scheduled = True
-            self.loop.call_soon(self.enforce_output_bound)
+            # At once, not at the next loop turn: sixty sessions' requests can all be answered
+            # within one turn (sixty 7.7 MiB replies before a deferred count ran).
+            self.enforce_output_bound()
 
     def enforce_output_bound(self) -> int:
         """Count what every connection owes; cut the largest owers while over the bound.
 
-        Returns the bytes owed afterwards. A cut connection is aborted at once: its backlog
-        (unread by definition) is dropped with it instead of lingering for a close grace.
+        Returns the memory the output takes afterwards (bytes owed x MEMORY_PER_BYTE_OWED). A
+        cut connection is aborted at once: its backlog (unread by definition) is dropped with it
+        instead of lingering for a close grace.
         """
-        self._count_scheduled = False
-        owed = [(session.owed, session) for session in self._owers]
+        self._enforcing = True
+        try:
+            return self._enforce()
+        finally:
+            self._enforcing = False
+
+    def _enforce(self) -> int:
+        owed = [(session.owed * MEMORY_PER_BYTE_OWED, session) for session in self._owers]
         total = sum(amount for amount, _ in owed)
         limit = self.max_output_total
         if limit and total > limit:
@@ -134,6 +188,7 @@ class Registry:
                 session.fail(error)
                 session.abort()
                 self._owers.discard(session)
+                self._releasing[session] = amount
                 total -= amount
                 cut += 1
             self.output_cuts += cut
@@ -143,6 +198,7 @@ class Registry:
                 cut,
             )
         self._output_estimate = total
+        self._wake_waiting()
         return total
 
     async def all_closed(self) -> None:

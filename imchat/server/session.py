@@ -140,6 +140,11 @@ class Session(asyncio.BufferedProtocol):
             self.close()
         return True
 
+    def wake(self) -> None:
+        if self._inbox and not self._busy and not self.closing:
+            self._busy = True
+            self.hub.spawn(self._process())
+
     def pause_writing(self) -> None:
         self._writing_paused = True
 
@@ -173,6 +178,10 @@ class Session(asyncio.BufferedProtocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing and not self._writing_paused:
+                if self.hub.registry.saturated():
+                    # The server holds all the output it may: this waits until there is room.
+                    self.hub.registry.wait_for_room(self)
+                    break
                 if self.user is None:
                     # Before hello nothing is batched (no messages yet): one request at a time,
                     # so the replies owed can be flushed, and backpressure applied, between them.
@@ -187,8 +196,9 @@ class Session(asyncio.BufferedProtocol):
                     len(item) + HEADER_SIZE for item in done if isinstance(item, bytes)
                 )
                 if rest:
-                    # It owes more than max_buffer: send it now; the rest waits for the client
-                    # to read (writing pauses above the high-water mark).
+                    # It owes more than max_buffer (send it now; the rest waits for the client
+                    # to read: writing pauses above the high-water mark), or the server holds
+                    # all the output it may (the loop's next turn waits for room).
                     inbox[:0] = rest
                     self.flush()
                 if self.user is None and self._out_size >= FLUSH_AT:
@@ -237,12 +247,12 @@ class Session(asyncio.BufferedProtocol):
         self._out_size += len(frame)
 
     def flush(self) -> None:
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            out = self._out
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            self.hub.registry.wrote(self._out_size)
+        out, size = self._out, self._out_size
         self._out = []
         self._out_size = 0
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.hub.registry.wrote(size)  # may cut the largest owers, this one included
 
     @property
     def owed(self) -> int:
