@@ -241,3 +241,14 @@ async def test_unreachable_redis_is_one_line(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = await asyncio.to_thread(run_server, tmp_path / "r", "--redis", url)
     assert_one_line_refusal(result, "Redis")
+
+
+@pytest.mark.skipif(REDIS_BACKEND_URL is None, reason="a cluster shares Redis")
+async def test_a_new_cluster_node_adds_its_admin_token_without_revoking(
+    servers: Servers, data_dir: Path, tmp_path: Path
+) -> None:
+    first = await servers.start()
+    await servers.start(data_dir=tmp_path / "node2")  # a new member: no marker, no token
+    assert admin_token(tmp_path / "node2") != admin_token(data_dir)
+    assert not await login_fails(first.port, admin_token(data_dir))
+    assert not await login_fails(first.port, admin_token(tmp_path / "node2"))

@@ -14,6 +14,7 @@ from . import logthrottle
 from .addrlimits import AddressLimits, LocalAddressLimits, RedisAddressLimits
 from .config import ServerConfig
 from .datadir import (
+    MARKER_FILE,
     ensure_admin,
     make_private,
     refuse_if_lost,
@@ -136,6 +137,7 @@ class ChatServer:
         read-only database, an unreachable Redis), never a traceback.
         """
         fresh = self.config.fresh_store
+        served_before = (data_dir / MARKER_FILE).exists()
         sqlite_path = self.store.path if isinstance(self.store, SQLiteStore) else None
         if sqlite_path is not None and not sqlite_path.exists():
             # Checked before opening, which would create it.
@@ -151,7 +153,7 @@ class ChatServer:
             refuse_if_lost(
                 data_dir, store_empty=await store_is_empty(self.store), fresh=fresh, what=what
             )
-            await ensure_admin(self.store, data_dir)
+            await ensure_admin(self.store, data_dir, rotate=served_before)
             write_marker(data_dir)
             make_private(data_dir)  # the files SQLite just created, too
         except BaseException as exc:

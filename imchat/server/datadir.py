@@ -73,12 +73,14 @@ async def store_is_empty(store: Store) -> bool:
     return record is None or record.account is None
 
 
-async def ensure_admin(store: Store, data_dir: Path) -> None:
-    """Create the admin account if missing; rotate its token if ``admin.token`` is gone.
+async def ensure_admin(store: Store, data_dir: Path, *, rotate: bool) -> None:
+    """Create the admin account if missing; write a new token if ``admin.token`` is gone.
 
-    Rotating revokes every earlier ``admin.token`` token first: deleting the file is how an
-    operator retires a token that leaked. On a cluster the tokens are shared, so a node
-    started without the file revokes the one the other nodes' files hold.
+    ``rotate`` (this data dir served before: its marker is there) revokes every earlier
+    ``admin.token`` token first: deleting the file is how an operator retires a token that
+    leaked. A node starting on a new data dir (a cluster's new member) only adds its token.
+    On a cluster the tokens are shared, so a node that rotates revokes the one the other
+    nodes' files hold.
     """
     token_file = data_dir / ADMIN_TOKEN_FILE
     record = await store.lookup_user(ADMIN_NICK)
@@ -87,7 +89,7 @@ async def ensure_admin(store: Store, data_dir: Path) -> None:
     if record is None or record.account is None:
         await store.create_account(ADMIN_NICK, admin=True)
     revoked = 0
-    for info in await store.list_tokens(ADMIN_NICK):
+    for info in await store.list_tokens(ADMIN_NICK) if rotate else []:
         if info.label == ADMIN_TOKEN_LABEL and await store.revoke_token(info.id):
             revoked += 1
     token = new_token()
