@@ -181,6 +181,8 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
         str(data_dir),
         "--rate",
         "0",
+        "--addr-rate",
+        "0",
     ]
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.

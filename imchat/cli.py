@@ -205,6 +205,82 @@ def server(
             help="Undelivered direct messages that may wait per recipient (0: no limit).",
         ),
     ] = 1000,
+    max_topic: Annotated[
+        int, typer.Option(envvar="IMCHAT_MAX_TOPIC", help="Longest room topic, in characters.")
+    ] = 500,
+    max_rooms: Annotated[
+        int,
+        typer.Option(envvar="IMCHAT_MAX_ROOMS", help="Rooms a user may be in at once (0: any)."),
+    ] = 256,
+    addr_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ADDR_RATE",
+            help="Messages and joins per second per client address, all its sessions (and "
+            "with --redis all nodes) together (0: no limit).",
+        ),
+    ] = 40.0,
+    addr_burst: Annotated[
+        int,
+        typer.Option(envvar="IMCHAT_ADDR_BURST", help="Messages an address may send at once."),
+    ] = 80,
+    auth_logins: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_AUTH_LOGINS",
+            help="Password logins (right or wrong) per address per --auth-window (0: any).",
+        ),
+    ] = 30,
+    max_output_total: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_OUTPUT_TOTAL",
+            help="Bytes of unsent output all clients together may hold before the largest "
+            "owers are cut as slow_consumer (0: no bound).",
+        ),
+    ] = 256 * 1024 * 1024,
+    socket_send_buffer: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_SOCKET_SEND_BUFFER",
+            help="SO_SNDBUF of client sockets, in bytes (0: the kernel's autotuning).",
+        ),
+    ] = 256 * 1024,
+    listen_backlog: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_LISTEN_BACKLOG",
+            help="Accept-queue length (capped by net.core.somaxconn).",
+        ),
+    ] = 4096,
+    error_log_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ERROR_LOG_INTERVAL",
+            help="Seconds during which repeats of one error are counted, not logged.",
+        ),
+    ] = 60.0,
+    retain_days: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_RETAIN_DAYS", help="Delete messages older than this (0: keep all)."
+        ),
+    ] = 0.0,
+    retain_messages: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_RETAIN_MESSAGES",
+            help="Keep at most this many newest messages per room/DM stream (0: all).",
+        ),
+    ] = 0,
+    fresh_store: Annotated[
+        bool,
+        typer.Option(
+            envvar="IMCHAT_FRESH_STORE",
+            help="Start on an empty store even though the data dir shows an earlier one "
+            "(after a lost database; a new store, a new admin token).",
+        ),
+    ] = False,
 ) -> None:
     """Run the chat server until SIGINT or SIGTERM."""
     from imchat.server import ChatServer, ServerConfig
@@ -250,6 +326,18 @@ def server(
         http_port=http_port,
         guest_hold=guest_hold,
         max_queued=max_queued,
+        fresh_store=fresh_store,
+        max_topic=max_topic,
+        max_rooms=max_rooms,
+        addr_rate=addr_rate,
+        addr_burst=addr_burst,
+        auth_logins=auth_logins,
+        max_output_total=max_output_total,
+        socket_send_buffer=socket_send_buffer,
+        listen_backlog=listen_backlog,
+        error_log_interval=error_log_interval,
+        retain_days=retain_days,
+        retain_messages=retain_messages,
     )
     if guest_hold < 0 or max_queued < 0:
         raise _fail("--guest-hold and --max-queued must not be negative", 2)

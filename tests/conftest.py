@@ -89,6 +89,9 @@ class Servers:
                 "redis_prefix": self.redis_prefix,
                 **overrides,
             }
+        # Every test client comes from 127.0.0.1: the per-address budget (tested on its own in
+        # test_address_limits.py) would make tests of anything else depend on their neighbours.
+        overrides.setdefault("addr_rate", 0)
         config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()
@@ -408,6 +411,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     if "IMCHAT_STATE_DIR" in os.environ:  # the test's own, never the user's resume secrets
         env["IMCHAT_STATE_DIR"] = os.environ["IMCHAT_STATE_DIR"]
+    # Every test client comes from 127.0.0.1: no per-address message budget unless asked for.
+    env["IMCHAT_ADDR_RATE"] = "0"
     env.update(extra)
     return env
 

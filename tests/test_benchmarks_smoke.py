@@ -68,3 +68,29 @@ def test_verify_detects_missing_or_repeated(seqs: list[int], complete: bool) -> 
     client, stats = _receiver(seqs)
     assert stats.delivered == client.count == len(seqs)
     assert client.received_exactly(4) is complete
+
+
+@pytest.mark.timeout(60)
+def test_storm_brings_every_client_back_resynced() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "storm.py"), "--clients", "30", "--room-size", "10"],
+        capture_output=True, text=True, timeout=55,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["resynced"] == result["clients"] == 30
+    assert 0 < result["p50_s"] <= result["p99_s"] <= result["max_s"]
+
+
+@pytest.mark.timeout(90)
+def test_output_memory_benchmark_reports_growth_against_the_bound() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "output_memory.py"), "--guests", "3", "--requests", "1",
+         "--settle", "2", "--max-output-total", str(16 * 1024 * 1024)],
+        capture_output=True, text=True, timeout=85,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["guests"] == 3
+    assert result["history_reply_mib"] > 1
+    assert result["bound_mib"] == 16 + 64

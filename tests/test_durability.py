@@ -271,7 +271,7 @@ async def test_cli_flags_reach_the_server(server_process: Any, tmp_path: Path) -
         "--rate",
         "1",
         "--burst",
-        "1",
+        "2",  # the join spends one (rev 2)
         "--log-level",
         "debug",
     )
@@ -360,7 +360,16 @@ async def test_sigterm_exits_even_when_clients_do_not_read(
     server_process: Any, tmp_path: Path
 ) -> None:
     """Clients that stopped reading cannot hold the shutdown hostage: exit 0 all the same."""
-    proc = server_process(tmp_path / "d", "--rate", "0", "--max-buffer", str(64 * 1024 * 1024))
+    # Kernel send buffers autotuned as on main, so the 6 MB below is taken without a hang.
+    proc = server_process(
+        tmp_path / "d",
+        "--rate",
+        "0",
+        "--max-buffer",
+        str(64 * 1024 * 1024),
+        "--socket-send-buffer",
+        "0",
+    )
     stuck = []
     for nick in ("sender", "listener"):
         sock = socket.socket()

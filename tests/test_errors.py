@@ -299,10 +299,10 @@ async def test_unknown_fields_are_ignored(server: Any, connect: Clients) -> None
     assert ok["type"] == "ok"
 
 
-@pytest.mark.server_config(rate=1.0, burst=3)
+@pytest.mark.server_config(rate=1.0, burst=4)
 async def test_rate_limited(server: Any, connect: Clients) -> None:
     alice = await connect("alice")
-    await join(alice, "lobby")
+    await join(alice, "lobby")  # a join spends the budget too (rev 2): three says are left
     for i in range(3):
         await alice.request("say", room="lobby", text=f"burst {i}")
     with pytest.raises(ServerError) as info:
@@ -319,13 +319,13 @@ async def test_rate_limited(server: Any, connect: Clients) -> None:
 
 
 @pytest.mark.server_config(rate=1.0, burst=2)
-async def test_rate_limit_covers_dm_topic_and_announce(server: Any, connect: Clients) -> None:
+async def test_rate_limit_covers_dm_topic_join_and_announce(server: Any, connect: Clients) -> None:
     admin = await connect.admin()
     await connect("bob")
     await join(admin, "lobby")
     await admin.request("topic", room="lobby", text="t")
-    await admin.request("dm", to="bob", text="x")
     for kind, fields in (
+        ("join", {"room": "other"}),
         ("announce", {"text": "x"}),
         ("dm", {"to": "bob", "text": "x"}),
         ("topic", {"room": "lobby", "text": "x"}),

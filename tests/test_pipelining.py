@@ -10,7 +10,7 @@ from imchat.server import ChatServer, ServerConfig
 
 
 async def test_pipelined_requests_keep_order(tmp_path: Path) -> None:
-    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0))
+    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
     await server.start()
     try:
         conn = await Connection.connect("127.0.0.1", server.port)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from .depth import MAX_DEPTH, exceeds_depth
 from .errors import ErrorCode, ProtocolError, RequestId
 from .names import check_nick, check_text, normalize_room
 
@@ -25,6 +26,9 @@ MAX_CID_LENGTH = 64
 #: A guest identity's ``resume`` secret is at most this long (*rev 2*).
 MAX_RESUME_LENGTH = 64
 DEFAULT_MAX_TEXT = 4000
+DEFAULT_MAX_TOPIC = 500
+#: Rooms per ``rooms`` reply: the default and the most (*rev 2*).
+MAX_ROOMS_LIMIT = 500
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
 DEFAULT_SEARCH_LIMIT = 50
@@ -38,6 +42,7 @@ class Limits:
     """The server-announced bounds that validation depends on."""
 
     max_text: int = DEFAULT_MAX_TEXT
+    max_topic: int = DEFAULT_MAX_TOPIC
 
 
 class Request(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
@@ -121,11 +126,28 @@ class Topic(Request, tag="topic"):
 
     def validate(self, limits: Limits) -> None:
         self.room = normalize_room(self.room)
-        check_text(self.text, limits.max_text, allow_empty=True)
+        # May be empty (clears the topic); at most max_topic, so no room list can outgrow
+        # what clients accept.
+        check_text(self.text, min(limits.max_text, limits.max_topic), allow_empty=True)
 
 
 class Rooms(Request, tag="rooms"):
-    pass
+    """One page of the room list: the rooms named after ``after``, at most ``limit``."""
+
+    after: str | None = None
+    limit: int | None = None
+
+    def validate(self, limits: Limits) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be at least 1")
+        if self.after is not None:
+            if len(self.after) > 65:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "after must be a room name")
+            self.after = self.after.removeprefix("#").lower()
+
+    @property
+    def effective_limit(self) -> int:
+        return MAX_ROOMS_LIMIT if self.limit is None else min(self.limit, MAX_ROOMS_LIMIT)
 
 
 class Users(Request, tag="users"):
@@ -323,10 +345,20 @@ _MISSING: Any = object()
 
 
 def decode_object(payload: bytes) -> dict[str, Any]:
-    """JSON bytes to a dict, or the fatal ``bad_frame``."""
+    """JSON bytes to a dict, or the fatal ``bad_frame``.
+
+    Nesting deeper than :data:`MAX_DEPTH` is ``bad_frame`` before the decoder sees it (it
+    would recurse into ``RecursionError``). A number too large for 64 bits is valid JSON the
+    protocol has no use for: ``bad_request``, which keeps the connection (framing is intact).
+    """
+    if exceeds_depth(payload):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         obj = _decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except msgspec.ValidationError:
+        # The only type rule of an untyped decode: numbers must fit (ints in 64 bits).
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "number out of range") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not a JSON object")

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imchat.protocol import ErrorCode, ProtocolError
 
-from .auth import hash_token, new_token
+from . import logthrottle
+from .addrlimits import AddressLimits, LocalAddressLimits, RedisAddressLimits
 from .backend import open_backend
 from .config import ServerConfig
+from .datadir import (
+    MARKER_FILE,
+    ensure_admin,
+    make_private,
+    refuse_if_lost,
+    store_is_empty,
+    write_marker,
+)
 from .fanout import Fanout
 from .hub import Hub
+from .listener import Listener
 from .session import Session
-from .store import Store
+from .sqlite_store import SQLiteStore
+from .store import Store, StoreUnavailable
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -27,10 +38,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-ADMIN_NICK = "admin"
-ADMIN_TOKEN_FILE = "admin.token"
+#: Seconds between retention passes (the first runs at start).
+PRUNE_INTERVAL = 300.0
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
 
 
 class ChatServer:
@@ -49,55 +65,58 @@ class ChatServer:
         self.fanout: Fanout = fanout
         self.hub: Hub | None = None
         self.port = config.port
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._irc_servers: list[asyncio.Server] = []
         #: Bound IRC ports (plain, TLS) once started; None where that listener is off.
         self.irc_ports: tuple[int | None, int | None] = (None, None)
         #: The HTTP face, with ``config.http_port`` (see docs/http.md).
         self.http: HttpFrontend | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         data_dir = Path(self.config.data_dir)
-        # Private from the start: it holds password hashes and the admin token.
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private on every start: it holds password hashes, every DM and the admin token.
+        make_private(data_dir)
+        logthrottle.install(self.config.error_log_interval)
         tls = None
         if self.config.tls_cert is not None or self.config.tls_key is not None:
             if self.config.tls_cert is None or self.config.tls_key is None:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
-        await self.store.open()
-        # Guest identities online or held when the server stopped are held from now on.
-        await self.store.hold_guests(self.config.guest_hold)
-        await self._ensure_admin(data_dir)
-        self.hub = hub = Hub(self.config, self.store, self.fanout)
+        await self._open_store(data_dir)
+        self.hub = hub = Hub(self.config, self.store, self.fanout, self._address_limits())
         try:
             await self.fanout.open(hub.registry)
         except BaseException:
             await self.store.close()
             raise
+        self._listener = listener = Listener(
+            hub.registry,
+            lambda: Session(hub, admitted=True),
+            max_per_addr=self.config.max_connections_per_ip,
+            tls=tls,
+            # A peer that never finishes its handshake is a slowloris too.
+            handshake_timeout=self.config.hello_timeout,
+            send_buffer=self.config.socket_send_buffer,
+        )
         try:
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: Session(hub),
-                self.config.host,
-                self.config.port,
-                reuse_address=True,
-                ssl=tls,
-                # A peer that never finishes its handshake is a slowloris too.
-                ssl_handshake_timeout=(self.config.hello_timeout or None) if tls else None,
+            self.port = await listener.start(
+                self.config.host, self.config.port, self.config.listen_backlog
             )
         except BaseException:
             # Leave no trace: a clustered fanout has joined the cluster by now.
             await self.fanout.close()
             await self.store.close()
             raise
-        self.port = self._server.sockets[0].getsockname()[1]
         if self.config.irc_port is not None or self.config.irc_tls_port is not None:
             await self._start_irc(hub, tls)
         if self.config.http_port is not None:
             await self._start_http(hub, tls)
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if self.config.retain_days > 0 or self.config.retain_messages > 0:
+            self._pruner = asyncio.create_task(self._prune_periodically())
         log.info("data directory %s", data_dir.resolve())
         log.info("listening on %s:%d%s", self.config.host, self.port, " (TLS)" if tls else "")
 
@@ -130,28 +149,85 @@ class ChatServer:
 
     async def _abort_start(self) -> None:
         """A listener beside the native one could not start: undo what did."""
-        assert self._server is not None
-        self._server.close()
+        assert self._listener is not None
+        self._listener.close()
         for irc in self._irc_servers:
             irc.close()
         await self.fanout.close()
         await self.store.close()
 
-    async def _ensure_admin(self, data_dir: Path) -> None:
-        """Create the admin account, or a fresh token for it if its token file is gone."""
-        token_file = data_dir / ADMIN_TOKEN_FILE
-        record = await self.store.lookup_user(ADMIN_NICK)
-        if record is not None and record.account is not None and token_file.exists():
-            return
-        if record is None or record.account is None:
-            await self.store.create_account(ADMIN_NICK, admin=True)
-        token = new_token()
-        await self.store.add_token(ADMIN_NICK, hash_token(token), "admin.token")
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.chmod(token_file, 0o600)
-        log.info("admin account %r: token written to %s", ADMIN_NICK, token_file.resolve())
+    def _address_limits(self) -> AddressLimits:
+        """Per-address budgets: in Redis when the store is, so every node shares them."""
+        config = self.config
+        redis = getattr(self.store, "redis", None)
+        if config.redis_url is not None and redis is not None:
+            return RedisAddressLimits(
+                redis,
+                config.redis_prefix,
+                config.addr_rate,
+                config.addr_burst,
+                config.auth_failures,
+                config.auth_window,
+            )
+        return LocalAddressLimits(
+            config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
+        )
+
+    async def _open_store(self, data_dir: Path) -> None:
+        """Open the store, refuse an empty one where data was before, ensure the admin.
+
+        Every failure here is :class:`StoreUnavailable` with one line to show (a damaged or
+        read-only database, an unreachable Redis), never a traceback.
+        """
+        fresh = self.config.fresh_store
+        served_before = (data_dir / MARKER_FILE).exists()
+        sqlite_path = self.store.path if isinstance(self.store, SQLiteStore) else None
+        if sqlite_path is not None and not sqlite_path.exists():
+            # Checked before opening, which would create it.
+            refuse_if_lost(data_dir, store_empty=True, fresh=fresh, what=str(sqlite_path))
+        what = str(sqlite_path) if sqlite_path is not None else "the store"
+        try:
+            await self.store.open()
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot open {what}: {_one_line(exc)}") from None
+        try:
+            refuse_if_lost(
+                data_dir, store_empty=await store_is_empty(self.store), fresh=fresh, what=what
+            )
+            # Guest identities online or held when the server stopped are held from now on.
+            await self.store.hold_guests(self.config.guest_hold)
+            await ensure_admin(self.store, data_dir, rotate=served_before)
+            write_marker(data_dir)
+            make_private(data_dir)  # the files SQLite just created, too
+        except BaseException as exc:
+            await self.store.close()
+            if isinstance(exc, StoreUnavailable) or not isinstance(exc, Exception):
+                raise
+            raise StoreUnavailable(f"cannot use {what}: {_one_line(exc)}") from None
+
+    async def prune(self, now: float | None = None) -> int:
+        """Apply ``retain_days`` and ``retain_messages`` once; the number of messages deleted.
+
+        History then starts at the oldest message kept; no seq is ever handed out again.
+        """
+        days, keep = self.config.retain_days, self.config.retain_messages
+        if days <= 0 and keep <= 0:
+            return 0
+        before = (time.time() if now is None else now) - days * 86400 if days > 0 else None
+        deleted = await self.store.prune(before_ts=before, keep=keep or None)
+        if deleted:
+            log.info("retention: deleted %d messages", deleted)
+        return deleted
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("retention: pruning failed")
+            await asyncio.sleep(PRUNE_INTERVAL)
 
     async def _sweep_idle(self) -> None:
         """Close sessions idle for ``idle_timeout`` or without hello after ``hello_timeout``,
@@ -168,6 +244,7 @@ class ChatServer:
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
+            self.hub.registry.enforce_output_bound()  # an exact count now and then
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
@@ -195,17 +272,18 @@ class ChatServer:
 
     async def stop(self) -> None:
         """Tell every session ``shutting_down``, flush, close, and close the store."""
-        if self._stopped.is_set() or self.hub is None or self._server is None:
+        if self._stopped.is_set() or self.hub is None or self._listener is None:
             return
         self._stopped.set()
         hub = self.hub
-        self._server.close()
+        self._listener.close()
         for irc in self._irc_servers:
             irc.close()
         if self.http is not None:
             await self.http.stop_accepting()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._pruner):
+            if task is not None:
+                task.cancel()
         sessions = list(hub.sessions)
         for session in sessions:
             session.pause_reading()
@@ -219,7 +297,6 @@ class ChatServer:
         except TimeoutError:
             for session in list(hub.sessions):
                 session.abort()
-        await self._server.wait_closed()
         for irc in self._irc_servers:
             await irc.wait_closed()
         if self.http is not None:

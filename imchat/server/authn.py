@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from imchat.protocol import ErrorCode, Hello, ProtocolError
 
-from .auth import hash_token, verify_password
+from .addrlimits import AddressLimits, LocalAddressLimits
+from .auth import dummy_hash, hash_token, verify_password
 from .config import ServerConfig
 from .identities import account_took
 from .peer import Credential, Peer
@@ -26,9 +27,23 @@ MAX_PARALLEL_PASSWORD_CHECKS = 4
 
 
 class Authenticator:
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(
+        self, config: ServerConfig, store: Store, addr_limits: AddressLimits | None = None
+    ) -> None:
         self.store = store
-        self.limiter = FailureLimiter(config.auth_failures, config.auth_window)
+        if addr_limits is None:
+            addr_limits = LocalAddressLimits(0, 0, config.auth_failures, config.auth_window)
+        #: Failed logins per address (shared by a cluster's nodes on the Redis backend).
+        self.addr_limits = addr_limits
+        #: This node's failure counts (when they are kept here), for inspection.
+        self.limiter = (
+            addr_limits.failures
+            if isinstance(addr_limits, LocalAddressLimits)
+            else FailureLimiter(0, config.auth_window)
+        )
+        #: Every password check from an address, right or wrong: a scrypt run costs the same
+        #: either way, so correct passwords in a loop must not crowd out everyone's logins.
+        self.checks = FailureLimiter(config.auth_logins, config.auth_window)
         self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
 
     async def authenticate(
@@ -42,26 +57,34 @@ class Authenticator:
         """
         if req.token is None and req.password is None:
             raise ProtocolError(ErrorCode.AUTH_FAILED, f"{req.nick} needs its password or a token")
-        limiter, addr = self.limiter, session.addr
+        limits, checks, addr = self.addr_limits, self.checks, session.addr
         blocked = ProtocolError(
-            ErrorCode.RATE_LIMITED, "too many failed logins from your address; try later"
+            ErrorCode.RATE_LIMITED, "too many logins from your address; try later"
         )
-        if limiter.blocked(addr):
+        if await limits.login_blocked(addr):
             raise blocked
         ok = False
         credential: Credential | None = None
         if account is not None and req.token is not None:
             credential = ("token", hash_token(req.token))
             ok = await self.store.token_owner(credential[1]) == key
-        elif account is not None and req.password is not None and account.password_hash:
-            credential = ("password", account.password_hash)
+        elif req.password is not None:
+            # An account without a password (token-only) is checked against a dummy hash:
+            # a wrong password costs the same ~100 ms whether the account has one or not.
+            encoded = account.password_hash if account is not None else None
             async with self._password_checks:
-                if limiter.blocked(addr):
+                if checks.blocked(addr) or await limits.login_blocked(addr):
                     raise blocked
-                ok = await asyncio.to_thread(verify_password, req.password, account.password_hash)
+                checks.record(addr)
+                matched = await asyncio.to_thread(
+                    verify_password, req.password, encoded or dummy_hash()
+                )
+            if encoded:
+                credential = ("password", encoded)
+                ok = matched
         if ok and credential is not None:
             return credential
-        limiter.record(addr)
+        await limits.login_failed(addr)
         raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
 
     async def recheck(self, sessions: Iterable[Peer]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import platformdirs
 
 from imchat.protocol import DEFAULT_MAX_FRAME, DEFAULT_MAX_TEXT
+from imchat.protocol.messages import DEFAULT_MAX_TOPIC
 
 DEFAULT_PORT = 7667
 
@@ -27,14 +28,25 @@ class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     max_frame: int = DEFAULT_MAX_FRAME
     max_text: int = DEFAULT_MAX_TEXT
+    #: Longest room topic, in characters (announced in ``welcome``).
+    max_topic: int = DEFAULT_MAX_TOPIC
+    #: Rooms a user may be a member of at once; a join beyond is ``limit_reached``.
+    max_rooms: int = 256
     #: Seconds without a frame from the client before its session is closed.
     idle_timeout: float = 90.0
     #: Bytes a session may owe its client before it is cut off as ``slow_consumer``.
     max_buffer: int = 1024 * 1024
+    #: Unsent output all sessions together may hold; over it the largest owers are cut with
+    #: ``slow_consumer``. 0: no bound.
+    max_output_total: int = 256 * 1024 * 1024
     #: Sustained say/dm/announce/topic requests per second per session; 0 disables.
     rate: float = 20.0
     #: How many such requests a session may send at once before ``rate`` applies.
     burst: int = 40
+    #: The same budget per client address (IPv4, or IPv6 /64) across all its sessions, and
+    #: across all nodes of a cluster on the Redis backend; 0 disables.
+    addr_rate: float = 40.0
+    addr_burst: int = 80
     motd: str | None = None
     log_level: str = "info"
     #: Refuse guests: every nick needs an account (``auth_failed``).
@@ -47,6 +59,9 @@ class ServerConfig:
     #: that address are answered ``rate_limited`` unchecked. 0: no limit.
     auth_failures: int = 5
     auth_window: float = 60.0
+    #: Password checks per address within ``auth_window``, correct ones included, before
+    #: further logins from that address are answered ``rate_limited``. 0: no limit.
+    auth_logins: int = 30
     #: Seconds between checks that logged-in sessions' tokens and passwords are still valid.
     auth_recheck: float = 10.0
     #: PEM certificate chain and private key: serve TLS instead of plain TCP.
@@ -74,3 +89,17 @@ class ServerConfig:
     guest_hold: float = 300.0
     #: Undelivered DMs that may wait per recipient; one more is ``limit_reached``. 0: no limit.
     max_queued: int = 1000
+    #: Accept-queue length (capped by net.core.somaxconn): a reconnect storm must fit.
+    listen_backlog: int = 4096
+    #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux
+    #: doubles it) per client that stops reading; 0 leaves the kernel's autotuning.
+    socket_send_buffer: int = 256 * 1024
+    #: Retention: delete messages older than this many days (0: keep them all).
+    retain_days: float = 0.0
+    #: Retention: keep at most this many newest messages per stream (0: all).
+    retain_messages: int = 0
+    #: Start even though the data dir shows an earlier store and the store is empty (a lost
+    #: database is then replaced by a new, empty one).
+    fresh_store: bool = False
+    #: Seconds during which repeated errors from one code site are counted, not logged.
+    error_log_interval: float = 60.0

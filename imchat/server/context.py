@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, encode_message
 from imchat.protocol.events import Ok, Pong, Welcome
 
+from .addrlimits import AddressLimits
 from .authn import Authenticator
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
@@ -36,6 +37,8 @@ class Context:
     authn: Authenticator
     dms: DmDelivery
     limits: Limits
+    #: Budgets of each client address across its sessions (and a cluster's nodes).
+    addr_limits: AddressLimits
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, parse_request
 
+from .addrlimits import AddressLimits, LocalAddressLimits
 from .appends import Run, finish_run, internal_error
 from .authn import Authenticator
 from .config import ServerConfig
@@ -36,13 +37,23 @@ READ_SIZE = 65536
 
 
 class Hub:
-    def __init__(self, config: ServerConfig, store: Store, fanout: Fanout) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        fanout: Fanout,
+        addr_limits: AddressLimits | None = None,
+    ) -> None:
         self.config = config
+        if addr_limits is None:
+            addr_limits = LocalAddressLimits(
+                config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
+            )
         self.store = store
         self.fanout = fanout
         self.loop = asyncio.get_running_loop()
-        self.registry = registry = Registry(self.loop)
-        self.authn = Authenticator(config, store)
+        self.registry = registry = Registry(self.loop, config.max_output_total)
+        self.authn = Authenticator(config, store, addr_limits)
         self.ctx = Context(
             config=config,
             store=store,
@@ -50,7 +61,8 @@ class Hub:
             registry=registry,
             authn=self.authn,
             dms=DmDelivery(store, fanout, registry),
-            limits=Limits(max_text=config.max_text),
+            limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
+            addr_limits=addr_limits,
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
@@ -91,9 +103,10 @@ class Hub:
 
     def session_opened(self, session: Peer) -> None:
         log.info("connection from %s", session.peer)
-        count = self.registry.add(session)
+        admitted = bool(getattr(session, "admitted", False))
+        count = self.registry.add(session, counted=admitted)
         limit = self.config.max_connections_per_ip
-        if limit and count > limit:
+        if limit and count > limit and not admitted:
             session.fail(
                 ProtocolError(ErrorCode.RATE_LIMITED, f"more than {limit} connections from you")
             )
@@ -108,18 +121,29 @@ class Hub:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def handle_batch(self, session: Peer, items: list[bytes | ProtocolError]) -> None:
-        """Handle a session's requests in order.
+    async def handle_batch(
+        self, session: Peer, items: list[bytes | ProtocolError]
+    ) -> list[bytes | ProtocolError]:
+        """Handle a session's requests in order; the ones left for later (returned).
+
+        Replies count like events: once the session owes its client more than ``max_buffer``
+        (replies queued by this batch included), the rest of the batch waits until the client
+        has read, so 64 pipelined requests for the largest reply cannot make the server hold
+        64 such replies for one connection.
 
         A run of ``say``/``dm``/``announce`` is started together, so its messages share one
         commit, and finished in request order: each reply, then the events it caused. Any
         other request first waits for the run before it, so replies never overtake.
         """
         ctx, fanout = self.ctx, self.fanout
+        max_buffer = self.config.max_buffer
         run: Run = []
-        for item in items:
+        for index, item in enumerate(items):
             if session.closing:
                 break
+            if index and (getattr(session, "owed", 0) > max_buffer or self.registry.saturated()):
+                await finish_run(session, run, fanout)
+                return items[index:]
             request: Request | None = None
             try:
                 if isinstance(item, ProtocolError):
@@ -127,9 +151,15 @@ class Hub:
                 request = parse_request(item, ctx.limits)
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
-                if isinstance(request, RATE_LIMITED_TYPES) and not session.bucket.take():
-                    STATS.rate_limited += 1
-                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                if isinstance(request, RATE_LIMITED_TYPES):
+                    if not session.bucket.take():
+                        STATS.rate_limited += 1
+                        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
+                    if not await ctx.addr_limits.take(session.addr):
+                        STATS.rate_limited += 1
+                        raise ProtocolError(
+                            ErrorCode.RATE_LIMITED, "too many messages from your address"
+                        )
                 starter = APPENDERS.get(type(request))
                 if starter is not None:
                     run.append(starter(ctx, session, request))
@@ -153,3 +183,4 @@ class Hub:
                 session.send_error(internal_error(request))
                 fanout.release(session)
         await finish_run(session, run, fanout)
+        return []

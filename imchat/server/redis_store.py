@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -84,8 +84,21 @@ DEFAULT_PREFIX = "imchat:"
 #: Seconds a guest identity claimed by a hello is kept at least until its session is counted
 #: online (a short ``guest_hold`` must not free the nick in between).
 CLAIM_GRACE = 60.0
+#: Messages read per step while pruning by age.
+PRUNE_PAGE = 500
 #: Commands sent in one pipeline at most.
 MAX_BATCH = 512
+
+
+class _Stamped(msgspec.Struct):
+    ts: float = 0.0
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamped)
+
+
+def _ts_of(payload: bytes) -> float:
+    return _stamp_decoder.decode(payload).ts
 
 
 class RedisUnavailable(StoreUnavailable):
@@ -751,6 +764,35 @@ class RedisStore:
             stream = StreamId.dm(str(event["from"]).lower(), str(event["to"]).lower())
             items.append((stream, int(event["seq"]), payload))
         return items
+
+    async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
+        """Trim each stream's sorted set. Seqs come from the ``seq`` hash, which pruning never
+        touches, so a stream pruned empty continues where it was."""
+        deleted = 0
+        streams = [s.decode() for s in cast(list[bytes], await self.redis.hkeys(self.keys.seq))]
+        for stream in streams:
+            key = self.keys.messages(stream)
+            if keep:
+                deleted += int(await self.redis.zremrangebyrank(key, 0, -(keep + 1)))
+            if before_ts is not None:
+                deleted += await self._prune_older(key, before_ts)
+        return deleted
+
+    async def _prune_older(self, key: str, before_ts: float) -> int:
+        """Remove the stream's messages with ``ts`` below ``before_ts`` (oldest first)."""
+        deleted = 0
+        while True:
+            page = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrange(key, 0, PRUNE_PAGE - 1, withscores=True),
+            )
+            old = [seq for payload, seq in page if _ts_of(payload) < before_ts]
+            if not old:
+                return deleted
+            # ts grows with seq: everything up to the newest old one goes.
+            deleted += int(await self.redis.zremrangebyscore(key, "-inf", max(old)))
+            if len(old) < len(page):
+                return deleted
 
     async def drop_pending(self, recipient: str, items: list[tuple[StreamId, int]]) -> None:
         if not items:

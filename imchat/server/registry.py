@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Protocol
+
+from imchat.protocol import ErrorCode, ProtocolError
 
 from .peer import Peer
 
@@ -19,11 +22,50 @@ log = logging.getLogger(__name__)
 #: FLUSH_REST_MAX: enough to batch a burst, short enough not to show in latency.
 FLUSH_REST_AFTER = 0.002
 FLUSH_REST_MAX = 0.005
+#: Memory a byte of unsent output costs, counted conservatively: transport buffers
+#: over-allocate, a large reply is copied while it is encoded and written, and the allocator
+#: keeps freed blocks a while. Counting each byte once, 60 guests holding unread 7.7 MiB
+#: replies grew the RSS by 293 MiB for a 256 MiB bound (benchmarks/output_memory.py), too
+#: close to the bound's 64 MiB slack on a loaded machine; counted twice, by 158 MiB.
+MEMORY_PER_BYTE_OWED = 2
+#: Seconds between exact counts of the output owed while the bound is reached.
+COUNT_INTERVAL = 0.05
+
+
+class Owing(Protocol):
+    """A connection that can say how many bytes it owes its client (written or queued)."""
+
+    @property
+    def owed(self) -> int: ...
+
+    def fail(self, error: ProtocolError) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def wake(self) -> None:
+        """Handle the requests held back while the server was over its output bound."""
 
 
 class Registry:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_output_total: int = 0) -> None:
         self.loop = loop
+        #: Unsent output all connections together may hold before the largest owers are cut.
+        self.max_output_total = max_output_total
+        #: Connections that report what they owe (see :meth:`track_output`).
+        self._owers: set[Owing] = set()
+        #: Bytes handed to transports since the last exact count: what is owed now is at most
+        #: the last count plus this, so the exact (O(connections)) count is needed only when
+        #: this estimate passes the bound, and once per sweep.
+        self._output_estimate = 0
+        self._enforcing = False
+        #: Connections cut to keep within ``max_output_total`` (for logs and benchmarks).
+        self.output_cuts = 0
+        #: Memory of cut connections not yet released (an aborted transport lets go of its
+        #: buffer only when it is closed, a loop turn or more later).
+        self._releasing: dict[Owing, int] = {}
+        #: Connections with requests held back until the output fits the bound again.
+        self._waiting: set[Owing] = set()
+        self._last_count = 0.0
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.connections_per_addr: dict[str, int] = {}
@@ -35,22 +77,129 @@ class Registry:
 
     # -- connections -----------------------------------------------------------------------
 
-    def add(self, session: Peer) -> int:
-        """Register a new connection; the number of connections from its address now."""
+    def admit(self, addr: str, limit: int) -> bool:
+        """Count a connection just accepted from ``addr``, unless it has ``limit`` (0: none)."""
+        count = self.connections_per_addr.get(addr, 0)
+        if limit and count >= limit:
+            return False
+        self.connections_per_addr[addr] = count + 1
+        return True
+
+    def release(self, addr: str) -> None:
+        count = self.connections_per_addr.pop(addr, 1) - 1
+        if count > 0:
+            self.connections_per_addr[addr] = count
+
+    def add(self, session: Peer, *, counted: bool = False) -> int:
+        """Register a new connection; the number of connections from its address now.
+
+        ``counted``: :meth:`admit` counted it already, at accept.
+        """
         self.sessions.add(session)
         self._no_sessions.clear()
+        if counted:
+            return self.connections_per_addr.get(session.addr, 0)
         count = self.connections_per_addr.get(session.addr, 0) + 1
         self.connections_per_addr[session.addr] = count
         return count
 
     def remove(self, session: Peer) -> None:
         if session in self.sessions:
-            count = self.connections_per_addr.pop(session.addr, 1) - 1
-            if count > 0:
-                self.connections_per_addr[session.addr] = count
+            self.release(session.addr)
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()
+
+    # -- the bound on unsent output ----------------------------------------------------------
+
+    def track_output(self, session: Owing) -> None:
+        self._owers.add(session)
+
+    def untrack_output(self, session: Owing) -> None:
+        self._owers.discard(session)
+        self._waiting.discard(session)
+        if self._releasing.pop(session, None) is not None and not self._releasing:
+            self._wake_waiting()
+
+    def saturated(self) -> bool:
+        """True while the output held (and being released) is at the bound: requests that
+        would add to it wait (see :meth:`wait_for_room`). Counted afresh at most every 50 ms."""
+        limit = self.max_output_total
+        if not limit:
+            return False
+        held = self._output_estimate + sum(self._releasing.values())
+        if held <= limit:
+            return False
+        now = self.loop.time()
+        if now - self._last_count >= COUNT_INTERVAL:
+            self._last_count = now
+            self.enforce_output_bound()
+            held = self._output_estimate + sum(self._releasing.values())
+        return held > limit
+
+    def wait_for_room(self, session: Owing) -> None:
+        """Hold ``session``'s requests until the output fits the bound; then :meth:`Owing.wake`."""
+        self._waiting.add(session)
+
+    def _wake_waiting(self) -> None:
+        if self._waiting and not self.saturated():
+            waiting, self._waiting = self._waiting, set()
+            for session in waiting:
+                session.wake()
+
+    def wrote(self, nbytes: int) -> None:
+        """``nbytes`` were handed to a transport: count them until the next exact count."""
+        self._output_estimate += nbytes * MEMORY_PER_BYTE_OWED
+        if (
+            self.max_output_total
+            and self._output_estimate > self.max_output_total
+            and not self._enforcing
+        ):
+            # At once, not at the next loop turn: sixty sessions' requests can all be answered
+            # within one turn (sixty 7.7 MiB replies before a deferred count ran).
+            self.enforce_output_bound()
+
+    def enforce_output_bound(self) -> int:
+        """Count what every connection owes; cut the largest owers while over the bound.
+
+        Returns the memory the output takes afterwards (bytes owed x MEMORY_PER_BYTE_OWED). A
+        cut connection is aborted at once: its backlog (unread by definition) is dropped with it
+        instead of lingering for a close grace.
+        """
+        self._enforcing = True
+        try:
+            return self._enforce()
+        finally:
+            self._enforcing = False
+
+    def _enforce(self) -> int:
+        owed = [(session.owed * MEMORY_PER_BYTE_OWED, session) for session in self._owers]
+        total = sum(amount for amount, _ in owed)
+        limit = self.max_output_total
+        if limit and total > limit:
+            owed.sort(key=lambda pair: pair[0], reverse=True)
+            error = ProtocolError(
+                ErrorCode.SLOW_CONSUMER, "the server holds too much unsent output; read faster"
+            )
+            cut = 0
+            for amount, session in owed:
+                if total <= limit or amount == 0:
+                    break
+                session.fail(error)
+                session.abort()
+                self._owers.discard(session)
+                self._releasing[session] = amount
+                total -= amount
+                cut += 1
+            self.output_cuts += cut
+            log.warning(
+                "unsent output over --max-output-total (%d bytes): cut the %d largest owers",
+                limit,
+                cut,
+            )
+        self._output_estimate = total
+        self._wake_waiting()
+        return total
 
     async def all_closed(self) -> None:
         await self._no_sessions.wait()

@@ -80,6 +80,7 @@ class Session(asyncio.BufferedProtocol):
         "_writing_paused",
         "_written",
         "addr",
+        "admitted",
         "bucket",
         "closing",
         "credential",
@@ -93,9 +94,11 @@ class Session(asyncio.BufferedProtocol):
         "user",
     )
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, *, admitted: bool = False) -> None:
         self.hub = hub
         self.guest_hold: float | None = None
+        #: Counted against the per-address limit when accepted (see :mod:`.listener`).
+        self.admitted = admitted
         self.decoder = FrameDecoder(hub.config.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -128,6 +131,7 @@ class Session(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
+        self.hub.registry.track_output(self)
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -164,6 +168,11 @@ class Session(asyncio.BufferedProtocol):
             self.close()
         return True
 
+    def wake(self) -> None:
+        if self._inbox and not self._busy and not self.closing:
+            self._busy = True
+            self.hub.spawn(self._process())
+
     def pause_writing(self) -> None:
         self._writing_paused = True
 
@@ -176,6 +185,7 @@ class Session(asyncio.BufferedProtocol):
             self.hub.spawn(self._process())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.registry.untrack_output(self)
         self.closing = True
         self._settle_written(False)
         self._out.clear()
@@ -215,6 +225,10 @@ class Session(asyncio.BufferedProtocol):
         inbox = self._inbox
         try:
             while inbox and not self.closing and not self._writing_paused:
+                if self.hub.registry.saturated():
+                    # The server holds all the output it may: this waits until there is room.
+                    self.hub.registry.wait_for_room(self)
+                    break
                 if self.user is None:
                     # Before hello nothing is batched (no messages yet): one request at a time,
                     # so the replies owed can be flushed, and backpressure applied, between them.
@@ -222,10 +236,18 @@ class Session(asyncio.BufferedProtocol):
                 else:
                     batch = inbox[:]
                     inbox.clear()
-                size = sum(len(item) + HEADER_SIZE for item in batch if isinstance(item, bytes))
                 self._maybe_resume_reading()  # the next batch is read while this one is handled
-                await self.hub.handle_batch(self, batch)
-                self._inbox_bytes -= size
+                rest = await self.hub.handle_batch(self, batch)
+                done = batch[: len(batch) - len(rest)]
+                self._inbox_bytes -= sum(
+                    len(item) + HEADER_SIZE for item in done if isinstance(item, bytes)
+                )
+                if rest:
+                    # It owes more than max_buffer (send it now; the rest waits for the client
+                    # to read: writing pauses above the high-water mark), or the server holds
+                    # all the output it may (the loop's next turn waits for room).
+                    inbox[:0] = rest
+                    self.flush()
                 if self.user is None and self._out_size >= FLUSH_AT:
                     self.flush()  # may pause writing: the rest waits for the client to read
                 self._maybe_resume_reading()
@@ -272,12 +294,13 @@ class Session(asyncio.BufferedProtocol):
         self._out_size += len(frame)
 
     def flush(self) -> None:
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            out = self._out
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            STATS.deliveries += len(out)
+        out, size = self._out, self._out_size
         self._out = []
         self._out_size = 0
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            STATS.deliveries += len(out)
+            self.hub.registry.wrote(size)  # may cut the largest owers, this one included
         if self._written and not self._writing_paused and not self.closing:
             self._check_written()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -81,6 +82,10 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_cid ON messages (sender, cid) WHERE cid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS seq_floor (
+    stream TEXT PRIMARY KEY,         -- a stream some of whose messages were pruned
+    seq INTEGER NOT NULL             -- its last seq when they were: never handed out again
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dm_queue (
     n INTEGER PRIMARY KEY,           -- queue order: seq order within a stream, never by clock
     recipient TEXT NOT NULL,         -- identity id
@@ -219,7 +224,8 @@ class _Writer(threading.Thread):
             row = conn.execute(
                 "SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)
             ).fetchone()
-            last = row[0] or 0
+            floor = conn.execute("SELECT seq FROM seq_floor WHERE stream = ?", (stream,)).fetchone()
+            last = max(row[0] or 0, floor[0] if floor else 0)
         return last + 1
 
 
@@ -276,20 +282,32 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created private: it holds password hashes and every DM (SQLite would use the umask).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         writer_conn = _connect(self.path, durable_fsync=self._durable_fsync)
-        with writer_conn:
-            writer_conn.executescript(SCHEMA)
-            writer_conn.execute("BEGIN IMMEDIATE")
-            _migrate(writer_conn)
-            writer_conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            # A new store is a new epoch; an existing one keeps its own (rev 2).
-            writer_conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_epoch(),))
-            writer_conn.execute("COMMIT")
-        self.index_build_seconds = features_sqlite.migrate(writer_conn)
-        self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
-        self._load_rooms(self._reader)
+        try:
+            with writer_conn:
+                writer_conn.executescript(SCHEMA)
+                writer_conn.execute("BEGIN IMMEDIATE")
+                _migrate(writer_conn)
+                writer_conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                # A new store is a new epoch; an existing one keeps its own (rev 2).
+                writer_conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_epoch(),)
+                )
+                writer_conn.execute("COMMIT")
+            self.index_build_seconds = features_sqlite.migrate(writer_conn)
+            self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
+            self._load_rooms(self._reader)
+        except BaseException:
+            writer_conn.close()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            raise
         self._writer = _Writer(writer_conn, asyncio.get_running_loop())
         self._writer.start()
 
@@ -308,7 +326,9 @@ class SQLiteStore:
     def _load_rooms(self, conn: sqlite3.Connection) -> None:
         last = dict(
             conn.execute(
-                "SELECT stream, MAX(seq) FROM messages WHERE stream LIKE 'r:%' GROUP BY stream"
+                "SELECT stream, MAX(seq) FROM (SELECT stream, seq FROM messages"
+                " UNION ALL SELECT stream, seq FROM seq_floor)"
+                " WHERE stream LIKE 'r:%' GROUP BY stream"
             ).fetchall()
         )
         for name, topic in conn.execute("SELECT name, topic FROM rooms"):
@@ -622,6 +642,37 @@ class SQLiteStore:
             "SELECT seq FROM dm_since WHERE ident = ? AND stream = ?", (viewer, stream)
         ).fetchone()
         return int(row[0]) if row is not None else None
+
+    async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
+        """Delete messages older than ``before_ts`` and all but the last ``keep`` of each
+        stream; the number deleted. Each stream's last seq is kept in ``seq_floor`` first, so
+        a stream pruned empty still continues from it."""
+
+        def op(c: sqlite3.Connection) -> int:
+            c.execute(
+                "INSERT INTO seq_floor (stream, seq) SELECT stream, MAX(seq) FROM messages"
+                " WHERE true GROUP BY stream"
+                " ON CONFLICT (stream) DO UPDATE SET seq = max(seq, excluded.seq)"
+            )
+            deleted = 0
+            if before_ts is not None:
+                deleted += c.execute("DELETE FROM messages WHERE ts < ?", (before_ts,)).rowcount
+            if keep:
+                deleted += c.execute(
+                    "DELETE FROM messages WHERE (stream, seq) IN (SELECT stream, seq FROM"
+                    " (SELECT stream, seq, ROW_NUMBER() OVER"
+                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)",
+                    (keep,),
+                ).rowcount
+            if deleted:
+                c.execute(
+                    "DELETE FROM dm_queue WHERE NOT EXISTS (SELECT 1 FROM messages m"
+                    " WHERE m.stream = dm_queue.stream AND m.seq = dm_queue.seq)"
+                )
+            return deleted
+
+        deleted: int = await self._submit(op)
+        return deleted
 
     async def history(
         self,

@@ -264,6 +264,11 @@ class Store(Protocol):
         messages from its first one on.
         """
 
+    async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
+        """Retention: delete messages older than ``before_ts`` and all but the newest ``keep``
+        of each stream (None: no such rule); the number deleted. A seq is never reused."""
+        ...
+
     async def peek_pending(self, recipient: str, limit: int) -> list[tuple[StreamId, int, bytes]]:
         """The oldest ``limit`` undelivered DMs of an identity: (stream, seq, payload), in the
         order they were queued (seq order within a stream). They stay queued."""

@@ -153,6 +153,8 @@ class Cluster:
                 str(node_timeout),
                 "--rate",
                 "0",
+                "--addr-rate",
+                "0",
                 *extra,
             ),
             stdin=subprocess.DEVNULL,

@@ -62,7 +62,7 @@ class ThreadServer:
         self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        config = ServerConfig(port=0, data_dir=data_dir, rate=50, burst=100)
+        config = ServerConfig(port=0, data_dir=data_dir, rate=50, burst=100, addr_rate=0)
         self.server = ChatServer(config)
         self.call(self.server.start())
 

@@ -43,10 +43,10 @@ async def test_message_rate_is_limited_per_session(
 ) -> None:
     clock = FakeClock()
     monkeypatch.setattr(ratelimit, "time", clock)
-    server = await start_server(rate=1.0, burst=3)
+    server = await start_server(rate=1.0, burst=4)
     conn = await raw(server.port)
     await conn.hello("alice")
-    await conn.request({"type": "join", "room": "lobby"})
+    await conn.request({"type": "join", "room": "lobby"})  # spends one (rev 2)
     codes = []
     for i in range(4):
         reply = await conn.request({"type": "say", "room": "lobby", "text": f"m{i}"})

@@ -51,6 +51,7 @@ class ServerHandle:
         from imchat.server.app import ChatServer
         from imchat.server.config import ServerConfig
 
+        overrides.setdefault("addr_rate", 0)  # every test client comes from 127.0.0.1
         self.server = ChatServer(ServerConfig(port=port, data_dir=self.data_dir, **overrides))
         await self.server.start()
         self.port = self.server.port

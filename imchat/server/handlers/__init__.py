@@ -82,11 +82,11 @@ APPENDERS: dict[type[Request], Starter] = {
     React: start_react,
 }
 
-#: Requests that spend the session's message rate limit.
-#: Revision 3: edits, deletes and reactions are messages; a search is work on the store.
-#: ``typing`` is not counted (the contract says so) and ``mark`` stores no message.
+#: Requests that spend the session's message rate limit: joins too (*rev 2*: each may create
+#: a permanent room); revision 3's edits, deletes and reactions are messages, and a search is
+#: work on the store. ``typing`` is not counted (the contract says so), nor ``mark``.
 RATE_LIMITED_TYPES: tuple[type[Request], ...] = (
-    *(Say, Dm, Announce, Topic),
+    *(Say, Dm, Announce, Topic, Join),
     *(Edit, Delete, React, Search),
 )
 

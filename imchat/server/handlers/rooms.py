@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imchat.protocol import Join, Part, Rooms, Topic
+from imchat.protocol import ErrorCode, Join, Part, ProtocolError, Rooms, Topic
 from imchat.protocol import encode_message as encode
 from imchat.protocol.events import JoinedEvent, Ok, PartedEvent, RoomEntry, TopicEvent
 
@@ -14,6 +14,10 @@ from ..streams import StreamId
 
 async def on_join(ctx: Context, session: Peer, req: Join) -> None:
     user = ctx.user(session)
+    limit = ctx.config.max_rooms
+    if limit and req.room not in user.rooms and len(user.rooms) >= limit:
+        # Checked before the room exists: a refused join creates nothing.
+        raise ProtocolError(ErrorCode.LIMIT_REACHED, f"you are in {limit} rooms, the most allowed")
     info = await ctx.store.room(req.room) or await ctx.store.create_room(req.room)
     if ctx.fanout.user(user.key) is not user:
         return  # its last session ended while we awaited: joining now leaves a ghost member
@@ -49,9 +53,15 @@ async def on_topic(ctx: Context, session: Peer, req: Topic) -> None:
 
 
 async def on_rooms(ctx: Context, session: Peer, req: Rooms) -> None:
+    """One page of rooms by name: a reply stays within max_topic x limit, whatever exists."""
+    after, limit = req.after, req.effective_limit
+    infos = sorted(
+        (info for info in await ctx.store.rooms() if after is None or info.name > after),
+        key=lambda info: info.name,
+    )
+    page = infos[:limit]
     counts = await ctx.fanout.member_counts()
     rooms = [
-        RoomEntry(room=info.name, count=counts.get(info.name, 0), topic=info.topic)
-        for info in sorted(await ctx.store.rooms(), key=lambda info: info.name)
+        RoomEntry(room=info.name, count=counts.get(info.name, 0), topic=info.topic) for info in page
     ]
-    ctx.reply(session, req, Ok(rooms=rooms))
+    ctx.reply(session, req, Ok(rooms=rooms, more=len(infos) > limit))

@@ -61,6 +61,7 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
         server=SERVER_NAME,
         max_frame=ctx.config.max_frame,
         max_text=ctx.config.max_text,
+        max_topic=ctx.config.max_topic,
         admin=admin,
         account=account is not None,
         epoch=await ctx.store.epoch(),

@@ -1,0 +1,131 @@
+"""Connections are counted at accept, before TLS; the accept queue holds a reconnect storm."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+from secfixtures import start_server_fixture  # noqa: F401
+from secutil import StartServer
+
+from imchat.client import Connection
+from imchat.client.tls import client_context
+from imchat.server.listener import DEFAULT_BACKLOG, effective_backlog
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = trustme.CA()
+    base = tmp_path_factory.mktemp("pki")
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    return paths
+
+
+async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:
+    """True if the server closes this (silent) connection within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    try:
+        while data := await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
+            del data
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def stalled(port: int, count: int) -> list[socket.socket]:
+    """``count`` TCP connections that never start their TLS handshake."""
+    loop = asyncio.get_running_loop()
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+async def test_stalled_tls_handshakes_count_against_the_address_limit(
+    start_server: StartServer, pki: dict[str, Path]
+) -> None:
+    server = await start_server(
+        tls_cert=pki["cert"], tls_key=pki["key"], max_connections_per_ip=5, hello_timeout=30
+    )
+    socks = await stalled(server.port, 8)
+    try:
+        # The first five hold their places; the rest are closed at once, not after 30 s.
+        extra = await asyncio.gather(*(closed_by_server(s) for s in socks[5:]))
+        assert extra == [True, True, True]
+        assert server.hub is not None
+        assert server.hub.connections_per_addr["127.0.0.1"] == 5
+        with pytest.raises((ConnectionError, OSError)):
+            conn = await Connection.connect("127.0.0.1", server.port, ssl=client_context(pki["ca"]))
+            await conn.hello("alice")
+    finally:
+        for sock in socks:
+            sock.close()
+    # Their places are free again: a real client gets in.
+    conn = await wait_for_room(server.port, pki["ca"])
+    assert (await conn.hello("alice"))["type"] == "welcome"
+    await conn.close()
+
+
+async def wait_for_room(port: int, ca: Path) -> Connection:
+    """Connect once the server has noticed the stalled sockets closing (an event, polled)."""
+    for _ in range(100):
+        with contextlib.suppress(ConnectionError, OSError):
+            conn = await Connection.connect("127.0.0.1", port, ssl=client_context(ca))
+            with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+                await conn.request("ping")
+                return conn
+            conn.abort()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the address limit was never released")
+
+
+async def test_a_handshake_has_a_deadline(start_server: StartServer, pki: dict[str, Path]) -> None:
+    server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"], hello_timeout=0.5)
+    (sock,) = await stalled(server.port, 1)
+    try:
+        assert await closed_by_server(sock)
+    finally:
+        sock.close()
+    assert server.hub is not None
+    assert server.hub.connections_per_addr.get("127.0.0.1", 0) == 0
+
+
+async def test_plain_tcp_over_the_limit_is_told_rate_limited(start_server: StartServer) -> None:
+    server = await start_server(max_connections_per_ip=2)
+    socks = await stalled(server.port, 3)
+    try:
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(socks[2], 4096), TIMEOUT)
+        assert b'"rate_limited"' in data
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_listen_backlog_holds_a_reconnect_storm(start_server: StartServer) -> None:
+    server = await start_server()
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+    ).stdout
+    # For a listening socket, ss shows the backlog in the Send-Q column.
+    send_q = {int(line.split()[2]) for line in out.splitlines() if line.strip()}
+    assert send_q == {effective_backlog(DEFAULT_BACKLOG)[0]}
+    assert effective_backlog(DEFAULT_BACKLOG)[0] > 100  # asyncio's default

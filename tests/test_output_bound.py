@@ -1,0 +1,102 @@
+"""No sequence of requests from guests makes the server hold more than ``max_output_total``.
+
+Guests fill a room with long messages, then each asks for the largest history reply and
+never reads. Each reply is held by the server (the kernel takes little: SO_SNDBUF is capped);
+together they pass the bound, and the largest owers are cut with ``slow_consumer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Clients, RawClient
+
+from imchat.protocol import encode_message
+
+MIB = 1024 * 1024
+
+
+async def non_reader(port: int) -> RawClient:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    return RawClient(reader, writer)
+
+
+async def until(condition: Any, timeout: float = TIMEOUT) -> None:
+    """Wait for server state to reach ``condition`` (checked each loop turn, bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never met"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.server_config(
+    rate=0, max_output_total=5 * MIB, max_buffer=64 * MIB, socket_send_buffer=16384
+)
+async def test_unread_replies_are_bounded_in_total(server: Any, connect: Clients) -> None:
+    writer = await connect.raw()
+    await writer.hello("writer")
+    await writer.request({"type": "join", "room": "big", "id": "j"})
+    for i in range(500):
+        writer.send({"type": "say", "room": "big", "text": chr(0x4E00 + i) * 4000})
+    await writer.request({"type": "ping", "id": "p"})
+    hub = server.hub
+    guests = []
+    for i in range(8):
+        guest = await non_reader(server.port)
+        guest.send({"type": "hello", "proto": 1, "nick": f"g{i}"})
+        guest.send({"type": "history", "room": "big", "limit": 100})
+        guests.append(guest)
+
+    def holding() -> int:
+        return sum(1 for s in hub.sessions if s.nick.startswith("g") and s.owed > 100_000)
+
+    # Each reply is ~1.2 MB (100 x 4000 three-byte characters): eight of them pass 5 MiB.
+    await until(lambda: hub.registry.output_cuts + holding() == 8)
+    assert hub.registry.output_cuts >= 3
+    assert hub.registry.enforce_output_bound() <= 5 * MIB
+    # The server still serves a client that reads.
+    reader = await connect.raw()
+    assert (await reader.request({"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
+    for guest in guests:
+        guest.writer.transport.abort()
+
+
+@pytest.mark.server_config(rate=0, max_output_total=0, socket_send_buffer=16384)
+async def test_pipelined_large_replies_wait_for_the_client_to_read(
+    server: Any, connect: Clients
+) -> None:
+    """Replies count against max_buffer: 64 pipelined requests for a ~1.2 MB reply do not make
+    the server hold 64 replies for one connection that does not read."""
+    writer = await connect.raw()
+    await writer.hello("writer")
+    await writer.request({"type": "join", "room": "big", "id": "j"})
+    for i in range(100):
+        writer.send({"type": "say", "room": "big", "text": chr(0x4E00 + i) * 4000})
+    await writer.request({"type": "ping", "id": "p"})
+    guest = await non_reader(server.port)
+    guest.send({"type": "hello", "proto": 1, "nick": "piper"})
+    guest.send_bytes(
+        b"".join(
+            encode_message({"type": "history", "room": "big", "limit": 100, "id": i})
+            for i in range(64)
+        )
+    )
+    hub = server.hub
+
+    def piper() -> Any:
+        return next((s for s in hub.sessions if s.nick == "piper"), None)
+
+    await until(lambda: (s := piper()) is not None and s._writing_paused and s.owed > MIB)
+    session = piper()
+    assert session is not None
+    reply = 1_250_000
+    assert session.owed < server.config.max_buffer + 2 * reply
+    assert session._inbox  # the rest waits, unanswered, until the client reads
+    guest.writer.transport.abort()
