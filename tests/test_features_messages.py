@@ -288,7 +288,8 @@ async def test_cid_retry_of_a_delete_answers_the_first(server: Any, connect: Cli
     assert [e.get("kind") for e in events] == [None, "delete"]
 
 
-@pytest.mark.server_config(rate=1.0, burst=2)
+# Burst 3: the join spends one (rev 2), the say one, the first edit the last.
+@pytest.mark.server_config(rate=1.0, burst=3)
 async def test_edits_count_against_the_rate_limit(server: Any, connect: Clients) -> None:
     alice = await connect("alice")
     await join(alice, "lobby")

@@ -19,8 +19,13 @@ async def history(raw: RawClient, **anchor: Any) -> list[int]:
     return [m["seq"] for m in reply["messages"]]
 
 
+#: The guests' resume secrets: the same guest comes back after a restart (rev 2 holds it).
+RESUMES: dict[str, str] = {}
+
+
 async def member(port: int, nick: str) -> RawClient:
     raw = await RawClient.open(port)
+    raw.resumes = RESUMES
     await raw.hello(nick)
     await raw.request({"type": "join", "room": "lobby", "id": "j"})
     return raw

@@ -97,7 +97,9 @@ def migrate(conn: sqlite3.Connection) -> float | None:
         rows = conn.execute(
             "SELECT stream, seq, ts, sender, event FROM messages ORDER BY stream, seq"
         )
+        indexed = 0
         for stream, seq, ts, sender, payload in rows:
+            indexed += 1
             event = _decode(payload)
             kind, target, text = event.get("kind"), event.get("target"), event.get("text")
             apply(conn, StreamId(stream), seq, ts, sender, kind, target, text)
@@ -107,7 +109,8 @@ def migrate(conn: sqlite3.Connection) -> float | None:
         conn.execute("ROLLBACK")
         raise
     took = time.perf_counter() - start
-    log.info("built the search index from existing messages in %.1f s", took)
+    if indexed:  # a new database has nothing to say about
+        log.info("built the search index from %d existing messages in %.1f s", indexed, took)
     return took
 
 
