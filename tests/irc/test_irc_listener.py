@@ -108,7 +108,7 @@ async def test_registration_burst_and_isupport(irc: Any) -> None:
     isupport = " ".join(lines[codes.index("005")].params)
     for token in ("CHANTYPES=#", "CASEMAPPING=ascii", "CHANNELLEN=65", "NICKLEN=32"):
         assert token in isupport
-    assert "TOPICLEN=" in isupport and "CHATHISTORY=500" in isupport
+    assert "TOPICLEN=500" in isupport and "CHATHISTORY=500" in isupport
     assert any("hello from imchat" in r.params[-1] for r in lines if r.command == "372")
 
 

@@ -45,29 +45,30 @@ class Callers:
         remote = request.remote or "?"
         return address_key(remote), remote
 
-    def check_blocked(self, addr: str) -> None:
-        if self.hub.auth_limiter.blocked(addr):
+    async def check_blocked(self, addr: str) -> None:
+        # The same per-address failure count as native logins (in Redis on a cluster).
+        if await self.hub.authn.addr_limits.login_blocked(addr):
             raise ApiError(
                 ErrorCode.RATE_LIMITED,
                 "too many failed logins from your address; try later",
                 retry_after=self.hub.config.auth_window,
             )
 
-    def failed(self, addr: str, message: str) -> ApiError:
-        self.hub.auth_limiter.record(addr)
+    async def failed(self, addr: str, message: str) -> ApiError:
+        await self.hub.authn.addr_limits.login_failed(addr)
         return ApiError(ErrorCode.AUTH_FAILED, message)
 
     async def authenticate(self, request: web.Request) -> ApiSession:
         """A session for the account whose token the request carries."""
         addr, peer = self.addr(request)
-        self.check_blocked(addr)
+        await self.check_blocked(addr)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(ErrorCode.AUTH_FAILED, "send Authorization: Bearer <account token>")
         account = await self._account_of(hash_token(token.strip()))
         if account is None:
-            raise self.failed(addr, "unknown or revoked token")
+            raise await self.failed(addr, "unknown or revoked token")
         return self.session(account, addr, peer, bucket_key=f"a:{account.key}")
 
     async def account(self, key: str) -> Account | None:

@@ -54,17 +54,17 @@ class Hooks:
     async def receive(self, request: web.Request) -> web.Response:
         front, callers = self.front, self.front.callers
         addr, peer = callers.addr(request)
-        callers.check_blocked(addr)
+        await callers.check_blocked(addr)
         if front.hook_store is None:
             raise ApiError(ErrorCode.BAD_REQUEST, "this server's store keeps no hooks", status=404)
         hook = await front.hook_store.hook_by_token(hash_token(request.match_info["token"]))
         if hook is None:
-            raise callers.failed(addr, "no such hook")
+            raise await callers.failed(addr, "no such hook")
         body = await read_body(request, HOOK_MAX_BODY)
         if hook.secret and not signature_ok(
             hook.secret, body, request.headers.get("X-Hub-Signature-256")
         ):
-            raise callers.failed(addr, "missing or wrong X-Hub-Signature-256")
+            raise await callers.failed(addr, "missing or wrong X-Hub-Signature-256")
         event = request.headers.get("X-GitHub-Event", "")
         if hook.kind == "github" and event == "ping":
             return web.json_response({"posted": False, "pong": True})

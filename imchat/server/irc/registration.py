@@ -161,7 +161,7 @@ class Registration(CommandBase):
             "CHANTYPES=#",
             f"CHANNELLEN={CHANNELLEN}",
             f"NICKLEN={NICKLEN}",
-            f"TOPICLEN={config.max_text}",
+            f"TOPICLEN={config.max_topic}",
             f"CHATHISTORY={CHATHISTORY_MAX}",
             "MSGREFTYPES=msgid,timestamp",
             "NETWORK=imchat",
