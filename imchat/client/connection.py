@@ -15,6 +15,7 @@ from imchat.protocol import (
     CLIENT_MAX_FRAME,
     PROTOCOL_VERSION,
     FrameDecoder,
+    Hello,
     ProtocolError,
     Request,
     decode_object,
@@ -93,16 +94,15 @@ class Connection:
         client: str | None = None,
         resume: str | None = None,
     ) -> Message:
-        fields: Message = {"proto": PROTOCOL_VERSION, "nick": nick}
-        for key, value in (
-            ("password", password),
-            ("token", token),
-            ("client", client),
-            ("resume", resume),
-        ):
-            if value is not None:
-                fields[key] = value
-        self.welcome = await self.request("hello", **fields)
+        hello = Hello(
+            proto=PROTOCOL_VERSION,
+            nick=nick,
+            password=password,
+            token=token,
+            client=client,
+            resume=resume,
+        )
+        self.welcome = await self.request(hello)
         return self.welcome
 
     async def request(self, message: Request | str, /, **fields: Any) -> Message:

@@ -15,9 +15,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from imchat.protocol import nick_key
+from imchat.protocol import Delete, Edit, Mark, Markers, React, Search, Typing, nick_key
 
 from .connection import Message, ServerError
 from .session import (
@@ -33,6 +32,7 @@ from .session import (
     SessionEvent,
     State,
     StateChanged,
+    stream_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -225,15 +225,6 @@ def conv_of_message(message: Message, own_nick: str) -> ConvKey:
     return ANNOUNCEMENTS
 
 
-def stream_fields(conv: ConvKey) -> dict[str, Any]:
-    """How a request names the conversation's stream."""
-    if conv.kind is ConvKind.ROOM:
-        return {"room": conv.name}
-    if conv.kind is ConvKind.DM:
-        return {"with": conv.name}
-    return {"announcements": True}
-
-
 # -- bound to a session --------------------------------------------------------------------------
 
 
@@ -298,7 +289,7 @@ class Features:
     async def restore_markers(self) -> None:
         """Fetch every read marker of the user (done at each connect)."""
         try:
-            reply = await self.session.request("markers")
+            reply = await self.session.request(Markers())
         except (ServerError, NotConnected) as exc:
             log.info("could not fetch read markers: %s", exc)
             return
@@ -346,17 +337,21 @@ class Features:
             return self.session.dm(conv.name, text, reply_to=reply_to)
         raise ValueError("announcements take no replies")
 
+    # A cid makes a retry after a lost reply safe (the caller may resend the same call).
+
     async def edit(self, conv: ConvKey, seq: int, text: str) -> Message:
-        return await self._stored("edit", conv, seq=seq, text=text)
+        request = Edit(seq=seq, text=text, cid=uuid.uuid4().hex, **stream_fields(conv))
+        return await self.session.request(request)
 
     async def delete(self, conv: ConvKey, seq: int) -> Message:
-        return await self._stored("delete", conv, seq=seq)
+        request = Delete(seq=seq, cid=uuid.uuid4().hex, **stream_fields(conv))
+        return await self.session.request(request)
 
     async def react(self, conv: ConvKey, seq: int, emoji: str, *, remove: bool = False) -> Message:
-        fields: dict[str, Any] = {"seq": seq, "emoji": emoji}
-        if remove:
-            fields["remove"] = True
-        return await self._stored("react", conv, **fields)
+        request = React(
+            seq=seq, emoji=emoji, remove=remove, cid=uuid.uuid4().hex, **stream_fields(conv)
+        )
+        return await self.session.request(request)
 
     async def toggle_reaction(self, conv: ConvKey, seq: int, emoji: str) -> Message:
         """Add the user's ``emoji`` to a message, or take it back if it is there."""
@@ -364,17 +359,11 @@ class Features:
         mine = view is not None and view.reacted(self.session.nick, emoji)
         return await self.react(conv, seq, emoji, remove=mine)
 
-    async def _stored(self, kind: str, conv: ConvKey, **fields: Any) -> Message:
-        # A cid makes a retry after a lost reply safe (the caller may resend the same call).
-        return await self.session.request(
-            kind, **stream_fields(conv), **fields, cid=uuid.uuid4().hex
-        )
-
     async def mark(self, conv: ConvKey, seq: int) -> bool:
         """Move the read marker forward (only forward: nothing is sent otherwise)."""
         if seq <= self.markers.get(conv, 0):
             return False
-        await self.session.request("mark", **stream_fields(conv), seq=seq)
+        await self.session.request(Mark(seq=seq, **stream_fields(conv)))
         self._set_marker(conv, seq)
         return True
 
@@ -386,7 +375,7 @@ class Features:
         if now - self._typing_sent.get(conv, -TYPING_INTERVAL) < TYPING_INTERVAL:
             return False
         self._typing_sent[conv] = now
-        await self.session.request("typing", **stream_fields(conv))
+        await self.session.request(Typing(**stream_fields(conv)))
         return True
 
     async def search(
@@ -398,14 +387,13 @@ class Features:
         limit: int | None = None,
     ) -> tuple[list[SearchHit], bool]:
         """Matching messages, newest first, and whether the server stopped early (``more``)."""
-        fields: dict[str, Any] = {"text": text}
-        if conv is not None:
-            fields.update(stream_fields(conv))
-        if before is not None:
-            fields["before"] = before
-        if limit is not None:
-            fields["limit"] = limit
-        reply = await self.session.request("search", **fields)
+        request = Search(
+            text=text,
+            before=before,
+            limit=limit,
+            **(stream_fields(conv) if conv is not None else {}),
+        )
+        reply = await self.session.request(request)
         hits = [
             SearchHit(conv_of_message(m, self.session.nick), m) for m in reply.get("messages", [])
         ]

@@ -8,8 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+from imchat.protocol import Announce, Dm, Join, Ping, React, Say
+
 from .connection import Connection, ServerError
 from .resume import ResumeStore, remember_welcome
+from .session import ANNOUNCEMENTS, ConvKey, stream_fields
 
 #: Waits after ``rate_limited`` or ``internal`` (outcome unknown) before the same message
 #: (same cid) is sent again.
@@ -30,24 +33,23 @@ class Target:
     #: Revision 3: the text is an emoji added to the message with this seq.
     react: int | None = None
 
-    def request(self, text: str, cid: str) -> tuple[str, dict[str, object]]:
+    def request(self, text: str, cid: str) -> Say | Dm | Announce | React:
+        reply_to = None if self.everyone else self.reply_to
         if self.react is not None:
-            return "react", {**self._stream(), "seq": self.react, "emoji": text, "cid": cid}
-        fields: dict[str, object] = {"text": text, "cid": cid}
-        if self.reply_to is not None and not self.everyone:
-            fields["reply_to"] = self.reply_to
+            return React(seq=self.react, emoji=text, cid=cid, **stream_fields(self.conv))
         if self.room is not None:
-            return "say", {"room": self.room, **fields}
+            return Say(room=self.room, text=text, cid=cid, reply_to=reply_to)
         if self.to is not None:
-            return "dm", {"to": self.to, **fields}
-        return "announce", fields
+            return Dm(to=self.to, text=text, cid=cid, reply_to=reply_to)
+        return Announce(text=text, cid=cid)
 
-    def _stream(self) -> dict[str, object]:
+    @property
+    def conv(self) -> ConvKey:
         if self.room is not None:
-            return {"room": self.room}
+            return ConvKey.room(self.room)
         if self.to is not None:
-            return {"with": self.to}
-        return {"announcements": True}
+            return ConvKey.dm(self.to)
+        return ANNOUNCEMENTS
 
 
 async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
@@ -57,7 +59,7 @@ async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
         while not read.done():
             done, _ = await asyncio.wait({read}, timeout=KEEPALIVE)
             if not done:
-                await conn.request("ping")
+                await conn.request(Ping())
         line = read.result()
         if not line:
             return
@@ -70,10 +72,10 @@ async def _iterate(texts: Iterable[str]) -> AsyncIterator[str]:
 
 
 async def send_one(conn: Connection, target: Target, text: str) -> dict[str, object]:
-    kind, fields = target.request(text, uuid.uuid4().hex)
+    request = target.request(text, uuid.uuid4().hex)
     for delay in (*RATE_LIMIT_BACKOFF, None):
         try:
-            return await conn.request(kind, **fields)
+            return await conn.request(request)
         except ServerError as exc:
             if exc.code not in RETRIED_CODES or delay is None:
                 raise
@@ -98,7 +100,7 @@ async def send_messages(
     """
     await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
     if target.room is not None:
-        await conn.request("join", room=target.room)
+        await conn.request(Join(room=target.room))
     sent = 0
     source = stdin_lines(conn) if texts is None else _iterate(texts)
     async for text in source:

@@ -37,7 +37,36 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from imchat.protocol import MAX_HISTORY_LIMIT, nick_key, normalize_room
+import msgspec
+
+from imchat.protocol import (
+    MAX_HISTORY_LIMIT,
+    Announce,
+    Dm,
+    History,
+    Join,
+    Part,
+    Ping,
+    Request,
+    Say,
+    Users,
+    nick_key,
+    normalize_room,
+)
+from imchat.protocol.events import (
+    AnnounceEvent,
+    DmEvent,
+    ErrorReply,
+    JoinedEvent,
+    MarkerEvent,
+    MsgEvent,
+    OfflineEvent,
+    OnlineEvent,
+    PartedEvent,
+    TopicEvent,
+    TypingEvent,
+    event_from_dict,
+)
 
 from .connection import DEFAULT_PORT, Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
@@ -81,6 +110,15 @@ class ConvKey:
 
 
 ANNOUNCEMENTS = ConvKey(ConvKind.ANNOUNCE)
+
+
+def stream_fields(key: ConvKey) -> dict[str, Any]:
+    """How a request struct (``History``, ``Mark``, ``Edit``, …) names the conversation."""
+    if key.kind is ConvKind.ROOM:
+        return {"room": key.name}
+    if key.kind is ConvKind.DM:
+        return {"with_": key.name}
+    return {"announcements": True}
 
 
 class State(StrEnum):
@@ -601,7 +639,7 @@ class ChatSession:
         while True:
             await asyncio.sleep(self.ping_interval)
             try:
-                await asyncio.wait_for(conn.request("ping"), self.ping_timeout)
+                await asyncio.wait_for(conn.request(Ping()), self.ping_timeout)
             except TimeoutError:
                 log.info("no pong within %ss; dropping the connection", self.ping_timeout)
                 conn.abort()
@@ -612,7 +650,7 @@ class ChatSession:
     async def _resync(self, conn: ConnectionLike, *, rejoin: bool) -> None:
         """Rejoin rooms and fetch what each conversation missed while we were away."""
         try:
-            users = await conn.request("users")
+            users = await conn.request(Users())
             self.online = {nick_key(n): n for n in users.get("users", [])}
         except ServerError:
             pass
@@ -624,13 +662,13 @@ class ChatSession:
                 self._emit(SendFailed(ConvKey.room(room), f"/join {room}", exc.code, exc.message))
         for key, conv in list(self.conversations.items()):
             if key.kind is ConvKind.DM:
-                await self._catch_up(conn, conv, {"with": key.name})
+                await self._catch_up(conn, conv, stream_fields(key))
             elif key.kind is ConvKind.ANNOUNCE:
-                await self._catch_up(conn, conv, {"announcements": True})
+                await self._catch_up(conn, conv, stream_fields(ANNOUNCEMENTS))
         if ANNOUNCEMENTS not in self.conversations:
             # Learn where the announcement stream stands so later gaps can be noticed.
             with contextlib.suppress(ServerError):
-                reply = await conn.request("history", announcements=True, limit=1)
+                reply = await conn.request(History(announcements=True, limit=1))
                 messages = reply.get("messages", [])
                 conv = self._conv(ANNOUNCEMENTS)
                 conv.last_seq = _seq(messages[-1]) if messages else 0
@@ -647,19 +685,19 @@ class ChatSession:
         try:
             if last is None:
                 if known_last != 0:
-                    reply = await conn.request("history", limit=INITIAL_HISTORY, **anchor)
+                    reply = await conn.request(History(limit=INITIAL_HISTORY, **anchor))
                     history = reply.get("messages", [])
             elif known_last is not None and known_last - last > MAX_HISTORY_LIMIT:
                 # More was missed than one reply holds: take the newest; the rest is a gap.
                 reply = await conn.request(
-                    "history", before=known_last + 1, limit=MAX_HISTORY_LIMIT, **anchor
+                    History(before=known_last + 1, limit=MAX_HISTORY_LIMIT, **anchor)
                 )
                 history = reply.get("messages", [])
             elif known_last is None or known_last > last:
-                reply = await conn.request("history", after=last, limit=MAX_HISTORY_LIMIT, **anchor)
+                reply = await conn.request(History(after=last, limit=MAX_HISTORY_LIMIT, **anchor))
                 history = reply.get("messages", [])
                 if len(history) >= MAX_HISTORY_LIMIT:
-                    latest = await conn.request("history", limit=MAX_HISTORY_LIMIT, **anchor)
+                    latest = await conn.request(History(limit=MAX_HISTORY_LIMIT, **anchor))
                     history = latest.get("messages", [])
         except ServerError as exc:
             log.info("history for %s failed: %s", conv.key, exc)
@@ -681,7 +719,7 @@ class ChatSession:
         conv.begin_sync()
         self._joining.add(room)
         try:
-            reply = await conn.request("join", room=room)
+            reply = await conn.request(Join(room=room))
         except BaseException:
             conv.syncing = False
             raise
@@ -702,7 +740,10 @@ class ChatSession:
             conv.rewind(None)
             self._emit(HistoryReset(key, known_last))
         await self._catch_up(
-            conn, conv, {"room": name}, known_last if isinstance(known_last, int) else None
+            conn,
+            conv,
+            stream_fields(ConvKey.room(name)),
+            known_last if isinstance(known_last, int) else None,
         )
         return joined
 
@@ -738,31 +779,40 @@ class ChatSession:
         return to if nick_key(sender) == nick_key(self.nick) else sender
 
     def _on_event(self, message: Message) -> None:
-        kind = message.get("type")
-        if kind == "msg":
-            room = str(message.get("room", ""))
-            self._deliver_live(ConvKey.room(room), message, f"#{room}")
-        elif kind == "dm":
-            partner = self.dm_partner(message)
-            self._deliver_live(ConvKey.dm(partner), message, partner)
-        elif kind == "announce":
-            self._deliver_live(ANNOUNCEMENTS, message, "announcements")
-        elif kind in ("joined", "parted"):
-            self._on_membership(message)
-        elif kind == "topic":
-            info = self.rooms.get(str(message.get("room", "")))
-            if info is not None:
-                info.topic = str(message.get("topic", ""))
-            self._emit(ServerEvent(message))
-        elif kind in ("online", "offline"):
-            nick = str(message.get("nick", ""))
-            if kind == "online":
+        """Dispatch a server event by its type (:mod:`imchat.protocol.events`).
+
+        Conversations keep the event as it came (a dict, what ``history`` returns too); the
+        typed view decides what it is. A frame of a type this client does not know, or not
+        well formed, is ignored, as the contract asks of receivers.
+        """
+        try:
+            event = event_from_dict(message)
+        except msgspec.ValidationError:
+            log.info("ignoring an event this client does not know: %.200r", message)
+            return
+        match event:
+            case MsgEvent(room=room):
+                self._deliver_live(ConvKey.room(room), message, f"#{room}")
+            case DmEvent():
+                partner = self.dm_partner(message)
+                self._deliver_live(ConvKey.dm(partner), message, partner)
+            case AnnounceEvent():
+                self._deliver_live(ANNOUNCEMENTS, message, "announcements")
+            case JoinedEvent() | PartedEvent():
+                self._on_membership(event, message)
+            case TopicEvent(room=room, topic=topic):
+                info = self.rooms.get(room)
+                if info is not None:
+                    info.topic = topic
+                self._emit(ServerEvent(message))
+            case OnlineEvent(nick=nick):
                 self.online[nick_key(nick)] = nick
-            else:
+                self._emit(ServerEvent(message))
+            case OfflineEvent(nick=nick):
                 self.online.pop(nick_key(nick), None)
-            self._emit(ServerEvent(message))
-        elif kind in ("error", "marker", "typing"):  # marker, typing: see client.features
-            self._emit(ServerEvent(message))
+                self._emit(ServerEvent(message))
+            case ErrorReply() | MarkerEvent() | TypingEvent():  # marker, typing: client.features
+                self._emit(ServerEvent(message))
 
     def _deliver_live(self, key: ConvKey, message: Message, title: str) -> None:
         conv = self._conv(key, title)
@@ -770,22 +820,22 @@ class ChatSession:
         if items:
             self._emit(MessagesAdded(key, tuple(items)))
 
-    def _on_membership(self, message: Message) -> None:
-        room = str(message.get("room", ""))
-        nick = str(message.get("nick", ""))
+    def _on_membership(self, event: JoinedEvent | PartedEvent, message: Message) -> None:
+        room, nick = event.room, event.nick
+        joined = isinstance(event, JoinedEvent)
         info = self.rooms.get(room)
         mine = nick_key(nick) == nick_key(self.nick)
         if info is None:
-            if message.get("type") == "joined" and mine and room not in self._joining:
+            if joined and mine and room not in self._joining:
                 # Another of our sessions joined: membership is the user's, so are we.
                 self._spawn(self._adopt(room))
             return
-        if message.get("type") == "joined":
+        if joined:
             info.members[nick_key(nick)] = nick
         else:
             info.members.pop(nick_key(nick), None)
         self._emit(ServerEvent(message))
-        if message.get("type") == "parted" and mine:
+        if not joined and mine:
             # Another of our sessions left the room: so have we.
             self.rooms.pop(room, None)
             self._emit(RoomLeft(room))
@@ -798,9 +848,9 @@ class ChatSession:
             raise NotConnected(f"not connected ({self.state})")
         return conn
 
-    async def request(self, kind: str, **fields: Any) -> Message:
-        """A plain request on the current connection (``rooms``, ``users``, ``topic``...)."""
-        return await self._require().request(kind, **fields)
+    async def request(self, request: Request) -> Message:
+        """A plain request on the current connection (``Rooms``, ``Users``, ``Topic``...)."""
+        return await self._require().request(request)
 
     async def join(self, room: str) -> RoomJoined:
         """Join (or re-show) a room; its recent history arrives as :class:`MessagesAdded`."""
@@ -814,7 +864,7 @@ class ChatSession:
 
     async def part(self, room: str) -> None:
         name = normalize_room(room)
-        await self._require().request("part", room=name)
+        await self._require().request(Part(room=name))
         if self.rooms.pop(name, None) is not None:
             self._emit(RoomLeft(name))
 
@@ -832,23 +882,17 @@ class ChatSession:
             return
         conn = self._require()
         conv.begin_sync()
-        await self._catch_up(conn, conv, {"with": nick})
+        await self._catch_up(conn, conv, stream_fields(ConvKey.dm(nick)))
 
     async def load_older(self, key: ConvKey, limit: int = OLDER_HISTORY) -> int:
         """Fetch history before the oldest message shown; returns how many were added."""
         conv = self.conversations.get(key)
         if conv is None or conv.complete or conv.syncing:
             return 0
-        anchor: dict[str, Any]
-        if key.kind is ConvKind.ROOM:
-            anchor = {"room": key.name}
-        elif key.kind is ConvKind.DM:
-            anchor = {"with": key.name}
-        else:
-            anchor = {"announcements": True}
-        if conv.first_seq is not None:
-            anchor["before"] = conv.first_seq
-        reply = await self._require().request("history", limit=limit, **anchor)
+        before = conv.first_seq
+        reply = await self._require().request(
+            History(limit=limit, before=before, **stream_fields(key))
+        )
         older = conv.older(list(reply.get("messages", [])), limit)
         if older or conv.complete:
             self._emit(MessagesAdded(key, tuple(older), prepend=True, complete=conv.complete))
@@ -884,8 +928,7 @@ class ChatSession:
             while self.outbox:
                 pending = self.outbox[0]
                 try:
-                    kind, fields = self._payload(pending)
-                    await self._request_retrying(conn, kind, fields)
+                    await self._request_retrying(conn, self._payload(pending))
                 except ServerError as exc:
                     self._drop(pending)
                     self._emit(SendFailed(pending.conv, pending.text, exc.code, exc.message))
@@ -898,11 +941,11 @@ class ChatSession:
             await self._outbox_wake.wait()
 
     @staticmethod
-    async def _request_retrying(conn: ConnectionLike, kind: str, fields: dict[str, Any]) -> None:
+    async def _request_retrying(conn: ConnectionLike, request: Say | Dm | Announce) -> None:
         """Send; after ``internal`` (outcome unknown) send again with the same cid."""
         for delay in (*INTERNAL_RETRY, None):
             try:
-                await conn.request(kind, **fields)
+                await conn.request(request)
                 return
             except ServerError as exc:
                 if exc.code != "internal" or delay is None:
@@ -915,21 +958,21 @@ class ChatSession:
         self._outbox_changed(pending.conv)
 
     @staticmethod
-    def _payload(pending: Pending) -> tuple[str, dict[str, Any]]:
+    def _payload(pending: Pending) -> Say | Dm | Announce:
         kind = pending.conv.kind
         if kind is ConvKind.ROOM:
-            fields: dict[str, Any] = {"room": pending.target, "text": pending.text}
-            if pending.action:
-                fields["kind"] = "action"
-            if pending.reply_to is not None:
-                fields["reply_to"] = pending.reply_to
-            return "say", fields | {"cid": pending.cid}
+            return Say(
+                room=pending.target,
+                text=pending.text,
+                kind="action" if pending.action else None,
+                cid=pending.cid,
+                reply_to=pending.reply_to,
+            )
         if kind is ConvKind.DM:
-            fields = {"to": pending.target, "text": pending.text, "cid": pending.cid}
-            if pending.reply_to is not None:
-                fields["reply_to"] = pending.reply_to
-            return "dm", fields
-        return "announce", {"text": pending.text, "cid": pending.cid}
+            return Dm(
+                to=pending.target, text=pending.text, cid=pending.cid, reply_to=pending.reply_to
+            )
+        return Announce(text=pending.text, cid=pending.cid)
 
 
 class _Permanent(Exception):

@@ -45,7 +45,15 @@ from imchat.client.session import (
     StateChanged,
     Welcomed,
 )
-from imchat.protocol import ProtocolError, is_valid_nick, nick_key, normalize_room
+from imchat.protocol import (
+    ProtocolError,
+    Rooms,
+    Topic,
+    Users,
+    is_valid_nick,
+    nick_key,
+    normalize_room,
+)
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
 from imchat.tui.config import TuiConfig
 from imchat.tui.features import FeatureApp
@@ -890,7 +898,7 @@ class ChatApp(FeatureApp):
             )
             return
         text = "" if args in ('""', "''", "-") else args
-        self._net("/topic", self.session.request("topic", room=key.name, text=text))
+        self._net("/topic", self.session.request(Topic(room=key.name, text=text)))
 
     def cmd_close(self, args: str) -> None:
         key = self.current
@@ -931,7 +939,7 @@ class ChatApp(FeatureApp):
 
     def cmd_users(self, args: str) -> None:
         async def users() -> None:
-            reply = await self.session.request("users")
+            reply = await self.session.request(Users())
             nicks = sorted((str(n) for n in reply.get("users", [])), key=str.lower)
             self.info(
                 [
@@ -946,7 +954,7 @@ class ChatApp(FeatureApp):
 
     def cmd_rooms(self, args: str) -> None:
         async def rooms() -> None:
-            reply = await self.session.request("rooms")
+            reply = await self.session.request(Rooms())
             lines: list[Text | str] = [Text(f"{len(reply.get('rooms', []))} rooms:", style=SYSTEM)]
             for room in reply.get("rooms", []):
                 line = Text.assemble(

@@ -12,6 +12,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from imchat.client import ConnectionClosed, ServerError
 from imchat.protocol import nick_key, normalize_room
 
@@ -311,6 +313,10 @@ class FakeConnection:
         return self.welcome
 
     async def request(self, message: Any, /, **fields: Any) -> Message:
+        if not isinstance(message, str):  # a typed request, as the client library sends
+            fields = msgspec.to_builtins(message)
+            message = fields.pop("type")
+            fields.pop("id", None)
         await asyncio.sleep(0)  # a request is never answered synchronously
         if self.closed:
             raise ConnectionClosed(self.closed_error)
