@@ -274,6 +274,46 @@ async def test_tags_echo_and_split(irc: Any) -> None:
     assert {p.line.tags["msgid"] for p in pieces} == {"2"}
 
 
+async def test_revision_3_as_irc_users_see_it(irc: Any) -> None:
+    """Replies and reactions in their IRCv3 form with message-tags; edits, deletes (and
+    reactions without tags) as text that says what happened."""
+    room = unique("rev3")
+    tagged = await irc(unique("tg"), caps="message-tags")
+    plain = await irc(unique("pl"))
+    for client in (tagged, plain):
+        await client.join("#" + room)
+    native = await irc.native(unique("nat"))
+    await native.request({"type": "join", "room": room, "id": 1})
+    first = await native.request({"type": "say", "room": room, "text": "ship it?", "id": 2})
+    seq = first["seq"]
+    await native.request({"type": "say", "room": room, "text": "yes", "reply_to": seq, "id": 3})
+    await native.request({"type": "react", "room": room, "seq": seq, "emoji": "👍", "id": 4})
+    await native.request({"type": "edit", "room": room, "seq": seq, "text": "ship it!", "id": 5})
+    await native.request({"type": "delete", "room": room, "seq": seq, "id": 6})
+
+    await tagged.expect("PRIVMSG")  # "ship it?"
+    reply = await tagged.expect("PRIVMSG")
+    assert reply.params[-1] == "yes" and reply.line.tags["+draft/reply"] == str(seq)
+    react = await tagged.expect("TAGMSG")
+    assert react.line.tags["+draft/react"] == "👍" and react.line.tags["+draft/reply"] == str(seq)
+    edit = await tagged.expect("PRIVMSG")
+    assert edit.params[-1] == f"(edited message {seq}) ship it!"
+    deleted = await tagged.expect("NOTICE")
+    assert deleted.params[-1] == f"(deleted message {seq})"
+
+    texts = []
+    while len(texts) < 5:
+        got = await plain.expect(lambda r: r.command in ("PRIVMSG", "NOTICE"))
+        texts.append(got.params[-1])
+    assert texts == [
+        "ship it?",
+        "yes",
+        f"(reacted 👍 to message {seq})",
+        f"(edited message {seq}) ship it!",
+        f"(deleted message {seq})",
+    ]
+
+
 async def test_no_echo_without_echo_message(irc: Any) -> None:
     room = unique("noecho")
     client = await irc(unique("ne"))

@@ -86,23 +86,41 @@ def text_lines(
     return out
 
 
+def message_lines(
+    event: dict[str, Any], target: str, variant: int, tags: dict[str, str]
+) -> list[bytes]:
+    """A stored message (``msg``, ``dm``, ``announce``) for IRC, revision 3 included.
+
+    IRCv3 forms where the client took ``message-tags``: a reply carries ``+draft/reply``,
+    a reaction is a ``TAGMSG`` with ``+draft/react``. Edits and deletes have no settled IRC
+    form: they arrive as text that says what happened (as do reactions without tags).
+    """
+    src, text, kind = source(event["from"]), str(event["text"]), event.get("kind")
+    command = "NOTICE" if event.get("type") == "announce" else "PRIVMSG"
+    about = event.get("target")
+    if kind is None or kind == "action":
+        if variant & MSGTAGS and event.get("reply_to") is not None:
+            tags = {**tags, "+draft/reply": str(event["reply_to"])}
+        return text_lines(command, src, target, text, tags, action=kind == "action")
+    if kind == "react" and variant & MSGTAGS:
+        tags = {**tags, "+draft/react": text, "+draft/reply": str(about)}
+        return [format_parts("TAGMSG", [target], src, tags)]
+    said = {
+        "edit": f"(edited message {about}) {text}",
+        "delete": f"(deleted message {about})",
+        "react": f"(reacted {text} to message {about})",
+        "unreact": f"(took back {text} from message {about})",
+    }.get(str(kind), text)
+    return text_lines("NOTICE" if kind != "edit" else command, src, target, said, tags)
+
+
 def event_lines(event: dict[str, Any], variant: int, batch: str | None = None) -> list[bytes]:
     """The lines any IRC recipient gets for a native event (empty: nothing to show)."""
     kind = event.get("type")
     tags = event_tags(event, variant, batch)
-    if kind == "msg":
-        return text_lines(
-            "PRIVMSG",
-            source(event["from"]),
-            "#" + event["room"],
-            event["text"],
-            tags,
-            action=event.get("kind") == "action",
-        )
-    if kind == "dm":
-        return text_lines("PRIVMSG", source(event["from"]), event["to"], event["text"], tags)
-    if kind == "announce":
-        return text_lines("NOTICE", source(event["from"]), "$*", event["text"], tags)
+    if kind in ("msg", "dm", "announce"):
+        target = {"msg": "#" + str(event.get("room")), "dm": event.get("to"), "announce": "$*"}
+        return message_lines(event, str(target[kind]), variant, tags)
     if kind == "joined":
         return [format_parts("JOIN", ["#" + event["room"]], source(event["nick"]), tags)]
     if kind == "parted":
