@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+from textual.containers import Vertical
+from textual.widgets import OptionList
+
 from imchat.client.session import ConvKey
 from imchat.tui.widgets import MemberList
+from imchat.tui.widgets.pickers import PickerScreen
 
-from .conftest import ServerHandle, make_app, running, until
+from .conftest import ServerHandle, has_line, make_app, running, until
+from .test_features_tui import submit
 
 LOBBY = ConvKey.room("lobby")
 
@@ -31,3 +37,33 @@ async def test_a_room_mate_who_came_online_later_is_shown_online(server: ServerH
             await until(pa, lambda: "bob" in online_marks(alice), "bob in the member list")
             assert online_marks(alice) == {"alice": True, "bob": True}
         await until(pa, lambda: "bob" not in online_marks(alice), "bob quit (parted)")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 15)])
+async def test_a_message_picker_fits_a_small_terminal(
+    server: ServerHandle, size: tuple[int, int]
+) -> None:
+    # At 80x24 the picker's 30 messages were taller than its dialog: the newest ones, where
+    # the highlight starts, were cut off below the screen.
+    alice = make_app(server, "alice")
+    async with alice.run_test(size=size) as pilot:
+        await until(pilot, lambda: alice.session.state.value == "connected", "connect")
+        for n in range(35):
+            alice.session.say("lobby", f"line {n}")
+        await until(pilot, lambda: has_line(alice, LOBBY, "alice line 34"), "35 lines")
+        await submit(pilot, "/reply")
+        await until(pilot, lambda: isinstance(alice.screen, PickerScreen), "picker")
+        await pilot.pause()
+        dialog = alice.screen.query_one(Vertical)
+        choices = alice.screen.query_one(OptionList)
+        assert choices.highlighted == choices.option_count - 1
+        assert dialog.region.bottom <= size[1]
+        assert choices.region.bottom <= dialog.content_region.bottom
+        # The highlighted (newest) option is drawn.
+        highlighted = choices.get_option_at_index(choices.option_count - 1).prompt
+        assert "line 34" in str(highlighted)
+        assert "line 34" in "\n".join(
+            choices.render_line(y).text for y in range(choices.content_region.height)
+        )
+        await pilot.press("escape")
+        await alice.session.close()
