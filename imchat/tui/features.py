@@ -391,14 +391,17 @@ class FeatureApp(App[None]):
             if emoji:
                 self._feature_call("react", self.chat_features.toggle_reaction(key, seq, emoji))
                 return
-            choices = [(Text(e), i) for i, e in enumerate(EMOJIS)]
+            # Drawn without the emoji glue (VS16) terminals measure unlike Rich; the
+            # first emoji is the default, not the last.
+            choices = [(Text(clean(e)), i) for i, e in enumerate(EMOJIS)]
 
             def picked(index: int | None) -> None:
                 if index is not None:
                     call = self.chat_features.toggle_reaction(key, seq, EMOJIS[index])
                     self._feature_call("react", call)
 
-            self.push_screen(PickerScreen("Which reaction? (again takes it back)", choices), picked)
+            question = "Which reaction? (again takes it back)"
+            self.push_screen(PickerScreen(question, choices, start=0), picked)
 
         self._pick("React to which message?", key, own_only=False, then=chosen)
 

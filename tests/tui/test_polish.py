@@ -10,7 +10,7 @@ from imchat.client.session import ConvKey
 from imchat.tui.widgets import MemberList
 from imchat.tui.widgets.pickers import PickerScreen
 
-from .conftest import ServerHandle, has_line, make_app, running, until
+from .conftest import ServerHandle, has_line, log_text, make_app, running, until
 from .test_features_tui import submit
 
 LOBBY = ConvKey.room("lobby")
@@ -67,3 +67,34 @@ async def test_a_message_picker_fits_a_small_terminal(
         )
         await pilot.press("escape")
         await alice.session.close()
+
+
+async def test_the_reaction_picker_starts_on_the_first_emoji_without_glue(
+    server: ServerHandle,
+) -> None:
+    # It started on the last (❌): Enter without looking reacted ❌. And "❤️" (with VS16),
+    # drawn two cells wide by tmux but measured one by Rich, shifted the dialog's border.
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        alice.session.say("lobby", "react to me")
+        await until(pilot, lambda: has_line(alice, LOBBY, "react to me"), "message")
+        await submit(pilot, "/react")
+        await until(pilot, lambda: isinstance(alice.screen, PickerScreen), "message picker")
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(alice.screen, PickerScreen) and "reaction" in alice.screen.title_text
+            ),
+            "emoji picker",
+        )
+        choices = alice.screen.query_one(OptionList)
+        assert choices.highlighted == 0
+        labels = [str(choices.get_option_at_index(i).prompt) for i in range(choices.option_count)]
+        assert "\ufe0f" not in "".join(labels)
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: "👍 1" in next((x for x in log_text(alice, LOBBY) if "react to me" in x), ""),
+            "👍 reaction",
+        )

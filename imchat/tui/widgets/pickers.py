@@ -31,15 +31,21 @@ ConfirmScreen Button { margin: 1 1 0 0; }
 
 
 class PickerScreen(ModalScreen[int | None]):
-    """Choose one of ``choices`` (label, value); Escape cancels."""
+    """Choose one of ``choices`` (label, value); Escape cancels.
+
+    The highlight starts on the last choice (the newest message), or on ``start``.
+    """
 
     DEFAULT_CSS = PICKER_CSS
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, choices: list[tuple[Text, int]]) -> None:
+    def __init__(
+        self, title: str, choices: list[tuple[Text, int]], *, start: int | None = None
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.choices = choices
+        self.start = len(choices) - 1 if start is None else start
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -52,7 +58,7 @@ class PickerScreen(ModalScreen[int | None]):
     def on_mount(self) -> None:
         choices = self.query_one("#choices", OptionList)
         self._fit(self.app.size.height)
-        choices.highlighted = len(self.choices) - 1 if self.choices else None
+        choices.highlighted = self.start if self.choices else None
         choices.focus()
 
     def on_resize(self, event: events.Resize) -> None:
