@@ -7,11 +7,12 @@ from textual.containers import Vertical
 from textual.widgets import OptionList
 
 from imchat.client.session import ConvKey
-from imchat.tui.widgets import MemberList
+from imchat.tui.widgets import MemberList, SearchBar
 from imchat.tui.widgets.pickers import PickerScreen
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, until
 from .test_features_tui import submit
+from .test_live import burst
 
 LOBBY = ConvKey.room("lobby")
 
@@ -98,3 +99,19 @@ async def test_the_reaction_picker_starts_on_the_first_emoji_without_glue(
             lambda: "👍 1" in next((x for x in log_text(alice, LOBBY) if "react to me" in x), ""),
             "👍 reaction",
         )
+
+
+async def test_the_search_bar_keeps_the_order_of_keys_in_one_burst(server: ServerHandle) -> None:
+    # tmux send-keys BSpace BSpace BSpace "199": the bar ran Backspace as a binding after
+    # the digits were typed, so the digits were deleted again and the query did not change.
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        await pilot.press("ctrl+f")
+        bar = alice.query_one(SearchBar)
+        await until(pilot, lambda: alice.focused is bar, "search bar focused")
+        burst(alice, *"flood 150")
+        await until(pilot, lambda: bar.value == "flood 150", "typed")
+        burst(alice, "backspace", "backspace", "backspace", "1", "9", "9")
+        await until(pilot, lambda: bar.value == "flood 199", "edited in order", timeout=3)
+        burst(alice, "left", "left", "left", "backspace", "2", "end", "0")
+        await until(pilot, lambda: bar.value == "flood21990", "cursor keys in order", timeout=3)
