@@ -279,7 +279,7 @@ class ChatApp(FeatureApp):
             self.query_one("#conversations", ContentSwitcher).mount(view)
             self.query_one(ConversationList).ensure(key, self.titles[key])
             if self._motd and key.kind is ConvKind.ROOM:
-                view.log_widget.append([self.formatter.system(None, self._motd)])
+                self._append(view, [self.formatter.system(None, self._motd)])
                 self._motd = None
             if self.current is None or self._want == key:
                 self._want = None
@@ -426,7 +426,7 @@ class ChatApp(FeatureApp):
         else:
             text = f"the server's history of this room was reset to message {event.last_seq}"
         view = self.view(key)
-        view.log_widget.append([self.formatter.system(None, Text(text, style=SYSTEM))])
+        self._append(view, [self.formatter.system(None, Text(text, style=SYSTEM))])
 
     def _state_changed(self, event: StateChanged) -> None:
         status = self.query_one(StatusBar)

@@ -115,3 +115,22 @@ async def test_the_search_bar_keeps_the_order_of_keys_in_one_burst(server: Serve
         await until(pilot, lambda: bar.value == "flood 199", "edited in order", timeout=3)
         burst(alice, "left", "left", "left", "backspace", "2", "end", "0")
         await until(pilot, lambda: bar.value == "flood21990", "cursor keys in order", timeout=3)
+
+
+async def test_history_under_the_motd_gets_one_day_separator(server: ServerHandle) -> None:
+    # The message of the day went above "You joined" undated; the history prepended above
+    # both then brought its own "today" separator, and "today" showed twice.
+    await server.stop()
+    await server.start(motd="be kind")
+    bob = make_app(server, "bob")
+    async with running(bob) as pb:
+        bob.session.say("lobby", "said before alice came")
+        await until(pb, lambda: has_line(bob, LOBBY, "said before alice came"), "said")
+        alice = make_app(server, "alice")
+        async with running(alice) as pa:
+            await until(pa, lambda: has_line(alice, LOBBY, "said before alice came"), "history")
+            await until(pa, lambda: has_line(alice, LOBBY, "be kind"), "motd")
+            entries = alice.views[LOBBY].log_widget.entries
+            separators = [e for e in entries if e.meta.get("separator")]
+            assert len(separators) == 1, [e.prefix.plain + e.body.plain for e in entries]
+            assert entries[0] is separators[0]
