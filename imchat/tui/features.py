@@ -281,9 +281,7 @@ class FeatureApp(App[None]):
         the edit. Either way the input's own recall moves on as for any Up/Down."""
         chat_input = self.query_one("#input", ChatInput)
         editing = self.editing is not None
-        recall = getattr(chat_input, "action_recall", None)
-        if recall is not None:
-            recall(step)
+        chat_input.action_recall(step)
         if editing:
             self._set_mode(None, None)
             return
@@ -300,8 +298,7 @@ class FeatureApp(App[None]):
         if view is None:
             return
         chat_input = self.query_one("#input", ChatInput)
-        chat_input.value = view.text
-        chat_input.cursor_position = len(view.text)
+        chat_input.value = view.text  # the cursor goes to the end
         self._set_mode(None, (key, seq))
 
     # -- commands (dispatched by ChatApp.handle_line as cmd_<name>) ------------------------

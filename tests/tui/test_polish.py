@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from textual import events
 from textual.containers import Vertical
 from textual.widgets import OptionList
 
@@ -11,6 +12,7 @@ from imchat.tui.widgets import MemberList, SearchBar
 from imchat.tui.widgets.pickers import PickerScreen
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, until
+from .test_app import client
 from .test_features_tui import submit
 from .test_live import burst
 
@@ -134,3 +136,26 @@ async def test_history_under_the_motd_gets_one_day_separator(server: ServerHandl
             separators = [e for e in entries if e.meta.get("separator")]
             assert len(separators) == 1, [e.prefix.plain + e.body.plain for e in entries]
             assert entries[0] is separators[0]
+
+
+async def test_n_new_counts_messages_not_the_read_marker(server: ServerHandle) -> None:
+    # Scrolled up with the terminal unfocused, one message arrived: the read marker line
+    # went above it and "2 new" was shown for one message.
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        for n in range(60):
+            alice.session.say("lobby", f"filler {n}")
+        await until(pilot, lambda: has_line(alice, LOBBY, "filler 59"), "filled")
+        lg = alice.views[LOBBY].log_widget
+        await until(pilot, lambda: lg.scroll_y == lg.max_scroll_y > 0, "at the bottom")
+        await pilot.press("pageup")
+        await until(pilot, lambda: not lg.following, "scrolled up")
+        alice.post_message(events.AppBlur())
+        await until(pilot, lambda: not alice.app_focus, "terminal unfocused")
+        async with client(server, "bob", rooms=("lobby",)) as bob:
+            await until(pilot, lambda: has_line(alice, LOBBY, "bob joined"), "bob joined")
+            unseen = lg.unseen
+            await bob.request("say", room="lobby", text="one new message")
+            await until(pilot, lambda: has_line(alice, LOBBY, "one new message"), "message")
+            assert any(e.meta.get("read_marker") for e in lg.entries)
+            assert lg.unseen == unseen + 1

@@ -96,16 +96,6 @@ class ChatInput(TextArea):
     def move_to_end(self) -> None:
         self.move_cursor(self.document.end)
 
-    @property
-    def cursor_position(self) -> int:
-        row, column = self.cursor_location
-        return sum(len(line) + 1 for line in self.document.lines[:row]) + column
-
-    @cursor_position.setter
-    def cursor_position(self, position: int) -> None:
-        text = self.text[:position]
-        self.move_cursor((text.count("\n"), len(text.rpartition("\n")[2])))
-
     # -- keys, in arrival order --------------------------------------------------------------
 
     async def _on_key(self, event: events.Key) -> None:
