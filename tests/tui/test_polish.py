@@ -159,3 +159,20 @@ async def test_n_new_counts_messages_not_the_read_marker(server: ServerHandle) -
             await until(pilot, lambda: has_line(alice, LOBBY, "one new message"), "message")
             assert any(e.meta.get("read_marker") for e in lg.entries)
             assert lg.unseen == unseen + 1
+
+
+async def test_a_folded_line_is_redrawn_before_anything_goes_below_it(
+    server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folded join/part line is redrawn on a timer during a storm; a message arriving
+    # first must not sit below a line that still shows an older state (and grows later).
+    monkeypatch.setattr("imchat.tui.app.FOLD_REDRAW", 3600.0)
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot, client(server, "bob", rooms=("lobby",)) as bob:
+        await until(pilot, lambda: has_line(alice, LOBBY, "bob joined #lobby"), "bob")
+        async with client(server, "carol", rooms=("lobby",)):
+            await until(pilot, lambda: "carol" in online_marks(alice), "carol joined")
+            await bob.request("say", room="lobby", text="after the joins")
+            await until(pilot, lambda: has_line(alice, LOBBY, "after the joins"), "said")
+            lines = log_text(alice, LOBBY)
+            assert "2 joined #lobby: bob, carol" in lines[-2], lines[-3:]
