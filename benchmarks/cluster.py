@@ -232,6 +232,8 @@ class Node:
                     str(self.port),
                     "--rate",
                     "0",
+                    "--addr-rate",
+                    "0",
                     "--log-level",
                     "warning",
                     "--data-dir",

@@ -502,23 +502,23 @@ class JoinCommand(TyperCommand):
 @app.command(cls=JoinCommand)
 def join(
     nick: Annotated[
-        str | None, typer.Option(envvar="IMCHAT_NICK", help="Your nick [default: from config].")
+        str | None, typer.Option(envvar="IMCHAT_NICK", help="Your nick (default: from config).")
     ] = None,
     host: Annotated[
         str | None,
         typer.Option(
             envvar="IMCHAT_HOST",
             help="Server address, or several nodes of one cluster: a:7667,b:7667 "
-            "[default: 127.0.0.1].",
+            "(default: 127.0.0.1).",
         ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(envvar="IMCHAT_PORT", help="Server port [default: 7667].")
+        int | None, typer.Option(envvar="IMCHAT_PORT", help="Server port (default: 7667).")
     ] = None,
     room: Annotated[
         str | None,
         typer.Option(
-            envvar="IMCHAT_ROOM", help='Room to join on connect [default: lobby; "": none].'
+            envvar="IMCHAT_ROOM", help='Room to join on connect (default: lobby; "": none).'
         ),
     ] = None,
     password: Annotated[
@@ -536,7 +536,7 @@ def join(
         Path | None,
         typer.Option(
             envvar="IMCHAT_CONFIG",
-            help="Config file [default: ~/.config/imchat/config.toml].",
+            help="Config file (default: ~/.config/imchat/config.toml).",
         ),
     ] = None,
 ) -> None:

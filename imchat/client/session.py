@@ -832,6 +832,9 @@ class ChatSession:
             return
         if joined:
             info.members[nick_key(nick)] = nick
+            # Presence is scoped: someone who came online before sharing a room with us
+            # sent us no "online", but only a user with a session joins a room.
+            self.online[nick_key(nick)] = nick
         else:
             info.members.pop(nick_key(nick), None)
         self._emit(ServerEvent(message))

@@ -89,6 +89,8 @@ ERROR = Style(color="red", bold=True)
 #: Below this many columns the side panes collapse; below TINY only the conversation stays.
 NARROW = 100
 TINY = 60
+#: A folded join/part line that grows is redrawn at most this often (seconds).
+FOLD_REDRAW = 0.1
 #: How much of a refused message an error line quotes.
 QUOTE = 60
 
@@ -287,7 +289,7 @@ class ChatApp(FeatureApp):
             self.query_one("#conversations", ContentSwitcher).mount(view)
             self.query_one(ConversationList).ensure(key, self.titles[key])
             if self._motd and key.kind is ConvKind.ROOM:
-                view.log_widget.append([self.formatter.system(None, self._motd)])
+                self._append(view, [self.formatter.system(None, self._motd)])
                 self._motd = None
             if self.current is None or self._want == key:
                 self._want = None
@@ -434,7 +436,7 @@ class ChatApp(FeatureApp):
         else:
             text = f"the server's history of this room was reset to message {event.last_seq}"
         view = self.view(key)
-        view.log_widget.append([self.formatter.system(None, Text(text, style=SYSTEM))])
+        self._append(view, [self.formatter.system(None, Text(text, style=SYSTEM))])
 
     def _state_changed(self, event: StateChanged) -> None:
         status = self.query_one(StatusBar)
@@ -547,6 +549,7 @@ class ChatApp(FeatureApp):
             i for i in event.items if isinstance(i, dict) and nick_key(str(i.get("from", ""))) != me
         ]
         if news and not event.initial:
+            self._settle_fold(log)
             self.read_markers.arriving(event.conv, log, looking=self.looking_at(event.conv))
         self._append(view, entries)
         if event.initial or not news:
@@ -615,6 +618,7 @@ class ChatApp(FeatureApp):
 
     def _append(self, view: ConversationView, entries: list[Entry]) -> None:
         """Append to a view's log, with a day separator before each new day's first line."""
+        self._settle_fold(view.log_widget)
         view.log_widget.append(self._dated(entries, view))
 
     def _dated(
@@ -683,13 +687,35 @@ class ChatApp(FeatureApp):
                     break
                 if entry.meta.get("from") != nick_key(nick):
                     break
-        if isinstance(fold, PresenceFold):
+        if isinstance(fold, PresenceFold) and last is not None:
             fold.add(kind, nick)
-            log.replace(-1, None if fold.empty else self._fold_entry(fold, message))
+            fold.last_event = message
+            self._redraw_fold_later(log, last)
             return
         fold = PresenceFold(room)
         fold.add(kind, nick)
         self._append(view, [self._fold_entry(fold, message)])
+
+    def _redraw_fold_later(self, log: MessageLog, entry: Entry) -> None:
+        """Redraw a folded line that grew, at most every FOLD_REDRAW seconds: a storm of
+        joins grows it hundreds of times a second, and each redraw repaints the log."""
+        if entry.meta.get("redraw_due"):
+            return
+        entry.meta["redraw_due"] = True
+
+        self.set_timer(FOLD_REDRAW, lambda: self._redraw_fold(log, entry))
+
+    def _redraw_fold(self, log: MessageLog, entry: Entry) -> None:
+        index = log.index_of(entry)  # None: redrawn meanwhile
+        fold = entry.meta.get("fold")
+        if index is not None and isinstance(fold, PresenceFold) and entry.meta.get("redraw_due"):
+            log.replace(index, None if fold.empty else self._fold_entry(fold))
+
+    def _settle_fold(self, log: MessageLog) -> None:
+        """Before anything goes below a folded line that is due a redraw, redraw it now: it
+        can no longer grow, and a later change of its height would shift the lines below."""
+        if log.entries and log.entries[-1].meta.get("redraw_due"):
+            self._redraw_fold(log, log.entries[-1])
 
     def _fold_entry(self, fold: PresenceFold, message: dict[str, Any] | None = None) -> Entry:
         """The folded line, timed by the latest event in it."""

@@ -281,9 +281,7 @@ class FeatureApp(App[None]):
         the edit. Either way the input's own recall moves on as for any Up/Down."""
         chat_input = self.query_one("#input", ChatInput)
         editing = self.editing is not None
-        recall = getattr(chat_input, "action_recall", None)
-        if recall is not None:
-            recall(step)
+        chat_input.action_recall(step)
         if editing:
             self._set_mode(None, None)
             return
@@ -300,8 +298,7 @@ class FeatureApp(App[None]):
         if view is None:
             return
         chat_input = self.query_one("#input", ChatInput)
-        chat_input.value = view.text
-        chat_input.cursor_position = len(view.text)
+        chat_input.value = view.text  # the cursor goes to the end
         self._set_mode(None, (key, seq))
 
     # -- commands (dispatched by ChatApp.handle_line as cmd_<name>) ------------------------
@@ -391,14 +388,17 @@ class FeatureApp(App[None]):
             if emoji:
                 self._feature_call("react", self.chat_features.toggle_reaction(key, seq, emoji))
                 return
-            choices = [(Text(e), i) for i, e in enumerate(EMOJIS)]
+            # Drawn without the emoji glue (VS16) terminals measure unlike Rich; the
+            # first emoji is the default, not the last.
+            choices = [(Text(clean(e)), i) for i, e in enumerate(EMOJIS)]
 
             def picked(index: int | None) -> None:
                 if index is not None:
                     call = self.chat_features.toggle_reaction(key, seq, EMOJIS[index])
                     self._feature_call("react", call)
 
-            self.push_screen(PickerScreen("Which reaction? (again takes it back)", choices), picked)
+            question = "Which reaction? (again takes it back)"
+            self.push_screen(PickerScreen(question, choices, start=0), picked)
 
         self._pick("React to which message?", key, own_only=False, then=chosen)
 

@@ -133,6 +133,8 @@ def test_join_help_lists_every_key_binding() -> None:
     # Alt+1 … Alt+9 and Alt+0 are one row.
     assert "Alt+1-9, Alt+0" in out and "conversation N" in out
     assert "Ctrl+F" in out and "Tab" in out and "complete" in out
+    # The defaults are shown, not swallowed as Rich markup ("Your nick ." without them).
+    assert "(default: from config)" in out and "(default: 7667)" in out
 
 
 def test_the_readme_config_example_is_valid() -> None:

@@ -17,6 +17,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+from imchat.tui.widgets.in_order import run_binding_now
+
 HISTORY_SIZE = 500
 #: A paste of more lines than this asks before it goes into the input.
 PASTE_CONFIRM_LINES = 5
@@ -94,16 +96,6 @@ class ChatInput(TextArea):
     def move_to_end(self) -> None:
         self.move_cursor(self.document.end)
 
-    @property
-    def cursor_position(self) -> int:
-        row, column = self.cursor_location
-        return sum(len(line) + 1 for line in self.document.lines[:row]) + column
-
-    @cursor_position.setter
-    def cursor_position(self, position: int) -> None:
-        text = self.text[:position]
-        self.move_cursor((text.count("\n"), len(text.rpartition("\n")[2])))
-
     # -- keys, in arrival order --------------------------------------------------------------
 
     async def _on_key(self, event: events.Key) -> None:
@@ -128,15 +120,10 @@ class ChatInput(TextArea):
             self._stop(event)
             self.post_message(self.JumpToBottom())
             return
-        for binding in self._bindings.key_to_bindings.get(key, ()):
-            if binding.priority:
-                continue
-            if await self.app.run_action(binding.action, self):
-                self._stop(event)
-            # else nothing to do here (e.g. Ctrl+C without a selection in the input): the
-            # key goes on to the screen, which copies a selection in the log.
-            return
-        await super()._on_key(event)
+        # Ctrl+C without a selection in the input goes on to the screen, which copies a
+        # selection in the log.
+        if not await run_binding_now(self, event):
+            await super()._on_key(event)
 
     @staticmethod
     def _stop(event: events.Key) -> None:

@@ -92,8 +92,10 @@ class MessageLog(ScrollView, can_focus=True):
         self._update_size()
         if self.following:
             self._to_bottom()
-        else:
-            self.unseen += len(entries)
+        else:  # "N new" counts lines of the conversation, not the read marker or a day
+            self.unseen += sum(
+                1 for e in entries if not e.meta.get("decoration") and "separator" not in e.meta
+            )
 
     def replace(self, index: int, entry: Entry | None) -> None:
         """Put ``entry`` in place of the entry at ``index`` (a negative index counts from

@@ -11,6 +11,8 @@ from textual import events
 from textual.message import Message
 from textual.widgets import Input
 
+from imchat.tui.widgets.in_order import run_binding_now
+
 
 class SearchBar(Input):
     DEFAULT_CSS = """
@@ -49,4 +51,5 @@ class SearchBar(Input):
             event.prevent_default()
             self.post_message(self.Closed())
             return
-        await super()._on_key(event)
+        if not await run_binding_now(self, event):  # Backspace, cursor keys: in order too
+            await super()._on_key(event)
