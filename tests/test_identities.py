@@ -131,6 +131,32 @@ async def test_cids_are_not_carried_to_the_next_guest(server: Any, connect: Clie
     assert event["text"] == "also mine"
 
 
+@pytest.mark.server_config(guest_hold=0)
+async def test_a_later_guest_cannot_edit_or_delete_an_earlier_ones_messages(
+    server: Any, connect: Clients
+) -> None:
+    """Revision 3 authorship is the identity's, not the nick's (both backends)."""
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
+    first = await connect("bob")
+    await join(first, "lobby")
+    ok = await first.request("say", room="lobby", text="mine")
+    await leave(first)
+    assert (await next_event(watcher, "offline", skip=NOISE))["nick"] == "bob"
+    second = await connect("bob", fresh=True)
+    await join(second, "lobby")
+    for request in (
+        {"type": "edit", "room": "lobby", "seq": ok["seq"], "text": "not yours"},
+        {"type": "delete", "room": "lobby", "seq": ok["seq"]},
+    ):
+        kind = str(request.pop("type"))
+        assert (await refused(second, kind, **request)).code == "forbidden"
+    # Its own messages it may change, as anyone may.
+    own = await second.request("say", room="lobby", text="new bob")
+    edited = await second.request("edit", room="lobby", seq=own["seq"], text="new bob!")
+    assert edited["seq"] == own["seq"] + 1
+
+
 async def test_dm_queue_is_bounded(servers: Servers, connect: Clients) -> None:
     await servers.start(max_queued=2)
     bob = await connect("bob")

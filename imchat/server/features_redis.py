@@ -71,7 +71,10 @@ if f_cid == '' or redis.call('HEXISTS', cidkey, f_cid) == 0 then
   if (k ~= nil and k ~= 'action') or redis.call('SISMEMBER', f_delkey, target) == 1 then
     return 'E no_such_message'
   end
-  local own = string.lower(tostring(ev['from'])) == author
+  local by = redis.call('HGET', f_prefix .. 'by:' .. f_stream, target)
+  local own
+  if by then own = by == f_sender  -- the author's identity (rev 2)
+  else own = string.lower(tostring(ev['from'])) == author end  -- stored before it was kept
   if fkind == 'edit' and not own then return 'E forbidden' end
   if fkind == 'delete' and not own and admin ~= '1' then return 'E forbidden' end
   if fkind == 'react' or fkind == 'unreact' then

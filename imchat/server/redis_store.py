@@ -20,6 +20,7 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P rooms             set    room names
     P seq               hash   stream -> last seq
     P m:<stream>        zset   the stream's event payloads, scored by seq
+    P by:<stream>       hash   seq -> the identity that wrote it (edits and deletes check it)
     P cid:<ident>       hash   cid -> "<stream>\\n<seq>\\n<ts>" (per account or guest identity)
     P since:<ident>     hash   DM stream -> first seq the identity may read
     P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
@@ -188,6 +189,9 @@ local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
 local ts = now_ts()
 local payload = body .. ',"seq":' .. seq .. ',"ts":' .. ts .. '}'
 redis.call('ZADD', prefix .. 'm:' .. stream, seq, payload)
+-- Who wrote it, as an identity: edits and deletes check it (a later guest with the same
+-- nick is another identity and owns none of these messages).
+redis.call('HSET', prefix .. 'by:' .. stream, seq, owner)
 if cid ~= '' then
   redis.call('HSET', cids, cid, stream .. '\\n' .. seq .. '\\n' .. ts)
 end
