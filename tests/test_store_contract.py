@@ -10,37 +10,25 @@ knows which store it tests.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TEST_REDIS_URL, redis_available
 
 from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent
 from imchat.server.sqlite_store import SQLiteStore
 from imchat.server.store import TOKEN_ID_LENGTH, Draft, RoomInfo, Store, token_id
 from imchat.server.streams import StreamId
 
-REDIS_URL = os.environ.get("IMCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = TEST_REDIS_URL
 STORES = ["sqlite", "redis"]
 
 LOBBY = StreamId.room("lobby")
 AMY_BOB = StreamId.dm("amy", "bob")
 NEWS = StreamId.announcements()
-
-
-def redis_available() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except (redis.RedisError, OSError):
-        return False
-    return True
 
 
 @pytest.fixture(params=STORES)

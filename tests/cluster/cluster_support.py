@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -23,28 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TEST_REDIS_URL, redis_available
 
 from imchat.client import Connection
 from imchat.protocol import FrameDecoder, decode_object, encode_message
 
-REDIS_URL = os.environ.get("IMCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = TEST_REDIS_URL
 #: How long any single reply or event may take before a test fails.
 TIMEOUT = 10.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 Message = dict[str, Any]
-
-
-def redis_available() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except (redis.RedisError, OSError):
-        return False
-    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

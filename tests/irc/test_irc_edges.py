@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import RawClient, ServerProcess, subprocess_env
+from conftest import TEST_REDIS_URL, RawClient, ServerProcess, redis_available, subprocess_env
 from irc_client import IRC_AT, IrcClient, sasl_plain
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = TEST_REDIS_URL
 
 
 def irc_ports(proc: ServerProcess) -> list[int]:
@@ -104,19 +104,7 @@ async def test_slow_consumer_is_cut_off(start: Any) -> None:
     await talker.close()
 
 
-def _redis_up() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except (redis.RedisError, OSError):
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_available(), reason="no Redis on 127.0.0.1:6379")
 async def test_cluster_carries_irc_users(start: Any) -> None:
     prefix = f"imchat-test-{uuid.uuid4().hex}:"
     flags = ("--redis", REDIS_URL, "--redis-prefix", prefix)
