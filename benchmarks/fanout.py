@@ -232,13 +232,14 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
                     connections=args.idle,
                     room_size=args.room_size,
                     sessions=args.idle_as == "sessions",
+                    parallel=args.idle if args.all_at_once else 0,
                 ),
             }
         print(
             f"  {kind:9} idle={row['connections']} {row['as']}, rooms of {row['room_size']}: "
             f"{row['kb_per_connection']:.1f} KiB/conn (RSS {row['rss_before_kb'] / 1024:.0f}"
             f" -> {row['rss_after_kb'] / 1024:.0f} MiB), connect {row['connect_s']:.1f}s, "
-            f"settle {row['settle_s']:.1f}s, lost {row['lost']}",
+            f"settle {row['settle_s']:.1f}s, {row['parallel']} at a time, lost {row['lost']}",
             flush=True,
         )
         rows.append(row)
@@ -378,6 +379,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("users", "sessions"),
         default="users",
         help="idle: one user per connection, or (imchat) sessions of one account",
+    )
+    p.add_argument(
+        "--all-at-once",
+        action="store_true",
+        help="idle: every connection's handshake in flight at once (a reconnect storm), "
+        "instead of the server kind's usual parallelism",
     )
     p.add_argument(
         "--room-size",

@@ -292,9 +292,11 @@ async def connect_many(
     *,
     verify: bool = False,
     token: str | None = None,
+    parallel: int = 0,
 ) -> list[BaseClient]:
-    """Connect ``(nick, rooms, probe)`` clients, ``driver.parallel`` at a time, in order."""
-    sem = asyncio.Semaphore(driver.parallel)
+    """Connect ``(nick, rooms, probe)`` clients, ``parallel`` (default ``driver.parallel``)
+    at a time, in order."""
+    sem = asyncio.Semaphore(parallel or driver.parallel)
 
     async def one(nick: str, rooms: list[str], probe: bool) -> BaseClient:
         async with sem:
@@ -522,6 +524,7 @@ async def idle_memory(
     room_size: int = 100,
     baseline: int = 10,
     sessions: bool = False,
+    parallel: int = 0,
 ) -> dict[str, Any]:
     """Server RSS growth per idle connection, each joined to a room of ``room_size`` members.
 
@@ -529,6 +532,8 @@ async def idle_memory(
     first reading. With ``sessions`` (imchat only) every connection is a session of the
     ``admin`` account instead of a user of its own, which skips the ``online`` event each new
     user costs every connected session (N users joining one by one cost N^2/2 events).
+    ``parallel``: handshakes in flight at once (0: the driver's usual; ``connections``: all
+    at once, a reconnect storm).
     """
     stats = Stats()
     clients: list[BaseClient] = []
@@ -548,6 +553,7 @@ async def idle_memory(
                 for i in range(connections)
             ),
             token=token,
+            parallel=parallel,
         )
         connect_s = time.monotonic() - t0
         await settle(stats, quiet=1.0)
@@ -564,6 +570,7 @@ async def idle_memory(
             "kb_per_connection": (rss1 - rss0) / connections,
             "hwm_kb": driver.server.hwm_kb(),
             "connect_s": connect_s,
+            "parallel": parallel or driver.parallel,
             "settle_s": settle_s,
             "lost": stats.lost,
             "complete": stats.lost == 0,

@@ -57,3 +57,27 @@ async def test_index_is_built_from_an_older_database(tmp_path: Path) -> None:
     await reopened.open()
     assert reopened.index_build_seconds is None  # built once
     await reopened.close()
+
+
+async def test_messages_of_one_millisecond_and_tie_slot_are_each_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rooms' first messages in the same millisecond want the same index row: the second
+    takes the next free one (and an edit's new version, too), and every one is found."""
+    monkeypatch.setattr("imchat.server.sqlite_store.time.time", lambda: 1_700_000_000.0)
+    store = SQLiteStore(tmp_path / "imchat.db")
+    await store.open()
+    rooms = [StreamId.room(name) for name in ("a", "b", "c")]
+    try:
+        for stream in rooms:
+            event = MsgEvent(room=stream.room_name or "", from_="alice", text=f"word {stream.key}")
+            assert (await store.append(Draft(stream, "alice", None, event))).seq == 1
+        edit = MsgEvent(room="b", from_="alice", text="changed", kind="edit", target=1)
+        feature = Feature("edit", 1, "alice")
+        await store.append(Draft(rooms[1], "alice", None, edit, feature=feature))
+        found = await store.search(SearchScope(tuple(rooms)), "word", before=None, limit=10)
+        assert sorted(p.decode().count("word r:") for p in found.messages) == [1, 1]
+        changed = await store.search(SearchScope((rooms[1],)), "changed", before=None, limit=10)
+        assert len(changed.messages) == 1
+    finally:
+        await store.close()

@@ -40,7 +40,12 @@ Run = list[Append | ProtocolError]
 
 
 def start_storing(store: Store, draft: Draft) -> asyncio.Future[Stored]:
-    """Start committing ``draft`` now (tasks start in creation order: request order)."""
+    """Start committing ``draft`` now, in request order: a store with ``start_append``
+    (SQLite) queues it at once, without a task; otherwise a task (tasks start in creation
+    order)."""
+    start: Callable[[Draft], asyncio.Future[Stored]] | None = getattr(store, "start_append", None)
+    if start is not None:
+        return start(draft)
     return asyncio.ensure_future(store.append(draft))
 
 

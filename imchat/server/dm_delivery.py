@@ -49,7 +49,7 @@ class DmDelivery:
         finally:
             user.dm_fetches -= 1
         if not user.dm_fetches and user.dm_held:
-            held, user.dm_held = user.dm_held, []
+            held, user.dm_held = user.dm_held, None
             for frame in held:
                 self.fanout.to_users((user.key,), frame)
 
@@ -85,6 +85,9 @@ class DmDelivery:
             # Gone between the check and the commit: deliver at the next hello.
             self.registry.spawn(self.store.set_pending(to_ident, stream, seq))
         elif recipient.dm_fetches:
-            recipient.dm_held.append(frame)  # after the older DMs being fetched
+            # After the older DMs being fetched.
+            if recipient.dm_held is None:
+                recipient.dm_held = []
+            recipient.dm_held.append(frame)
         else:
             self.fanout.to_users((to_key,), frame)

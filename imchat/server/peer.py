@@ -93,7 +93,9 @@ class User:
 
     def __init__(self, nick: str, admin: bool, ident: str = "") -> None:
         self.nick = nick
-        self.key = nick.lower()
+        key = nick.lower()
+        #: Shares the nick's string when it is lower case already (idle memory per user).
+        self.key = nick if key == nick else key
         self.admin = admin
         #: An HTTP caller (``imchat.server.http``) posting as its account: never online, in
         #: no room, never a recipient; it may post to a room it is not a member of.
@@ -104,6 +106,7 @@ class User:
         self.sessions: list[Peer] = []
         self.rooms: set[str] = set()
         #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
-        #: they are done, so a user receives its DMs in the order they were sent.
+        #: they are done, so a user receives its DMs in the order they were sent. None until
+        #: one waits (most users never hold one: no list per idle user).
         self.dm_fetches = 0
-        self.dm_held: list[bytes] = []
+        self.dm_held: list[bytes] | None = None

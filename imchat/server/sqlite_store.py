@@ -146,6 +146,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 MAX_BATCH = 1024
 
 Operation = Callable[[sqlite3.Connection], Any]
+#: Turns an operation's result into the future's, on the event loop (may raise).
+Then = Callable[[Any], Any]
+Queued = tuple[Operation, asyncio.Future[Any], Then | None]
+Result = tuple[asyncio.Future[Any], Any, BaseException | None, Then | None]
 
 
 def _connect(path: Path, *, durable_fsync: bool) -> sqlite3.Connection:
@@ -164,16 +168,16 @@ class _Writer(threading.Thread):
         super().__init__(name="imchat-sqlite-writer", daemon=True)
         self._conn = conn
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[Queued | None] = queue.SimpleQueue()
         #: Last seq per stream, valid only for committed data (cleared after a failed batch).
         self.last_seq: dict[str, int] = {}
         self.encoder = msgspec.json.Encoder()
 
-    def submit(self, op: Operation) -> asyncio.Future[Any]:
+    def submit(self, op: Operation, then: Then | None = None) -> asyncio.Future[Any]:
+        """Run ``op`` in the next transaction; its result, passed through ``then`` on the
+        event loop (which may raise), settles the future."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((op, future))
+        self._queue.put((op, future, then))
         return future
 
     def stop(self) -> None:
@@ -200,14 +204,14 @@ class _Writer(threading.Thread):
                 break
         self._conn.close()
 
-    def _run_batch(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _run_batch(self, batch: list[Queued]) -> None:
+        results: list[Result] = []
         conn = self._conn
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                results.append((future, op(conn), None))
+            for op, future, then in batch:
+                results.append((future, op(conn), None, then))
             conn.execute("COMMIT")
             STATS.commit_seconds.observe(time.perf_counter() - started)
         except BaseException as exc:
@@ -215,7 +219,7 @@ class _Writer(threading.Thread):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self.last_seq.clear()
-            results = [(future, None, exc) for _, future in batch]
+            results = [(future, None, exc, None) for _, future, _ in batch]
         self._loop.call_soon_threadsafe(_resolve_all, results)
 
     def next_seq(self, conn: sqlite3.Connection, stream: str) -> int:
@@ -251,11 +255,16 @@ def _end_expired(c: sqlite3.Connection, now: float) -> None:
         _end_identity(c, key)
 
 
-def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _resolve_all(results: list[Result]) -> None:
     # One callback per batch, in submission order: replies leave in the order requests came.
-    for future, value, exc in results:
+    for future, value, exc, then in results:
         if future.done():
             continue
+        if exc is None and then is not None:
+            try:
+                value = then(value)
+            except Exception as raised:
+                exc = raised
         if exc is None:
             future.set_result(value)
         else:
@@ -572,6 +581,13 @@ class SQLiteStore:
     # -- messages --------------------------------------------------------------------------
 
     async def append(self, draft: Draft) -> Stored:
+        stored: Stored = await self.start_append(draft)
+        return stored
+
+    def start_append(self, draft: Draft) -> asyncio.Future[Stored]:
+        """:meth:`append` without a task of its own: the commit is queued now (so appends
+        reach the store in call order) and the future settles in the writer's one callback
+        per batch. The say path uses this: a task per message cost about 4 µs."""
         writer = self._writer
         assert writer is not None, "store is not open"
         owner = draft.cid_owner
@@ -621,17 +637,20 @@ class SQLiteStore:
             writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
-        stored: Stored | ProtocolError = await writer.submit(op)
-        if isinstance(stored, ProtocolError):
-            raise stored
-        if stored.refused is not None:
-            raise ProtocolError(ErrorCode(stored.refused), "no such message or not yours")
-        room = draft.stream.room_name
-        if not stored.duplicate and room is not None:
-            info = self._rooms.get(room)
-            if info is not None and stored.seq > info.last_seq:
-                info.last_seq = stored.seq
-        return stored
+        def then(stored: Stored | ProtocolError) -> Stored:
+            if isinstance(stored, ProtocolError):
+                raise stored
+            if stored.refused is not None:
+                raise ProtocolError(ErrorCode(stored.refused), "no such message or not yours")
+            room = draft.stream.room_name
+            if not stored.duplicate and room is not None:
+                info = self._rooms.get(room)
+                if info is not None and stored.seq > info.last_seq:
+                    info.last_seq = stored.seq
+            return stored
+
+        future: asyncio.Future[Stored] = writer.submit(op, then)
+        return future
 
     def _first_visible(self, stream: str, viewer: str | None) -> int | None:
         """The first seq of a DM stream ``viewer`` may read (0: all); None: nothing."""
