@@ -730,6 +730,10 @@ class ChatSession:
         info.topic = str(reply.get("topic", ""))
         members = [str(m) for m in reply.get("members", [])]
         info.members = {nick_key(m): m for m in members}
+        # Every member has a session (the last one's end parts it), so all are online, even
+        # those who came before we shared a room and whose "online" scoped presence kept
+        # from us (rev 2).
+        self.online.update(info.members)
         joined = RoomJoined(name, info.topic, tuple(members), rejoin=rejoin)
         self._emit(joined)
         known_last = reply.get("last_seq")

@@ -156,3 +156,16 @@ async def test_a_rewound_room_is_refetched_not_hidden() -> None:
         # The recent history is shown again after the reset line: nothing is hidden.
         assert rec.texts(LOBBY) == ["one", "two", "three", "one", "after the restore"]
         assert [e for e in rec.events if isinstance(e, HistoryReset)] == [HistoryReset(LOBBY, 2)]
+
+
+async def test_members_of_a_joined_room_count_as_online(server: Any, connect: Clients) -> None:
+    """Scoped presence sends no "online" for a user who came after us while we shared no room;
+    the join reply's members are online all the same."""
+    alice = ChatSession("alice", port=server.port, backoff=FAST)
+    async with running(alice) as events:
+        await events.wait(lambda: alice.state is State.CONNECTED)
+        bob = await connect("bob")
+        await join(bob, "dev")
+        assert "bob" not in alice.online  # no room or DM in common: no "online" for alice
+        await alice.join("dev")
+        assert alice.online.get("bob") == "bob"
