@@ -314,6 +314,26 @@ async def test_revision_3_as_irc_users_see_it(irc: Any) -> None:
     ]
 
 
+async def test_irc_replies_and_reactions_reach_native_users(irc: Any) -> None:
+    room = unique("rev3in")
+    native = await irc.native(unique("nat"))
+    await native.request({"type": "join", "room": room, "id": 1})
+    first = await native.request({"type": "say", "room": room, "text": "lunch?", "id": 2})
+    client = await irc(unique("ir"), caps="message-tags")
+    await client.join("#" + room)
+    seq = first["seq"]
+    client.send(f"@+draft/reply={seq} PRIVMSG #{room} :yes please")
+    reply = await native_event(native, "msg", text="yes please")
+    assert reply["reply_to"] == seq
+    client.send(f"@+draft/react=👍;+draft/reply={seq} TAGMSG #{room}")
+    react = await native_event(native, "msg", target=seq)
+    assert (react["kind"], react["text"]) == ("react", "👍")
+    # A reaction to a message that is not there is refused as IRC users are told errors.
+    client.send(f"@+draft/react=👍;+draft/reply=999 TAGMSG #{room}")
+    refused = await client.expect("FAIL")
+    assert "NO_SUCH_MESSAGE" in refused.params
+
+
 async def test_no_echo_without_echo_message(irc: Any) -> None:
     room = unique("noecho")
     client = await irc(unique("ne"))

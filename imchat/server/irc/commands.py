@@ -289,14 +289,16 @@ class Commands(Registration, History):
         body: dict[str, Any] = {}
         if text.startswith("\x01ACTION ") and text.endswith("\x01") and len(text) > 9:
             text, body["kind"] = text[8:-1], "action"
+        reply_to = _reply_to(line)
+        answer = {"reply_to": reply_to} if reply_to is not None else {}
         out = []
         for target in line.params[0].split(","):
             if target.startswith("#"):
-                request = {"type": "say", "room": target, "text": text, **body}
+                request = {"type": "say", "room": target, "text": text, **body, **answer}
             elif target.startswith("$"):
                 request = {"type": "announce", "text": text}
             else:
-                request = {"type": "dm", "to": target, "text": text}
+                request = {"type": "dm", "to": target, "text": text, **answer}
 
             def on_reply(reply: Reply, target: str = target, cmd: str = line.command) -> None:
                 if isinstance(reply, ProtocolError):
@@ -306,8 +308,23 @@ class Commands(Registration, History):
         return out
 
     async def on_tagmsg(self, line: Line) -> None:
-        """Tag-only messages (typing, reactions) have no imchat form yet: dropped quietly,
-        since a client sends them as a matter of course."""
+        """A reaction (``+draft/react`` with ``+draft/reply``) becomes a native ``react``.
+
+        Other tag-only messages (typing notifications) are dropped quietly, since a client
+        sends them as a matter of course.
+        """
+        emoji, seq = line.tags.get("+draft/react"), _reply_to(line)
+        if not emoji or seq is None or not line.params or not line.params[0]:
+            return
+        target = line.params[0]
+        stream = {"room": target} if target.startswith("#") else {"with": target}
+        request = {"type": "react", **stream, "seq": seq, "emoji": emoji}
+
+        def on_reply(reply: Reply) -> None:
+            if isinstance(reply, ProtocolError):
+                self.error(reply, "TAGMSG", target)
+
+        await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
     async def on_message(self, line: Line) -> None:
         payloads: list[bytes | ProtocolError] = list(self.message_payloads(line))
@@ -351,3 +368,9 @@ class Commands(Registration, History):
             code = str(event.get("code", "internal")).upper()
             return tr.fail("*", code, str(event.get("message", "")))
         return None
+
+
+def _reply_to(line: Line) -> int | None:
+    """The ``msgid`` (a stream seq) a ``+draft/reply`` tag names, if it is one of ours."""
+    value = line.tags.get("+draft/reply", "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
