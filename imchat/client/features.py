@@ -32,6 +32,7 @@ from .session import (
     SessionEvent,
     State,
     StateChanged,
+    dm_partner,
     stream_fields,
 )
 
@@ -220,8 +221,7 @@ def conv_of_message(message: Message, own_nick: str) -> ConvKey:
     if kind == "msg":
         return ConvKey.room(str(message.get("room", "")))
     if kind == "dm":
-        sender, to = str(message.get("from", "")), str(message.get("to", ""))
-        return ConvKey.dm(to if nick_key(sender) == nick_key(own_nick) else sender)
+        return ConvKey.dm(dm_partner(message, own_nick))
     return ANNOUNCEMENTS
 
 

@@ -112,6 +112,12 @@ class ConvKey:
 ANNOUNCEMENTS = ConvKey(ConvKind.ANNOUNCE)
 
 
+def dm_partner(message: Message, own_nick: str) -> str:
+    """The other user of a ``dm`` event, as spelled in it (our own DMs to ourselves: us)."""
+    sender, to = str(message.get("from", "")), str(message.get("to", ""))
+    return to if nick_key(sender) == nick_key(own_nick) else sender
+
+
 def stream_fields(key: ConvKey) -> dict[str, Any]:
     """How a request struct (``History``, ``Mark``, ``Edit``, …) names the conversation."""
     if key.kind is ConvKind.ROOM:
@@ -779,8 +785,7 @@ class ChatSession:
         return conv
 
     def dm_partner(self, message: Message) -> str:
-        sender, to = str(message.get("from", "")), str(message.get("to", ""))
-        return to if nick_key(sender) == nick_key(self.nick) else sender
+        return dm_partner(message, self.nick)
 
     def _on_event(self, message: Message) -> None:
         """Dispatch a server event by its type (:mod:`imchat.protocol.events`).
