@@ -359,6 +359,11 @@ class RedisLost(Exception):
     """This node can no longer rely on Redis (unreachable, or it was reaped as dead)."""
 
 
+class EpochChanged(RedisLost):
+    """Another node rotated the store's epoch (Redis lost writes) or Redis was reset: the
+    seqs this node's sessions hold may be void, so they start over with the new epoch."""
+
+
 class RedisFanout:
     """:class:`imchat.server.fanout.Fanout` for a node of a cluster sharing one Redis."""
 
@@ -405,6 +410,8 @@ class RedisFanout:
         self._reconcile = register(RECONCILE_LUA)
         #: Session records in Redis are made under ``shared``; reconciling them is exclusive.
         self._gate = Gate()
+        #: What this node acknowledged or delivered, to find writes Redis lost (issue 13).
+        self._seen = store.seen
         #: Loop time of the last thing read from the subscription (a pong included).
         self._pubsub_heard = 0.0
         #: Set with a reason when this node must start over (it learnt it was reaped).
@@ -465,6 +472,8 @@ class RedisFanout:
         self._pubsub = pubsub
         self.node_id = secrets.token_hex(6)
         try:
+            # Before any session: the epoch they are welcomed with covers what Redis holds.
+            await self.store.verify_epoch()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(self.keys.node(self.node_id), "1", px=int(self.node_timeout * 1000))
                 pipe.sadd(self.keys.nodes, self.node_id)
@@ -505,8 +514,11 @@ class RedisFanout:
             # never retried): drop them all, so the next incarnation starts clean.
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.connection_pool.disconnect()
+            # Redis is fine when only the epoch changed: start over at once.
+            delay = 0.0 if isinstance(reason, EpochChanged) else RECONNECT_DELAY
             while not self._closing:
-                await asyncio.sleep(RECONNECT_DELAY)
+                await asyncio.sleep(delay)
+                delay = RECONNECT_DELAY
                 try:
                     await self._start_incarnation()
                     break
@@ -516,7 +528,13 @@ class RedisFanout:
     def _lost(self, reason: BaseException | None) -> None:
         """Tell every client ``shutting_down``: events may have been missed, acks can't be given."""
         self.available = False
-        log.error("lost Redis (%s): closing every session; retrying", reason)
+        message = "server lost its cluster store"
+        if isinstance(reason, EpochChanged):
+            # Sessions welcomed with the old epoch may hold seqs that now mean other messages.
+            log.warning("%s: closing every session (their seqs may be void)", reason)
+            message = "the server's history was reset: reconnect for the new epoch"
+        else:
+            log.error("lost Redis (%s): closing every session; retrying", reason)
         # Detach everyone now: their state in Redis belongs to this incarnation, which is
         # reaped as a whole, so a late disconnect must not touch the next one's counts.
         for user in self._users.values():
@@ -525,7 +543,7 @@ class RedisFanout:
         self._local_sessions = 0
         if self._registry is None:
             return
-        error = ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
+        error = ProtocolError(ErrorCode.SHUTTING_DOWN, message)
         for session in list(self._registry.sessions):
             session.fail(error)
 
@@ -578,6 +596,9 @@ class RedisFanout:
             if hold and hold.decode() in awaiting:
                 return
             inbox.popleft()
+            if payload:
+                # Any node may have acknowledged it and be gone: this one is a witness too.
+                self._seen.note_event(payload)
             if op.startswith(b"reaped "):
                 if op[7:].decode() == self.node_id:
                     # Frozen past the node timeout: the memberships that follow were taken
@@ -882,6 +903,9 @@ class RedisFanout:
                 alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
                 if not alive:
                     raise RedisLost(f"node {self.node_id} was reaped as dead")
+                changed = await self.store.epoch_changed()
+                if changed is not None:
+                    raise EpochChanged(f"the store's epoch changed to {changed}")
                 if self._healthy_since is None:
                     self._healthy_since = loop.time()
                 await self._reconcile_sessions()

@@ -55,6 +55,7 @@ from imchat.protocol import ErrorCode, ProtocolError
 from . import features_redis
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
+from .redis_epoch import SeenSeqs, verify_epoch
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_sentinel_url
 from .stats import STATS
@@ -387,6 +388,8 @@ class RedisStore:
         self._claim_guest = self.redis.register_script(CLAIM_GUEST_LUA)
         self._create_account = self.redis.register_script(CREATE_ACCOUNT_LUA)
         self._epoch: str | None = None
+        #: The newest message this node acknowledged or delivered per stream (issue 13).
+        self.seen = SeenSeqs()
         self._encoder = msgspec.json.Encoder()
         #: Commands for the ordered pipeline: each with its future and whether it writes.
         self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
@@ -596,6 +599,19 @@ class RedisStore:
         assert self._epoch is not None, "store is not open"
         return self._epoch
 
+    async def verify_epoch(self) -> str:
+        """Read the epoch again after reaching Redis anew; rotate it if Redis lost what this
+        node saw (:mod:`imchat.server.redis_epoch`). Returns the epoch now served."""
+        self._epoch = await verify_epoch(self.redis, self.keys.prefix, self._epoch or "", self.seen)
+        return self._epoch
+
+    async def epoch_changed(self) -> str | None:
+        """The epoch in Redis if it is no longer the one served (None: unchanged)."""
+        current = await self.redis.get(self.keys.epoch)
+        if current is not None and text(current) == self._epoch:
+            return None
+        return text(current) if current is not None else "(none)"
+
     async def identity(self, key: str) -> Identity | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(self.keys.user(key), ["nick", "account", "admin", "password_hash", "ident"])
@@ -725,6 +741,8 @@ class RedisStore:
                 ErrorCode.LIMIT_REACHED,
                 f"{draft.max_queued} messages already wait for them; try later",
             )
+        if seq != b"0" and payload:
+            self.seen.note(stream.key, int(seq), payload)
         return Stored(
             int(seq),
             float(ts),

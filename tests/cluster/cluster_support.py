@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import TEST_REDIS_URL, redis_available
 
-from imchat.client import Connection
+from imchat.client import Connection, ConnectionClosed, ServerError
 from imchat.protocol import FrameDecoder, decode_object, encode_message
 
 REDIS_URL = TEST_REDIS_URL
@@ -486,6 +486,24 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def connect_retrying(
+    clients: Clients, node: Node, nick: str, *, room: str | None = None
+) -> Client:
+    """Connect (and join ``room``), retrying while the node is between Redis incarnations:
+    it answers ``shutting_down`` until it has Redis again (bounded)."""
+    deadline = asyncio.get_running_loop().time() + 4 * TIMEOUT
+    while True:
+        try:
+            client = await clients.connect(node, nick)
+            if room is not None:
+                await client.request("join", room=room)
+            return client
+        except (ServerError, ConnectionClosed, OSError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # a reconnect backoff, as a client would
 
 
 def is_type(kind: str, **fields: Any) -> Callable[[Message], bool]:
