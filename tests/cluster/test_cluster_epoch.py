@@ -8,10 +8,22 @@ is in ``test_cluster_lagging_failover.py``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
-from .cluster_support import Client, Clients, Cluster, Node, PrivateRedis, connect_retrying
+import redis
+
+from .cluster_support import (
+    REDIS_URL,
+    TIMEOUT,
+    Client,
+    Clients,
+    Cluster,
+    Node,
+    PrivateRedis,
+    connect_retrying,
+)
 
 
 async def _epoch_of(clients: Clients, node: Node, nick: str) -> tuple[Client, str]:
@@ -49,3 +61,25 @@ async def test_redis_restarted_empty_gives_every_node_a_new_epoch(
     finally:
         for node in cluster.nodes:
             node.stop()
+
+
+async def test_an_epoch_rotated_elsewhere_ends_the_sessions_of_every_node(
+    cluster: Cluster, clients: Clients, prefix: str
+) -> None:
+    nodes = cluster.start_many(2, node_timeout=1.5)
+    watchers = [await clients.connect(node, f"w{i}") for i, node in enumerate(nodes)]
+    # What a node that found lost writes does (redis_epoch.ROTATE_EPOCH_LUA), done here.
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(f"{prefix}epoch", "rotated-elsewhere")
+    finally:
+        client.close()
+    for watcher in watchers:
+        # Within one heartbeat: its seqs may be void, so it must reconnect.
+        await asyncio.wait_for(watcher.conn.wait_closed(), TIMEOUT)
+        assert watcher.conn.closed_error is not None
+        assert watcher.conn.closed_error["code"] == "shutting_down"
+    for i, node in enumerate(nodes):
+        await node.wait_log("the store's epoch changed to rotated-elsewhere")
+        _, epoch = await _epoch_of(clients, node, f"w{i}")
+        assert epoch == "rotated-elsewhere"
