@@ -17,6 +17,7 @@ new one, as for a new store.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Streams remembered at most (the most recently written ones; about 150 bytes each).
 SEEN_STREAMS = 1000
+#: Events read from the channel kept unparsed at most (each no larger than one event).
+RECENT_EVENTS = 256
 #: Streams checked per round trip.
 VERIFY_CHUNK = 200
 
@@ -64,12 +67,12 @@ def stream_of(payload: bytes) -> tuple[str, int] | None:
     """The stream key and seq of a stored message's event, else None."""
     try:
         event = _decode_stored(payload)
-    except msgspec.ValidationError:
+    except msgspec.DecodeError:  # not JSON, or not an object
         return None
     if event.seq is None or event.seq <= 0:
         return None
     if event.type == "msg" and event.room is not None:
-        return StreamId.room(event.room).key, event.seq
+        return f"r:{event.room}", event.seq
     if event.type == "dm" and event.from_ is not None and event.to is not None:
         return StreamId.dm(event.from_.lower(), event.to.lower()).key, event.seq
     if event.type == "announce":
@@ -85,11 +88,15 @@ class SeenSeqs:
     snapshot a prefix of history), so whatever Redis lost includes the newest writes, which
     are the ones kept here. The fingerprint (the payload's hash) tells a lost message from a
     new one that took its seq after the failover, when a stream has already caught up.
+
+    Events read from the channel are kept raw, the last ``recent`` of them (any kind), and
+    parsed only when Redis is checked: noting one costs a deque append on the delivery path.
     """
 
-    def __init__(self, limit: int = SEEN_STREAMS) -> None:
+    def __init__(self, limit: int = SEEN_STREAMS, recent: int = RECENT_EVENTS) -> None:
         self.limit = limit
         self._seen: dict[str, tuple[int, int]] = {}
+        self._recent: deque[bytes] = deque(maxlen=recent)
 
     def note(self, stream: str, seq: int, payload: bytes) -> None:
         seen = self._seen
@@ -102,21 +109,24 @@ class SeenSeqs:
             del seen[next(iter(seen))]
 
     def note_event(self, payload: bytes) -> None:
-        """Remember a published event if it is a stored message (it carries a seq)."""
-        if b'"seq":' not in payload:
-            return
-        found = stream_of(payload)
-        if found is not None:
-            self.note(found[0], found[1], payload)
+        """Remember a published event (stored messages are told from others when parsed:
+        even a filter here would cost several times the append)."""
+        self._recent.append(payload)
 
     def items(self) -> list[tuple[str, int, int]]:
+        while self._recent:
+            payload = self._recent.popleft()
+            found = stream_of(payload)
+            if found is not None:
+                self.note(found[0], found[1], payload)
         return [(stream, seq, fingerprint) for stream, (seq, fingerprint) in self._seen.items()]
 
     def clear(self) -> None:
         self._seen.clear()
+        self._recent.clear()
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._seen) + len(self._recent)
 
 
 @dataclass(frozen=True, slots=True)

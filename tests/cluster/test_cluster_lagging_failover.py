@@ -134,8 +134,10 @@ async def test_failover_to_a_lagging_replica_voids_the_seqs_it_lost(
             lost = [await say(f"lost{i}") for i in range(20)]
             lost_dms = [await dm(f"lost-dm{i}") for i in range(5)]
             await witness.until(
-                lambda: witness.has(LOBBY, lost[-1], "lost19")
-                and witness.has(WITH_SENDER, lost_dms[-1], "lost-dm4")
+                lambda: (
+                    witness.has(LOBBY, lost[-1], "lost19")
+                    and witness.has(WITH_SENDER, lost_dms[-1], "lost-dm4")
+                )
             )
             replica_offset = _offset(redis.replicas[0].command("INFO", "replication"))
             primary_offset = _offset(redis.primary.command("INFO", "replication"))
@@ -156,8 +158,10 @@ async def test_failover_to_a_lagging_replica_voids_the_seqs_it_lost(
             assert again == list(range(kept[-1] + 1, kept[-1] + 6))
             assert again_dm == kept_dms[-1] + 1
             await witness.until(
-                lambda: witness.has(LOBBY, again[-1], "new4")
-                and witness.has(WITH_SENDER, again_dm, "new-dm")
+                lambda: (
+                    witness.has(LOBBY, again[-1], "new4")
+                    and witness.has(WITH_SENDER, again_dm, "new-dm")
+                )
             )
             assert any(reset.conv is None for reset in witness.resets)  # the new epoch
             assert witness.conflicts == []

@@ -39,6 +39,14 @@ def test_seen_keeps_the_newest_seq_of_the_most_recently_written_streams() -> Non
     assert sorted((s, q) for s, q, _ in seen.items()) == [("r:a", 5), ("r:c", 1)]
 
 
+def test_events_read_from_the_channel_are_parsed_when_checked() -> None:
+    seen = SeenSeqs(recent=2)
+    seen.note_event(b'{"type":"msg","room":"old","from":"a","text":"x","seq":1,"ts":1}')
+    seen.note_event(b'{"type":"msg","room":"lobby","from":"a","text":"x","seq":7,"ts":1}')
+    seen.note_event(b'{"type":"online","nick":"a","ts":1}')  # the oldest event goes
+    assert [(s, q) for s, q, _ in seen.items()] == [("r:lobby", 7)]
+
+
 def test_stream_of_published_events() -> None:
     assert stream_of(b'{"type":"msg","room":"lobby","from":"a","text":"x","seq":3,"ts":1}') == (
         "r:lobby",
@@ -50,6 +58,7 @@ def test_stream_of_published_events() -> None:
     # A read marker has a seq but is no stored message; presence has none.
     assert stream_of(b'{"type":"marker","room":"lobby","seq":4}') is None
     assert stream_of(b'{"type":"online","nick":"a","ts":1}') is None
+    assert stream_of(b"not json") is None
 
 
 async def test_a_stream_behind_rotates_the_epoch_once_for_every_node(
