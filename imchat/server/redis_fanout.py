@@ -38,7 +38,9 @@ A node refreshes its heartbeat every third of the timeout; every node looks for 
 ``nodes`` whose heartbeat expired and reaps them with one script that removes their sessions
 and, for users left with none, publishes ``parted`` (``quit``) and ``offline``. A node that
 loses Redis closes its sessions with ``shutting_down`` (their state will be reaped), and
-reconnects as a new node id.
+reconnects as a new node id, first checking that Redis still has what it acknowledged and
+delivered (:mod:`imchat.server.redis_epoch`: if not, the store gets a new epoch). A heartbeat
+that finds the epoch changed starts over the same way, so no session keeps void seqs.
 """
 
 from __future__ import annotations

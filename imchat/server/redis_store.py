@@ -8,7 +8,8 @@ persistence (``docs/redis.md``).
 
 Key layout (``P`` is the prefix, ``imchat:`` by default)::
 
-    P epoch             string the store's epoch, created with SET NX by the first node
+    P epoch             string the store's epoch, created with SET NX by the first node,
+                               replaced when Redis lost writes (imchat.server.redis_epoch)
     P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash,
                                ident (the account's identity id; absent: the nick key)
     P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
