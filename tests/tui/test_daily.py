@@ -372,3 +372,22 @@ def test_hotlist_orders_attention_first_and_keeps_names_short() -> None:
     assert hotlist(items).plain == "act: 3:@bob(1)! 1:#lobby(2) 4:★(1)"
     assert totals(items) == (4, 1)
     assert hotlist(items[1:2]).plain == ""
+
+
+async def test_a_long_outage_reason_goes_before_the_state_words() -> None:
+    from textual.app import App, ComposeResult
+
+    from imchat.client.session import State
+
+    class Bar(App[None]):
+        def compose(self) -> ComposeResult:
+            yield StatusBar("chat.example.org:7667")
+
+    async with Bar().run_test(size=(70, 3)) as pilot:
+        bar = pilot.app.query_one(StatusBar)
+        bar.nick, bar.state = "alice", State.RECONNECTING
+        bar.reason = "connection lost; then [Errno 111] Connect call failed ('10.0.0.5', 7667)"
+        await pilot.pause()
+        line = bar.fitted(70).plain
+        assert line == " imchat  alice @ chat.example.org:7667  ◌ reconnecting…"
+        assert "(connection lost" in bar.fitted(200).plain

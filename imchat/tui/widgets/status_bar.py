@@ -60,19 +60,21 @@ class StatusBar(Static):
         """The most detailed line that fits ``width``; the topic takes what is left.
 
         Narrow terminals fold the side panes away, so this bar is then the only sign of
-        activity elsewhere: the server address and the state's words go before the state's
-        dot and the hotlist do.
+        activity elsewhere: why the connection dropped, the server address and the state's
+        words go before the state's dot and the hotlist do.
         """
         bar = Text("  │  ", style="grey42")
         brand = Text(" imchat ", style=Style(color="black", bgcolor="cyan", bold=True))
         nick = Text(f" {clean(self.nick)}", style=Style(bold=True))
         server = Text(f" @ {clean(self.server)}", style=Style(color="grey62"))
         state = self.state_text()
+        told = state
         if self.state is not State.CONNECTED and self.reason:
-            state = Text.assemble(state, Text(f"  ({clean(self.reason)})", style="grey50"))
+            told = Text.assemble(state, Text(f"  ({clean(self.reason)})", style="grey50"))
         dot = Text(state.plain[:1], style=state.get_style_at_offset(self.app.console, 0))
         hot = [bar, self.hotlist] if self.hotlist.plain else []
         layouts = [
+            Text.assemble(brand, nick, server, "  ", told, *hot),
             Text.assemble(brand, nick, server, "  ", state, *hot),
             Text.assemble(brand, nick, "  ", state, *hot),
             Text.assemble(brand, nick, " ", dot, *hot),
