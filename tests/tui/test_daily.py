@@ -390,4 +390,7 @@ async def test_a_long_outage_reason_goes_before_the_state_words() -> None:
         await pilot.pause()
         line = bar.fitted(70).plain
         assert line == " imchat  alice @ chat.example.org:7667  ◌ reconnecting…"
-        assert "(connection lost" in bar.fitted(200).plain
+        assert bar.fitted(200).plain.endswith(f"reconnecting…  ({bar.reason})")
+        # With room for some of it, the reason is cut short rather than left out.
+        assert bar.fitted(90).plain.endswith("◌ reconnecting…  (connection lost; then [Errno 1…)")
+        assert len(bar.fitted(90).plain) == 90

@@ -16,6 +16,8 @@ from imchat.tui.render import clean
 
 #: Cells the topic needs to be worth showing (a bar and a few letters).
 MIN_TOPIC = 12
+#: Cells a disconnection's reason needs to be worth showing (its code, at least).
+MIN_REASON = 16
 
 
 class StatusBar(Static):
@@ -68,18 +70,23 @@ class StatusBar(Static):
         nick = Text(f" {clean(self.nick)}", style=Style(bold=True))
         server = Text(f" @ {clean(self.server)}", style=Style(color="grey62"))
         state = self.state_text()
-        told = state
-        if self.state is not State.CONNECTED and self.reason:
-            told = Text.assemble(state, Text(f"  ({clean(self.reason)})", style="grey50"))
         dot = Text(state.plain[:1], style=state.get_style_at_offset(self.app.console, 0))
         hot = [bar, self.hotlist] if self.hotlist.plain else []
         layouts = [
-            Text.assemble(brand, nick, server, "  ", told, *hot),
             Text.assemble(brand, nick, server, "  ", state, *hot),
             Text.assemble(brand, nick, "  ", state, *hot),
             Text.assemble(brand, nick, " ", dot, *hot),
             Text.assemble(nick, " ", dot, *hot),
         ]
+        if self.state is not State.CONNECTED and self.reason:
+            # The reason takes what the full line leaves, cut short if need be.
+            reason = clean(self.reason).replace("\n", " ")
+            room = len(reason) if width <= 0 else width - layouts[0].cell_len - len("  ()")
+            if room >= MIN_REASON:
+                if len(reason) > room:
+                    reason = reason[: room - 1] + "…"
+                told = Text.assemble(state, Text(f"  ({reason})", style="grey50"))
+                layouts.insert(0, Text.assemble(brand, nick, server, "  ", told, *hot))
         line = next((t for t in layouts if width <= 0 or t.cell_len <= width), layouts[-1])
         if self.topic and (width <= 0 or width - line.cell_len >= MIN_TOPIC):
             topic = Text(clean(self.topic).replace("\n", " "), style=Style(italic=True))
