@@ -362,8 +362,12 @@ def _default_nick() -> str:
 @app.command()
 def send(
     text: Annotated[
-        str, typer.Argument(help="The message; '-' reads standard input, one per line.")
-    ],
+        str | None,
+        typer.Argument(
+            help="The message; '-' (or none, with a pipe) reads standard input, one per line.",
+            show_default=False,
+        ),
+    ] = None,
     room: Annotated[str | None, typer.Option(help="Say TEXT in this room.")] = None,
     to: Annotated[
         str | None, typer.Option(help="Send TEXT as a direct message to this user.")
@@ -430,6 +434,11 @@ def send(
         raise _fail("--reply-to and --react do not mix: a reaction answers by itself", 2)
     if reply_to is not None and all_:
         raise _fail("announcements take no replies (--reply-to with --all)", 2)
+    if text is None:
+        # `echo done | imchat send --room ops`, like logger(1); a terminal would just wait.
+        if sys.stdin.isatty():
+            raise _fail("say what: give TEXT, or '-' (or a pipe) for one message per line", 2)
+        text = "-"
     if password_stdin and text == "-":
         raise _fail("--password-stdin needs TEXT as an argument: stdin holds the password", 2)
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None

@@ -83,6 +83,16 @@ async def test_edits_deletes_reactions_fold_into_targets(server: Any, connect: C
         assert event["reply_to"] == said["seq"]
 
 
+def test_book_reports_no_change_for_plain_new_messages() -> None:
+    # A UI redraws the entries of changed seqs: new messages are drawn as they are appended,
+    # and reporting each of them made the TUI search its whole log once per message (a flood
+    # of 2,000 lines took tens of seconds to show).
+    book = MessageBook()
+    assert book.add(LOBBY, [{"seq": n, "from": "a", "text": str(n)} for n in range(1, 4)]) == set()
+    react = {"seq": 4, "from": "b", "kind": "react", "target": 2, "text": "x"}
+    assert book.add(LOBBY, [react, {"seq": 5, "from": "a", "text": "later"}]) == {2}
+
+
 def test_book_applies_changes_that_arrive_before_their_target() -> None:
     book = MessageBook()
     edit = {"seq": 3, "from": "a", "kind": "edit", "target": 1, "text": "new"}

@@ -86,6 +86,22 @@ async def test_stdin_one_message_per_line(server: Any, connect: Clients) -> None
     ]
 
 
+async def test_a_pipe_without_text_is_read_like_dash(server: Any, connect: Clients) -> None:
+    # `echo done | imchat send --room ops`: no TEXT with a pipe means standard input.
+    result = await imchat_send("--nick", "bot", "--room", "lobby", port=server.port, stdin="a\nb\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["a", "b"]
+
+
+async def test_password_stdin_without_text_is_refused(server: Any) -> None:
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--password-stdin", port=server.port
+    )
+    assert_one_line_error(result, "--password-stdin needs TEXT")
+
+
 async def test_stdin_beyond_the_rate_limit_is_stored_exactly_once(
     server: Any, connect: Clients
 ) -> None:

@@ -124,9 +124,13 @@ class MessageBook:
             )
             views = self._views.setdefault(conv, {})
             views[seq] = view
-            for waiting in sorted(self._waiting.pop((conv, seq), []), key=_seq):
+            # A new message is drawn as it is appended: it changed only if changes that
+            # arrived before it (an older page loaded late) were applied to it now.
+            early = self._waiting.pop((conv, seq), [])
+            for waiting in sorted(early, key=_seq):
                 self._apply(conv, seq, waiting)
-            changed.add(seq)
+            if early:
+                changed.add(seq)
         self._bound(conv)
         return changed
 

@@ -12,12 +12,9 @@ from imchat.protocol import Announce, Dm, Join, Ping, React, Say
 
 from .connection import Connection, ServerError
 from .resume import ResumeStore, remember_welcome
+from .retry import request_retrying
 from .session import ANNOUNCEMENTS, ConvKey, stream_fields
 
-#: Waits after ``rate_limited`` or ``internal`` (outcome unknown) before the same message
-#: (same cid) is sent again.
-RATE_LIMIT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
-RETRIED_CODES = frozenset({"rate_limited", "internal"})
 KEEPALIVE = 30.0
 
 
@@ -72,15 +69,7 @@ async def _iterate(texts: Iterable[str]) -> AsyncIterator[str]:
 
 
 async def send_one(conn: Connection, target: Target, text: str) -> dict[str, object]:
-    request = target.request(text, uuid.uuid4().hex)
-    for delay in (*RATE_LIMIT_BACKOFF, None):
-        try:
-            return await conn.request(request)
-        except ServerError as exc:
-            if exc.code not in RETRIED_CODES or delay is None:
-                raise
-            await asyncio.sleep(delay)  # a retry with the same cid is never stored twice
-    raise AssertionError("unreachable")
+    return await request_retrying(conn, target.request(text, uuid.uuid4().hex))
 
 
 async def send_messages(

@@ -70,6 +70,7 @@ from imchat.protocol.events import (
 
 from .connection import DEFAULT_PORT, Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
+from .retry import RETRY_DELAYS, request_retrying
 from .servers import Endpoint, connect_first
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ OLDER_HISTORY = 100
 
 #: Error codes on ``hello`` after which retrying cannot help.
 _PERMANENT_HELLO_ERRORS = frozenset({"auth_failed", "bad_nick", "bad_request"})
-#: Waits before a message answered ``internal`` (outcome unknown) is sent again, same cid.
-INTERNAL_RETRY = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 class ConvKind(StrEnum):
@@ -431,6 +430,9 @@ class ChatSession:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff = backoff or Backoff()
+        #: Waits before an outbox message answered ``rate_limited`` or ``internal`` is sent
+        #: again (same cid); past them, it is reported with :class:`SendFailed`.
+        self.retry_delays = RETRY_DELAYS
         self._rng = rng
         self._client_name = client_name
         self.state = State.OFFLINE
@@ -940,7 +942,7 @@ class ChatSession:
             while self.outbox:
                 pending = self.outbox[0]
                 try:
-                    await self._request_retrying(conn, self._payload(pending))
+                    await request_retrying(conn, self._payload(pending), self.retry_delays)
                 except ServerError as exc:
                     self._drop(pending)
                     self._emit(SendFailed(pending.conv, pending.text, exc.code, exc.message))
@@ -951,18 +953,6 @@ class ChatSession:
                 self._drop(pending)
             self._outbox_wake.clear()
             await self._outbox_wake.wait()
-
-    @staticmethod
-    async def _request_retrying(conn: ConnectionLike, request: Say | Dm | Announce) -> None:
-        """Send; after ``internal`` (outcome unknown) send again with the same cid."""
-        for delay in (*INTERNAL_RETRY, None):
-            try:
-                await conn.request(request)
-                return
-            except ServerError as exc:
-                if exc.code != "internal" or delay is None:
-                    raise
-            await asyncio.sleep(delay)
 
     def _drop(self, pending: Pending) -> None:
         with contextlib.suppress(ValueError):

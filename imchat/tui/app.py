@@ -396,6 +396,8 @@ class ChatApp(FeatureApp):
         event = message.event
         if isinstance(event, MessagesAdded):
             self._messages_added(event)
+            if event.conv == self.current:
+                self._mark_read(event.conv)  # what arrives in front of the user is read
         elif isinstance(event, ServerEvent):
             self._server_event(event.message)
         elif isinstance(event, OutboxChanged):

@@ -334,6 +334,38 @@ async def test_irc_replies_and_reactions_reach_native_users(irc: Any) -> None:
     assert "NO_SUCH_MESSAGE" in refused.params
 
 
+async def test_redact_deletes_both_ways(irc: Any) -> None:
+    """draft/message-redaction: an IRC user's REDACT is a native delete, and a native delete
+    reaches clients with the capability as REDACT (the others keep the notice)."""
+    room = unique("redact")
+    redacting = await irc(unique("rd"), caps="message-tags echo-message draft/message-redaction")
+    plain = await irc(unique("pl"))
+    for client in (redacting, plain):
+        await client.join("#" + room)
+    native = await irc.native(unique("nat"))
+    await native.request({"type": "join", "room": room, "id": 1})
+    redacting.send(f"PRIVMSG #{room} :oops, wrong window")
+    mine = await native_event(native, "msg", text="oops, wrong window")
+    redacting.send(f"REDACT #{room} {mine['seq']} :wrong window")
+    deleted = await native_event(native, "msg", target=mine["seq"])
+    assert deleted["kind"] == "delete"
+    assert (deleted["target"], deleted["from"]) == (mine["seq"], mine["from"])
+    gone = await redacting.expect("REDACT")
+    assert gone.params == ["#" + room, str(mine["seq"])]
+    assert (await plain.expect("NOTICE")).params[-1] == f"(deleted message {mine['seq']})"
+    # Someone else's message: refused in the spec's terms, and nothing is stored.
+    theirs = await native.request({"type": "say", "room": room, "text": "mine", "id": 2})
+    redacting.send(f"REDACT #{room} {theirs['seq']}")
+    refused = await redacting.expect("FAIL")
+    assert refused.params[:3] == ["REDACT", "REDACT_FORBIDDEN", "#" + room]
+    redacting.send(f"REDACT #{room} 99999", f"REDACT #{room} x1")
+    for _ in range(2):
+        unknown = await redacting.expect("FAIL")
+        assert unknown.params[:2] == ["REDACT", "UNKNOWN_MSGID"]
+    history = await native.request({"type": "history", "room": room, "id": 3})
+    assert [m.get("kind") for m in history["messages"]] == [None, "delete", None]
+
+
 async def test_no_echo_without_echo_message(irc: Any) -> None:
     room = unique("noecho")
     client = await irc(unique("ne"))

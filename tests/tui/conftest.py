@@ -125,8 +125,8 @@ async def type_line(pilot: Pilot[Any], text: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(app: ChatApp) -> AsyncIterator[Pilot[Any]]:
-    async with app.run_test(size=SIZE) as pilot:
+async def running(app: ChatApp, size: tuple[int, int] = SIZE) -> AsyncIterator[Pilot[Any]]:
+    async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: app.session.state.value == "connected", "connect")
         yield pilot
         await app.session.close()

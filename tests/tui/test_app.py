@@ -304,12 +304,26 @@ async def test_unknown_commands_and_server_errors_are_explained(server: ServerHa
         await until(pilot, lambda: log_text(alice, LOBBY) == [], "cleared")
 
 
-async def test_rate_limited_is_reported(server: ServerHandle) -> None:
+async def test_a_burst_beyond_the_rate_limit_is_paced_not_lost(server: ServerHandle) -> None:
     await server.stop()
-    await server.start(rate=0.5, burst=1)
+    await server.start(rate=4, burst=1)
     alice = make_app(server, "alice")
     async with running(alice) as pilot:
         for i in range(4):
+            alice.handle_line(f"burst {i}")
+        await until(pilot, lambda: has_line(alice, LOBBY, "burst 3"), "all sent", timeout=20)
+        lines = [line for line in log_text(alice, LOBBY) if "burst" in line]
+        assert [line.split()[-1] for line in lines] == ["0", "1", "2", "3"]
+        assert not has_line(alice, LOBBY, "rate_limited")
+
+
+async def test_rate_limited_past_the_retries_is_reported(server: ServerHandle) -> None:
+    await server.stop()
+    await server.start(rate=0.01, burst=1)
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        alice.session.retry_delays = (0.01, 0.01)
+        for i in range(2):
             alice.handle_line(f"flood {i}")
         await until(pilot, lambda: has_line(alice, LOBBY, "rate_limited"), "rate_limited shown")
 

@@ -77,6 +77,25 @@ async def test_mention_and_dm_notify_unless_looking_and_show_in_hotlist(
             assert out[-1] == f"\x1b]2;imchat alice @ 127.0.0.1:{server.port}\x1b\\"
 
 
+async def test_a_narrow_status_bar_keeps_the_state_and_the_hotlist(
+    server: ServerHandle,
+) -> None:
+    # At 40 columns the side panes are folded away: the top bar is the only sign of a DM
+    # arriving in another conversation, so it drops the server address before the hotlist.
+    alice = make_app(server, "alice")
+    async with running(alice, size=(40, 20)) as pilot:
+        bar = alice.query_one(StatusBar)
+        await until(pilot, lambda: "connected" in str(bar.render()), "state shown")
+        async with client(server, "bob") as bob:
+            await bob.request("dm", to="alice", text="psst")
+            await until(pilot, lambda: "@bob" in bar.hotlist.plain, "hot")
+            await pilot.pause()
+            shown = str(bar.render())
+            assert "act: 2:@bob(1)!" in shown
+            assert "●" in shown and "alice" in shown
+            assert len(shown) <= 40
+
+
 async def test_notification_kinds_can_be_switched_off(server: ServerHandle) -> None:
     config = TuiConfig(notify=NotifySettings(dm=False, bell=False, desktop="osc9"))
     alice = make_app(server, "alice", config=config)
@@ -353,3 +372,25 @@ def test_hotlist_orders_attention_first_and_keeps_names_short() -> None:
     assert hotlist(items).plain == "act: 3:@bob(1)! 1:#lobby(2) 4:★(1)"
     assert totals(items) == (4, 1)
     assert hotlist(items[1:2]).plain == ""
+
+
+async def test_a_long_outage_reason_goes_before_the_state_words() -> None:
+    from textual.app import App, ComposeResult
+
+    from imchat.client.session import State
+
+    class Bar(App[None]):
+        def compose(self) -> ComposeResult:
+            yield StatusBar("chat.example.org:7667")
+
+    async with Bar().run_test(size=(70, 3)) as pilot:
+        bar = pilot.app.query_one(StatusBar)
+        bar.nick, bar.state = "alice", State.RECONNECTING
+        bar.reason = "connection lost; then [Errno 111] Connect call failed ('10.0.0.5', 7667)"
+        await pilot.pause()
+        line = bar.fitted(70).plain
+        assert line == " imchat  alice @ chat.example.org:7667  ◌ reconnecting…"
+        assert bar.fitted(200).plain.endswith(f"reconnecting…  ({bar.reason})")
+        # With room for some of it, the reason is cut short rather than left out.
+        assert bar.fitted(90).plain.endswith("◌ reconnecting…  (connection lost; then [Errno 1…)")
+        assert len(bar.fitted(90).plain) == 90

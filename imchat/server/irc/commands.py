@@ -58,6 +58,7 @@ class Commands(Registration, History):
             "MOTD": self.on_motd,
             "CHATHISTORY": self.on_chathistory,
             "TAGMSG": self.on_tagmsg,
+            "REDACT": self.on_redact,
         }
 
     async def dispatch(self, line: Line) -> None:
@@ -317,12 +318,30 @@ class Commands(Registration, History):
         if not emoji or seq is None or not line.params or not line.params[0]:
             return
         target = line.params[0]
-        stream = {"room": target} if target.startswith("#") else {"with": target}
-        request = {"type": "react", **stream, "seq": seq, "emoji": emoji}
+        request = {"type": "react", **_stream(target), "seq": seq, "emoji": emoji}
 
         def on_reply(reply: Reply) -> None:
             if isinstance(reply, ProtocolError):
                 self.error(reply, "TAGMSG", target)
+
+        await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
+
+    async def on_redact(self, line: Line) -> None:
+        """``REDACT <target> <msgid> [:reason]`` (draft/message-redaction) deletes a message.
+
+        The msgid is the stream's seq; the reason is not kept (native deletes carry none).
+        """
+        if not self.need(line, 2):
+            return
+        target, msgid = line.params[0], line.params[1]
+        if not msgid.isdigit() or len(msgid) > 18:
+            self.out(tr.fail("REDACT", "UNKNOWN_MSGID", "No such message", target, msgid))
+            return
+        request = {"type": "delete", **_stream(target), "seq": int(msgid)}
+
+        def on_reply(reply: Reply) -> None:
+            if isinstance(reply, ProtocolError):
+                self.error(reply, "REDACT", target)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
@@ -368,6 +387,15 @@ class Commands(Registration, History):
             code = str(event.get("code", "internal")).upper()
             return tr.fail("*", code, str(event.get("message", "")))
         return None
+
+
+def _stream(target: str) -> dict[str, Any]:
+    """The native stream fields an IRC target names: ``#room``, ``$*`` or a nick."""
+    if target.startswith("#"):
+        return {"room": target}
+    if target.startswith("$"):
+        return {"announcements": True}
+    return {"with": target}
 
 
 def _reply_to(line: Line) -> int | None:

@@ -314,8 +314,10 @@ class IrcSession(Session):
     def caps_changed(self) -> None:
         """Derive what the send path reads from the negotiated capabilities."""
         self.echo = "echo-message" in self.caps
-        self.variant = (tr.TIME if "server-time" in self.caps else 0) | (
-            tr.MSGTAGS if "message-tags" in self.caps else 0
+        self.variant = (
+            (tr.TIME if "server-time" in self.caps else 0)
+            | (tr.MSGTAGS if "message-tags" in self.caps else 0)
+            | (tr.REDACT if "draft/message-redaction" in self.caps else 0)
         )
         self.skip_author = "" if self.echo else self.user_key
 

@@ -27,11 +27,13 @@ CAPABILITIES: dict[str, str] = {
     "batch": "",
     "draft/chathistory": "",
     "multi-prefix": "",
+    "draft/message-redaction": "",
 }
-#: Variant bits: which tags a session's lines carry.
+#: Variant bits: which tags a session's lines carry, and which IRCv3 forms it reads.
 TIME = 1
 MSGTAGS = 2
-VARIANTS = 4
+REDACT = 4
+VARIANTS = 8
 
 _decoder = msgspec.json.Decoder()
 
@@ -92,12 +94,15 @@ def message_lines(
     """A stored message (``msg``, ``dm``, ``announce``) for IRC, revision 3 included.
 
     IRCv3 forms where the client took ``message-tags``: a reply carries ``+draft/reply``,
-    a reaction is a ``TAGMSG`` with ``+draft/react``. Edits and deletes have no settled IRC
-    form: they arrive as text that says what happened (as do reactions without tags).
+    a reaction is a ``TAGMSG`` with ``+draft/react``, and a delete a ``REDACT`` where the
+    client took ``draft/message-redaction``. Edits have no settled IRC form: they arrive as
+    text that says what happened (as do the others without those capabilities).
     """
     src, text, kind = source(event["from"]), str(event["text"]), event.get("kind")
     command = "NOTICE" if event.get("type") == "announce" else "PRIVMSG"
     about = event.get("target")
+    if kind == "delete" and variant & REDACT:
+        return [format_parts("REDACT", [target, str(about)], src, tags)]
     if kind is None or kind == "action":
         if variant & MSGTAGS and event.get("reply_to") is not None:
             tags = {**tags, "+draft/reply": str(event["reply_to"])}
@@ -141,7 +146,7 @@ class Translated:
 
     frame: bytes
     event: dict[str, Any]
-    #: Lines per variant (the index: TIME | MSGTAGS bits), built on first use.
+    #: Lines per variant (the index: TIME | MSGTAGS | REDACT bits), built on first use.
     lines: list[bytes | None] = field(default_factory=lambda: [None] * VARIANTS)
     #: A room message: the same lines for every recipient, except that its author sees it only
     #: with echo-message. The fast path of a broadcast (see ``IrcSession.send``).
@@ -202,6 +207,17 @@ def fail(command: str, code: str, message: str, *context: str) -> bytes:
 
 def error_lines(code: ErrorCode, message: str, command: str, target: str, nick: str) -> bytes:
     """One native error as the IRC reply a client of ``command`` expects."""
+    if command == "REDACT":  # draft/message-redaction's codes
+        redact = {
+            ErrorCode.FORBIDDEN: "REDACT_FORBIDDEN",
+            ErrorCode.NO_SUCH_MESSAGE: "UNKNOWN_MSGID",
+            ErrorCode.NOT_IN_ROOM: "INVALID_TARGET",
+            ErrorCode.NO_SUCH_ROOM: "INVALID_TARGET",
+            ErrorCode.BAD_ROOM: "INVALID_TARGET",
+            ErrorCode.NO_SUCH_USER: "INVALID_TARGET",
+        }.get(code)
+        if redact is not None:
+            return fail(command, redact, message, target)
     if code == ErrorCode.NICK_TAKEN:
         return numeric("433", nick, target, message)
     if code == ErrorCode.BAD_NICK:

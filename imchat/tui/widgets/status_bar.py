@@ -14,6 +14,11 @@ from textual.widgets import Static
 from imchat.client.session import State
 from imchat.tui.render import clean
 
+#: Cells the topic needs to be worth showing (a bar and a few letters).
+MIN_TOPIC = 12
+#: Cells a disconnection's reason needs to be worth showing (its code, at least).
+MIN_REASON = 16
+
 
 class StatusBar(Static):
     state: reactive[State] = reactive(State.CONNECTING)
@@ -51,21 +56,46 @@ class StatusBar(Static):
         return Text("○ offline", style=Style(color="red", bold=True))
 
     def refresh_text(self) -> None:
-        parts = [
-            Text(" imchat ", style=Style(color="black", bgcolor="cyan", bold=True)),
-            Text(f" {clean(self.nick)}", style=Style(bold=True)),
-            Text(f" @ {clean(self.server)}  ", style=Style(color="grey62")),
-            self.state_text(),
+        self.update(self.fitted(self.size.width))
+
+    def fitted(self, width: int) -> Text:
+        """The most detailed line that fits ``width``; the topic takes what is left.
+
+        Narrow terminals fold the side panes away, so this bar is then the only sign of
+        activity elsewhere: why the connection dropped, the server address and the state's
+        words go before the state's dot and the hotlist do.
+        """
+        bar = Text("  │  ", style="grey42")
+        brand = Text(" imchat ", style=Style(color="black", bgcolor="cyan", bold=True))
+        nick = Text(f" {clean(self.nick)}", style=Style(bold=True))
+        server = Text(f" @ {clean(self.server)}", style=Style(color="grey62"))
+        state = self.state_text()
+        dot = Text(state.plain[:1], style=state.get_style_at_offset(self.app.console, 0))
+        hot = [bar, self.hotlist] if self.hotlist.plain else []
+        layouts = [
+            Text.assemble(brand, nick, server, "  ", state, *hot),
+            Text.assemble(brand, nick, "  ", state, *hot),
+            Text.assemble(brand, nick, " ", dot, *hot),
+            Text.assemble(nick, " ", dot, *hot),
         ]
         if self.state is not State.CONNECTED and self.reason:
-            parts.append(Text(f"  ({clean(self.reason)})", style=Style(color="grey50")))
-        if self.hotlist.plain:
-            parts.append(Text("  │  ", style="grey42"))
-            parts.append(self.hotlist)
-        if self.topic:
-            parts.append(Text("  │  ", style="grey42"))
-            parts.append(Text(clean(self.topic).replace("\n", " "), style=Style(italic=True)))
-        self.update(Text.assemble(*parts, no_wrap=True, overflow="ellipsis"))
+            # The reason takes what the full line leaves, cut short if need be.
+            reason = clean(self.reason).replace("\n", " ")
+            room = len(reason) if width <= 0 else width - layouts[0].cell_len - len("  ()")
+            if room >= MIN_REASON:
+                if len(reason) > room:
+                    reason = reason[: room - 1] + "…"
+                told = Text.assemble(state, Text(f"  ({reason})", style="grey50"))
+                layouts.insert(0, Text.assemble(brand, nick, server, "  ", told, *hot))
+        line = next((t for t in layouts if width <= 0 or t.cell_len <= width), layouts[-1])
+        if self.topic and (width <= 0 or width - line.cell_len >= MIN_TOPIC):
+            topic = Text(clean(self.topic).replace("\n", " "), style=Style(italic=True))
+            line = Text.assemble(line, bar, topic)
+        line.no_wrap, line.overflow = True, "ellipsis"
+        return line
+
+    def on_resize(self) -> None:
+        self.refresh_text()
 
     def watch_state(self) -> None:
         self.refresh_text()
