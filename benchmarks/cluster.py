@@ -9,10 +9,12 @@ cluster: what the idle nodes cost is what a node pays for events none of its use
 
 A delivery is one ``msg`` event read by one receiver; the clock runs from the first ``say`` to
 the last expected delivery. Node CPU is user + system time of every node process during the
-load (``/proc/<pid>/stat``), divided by deliveries. Redis commands per say come from
-``INFO stats`` (``total_commands_processed``) around the load; other clients of the same
-Redis inflate it. Everything listens on 127.0.0.1; each run is bounded by ``--timeout``.
-Needs a Redis at ``--redis`` (the run uses its own key prefix and deletes it).
+load (``/proc/<pid>/stat``), divided by deliveries. Redis commands and Redis CPU per say
+come from ``INFO stats`` (``total_commands_processed``) and ``INFO cpu`` (``used_cpu_user`` +
+``used_cpu_sys``) around the load. By default the benchmark starts a Redis of its own on a
+free port (``redis-server`` must be on PATH), so no other client inflates them; ``--redis
+URL`` uses an existing one instead (its own key prefix, deleted afterwards). Everything
+listens on 127.0.0.1; each run is bounded by ``--timeout``.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class Result:
     node_cpu: float = 0.0
     #: Redis commands processed during the load, per message said (0 without Redis).
     redis_commands_per_say: float = 0.0
+    #: Redis CPU (user + system) during the load, per message said, in µs.
+    redis_cpu_us_per_say: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -151,14 +155,19 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def redis_commands(url: str | None) -> int:
+def redis_counters(url: str | None) -> tuple[int, float]:
+    """Commands processed and CPU seconds used by the Redis so far."""
     if url is None:
-        return 0
+        return 0, 0.0
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        return int(client.info("stats")["total_commands_processed"])
+        stats, cpu = client.info("stats"), client.info("cpu")
+        return (
+            int(stats["total_commands_processed"]),
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        )
     finally:
         client.close()
 
@@ -188,7 +197,7 @@ async def run_load(
         for i in range(senders)
     ]
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
-    commands_before = redis_commands(redis_url)
+    commands_before, redis_cpu_before = redis_counters(redis_url)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(
@@ -204,8 +213,15 @@ async def run_load(
                 client.transport.close()
     end = max(c.last_at for c in recv_clients)
     node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-    commands = redis_commands(redis_url) - commands_before
-    return Result(name, expected * receivers, end - start, node_cpu, commands / total)
+    commands_after, redis_cpu_after = redis_counters(redis_url)
+    return Result(
+        name,
+        expected * receivers,
+        end - start,
+        node_cpu,
+        (commands_after - commands_before) / total,
+        (redis_cpu_after - redis_cpu_before) / total * 1e6,
+    )
 
 
 def free_port() -> int:
@@ -314,8 +330,61 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=2500, help="per sender")
     parser.add_argument("--repeat", type=int, default=3, help="runs per setup; best is kept")
     parser.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis", default="", help="an existing Redis (default: start one)")
     args = parser.parse_args()
+    private = None
+    if not args.redis:
+        private = PrivateRedis()
+        args.redis = private.url
+    try:
+        await run_setups(args)
+    finally:
+        if private is not None:
+            private.stop()
+
+
+class PrivateRedis:
+    """A Redis of the benchmark's own (no persistence), so its counters are the load's alone."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="imchat-bench-redis-")
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir.name,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.dir.cleanup()
+
+
+async def run_setups(args: argparse.Namespace) -> None:
     load = {
         "receivers": args.receivers,
         "senders": args.senders,
@@ -361,16 +430,16 @@ async def main() -> None:
     embedded = best[setups[0][0]]
     print(
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
-        "| Redis commands/say |"
+        "| Redis commands/say | Redis CPU µs/say |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, _, _ in setups:
         result = best[name]
         print(
             f"| {name} | {result.rate:,.0f} | {result.rate / embedded.rate:.2f} "
             f"| {result.cpu_us_per_delivery:.2f} "
             f"| {result.cpu_us_per_delivery / embedded.cpu_us_per_delivery:.2f} "
-            f"| {result.redis_commands_per_say:.1f} |"
+            f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} |"
         )
 
 
