@@ -1,10 +1,12 @@
-"""The clustered fanout: presence and membership in Redis, delivery over one pub/sub channel.
+"""The clustered fanout: presence and membership in Redis, delivery over routed pub/sub.
 
-Every node subscribes (one connection per node) to a single channel. Everything that causes
-events is a Lua script that changes state and PUBLISHes the resulting event in one atomic
-step, so the channel is one total order of all events in the cluster, and within a stream
-(a room, a DM pair, the announcements) publish order is seq order. A published envelope
-names its recipients (user keys, computed in Redis at publish time, or ``*``); each node
+Every node subscribes, on one connection, to its own channel ``P ev:<node>`` and to the
+all-nodes channel ``P events``. Everything that causes events is a Lua script that changes
+state and PUBLISHes the resulting event in one atomic step, only to the nodes hosting one of
+its recipients; Redis pushes a subscriber's messages in the order it ran the scripts, so each
+node reads one total order of the events meant for it, and within a stream (a room, a DM
+pair, the announcements) publish order is seq order. A published envelope names the
+recipients on that node (user keys, computed in Redis at publish time, or ``*``); the node
 hands the frame to its own sessions of those users. No node keeps a copy of anyone's
 membership that delivery depends on.
 
@@ -29,6 +31,12 @@ Presence keys (``P`` = prefix)::
     P node:<id>         string heartbeat, expires after the node timeout
     P nodeusers:<id>    hash   key -> sessions on that node (what to undo if it dies)
     P identof           hash   key -> identity id of the online user (its DM peers, its hold)
+    P where:<key>       hash   node -> sessions of the user there (which nodes hear them)
+    P rnodes:<room>     set    nodes hosting a member of the room
+    P rn:<node>:<room>  set    the room's members with a session on that node
+
+The last three are the node map routing reads; the scripts that change sessions or
+membership change it in the same step, so a script never publishes by a stale map.
 
 Presence is scoped (*rev 2*): ``online``/``offline`` go to the user itself, the members of
 its rooms and its DM peers (the streams in ``since:<ident>``), never to everyone, so an

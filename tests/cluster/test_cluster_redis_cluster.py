@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from imchat.client import ConnectionClosed, ServerError
 from imchat.server.redis_shard import prefix_slot, tagged_prefix
@@ -35,6 +37,20 @@ from .cluster_support import (
 )
 
 
+def cluster_args(workdir: Path) -> tuple[str, ...]:
+    """A cluster node: its bus on a free port of its own (not port + 10000, maybe taken)."""
+    return (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        str(free_port()),
+        "--cluster-config-file",
+        str(workdir / "nodes.conf"),
+        "--cluster-node-timeout",
+        "1000",
+    )
+
+
 class RedisClusterSet:
     """Three primaries with a replica each, on free ports, joined by ``redis-cli --cluster``."""
 
@@ -44,16 +60,7 @@ class RedisClusterSet:
 
     def start(self) -> None:
         for server in self.servers:
-            server.extra = (
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                str(free_port()),
-                "--cluster-config-file",
-                str(server.workdir / "nodes.conf"),
-                "--cluster-node-timeout",
-                "1000",
-            )
+            server.extra = cluster_args(server.workdir)
             server.start()
         created = subprocess.run(
             [
@@ -255,6 +262,65 @@ async def test_shard_failover_during_traffic_loses_and_doubles_nothing(
             node.stop()
         with contextlib.suppress(Exception):
             delete_keys(tagged_prefix(prefix), f"redis://127.0.0.1:{replica.port}/0")
+
+
+def add_replica(redis_cluster: RedisClusterSet, primary: PrivateRedis, workdir: Path) -> None:
+    """One more replica of ``primary``, met through the cluster bus, synced before return."""
+    server = PrivateRedis(workdir)
+    server.extra = cluster_args(workdir)
+    redis_cluster.servers.append(server)
+    server.start()
+    bus_port = primary.extra[primary.extra.index("--cluster-port") + 1]
+    server.command("CLUSTER", "MEET", "127.0.0.1", str(primary.port), bus_port)
+    primary_id = primary.command("CLUSTER", "MYID").decode()
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # "Unknown node" until the handshake over the cluster bus is done
+        try:
+            server.command("CLUSTER", "REPLICATE", primary_id)
+            break
+        except ResponseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    server.wait_log_sync("MASTER <-> REPLICA sync: Finished with success")
+
+
+@pytest.mark.timeout(150)
+async def test_shard_primary_killed_during_traffic_loses_and_doubles_nothing(
+    tmp_path: Path, redis_cluster: RedisClusterSet, clients: Clients
+) -> None:
+    prefix = f"imchat-test-{uuid.uuid4().hex}:"
+    owner = redis_cluster.owner(prefix_slot(tagged_prefix(prefix)))
+    # Two replicas: after the failover one is left to confirm writes (--redis-wait 1).
+    add_replica(redis_cluster, owner, tmp_path / "extra-replica")
+    cluster = Cluster(tmp_path, prefix, redis_url=redis_cluster.url)
+    try:
+        nodes = cluster.start_many(2, node_timeout=3.0, extra=("--redis-wait", "1"))
+        sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
+        acked: dict[str, int] = {}
+        texts = [f"m{i}" for i in range(40)]
+        for i, text in enumerate(texts):
+            if i == 15:
+                owner.kill()  # SIGKILL: the cluster promotes a replica by itself
+            while text not in acked:
+                try:
+                    reply = await sender.request("say", room="lobby", text=text, cid=text)
+                    acked[text] = reply["seq"]
+                except (ServerError, ConnectionClosed, TimeoutError):
+                    with contextlib.suppress(Exception):
+                        sender.conn.abort()
+                    sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
+        assert redis_cluster.owner(prefix_slot(tagged_prefix(prefix))) is not owner
+        reader = await connect_retrying(clients, nodes[1], "reader", "lobby")
+        history = await reader.request("history", room="lobby", limit=100)
+        stored = [(m["seq"], m["text"]) for m in history["messages"]]
+        assert stored == [(acked[t], t) for t in texts]
+        assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
+        after = await sender.request("say", room="lobby", text="after", cid="after")
+        await reader.wait_for(lambda e: e.get("type") == "msg" and e.get("seq") == after["seq"])
+    finally:
+        for node in cluster.nodes:
+            node.stop()
 
 
 def test_prefix_becomes_a_hash_tag() -> None:
