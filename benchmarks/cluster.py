@@ -138,6 +138,8 @@ class Result:
     redis_commands_per_say: float = 0.0
     #: Redis CPU (user + system) during the load, per message said, in µs.
     redis_cpu_us_per_say: float = 0.0
+    #: CPU of the nodes without clients (no recipients), per message said, in µs.
+    idle_cpu_us_per_say: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -196,7 +198,9 @@ async def run_load(
         await open_client(ports[i % len(ports)], f"s{tag}{i}", room, expected)
         for i in range(senders)
     ]
+    idle = pids[len(ports) :]  # nodes with no client: what a message costs them
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    idle_before = sum(cpu_seconds(pid) for pid in idle)
     commands_before, redis_cpu_before = redis_counters(redis_url)
     start = time.perf_counter()
     try:
@@ -213,6 +217,7 @@ async def run_load(
                 client.transport.close()
     end = max(c.last_at for c in recv_clients)
     node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    idle_cpu = sum(cpu_seconds(pid) for pid in idle) - idle_before
     commands_after, redis_cpu_after = redis_counters(redis_url)
     return Result(
         name,
@@ -221,6 +226,7 @@ async def run_load(
         node_cpu,
         (commands_after - commands_before) / total,
         (redis_cpu_after - redis_cpu_before) / total * 1e6,
+        idle_cpu / total * 1e6,
     )
 
 
@@ -330,7 +336,9 @@ async def main() -> None:
     parser.add_argument("--receivers", type=int, default=40)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--messages", type=int, default=2500, help="per sender")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per setup; best is kept")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per setup; the least node CPU is kept"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
     parser.add_argument("--redis", default="", help="an existing Redis (default: start one)")
     parser.add_argument("--only", default="", help="run only setups whose name contains this")
@@ -424,27 +432,32 @@ async def run_setups(args: argparse.Namespace) -> None:
                         redis_url=redis_url,
                     )
                     delete_prefix(args.redis, prefix)
-                    if name not in best or result.rate > best[name].rate:
+                    # The cheapest run: CPU time is what a noisy neighbour inflates least.
+                    if (
+                        name not in best
+                        or result.cpu_us_per_delivery < best[name].cpu_us_per_delivery
+                    ):
                         best[name] = result
         finally:
             delete_prefix(args.redis, prefix)
     print(
         f"{args.senders} senders x {args.messages} messages into one room, "
-        f"{args.receivers} receivers; best of {args.repeat}"
+        f"{args.receivers} receivers; least node CPU of {args.repeat}"
     )
     embedded = best[setups[0][0]]
     print(
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
-        "| Redis commands/say | Redis CPU µs/say |"
+        "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, _, _ in setups:
         result = best[name]
         print(
             f"| {name} | {result.rate:,.0f} | {result.rate / embedded.rate:.2f} "
             f"| {result.cpu_us_per_delivery:.2f} "
             f"| {result.cpu_us_per_delivery / embedded.cpu_us_per_delivery:.2f} "
-            f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} |"
+            f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} "
+            f"| {result.idle_cpu_us_per_say:.1f} |"
         )
 
 
