@@ -34,8 +34,9 @@ Presence keys (``P`` = prefix)::
     P where:<key>       hash   node -> sessions of the user there (which nodes hear them)
     P rnodes:<room>     set    nodes hosting a member of the room
     P rn:<node>:<room>  set    the room's members with a session on that node
+    P rs:<node>:<room>  string the same as an envelope lists them ("key key "), for messages
 
-The last three are the node map routing reads; the scripts that change sessions or
+The last four are the node map routing reads; the scripts that change sessions or
 membership change it in the same step, so a script never publishes by a stale map.
 
 Presence is scoped (*rev 2*): ``online``/``offline`` go to the user itself, the members of
@@ -103,14 +104,24 @@ local function jstr(s)
   return '"' .. string.gsub(s, '\\\\', '\\\\\\\\') .. '"'
 end
 -- The room is heard on `node` for `key` (a member with a session there).
+-- `rs:` is `rn:` as the string an envelope lists (appended to; rebuilt after a removal).
 local function route_at(prefix, key, room, node)
-  redis.call('SADD', prefix .. 'rn:' .. node .. ':' .. room, key)
+  if redis.call('SADD', prefix .. 'rn:' .. node .. ':' .. room, key) == 1 then
+    redis.call('APPEND', prefix .. 'rs:' .. node .. ':' .. room, key .. ' ')
+  end
   redis.call('SADD', prefix .. 'rnodes:' .. room, node)
 end
 local function unroute_at(prefix, key, room, node)
   local here = prefix .. 'rn:' .. node .. ':' .. room
-  redis.call('SREM', here, key)
-  if redis.call('SCARD', here) == 0 then redis.call('SREM', prefix .. 'rnodes:' .. room, node) end
+  local listed = prefix .. 'rs:' .. node .. ':' .. room
+  if redis.call('SREM', here, key) == 1 then
+    local left = redis.call('SMEMBERS', here)
+    if #left > 0 then redis.call('SET', listed, table.concat(left, ' ') .. ' ') end
+  end
+  if redis.call('SCARD', here) == 0 then
+    redis.call('DEL', listed)
+    redis.call('SREM', prefix .. 'rnodes:' .. room, node)
+  end
 end
 -- `key` became (stopped being) a member of `room`: on every node with a session of theirs.
 local function route(prefix, key, room)

@@ -184,7 +184,8 @@ def connect_redis(
 #: nodes hosting a recipient, ``P ev:<node>``, listing that node's recipients alone.
 #: ``P where:<key>`` (node -> sessions there) says where a user is; ``P rnodes:<room>`` (the
 #: nodes hosting a member) and ``P rn:<node>:<room>`` (the members with a session there) say
-#: where a room's members are, so a room message reads one set per node, not one hash per
+#: where a room's members are, and ``P rs:<node>:<room>`` holds that set as one string (each
+#: key followed by a space), so a room message reads one string per node, not one key per
 #: member. ``PUB`` becomes ``SPUBLISH`` on Redis Cluster (:func:`lua_for`).
 LUA_PRELUDE = """
 local PUB = 'PUBLISH'
@@ -199,13 +200,17 @@ end
 local function envelope(hold, op, recipients, payload)
   return hold .. '\\n' .. op .. '\\n' .. recipients .. '\\n' .. payload
 end
--- Recipients by node: add the room's members (as routed now) to `by` (node -> keys).
+-- Recipients by node: add the room's members (as routed now) to `by` (node -> keys). Each
+-- node's are kept ready as one string (`rs:`), so a message does not build it member by
+-- member.
 local function group_room(prefix, room, by, order)
   for _, node in ipairs(redis.call('SMEMBERS', prefix .. 'rnodes:' .. room)) do
-    local keys = redis.call('SMEMBERS', prefix .. 'rn:' .. node .. ':' .. room)
-    local list = by[node]
-    if not list then by[node] = keys; table.insert(order, node)
-    else for _, k in ipairs(keys) do table.insert(list, k) end end
+    local keys = redis.call('GET', prefix .. 'rs:' .. node .. ':' .. room)
+    if keys then
+      local list = by[node]
+      if not list then by[node] = {keys}; table.insert(order, node)
+      else table.insert(list, keys) end
+    end
   end
 end
 -- Recipients by node: add users by key, on every node that has a session of theirs.

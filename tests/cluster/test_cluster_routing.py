@@ -181,10 +181,13 @@ async def test_routes_go_with_the_sessions_on_leaving_and_on_a_reap(
         await alice.wait_for(is_type("offline", nick="bob"))
         assert not await redis.exists(f"{prefix}where:bob")
         assert await tap.smembers(f"rn:{there}:lobby") == {"carol"}
+        assert await redis.get(f"{prefix}rs:{there}:lobby") == b"carol "
         # carol's node dies: the reap takes its routes with its sessions.
         nodes[1].kill()
         await alice.wait_for(is_type("offline", nick="carol"), node_timeout * 3 + TIMEOUT)
         assert not await redis.exists(f"{prefix}where:carol")
         assert not await redis.exists(f"{prefix}rn:{there}:lobby")
+        assert not await redis.exists(f"{prefix}rs:{there}:lobby")
+        assert await redis.get(f"{prefix}rs:{here}:lobby") == b"alice "
         assert await tap.smembers("rnodes:lobby") == {here}
         assert await tap.smembers(f"rn:{here}:lobby") == {"alice"}
