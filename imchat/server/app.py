@@ -163,7 +163,7 @@ class ChatServer:
         if config.redis_url is not None and redis is not None:
             return RedisAddressLimits(
                 redis,
-                config.redis_prefix,
+                self.store.keys.prefix,  # type: ignore[attr-defined]  # RedisStore's (tagged)
                 config.addr_rate,
                 config.addr_burst,
                 config.auth_failures,

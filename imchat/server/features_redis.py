@@ -3,8 +3,9 @@
 A message that names a target (``Draft.feature``) is stored by :data:`FEATURE_LUA`: the
 target checks, then the whole of the ordinary append script (wrapped as a function, so
 ``cid``, ``seq``, storing and publishing stay exactly as for any message), then the state the
-message changes, in one atomic script. Its own parameters travel in ``KEYS`` so the append
-script's ``ARGV`` stays as it is.
+message changes, in one atomic script. Its own parameters follow the
+append script's ``ARGV``, which stays as it is (``KEYS`` holds only a real key: Redis Cluster
+routes and checks scripts by it).
 
 Keys added (``P`` is the prefix)::
 
@@ -54,9 +55,10 @@ SEARCH_SCAN_LIMIT = 20000
 #: Messages read per round trip while scanning a stream.
 SCAN_CHUNK = 500
 
+#: ARGV: the append script's ten, then kind, target, emoji, author, admin, cid key, sender.
 FEATURE_PRE_LUA = """
-local fkind, target, emoji = KEYS[1], KEYS[2], KEYS[3]
-local author, admin, cidkey, f_sender = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local fkind, target, emoji = ARGV[11], ARGV[12], ARGV[13]
+local author, admin, cidkey, f_sender = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local f_prefix, f_stream, f_cid = ARGV[1], ARGV[2], ARGV[3]
 local f_mkey = f_prefix .. 'm:' .. f_stream
 local f_rxkey = f_prefix .. 'rx:' .. f_stream
@@ -132,7 +134,7 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
     """
     feature = draft.feature
     assert feature is not None
-    keys = (
+    params = (
         feature.kind,
         str(feature.target),
         feature.emoji,
@@ -142,14 +144,15 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
         owner_of(draft),
     )
     script = store.feature_lua
+    anchor = store.keys.anchor
     try:
         reply: bytes = await store._ordered(
-            lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args), write=True
+            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args, *params), write=True
         )
     except NoScriptError:  # Redis restarted and lost its scripts: this one did not run
         script.sha = await store.redis.script_load(script.script)
         reply = await store._ordered(
-            lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args), write=True
+            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args, *params), write=True
         )
     if reply.startswith(b"E "):
         code = ErrorCode(reply[2:].decode())

@@ -1,10 +1,12 @@
-"""The clustered fanout: presence and membership in Redis, delivery over one pub/sub channel.
+"""The clustered fanout: presence and membership in Redis, delivery over routed pub/sub.
 
-Every node subscribes (one connection per node) to a single channel. Everything that causes
-events is a Lua script that changes state and PUBLISHes the resulting event in one atomic
-step, so the channel is one total order of all events in the cluster, and within a stream
-(a room, a DM pair, the announcements) publish order is seq order. A published envelope
-names its recipients (user keys, computed in Redis at publish time, or ``*``); each node
+Every node subscribes, on one connection, to its own channel ``P ev:<node>`` and to the
+all-nodes channel ``P events``. Everything that causes events is a Lua script that changes
+state and PUBLISHes the resulting event in one atomic step, only to the nodes hosting one of
+its recipients; Redis pushes a subscriber's messages in the order it ran the scripts, so each
+node reads one total order of the events meant for it, and within a stream (a room, a DM
+pair, the announcements) publish order is seq order. A published envelope names the
+recipients on that node (user keys, computed in Redis at publish time, or ``*``); the node
 hands the frame to its own sessions of those users. No node keeps a copy of anyone's
 membership that delivery depends on.
 
@@ -29,6 +31,13 @@ Presence keys (``P`` = prefix)::
     P node:<id>         string heartbeat, expires after the node timeout
     P nodeusers:<id>    hash   key -> sessions on that node (what to undo if it dies)
     P identof           hash   key -> identity id of the online user (its DM peers, its hold)
+    P where:<key>       hash   node -> sessions of the user there (which nodes hear them)
+    P rnodes:<room>     set    nodes hosting a member of the room
+    P rn:<node>:<room>  set    the room's members with a session on that node
+    P rs:<node>:<room>  string the same as an envelope lists them ("key key "), for messages
+
+The last four are the node map routing reads; the scripts that change sessions or
+membership change it in the same step, so a script never publishes by a stale map.
 
 Presence is scoped (*rev 2*): ``online``/``offline`` go to the user itself, the members of
 its rooms and its DM peers (the streams in ``since:<ident>``), never to everyone, so an
@@ -61,7 +70,14 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
-from .redis_store import LUA_PRELUDE, RedisStore, RedisUnavailable, connect_redis, run_pipeline
+from .redis_store import (
+    LUA_PRELUDE,
+    RedisStore,
+    RedisUnavailable,
+    connect_redis,
+    lua_for,
+    run_pipeline,
+)
 from .redis_typed import close_pubsub, lrem, text, texts
 
 if TYPE_CHECKING:
@@ -80,16 +96,63 @@ CLOSE_TIMEOUT = 5.0
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
 
-#: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character) and the
-#: envelope and "user left the cluster" logic shared by disconnect and reap.
+#: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character), the node
+#: map kept with every presence and membership change (``where:``, ``rnodes:``, ``rn:``, see
+#: the module docstring) and the "user left the cluster" logic shared by disconnect and reap.
 LUA_FANOUT = (
     LUA_PRELUDE
     + """
 local function jstr(s)
   return '"' .. string.gsub(s, '\\\\', '\\\\\\\\') .. '"'
 end
-local function envelope(hold, op, recipients, payload)
-  return hold .. '\\n' .. op .. '\\n' .. recipients .. '\\n' .. payload
+-- The room is heard on `node` for `key` (a member with a session there).
+-- `rs:` is `rn:` as the string an envelope lists (appended to; rebuilt after a removal).
+local function route_at(prefix, key, room, node)
+  if redis.call('SADD', prefix .. 'rn:' .. node .. ':' .. room, key) == 1 then
+    redis.call('APPEND', prefix .. 'rs:' .. node .. ':' .. room, key .. ' ')
+  end
+  redis.call('SADD', prefix .. 'rnodes:' .. room, node)
+end
+local function unroute_at(prefix, key, room, node)
+  local here = prefix .. 'rn:' .. node .. ':' .. room
+  local listed = prefix .. 'rs:' .. node .. ':' .. room
+  if redis.call('SREM', here, key) == 1 then
+    local left = redis.call('SMEMBERS', here)
+    if #left > 0 then redis.call('SET', listed, table.concat(left, ' ') .. ' ') end
+  end
+  if redis.call('SCARD', here) == 0 then
+    redis.call('DEL', listed)
+    redis.call('SREM', prefix .. 'rnodes:' .. room, node)
+  end
+end
+-- `key` became (stopped being) a member of `room`: on every node with a session of theirs.
+local function route(prefix, key, room)
+  for _, node in ipairs(redis.call('HKEYS', prefix .. 'where:' .. key)) do
+    route_at(prefix, key, room, node)
+  end
+end
+local function unroute(prefix, key, room)
+  for _, node in ipairs(redis.call('HKEYS', prefix .. 'where:' .. key)) do
+    unroute_at(prefix, key, room, node)
+  end
+end
+-- One more session of `key` on `node`: the node hears the user's rooms from its first on.
+local function arrive(prefix, key, node)
+  if redis.call('HINCRBY', prefix .. 'where:' .. key, node, 1) == 1 then
+    for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+      route_at(prefix, key, room, node)
+    end
+  end
+end
+-- `n` sessions fewer of `key` on `node`: after its last, the node hears none of its rooms.
+local function depart(prefix, key, node, n)
+  local where = prefix .. 'where:' .. key
+  if redis.call('HINCRBY', where, node, -n) <= 0 then
+    redis.call('HDEL', where, node)
+    for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+      unroute_at(prefix, key, room, node)
+    end
+  end
 end
 -- The keys of an identity's DM peers (who hears its presence besides its rooms).
 local function peers(prefix, ident, out, seen)
@@ -101,7 +164,17 @@ local function peers(prefix, ident, out, seen)
     end
   end
 end
-local function gone(prefix, channel, key, hold_ms)
+-- `key` leaves `room` (quit, or its identity outranked): `parted` to the members left.
+local function quit_room(prefix, key, room, nick, ts, offline_by, offline_order)
+  redis.call('HDEL', prefix .. 'members:' .. room, key)
+  unroute(prefix, key, room)
+  local by, order = {}, {}
+  group_room(prefix, room, by, order)
+  flush(prefix, by, order, '', '-' .. room .. ' ' .. key, '{"type":"parted","room":"' ..
+    room .. '","nick":' .. jstr(nick) .. ',"ts":' .. ts .. ',"reason":"quit"}')
+  if offline_by then group_room(prefix, room, offline_by, offline_order) end
+end
+local function gone(prefix, key, hold_ms)
   local nick = redis.call('HGET', prefix .. 'online', key) or key
   local ident = redis.call('HGET', prefix .. 'identof', key)
   redis.call('HDEL', prefix .. 'online', key)
@@ -110,22 +183,12 @@ local function gone(prefix, channel, key, hold_ms)
   local ts = now_ts()
   local rooms = redis.call('SMEMBERS', prefix .. 'urooms:' .. key)
   table.sort(rooms)
-  local audience, seen = {}, {}
-  for _, room in ipairs(rooms) do
-    local members = prefix .. 'members:' .. room
-    redis.call('HDEL', members, key)
-    local left = redis.call('HKEYS', members)
-    if #left > 0 then
-      redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
-        table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
-        jstr(nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
-      for _, k in ipairs(left) do
-        if not seen[k] then seen[k] = true; table.insert(audience, k) end
-      end
-    end
-  end
+  local by, order = {}, {}
+  for _, room in ipairs(rooms) do quit_room(prefix, key, room, nick, ts, by, order) end
   redis.call('DEL', prefix .. 'urooms:' .. key)
+  local audience, seen = {}, {}
   peers(prefix, ident, audience, seen)
+  group_keys(prefix, audience, by, order)
   if ident then
     local guest = prefix .. 'guest:' .. key
     if redis.call('HGET', guest, 'ident') == ident then
@@ -139,10 +202,8 @@ local function gone(prefix, channel, key, hold_ms)
       end
     end
   end
-  if #audience > 0 then
-    redis.call('PUBLISH', channel, envelope('', '', table.concat(audience, ' '),
-      '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' .. ts .. '}'))
-  end
+  flush(prefix, by, order, '', '', '{"type":"offline","nick":' .. jstr(nick) .. ',"ts":' ..
+    ts .. '}')
 end
 """
 )
@@ -154,7 +215,7 @@ end
 CONNECT_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node, key, nick, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+local prefix, node, key, nick, hold = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
 local ident = ARGV[8]
 if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
@@ -164,6 +225,7 @@ end
 redis.call('HINCRBY', prefix .. 'sessions', key, 1)
 redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
 redis.call('INCR', prefix .. 'nsessions')
+arrive(prefix, key, node)
 local status = 0
 local pending = {}
 local prev = redis.call('HGET', prefix .. 'identof', key)
@@ -173,15 +235,12 @@ if n > 0 and prev and prev ~= ident then
   local old_nick = redis.call('HGET', prefix .. 'online', key) or key
   local ts = now_ts()
   for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
-    local members = prefix .. 'members:' .. room
-    redis.call('HDEL', members, key)
-    local left = redis.call('HKEYS', members)
-    redis.call('PUBLISH', channel, envelope('', '-' .. room .. ' ' .. key,
-      table.concat(left, ' '), '{"type":"parted","room":"' .. room .. '","nick":' ..
-      jstr(old_nick) .. ',"ts":' .. ts .. ',"reason":"quit"}'))
+    quit_room(prefix, key, room, old_nick, ts, nil, nil)
   end
   redis.call('DEL', prefix .. 'urooms:' .. key)
-  redis.call('PUBLISH', channel, envelope('', '!' .. key .. ' ' .. ident, '', ''))
+  local by, order = {}, {}
+  group_keys(prefix, {key}, by, order)
+  flush(prefix, by, order, '', '!' .. key .. ' ' .. ident, '')
   redis.call('HSET', prefix .. 'sessions', key, 1)  -- this session alone
   n = 0
 end
@@ -198,19 +257,19 @@ if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
   pending = redis.call('LRANGE', prefix .. 'pending:' .. ident, 0, -1)
+  local by, order = {}, {}
+  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
+    group_room(prefix, room, by, order)
+  end
   local audience, seen = {key}, {}
   seen[key] = true
-  for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
-    for _, k in ipairs(redis.call('HKEYS', prefix .. 'members:' .. room)) do
-      if not seen[k] then seen[k] = true; table.insert(audience, k) end
-    end
-  end
   peers(prefix, ident, audience, seen)
-  redis.call('PUBLISH', channel, envelope(hold, '', table.concat(audience, ' '),
-    '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+  group_keys(prefix, audience, by, order)  -- this node among them: it gets the hold
+  flush(prefix, by, order, hold, '', '{"type":"online","nick":' .. jstr(nick) .. ',"ts":' ..
+    now_ts() .. '}')
 else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
-  redis.call('PUBLISH', channel, envelope(hold, '', '', ''))
+  to_node(prefix, node, envelope(hold, '', '', ''))
 end
 return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending}
 """
@@ -221,15 +280,16 @@ return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pendin
 DISCONNECT_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node, key, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local prefix, node, key, hold_ms = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
 local here = prefix .. 'nodeusers:' .. node
 if redis.call('HEXISTS', here, key) == 0 then return 0 end
 if redis.call('HINCRBY', here, key, -1) <= 0 then redis.call('HDEL', here, key) end
 redis.call('DECR', prefix .. 'nsessions')
+depart(prefix, key, node, 1)
 local current = redis.call('HGET', prefix .. 'identof', key)
 if current and current ~= ARGV[6] then return 0 end  -- a session of an outranked identity
 if redis.call('HINCRBY', prefix .. 'sessions', key, -1) <= 0 then
-  gone(prefix, channel, key, hold_ms)
+  gone(prefix, key, hold_ms)
   return 1
 end
 return 0
@@ -241,18 +301,20 @@ return 0
 REAP_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, dead, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, dead, hold_ms = ARGV[1], ARGV[3], ARGV[4]
 if redis.call('EXISTS', prefix .. 'node:' .. dead) == 1 then return -1 end
 if redis.call('SREM', prefix .. 'nodes', dead) == 0 then return -1 end
-redis.call('PUBLISH', channel, envelope('', 'reaped ' .. dead, '', ''))
+-- Only the reaped node needs to know (it starts over if it was merely frozen).
+to_node(prefix, dead, envelope('', 'reaped ' .. dead, '', ''))
 local here = prefix .. 'nodeusers:' .. dead
 local users = redis.call('HGETALL', here)
 local left = 0
 for i = 1, #users, 2 do
   local key, n = users[i], tonumber(users[i + 1])
   redis.call('DECRBY', prefix .. 'nsessions', n)
+  depart(prefix, key, dead, n)
   if redis.call('HINCRBY', prefix .. 'sessions', key, -n) <= 0 then
-    gone(prefix, channel, key, hold_ms)
+    gone(prefix, key, hold_ms)
     left = left + 1
   end
 end
@@ -269,7 +331,7 @@ return left
 RECONCILE_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, node, hold_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prefix, node, hold_ms = ARGV[1], ARGV[3], ARGV[4]
 local here = prefix .. 'nodeusers:' .. node
 local left = 0
 for i = 5, #ARGV, 2 do
@@ -282,8 +344,9 @@ for i = 5, #ARGV, 2 do
       redis.call('HSET', here, key, expected)
     end
     redis.call('DECRBY', prefix .. 'nsessions', n - expected)
+    depart(prefix, key, node, n - expected)
     if redis.call('HINCRBY', prefix .. 'sessions', key, expected - n) <= 0 then
-      gone(prefix, channel, key, hold_ms)
+      gone(prefix, key, hold_ms)
       left = left + 1
     end
   end
@@ -296,13 +359,16 @@ return left
 JOIN_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, key, nick, room, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local prefix, key, nick, room, hold = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local members = prefix .. 'members:' .. room
 if redis.call('HSETNX', members, key, nick) == 0 then return 0 end
 redis.call('SADD', prefix .. 'urooms:' .. key, room)
-redis.call('PUBLISH', channel, envelope(hold, '+' .. room .. ' ' .. key,
-  table.concat(redis.call('HKEYS', members), ' '),
-  '{"type":"joined","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+-- Routed in the same step: the next message of the room reaches every node of the user.
+route(prefix, key, room)
+local by, order = {}, {}
+group_room(prefix, room, by, order)
+flush(prefix, by, order, hold, '+' .. room .. ' ' .. key,
+  '{"type":"joined","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}')
 return 1
 """
 )
@@ -311,27 +377,43 @@ return 1
 PART_LUA = (
     LUA_FANOUT
     + """
-local prefix, channel, key, nick, room, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local prefix, key, nick, room, hold = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local members = prefix .. 'members:' .. room
 if redis.call('HDEL', members, key) == 0 then return 0 end
 redis.call('SREM', prefix .. 'urooms:' .. key, room)
-local recipients = redis.call('HKEYS', members)
-table.insert(recipients, key)
-redis.call('PUBLISH', channel, envelope(hold, '-' .. room .. ' ' .. key,
-  table.concat(recipients, ' '),
-  '{"type":"parted","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}'))
+unroute(prefix, key, room)
+local by, order = {}, {}
+group_room(prefix, room, by, order)
+group_keys(prefix, {key}, by, order)
+flush(prefix, by, order, hold, '-' .. room .. ' ' .. key,
+  '{"type":"parted","room":"' .. room .. '","nick":' .. jstr(nick) .. ',"ts":' .. now_ts() .. '}')
 return 1
 """
 )
 
 #: ARGV: prefix, channel, room, payload. Publishes to the room's members as they are now.
-TO_ROOM_LUA = """
-local members = redis.call('HKEYS', ARGV[1] .. 'members:' .. ARGV[3])
-if #members > 0 then
-  redis.call('PUBLISH', ARGV[2], '\\n\\n' .. table.concat(members, ' ') .. '\\n' .. ARGV[4])
-end
-return #members
+TO_ROOM_LUA = (
+    LUA_PRELUDE
+    + """
+local by, order = {}, {}
+group_room(ARGV[1], ARGV[3], by, order)
+flush(ARGV[1], by, order, '', '', ARGV[4])
+return #order
 """
+)
+
+#: ARGV: prefix, channel, payload, then user keys. Publishes to those users' nodes.
+TO_USERS_LUA = (
+    LUA_PRELUDE
+    + """
+local keys = {}
+for i = 4, #ARGV do table.insert(keys, ARGV[i]) end
+local by, order = {}, {}
+group_keys(ARGV[1], keys, by, order)
+flush(ARGV[1], by, order, '', '', ARGV[3])
+return #order
+"""
+)
 
 #: ARGV: prefix, node, timeout ms. Refreshes the heartbeat; 0 if the node was reaped.
 HEARTBEAT_LUA = """
@@ -396,18 +478,25 @@ class RedisFanout:
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._registry: Registry | None = None
-        self._pubsub_client = connect_redis(store.url, blocking=True)
+        self._pubsub_client = connect_redis(store.url, blocking=True, prefix=store.keys.prefix)
         self._pubsub: PubSub | None = None
         self._runner: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        register = self.redis.register_script
+        sharded = store.sharded
+
+        def register(script: str) -> Any:
+            return self.redis.register_script(lua_for(script, sharded=sharded))
+
+        #: What each script declares as KEYS (Redis Cluster routes and checks by it).
+        self._anchor = [self.keys.anchor]
         self._connect = register(CONNECT_LUA)
         self._disconnect = register(DISCONNECT_LUA)
         self._reap = register(REAP_LUA)
         self._join = register(JOIN_LUA)
         self._part = register(PART_LUA)
         self._to_room = register(TO_ROOM_LUA)
+        self._to_users = register(TO_USERS_LUA)
         self._heartbeat = register(HEARTBEAT_LUA)
         self._reconcile = register(RECONCILE_LUA)
         #: Session records in Redis are made under ``shared``; reconciling them is exclusive.
@@ -454,7 +543,10 @@ class RedisFanout:
         leaving them online until the heartbeat expires."""
         if node_id:
             await self.redis.delete(self.keys.node(node_id))
-            await self._reap(args=[self.keys.prefix, self.keys.channel, node_id, self._hold_ms()])
+            await self._reap(
+                keys=self._anchor,
+                args=[self.keys.prefix, self.keys.channel, node_id, self._hold_ms()],
+            )
 
     async def _start_incarnation(self) -> None:
         """Subscribe, then join the cluster under a fresh node id."""
@@ -465,14 +557,21 @@ class RedisFanout:
         self._outbox.clear()
         self._alarm.clear()
         self._healthy_since = None
-        pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
+        node_id = secrets.token_hex(6)
+        pubsub = self._pubsub_client.pubsub()
         try:
-            await pubsub.subscribe(self.keys.channel)
+            # One connection for both: the node reads them in the one order Redis ran the
+            # scripts in. No script publishes to the node before it is in ``P nodes``.
+            channels = (self.keys.channel, self.keys.node_channel(node_id))
+            if self.store.sharded:
+                await pubsub.ssubscribe(*channels)
+            else:
+                await pubsub.subscribe(*channels)
         except BaseException:
             await close_pubsub(pubsub)
             raise
         self._pubsub = pubsub
-        self.node_id = secrets.token_hex(6)
+        self.node_id = node_id
         try:
             # Before any session: the epoch they are welcomed with covers what Redis holds.
             await self.store.verify_epoch()
@@ -559,10 +658,16 @@ class RedisFanout:
         while True:
             message = await pubsub.get_message(timeout=None)
             self._pubsub_heard = loop.time()
-            if message is None or message.get("type") != "message":
+            if message is None:
                 continue
-            inbox.append(message["data"].split(b"\n", 3))
-            self._drain()
+            kind = message.get("type")
+            if kind == "message" or kind == "smessage":
+                inbox.append(message["data"].split(b"\n", 3))
+                self._drain()
+            elif kind == "unsubscribe" or kind == "sunsubscribe":
+                # Redis ended the subscription itself: on Redis Cluster, the slot's primary
+                # became a replica (a failover). What follows would be missed: start over.
+                raise RedisLost(f"Redis ended the subscription to {text(message['channel'])}")
 
     async def _watch(self) -> None:
         """PING through the subscription; a link silent for ``node_timeout`` is lost.
@@ -716,6 +821,7 @@ class RedisFanout:
     async def _connect_session(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         key = nick.lower()
         status, online_nick, rooms, dms = await self._connect(
+            keys=self._anchor,
             args=[
                 self.keys.prefix,
                 self.keys.channel,
@@ -725,7 +831,7 @@ class RedisFanout:
                 0,
                 self.hold(session),
                 ident,
-            ]
+            ],
         )
         if status == -2:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
@@ -769,6 +875,7 @@ class RedisFanout:
             return  # this incarnation's sessions are reaped as a whole
         try:
             await self._disconnect(
+                keys=self._anchor,
                 args=[
                     self.keys.prefix,
                     self.keys.channel,
@@ -776,7 +883,7 @@ class RedisFanout:
                     user.key,
                     self._hold_ms(session.guest_hold),
                     user.ident,
-                ]
+                ],
             )
         except (RedisError, OSError) as exc:
             log.warning("could not record that %s left (reconciled later): %s", user.nick, exc)
@@ -786,6 +893,7 @@ class RedisFanout:
         user = session.user
         assert user is not None
         await self._join(
+            keys=self._anchor,
             args=[
                 self.keys.prefix,
                 self.keys.channel,
@@ -793,7 +901,7 @@ class RedisFanout:
                 user.nick,
                 room,
                 self.hold(session),
-            ]
+            ],
         )
         user.rooms.add(room)
         return False
@@ -803,6 +911,7 @@ class RedisFanout:
         user = session.user
         assert user is not None
         was_member = await self._part(
+            keys=self._anchor,
             args=[
                 self.keys.prefix,
                 self.keys.channel,
@@ -810,7 +919,7 @@ class RedisFanout:
                 user.nick,
                 room,
                 self.hold(session),
-            ]
+            ],
         )
         user.rooms.discard(room)
         if not was_member:
@@ -867,7 +976,7 @@ class RedisFanout:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             commands = [self._publish_command(*item) for item in batch]
-            for result in await run_pipeline(self.redis, commands, [self._to_room]):
+            for result in await run_pipeline(self.redis, commands, [self._to_room, self._to_users]):
                 if isinstance(result, ResponseError):
                     # Redis answers but refuses (read-only, out of memory): this event is
                     # lost, the node and its sessions are not.
@@ -878,12 +987,18 @@ class RedisFanout:
     def _publish_command(self, kind: str, target: str, payload: bytes) -> Callable[[Any], Any]:
         keys = self.keys
         if kind == "room":
-            script = self._to_room
+            room = self._to_room
             return lambda pipe: pipe.evalsha(
-                script.sha, 0, keys.prefix, keys.channel, target, payload
+                room.sha, 1, keys.anchor, keys.prefix, keys.channel, target, payload
             )
-        envelope = b"\n\n" + target.encode() + b"\n" + payload
-        return lambda pipe: pipe.publish(keys.channel, envelope)
+        if target != "*":
+            users = self._to_users
+            return lambda pipe: pipe.evalsha(
+                users.sha, 1, keys.anchor, keys.prefix, keys.channel, payload, *target.split(" ")
+            )
+        envelope = b"\n\n*\n" + payload
+        publish = "SPUBLISH" if self.store.sharded else "PUBLISH"
+        return lambda pipe: pipe.execute_command(publish, keys.channel, envelope)
 
     # -- node liveness ---------------------------------------------------------------------
 
@@ -902,7 +1017,9 @@ class RedisFanout:
         reported = False
         while not self._closing:
             try:
-                alive = await self._heartbeat(args=[self.keys.prefix, self.node_id, ttl_ms])
+                alive = await self._heartbeat(
+                    keys=self._anchor, args=[self.keys.prefix, self.node_id, ttl_ms]
+                )
                 if not alive:
                     raise RedisLost(f"node {self.node_id} was reaped as dead")
                 changed = await self.store.epoch_changed()
@@ -954,7 +1071,7 @@ class RedisFanout:
             for key, n in recorded.items():
                 if n > self._session_count(key):
                     args += [key, self._session_count(key)]
-            left = await self._reconcile(args=args)
+            left = await self._reconcile(keys=self._anchor, args=args)
         if left:
             log.warning("%d users whose disconnect had failed went offline", left)
 
@@ -974,7 +1091,8 @@ class RedisFanout:
         for node, is_alive in zip(others, alive, strict=True):
             if not is_alive:
                 left = await self._reap(
-                    args=[self.keys.prefix, self.keys.channel, node, self._hold_ms()]
+                    keys=self._anchor,
+                    args=[self.keys.prefix, self.keys.channel, node, self._hold_ms()],
                 )
                 if left >= 0:
                     log.warning("reaped dead node %s (%d users went offline)", node, left)

@@ -57,6 +57,7 @@ async def published(store: RedisStore, actions: Any) -> list[Any]:
     """Run ``actions(store)`` and decode the payload of every envelope it published."""
     pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(store.keys.channel)
+    await pubsub.psubscribe(store.keys.node_channel("*"))
     try:
         count = await actions(store)
         events = []
@@ -120,7 +121,14 @@ async def test_presence_and_membership_scripts_publish_typed_events(store: Redis
 
 async def test_append_script_publishes_typed_messages(store: RedisStore) -> None:
     keys = store.keys
-    await store.redis.hset(keys.members("lobby"), ODD.lower(), ODD)
+    # Both online on a node (messages go only to nodes hosting a recipient); ODD a member.
+    script = store.redis.register_script
+    await store.redis.sadd(keys.nodes, "n1")
+    for nick in (ODD, "bob"):
+        await script(CONNECT_LUA)(
+            args=[keys.prefix, keys.channel, "n1", nick.lower(), nick, 0, "", nick.lower()]
+        )
+    await script(JOIN_LUA)(args=[keys.prefix, keys.channel, ODD.lower(), ODD, "lobby", ""])
     drafts = [
         Draft(
             StreamId.room("lobby"), ODD.lower(), "c1", MsgEvent(room="lobby", from_=ODD, text="hi")
