@@ -34,8 +34,12 @@ class Peer(Protocol):
     closing: bool
     #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
     credential: Credential | None
-    #: Its message rate limit.
-    bucket: TokenBucket
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """Its message rate limit."""
+        ...
+
     #: Loop time of its start and of the last bytes it sent (for the idle sweep).
     opened: float
     last_rx: float
