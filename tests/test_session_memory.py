@@ -1,4 +1,5 @@
-"""What an idle session holds: its rate-limit bucket only while it is not full again."""
+"""What an idle session and its user hold: no rate-limit bucket while it is full, no set
+for a single room."""
 
 from __future__ import annotations
 
@@ -50,3 +51,28 @@ def test_an_idle_session_holds_no_bucket(monkeypatch: pytest.MonkeyPatch) -> Non
     clock[0] += 1.0
     session.rest()
     assert session._bucket is None
+
+
+def test_room_set_behaves_as_a_set() -> None:
+    """A user's rooms hold one name without a ``set``; every operation matches a set's."""
+    from imchat.server.peer import RoomSet
+
+    rooms, model = RoomSet(), set[str]()
+    steps = [
+        ("add", "a"), ("add", "a"), ("discard", "b"), ("add", "b"), ("add", "c"),
+        ("discard", "a"), ("discard", "c"), ("discard", "c"), ("discard", "b"),
+        ("discard", "b"), ("add", "d"), ("update", "efd"), ("clear", ""), ("add", "x"),
+    ]  # fmt: skip
+    for op, arg in steps:
+        if op == "update":
+            rooms.update(arg)
+            model.update(arg)
+        elif op == "clear":
+            rooms.clear()
+            model.clear()
+        else:
+            getattr(rooms, op)(arg)
+            getattr(model, op)(arg)
+        assert sorted(rooms) == sorted(model) and len(rooms) == len(model)
+        for name in "abcdefx":
+            assert (name in rooms) == (name in model)
