@@ -309,7 +309,13 @@ def format_row(r: dict[str, Any]) -> str:
         f"{r['server']:9} {r['scenario']:14} R={r['receivers']:<5} M={r['messages']:<5} "
         f"{r['delivered']}/{r['expected']} in {r['seconds']:.2f}s = "
         f"{r['deliveries_per_s']:>9,.0f}/s  p50 {r['p50_ms']:7.2f} ms  "
-        f"p99 {r['p99_ms']:7.2f} ms  srv cpu {r['server_cpu_s']:.2f}s "
+        f"p99 {r['p99_ms']:7.2f} ms  "
+        + (
+            f"ok p50/p99 {r['ok_p50_ms']:.2f}/{r['ok_p99_ms']:.2f} ms  "
+            if math.isfinite(r.get("ok_p50_ms", math.nan))  # the server replies
+            else ""
+        )
+        + f"srv cpu {r['server_cpu_s']:.2f}s "
         f"({r['cpu_us_per_delivery']:.2f} us/dlv)  peak RSS {r['server_hwm_kb'] / 1024:.0f}"
         f" MiB  loadgen cpu {r['loadgen_cpu_s']:.2f}s  other {r['other_cpu_s']:.2f}s"
         f"  lost {r['lost']}"

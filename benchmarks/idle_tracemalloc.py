@@ -52,6 +52,7 @@ async def measure(n: int, top: int = 14) -> None:
         port=0,
         data_dir=Path(tempfile.mkdtemp(prefix="imchat-tm-")),
         rate=0,
+        addr_rate=0,
         max_connections_per_ip=0,
         idle_timeout=3600,
         log_level="warning",

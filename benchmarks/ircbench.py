@@ -88,7 +88,7 @@ class IrcClient(BaseClient):
             self.write(b"JOIN %s\r\n" % room.encode())
             await self._expect_reply(b"366", timeout)  # end of NAMES: the join is complete
 
-    def say(self, room: str, text: str) -> None:
+    def say(self, room: str, text: str, rid: int | None = None, sent_ns: int = 0) -> None:
         self.write(b"PRIVMSG %s :%s\r\n" % (room.encode(), text.encode()))
 
 

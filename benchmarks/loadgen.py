@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import re
 import struct
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from imchat.protocol import encode_message
 
 _HEADER = struct.Struct(">I").unpack_from
 _json_decode = msgspec.json.Decoder().decode
+_REPLY_ID = re.compile(rb'"id":(\d+)')
 
 
 class Mode(enum.Enum):
@@ -49,6 +51,9 @@ class Stats:
     latencies_ns: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     acks: int = 0
+    #: Send time of each ``say`` by its request id (imchat), and ``ok`` latencies.
+    sent_ns: dict[int, int] = field(default_factory=dict)
+    ack_latencies_ns: list[int] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -158,7 +163,9 @@ class BaseClient(asyncio.Protocol):
     ) -> None:
         raise NotImplementedError
 
-    def say(self, room: str, text: str) -> None:
+    def say(self, room: str, text: str, rid: int | None = None, sent_ns: int = 0) -> None:
+        """Send ``text``; ``rid``: a request id whose reply's latency (from ``sent_ns``)
+        is recorded, where the protocol has replies."""
         raise NotImplementedError
 
 
@@ -198,7 +205,12 @@ class ImchatClient(BaseClient):
         if self.sender and self._waiter is None:
             # After its handshake the sender sees an ``ok`` per say and its own messages.
             if b'"type":"ok"' in payload:
-                self.stats.acks += 1
+                stats = self.stats
+                stats.acks += 1
+                found = _REPLY_ID.search(payload)
+                sent = stats.sent_ns.pop(int(found.group(1)), None) if found else None
+                if sent is not None:
+                    stats.ack_latencies_ns.append(time.monotonic_ns() - sent)
             elif b'"error"' in payload:
                 self.stats.errors[str(_json_decode(payload).get("code"))] += 1
             return
@@ -222,8 +234,12 @@ class ImchatClient(BaseClient):
             self.write(encode_message({"type": "join", "room": room, "id": 2}))
             await self._await_reply(timeout)
 
-    def say(self, room: str, text: str) -> None:
-        self.write(encode_message({"type": "say", "room": room, "text": text}))
+    def say(self, room: str, text: str, rid: int | None = None, sent_ns: int = 0) -> None:
+        request: dict[str, Any] = {"type": "say", "room": room, "text": text}
+        if rid is not None:
+            request["id"] = rid
+            self.stats.sent_ns[rid] = sent_ns
+        self.write(encode_message(request))
 
 
 class Driver:
@@ -354,6 +370,9 @@ class BroadcastResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    #: ``ok`` latency (imchat: say to its reply, after the commit); nan where none.
+    ok_p50_ms: float
+    ok_p99_ms: float
     samples: int
     server_cpu_s: float
     server_rss_kb: int
@@ -438,6 +457,7 @@ async def broadcast(
         if around:
             around[1]()
         lat = sorted(stats.latencies_ns)
+        acks = sorted(stats.ack_latencies_ns)
         verified = None
         if verify:
             verified = sum(1 for c in room_clients if c.received_exactly(messages))
@@ -455,6 +475,8 @@ async def broadcast(
             p50_ms=percentile(lat, 50) / 1e6,
             p99_ms=percentile(lat, 99) / 1e6,
             max_ms=(lat[-1] / 1e6 if lat else float("nan")),
+            ok_p50_ms=percentile(acks, 50) / 1e6,
+            ok_p99_ms=percentile(acks, 99) / 1e6,
             samples=len(lat),
             server_cpu_s=cpu1 - cpu0,
             server_rss_kb=driver.server.rss_kb(),
@@ -504,7 +526,7 @@ async def _send(
             stamp = time.monotonic_ns()
         if sender.closed:
             return
-        sender.say(room, make_text(seq, stamp, text_size))
+        sender.say(room, make_text(seq, stamp, text_size), seq + 1, stamp)
     stats.wake_at = stats.target
 
 

@@ -81,3 +81,68 @@ async def test_messages_of_one_millisecond_and_tie_slot_are_each_found(
         assert len(changed.messages) == 1
     finally:
         await store.close()
+
+
+async def test_edits_and_deletes_find_home_rows_and_moved_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain message in its home row has no ``search_rows`` entry; one that collided, and
+    an edit's new version, have one. Deleting or editing either kind removes exactly its own
+    row (a home row a delete freed can go to another room's message)."""
+    monkeypatch.setattr("imchat.server.sqlite_store.time.time", lambda: 1_700_000_000.0)
+    path = tmp_path / "imchat.db"
+    store = SQLiteStore(path)
+    await store.open()
+    a, b, c = (StreamId.room(name) for name in ("a", "b", "c"))
+
+    def draft(stream: StreamId, text: str, **fields: object) -> Draft:
+        event = MsgEvent(room=stream.room_name or "", from_="alice", text=text, **fields)  # type: ignore[arg-type]
+        feature = None
+        if "kind" in fields:
+            feature = Feature(str(fields["kind"]), int(str(fields["target"])), "alice")
+        return Draft(stream, "alice", None, event, feature=feature)
+
+    async def texts(*words: str) -> list[str]:
+        found = await store.search(SearchScope((a, b, c)), " ".join(words), before=None, limit=10)
+        return sorted(p.decode().split('"text":"')[1].split('"')[0] for p in found.messages)
+
+    try:
+        await store.append(draft(a, "word one"))  # home row
+        await store.append(draft(b, "word two"))  # collides: moved, in search_rows
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT stream FROM search_rows").fetchall() == [("r:b",)]
+        await store.append(draft(a, "", kind="delete", target=1))  # frees a's home row
+        await store.append(draft(c, "word three"))  # takes that free home row
+        assert await texts("word") == ["word three", "word two"]
+        await store.append(draft(b, "", kind="delete", target=1))
+        assert await texts("word") == ["word three"]
+        await store.append(draft(c, "fresh words", kind="edit", target=1))
+        assert await texts("word") == []
+        assert await texts("fresh") == ["fresh words"]
+        await store.append(draft(c, "", kind="delete", target=1))
+        assert await texts("fresh") == []
+    finally:
+        await store.close()
+
+
+async def test_a_database_with_every_row_in_search_rows_still_edits(tmp_path: Path) -> None:
+    """Databases written before home rows named every message in ``search_rows``."""
+    path = tmp_path / "imchat.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.append(_say("first text"))
+    await store.append(_say("second text"))
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO search_rows SELECT stream, seq, rowid FROM search_index")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.append(_say("first edited", kind="edit", target=1))
+        await store.append(_say("", kind="delete", target=2))
+        found = await store.search(SearchScope((LOBBY,)), "text", before=None, limit=10)
+        assert found.messages == []
+        found = await store.search(SearchScope((LOBBY,)), "edited", before=None, limit=10)
+        assert len(found.messages) == 1
+    finally:
+        await store.close()

@@ -258,6 +258,8 @@ class ChatServer:
                     session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, message))
                 elif timeout > 0 and session.last_rx < now - timeout:
                     session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:g} s"))
+                elif isinstance(session, Session):
+                    session.rest()  # idle memory: no rate-limit bucket while it is full
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully."""

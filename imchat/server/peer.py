@@ -9,7 +9,7 @@ server core free of import cycles and of any one transport.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from imchat.protocol import ProtocolError
@@ -34,8 +34,12 @@ class Peer(Protocol):
     closing: bool
     #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
     credential: Credential | None
-    #: Its message rate limit.
-    bucket: TokenBucket
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """Its message rate limit."""
+        ...
+
     #: Loop time of its start and of the last bytes it sent (for the idle sweep).
     opened: float
     last_rx: float
@@ -76,6 +80,64 @@ class Peer(Protocol):
         queue only once written)."""
 
 
+class RoomSet:
+    """The rooms a user is in: a set of names that holds a single room without a ``set``.
+
+    Most users are in one room, and an empty or one-element ``set`` costs 216 bytes per
+    online user (idle memory); this holds None, the one name, or a ``set`` for several.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: str | set[str] | None = None
+
+    def __contains__(self, room: object) -> bool:
+        items = self._items
+        if items is None or isinstance(items, str):
+            return items == room
+        return room in items
+
+    def __len__(self) -> int:
+        items = self._items
+        if items is None:
+            return 0
+        return 1 if isinstance(items, str) else len(items)
+
+    def __iter__(self) -> Iterator[str]:
+        items = self._items
+        if items is None:
+            return iter(())
+        return iter((items,)) if isinstance(items, str) else iter(list(items))
+
+    def add(self, room: str) -> None:
+        items = self._items
+        if items is None:
+            self._items = room
+        elif isinstance(items, str):
+            if items != room:
+                self._items = {items, room}
+        else:
+            items.add(room)
+
+    def discard(self, room: str) -> None:
+        items = self._items
+        if items is None or isinstance(items, str):
+            if items == room:
+                self._items = None
+            return
+        items.discard(room)
+        if len(items) == 1:
+            self._items = next(iter(items))
+
+    def update(self, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self.add(room)
+
+    def clear(self) -> None:
+        self._items = None
+
+
 class User:
     """An online user: the sessions it has here and the rooms it is in."""
 
@@ -104,7 +166,7 @@ class User:
         #: of another identity never join this user. Empty: the nick key (tests, adapters).
         self.ident = ident or self.key
         self.sessions: list[Peer] = []
-        self.rooms: set[str] = set()
+        self.rooms = RoomSet()
         #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
         #: they are done, so a user receives its DMs in the order they were sent. None until
         #: one waits (most users never hold one: no list per idle user).

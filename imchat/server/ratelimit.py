@@ -53,6 +53,12 @@ class TokenBucket:
             return True
         return False
 
+    def full(self) -> bool:
+        """Refilled to its burst: a new bucket would behave the same from now on."""
+        if self.rate <= 0:
+            return True
+        return self._tokens + (time.monotonic() - self._stamp) * self.rate >= self.burst
+
 
 class FailureLimiter:
     """Blocks an address once ``limit`` of its logins failed within the last ``window`` s.

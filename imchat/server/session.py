@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
 from imchat.protocol.events import ErrorReply
 
-from .ratelimit import address_key
+from .ratelimit import TokenBucket, address_key
 from .stats import STATS
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Session(asyncio.BufferedProtocol):
     """A native-protocol connection: a :class:`imchat.server.peer.Peer` over TCP (or TLS)."""
 
     __slots__ = (
+        "_bucket",
         "_busy",
         "_eof",
         "_inbox",
@@ -81,7 +82,6 @@ class Session(asyncio.BufferedProtocol):
         "_written",
         "addr",
         "admitted",
-        "bucket",
         "closing",
         "credential",
         "decoder",
@@ -107,7 +107,8 @@ class Session(asyncio.BufferedProtocol):
         self.user: User | None = None
         #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
         self.credential: Credential | None = None
-        self.bucket = hub.new_bucket()
+        #: Its rate limit, made when first needed: most idle sessions never send a message.
+        self._bucket: TokenBucket | None = None
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()
         self._inbox: list[bytes | ProtocolError] = []
@@ -118,10 +119,11 @@ class Session(asyncio.BufferedProtocol):
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
-        self._out: list[bytes] = []
+        #: Frames queued this loop turn (None when nothing is: no empty list per idle session).
+        self._out: list[bytes] | None = None
         self._out_size = 0
-        #: Waiters of :meth:`wait_written`.
-        self._written: list[asyncio.Future[bool]] = []
+        #: Waiters of :meth:`wait_written` (None while nobody waits).
+        self._written: list[asyncio.Future[bool]] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -188,10 +190,24 @@ class Session(asyncio.BufferedProtocol):
         self.hub.registry.untrack_output(self)
         self.closing = True
         self._settle_written(False)
-        self._out.clear()
+        self._out = None
         self._inbox.clear()
         self._inbox_bytes = 0
         self.hub.session_closed(self, exc)
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """Its message rate limit (a new bucket is full: the same as one made at connect)."""
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = self.hub.new_bucket()
+        return bucket
+
+    def rest(self) -> None:
+        """Let go of the rate-limit bucket once it is full again (an idle session then holds
+        none; the next rate-limited request makes a new, full one: the same limit)."""
+        if self._bucket is not None and self._bucket.full():
+            self._bucket = None
 
     @property
     def held(self) -> int:
@@ -279,7 +295,8 @@ class Session(asyncio.BufferedProtocol):
         """Queue a frame; it is written with the others at the end of this loop turn."""
         if self.closing:
             return
-        if not self._out:
+        out = self._out
+        if not out:
             # Only what earlier writes left unsent counts: the frames queued during this loop
             # turn were never offered to the client, so it cannot have fallen behind on them.
             # That amount cannot change before this turn's flush: checked once per turn.
@@ -290,12 +307,14 @@ class Session(asyncio.BufferedProtocol):
                 )
                 return
             self.hub.mark_dirty(self)
-        self._out.append(frame)
+            self._out = [frame]
+        else:
+            out.append(frame)
         self._out_size += len(frame)
 
     def flush(self) -> None:
         out, size = self._out, self._out_size
-        self._out = []
+        self._out = None
         self._out_size = 0
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -313,7 +332,10 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             future.set_result(False)
             return future
-        self._written.append(future)
+        if self._written is None:
+            self._written = [future]
+        else:
+            self._written.append(future)
         if len(self._written) == 1 and not self._out and not self._writing_paused:
             self._check_written()
         return future
@@ -334,8 +356,8 @@ class Session(asyncio.BufferedProtocol):
         self.hub.loop.call_later(WRITTEN_POLL, self._check_written)
 
     def _settle_written(self, written: bool) -> None:
-        waiters, self._written = self._written, []
-        for future in waiters:
+        waiters, self._written = self._written, None
+        for future in waiters or ():
             if not future.done():
                 future.set_result(written)
 
@@ -347,7 +369,7 @@ class Session(asyncio.BufferedProtocol):
         if error.code == ErrorCode.SLOW_CONSUMER:
             STATS.slow_consumers += 1
             # What it owes is in history; sending more would only grow the backlog.
-            self._out.clear()
+            self._out = None
             self._settle_written(False)  # queued DMs it was owed stay queued
         self.close(self._error_frame(error))
 
@@ -356,7 +378,10 @@ class Session(asyncio.BufferedProtocol):
         if self.closing or self.transport is None:
             return
         if last_frame is not None:
-            self._out.append(last_frame)
+            if self._out is None:
+                self._out = [last_frame]
+            else:
+                self._out.append(last_frame)
         self.flush()
         self.closing = True
         transport = self.transport

@@ -1,0 +1,200 @@
+"""Server instructions per ``say``, counted by callgrind: a figure the noisy machine cannot move.
+
+Wall-clock and CPU-second figures on a shared 2-core machine swing by ±20 % between runs;
+instruction counts do not (±0.5 %). This starts ``imchat server`` (SQLite, history on, rate
+limit off) under ``valgrind --tool=callgrind --separate-threads=yes``, connects one sender
+and ``-R`` receivers in one room, zeroes the counters (``callgrind_control -z``), sends
+``-M`` says in bursts of ``--window`` (each burst waits for its ``ok`` replies and for
+every receiver to have its messages), dumps the counters (``callgrind_control -d``) and
+prints instructions per message: the event loop's thread, the SQLite writer's, and the
+total. Server-side only; the kernel's share of a send or receive is not counted.
+
+    .venv/bin/python benchmarks/callgrind_say.py -R 1 -M 2000
+    .venv/bin/python benchmarks/callgrind_say.py -R 100 -M 1000
+
+``--pythonpath DIR`` runs the server from another checkout (``git archive REV imchat``),
+for before/after figures from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from imchat.protocol import encode_message
+
+_HEADER = struct.Struct(">I").unpack_from
+_LISTENING = re.compile(r"listening on \S+:(\d+)")
+
+
+class Counting(asyncio.Protocol):
+    """Counts frames; remembers ``ok`` replies (the sender's)."""
+
+    def __init__(self) -> None:
+        self.rest = b""
+        self.frames = 0
+        self.oks = 0
+        self.changed = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        data = self.rest + data
+        pos = 0
+        while pos + 4 <= len(data):
+            end = pos + 4 + _HEADER(data, pos)[0]
+            if end > len(data):
+                break
+            if b'"type":"ok"' in data[pos + 4 : end]:
+                self.oks += 1
+            self.frames += 1
+            pos = end
+        self.rest = data[pos:]
+        self.changed.set()
+
+    async def until(self, done: object) -> None:
+        while not done():  # type: ignore[operator]
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 120)
+
+
+async def client(port: int, nick: str) -> tuple[asyncio.Transport, Counting]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(Counting, "127.0.0.1", port)
+    transport.write(
+        encode_message({"type": "hello", "proto": 1, "nick": nick, "id": 1})
+        + encode_message({"type": "join", "room": "bench", "id": 2})
+    )
+    await proto.until(lambda: proto.frames >= 2)
+    return transport, proto  # type: ignore[return-value]
+
+
+def dumped_totals(out: Path) -> dict[str, int]:
+    """Instructions by thread name from the latest dump files (one per thread)."""
+    totals: dict[str, int] = {}
+    for path in sorted(out.parent.glob(out.name + "*")):
+        text = path.read_text(errors="replace")
+        summary = re.search(r"^summary: (\d+)", text, re.M) or re.search(
+            r"^totals: (\d+)", text, re.M
+        )
+        if summary is None or not re.search(r"^part: 1", text, re.M):
+            continue
+        thread = re.search(r"^thread: (\d+)", text, re.M)
+        totals[thread.group(1) if thread else "?"] = int(summary.group(1))
+    return totals
+
+
+async def run(args: argparse.Namespace) -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("needs valgrind (apt-get install valgrind)")
+    work = Path(tempfile.mkdtemp(prefix="imchat-cg-"))
+    out = work / "callgrind.out"
+    env = dict(os.environ, IMCHAT_IDLE_TIMEOUT="3600", IMCHAT_MAX_CONNECTIONS_PER_IP="0")
+    if args.pythonpath:
+        env["PYTHONPATH"] = args.pythonpath
+    argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "imchat",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        str(work / "data"),
+        "--rate",
+        "0",
+        "--addr-rate",
+        "0",
+    ]
+    log = (work / "server.log").open("w+")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    try:
+        port = None
+        for _ in range(1200):
+            await asyncio.sleep(0.25)
+            match = _LISTENING.search((work / "server.log").read_text(errors="replace"))
+            if match:
+                port = int(match.group(1))
+                break
+        if port is None:
+            sys.exit("server did not start: " + (work / "server.log").read_text()[-2000:])
+        receivers = [await client(port, f"r{i}") for i in range(args.receivers)]
+        sender_t, sender = await client(port, "s0")
+        await asyncio.sleep(2.0)  # joined events settled
+        base = [p.frames for _, p in receivers]
+        # Warm up (first statements prepared, caches filled), then count.
+        await burst(sender_t, sender, receivers, base, 0, args.window, args.window)
+        base = [p.frames for _, p in receivers]
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        t0 = time.monotonic()
+        sent = 0
+        oks0 = sender.oks
+        while sent < args.messages:
+            n = min(args.window, args.messages - sent)
+            await burst(sender_t, sender, receivers, base, sent, n, oks0 + sent + n)
+            sent += n
+        took = time.monotonic() - t0
+        for old in out.parent.glob(out.name + "*"):
+            old.unlink()
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        totals = dumped_totals(out)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    total = sum(totals.values())
+    print(
+        f"R={args.receivers} M={args.messages} window={args.window}"
+        f" ({took:.1f} s under valgrind): server instructions per message"
+    )
+    for thread, count in sorted(totals.items()):
+        print(f"  thread {thread}: {count / args.messages:12,.0f}")
+    print(f"  total:    {total / args.messages:12,.0f}")
+    if args.receivers:
+        print(f"  per delivery: {total / args.messages / args.receivers:12,.0f}")
+
+
+async def burst(
+    sender_t: asyncio.Transport,
+    sender: Counting,
+    receivers: list[tuple[asyncio.Transport, Counting]],
+    base: list[int],
+    start: int,
+    n: int,
+    oks: int,
+) -> None:
+    text = "x" * 100
+    sender_t.write(
+        b"".join(
+            encode_message({"type": "say", "room": "bench", "text": f"{start + i} {text}"})
+            for i in range(n)
+        )
+    )
+    await sender.until(lambda: sender.oks >= oks)
+    for (_, proto), first in zip(receivers, base, strict=True):
+        await proto.until(lambda p=proto, f=first: p.frames >= f + start + n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-R", "--receivers", type=int, default=1)
+    parser.add_argument("-M", "--messages", type=int, default=2000)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--pythonpath", default="")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

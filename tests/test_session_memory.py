@@ -1,0 +1,78 @@
+"""What an idle session and its user hold: no rate-limit bucket while it is full, no set
+for a single room."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from imchat.server.ratelimit import TokenBucket
+from imchat.server.session import Session
+
+
+def test_a_full_bucket_is_let_go_and_the_limit_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("imchat.server.ratelimit.time.monotonic", lambda: clock[0])
+    hub = SimpleNamespace(
+        config=SimpleNamespace(max_frame=65536),
+        loop=SimpleNamespace(time=lambda: 0.0),
+        new_bucket=lambda: TokenBucket(1.0, 2),
+    )
+    session = Session(hub)  # type: ignore[arg-type]
+    session.rest()
+    assert session.bucket.take() and session.bucket.take()
+    assert not session.bucket.take()  # the burst is spent
+    session.rest()
+    clock[0] += 1.0
+    session.rest()
+    assert session.bucket.take()  # one token back: still the same bucket
+    assert not session.bucket.take()
+    clock[0] += 2.0
+    session.rest()  # full again: let go, and the next one starts full, as this one is now
+    assert session.bucket.take() and session.bucket.take()
+    assert not session.bucket.take()
+
+
+def test_an_idle_session_holds_no_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("imchat.server.ratelimit.time.monotonic", lambda: clock[0])
+    hub = SimpleNamespace(
+        config=SimpleNamespace(max_frame=65536),
+        loop=SimpleNamespace(time=lambda: 0.0),
+        new_bucket=lambda: TokenBucket(1.0, 2),
+    )
+    session = Session(hub)  # type: ignore[arg-type]
+    assert session.bucket.take()
+    session.rest()
+    assert session._bucket is not None
+    clock[0] += 1.0
+    session.rest()
+    assert session._bucket is None
+
+
+def test_room_set_behaves_as_a_set() -> None:
+    """A user's rooms hold one name without a ``set``; every operation matches a set's."""
+    from imchat.server.peer import RoomSet
+
+    rooms, model = RoomSet(), set[str]()
+    steps = [
+        ("add", "a"), ("add", "a"), ("discard", "b"), ("add", "b"), ("add", "c"),
+        ("discard", "a"), ("discard", "c"), ("discard", "c"), ("discard", "b"),
+        ("discard", "b"), ("add", "d"), ("update", "efd"), ("clear", ""), ("add", "x"),
+    ]  # fmt: skip
+    for op, arg in steps:
+        if op == "update":
+            rooms.update(arg)
+            model.update(arg)
+        elif op == "clear":
+            rooms.clear()
+            model.clear()
+        else:
+            getattr(rooms, op)(arg)
+            getattr(model, op)(arg)
+        assert sorted(rooms) == sorted(model) and len(rooms) == len(model)
+        for name in "abcdefx":
+            assert (name in rooms) == (name in model)
