@@ -500,10 +500,48 @@ async def connect_retrying(
             if room is not None:
                 await client.request("join", room=room)
             return client
-        except (ServerError, ConnectionClosed, OSError):
+        except (ServerError, ConnectionClosed, OSError, TimeoutError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)  # a reconnect backoff, as a client would
+
+
+async def say_through_fault(
+    clients: Clients,
+    node: Node,
+    texts: list[str],
+    fault_at: int,
+    fault: Callable[[], object],
+    room: str = "lobby",
+) -> dict[str, int]:
+    """Say ``texts`` in order as a careful client would while ``fault`` strikes before text
+    ``fault_at``: an answer of ``internal``, ``shutting_down`` or none leaves the outcome
+    unknown, so the text is sent again with the same cid (on a new connection) until it is
+    acknowledged. Returns each text's acknowledged seq."""
+    sender = await connect_retrying(clients, node, "sender", room=room)
+    acked: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        if i == fault_at:
+            fault()
+        while text not in acked:
+            try:
+                reply = await sender.request("say", room=room, text=text, cid=text)
+                acked[text] = reply["seq"]
+            except (ServerError, ConnectionClosed, TimeoutError):
+                with contextlib.suppress(Exception):
+                    sender.conn.abort()
+                sender = await connect_retrying(clients, node, "sender", room=room)
+    return acked
+
+
+async def assert_history_once_and_gapless(
+    reader: Client, texts: list[str], acked: dict[str, int], room: str = "lobby"
+) -> None:
+    """Every acknowledged text is in history once, at its acknowledged seq, seqs 1..n."""
+    history = await reader.request("history", room=room, limit=len(texts) + 50)
+    stored = [(m["seq"], m["text"]) for m in history["messages"]]
+    assert stored == [(acked[t], t) for t in texts]
+    assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
 
 
 def is_type(kind: str, **fields: Any) -> Callable[[Message], bool]:

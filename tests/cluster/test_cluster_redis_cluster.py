@@ -9,7 +9,6 @@ replica during traffic loses and doubles nothing while the nodes recover by them
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import subprocess
@@ -21,19 +20,19 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ResponseError
 
-from imchat.client import ConnectionClosed, ServerError
 from imchat.server.redis_shard import prefix_slot, tagged_prefix
 
 from .cluster_support import (
     TIMEOUT,
-    Client,
     Clients,
     Cluster,
-    Node,
     PrivateRedis,
+    assert_history_once_and_gapless,
+    connect_retrying,
     delete_keys,
     free_port,
     is_type,
+    say_through_fault,
 )
 
 
@@ -145,20 +144,6 @@ def prefix_keys(server: PrivateRedis, prefix: str) -> list[bytes]:
             return list(found)
 
 
-async def connect_retrying(clients: Clients, node: Node, nick: str, room: str) -> Client:
-    """Connect and join, retrying while the node is between primaries (bounded)."""
-    deadline = asyncio.get_running_loop().time() + 4 * TIMEOUT
-    while True:
-        try:
-            client = await clients.connect(node, nick)
-            await client.request("join", room=room)
-            return client
-        except (ServerError, ConnectionClosed, OSError, TimeoutError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)  # a reconnect backoff, as a client would
-
-
 @pytest.mark.timeout(120)
 async def test_three_nodes_on_a_three_shard_cluster(
     tmp_path: Path, redis_cluster: RedisClusterSet, clients: Clients
@@ -227,33 +212,19 @@ async def test_shard_failover_during_traffic_loses_and_doubles_nothing(
     replica = redis_cluster.replica_of(owner)
     try:
         nodes = cluster.start_many(2, node_timeout=3.0)
-        sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
-        acked: dict[str, int] = {}
+        # A manual failover: the replica catches up, then takes over the slots; the
+        # old primary becomes its replica and answers MOVED.
         texts = [f"m{i}" for i in range(40)]
-        for i, text in enumerate(texts):
-            if i == 15:
-                # A manual failover: the replica catches up, then takes over the slots; the
-                # old primary becomes its replica and answers MOVED.
-                replica.command("CLUSTER", "FAILOVER")
-            while text not in acked:
-                try:
-                    reply = await sender.request("say", room="lobby", text=text, cid=text)
-                    acked[text] = reply["seq"]
-                except (ServerError, ConnectionClosed, TimeoutError):
-                    # internal or shutting_down: unknown outcome; resend with the same cid.
-                    with contextlib.suppress(Exception):
-                        sender.conn.abort()
-                    sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
+        acked = await say_through_fault(
+            clients, nodes[0], texts, 15, lambda: replica.command("CLUSTER", "FAILOVER")
+        )
         await replica.wait_log("Failover election won")
         assert redis_cluster.owner(prefix_slot(tagged_prefix(prefix))) is replica
-        reader = await connect_retrying(clients, nodes[1], "reader", "lobby")
-        history = await reader.request("history", room="lobby", limit=100)
-        stored = [(m["seq"], m["text"]) for m in history["messages"]]
-        assert stored == [(acked[t], t) for t in texts]
-        assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
+        reader = await connect_retrying(clients, nodes[1], "reader", room="lobby")
+        await assert_history_once_and_gapless(reader, texts, acked)
         # Both nodes serve again by themselves: live delivery across them through the new
         # primary's shard channels.
-        sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
+        sender = await connect_retrying(clients, nodes[0], "sender", room="lobby")
         after = await sender.request("say", room="lobby", text="after", cid="after")
         await reader.wait_for(lambda e: e.get("type") == "msg" and e.get("seq") == after["seq"])
         await nodes[0].wait_log("lost Redis")
@@ -296,26 +267,13 @@ async def test_shard_primary_killed_during_traffic_loses_and_doubles_nothing(
     cluster = Cluster(tmp_path, prefix, redis_url=redis_cluster.url)
     try:
         nodes = cluster.start_many(2, node_timeout=3.0, extra=("--redis-wait", "1"))
-        sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
-        acked: dict[str, int] = {}
+        # SIGKILL: the cluster promotes a replica by itself.
         texts = [f"m{i}" for i in range(40)]
-        for i, text in enumerate(texts):
-            if i == 15:
-                owner.kill()  # SIGKILL: the cluster promotes a replica by itself
-            while text not in acked:
-                try:
-                    reply = await sender.request("say", room="lobby", text=text, cid=text)
-                    acked[text] = reply["seq"]
-                except (ServerError, ConnectionClosed, TimeoutError):
-                    with contextlib.suppress(Exception):
-                        sender.conn.abort()
-                    sender = await connect_retrying(clients, nodes[0], "sender", "lobby")
+        acked = await say_through_fault(clients, nodes[0], texts, 15, owner.kill)
+        sender = await connect_retrying(clients, nodes[0], "sender", room="lobby")
         assert redis_cluster.owner(prefix_slot(tagged_prefix(prefix))) is not owner
-        reader = await connect_retrying(clients, nodes[1], "reader", "lobby")
-        history = await reader.request("history", room="lobby", limit=100)
-        stored = [(m["seq"], m["text"]) for m in history["messages"]]
-        assert stored == [(acked[t], t) for t in texts]
-        assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
+        reader = await connect_retrying(clients, nodes[1], "reader", room="lobby")
+        await assert_history_once_and_gapless(reader, texts, acked)
         after = await sender.request("say", room="lobby", text="after", cid="after")
         await reader.wait_for(lambda e: e.get("type") == "msg" and e.get("seq") == after["seq"])
     finally:

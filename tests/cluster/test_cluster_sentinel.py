@@ -7,16 +7,22 @@ with gapless seqs (``--redis-wait 1``: an ``ok`` means the replica had it).
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imchat.client import ConnectionClosed, ServerError
+from imchat.client import ServerError
 
-from .cluster_support import Clients, Cluster, PrivateRedis, connect_retrying
+from .cluster_support import (
+    Clients,
+    Cluster,
+    PrivateRedis,
+    assert_history_once_and_gapless,
+    connect_retrying,
+    say_through_fault,
+)
 from .sentinel_support import SentinelSet, running_sentinels
 
 
@@ -33,27 +39,12 @@ async def test_failover_during_traffic_loses_and_doubles_nothing(
     cluster = Cluster(tmp_path, f"imchat-test-{uuid.uuid4().hex}:", redis_url=sentinels.url)
     try:
         nodes = cluster.start_many(2, node_timeout=3.0, extra=("--redis-wait", "1"))
-        sender = await connect_retrying(clients, nodes[0], "sender", room="lobby")
-        acked: dict[str, int] = {}
         texts = [f"m{i}" for i in range(40)]
-        for i, text in enumerate(texts):
-            if i == 15:
-                sentinels.primary.kill()
-            while text not in acked:
-                try:
-                    reply = await sender.request("say", room="lobby", text=text, cid=text)
-                    acked[text] = reply["seq"]
-                except (ServerError, ConnectionClosed, TimeoutError):
-                    # internal or shutting_down: unknown outcome; resend with the same cid.
-                    with contextlib.suppress(Exception):
-                        sender.conn.abort()
-                    sender = await connect_retrying(clients, nodes[0], "sender", room="lobby")
+        acked = await say_through_fault(clients, nodes[0], texts, 15, sentinels.primary.kill)
+        sender = await connect_retrying(clients, nodes[0], "sender", room="lobby")
         await sentinels.sentinels[0].wait_log("+switch-master")
         reader = await connect_retrying(clients, nodes[1], "reader", room="lobby")
-        history = await reader.request("history", room="lobby", limit=100)
-        stored = [(m["seq"], m["text"]) for m in history["messages"]]
-        assert stored == [(acked[t], t) for t in texts]
-        assert [seq for seq, _ in stored] == list(range(1, len(texts) + 1))
+        await assert_history_once_and_gapless(reader, texts, acked)
         # Live delivery across nodes works through the new primary's pub/sub too.
         after = await sender.request("say", room="lobby", text="after", cid="after")
         await reader.wait_for(lambda e: e.get("type") == "msg" and e.get("seq") == after["seq"])
