@@ -414,7 +414,7 @@ def send(
 
     from imchat.client import ConnectionClosed, ServerError
     from imchat.client.resume import ResumeStore
-    from imchat.client.send import Target, held_nick_advice, send_messages
+    from imchat.client.send import NotUtf8, Target, held_nick_advice, send_messages
     from imchat.client.servers import BadServerList, connect_first, parse_servers
     from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
@@ -491,6 +491,8 @@ def send(
         if exc.code == "nick_taken" and token is None and password is None:
             raise _fail(held_nick_advice(send_nick, exc.message), EXIT_SERVER_ERROR) from None
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
+    except NotUtf8 as exc:
+        raise _fail(str(exc), EXIT_SERVER_ERROR) from None
     except ConnectionClosed as exc:
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
 

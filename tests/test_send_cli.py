@@ -301,3 +301,52 @@ async def test_held_guest_nick_points_scripts_to_tokens(
         "--nick", "ci", "--room", "lobby", "from a runner", port=server.port, env=elsewhere
     )
     assert_one_line_error(result, "nick_taken", "held", "account token", "imchat token create")
+
+
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+async def test_stdin_that_is_not_utf8_is_refused_in_one_line(
+    server: Any, connect: Clients, locale: str
+) -> None:
+    """Bytes that are not UTF-8 are a usage mistake of the pipe, whatever the locale: the line
+    is refused with one line on stderr (not a traceback), and nothing after it is sent."""
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        "--port",
+        str(server.port),
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(LC_ALL=locale, PYTHONUTF8="0"),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"good\nbad \xff\xfe\nnever sent\n"), 30)
+    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
+    assert proc.returncode == 1
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["good"]
+
+
+async def test_text_argument_that_is_not_utf8_is_refused(server: Any) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        "--port",
+        str(server.port),
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        b"bad \xff",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(LC_ALL="C"),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
+    assert proc.returncode == 1
