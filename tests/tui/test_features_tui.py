@@ -223,3 +223,20 @@ async def test_find_jumps_to_the_message(server: ServerHandle) -> None:
         await type_line(pilot, "/find XYZZY")
         await pick(pilot, "xyzzy")
         await until(pilot, lambda: alice.current == ConvKey.dm("bob"), "jumped to the DM")
+
+
+async def test_a_reaction_with_newlines_stays_on_the_reactions_line(server: ServerHandle) -> None:
+    """An emoji is 1-16 code points of text, newlines included: a reaction of newlines or
+    spaces must not break the line of reaction chips into several (or blank) lines."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot, client(server, "bob") as bob:
+        said = await bob.request("say", room="lobby", text="target")
+        await until(pilot, lambda: has_line(alice, LOBBY, "target"), "message")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="👍")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="a\n\nb")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="\n\n\n")
+        await until(pilot, lambda: "👍 1" in "".join(log_text(alice, LOBBY)), "reactions")
+        await until(pilot, lambda: "␣ 1" in line_with(alice, "target"), "all three")
+        text, chips = line_with(alice, "target").split("\n")  # one line of chips
+        assert text.endswith("target")
+        assert "👍 1" in chips and "a b 1" in chips and "␣ 1" in chips, chips
