@@ -415,7 +415,7 @@ class ChatApp(FeatureApp):
         elif isinstance(event, RoomJoined):
             self._room_joined(event)
         elif isinstance(event, RoomLeft):
-            self._room_left(event.room)
+            self._room_left(event.room, elsewhere=event.elsewhere)
         elif isinstance(event, HistoryReset):
             self._history_reset(event)
         elif isinstance(event, Welcomed):
@@ -510,7 +510,7 @@ class ChatApp(FeatureApp):
         if self.current == key:
             self.refresh_members()
 
-    def _room_left(self, room: str) -> None:
+    def _room_left(self, room: str, *, elsewhere: bool = False) -> None:
         key = ConvKey.room(room)
         view = self.views.pop(key, None)
         self.query_one(ConversationList).forget(key)
@@ -521,6 +521,12 @@ class ChatApp(FeatureApp):
             self.current = items[0].key if items else None
             if self.current is None:
                 self.query_one(MemberList).show(self.session.nick, [], set())
+            if elsewhere:
+                # The window changed under the user's hands: say so where they look, or
+                # the line being typed for the room goes here without a word.
+                note = f"you left #{room} in another session: what you type now goes here"
+                self.notify(note, markup=False, timeout=6)
+                self.info([note])
 
     def _messages_added(self, event: MessagesAdded) -> None:
         view = self.view(event.conv)
