@@ -71,6 +71,7 @@ from imchat.tui.render import (
     clean,
     default_date_format,
     default_time_format,
+    one_line,
 )
 from imchat.tui.screens import Ask, Confirm
 from imchat.tui.search import ScrollbackSearch
@@ -505,7 +506,7 @@ class ChatApp(FeatureApp):
             line = Text.assemble(Text(f"You joined #{event.room}", style=SYSTEM))
             if event.topic:
                 line.append("  topic: ", style=SYSTEM)
-                line.append(clean(event.topic))
+                line.append(one_line(event.topic))
         self._append(view, [self.formatter.system(None, line)])
         if self.current == key:
             self.refresh_members()
@@ -996,7 +997,7 @@ class ChatApp(FeatureApp):
                     Text(f"  {room.get('count', 0)} members", style=SYSTEM),
                 )
                 if room.get("topic"):
-                    line.append("  " + clean(room.get("topic")))
+                    line.append("  " + one_line(room.get("topic")))
                 lines.append(line)
             self.info(lines)
 
