@@ -14,6 +14,7 @@ those names at :class:`PasteSafeParser`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 
 from textual._xterm_parser import XTermParser
@@ -79,9 +80,17 @@ class PasteSafeParser(XTermParser):
         return "".join(out)
 
 
-def install() -> None:
-    """Make Textual's drivers (terminal and web) read input with :class:`PasteSafeParser`."""
-    from textual.drivers import linux_driver, linux_inline_driver, web_driver
+DRIVERS = ("linux_driver", "linux_inline_driver", "web_driver")
 
-    for module in (linux_driver, linux_inline_driver, web_driver):
-        setattr(module, "XTermParser", PasteSafeParser)  # noqa: B010 (three modules, one name)
+
+def install() -> None:
+    """Make Textual's drivers (terminal and web) read input with :class:`PasteSafeParser`.
+
+    A driver that cannot be imported here (``termios`` on Windows) is not the one in use.
+    """
+    for name in DRIVERS:
+        try:
+            module = importlib.import_module(f"textual.drivers.{name}")
+        except ImportError:
+            continue
+        setattr(module, "XTermParser", PasteSafeParser)  # noqa: B010 (a module by name)
