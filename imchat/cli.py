@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,8 +67,22 @@ def run_async(coro: object) -> object:
     return uvloop.run(coro)  # type: ignore[arg-type]
 
 
+#: Control characters (newline included: an error is one line), DEL, C1 and the bidi
+#: controls: what a server says must not drive the terminal it is printed to.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # Control Pictures: ␛ for ESC
+    return "\u2421" if code == 0x7F else f"\\u{code:04x}"
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"imchat: {message}", err=True)
+    """One line on stderr. The message may quote the server (network text): its control
+    characters are shown, not sent to the terminal."""
+    typer.echo(f"imchat: {_UNSAFE.sub(_visible, message)}", err=True)
     return typer.Exit(code)
 
 

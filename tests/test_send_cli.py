@@ -350,3 +350,33 @@ async def test_text_argument_that_is_not_utf8_is_refused(server: Any) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
     assert proc.returncode == 1
+
+
+async def test_a_hostile_servers_error_reaches_the_terminal_inert() -> None:
+    """What a server says is network text: an error message with escape sequences (a
+    terminal title, a screen clear) is printed with its control characters made visible."""
+    import json
+    import struct
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (size,) = struct.unpack(">I", await reader.readexactly(4))
+        hello = json.loads(await reader.readexactly(size))
+        error = {
+            "type": "error",
+            "id": hello.get("id"),
+            "code": "auth_failed",
+            "message": "\x1b]0;pwned\x07\x1b[2J\x9b1mgone",
+        }
+        body = json.dumps(error).encode()
+        writer.write(struct.pack(">I", len(body)) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=port)
+    finally:
+        server.close()
+    assert_one_line_error(result, "auth_failed", "pwned", "gone")
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in result.stderr.rstrip("\n"))
