@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,8 +67,22 @@ def run_async(coro: object) -> object:
     return uvloop.run(coro)  # type: ignore[arg-type]
 
 
+#: Control characters (newline included: an error is one line), DEL, C1 and the bidi
+#: controls: what a server says must not drive the terminal it is printed to.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # Control Pictures: ␛ for ESC
+    return "\u2421" if code == 0x7F else f"\\u{code:04x}"
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"imchat: {message}", err=True)
+    """One line on stderr. The message may quote the server (network text): its control
+    characters are shown, not sent to the terminal."""
+    typer.echo(f"imchat: {_UNSAFE.sub(_visible, message)}", err=True)
     return typer.Exit(code)
 
 
@@ -414,7 +429,7 @@ def send(
 
     from imchat.client import ConnectionClosed, ServerError
     from imchat.client.resume import ResumeStore
-    from imchat.client.send import Target, held_nick_advice, send_messages
+    from imchat.client.send import NotUtf8, Target, held_nick_advice, send_messages
     from imchat.client.servers import BadServerList, connect_first, parse_servers
     from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
@@ -491,6 +506,8 @@ def send(
         if exc.code == "nick_taken" and token is None and password is None:
             raise _fail(held_nick_advice(send_nick, exc.message), EXIT_SERVER_ERROR) from None
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
+    except NotUtf8 as exc:
+        raise _fail(str(exc), EXIT_SERVER_ERROR) from None
     except ConnectionClosed as exc:
         raise _fail(f"connection lost: {exc}", EXIT_CONNECT) from None
 

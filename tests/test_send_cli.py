@@ -301,3 +301,82 @@ async def test_held_guest_nick_points_scripts_to_tokens(
         "--nick", "ci", "--room", "lobby", "from a runner", port=server.port, env=elsewhere
     )
     assert_one_line_error(result, "nick_taken", "held", "account token", "imchat token create")
+
+
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+async def test_stdin_that_is_not_utf8_is_refused_in_one_line(
+    server: Any, connect: Clients, locale: str
+) -> None:
+    """Bytes that are not UTF-8 are a usage mistake of the pipe, whatever the locale: the line
+    is refused with one line on stderr (not a traceback), and nothing after it is sent."""
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        "--port",
+        str(server.port),
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(LC_ALL=locale, PYTHONUTF8="0"),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"good\nbad \xff\xfe\nnever sent\n"), 30)
+    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
+    assert proc.returncode == 1
+    reader = await connect("reader")
+    history = await reader.request("history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["good"]
+
+
+async def test_text_argument_that_is_not_utf8_is_refused(server: Any) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *imchat_command(),
+        "send",
+        "--port",
+        str(server.port),
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        b"bad \xff",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(LC_ALL="C"),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
+    assert proc.returncode == 1
+
+
+async def test_a_hostile_servers_error_reaches_the_terminal_inert() -> None:
+    """What a server says is network text: an error message with escape sequences (a
+    terminal title, a screen clear) is printed with its control characters made visible."""
+    import json
+    import struct
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (size,) = struct.unpack(">I", await reader.readexactly(4))
+        hello = json.loads(await reader.readexactly(size))
+        error = {
+            "type": "error",
+            "id": hello.get("id"),
+            "code": "auth_failed",
+            "message": "\x1b]0;pwned\x07\x1b[2J\x9b1mgone",
+        }
+        body = json.dumps(error).encode()
+        writer.write(struct.pack(">I", len(body)) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=port)
+    finally:
+        server.close()
+    assert_one_line_error(result, "auth_failed", "pwned", "gone")
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in result.stderr.rstrip("\n"))

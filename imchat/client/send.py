@@ -49,17 +49,46 @@ class Target:
         return ANNOUNCEMENTS
 
 
+class NotUtf8(Exception):
+    """A text to send is not UTF-8: refused here, since the protocol cannot carry it and
+    imchat never alters a text silently (the locale's decoding would have made it surrogates,
+    or failed with a traceback)."""
+
+
+def utf8_text(text: str, where: str) -> str:
+    """``text`` itself if it encodes as UTF-8 (an argument the locale decoded with
+    ``surrogateescape`` may not), else :class:`NotUtf8`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotUtf8(f"bad_text: {where} is not UTF-8 (it was not sent)") from None
+    return text
+
+
 async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
-    """Lines from standard input as they arrive, pinging the server while we wait."""
+    """Lines from standard input as they arrive, pinging the server while we wait.
+
+    Read as bytes and decoded as UTF-8 whatever the locale says (a C locale would decode
+    with ``surrogateescape``, a UTF-8 one fail inside the reader thread).
+    """
+    number = 0
     while True:
-        read = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
+        read = asyncio.ensure_future(asyncio.to_thread(sys.stdin.buffer.readline))
         while not read.done():
             done, _ = await asyncio.wait({read}, timeout=KEEPALIVE)
             if not done:
                 await conn.request(Ping())
-        line = read.result()
-        if not line:
+        raw = read.result()
+        if not raw:
             return
+        number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotUtf8(
+                f"bad_text: line {number} of standard input is not UTF-8 (it and what "
+                "follows were not sent)"
+            ) from None
         yield line.rstrip("\r\n")
 
 
@@ -95,7 +124,7 @@ async def send_messages(
     async for text in source:
         if texts is None and not text:
             continue
-        await send_one(conn, target, text)
+        await send_one(conn, target, utf8_text(text, "TEXT"))
         sent += 1
     await conn.close()
     return sent

@@ -191,6 +191,8 @@ class RoomJoined:
 @dataclass(frozen=True, slots=True)
 class RoomLeft:
     room: str
+    #: Another session of this user left it (membership is the user's), not this one.
+    elsewhere: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -852,7 +854,7 @@ class ChatSession:
         if not joined and mine:
             # Another of our sessions left the room: so have we.
             self.rooms.pop(room, None)
-            self._emit(RoomLeft(room))
+            self._emit(RoomLeft(room, elsewhere=True))
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ def run_tui(
     from imchat.client.servers import parse_servers
     from imchat.client.session import ChatSession
     from imchat.tui.app import ChatApp
+    from imchat.tui.paste_parser import install as install_paste_parser
 
     context: ssl_module.SSLContext | None
     if tls is True:
@@ -54,6 +55,7 @@ def run_tui(
         servers=servers,
     )
     app = ChatApp(session, server_label=",".join(map(str, servers)), config=config)
+    install_paste_parser()  # a pasted ESC must not turn the rest of the paste into keys
     app.run()
     restore = app.notifier.restore_title()
     if restore and sys.__stderr__ is not None:  # Textual's driver writes to stderr too

@@ -71,6 +71,7 @@ from imchat.tui.render import (
     clean,
     default_date_format,
     default_time_format,
+    one_line,
 )
 from imchat.tui.screens import Ask, Confirm
 from imchat.tui.search import ScrollbackSearch
@@ -415,7 +416,7 @@ class ChatApp(FeatureApp):
         elif isinstance(event, RoomJoined):
             self._room_joined(event)
         elif isinstance(event, RoomLeft):
-            self._room_left(event.room)
+            self._room_left(event.room, elsewhere=event.elsewhere)
         elif isinstance(event, HistoryReset):
             self._history_reset(event)
         elif isinstance(event, Welcomed):
@@ -505,12 +506,12 @@ class ChatApp(FeatureApp):
             line = Text.assemble(Text(f"You joined #{event.room}", style=SYSTEM))
             if event.topic:
                 line.append("  topic: ", style=SYSTEM)
-                line.append(clean(event.topic))
+                line.append(one_line(event.topic))
         self._append(view, [self.formatter.system(None, line)])
         if self.current == key:
             self.refresh_members()
 
-    def _room_left(self, room: str) -> None:
+    def _room_left(self, room: str, *, elsewhere: bool = False) -> None:
         key = ConvKey.room(room)
         view = self.views.pop(key, None)
         self.query_one(ConversationList).forget(key)
@@ -521,6 +522,12 @@ class ChatApp(FeatureApp):
             self.current = items[0].key if items else None
             if self.current is None:
                 self.query_one(MemberList).show(self.session.nick, [], set())
+            if elsewhere:
+                # The window changed under the user's hands: say so where they look, or
+                # the line being typed for the room goes here without a word.
+                note = f"you left #{room} in another session: what you type now goes here"
+                self.notify(note, markup=False, timeout=6)
+                self.info([note])
 
     def _messages_added(self, event: MessagesAdded) -> None:
         view = self.view(event.conv)
@@ -990,7 +997,7 @@ class ChatApp(FeatureApp):
                     Text(f"  {room.get('count', 0)} members", style=SYSTEM),
                 )
                 if room.get("topic"):
-                    line.append("  " + clean(room.get("topic")))
+                    line.append("  " + one_line(room.get("topic")))
                 lines.append(line)
             self.info(lines)
 

@@ -83,5 +83,7 @@ def _reactions(view: MessageView, me: str) -> Text:
         style = MY_REACTION if view.reacted(me, emoji) else REACTION
         if parts:
             parts.append(" ")
-        parts.append(Text(f" {clean(emoji)} {count} ", style=style))
+        # An emoji is any short text, newlines included: one line of chips all the same.
+        shown = " ".join(clean(emoji).split()) or "\u2423"  # ␣ for one of only spaces
+        parts.append(Text(f" {shown} {count} ", style=style))
     return Text.assemble(*parts)

@@ -39,9 +39,13 @@ class ReadMarkers:
 
     def arriving(self, key: ConvKey, log: MessageLog, *, looking: bool) -> None:
         """Call before appending new messages from others to ``key``'s log."""
-        if looking or key in self._placed or not log.entries:
+        if looking or key in self._placed:
             return
         self._placed.add(key)
+        if not log.entries:
+            # A conversation that begins with this message: all of it is new, no line needed
+            # (and none may come before the next message, as if this one had been seen).
+            return
         old = self._entries.get(key)
         if old is not None:
             log.remove_entry(old)

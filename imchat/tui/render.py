@@ -86,6 +86,12 @@ def clean(value: Any) -> str:
     return _EMOJI_GLUE.sub("", text)
 
 
+def one_line(value: Any) -> str:
+    """Network text for a place that has one line (a listing, a notice): :func:`clean`, with
+    every run of whitespace, newlines included, as one space."""
+    return " ".join(clean(value).split())
+
+
 def nick_style(nick: str) -> Style:
     colour = NICK_COLOURS[zlib.crc32(nick_key(nick).encode()) % len(NICK_COLOURS)]
     return Style(color=colour, bold=True)

@@ -347,3 +347,16 @@ async def test_connection_that_never_finishes_a_request_is_closed(
         data = b""
     assert data == b"" or data.startswith(b"HTTP/1.1 4"), data
     writer.close()
+
+
+async def test_deeply_nested_json_body_is_bad_request(http: Http, connect: Clients) -> None:
+    """A body nested deeper than the decoder can recurse is the caller's mistake (400), not
+    an internal error with a traceback in the log; nothing is posted."""
+    bob = await lobby_member(connect)
+    token = await http.account("deploy")
+    deep = b'{"text": "hi", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    status, body, _ = await http.post(
+        ROOM, token=token, data=deep, headers={"Content-Type": "application/json"}
+    )
+    assert (status, body["code"]) == (400, "bad_request"), body
+    assert await pending_events(bob) == []

@@ -272,3 +272,14 @@ async def test_hook_commands(http: Http, connect: Clients, tmp_path: Path) -> No
         result = await asyncio.to_thread(run, *bad)
         assert result.exit_code == 1, (bad, result.output)
         assert result.output.startswith("imchat: ")
+
+
+async def test_deeply_nested_payload_is_bad_request(http: Http, connect: Clients) -> None:
+    bob = await ops_member(connect)
+    path = await add_hook(http, "generic")
+    deep = b'{"text": "hi", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    status, reply, _ = await http.post(
+        path, data=deep, headers={"Content-Type": "application/json"}
+    )
+    assert (status, reply["code"]) == (400, "bad_request"), reply
+    assert await pending_events(bob) == []

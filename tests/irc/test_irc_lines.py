@@ -17,6 +17,7 @@ from imchat.server.irc.lines import (
     LineDecoder,
     LineTooLong,
     format_line,
+    format_parts,
     parse_line,
     split_text,
 )
@@ -130,3 +131,9 @@ def test_iso_time_round_trips() -> None:
     assert stamp == "2025-11-29T00:18:39.123Z"
     assert tr.parse_iso_time(stamp) == pytest.approx(1764375519.123)
     assert tr.parse_iso_time("yesterday") is None
+
+
+def test_no_parameter_can_end_the_line() -> None:
+    line = format_parts("TOPIC", ["#a", "one\r\ntwo\nthree\x00"], source="n!n@imchat")
+    assert line == b":n!n@imchat TOPIC #a :one  two three \r\n"
+    assert line.count(b"\n") == 1 and line.count(b"\r") == 1

@@ -244,6 +244,29 @@ async def test_irc_and_native_in_one_room(irc: Any) -> None:
     assert "reason" not in parted
 
 
+async def test_a_topic_with_newlines_cannot_inject_irc_lines(irc: Any) -> None:
+    """A topic may hold newlines; on IRC it is one parameter of one line (332, TOPIC, 322).
+    A newline in it would end the line there, and what follows would be read by IRC clients
+    as a line of its own: a PRIVMSG forged from any nick, or a numeric from the server."""
+    room, inick, nnick = unique("room"), unique("irc"), unique("nat")
+    native = await irc.native(nnick)
+    await native.request({"type": "join", "room": room, "id": 1})
+    forged = f":admin!admin@imchat PRIVMSG #{room} :forged"
+    set_topic = {"type": "topic", "room": room, "text": f"top\n\n{forged}", "id": 2}
+    assert (await native.request(set_topic))["type"] == "ok"
+    client = await irc(inick)
+    lines = await client.join("#" + room)
+    assert [r.command for r in lines] == ["JOIN", "332", "353", "366"]
+    assert lines[1].params[-1] == f"top  {forged}"
+    native.send({"type": "topic", "room": room, "text": f"again\n{forged}", "id": 3})
+    assert (await client.expect("TOPIC")).params[-1] == f"again {forged}"
+    client.send("LIST")
+    listed = await client.expect(lambda r: r.command == "322" and r.params[1] == "#" + room)
+    assert listed.params[-1] == f"again {forged}"
+    await client.expect("323")
+    assert not any(r.line.source and r.line.source.startswith("admin!") for r in client.seen)
+
+
 def other_nick(client: IrcClient) -> str:
     """The source prefix of the last JOIN not by the client itself (for readability)."""
     joins = [r for r in client.seen if r.command == "JOIN"]

@@ -473,3 +473,18 @@ async def test_a_history_reset_is_one_line_in_the_conversation(server: ServerHan
         await until(pilot, lambda: has_line(alice, LOBBY, "reset to message 7"), "rewind line")
         lines = log_text(alice, LOBBY)
         assert sum("history was reset" in x for x in lines) == 1
+
+
+async def test_a_topic_of_many_lines_is_one_line_in_listings(server: ServerHandle) -> None:
+    """A topic may hold newlines (500 of them): the /rooms listing and the "You joined"
+    notice give it one line, as the status bar does, so nobody's topic floods the window."""
+    async with client(server, "mallory", rooms=("spam",)) as mallory:
+        await mallory.request("topic", room="spam", text="top\n\n\n\n\n\nbottom")
+        alice = make_app(server, "alice", room="spam")
+        async with running(alice) as pilot:
+            spam = ConvKey.room("spam")
+            await until(pilot, lambda: has_line(alice, spam, "You joined #spam"), "joined")
+            assert has_line(alice, spam, "You joined #spam  topic: top bottom")
+            await type_line(pilot, "/rooms")
+            await until(pilot, lambda: has_line(alice, spam, "#spam  2 members"), "rooms")
+            assert has_line(alice, spam, "#spam  2 members  top bottom")

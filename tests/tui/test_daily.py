@@ -330,6 +330,29 @@ async def test_read_marker_shows_what_came_while_away_and_moves(server: ServerHa
         ]
 
 
+async def test_a_new_conversation_has_no_marker_between_its_unread_messages(
+    server: ServerHandle,
+) -> None:
+    """Two DMs open a conversation while alice looks elsewhere: both are unread (the list
+    counts 2), so no "new since you left" line may sit between them as if the first had
+    been seen."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot, client(server, "bob", rooms=("lobby",)) as bob:
+        await until(pilot, lambda: alice.current == LOBBY, "in the lobby")
+        await bob.request("dm", to="alice", text="first")
+        await bob.request("dm", to="alice", text="second")
+        bob_dm = ConvKey.dm("bob")
+        await until(pilot, lambda: has_line(alice, bob_dm, "second"), "both DMs")
+        entry = alice.query_one(ConversationList).get(bob_dm)
+        assert entry is not None and entry.unread == 2
+        rows = [
+            "MARKER" if e.meta.get("read_marker") else e.body.plain
+            for e in alice.views[bob_dm].log_widget.entries
+            if e.meta.get("read_marker") or e.meta.get("seq") is not None
+        ]
+        assert rows in (["first", "second"], ["MARKER", "first", "second"]), rows
+
+
 async def test_urls_become_osc8_links_with_literal_text(server: ServerHandle) -> None:
     alice = make_app(server, "alice")
     async with running(alice) as pilot, client(server, "bob", rooms=("lobby",)) as bob:

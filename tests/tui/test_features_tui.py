@@ -223,3 +223,64 @@ async def test_find_jumps_to_the_message(server: ServerHandle) -> None:
         await type_line(pilot, "/find XYZZY")
         await pick(pilot, "xyzzy")
         await until(pilot, lambda: alice.current == ConvKey.dm("bob"), "jumped to the DM")
+
+
+async def test_a_reaction_with_newlines_stays_on_the_reactions_line(server: ServerHandle) -> None:
+    """An emoji is 1-16 code points of text, newlines included: a reaction of newlines or
+    spaces must not break the line of reaction chips into several (or blank) lines."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot, client(server, "bob") as bob:
+        said = await bob.request("say", room="lobby", text="target")
+        await until(pilot, lambda: has_line(alice, LOBBY, "target"), "message")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="👍")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="a\n\nb")
+        await bob.request("react", room="lobby", seq=said["seq"], emoji="\n\n\n")
+        await until(pilot, lambda: "👍 1" in "".join(log_text(alice, LOBBY)), "reactions")
+        await until(pilot, lambda: "␣ 1" in line_with(alice, "target"), "all three")
+        text, chips = line_with(alice, "target").split("\n")  # one line of chips
+        assert text.endswith("target")
+        assert "👍 1" in chips and "a b 1" in chips and "␣ 1" in chips, chips
+
+
+async def test_leaving_the_shown_room_in_another_session_says_so(server: ServerHandle) -> None:
+    """Membership is the user's: a part from another session of the account takes the room
+    away here too. When it is the room on screen, the app shows another conversation; it
+    must say why, where the user looks, or the next line typed for the room goes to that
+    other conversation without a word."""
+    async with client(server, "bob") as bob:
+        await bob.request("dm", to="admin", text="hi")
+        session = ChatSession(
+            "admin", "127.0.0.1", server.port, token=server.admin_token, backoff=FAST,
+            rooms=["lobby"],
+        )  # fmt: skip
+        app = ChatApp(session, time_format=fixed_time, cursor_blink=False)
+        async with running(app) as pilot:
+            await until(pilot, lambda: LOBBY in app.views, "in the lobby")
+            app.current = LOBBY
+            other = await Connection.connect("127.0.0.1", server.port)
+            await other.hello("admin", token=server.admin_token)
+            await other.request("part", room="lobby")
+            await other.close()
+            await until(pilot, lambda: app.current != LOBBY, "the lobby is gone")
+            assert app.current is not None
+            await until(
+                pilot,
+                lambda: any(
+                    "left #lobby in another session" in line
+                    for line in log_text(app, app.current)  # type: ignore[arg-type]
+                ),
+                "a line in the conversation now shown",
+            )
+            # Parting here says nothing of the kind.
+            shown = app.current
+
+            def notes() -> int:
+                return sum("another session" in line for line in log_text(app, shown))
+
+            before = notes()
+            await submit(pilot, "/join ops")
+            await until(pilot, lambda: app.current == ConvKey.room("ops"), "in ops")
+            await submit(pilot, "/part")
+            await until(pilot, lambda: ConvKey.room("ops") not in app.views, "left ops")
+            assert app.current == shown
+            assert notes() == before

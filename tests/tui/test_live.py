@@ -419,3 +419,19 @@ async def test_a_one_shot_send_shows_as_just_its_message(server: ServerHandle) -
         await until(pilot, lambda: not has_line(alice, LOBBY, "deploybot joined"), "folded")
         assert not has_line(alice, LOBBY, "deploybot left")
         assert has_line(alice, LOBBY, "deployed v1.2")
+
+
+async def test_control_characters_in_a_paste_show_and_send_as_pictures(
+    server: ServerHandle,
+) -> None:
+    """A paste may hold control characters (BEL, a form feed, ESC from coloured output):
+    invisible in the input, they made Enter fail with bad_text. They show as the Control
+    Pictures the log uses (tabs and newlines stay), and what is shown is what is sent."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot, listener(server) as texts:
+        paste(alice, "bell\x07 ff\x0c esc\x1b[0m tab\tend\x7f nel\x85")
+        shown = "bell\u2407 ff\u240c esc\u241b[0m tab\tend\u2421 nel\\u0085"
+        await until(pilot, lambda: chat_input(alice).value == shown, "pasted")
+        await pilot.press("enter")
+        await settle(pilot, texts, 1)
+        assert texts == [shown]

@@ -36,3 +36,16 @@ def test_run_tui_passes_its_arguments_to_the_session(monkeypatch: pytest.MonkeyP
         "token": None,
         "label": "chat.example:7000",
     }
+
+
+def test_run_tui_reads_input_with_the_paste_safe_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual._xterm_parser import XTermParser
+    from textual.drivers import linux_driver
+
+    from imchat.tui.paste_parser import PasteSafeParser
+
+    monkeypatch.setattr(linux_driver, "XTermParser", XTermParser)
+    seen: list[type] = []
+    monkeypatch.setattr(ChatApp, "run", lambda self: seen.append(linux_driver.XTermParser))
+    assert run_tui("127.0.0.1", 7000, "alice", None) == 0
+    assert seen == [PasteSafeParser]

@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from imchat.protocol import ErrorCode, ProtocolError, normalize_room
+from imchat.protocol.depth import MAX_DEPTH, exceeds_depth
 
 from .errors import ApiError
 from .session import run_request
@@ -71,10 +72,7 @@ class Api:
         fields: dict[str, Any] = {}
         media = request.content_type
         if media == "application/json" or media.endswith("+json"):
-            try:
-                obj = _decode_json(body)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                raise ApiError(ErrorCode.BAD_REQUEST, "the body is not UTF-8 JSON") from None
+            obj = decode_json_body(body)
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise ApiError(ErrorCode.BAD_REQUEST, 'send a JSON object {"text": "…"}')
             fields["text"] = obj["text"]
@@ -128,6 +126,18 @@ def _room(name: str) -> str:
         return normalize_room(name)
     except ProtocolError as exc:
         raise ApiError(exc.code, exc.message) from None
+
+
+def decode_json_body(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """The body's JSON, or 400 ``bad_request``: also for nesting deeper than ``max_depth``,
+    measured before decoding (the decoder recurses per level and would fail with an internal
+    error on a body of ``[[[…`` thousands deep)."""
+    if exceeds_depth(body, max_depth):
+        raise ApiError(ErrorCode.BAD_REQUEST, f"the body nests deeper than {max_depth} levels")
+    try:
+        return _decode_json(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ApiError(ErrorCode.BAD_REQUEST, "the body is not UTF-8 JSON") from None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

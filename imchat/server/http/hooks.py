@@ -14,7 +14,6 @@ import hmac
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import msgspec
 from aiohttp import web
 
 from imchat.protocol import ErrorCode
@@ -22,7 +21,7 @@ from imchat.server.auth import hash_token
 from imchat.server.hookstore import Hook
 
 from . import adapters
-from .api import read_body
+from .api import decode_json_body, read_body
 from .errors import ApiError
 from .session import run_request
 
@@ -32,7 +31,9 @@ if TYPE_CHECKING:
 #: Largest webhook body accepted: GitHub caps its payloads at 25 MB, but a push with many
 #: commits is rarely over a few hundred KB; more is refused with 413 before it is read.
 HOOK_MAX_BODY = 1024 * 1024
-_decode_json = msgspec.json.Decoder().decode
+#: Deepest nesting a hook payload may have: more than the protocol's 32, since the payloads
+#: are other systems' documents; still far from where the decoder's recursion fails.
+HOOK_MAX_DEPTH = 64
 
 
 def routes(front: HttpFrontend) -> list[web.RouteDef]:
@@ -111,7 +112,4 @@ def _payload(request: web.Request, body: bytes) -> Any:
         except UnicodeDecodeError:
             raise ApiError(ErrorCode.BAD_REQUEST, "the body is not UTF-8") from None
         body = (fields.get("payload") or [""])[0].encode()
-    try:
-        return _decode_json(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ApiError(ErrorCode.BAD_REQUEST, "the body is not UTF-8 JSON") from None
+    return decode_json_body(body, HOOK_MAX_DEPTH)

@@ -111,12 +111,21 @@ def format_line(line: Line) -> bytes:
     return format_parts(line.command, line.params, line.source, line.tags)
 
 
+#: Characters that end an IRC line (or that a client may take to): never inside one.
+_LINE_BREAKS = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
+
+
 def format_parts(
     command: str,
     params: list[str] | tuple[str, ...],
     source: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> bytes:
+    """One IRC line. A parameter's CR, LF and NUL become spaces: texts that may hold a
+    newline (a topic) would otherwise end the line there, and a client would read what
+    follows as a line of its own (a forged PRIVMSG or numeric). Messages are split at their
+    newlines before they get here (:func:`split_text`)."""
+    params = [param.translate(_LINE_BREAKS) for param in params]
     parts: list[str] = []
     if tags:
         parts.append(

@@ -10,6 +10,7 @@ moment Enter arrives.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 from textual import events
@@ -27,6 +28,16 @@ COUNTER_MARGIN = 200
 NEWLINE_KEYS = frozenset({"shift+enter", "ctrl+j", "alt+enter", "newline"})
 #: Keys the app handles whatever has focus (scrolling the log, not the input).
 APP_KEYS = frozenset({"pageup", "pagedown"})
+#: Control characters a paste may hold (tab and newline are text): invisible in the input,
+#: and the server would refuse the message for them.
+_PASTED_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _control_picture(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else f"\\u{code:04x}"  # C1: as render.clean writes it
 
 
 class ChatInput(TextArea):
@@ -140,6 +151,8 @@ class ChatInput(TextArea):
         event.stop()
         event.prevent_default()
         text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        # Shown as the log shows them (␛, ␇): what the input shows is what Enter sends.
+        text = _PASTED_CONTROLS.sub(_control_picture, text)
         if text.count("\n") + 1 > PASTE_CONFIRM_LINES:
             self.post_message(self.LongPaste(text))
         else:
