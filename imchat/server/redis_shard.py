@@ -74,12 +74,10 @@ class ShardConnection(Connection):
         self.slot = slot
         super().__init__(**kwargs)
 
-    async def connect_check_health(
-        self, check_health: bool = True, retry_socket_connect: bool = True
-    ) -> None:
-        if not self.is_connected:
-            self.host, self.port = await slot_primary(self.cluster, self.slot)
-        await super().connect_check_health(check_health, retry_socket_connect)
+    async def _connect(self) -> None:
+        # The socket-opening step: the one hook redis-py has kept from 5.0 on.
+        self.host, self.port = await slot_primary(self.cluster, self.slot)
+        await super()._connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
