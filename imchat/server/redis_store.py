@@ -331,7 +331,8 @@ return '1 ' .. seq .. ' ' .. ts .. ' ' .. delivered .. '\\n' .. payload
 """
 )
 
-#: ARGV: prefix, key, nick, resume hash or '', new ident, new resume hash, hold ms.
+#: ARGV: prefix, key, nick, resume hash or '', new ident, new resume hash, a resumed claim's
+#: expiry ms (the hold), a new claim's expiry ms (the grace until its session is counted).
 #: Returns {status, ident, nick} or {'taken', pttl} (see Store.claim_guest).
 CLAIM_GUEST_LUA = """
 local prefix, key, nick, resume = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -346,7 +347,7 @@ if cur[1] then
   return {'resumed', cur[1], cur[3]}
 end
 redis.call('HSET', guest, 'ident', ARGV[5], 'nick', nick, 'resume', ARGV[6])
-redis.call('PEXPIRE', guest, ARGV[7])
+redis.call('PEXPIRE', guest, ARGV[8])
 redis.call('HSETNX', user, 'nick', nick)
 return {'new', ARGV[5], nick}
 """
@@ -760,6 +761,10 @@ class RedisStore:
                 new_resume,
                 # Until its connect script makes it online: long enough for any hello.
                 int(max(hold, CLAIM_GRACE) * 1000),
+                # A new identity whose welcome never went out (Redis or the connection lost
+                # before its session was counted) has a resume nobody knows: it is not held
+                # for the whole guest_hold, only that grace.
+                int(CLAIM_GRACE * 1000),
             ],
         )
         status = text(reply[0])

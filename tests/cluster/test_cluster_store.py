@@ -126,3 +126,23 @@ async def test_node_that_cannot_listen_leaves_the_cluster_promptly(
     finally:
         await client.aclose()
         delete_keys(prefix)
+
+
+async def test_a_new_guest_never_welcomed_frees_its_nick_after_the_claim_grace(
+    store: RedisStore,
+) -> None:
+    # A hello claims a new guest identity, then its connect script counts the session online
+    # (and keeps the claim). If Redis or the connection is lost in between, the client never
+    # got the welcome with the identity's resume: holding the nick for the whole guest_hold
+    # locked its owner out of it (nick_taken for 300 s after a failover).
+    from imchat.server.redis_store import CLAIM_GRACE
+    from imchat.server.store import ClaimStatus
+
+    new = await store.claim_guest("Gus", None, "r1", 300)
+    assert new.status is ClaimStatus.NEW
+    ttl = await store.redis.pttl(f"{store.keys.prefix}guest:gus")
+    assert 0 < ttl <= CLAIM_GRACE * 1000
+    # A resumed identity was welcomed before: its client has the resume, so it is held.
+    again = await store.claim_guest("gus", "r1", "r2", 300)
+    assert again.status is ClaimStatus.RESUMED
+    assert await store.redis.pttl(f"{store.keys.prefix}guest:gus") > CLAIM_GRACE * 1000
