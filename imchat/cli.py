@@ -423,6 +423,10 @@ def send(
             "--react", metavar="SEQ", help="Add TEXT (an emoji) as a reaction to message SEQ."
         ),
     ] = None,
+    create: Annotated[
+        bool,
+        typer.Option("--create", help="With --room: create the room if it does not exist."),
+    ] = False,
 ) -> None:
     """Send messages from scripts; exit 0 only once the server acknowledged every one."""
     import ssl
@@ -445,6 +449,8 @@ def send(
                 f"--all needs an admin token: cannot read {token_file}: {exc.strerror}", 2
             ) from None
         nick = nick or "admin"
+    if create and room is None:
+        raise _fail("--create goes with --room: only rooms are created by sending", 2)
     if reply_to is not None and react is not None:
         raise _fail("--reply-to and --react do not mix: a reaction answers by itself", 2)
     if reply_to is not None and all_:
@@ -457,7 +463,9 @@ def send(
     if password_stdin and text == "-":
         raise _fail("--password-stdin needs TEXT as an argument: stdin holds the password", 2)
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
-    target = Target(room=room, to=to, everyone=all_, reply_to=reply_to, react=react)
+    target = Target(
+        room=room, to=to, everyone=all_, reply_to=reply_to, react=react, create_room=create
+    )
     texts = None if text == "-" else [text]
     try:
         context = client_context(ca) if tls or ca is not None else None
@@ -505,6 +513,10 @@ def send(
     except ServerError as exc:
         if exc.code == "nick_taken" and token is None and password is None:
             raise _fail(held_nick_advice(send_nick, exc.message), EXIT_SERVER_ERROR) from None
+        if exc.code == "no_such_room":
+            raise _fail(
+                f"no_such_room: there is no room {room} (--create makes it)", EXIT_SERVER_ERROR
+            ) from None
         raise _fail(f"{exc.code}: {exc.message}", EXIT_SERVER_ERROR) from None
     except NotUtf8 as exc:
         raise _fail(str(exc), EXIT_SERVER_ERROR) from None

@@ -70,9 +70,41 @@ async def test_say_in_a_room(server: Any, connect: Clients) -> None:
     )
 
 
+async def test_a_room_that_does_not_exist_is_refused_unless_created(
+    server: Any, connect: Clients
+) -> None:
+    # A typo in --room must not create a room nobody reads: each message would be
+    # acknowledged (exit 0) and seen by no one.
+    result = await imchat_send("--nick", "bot", "--room", "deplyos", "done", port=server.port)
+    assert_one_line_error(result, "no_such_room", "deplyos", "--create")
+    reader = await connect("reader")
+    rooms = await reader.request("rooms")
+    assert "deplyos" not in [r["room"] for r in rooms["rooms"]]
+    created = await imchat_send(
+        "--nick", "bot", "--room", "deploys", "--create", "done", port=server.port
+    )
+    assert (created.returncode, created.stderr) == (0, "")
+    history = await reader.request("history", room="deploys")
+    assert [m["text"] for m in history["messages"]] == ["done"]
+    # An existing room needs no --create.
+    again = await imchat_send("--nick", "bot", "--room", "deploys", "again", port=server.port)
+    assert (again.returncode, again.stderr) == (0, "")
+    misplaced = await imchat_send(
+        "--nick", "bot", "--to", "reader", "--create", "x", port=server.port
+    )
+    assert_one_line_error(misplaced, "--create goes with --room")
+
+
 async def test_stdin_one_message_per_line(server: Any, connect: Clients) -> None:
     result = await imchat_send(
-        "--nick", "bot", "--room", "lobby", "-", port=server.port, stdin="one\ntwo  \n\tthree\nfour"
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "--create",
+        "-",
+        port=server.port,
+        stdin="one\ntwo  \n\tthree\nfour",
     )
     assert (result.returncode, result.stderr) == (0, "")
     # exit 0 means every message was acknowledged: they are all stored
@@ -88,7 +120,9 @@ async def test_stdin_one_message_per_line(server: Any, connect: Clients) -> None
 
 async def test_a_pipe_without_text_is_read_like_dash(server: Any, connect: Clients) -> None:
     # `echo done | imchat send --room ops`: no TEXT with a pipe means standard input.
-    result = await imchat_send("--nick", "bot", "--room", "lobby", port=server.port, stdin="a\nb\n")
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", port=server.port, stdin="a\nb\n"
+    )
     assert (result.returncode, result.stderr) == (0, "")
     reader = await connect("reader")
     history = await reader.request("history", room="lobby")
@@ -97,7 +131,7 @@ async def test_a_pipe_without_text_is_read_like_dash(server: Any, connect: Clien
 
 async def test_password_stdin_without_text_is_refused(server: Any) -> None:
     result = await imchat_send(
-        "--nick", "bot", "--room", "lobby", "--password-stdin", port=server.port
+        "--nick", "bot", "--room", "lobby", "--create", "--password-stdin", port=server.port
     )
     assert_one_line_error(result, "--password-stdin needs TEXT")
 
@@ -107,7 +141,14 @@ async def test_stdin_beyond_the_rate_limit_is_stored_exactly_once(
 ) -> None:
     lines = [f"line {i}" for i in range(55)]  # more than the default burst of 40
     result = await imchat_send(
-        "--nick", "bot", "--room", "lobby", "-", port=server.port, stdin="\n".join(lines) + "\n"
+        "--nick",
+        "bot",
+        "--room",
+        "lobby",
+        "--create",
+        "-",
+        port=server.port,
+        stdin="\n".join(lines) + "\n",
     )
     assert (result.returncode, result.stderr) == (0, "")
     reader = await connect("reader")
@@ -157,7 +198,9 @@ async def test_announce_with_a_wrong_token(server: Any, connect: Clients) -> Non
 
 
 async def test_announce_as_non_admin_is_forbidden(server: Any) -> None:
-    result = await imchat_send("--nick", "bot", "--room", "lobby", "ok", port=server.port)
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", "ok", port=server.port
+    )
     assert result.returncode == 0
     env = subprocess_env(IMCHAT_NICK="bot", IMCHAT_TOKEN="whatever")
     result = await imchat_send("--all", "hi", port=server.port, env=env)
@@ -170,8 +213,8 @@ async def test_announce_as_non_admin_is_forbidden(server: Any) -> None:
     [
         (["--room", "bad room!", "hi"], "bad_room"),
         (["--to", "nobody", "hi"], "no_such_user"),
-        (["--room", "lobby", "bell\x07"], "bad_text"),
-        (["--room", "lobby", "x" * 4001], "bad_text"),
+        (["--room", "lobby", "--create", "bell\x07"], "bad_text"),
+        (["--room", "lobby", "--create", "x" * 4001], "bad_text"),
     ],
 )
 async def test_server_errors_exit_non_zero(
@@ -187,6 +230,7 @@ async def test_stdin_stops_at_the_first_refused_line(server: Any, connect: Clien
         "bot",
         "--room",
         "lobby",
+        "--create",
         "-",
         port=server.port,
         stdin="good\nbad\x01line\nnever sent\n",
@@ -199,12 +243,16 @@ async def test_stdin_stops_at_the_first_refused_line(server: Any, connect: Clien
 
 async def test_nick_taken(server: Any, connect: Clients) -> None:
     await connect("bot")
-    result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=server.port)
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", "hi", port=server.port
+    )
     assert_one_line_error(result, "nick_taken")
 
 
 async def test_server_not_running(tmp_path: Path) -> None:
-    result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=free_port())
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", "hi", port=free_port()
+    )
     assert_one_line_error(result)
     assert result.stdout == ""
 
@@ -237,6 +285,7 @@ async def test_server_going_away_mid_stream(servers: Any, connect: Clients) -> N
         "bot",
         "--room",
         "lobby",
+        "--create",
         "-",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -282,7 +331,9 @@ async def test_guest_send_twice_in_a_row_keeps_its_nick(
     watcher = await connect("watcher")
     await join(watcher, "lobby")
     for text in ("first run", "second run"):
-        result = await imchat_send("--nick", "ci", "--room", "lobby", text, port=server.port)
+        result = await imchat_send(
+            "--nick", "ci", "--room", "lobby", "--create", text, port=server.port
+        )
         assert result.returncode == 0, result.stderr
         noise = frozenset({"joined", "parted", "online", "offline"})
         assert (await next_event(watcher, "msg", skip=noise))["text"] == text
@@ -293,12 +344,21 @@ async def test_guest_send_twice_in_a_row_keeps_its_nick(
 async def test_held_guest_nick_points_scripts_to_tokens(
     server: Any, connect: Clients, tmp_path: Path
 ) -> None:
-    result = await imchat_send("--nick", "ci", "--room", "lobby", "from here", port=server.port)
+    result = await imchat_send(
+        "--nick", "ci", "--room", "lobby", "--create", "from here", port=server.port
+    )
     assert result.returncode == 0, result.stderr
     # Another machine (another state dir) cannot use the nick while it is held.
     elsewhere = subprocess_env(IMCHAT_STATE_DIR=str(tmp_path / "runner"))
     result = await imchat_send(
-        "--nick", "ci", "--room", "lobby", "from a runner", port=server.port, env=elsewhere
+        "--nick",
+        "ci",
+        "--room",
+        "lobby",
+        "--create",
+        "from a runner",
+        port=server.port,
+        env=elsewhere,
     )
     assert_one_line_error(result, "nick_taken", "held", "account token", "imchat token create")
 
@@ -318,6 +378,7 @@ async def test_stdin_that_is_not_utf8_is_refused_in_one_line(
         "bot",
         "--room",
         "lobby",
+        "--create",
         "-",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -342,6 +403,7 @@ async def test_text_argument_that_is_not_utf8_is_refused(server: Any) -> None:
         "bot",
         "--room",
         "lobby",
+        "--create",
         b"bad \xff",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -375,7 +437,7 @@ async def test_a_hostile_servers_error_reaches_the_terminal_inert() -> None:
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        result = await imchat_send("--nick", "bot", "--room", "lobby", "hi", port=port)
+        result = await imchat_send("--nick", "bot", "--room", "lobby", "--create", "hi", port=port)
     finally:
         server.close()
     assert_one_line_error(result, "auth_failed", "pwned", "gone")

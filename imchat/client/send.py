@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from imchat.protocol import Announce, Dm, Join, Ping, React, Say
+from imchat.protocol import Announce, Dm, History, Join, Ping, React, Say
 
 from .connection import Connection, ServerError
 from .resume import ResumeStore, remember_welcome
@@ -29,6 +29,8 @@ class Target:
     reply_to: int | None = None
     #: Revision 3: the text is an emoji added to the message with this seq.
     react: int | None = None
+    #: Join ``room`` even if it does not exist yet (a join creates it).
+    create_room: bool = False
 
     def request(self, text: str, cid: str) -> Say | Dm | Announce | React:
         reply_to = None if self.everyone else self.reply_to
@@ -118,6 +120,10 @@ async def send_messages(
     """
     await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
     if target.room is not None:
+        if not target.create_room:
+            # A typo must not create a room nobody reads: every message would be acknowledged,
+            # and seen by no one. ``history`` of a room that does not exist is no_such_room.
+            await conn.request(History(room=target.room, limit=1))
         await conn.request(Join(room=target.room))
     sent = 0
     source = stdin_lines(conn) if texts is None else _iterate(texts)

@@ -128,7 +128,18 @@ def tls_server_process(pki: dict[str, Path], tmp_path: Path) -> Iterator[int]:
         proc.wait(10)
 
 
-SEND = [sys.executable, "-m", "imchat", "send", "hello", "--room", "lobby", "--nick", "bot"]
+SEND = [
+    sys.executable,
+    "-m",
+    "imchat",
+    "send",
+    "hello",
+    "--room",
+    "lobby",
+    "--create",
+    "--nick",
+    "bot",
+]
 
 
 def _send(port: int, *args: str) -> subprocess.CompletedProcess[str]:
