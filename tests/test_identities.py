@@ -527,3 +527,23 @@ async def test_nothing_is_kept_for_a_guest_identity_that_ended(
             assert len(left) == len(alice_ident) == 1, left  # alice's DM view only
         finally:
             await client.aclose()
+
+
+async def test_a_new_guest_whose_hello_failed_is_not_held(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The identity was claimed, then the hello failed before its welcome (here: the fanout
+    # refusing once, as a cluster node does when it loses Redis). Nobody has its resume, so
+    # holding it for guest_hold locked the nick's owner out (nick_taken for 300 s).
+    fanout = server.hub.fanout
+    real_connect = fanout.connect
+
+    async def failing_once(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(fanout, "connect", real_connect)
+        raise OSError("lost the cluster store")
+
+    monkeypatch.setattr(fanout, "connect", failing_once)
+    error = await hello_refused(connect, "gus")
+    assert error.code == "internal"
+    gus = await connect("gus")  # no resume: there was never one to keep
+    assert (gus.welcome or {})["resume"]

@@ -352,6 +352,18 @@ redis.call('HSETNX', user, 'nick', nick)
 return {'new', ARGV[5], nick}
 """
 
+#: ARGV: prefix, key, ident. Ends a guest identity a hello claimed but whose session was
+#: never counted online (its welcome never went out, so nobody has its resume); 1 if it did.
+RELEASE_CLAIM_LUA = """
+local prefix, key, ident = ARGV[1], ARGV[2], ARGV[3]
+local guest = prefix .. 'guest:' .. key
+if redis.call('HGET', guest, 'ident') ~= ident then return 0 end
+if redis.call('HGET', prefix .. 'identof', key) == ident then return 0 end  -- online after all
+redis.call('DEL', guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
+  prefix .. 'cid:' .. ident)
+return 1
+"""
+
 #: ARGV: prefix, key, new account ident, nick, admin, password hash or ''. Creates (or
 #: replaces) an account and ends the guest identity holding the nick, with its queue.
 CREATE_ACCOUNT_LUA = """
@@ -501,6 +513,10 @@ class RedisStore:
         self.feature_lua = self.redis.register_script(features_redis.feature_script(append_lua))
         self.mark_lua = self.redis.register_script(features_redis.MARK_LUA)
         self._claim_guest = self.redis.register_script(CLAIM_GUEST_LUA)
+        self._release_claim = self.redis.register_script(RELEASE_CLAIM_LUA)
+        #: Guest identities this node's hellos began within the claim grace: identity id ->
+        #: (user key, monotonic time of the claim), oldest first.
+        self._claimed: dict[str, tuple[str, float]] = {}
         self._create_account = self.redis.register_script(CREATE_ACCOUNT_LUA)
         self._epoch: str | None = None
         #: The newest message this node acknowledged or delivered per stream (issue 13).
@@ -776,11 +792,31 @@ class RedisStore:
                 ClaimStatus.TAKEN, held_until=time.time() + ttl / 1000 if ttl >= 0 else None
             )
         identity = Identity(text(reply[2]), text(reply[1]))
+        if status == "new":
+            self._note_claim(identity.ident, nick.lower())
         return GuestClaim(ClaimStatus(status), identity)
 
+    def _note_claim(self, ident: str, key: str) -> None:
+        """Remember a claim for its grace only: after it the claim's own TTL has ended it, or
+        its session was counted online and the fanout's scripts hold it."""
+        now = time.monotonic()
+        claimed = self._claimed
+        while claimed:
+            oldest = next(iter(claimed))
+            if now - claimed[oldest][1] < CLAIM_GRACE:
+                break
+            del claimed[oldest]
+        claimed[ident] = (key, now)
+
     async def guest_left(self, ident: str, hold: float) -> None:
-        """Nothing to do: the fanout's scripts hold a guest when its cluster's last session
-        ends (a node cannot know whether another node still serves it)."""
+        """Holds are the fanout scripts' (they run when a cluster's last session ends: a node
+        cannot know whether another node still serves the guest). Only a claim this node made
+        whose session was never counted online is let go here, when the hold is 0."""
+        claim = self._claimed.pop(ident, None)
+        if hold <= 0 and claim is not None:
+            await self._release_claim(
+                keys=[self.keys.anchor], args=[self.keys.prefix, claim[0], ident]
+            )
 
     async def dm_streams(self, ident: str) -> list[str]:
         return [text(s) for s in await self.redis.hkeys(self.keys.since(ident))]

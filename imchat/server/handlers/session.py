@@ -43,15 +43,21 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
         resume = None
     assert identity is not None
     admin = account is not None and account.admin
+    # A guest identity begun by this hello whose welcome never goes out has a resume nobody
+    # knows: it is let go at once, since holding it would only lock its owner out of the nick.
+    unknown_resume = resume is not None and resume != req.resume
     try:
         first = await ctx.fanout.connect(session, req.nick, admin=admin, ident=identity.ident)
     except BaseException:
         if resume is not None:
-            await ctx.store.guest_left(identity.ident, _hold(ctx, session))
+            hold = 0.0 if unknown_resume else _hold(ctx, session)
+            await ctx.store.guest_left(identity.ident, hold)
         raise
     user = ctx.user(session)
     if session.closing:
         # The connection went away while we awaited: undo the presence it just gained.
+        if unknown_resume:
+            session.guest_hold = 0.0
         ctx.registry.spawn(leave(ctx, session))
         return
     log.info("%s is %s%s", session.peer, user.nick, " (admin)" if admin else "")
