@@ -26,6 +26,7 @@ from conftest import TEST_REDIS_URL, redis_available
 
 from imchat.client import Connection, ConnectionClosed, ServerError
 from imchat.protocol import FrameDecoder, decode_object, encode_message
+from imchat.server.redis_store import CLAIM_GRACE
 
 REDIS_URL = TEST_REDIS_URL
 #: How long any single reply or event may take before a test fails.
@@ -492,8 +493,10 @@ async def connect_retrying(
     clients: Clients, node: Node, nick: str, *, room: str | None = None
 ) -> Client:
     """Connect (and join ``room``), retrying while the node is between Redis incarnations:
-    it answers ``shutting_down`` until it has Redis again (bounded)."""
-    deadline = asyncio.get_running_loop().time() + 4 * TIMEOUT
+    it answers ``shutting_down`` until it has Redis again (bounded). A hello cut off by the
+    loss may leave its guest identity claimed with a resume nobody got: ``nick_taken`` until
+    the claim's grace ends, which the bound covers."""
+    deadline = asyncio.get_running_loop().time() + CLAIM_GRACE + 2 * TIMEOUT
     while True:
         try:
             client = await clients.connect(node, nick)
