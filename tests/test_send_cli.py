@@ -22,11 +22,12 @@ class Result:
     stderr: str
 
 
-async def imchat_send(
-    *args: str, port: int | None, stdin: str | None = None, env: dict[str, str] | None = None
-) -> Result:
+async def spawn_send(
+    *args: str | bytes, port: int | None, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``imchat send`` running, its standard streams piped (for a test that feeds it live)."""
     where = ["--host", "127.0.0.1", "--port", str(port)] if port is not None else []
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         *imchat_command(),
         "send",
         *where,
@@ -36,9 +37,17 @@ async def imchat_send(
         stderr=asyncio.subprocess.PIPE,
         env=env or subprocess_env(),
     )
-    out, err = await asyncio.wait_for(
-        proc.communicate(stdin.encode() if stdin is not None else b""), 30
-    )
+
+
+async def imchat_send(
+    *args: str | bytes,
+    port: int | None,
+    stdin: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    proc = await spawn_send(*args, port=port, env=env)
+    data = stdin.encode() if isinstance(stdin, str) else stdin or b""
+    out, err = await asyncio.wait_for(proc.communicate(data), 30)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
@@ -274,24 +283,7 @@ async def test_server_going_away_mid_stream(servers: Any, connect: Clients) -> N
     server = await servers.start()
     watcher = await connect("watcher")
     await join(watcher, "lobby")
-    proc = await asyncio.create_subprocess_exec(
-        *imchat_command(),
-        "send",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(server.port),
-        "--nick",
-        "bot",
-        "--room",
-        "lobby",
-        "--create",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
-    )
+    proc = await spawn_send("--nick", "bot", "--room", "lobby", "--create", "-", port=server.port)
     assert proc.stdin is not None
     try:
         proc.stdin.write(b"first\n")
@@ -369,49 +361,27 @@ async def test_stdin_that_is_not_utf8_is_refused_in_one_line(
 ) -> None:
     """Bytes that are not UTF-8 are a usage mistake of the pipe, whatever the locale: the line
     is refused with one line on stderr (not a traceback), and nothing after it is sent."""
-    proc = await asyncio.create_subprocess_exec(
-        *imchat_command(),
-        "send",
-        "--port",
-        str(server.port),
-        "--nick",
-        "bot",
-        "--room",
-        "lobby",
-        "--create",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", "-",
+        port=server.port,
+        stdin=b"good\nbad \xff\xfe\nnever sent\n",
         env=subprocess_env(LC_ALL=locale, PYTHONUTF8="0"),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(b"good\nbad \xff\xfe\nnever sent\n"), 30)
-    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
-    assert proc.returncode == 1
+    )  # fmt: skip
+    assert_one_line_error(result, "UTF-8")
+    assert result.returncode == 1
     reader = await connect("reader")
     history = await reader.request("history", room="lobby")
     assert [m["text"] for m in history["messages"]] == ["good"]
 
 
 async def test_text_argument_that_is_not_utf8_is_refused(server: Any) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *imchat_command(),
-        "send",
-        "--port",
-        str(server.port),
-        "--nick",
-        "bot",
-        "--room",
-        "lobby",
-        "--create",
-        b"bad \xff",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    result = await imchat_send(
+        "--nick", "bot", "--room", "lobby", "--create", b"bad \xff",
+        port=server.port,
         env=subprocess_env(LC_ALL="C"),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert_one_line_error(Result(proc.returncode or 0, out.decode(), err.decode()), "UTF-8")
-    assert proc.returncode == 1
+    )  # fmt: skip
+    assert_one_line_error(result, "UTF-8")
+    assert result.returncode == 1
 
 
 async def test_a_hostile_servers_error_reaches_the_terminal_inert() -> None:
