@@ -131,6 +131,33 @@ async def test_markers_sync_between_two_sessions_of_one_account(
         await tablet_watch.until(lambda: tablet.markers.get(LOBBY) == last["seq"])
 
 
+async def test_marks_asked_while_one_is_in_flight_go_as_one(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The TUI marks the conversation on screen read at every message that arrives: during a
+    # flood that was one mark request per message and reader. At most one is in flight per
+    # conversation; the newest seq asked meanwhile follows it.
+    from imchat.protocol import Mark
+
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    seqs = [(await bob.request("say", room="lobby", text=str(n)))["seq"] for n in range(20)]
+    async with running(server, "carol") as (session, features, _watch):
+        sent: list[int] = []
+        real = session.request
+
+        async def counting(request: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(request, Mark):
+                sent.append(request.seq)
+            return await real(request, *args, **kwargs)
+
+        monkeypatch.setattr(session, "request", counting)
+        assert all(await asyncio.gather(*(features.mark(LOBBY, seq) for seq in seqs)))
+        assert sent == [seqs[-1]]
+        assert features.markers[LOBBY] == seqs[-1]
+        assert await features.mark(LOBBY, seqs[0]) is False  # never backwards
+
+
 async def test_typing_is_throttled_and_shown(server: Any, connect: Clients) -> None:
     bob = await connect("bob")
     await join(bob, "lobby")

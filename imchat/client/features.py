@@ -10,6 +10,7 @@ notifications throttled on this side too. Nothing here imports Textual.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -246,6 +247,9 @@ class Features:
         self.markers: dict[ConvKey, int] = {}
         self._clock = clock
         self._typing_sent: dict[ConvKey, float] = {}
+        #: The marks being sent per conversation, and the newest seq asked of each.
+        self._marking: dict[ConvKey, asyncio.Future[None]] = {}
+        self._marking_to: dict[ConvKey, int] = {}
         #: conv -> nick key -> (nick, shown until)
         self._typing: dict[ConvKey, dict[str, tuple[str, float]]] = {}
         self._listeners: list[FeatureListener] = []
@@ -364,12 +368,28 @@ class Features:
         return await self.react(conv, seq, emoji, remove=mine)
 
     async def mark(self, conv: ConvKey, seq: int) -> bool:
-        """Move the read marker forward (only forward: nothing is sent otherwise)."""
-        if seq <= self.markers.get(conv, 0):
+        """Move the read marker forward (only forward: nothing is sent otherwise).
+
+        One ``mark`` per conversation is in flight at a time; seqs asked meanwhile are sent
+        as one, the newest, when it is answered (a UI marks at every arriving message).
+        Returns once the marker is at ``seq`` or beyond.
+        """
+        if seq <= max(self.markers.get(conv, 0), self._marking_to.get(conv, 0)):
             return False
-        await self.session.request(Mark(seq=seq, **stream_fields(conv)))
-        self._set_marker(conv, seq)
+        self._marking_to[conv] = seq
+        sending = self._marking.get(conv)
+        if sending is None:
+            sending = self._marking[conv] = asyncio.ensure_future(self._send_marks(conv))
+        await asyncio.shield(sending)
         return True
+
+    async def _send_marks(self, conv: ConvKey) -> None:
+        try:
+            while (seq := self._marking_to[conv]) > self.markers.get(conv, 0):
+                await self.session.request(Mark(seq=seq, **stream_fields(conv)))
+                self._set_marker(conv, seq)
+        finally:
+            del self._marking[conv], self._marking_to[conv]
 
     async def typing(self, conv: ConvKey) -> bool:
         """Tell the others the user is typing; at most once per 3 s per conversation."""
