@@ -298,6 +298,16 @@ async def test_a_long_nick_does_not_push_the_text_right(server: ServerHandle) ->
         await conn.close()
 
 
+async def test_a_crlf_text_pasted_through_tmux_keeps_its_lines(server: ServerHandle) -> None:
+    """tmux pastes a CRLF text with each LF made a CR (``a\\r\\rb``): one line break each,
+    not a blank line between every two lines."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        paste(alice, "first\r\rsecond\r\r\r\rafter a blank line")
+        want = "first\nsecond\n\nafter a blank line"
+        await until(pilot, lambda: chat_input(alice).value == want, "three lines and a blank")
+
+
 async def test_emoji_rows_keep_their_width(server: ServerHandle) -> None:
     alice = make_app(server, "alice")
     texts = ["family 👨‍👩‍👧 here", "thumbs 👍🏽 up", "heart ❤️ x", "flag 🇫🇷 y"]
