@@ -9,21 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import unicodedata
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.cells import get_character_cell_size
 from textual import events
-from textual.geometry import Offset
+from textual._styles_cache import StylesCache
+from textual.geometry import Offset, Region
 from textual.pilot import Pilot
 from textual.selection import Selection
+from textual.strip import Strip
+from textual.widget import Widget
 
 from imchat.client import Connection
 from imchat.client.session import ConvKey, State
 from imchat.tui.app import ChatApp
 from imchat.tui.render import NICK_WIDTH
 from imchat.tui.screens import Confirm
-from imchat.tui.widgets import ChatInput, MessageLog
+from imchat.tui.widgets import ChatInput, ConversationList, MemberList, MessageLog, StatusBar
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, type_line, until
 
@@ -230,6 +234,60 @@ async def test_the_log_follows_a_flood_and_shows_new_while_scrolled_up(tmp_path:
             await until(pilot, lambda: not lg.following, "scrolled up again")
             await type_line(pilot, "back")  # sending returns too
             await until(pilot, lambda: lg.following, "following after sending")
+            await conn.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_flood_repaints_the_log_not_the_widgets_that_did_not_change(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Textual's compositor asks every widget whose container overlaps a changed region for
+    its lines at every frame: while the log changed, the room list, member list and status
+    bar were rendered again each frame (and the log's growing virtual size asked for a
+    layout of the whole screen each time), though none of them had changed. Renders are
+    counted where Textual renders a widget's lines (its styles cache)."""
+    renders: Counter[str] = Counter()
+    original = StylesCache.render_widget
+
+    def render_widget(cache: StylesCache, widget: Widget, crop: Region) -> list[Strip]:
+        renders[type(widget).__name__] += 1
+        return original(cache, widget, crop)
+
+    monkeypatch.setattr(StylesCache, "render_widget", render_widget)
+    server = ServerHandle(tmp_path / "data")
+    server.data_dir.mkdir()
+    await server.start(rate=1e6, burst=100_000)
+    try:
+        alice = make_app(server, "alice")
+        async with running(alice) as pilot:
+            conn = await Connection.connect("127.0.0.1", server.port)
+            await conn.hello("bob")
+            await conn.request("join", room="lobby")
+            await until(pilot, lambda: "bob" in alice.query_one(MemberList).nicks, "bob listed")
+            await conn.request("say", room="lobby", text="before")
+            await until(pilot, lambda: has_line(alice, LOBBY, "before"), "first line")
+            await pilot.pause()
+            renders.clear()
+            for batch in range(5):
+                await asyncio.gather(
+                    *(conn.request("say", room="lobby", text=f"f{batch} {n}") for n in range(40))
+                )
+                await until(pilot, lambda: has_line(alice, LOBBY, f"f{batch} 39"), "batch shown")
+                await pilot.pause()
+            assert renders["MessageLog"] >= 5  # the log was redrawn as the flood arrived
+            unchanged = {k: renders[k] for k in ("ConversationList", "MemberList", "StatusBar")}
+            assert unchanged == {"ConversationList": 0, "MemberList": 0, "StatusBar": 0}
+            # When their data changes they render again, and the screen shows it.
+            renders.clear()
+            await conn.request("dm", to="alice", text="psst")
+
+            def on_screen() -> str:
+                return "\n".join(s.text for s in alice.screen._compositor.render_strips())
+
+            await until(pilot, lambda: "@bob(1)" in on_screen(), "the hotlist shows the DM")
+            assert "@bob 1" in on_screen()  # the conversation list, with its unread count
+            assert renders["StatusBar"] >= 1 and renders["ConversationList"] >= 1
             await conn.close()
     finally:
         await server.stop()
