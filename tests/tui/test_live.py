@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from imchat.client.session import ConvKey, State
 from imchat.tui.app import ChatApp
 from imchat.tui.render import NICK_WIDTH
 from imchat.tui.screens import Confirm
-from imchat.tui.widgets import ChatInput, ConversationList, MemberList, MessageLog, StatusBar
+from imchat.tui.widgets import ChatInput, MemberList, MessageLog
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, type_line, until
 
@@ -273,7 +274,8 @@ async def test_a_flood_repaints_the_log_not_the_widgets_that_did_not_change(
                 await asyncio.gather(
                     *(conn.request("say", room="lobby", text=f"f{batch} {n}") for n in range(40))
                 )
-                await until(pilot, lambda: has_line(alice, LOBBY, f"f{batch} 39"), "batch shown")
+                shown = functools.partial(has_line, alice, LOBBY, f"f{batch} 39")
+                await until(pilot, shown, "batch shown")
                 await pilot.pause()
             assert renders["MessageLog"] >= 5  # the log was redrawn as the flood arrived
             unchanged = {k: renders[k] for k in ("ConversationList", "MemberList", "StatusBar")}
