@@ -26,9 +26,11 @@ from textual.widget import Widget
 from imchat.client import Connection
 from imchat.client.session import ConvKey, State
 from imchat.tui.app import ChatApp
+from imchat.tui.read_marker import marker_entry
 from imchat.tui.render import NICK_WIDTH
 from imchat.tui.screens import Confirm
 from imchat.tui.widgets import ChatInput, MemberList, MessageLog
+from imchat.tui.widgets.message_log import MIN_BODY
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, type_line, until
 
@@ -156,6 +158,24 @@ async def test_pastes_become_one_message_and_long_ones_ask_first(server: ServerH
         lg = log(alice)
         await pilot.pause()
         assert lg.scroll_y == lg.max_scroll_y > 0
+
+
+async def test_one_row_lines_stay_one_row_in_a_narrow_log(server: ServerHandle) -> None:
+    """Below the width that leaves a text column beside the time and nick, an entry is run
+    together and wrapped at the full width: the read marker's rule (cropped to the width
+    where there is a column) became six rows of dashes at 30 columns. A message still wraps."""
+    alice = make_app(server, "alice")
+    async with running(alice, size=(30, 14)) as pilot:
+        await until(pilot, lambda: has_line(alice, LOBBY, "You joined"), "joined")
+        await until(pilot, lambda: log(alice)._width > 0, "laid out")
+        lg = log(alice)
+        assert lg._width - (6 + NICK_WIDTH + 1) < MIN_BODY  # the narrow layout
+        rows = lg._render_entry(marker_entry(), lg._width)
+        assert len(rows) == 1 and "new since" in rows[0].text
+        said = alice.formatter.message(
+            {"type": "msg", "from": "bob", "text": "word " * 20, "ts": 0, "seq": 1}
+        )
+        assert len(lg._render_entry(said, lg._width)) > 1
 
 
 async def test_shift_enter_and_ctrl_j_add_a_line(server: ServerHandle) -> None:

@@ -262,7 +262,10 @@ class MessageLog(ScrollView, can_focus=True):
             # Too narrow for a text column beside the time and nick: run them together
             # and wrap the whole line at the full width.
             head = Text(" ").join(part for part in entry.prefix.split(" ") if part.plain)
-            lines = Text.assemble(head, " ", entry.body).wrap(console, max(1, width))
+            together = Text.assemble(head, " ", entry.body)
+            # A one-row entry (the read marker's rule) stays one row, cut at the width.
+            together.no_wrap, together.overflow = entry.body.no_wrap, entry.body.overflow
+            lines = together.wrap(console, max(1, width))
             heads = [Text("")] * len(lines)
         strips: list[Strip] = []
         base = self.base_style
