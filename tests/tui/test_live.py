@@ -163,11 +163,15 @@ async def test_pastes_become_one_message_and_long_ones_ask_first(server: ServerH
 async def test_one_row_lines_stay_one_row_in_a_narrow_log(server: ServerHandle) -> None:
     """Below the width that leaves a text column beside the time and nick, an entry is run
     together and wrapped at the full width: the read marker's rule (cropped to the width
-    where there is a column) became six rows of dashes at 30 columns. A message still wraps."""
+    where there is a column) became nine rows of dashes at 30 columns. A message still wraps."""
     alice = make_app(server, "alice")
     async with running(alice, size=(30, 14)) as pilot:
-        await until(pilot, lambda: has_line(alice, LOBBY, "You joined"), "joined")
-        await until(pilot, lambda: log(alice)._width > 0, "laid out")
+
+        def laid_out() -> bool:
+            view = alice.views.get(LOBBY)
+            return view is not None and view.log_widget._width > 0
+
+        await until(pilot, laid_out, "the lobby laid out")
         lg = log(alice)
         assert lg._width - (6 + NICK_WIDTH + 1) < MIN_BODY  # the narrow layout
         rows = lg._render_entry(marker_entry(), lg._width)
