@@ -1,6 +1,6 @@
 """Does a long conversation make typing lag? Measures the TUI with N messages in one room.
 
-    .venv/bin/python benchmarks/tui_long_session.py [--messages 10000] [--keys 200]
+    .venv/bin/python benchmarks/tui_long_session.py [--messages 10000] [--keys 200] [--flood 1000]
 
 Runs the real app headless (120x36) with the network replaced by events injected straight
 into it, and reports:
@@ -10,7 +10,10 @@ into it, and reports:
   time of ``pilot.press`` (which includes Pilot's own settling waits, a constant floor) and
   the CPU time the process spent on that key, the number that shows lag;
 * typing while messages keep arriving (one live message per keystroke);
-* a full repaint of the log scrolled to the middle.
+* a full repaint of the log scrolled to the middle;
+* a flood: ``--flood`` messages arriving one by one in the open conversation (a frame every
+  5), the process CPU per message, and how many times each widget was rendered (Textual's
+  ``StylesCache.render_widget``): the log and its scrollbar change, the others should not.
 
 The log keeps only row heights for all messages and renders just the visible rows, so the
 numbers with N messages should match the empty ones within noise.
@@ -22,7 +25,12 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections import Counter
 from typing import Any
+
+from textual._styles_cache import StylesCache
+from textual.strip import Strip
+from textual.widget import Widget
 
 from imchat.client.session import ChatSession, ConvKey, MessagesAdded
 from imchat.tui.app import ChatApp
@@ -83,7 +91,32 @@ def summary(label: str, times: tuple[list[float], list[float]] | list[float]) ->
     return line
 
 
-async def main(n: int, keys: int) -> None:
+async def flood(pilot: Any, first: int, count: int) -> tuple[float, Counter[str]]:
+    """CPU seconds for ``count`` messages arriving one by one, and renders per widget."""
+    app = pilot.app
+    renders: Counter[str] = Counter()
+    original = StylesCache.render_widget
+
+    def render_widget(cache: StylesCache, widget: Widget, crop: Any) -> list[Strip]:
+        renders[type(widget).__name__] += 1
+        return original(cache, widget, crop)
+
+    StylesCache.render_widget = render_widget  # type: ignore[method-assign]
+    try:
+        await pilot.pause()
+        renders.clear()
+        start = time.process_time()
+        for seq in range(first, first + count):
+            app.post_message(SessionUpdate(MessagesAdded(ROOM, (message(seq),))))
+            if seq % 5 == 0:
+                await pilot.pause()
+        await pilot.pause()
+        return time.process_time() - start, renders
+    finally:
+        StylesCache.render_widget = original  # type: ignore[method-assign]
+
+
+async def main(n: int, keys: int, flood_count: int) -> None:
     session = ChatSession("alice", rooms=[])
     app = OfflineApp(session, server_label="bench")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -109,6 +142,8 @@ async def main(n: int, keys: int) -> None:
 
         streaming = await keystrokes(pilot, keys, during=live)
 
+        flooded = await flood(pilot, n + keys + 1, flood_count)
+
         log.scroll_to(y=log.virtual_size.height // 2, animate=False, immediate=True)
         await pilot.pause()
         repaint = []
@@ -128,11 +163,18 @@ async def main(n: int, keys: int) -> None:
     print(summary(f"keystroke, {n} messages", full))
     print(summary(f"keystroke, {n} + 1 live msg/key", streaming))
     print(summary("repaint of the visible log (cold)", repaint))
+    cpu, renders = flooded
+    print(f"{'flood of ' + str(flood_count) + ', one by one':<34} cpu {cpu * 1000:8.1f} ms total")
+    print(
+        f"{'':<34} cpu {cpu * 1e6 / flood_count:8.1f} us a message; renders: "
+        + ", ".join(f"{name} {count}" for name, count in renders.most_common())
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--keys", type=int, default=200)
+    parser.add_argument("--flood", type=int, default=1000)
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.keys))
+    asyncio.run(main(args.messages, args.keys, args.flood))

@@ -15,6 +15,7 @@ those names at :class:`PasteSafeParser`.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterable
 
 from textual._xterm_parser import XTermParser
@@ -78,6 +79,26 @@ class PasteSafeParser(XTermParser):
                 data = seen[at + len(PASTE_END) :]
                 self._pasting = False
         return "".join(out)
+
+
+_CR_RUN = re.compile(r"\r+")
+
+
+def paste_text(text: str) -> str:
+    """A paste's line endings as the input's newlines: CRLF, LF and a lone CR one each.
+
+    A terminal may turn every LF of a paste into CR (tmux's ``paste-buffer`` does, unless
+    ``-r``): a CRLF text then arrives as ``a\\r\\rb``, and taking each CR for a newline
+    put a blank line between every two lines and doubled each blank line. When a paste holds
+    no LF and every run of CRs is of even length, it is read as such a CRLF text: each pair is
+    one newline. (An LF text whose every break is a blank line, pasted so, looks the same
+    and loses those blank lines: the input shows the text before it is sent.)
+    """
+    if "\r" not in text:
+        return text
+    if "\n" not in text and all(len(run) % 2 == 0 for run in _CR_RUN.findall(text)):
+        return text.replace("\r\r", "\n")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 DRIVERS = ("linux_driver", "linux_inline_driver", "web_driver")

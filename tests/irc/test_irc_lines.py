@@ -18,6 +18,7 @@ from imchat.server.irc.lines import (
     LineTooLong,
     format_line,
     format_parts,
+    inert,
     parse_line,
     split_text,
 )
@@ -137,3 +138,12 @@ def test_no_parameter_can_end_the_line() -> None:
     line = format_parts("TOPIC", ["#a", "one\r\ntwo\nthree\x00"], source="n!n@imchat")
     assert line == b":n!n@imchat TOPIC #a :one  two three \r\n"
     assert line.count(b"\n") == 1 and line.count(b"\r") == 1
+
+
+def test_inert_writes_out_what_acts_on_the_text_around_it() -> None:
+    """Bidi controls (marks, embeddings, overrides, isolates) and C0/C1 controls are written
+    out; line breaks and tab become spaces; emoji sequences (ZWJ, VS16) stay as they are."""
+    assert inert("\u202e👍\u200f\u2066x\u2069") == "\\u202e👍\\u200f\\u2066x\\u2069"
+    assert inert("a\r\n\tb\x1b\x9c\x7f") == "a   b\\u001b\\u009c\\u007f"
+    family = "👩\u200d👩\u200d👧\ufe0f"
+    assert inert(family) == family

@@ -354,7 +354,7 @@ async def test_irc_replies_and_reactions_reach_native_users(irc: Any) -> None:
     # A reaction to a message that is not there is refused as IRC users are told errors.
     client.send(f"@+draft/react=👍;+draft/reply=999 TAGMSG #{room}")
     refused = await client.expect("FAIL")
-    assert "NO_SUCH_MESSAGE" in refused.params
+    assert refused.params[:3] == ["TAGMSG", "UNKNOWN_MSGID", "#" + room]
 
 
 async def test_redact_deletes_both_ways(irc: Any) -> None:
@@ -652,3 +652,66 @@ async def test_irc_guest_reconnects_with_its_nick(irc: Any) -> None:
     again.send(f"NICK {nick}", "USER u 0 * :u")
     got = await again.expect(lambda r: r.command in ("001", "433"))
     assert got.command == "001", got.raw
+
+
+async def test_reaction_notices_show_bidi_and_line_breaks_inert(irc: Any) -> None:
+    """A reaction notice puts the user's emoji inside the server's words: a bidi override in
+    it would reverse "to message N)" on the reader's screen, a newline would cut the notice
+    in two. Both reach plain clients as visible escapes / spaces, through one function."""
+    room = unique("bidi")
+    plain = await irc(unique("pl"))
+    await plain.join("#" + room)
+    native = await irc.native(unique("nat"))
+    await native.request({"type": "join", "room": room, "id": 1})
+    first = await native.request({"type": "say", "room": room, "text": "pick one", "id": 2})
+    seq = first["seq"]
+    for i, emoji in enumerate(["\u202e👍", "\u2067ok\u2069\n\t!"]):
+        await native.request(
+            {"type": "react", "room": room, "seq": seq, "emoji": emoji, "id": 10 + i}
+        )
+    await native.request(
+        {"type": "react", "room": room, "seq": seq, "emoji": "\u202e👍", "remove": True, "id": 20}
+    )
+    await plain.expect("PRIVMSG")
+    notices = [(await plain.expect("NOTICE")).params[-1] for _ in range(3)]
+    assert notices == [
+        f"(reacted \\u202e👍 to message {seq})",
+        f"(reacted \\u2067ok\\u2069  ! to message {seq})",
+        f"(took back \\u202e👍 from message {seq})",
+    ]
+
+
+async def test_join_of_the_same_channel_twice_in_one_command(irc: Any) -> None:
+    """``JOIN #a,#A`` joins once, as IRC servers do: one JOIN, one topic, one NAMES."""
+    room = unique("twice")
+    client = await irc(unique("tw"))
+    client.send(f"JOIN #{room},#{room.upper()},#{room}", "PING :after")
+    lines = await client.until("PONG")
+    commands = [r.command for r in lines if r.command != "PONG"]
+    assert commands == ["JOIN", "353", "366"], commands
+
+
+async def test_a_bad_reply_tag_is_refused(irc: Any) -> None:
+    """A ``+draft/reply`` that names no message of ours (malformed, or unknown) is refused
+    with ``FAIL <command> UNKNOWN_MSGID``, as REDACT refuses such a msgid, and nothing is
+    sent: the message is not posted as if it answered nothing."""
+    room = unique("badreply")
+    native = await irc.native(unique("nat"))
+    await native.request({"type": "join", "room": room, "id": 1})
+    client = await irc(unique("br"), caps="message-tags")
+    await client.join("#" + room)
+    for value in ("abc", "-1", "1" * 25, "99999", ""):
+        tag = f"+draft/reply={value}" if value else "+draft/reply"
+        client.send(f"@{tag} PRIVMSG #{room} :meant as a reply")
+        refused = await client.expect("FAIL")
+        assert refused.params[:3] == ["PRIVMSG", "UNKNOWN_MSGID", "#" + room], refused.raw
+        client.send(f"@+draft/react=👍;{tag} TAGMSG #{room}")
+        refused = await client.expect("FAIL")
+        assert refused.params[:3] == ["TAGMSG", "UNKNOWN_MSGID", "#" + room], refused.raw
+    before = len(client.seen)
+    client.send(f"PRIVMSG #{room} :plain", "PING :after")
+    await client.expect("PONG")
+    assert [r.command for r in client.seen[before:]] == ["PONG"]
+    # The refused ones were not posted: the first message the native user gets is this one.
+    got = await native_event(native, "msg")
+    assert (got["text"], got.get("reply_to"), got.get("kind")) == ("plain", None, None)

@@ -61,3 +61,15 @@ def test_emoji_glue_is_left_out_of_what_is_drawn() -> None:
     assert clean("👨\u200d👩\u200d👧 👍🏽 ❤\ufe0f") == "👨👩👧 👍 ❤"
     # A joiner between letters (Indic scripts) is kept.
     assert clean("क्\u200dष") == "क्\u200dष"
+
+
+def test_a_joiner_before_a_wide_character_or_an_emoji_is_left_out() -> None:
+    """tmux 3.3 draws the character after a joiner inside the cell before it: ``a‍👍`` took
+    one cell (Rich counts three), the emoji hidden and the row's border moved. A joiner
+    that no emoji or wide character follows (Indic scripts) changes no width and is kept."""
+    assert clean("a\u200d👍 b") == "a👍 b"
+    assert clean("\u200d👍") == "👍"
+    assert clean("x\u200d\u200d中") == "x中"
+    assert clean("x\u200d❤y") == "x❤y"
+    assert clean("x\u200d\u200dy") == "x\u200d\u200dy"
+    assert clean("क्\u200dष\u200d") == "क्\u200dष\u200d"

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import unicodedata
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.cells import get_character_cell_size
 from textual import events
-from textual.geometry import Offset
+from textual._styles_cache import StylesCache
+from textual.geometry import Offset, Region
 from textual.pilot import Pilot
 from textual.selection import Selection
+from textual.strip import Strip
+from textual.widget import Widget
 
 from imchat.client import Connection
 from imchat.client.session import ConvKey, State
 from imchat.tui.app import ChatApp
+from imchat.tui.read_marker import marker_entry
 from imchat.tui.render import NICK_WIDTH
 from imchat.tui.screens import Confirm
-from imchat.tui.widgets import ChatInput, MessageLog
+from imchat.tui.widgets import ChatInput, MemberList, MessageLog
+from imchat.tui.widgets.message_log import MIN_BODY
 
 from .conftest import ServerHandle, has_line, log_text, make_app, running, type_line, until
 
@@ -153,6 +160,28 @@ async def test_pastes_become_one_message_and_long_ones_ask_first(server: ServerH
         assert lg.scroll_y == lg.max_scroll_y > 0
 
 
+async def test_one_row_lines_stay_one_row_in_a_narrow_log(server: ServerHandle) -> None:
+    """Below the width that leaves a text column beside the time and nick, an entry is run
+    together and wrapped at the full width: the read marker's rule (cropped to the width
+    where there is a column) became nine rows of dashes at 30 columns. A message still wraps."""
+    alice = make_app(server, "alice")
+    async with running(alice, size=(30, 14)) as pilot:
+
+        def laid_out() -> bool:
+            view = alice.views.get(LOBBY)
+            return view is not None and view.log_widget._width > 0
+
+        await until(pilot, laid_out, "the lobby laid out")
+        lg = log(alice)
+        assert lg._width - (6 + NICK_WIDTH + 1) < MIN_BODY  # the narrow layout
+        rows = lg._render_entry(marker_entry(), lg._width)
+        assert len(rows) == 1 and "new since" in rows[0].text
+        said = alice.formatter.message(
+            {"type": "msg", "from": "bob", "text": "word " * 20, "ts": 0, "seq": 1}
+        )
+        assert len(lg._render_entry(said, lg._width)) > 1
+
+
 async def test_shift_enter_and_ctrl_j_add_a_line(server: ServerHandle) -> None:
     alice = make_app(server, "alice")
     async with running(alice) as pilot, listener(server) as texts:
@@ -235,6 +264,61 @@ async def test_the_log_follows_a_flood_and_shows_new_while_scrolled_up(tmp_path:
         await server.stop()
 
 
+async def test_a_flood_repaints_the_log_not_the_widgets_that_did_not_change(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Textual's compositor asks every widget whose container overlaps a changed region for
+    its lines at every frame: while the log changed, the room list, member list and status
+    bar were rendered again each frame (and the log's growing virtual size asked for a
+    layout of the whole screen each time), though none of them had changed. Renders are
+    counted where Textual renders a widget's lines (its styles cache)."""
+    renders: Counter[str] = Counter()
+    original = StylesCache.render_widget
+
+    def render_widget(cache: StylesCache, widget: Widget, crop: Region) -> list[Strip]:
+        renders[type(widget).__name__] += 1
+        return original(cache, widget, crop)
+
+    monkeypatch.setattr(StylesCache, "render_widget", render_widget)
+    server = ServerHandle(tmp_path / "data")
+    server.data_dir.mkdir()
+    await server.start(rate=1e6, burst=100_000)
+    try:
+        alice = make_app(server, "alice")
+        async with running(alice) as pilot:
+            conn = await Connection.connect("127.0.0.1", server.port)
+            await conn.hello("bob")
+            await conn.request("join", room="lobby")
+            await until(pilot, lambda: "bob" in alice.query_one(MemberList).nicks, "bob listed")
+            await conn.request("say", room="lobby", text="before")
+            await until(pilot, lambda: has_line(alice, LOBBY, "before"), "first line")
+            await pilot.pause()
+            renders.clear()
+            for batch in range(5):
+                await asyncio.gather(
+                    *(conn.request("say", room="lobby", text=f"f{batch} {n}") for n in range(40))
+                )
+                shown = functools.partial(has_line, alice, LOBBY, f"f{batch} 39")
+                await until(pilot, shown, "batch shown")
+                await pilot.pause()
+            assert renders["MessageLog"] >= 5  # the log was redrawn as the flood arrived
+            unchanged = {k: renders[k] for k in ("ConversationList", "MemberList", "StatusBar")}
+            assert unchanged == {"ConversationList": 0, "MemberList": 0, "StatusBar": 0}
+            # When their data changes they render again, and the screen shows it.
+            renders.clear()
+            await conn.request("dm", to="alice", text="psst")
+
+            def on_screen() -> str:
+                return "\n".join(s.text for s in alice.screen._compositor.render_strips())
+
+            await until(pilot, lambda: "@bob(1)" in on_screen(), "the hotlist shows the DM")
+            assert "@bob 1" in on_screen()  # the conversation list, with its unread count
+            assert renders["StatusBar"] >= 1 and renders["ConversationList"] >= 1
+            await conn.close()
+    finally:
+        await server.stop()
+
+
 async def test_a_conversation_opens_at_its_newest_lines(server: ServerHandle) -> None:
     async with listener(server, "carol"):
         conn = await Connection.connect("127.0.0.1", server.port)
@@ -296,6 +380,16 @@ async def test_a_long_nick_does_not_push_the_text_right(server: ServerHandle) ->
         assert entry.prefix.cell_len == 6 + NICK_WIDTH + 1
         assert entry.prefix.plain.rstrip().endswith("…")
         await conn.close()
+
+
+async def test_a_crlf_text_pasted_through_tmux_keeps_its_lines(server: ServerHandle) -> None:
+    """tmux pastes a CRLF text with each LF made a CR (``a\\r\\rb``): one line break each,
+    not a blank line between every two lines."""
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        paste(alice, "first\r\rsecond\r\r\r\rafter a blank line")
+        want = "first\nsecond\n\nafter a blank line"
+        await until(pilot, lambda: chat_input(alice).value == want, "three lines and a blank")
 
 
 async def test_emoji_rows_keep_their_width(server: ServerHandle) -> None:

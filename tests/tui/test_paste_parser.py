@@ -11,7 +11,7 @@ from __future__ import annotations
 from textual import events
 from textual.drivers import linux_driver
 
-from imchat.tui.paste_parser import install
+from imchat.tui.paste_parser import install, paste_text
 
 
 def _tokens(*chunks: str) -> list[object]:
@@ -48,3 +48,16 @@ def test_keys_around_a_paste_are_keys() -> None:
     pastes, keys = _pastes_and_keys(_tokens("a\x1b[200~x\x1b[201~b"))
     assert pastes == ["x"]
     assert keys == ["a", "b"]
+
+
+def test_line_endings_of_a_paste() -> None:
+    """LF, CRLF and CR line endings are one newline each. A terminal that turns each LF of
+    a paste into CR (tmux's paste-buffer, some others) makes a CRLF text ``a\\r\\rb``: when
+    every line break of a paste is such a pair, each pair is one newline (it doubled every
+    line break and blank line)."""
+    assert paste_text("a\r\n\r\nb\r\nc") == "a\n\nb\nc"
+    assert paste_text("a\rb\r\rc") == "a\nb\n\nc"
+    assert paste_text("a\nb\n\nc") == "a\nb\n\nc"
+    # tmux pasting a CRLF text: every break is a CR pair.
+    assert paste_text("a\r\r\r\rb\r\rc\r\r") == "a\n\nb\nc\n"
+    assert paste_text("one line") == "one line"

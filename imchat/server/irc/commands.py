@@ -83,10 +83,16 @@ class Commands(Registration, History):
             for room in list(self.channels):
                 await self.part(room)
             return
-        for target in line.params[0].split(","):
+        # A channel named twice in one JOIN (``#a,#A``) is joined once, as IRC servers do.
+        targets = dict.fromkeys(line.params[0].split(","))
+        seen: set[str] = set()
+        for target in targets:
             if not target.startswith("#"):
                 self.num("403", target, "No such channel (channels start with #)")
                 continue
+            if target.lower() in seen:
+                continue
+            seen.add(target.lower())
             joined: list[tuple[str, int]] = []
 
             def on_reply(
@@ -286,6 +292,9 @@ class Commands(Registration, History):
         if len(line.params) < 2 or not line.params[1]:
             self.num("412", "No text to send")
             return []
+        if _bad_reply_tag(line):
+            self.refuse_reply_tag(line)
+            return []
         text = line.params[1]
         body: dict[str, Any] = {}
         if text.startswith("\x01ACTION ") and text.endswith("\x01") and len(text) > 9:
@@ -315,6 +324,9 @@ class Commands(Registration, History):
         sends them as a matter of course.
         """
         emoji, seq = line.tags.get("+draft/react"), _reply_to(line)
+        if emoji and line.params and line.params[0] and _bad_reply_tag(line):
+            self.refuse_reply_tag(line)
+            return
         if not emoji or seq is None or not line.params or not line.params[0]:
             return
         target = line.params[0]
@@ -325,6 +337,13 @@ class Commands(Registration, History):
                 self.error(reply, "TAGMSG", target)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
+
+    def refuse_reply_tag(self, line: Line) -> None:
+        """A ``+draft/reply`` that cannot name a message: refused as REDACT refuses such a
+        msgid (``UNKNOWN_MSGID``), and nothing is sent (not a reply to nothing)."""
+        value = line.tags.get("+draft/reply", "")
+        message = f"No such message to reply to: {value!r}"[:200]
+        self.out(tr.fail(line.command, "UNKNOWN_MSGID", message, line.params[0], value))
 
     async def on_redact(self, line: Line) -> None:
         """``REDACT <target> <msgid> [:reason]`` (draft/message-redaction) deletes a message.
@@ -396,6 +415,11 @@ def _stream(target: str) -> dict[str, Any]:
     if target.startswith("$"):
         return {"announcements": True}
     return {"with": target}
+
+
+def _bad_reply_tag(line: Line) -> bool:
+    """A ``+draft/reply`` tag is there but names no msgid of ours (one is a stream's seq)."""
+    return "+draft/reply" in line.tags and _reply_to(line) is None
 
 
 def _reply_to(line: Line) -> int | None:

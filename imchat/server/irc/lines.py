@@ -12,6 +12,7 @@ UTF-8: every line must be valid UTF-8. A line that is not is refused (:class:`Ba
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -141,6 +142,26 @@ def format_parts(
             last = ":" + last
         parts.append(last)
     return (" ".join(parts) + "\r\n").encode()
+
+
+#: What in a user's text acts on the characters around it: C0 and C1 controls (line breaks and
+#: tab included), DEL, and the bidi marks, embeddings, overrides and isolates.
+_ACTS_AROUND = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _stand_in(match: re.Match[str]) -> str:
+    ch = match.group()
+    return " " if ch in "\t\n\r" else f"\\u{ord(ch):04x}"
+
+
+def inert(text: str) -> str:
+    """A user's text made safe to stand inside the server's own words, as the emoji of
+    ``(reacted 👍 to message 12)``: an override (U+202E) in it would reverse the words after
+    it on the reader's screen, a newline would cut the notice in two. Line breaks and tab
+    become spaces; the other controls and the bidi characters are written out (``\\u202e``,
+    as the TUI shows them). Texts that are a line's whole message are not changed (imchat
+    does not alter a user's text), only split (:func:`split_text`)."""
+    return _ACTS_AROUND.sub(_stand_in, text)
 
 
 def split_text(text: str, max_bytes: int) -> list[str]:

@@ -14,7 +14,7 @@ import msgspec
 
 from imchat.protocol import HEADER_SIZE, ErrorCode
 
-from .lines import MAX_LINE, format_parts, split_text
+from .lines import MAX_LINE, format_parts, inert, split_text
 
 SERVER = "imchat"
 HOST = "imchat"
@@ -110,11 +110,12 @@ def message_lines(
     if kind == "react" and variant & MSGTAGS:
         tags = {**tags, "+draft/react": text, "+draft/reply": str(about)}
         return [format_parts("TAGMSG", [target], src, tags)]
+    # The emoji of a reaction stands inside the server's words: made inert (see ``inert``).
     said = {
         "edit": f"(edited message {about}) {text}",
         "delete": f"(deleted message {about})",
-        "react": f"(reacted {text} to message {about})",
-        "unreact": f"(took back {text} from message {about})",
+        "react": f"(reacted {inert(text)} to message {about})",
+        "unreact": f"(took back {inert(text)} from message {about})",
     }.get(str(kind), text)
     return text_lines("NOTICE" if kind != "edit" else command, src, target, said, tags)
 
@@ -218,6 +219,9 @@ def error_lines(code: ErrorCode, message: str, command: str, target: str, nick: 
         }.get(code)
         if redact is not None:
             return fail(command, redact, message, target)
+    if code == ErrorCode.NO_SUCH_MESSAGE:
+        # The msgid of +draft/reply (PRIVMSG, TAGMSG) names no message: REDACT's code too.
+        return fail(command, "UNKNOWN_MSGID", message, target)
     if code == ErrorCode.NICK_TAKEN:
         return numeric("433", nick, target, message)
     if code == ErrorCode.BAD_NICK:

@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+from imchat.tui.paste_parser import paste_text
 from imchat.tui.widgets.in_order import run_binding_now
 
 HISTORY_SIZE = 500
@@ -150,7 +151,7 @@ class ChatInput(TextArea):
     async def _on_paste(self, event: events.Paste) -> None:
         event.stop()
         event.prevent_default()
-        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        text = paste_text(event.text)
         # Shown as the log shows them (␛, ␇): what the input shows is what Enter sends.
         text = _PASTED_CONTROLS.sub(_control_picture, text)
         if text.count("\n") + 1 > PASTE_CONFIRM_LINES:

@@ -14,6 +14,7 @@ from textual.widgets.option_list import Option
 from imchat.client.session import ConvKey, ConvKind
 from imchat.tui.messages import OpenConversation
 from imchat.tui.render import clean
+from imchat.tui.widgets.repaint import RepaintOnChange
 
 
 @dataclass(slots=True)
@@ -25,7 +26,7 @@ class ConvStatus:
     attention: bool = False
 
 
-class ConversationList(OptionList):
+class ConversationList(RepaintOnChange, OptionList):
     """Conversations in the order they were opened; Alt+N (or ``/goto N``) picks the N-th."""
 
     class ActivityChanged(Message):

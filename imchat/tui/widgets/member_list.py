@@ -13,9 +13,10 @@ from textual.widgets.option_list import Option
 from imchat.protocol import nick_key
 from imchat.tui.messages import OpenDirect
 from imchat.tui.render import clean, nick_style
+from imchat.tui.widgets.repaint import RepaintOnChange
 
 
-class MemberList(OptionList):
+class MemberList(RepaintOnChange, OptionList):
     """Selecting a member (Enter or click) opens a DM with them."""
 
     def __init__(self, *, id: str | None = None) -> None:

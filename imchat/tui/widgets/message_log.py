@@ -67,6 +67,10 @@ class MessageLog(ScrollView, can_focus=True):
         self._total = 0
         self._width = 0
         self._strips: LRUCache[int, list[Strip]] = LRUCache(512)
+        #: The widget's base style, as the cached strips carry it. Textual computes
+        #: ``rich_style`` from every ancestor on each call: once per row, that was the
+        #: largest cost of a line arriving during a flood.
+        self._base_style: Style | None = None
         self._generation = 0  # entry ids shift on prepend/trim; ids in the cache are absolute
         self._first_id = 0
         #: Set by the owner while older history is loading or once there is none.
@@ -194,12 +198,32 @@ class MessageLog(ScrollView, can_focus=True):
         self._total = sum(self._heights)
 
     def _update_size(self) -> None:
-        self.virtual_size = Size(self._width, self._total)
+        """The scrollable size after entries came or went: this widget repainted, not the
+        screen laid out. Textual's ``virtual_size`` reactive asks for a layout, and a layout
+        redraws every widget on the screen: during a flood the room list, member list,
+        status bar and input were repainted each frame though none had changed. The log's
+        own size does not depend on its content (it fills its pane); the scrollbars are
+        updated here, and a scrollbar that appears or goes asks for its layout itself
+        (``show_vertical_scrollbar`` is a layout reactive)."""
+        size = Size(self._width, self._total)
+        if size == self.virtual_size:
+            self.refresh()
+            return
+        self.set_reactive(MessageLog.virtual_size, size)
+        self._scroll_update(size)
         self.refresh()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
+        self._base_style = None
         self._strips.clear()  # cached strips carry the widget's base style
+
+    @property
+    def base_style(self) -> Style:
+        """``rich_style``, computed once per style update (see ``_base_style``)."""
+        if self._base_style is None:
+            self._base_style = self.rich_style
+        return self._base_style
 
     # -- geometry --------------------------------------------------------------------------
 
@@ -238,16 +262,20 @@ class MessageLog(ScrollView, can_focus=True):
             # Too narrow for a text column beside the time and nick: run them together
             # and wrap the whole line at the full width.
             head = Text(" ").join(part for part in entry.prefix.split(" ") if part.plain)
-            lines = Text.assemble(head, " ", entry.body).wrap(console, max(1, width))
+            together = Text.assemble(head, " ", entry.body)
+            # A one-row entry (the read marker's rule) stays one row, cut at the width.
+            together.no_wrap, together.overflow = entry.body.no_wrap, entry.body.overflow
+            lines = together.wrap(console, max(1, width))
             heads = [Text("")] * len(lines)
         strips: list[Strip] = []
+        base = self.base_style
         for head, line in zip(heads, lines, strict=True):
             text = Text.assemble(head, line)
             if entry.style is not None:
                 text.stylize(entry.style)
             segments = [s for s in text.render(console) if s.text != "\n"]
             strip = Strip(segments).extend_cell_length(width, entry.style).crop(0, width)
-            strips.append(strip.apply_style(self.rich_style))
+            strips.append(strip.apply_style(base))
         return strips
 
     def _strips_for(self, index: int) -> list[Strip]:
@@ -262,11 +290,11 @@ class MessageLog(ScrollView, can_focus=True):
         row = int(self.scroll_offset.y) + y
         width = self.scrollable_content_region.width
         if not self.entries or row >= self._total or not self._width:
-            return Strip.blank(width, self.rich_style)
+            return Strip.blank(width, self.base_style)
         index = bisect_right(self._starts, row) - 1
         strips = self._strips_for(index)
         offset = row - self._starts[index]
-        strip = strips[offset] if offset < len(strips) else Strip.blank(width, self.rich_style)
+        strip = strips[offset] if offset < len(strips) else Strip.blank(width, self.base_style)
         # Offsets let the mouse select text in the log (see get_selection).
         return strip.apply_offsets(0, row)
 

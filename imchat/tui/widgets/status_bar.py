@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from imchat.client.session import State
 from imchat.tui.render import clean
+from imchat.tui.widgets.repaint import RepaintOnChange
 
 #: Cells the topic needs to be worth showing (a bar and a few letters).
 MIN_TOPIC = 12
@@ -20,7 +21,7 @@ MIN_TOPIC = 12
 MIN_REASON = 16
 
 
-class StatusBar(Static):
+class StatusBar(RepaintOnChange, Static):
     state: reactive[State] = reactive(State.CONNECTING)
     retry_at: reactive[float | None] = reactive(None)
     reason: reactive[str | None] = reactive(None)
