@@ -70,6 +70,7 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
+from .redis_raw import RawSubscription, raw_subscription
 from .redis_store import (
     LUA_PRELUDE,
     RedisStore,
@@ -653,6 +654,10 @@ class RedisFanout:
     async def _read(self) -> None:
         assert self._pubsub is not None
         pubsub = self._pubsub
+        raw = raw_subscription(pubsub)
+        if raw is not None:
+            await self._read_raw(raw)
+            return
         inbox = self._inbox
         loop = asyncio.get_running_loop()
         while True:
@@ -668,6 +673,23 @@ class RedisFanout:
                 # Redis ended the subscription itself: on Redis Cluster, the slot's primary
                 # became a replica (a failover). What follows would be missed: start over.
                 raise RedisLost(f"Redis ended the subscription to {text(message['channel'])}")
+
+    async def _read_raw(self, raw: RawSubscription) -> None:
+        """:meth:`_read` with hiredis: every envelope one socket read brought, then one drain."""
+        inbox = self._inbox
+        loop = asyncio.get_running_loop()
+        while True:
+            for message in raw.messages():
+                kind = message[0]
+                if kind == b"message" or kind == b"smessage":
+                    inbox.append(message[2].split(b"\n", 3))
+                elif kind == b"unsubscribe" or kind == b"sunsubscribe":
+                    # As in _read: on Redis Cluster, the slot's primary became a replica.
+                    raise RedisLost(f"Redis ended the subscription to {text(message[1])}")
+            if inbox:
+                self._drain()
+            await raw.fill()
+            self._pubsub_heard = loop.time()
 
     async def _watch(self) -> None:
         """PING through the subscription; a link silent for ``node_timeout`` is lost.

@@ -61,6 +61,7 @@ from . import features_redis
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
 from .redis_epoch import SeenSeqs, verify_epoch
+from .redis_raw import raw_execute
 from .redis_shard import ShardConnection, ShardSSLConnection, prefix_slot, tagged_prefix
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_cluster_url, parse_sentinel_url
@@ -410,7 +411,9 @@ async def run_pipeline(
                 commands[i](pipe)
             if wait is not None:
                 pipe.execute_command("WAIT", *wait)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results: list[Any] | None = await raw_execute(redis, pipe.command_stack)
+            if results is None:
+                results = await pipe.execute(raise_on_error=False)
         if wait is None:
             return results, None
         acked = results.pop()
