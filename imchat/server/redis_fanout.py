@@ -79,7 +79,7 @@ from .redis_store import (
     lua_for,
     run_pipeline,
 )
-from .redis_typed import close_pubsub, lrem, text, texts
+from .redis_typed import blobs, close_pubsub, text, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -96,6 +96,9 @@ RECONNECT_DELAY = 1.0
 CLOSE_TIMEOUT = 5.0
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
+#: DMs kept for an offline user read per Redis reply at its next hello (up to
+#: ``max_queued``, 1,000 by default, wait): one reply stays small however long the queue.
+PENDING_PAGE = 100
 
 #: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character), the node
 #: map kept with every presence and membership change (``where:``, ``rnodes:``, ``rn:``, see
@@ -155,14 +158,31 @@ local function depart(prefix, key, node, n)
     end
   end
 end
--- The keys of an identity's DM peers (who hears its presence besides its rooms).
+-- The keys of an identity's DM peers (who hears its presence besides its rooms); only those
+-- online when it has more peers than the cluster has users online: then one read of the
+-- session counts replaces a lookup of each peer's nodes, so the work is bounded by the
+-- smaller of the two.
 local function peers(prefix, ident, out, seen)
   if not ident then return end
+  local found = {}
   for _, stream in ipairs(redis.call('HKEYS', prefix .. 'since:' .. ident)) do
     local low, high = string.match(stream, '^d:(%S+) (%S+)$')
     for _, k in ipairs({low, high}) do
-      if k and not seen[k] then seen[k] = true; table.insert(out, k) end
+      if k and not seen[k] then seen[k] = true; table.insert(found, k) end
     end
+  end
+  local sessions = prefix .. 'sessions'
+  if #found == 0 then return end
+  if #found <= redis.call('HLEN', sessions) then
+    for _, k in ipairs(found) do table.insert(out, k) end
+    return
+  end
+  local counts, online = redis.call('HGETALL', sessions), {}
+  for i = 1, #counts, 2 do
+    if tonumber(counts[i + 1]) > 0 then online[counts[i]] = true end
+  end
+  for _, k in ipairs(found) do
+    if online[k] then table.insert(out, k) end
   end
 end
 -- `key` leaves `room` (quit, or its identity outranked): `parted` to the members left.
@@ -209,19 +229,20 @@ end
 """
 )
 
-#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id.
-#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs queued for
-#: the identity are read, atomically with that; they stay queued until written to a
-#: session), 0 already online, -1 nick taken, -2 this node was reaped.
+#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id, page size.
+#: Returns {status, nick, rooms, undelivered DMs, queue length}: status 1 came online (the
+#: oldest page of the DMs queued for the identity is read, atomically with that, and the
+#: queue's length; they stay queued until written to a session, and nothing joins the queue
+#: while the user is online), 0 already online, -1 nick taken, -2 this node was reaped.
 CONNECT_LUA = (
     LUA_FANOUT
     + """
 local prefix, node, key, nick, hold = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
 local ident = ARGV[8]
-if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
+if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}, 0} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
 if n > 0 and ARGV[6] == '1' then
-  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}}
+  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}, 0}
 end
 redis.call('HINCRBY', prefix .. 'sessions', key, 1)
 redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
@@ -229,6 +250,7 @@ redis.call('INCR', prefix .. 'nsessions')
 arrive(prefix, key, node)
 local status = 0
 local pending = {}
+local queued = 0
 local prev = redis.call('HGET', prefix .. 'identof', key)
 if n > 0 and prev and prev ~= ident then
   -- An account outranks the guest identity online under its nick (rev 2): that identity
@@ -257,7 +279,9 @@ end
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
-  pending = redis.call('LRANGE', prefix .. 'pending:' .. ident, 0, -1)
+  local queue = prefix .. 'pending:' .. ident
+  pending = redis.call('LRANGE', queue, 0, tonumber(ARGV[9] or '100') - 1)
+  queued = redis.call('LLEN', queue)
   local by, order = {}, {}
   for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
     group_room(prefix, room, by, order)
@@ -272,7 +296,7 @@ else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
   to_node(prefix, node, envelope(hold, '', '', ''))
 end
-return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending}
+return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending, queued}
 """
 )
 
@@ -470,8 +494,9 @@ class RedisFanout:
         self._users: dict[str, User] = {}
         self._local_sessions = 0
         self._holds: dict[Peer, str] = {}
-        #: Undelivered DMs taken at connect, sent at release (after the welcome).
-        self._undelivered: dict[Peer, list[bytes]] = {}
+        #: Undelivered DMs read at connect (the first page, the queue's length), sent at
+        #: release (after the welcome).
+        self._undelivered: dict[Peer, tuple[list[bytes], int]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
@@ -787,37 +812,81 @@ class RedisFanout:
         return hold
 
     def release(self, session: Peer) -> None:
-        dms = self._undelivered.pop(session, None) if self._undelivered else None
-        if dms:
-            self._hand_over(session, dms)
+        undelivered = self._undelivered.pop(session, None) if self._undelivered else None
         hold = self._holds.pop(session, None)
+        if undelivered is not None:
+            dms, queued = undelivered
+            if len(dms) < queued and hold is not None and self._registry is not None:
+                # The hold stays until every page is sent: what was published after the hello
+                # (a live DM among it) waits behind the queue, as it would behind one reply.
+                self._registry.spawn(self._page_in(session, dms, queued, hold))
+                return
+            if self._send_dms(session, dms):
+                self._drop_later(session, dms)
         if hold is not None:
             self._awaiting.discard(hold)
             if self._inbox:
                 self._drain()
 
-    def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
+    async def _page_in(self, session: Peer, dms: list[bytes], queued: int, hold: str) -> None:
+        """Read and send a long queue page by page, then let this node's events go on.
+
+        Nothing leaves the queue before the last page is read (a drop would shift the pages);
+        the queue gains nothing meanwhile (the user is online), so the pages are its order.
+        """
+        user = session.user
+        assert user is not None
+        try:
+            sent = list(dms)
+            alive = self._send_dms(session, dms)
+            while alive and len(sent) < queued:
+                page = blobs(
+                    await self.redis.lrange(
+                        self.keys.pending(user.ident), len(sent), len(sent) + PENDING_PAGE - 1
+                    )
+                )
+                if not page:
+                    break
+                alive = self._send_dms(session, page)
+                sent += page
+            if alive:
+                self._drop_later(session, sent)
+        finally:
+            self._awaiting.discard(hold)
+            if self._inbox:
+                self._drain()
+
+    def _send_dms(self, session: Peer, dms: list[bytes]) -> bool:
         """Send DMs kept while the user was offline, before anything published later.
 
         They leave the queue only once written to a session (rev 2): a session that ends
         first (or is cut as a slow consumer) leaves them for the identity's next hello.
+        False when the user has no session left here (they stay queued).
         """
         user = session.user
         assert user is not None
         if not user.sessions:
-            return  # the session ended during its hello: they stay queued
+            return False  # the session ended during its hello: they stay queued
         for payload in dms:
             frame = encode_frame(payload)
             for each in user.sessions:
                 each.send(frame)
-        if self._registry is not None:
+        return True
+
+    def _drop_later(self, session: Peer, dms: list[bytes]) -> None:
+        user = session.user
+        if dms and user is not None and self._registry is not None:
             self._registry.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
 
     async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
         if not await written_to_any(sessions):
             return
-        for payload in dms:
-            await lrem(self.redis, self.keys.pending(ident), 1, payload)
+        # One round trip for the lot (each LREM finds its DM at the head of the queue).
+        key = self.keys.pending(ident)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payload in dms:
+                pipe.lrem(key, 1, payload.decode())
+            await pipe.execute()
 
     # -- presence --------------------------------------------------------------------------
 
@@ -842,7 +911,7 @@ class RedisFanout:
 
     async def _connect_session(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         key = nick.lower()
-        status, online_nick, rooms, dms = await self._connect(
+        status, online_nick, rooms, dms, queued = await self._connect(
             keys=self._anchor,
             args=[
                 self.keys.prefix,
@@ -853,6 +922,7 @@ class RedisFanout:
                 0,
                 self.hold(session),
                 ident,
+                PENDING_PAGE,
             ],
         )
         if status == -2:
@@ -871,7 +941,7 @@ class RedisFanout:
         session.user = user
         self._local_sessions += 1
         if dms:
-            self._undelivered[session] = dms
+            self._undelivered[session] = (dms, int(queued))
         return False
 
     async def disconnect(self, session: Peer) -> list[str] | None:
