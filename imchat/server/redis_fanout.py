@@ -500,7 +500,9 @@ class RedisFanout:
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
-        self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
+        #: The users here that a recipient list names, by list: valid while ``_users`` keeps
+        #: its members (cleared when one is added or removed; sessions are read each time).
+        self._recipient_users: dict[bytes, tuple[User, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._registry: Registry | None = None
@@ -667,6 +669,7 @@ class RedisFanout:
         for user in self._users.values():
             user.sessions.clear()
         self._users.clear()
+        self._recipient_users.clear()
         self._local_sessions = 0
         if self._registry is None:
             return
@@ -775,6 +778,7 @@ class RedisFanout:
             # ``!key ident``: an account took the nick; another identity here under it ends.
             if user.ident != room:
                 del self._users[key]
+                self._recipient_users.clear()
                 evict(user)
             return
         if op[:1] == b"+":
@@ -788,19 +792,19 @@ class RedisFanout:
                 for session in each.sessions:
                     session.send(frame)
             return
-        keys = self._recipient_keys.get(recipients)
-        if keys is None:
-            # A busy room sends the same member list again and again: parse it once.
-            if len(self._recipient_keys) >= RECIPIENT_CACHE:
-                self._recipient_keys.clear()
-            keys = tuple(set(recipients.decode().split(" ")))
-            self._recipient_keys[recipients] = keys
-        users = self._users
-        for key in keys:
-            user = users.get(key)
-            if user is not None:
-                for session in user.sessions:
-                    session.send(frame)
+        found = self._recipient_users.get(recipients)
+        if found is None:
+            # A busy room sends the same member list again and again: look it up once (until
+            # a user arrives or leaves here, which clears these).
+            if len(self._recipient_users) >= RECIPIENT_CACHE:
+                self._recipient_users.clear()
+            users = self._users
+            keys = set(recipients.decode().split(" "))
+            found = tuple(users[key] for key in keys if key in users)
+            self._recipient_users[recipients] = found
+        for user in found:
+            for session in user.sessions:
+                session.send(frame)
 
     # -- holds -----------------------------------------------------------------------------
 
@@ -936,6 +940,7 @@ class RedisFanout:
             user = None
         if user is None:
             user = self._users[key] = User(online_nick.decode(), admin, ident)
+            self._recipient_users.clear()
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
         session.user = user
@@ -962,6 +967,7 @@ class RedisFanout:
         self._local_sessions -= 1
         if not user.sessions and self._users.get(user.key) is user:
             del self._users[user.key]
+            self._recipient_users.clear()
         node = self.node_id
         if not self.available:
             return  # this incarnation's sessions are reaped as a whole
