@@ -855,6 +855,9 @@ class RedisFanout:
                 sent += page
             if alive:
                 self._drop_later(session, sent)
+        except (RedisError, OSError) as exc:
+            # Redis lost: the sessions are being closed; the DMs stay queued for next time.
+            log.warning("could not read %s's kept DMs (they stay queued): %s", user.nick, exc)
         finally:
             self._awaiting.discard(hold)
             if self._inbox:
