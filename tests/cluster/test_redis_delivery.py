@@ -1,4 +1,4 @@
-"""A node's delivery of an envelope to its sessions (RedisFanout._deliver), white-box.
+"""A node's delivery to its sessions (RedisFanout._deliver, kept DMs at a hello), white-box.
 
 A node looks each recipient list up once and keeps the users it found; a user who arrives or
 leaves afterwards must not be missed or kept. Races make that hard to hit through a cluster,
@@ -7,12 +7,14 @@ so this drives the node's own connect and delivery, against the real Redis.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import pytest
 
 from imchat.server.peer import User
-from imchat.server.redis_fanout import RedisFanout
+from imchat.server.redis_fanout import PENDING_PAGE, RedisFanout
 from imchat.server.redis_store import RedisStore
 
 from .cluster_support import REDIS_URL, delete_keys
@@ -29,6 +31,11 @@ class FakeSession:
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def wait_written(self) -> asyncio.Future[bool]:
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        written.set_result(True)
+        return written
 
 
 @pytest.fixture
@@ -71,3 +78,41 @@ async def test_a_user_who_left_and_came_back_is_found_anew(fanout: RedisFanout) 
     assert alice.frames == [b"one", b"two", b"three"]
     assert bob.frames == [b"one"]
     assert again.frames == [b"three"]
+
+
+class FakeRegistry:
+    """The registry's part the fanout uses for kept DMs: background tasks."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def settle(self) -> None:
+        while not all(task.done() for task in self.tasks):
+            await asyncio.gather(*self.tasks)
+
+
+async def test_a_long_queue_goes_out_before_what_was_published_after_the_hello(
+    fanout: RedisFanout,
+) -> None:
+    """The node reads the queue's later pages after the welcome; an envelope published after
+    the hello (a live DM) must wait for the last of them, however fast it comes."""
+    registry = FakeRegistry()
+    fanout._registry = registry  # type: ignore[assignment]
+    redis, keys = fanout.redis, fanout.keys
+    queued = [f'{{"type":"dm","seq":{i}}}'.encode() for i in range(1, 2 * PENDING_PAGE + 51)]
+    await redis.rpush(keys.pending("gbob"), *queued)
+    bob = FakeSession()
+    await fanout._connect_session(bob, "bob", admin=False, ident="gbob")  # type: ignore[arg-type]
+    hold = fanout._holds[bob]  # type: ignore[index]
+    # What the connect script published (its own envelope, with the hold), then a live DM.
+    fanout._inbox.append([hold.encode(), b"", b"bob ", b'{"type":"online"}'])
+    fanout._inbox.append([b"", b"", b"bob ", b'{"type":"dm","seq":251}'])
+    fanout.release(bob)  # type: ignore[arg-type]
+    fanout._drain()  # as the subscription would, before the pages are read
+    await registry.settle()
+    sent = [frame[4:] for frame in bob.frames]
+    assert sent == [*queued, b'{"type":"online"}', b'{"type":"dm","seq":251}']
+    assert await redis.llen(keys.pending("gbob")) == 0, "written, so dropped"
