@@ -1,8 +1,9 @@
 """A node's delivery to its sessions (RedisFanout._deliver, kept DMs at a hello), white-box.
 
 A node looks each recipient list up once and keeps the users it found; a user who arrives or
-leaves afterwards must not be missed or kept. Races make that hard to hit through a cluster,
-so this drives the node's own connect and delivery, against the real Redis.
+leaves afterwards must not be missed or kept; and a long DM queue, read page by page after the
+welcome, must go out before what was published after the hello. Races make these hard to hit
+through a cluster, so this drives the node's own connect and delivery, against the real Redis.
 """
 
 from __future__ import annotations
