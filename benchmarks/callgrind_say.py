@@ -13,7 +13,12 @@ total. Server-side only; the kernel's share of a send or receive is not counted.
     .venv/bin/python benchmarks/callgrind_say.py -R 100 -M 1000
 
 ``--pythonpath DIR`` runs the server from another checkout (``git archive REV imchat``),
-for before/after figures from one run.
+for before/after figures from one run. ``--redis URL`` runs it as a cluster node on that
+Redis (a key prefix of its own, deleted afterwards): the node's side of the Redis path
+(packing the append, reading its reply and the published envelope, delivering it), Redis's
+own work not included.
+
+    .venv/bin/python benchmarks/callgrind_say.py -R 40 -M 1000 --redis redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
@@ -119,6 +124,9 @@ async def run(args: argparse.Namespace) -> None:
         "--addr-rate",
         "0",
     ]
+    prefix = f"imchat-cg-{os.getpid()}-{int(time.time())}:"
+    if args.redis:
+        argv += ["--redis", args.redis, "--redis-prefix", prefix]
     log = (work / "server.log").open("w+")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
@@ -154,6 +162,8 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+        if args.redis:
+            delete_prefix(args.redis, prefix)
     total = sum(totals.values())
     print(
         f"R={args.receivers} M={args.messages} window={args.window}"
@@ -187,12 +197,25 @@ async def burst(
         await proto.until(lambda p=proto, f=first: p.frames >= f + start + n)
 
 
+def delete_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-R", "--receivers", type=int, default=1)
     parser.add_argument("-M", "--messages", type=int, default=2000)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--pythonpath", default="")
+    parser.add_argument("--redis", default="", help="run the server as a node on this Redis")
     asyncio.run(run(parser.parse_args()))
 
 

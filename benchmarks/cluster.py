@@ -15,6 +15,20 @@ come from ``INFO stats`` (``total_commands_processed``) and ``INFO cpu`` (``used
 free port (``redis-server`` must be on PATH), so no other client inflates them; ``--redis
 URL`` uses an existing one instead (its own key prefix, deleted afterwards). Everything
 listens on 127.0.0.1; each run is bounded by ``--timeout``.
+
+Round trips on the wire: Redis counts the reads it does on client sockets
+(``total_reads_processed``) and the writes (``total_writes_processed``: replies and
+envelopes pushed to subscribers). A node sends a request batch (a pipeline of any number of
+commands) with one write and waits for its replies before the next batch on that
+connection, so each read is one request/response exchange (a batch over 16 KB, Redis's read
+buffer, takes more than one read: the figure is an upper bound). Reads per say under load
+show how well says share round trips; after each loaded run, ``--lone`` says (default 200)
+go one at a time, each waiting for its ``ok`` and for every receiver's copy, which gives the
+round trips a say costs on its own. Heartbeats and the benchmark's own ``INFO`` are
+included (a few per run). With ``--redis``, other clients of that Redis count too.
+
+``--pythonpath DIR`` runs every node from another checkout (``git archive REV imchat | tar
+-x -C DIR``), for a before/after pair of runs.
 """
 
 from __future__ import annotations
@@ -140,6 +154,12 @@ class Result:
     redis_cpu_us_per_say: float = 0.0
     #: CPU of the nodes without clients (no recipients), per message said, in µs.
     idle_cpu_us_per_say: float = 0.0
+    #: Reads Redis did on client sockets during the load, per message said: exchanges.
+    redis_reads_per_say: float = 0.0
+    #: Writes Redis did (replies and pushed envelopes) during the load, per message said.
+    redis_writes_per_say: float = 0.0
+    #: The same two, and commands, for says sent one at a time after the load.
+    lone: Counters | None = None
 
     @property
     def rate(self) -> float:
@@ -157,18 +177,62 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def redis_counters(url: str | None) -> tuple[int, float]:
-    """Commands processed and CPU seconds used by the Redis so far."""
+@dataclass
+class Counters:
+    """What Redis counted so far (or, subtracted, during a phase)."""
+
+    commands: float = 0
+    cpu: float = 0.0
+    reads: float = 0
+    writes: float = 0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(
+            self.commands - other.commands,
+            self.cpu - other.cpu,
+            self.reads - other.reads,
+            self.writes - other.writes,
+        )
+
+    def per(self, says: int) -> Counters:
+        return Counters(
+            self.commands / says, self.cpu / says, self.reads / says, self.writes / says
+        )
+
+
+#: What one :func:`redis_counters` call adds to Redis's counts (a connection, two ``INFO``):
+#: measured by :func:`calibrate`, taken out of every phase.
+PROBE = Counters()
+
+
+def calibrate(url: str) -> None:
+    global PROBE
+    first = redis_counters(url)
+    PROBE = redis_counters(url) - first
+    PROBE.cpu = 0.0
+
+
+def since(before: Counters, url: str | None) -> Counters:
+    """Redis's counts since ``before``, without those of reading them."""
     if url is None:
-        return 0, 0.0
+        return Counters()
+    return redis_counters(url) - before - PROBE
+
+
+def redis_counters(url: str | None) -> Counters:
+    """Commands, CPU seconds, socket reads and writes of the Redis so far."""
+    if url is None:
+        return Counters()
     import redis
 
     client = redis.Redis.from_url(url)
     try:
         stats, cpu = client.info("stats"), client.info("cpu")
-        return (
+        return Counters(
             int(stats["total_commands_processed"]),
             float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            int(stats["total_reads_processed"]),
+            int(stats["total_writes_processed"]),
         )
     finally:
         client.close()
@@ -184,6 +248,7 @@ async def run_load(
     timeout: float,
     pids: list[int],
     redis_url: str | None,
+    lone: int = 0,
 ) -> Result:
     total = senders * messages
     expected = total  # every message reaches every receiver
@@ -201,7 +266,7 @@ async def run_load(
     idle = pids[len(ports) :]  # nodes with no client: what a message costs them
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     idle_before = sum(cpu_seconds(pid) for pid in idle)
-    commands_before, redis_cpu_before = redis_counters(redis_url)
+    redis_before = redis_counters(redis_url)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(
@@ -218,16 +283,44 @@ async def run_load(
     end = max(c.last_at for c in recv_clients)
     node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     idle_cpu = sum(cpu_seconds(pid) for pid in idle) - idle_before
-    commands_after, redis_cpu_after = redis_counters(redis_url)
-    return Result(
+    during = since(redis_before, redis_url).per(total)
+    result = Result(
         name,
         expected * receivers,
         end - start,
         node_cpu,
-        (commands_after - commands_before) / total,
-        (redis_cpu_after - redis_cpu_before) / total * 1e6,
+        during.commands,
+        during.cpu * 1e6,
         idle_cpu / total * 1e6,
+        during.reads,
+        during.writes,
     )
+    if redis_url is not None and lone:
+        result.lone = await lone_says(ports, redis_url, lone, timeout)
+    return result
+
+
+async def lone_says(ports: list[int], redis_url: str, count: int, timeout: float) -> Counters:
+    """Redis's counters per say for ``count`` says sent one at a time: a sender on the first
+    node, a receiver on each node given clients; each say waits for its ``ok`` and for every
+    copy before the next, so nothing shares a round trip."""
+    room = "lone"
+    tag = uuid.uuid4().hex[:6]
+    receivers = [await open_client(port, f"l{tag}{i}", room, count) for i, port in enumerate(ports)]
+    sender = await open_client(ports[0], f"ls{tag}", room, count)
+    try:
+        await asyncio.sleep(1.0)  # the loaded run's clients are gone (their disconnects done)
+        before = redis_counters(redis_url)
+        for i in range(count):
+            sender.send({"type": "say", "room": room, "text": f"m{i}", "id": i})
+            async with asyncio.timeout(timeout):
+                while sender.acked <= i or any(c.received <= i for c in [*receivers, sender]):
+                    await asyncio.sleep(0.0005)
+        return since(before, redis_url).per(count)
+    finally:
+        for client in [*receivers, sender]:
+            if client.transport is not None:
+                client.transport.close()
 
 
 def free_port() -> int:
@@ -237,9 +330,11 @@ def free_port() -> int:
 
 
 class Node:
-    """A server subprocess on a free port; its log goes to a file next to its data."""
+    """A server subprocess on a free port; its log goes to a file next to its data.
 
-    def __init__(self, args: list[str], data_dir: Path) -> None:
+    ``pythonpath``: run the server from that directory's ``imchat`` (another checkout)."""
+
+    def __init__(self, args: list[str], data_dir: Path, pythonpath: str = "") -> None:
         data_dir.mkdir(parents=True)
         self.port = free_port()
         self.log = data_dir / "server.log"
@@ -267,6 +362,9 @@ class Node:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                # Out of the source tree, so ``-m imchat`` imports the checkout asked for.
+                cwd=data_dir,
+                env={**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None,
             )
 
     async def wait_listening(self, timeout: float = 15.0) -> None:
@@ -302,8 +400,10 @@ async def with_nodes(
     *,
     client_nodes: int,
     redis_url: str | None,
+    pythonpath: str = "",
+    lone: int = 0,
 ) -> Result:
-    nodes = [Node(args, base / f"{name}-{i}") for i, args in enumerate(node_args)]
+    nodes = [Node(args, base / f"{name}-{i}", pythonpath) for i, args in enumerate(node_args)]
     try:
         for node in nodes:
             await node.wait_listening()
@@ -312,6 +412,7 @@ async def with_nodes(
             [n.port for n in nodes[:client_nodes]],
             pids=[n.proc.pid for n in nodes],
             redis_url=redis_url,
+            lone=lone,
             **load,  # type: ignore[arg-type]
         )
     finally:
@@ -342,11 +443,14 @@ async def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
     parser.add_argument("--redis", default="", help="an existing Redis (default: start one)")
     parser.add_argument("--only", default="", help="run only setups whose name contains this")
+    parser.add_argument("--lone", type=int, default=200, help="says one at a time after a load")
+    parser.add_argument("--pythonpath", default="", help="run the nodes from this checkout")
     args = parser.parse_args()
     private = None
     if not args.redis:
         private = PrivateRedis()
         args.redis = private.url
+    calibrate(args.redis)
     try:
         await run_setups(args)
     finally:
@@ -430,6 +534,8 @@ async def run_setups(args: argparse.Namespace) -> None:
                         load,
                         client_nodes=client_nodes,
                         redis_url=redis_url,
+                        pythonpath=args.pythonpath,
+                        lone=args.lone,
                     )
                     delete_prefix(args.redis, prefix)
                     # The cheapest run: CPU time is what a noisy neighbour inflates least.
@@ -447,9 +553,10 @@ async def run_setups(args: argparse.Namespace) -> None:
     embedded = best[setups[0][0]]
     print(
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
-        "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say |"
+        "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say "
+        "| Redis reads/say (exchanges) | Redis writes/say | lone say: reads | writes | commands |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, _, _ in setups:
         result = best[name]
         print(
@@ -457,8 +564,15 @@ async def run_setups(args: argparse.Namespace) -> None:
             f"| {result.cpu_us_per_delivery:.2f} "
             f"| {result.cpu_us_per_delivery / embedded.cpu_us_per_delivery:.2f} "
             f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} "
-            f"| {result.idle_cpu_us_per_say:.1f} |"
+            f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
+            f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} |"
         )
+
+
+def lone_cells(lone: Counters | None) -> str:
+    if lone is None:
+        return "- | - | -"
+    return f"{lone.reads:.2f} | {lone.writes:.2f} | {lone.commands:.1f}"
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,17 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storm import Frames, frame, raise_nofile, wait_listening
+from serverproc import HOST, ServerProc, free_port, imchat_command
+from storm import Frames, frame, raise_nofile
 
-HOST = "127.0.0.1"
 MIB = 1024 * 1024
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 async def non_reader(port: int) -> tuple[socket.socket, asyncio.StreamWriter]:
@@ -49,22 +40,17 @@ async def non_reader(port: int) -> tuple[socket.socket, asyncio.StreamWriter]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="imchat-outmem-"))
-    exe = Path(sys.executable).with_name("imchat")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat"]
     argv = [
-        *base, "server", "--host", HOST, "--port", str(port), "--data-dir", str(workdir),
-        "--max-output-total", str(args.max_output_total), "--rate", "0", "--addr-rate", "0",
-        "--max-connections-per-ip", "0",
+        *imchat_command(), "server", "--host", HOST, "--port", str(port),
+        "--data-dir", str(workdir), "--max-output-total", str(args.max_output_total),
+        "--rate", "0", "--addr-rate", "0", "--max-connections-per-ip", "0",
     ]  # fmt: skip
     log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProc("imchat", argv, log_path=log_path, port=port, data_dir=workdir)
     try:
-        await wait_listening(port)
+        await server.start(30.0)
         reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 25)
         frames = Frames(reader)
         writer.write(frame({"type": "hello", "proto": 1, "nick": "writer", "id": "h"}))
@@ -79,7 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         writer.write(frame({"type": "history", "room": "big", "limit": 500, "id": "size"}))
         reply_size = len(json.dumps(await frames.reply("size"), ensure_ascii=False).encode())
         await asyncio.sleep(1.0)  # let the server settle before the baseline
-        rss_before = status_kb(server.pid, "VmRSS")
+        rss_before = server.rss_kb()
         guests = []
         for g in range(args.guests):
             sock, gw = await non_reader(port)
@@ -92,10 +78,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         peak_rss = 0
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline:
-            peak_rss = max(peak_rss, status_kb(server.pid, "VmRSS"))
+            peak_rss = max(peak_rss, server.rss_kb())
             await asyncio.sleep(0.1)
-        rss_after = status_kb(server.pid, "VmRSS")
-        hwm = status_kb(server.pid, "VmHWM")
+        rss_after = server.rss_kb()
+        hwm = server.hwm_kb()
         # The server logs each connection it closes, with the reason.
         log_text = log_path.read_text(errors="replace")
         cut = log_text.count("slow_consumer the server holds too much unsent output")
@@ -119,11 +105,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "guests_cut": cut,
         }
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop(20.0)
 
 
 def main() -> None:

@@ -8,6 +8,15 @@ append script for ``--says`` room messages (pipelined, 200 per round trip) and r
 CPU time (``INFO cpu``) around them. Nobody subscribes, so publishing costs only the script's
 side; what Redis spends pushing envelopes to subscribers comes on top. Everything listens on
 127.0.0.1.
+
+Then presence: a user with N DM peers (``P since:<ident>`` naming N DM streams), a tenth of
+them online, comes online and goes offline ``--presence`` times (the connect script of its
+first session, the disconnect script of its last); reported are Redis commands per
+connect + disconnect (commands called from the scripts included: a count the noisy machine
+does not move) and Redis CPU per pair.
+
+``PYTHONPATH=DIR`` (a checkout from ``git archive REV imchat``) measures another revision's
+scripts.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import time
 
 import redis
 
-from imchat.server.redis_fanout import CONNECT_LUA, JOIN_LUA
+from imchat.server.redis_fanout import CONNECT_LUA, DISCONNECT_LUA, JOIN_LUA
 from imchat.server.redis_store import APPEND_LUA
 
 PREFIX = "bench:"
@@ -47,7 +56,7 @@ def make_room(r: redis.Redis, members: int, nodes: int) -> None:
         r.sadd(f"{PREFIX}nodes", f"n{n}")
     for i in range(members):
         key = f"u{i}"
-        args = [PREFIX, f"{PREFIX}events", f"n{i % nodes}", key, key, 0, "", key]
+        args = [PREFIX, f"{PREFIX}events", f"n{i % nodes}", key, key, 0, "", key, 100]
         connect(keys=[f"{PREFIX}seq"], args=args)
         join(keys=[f"{PREFIX}seq"], args=[PREFIX, f"{PREFIX}events", key, key, "lobby", ""])
 
@@ -66,9 +75,35 @@ def says(r: redis.Redis, count: int) -> float:
     return (cpu(r) - before) / count * 1e6
 
 
+def commands(r: redis.Redis) -> int:
+    return int(r.info("stats")["total_commands_processed"])
+
+
+def presence(r: redis.Redis, peers: int, count: int) -> tuple[float, float]:
+    """Redis commands and CPU µs per connect + disconnect of a user with ``peers`` DM peers."""
+    r.flushall()
+    connect, disconnect = r.register_script(CONNECT_LUA), r.register_script(DISCONNECT_LUA)
+    r.sadd(f"{PREFIX}nodes", "n0")
+    ident = "gme"
+    for i in range(peers):
+        r.hset(f"{PREFIX}since:{ident}", f"d:me p{i:05d}", 1)
+        if i % 10 == 0:  # a tenth of them online
+            peer = f"p{i:05d}"
+            connect(
+                keys=[f"{PREFIX}seq"], args=[PREFIX, "", "n0", peer, peer, 0, "", "g" + peer, 100]
+            )
+    before_cmds, before_cpu = commands(r), cpu(r)
+    for _ in range(count):
+        connect(keys=[f"{PREFIX}seq"], args=[PREFIX, "", "n0", "me", "me", 0, "", ident, 100])
+        disconnect(keys=[f"{PREFIX}seq"], args=[PREFIX, "", "n0", "me", 0, ident])
+    probe = 2  # INFO stats and INFO cpu of the second reading
+    return (commands(r) - before_cmds - probe) / count, (cpu(r) - before_cpu) / count * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--says", type=int, default=3000)
+    parser.add_argument("--presence", type=int, default=300, help="connect + disconnect pairs")
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="imchat-bench-redis-") as workdir:
@@ -93,6 +128,13 @@ def main() -> None:
                 for nodes in (1, 3):
                     make_room(r, members, nodes)
                     print(f"| {members} | {nodes} | {says(r, args.says):.1f} |")
+            print()
+            print("| DM peers (a tenth online) | Redis commands per connect + disconnect "
+                  "| Redis CPU µs per pair |")  # fmt: skip
+            print("| --- | --- | --- |")
+            for peers in (0, 100, 1000, 5000):
+                n, us = presence(r, peers, args.presence)
+                print(f"| {peers} | {n:.0f} | {us:.0f} |")
         finally:
             proc.terminate()
             proc.wait(10)

@@ -166,12 +166,16 @@ async def _accepts(port: int) -> bool:
 _LISTENING = re.compile(r"listening on \S+:(\d+)")
 
 
+def imchat_command() -> list[str]:
+    """The ``imchat`` of this interpreter's environment, as an argv prefix."""
+    exe = Path(sys.executable).with_name("imchat")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat.cli"]
+
+
 def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc:
     """``imchat server`` on an ephemeral port, rate limit off, history on (the default)."""
-    exe = Path(sys.executable).with_name("imchat")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat.cli"]
     argv = [
-        *base,
+        *imchat_command(),
         "server",
         "--host",
         HOST,

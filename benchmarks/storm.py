@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import resource
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serverproc import HOST, ServerProc, free_port, imchat_command
 
 from imchat.client.session import Backoff
 
 HEADER = struct.Struct(">I")
-HOST = "127.0.0.1"
 
 
 def frame(message: dict[str, Any]) -> bytes:
@@ -153,11 +153,10 @@ class StormClient:
 PORT = 0
 
 
-def start_server(data_dir: Path, port: int, backlog: int, log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("imchat")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat"]
+def storm_server(data_dir: Path, port: int, backlog: int, log: Path) -> ServerProc:
+    """The server on a fixed port (a restart must come back where the clients reconnect)."""
     argv = [
-        *base,
+        *imchat_command(),
         "server",
         "--host",
         HOST,
@@ -174,20 +173,7 @@ def start_server(data_dir: Path, port: int, backlog: int, log: Path) -> subproce
         "--idle-timeout",
         "600",
     ]
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def wait_listening(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(HOST, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("server did not start")
+    return ServerProc("imchat", argv, log_path=log, port=port, data_dir=data_dir)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -197,16 +183,12 @@ def percentile(values: list[float], p: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     global PORT
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        PORT = int(sock.getsockname()[1])
+    PORT = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="imchat-storm-"))
-    data_dir, log = workdir / "data", workdir / "server.log"
-    server = start_server(data_dir, PORT, args.backlog, log)
+    data_dir = workdir / "data"
+    server = storm_server(data_dir, PORT, args.backlog, workdir / "server.log")
     try:
-        await wait_listening(PORT)
+        await server.start(30.0)
         token = (data_dir / "admin.token").read_text().strip() if args.as_sessions else None
         clients = [StormClient(i, args.room_size, token) for i in range(args.clients)]
         setup = time.monotonic()
@@ -221,12 +203,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         closed = [asyncio.create_task(c.wait_closed()) for c in clients]
         overflows_before = listen_overflows()
         restart = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
+        server.stop(60.0)
         await asyncio.gather(*closed)
-        server = start_server(data_dir, PORT, args.backlog, log)
+        server = storm_server(data_dir, PORT, args.backlog, workdir / "server-restarted.log")
+        # Started while the clients already try to come back, as in a real restart.
+        started = asyncio.create_task(server.start(60.0))
         backoff = Backoff()
         back = await asyncio.gather(*(c.come_back(backoff) for c in clients))
+        await started
         overflows = listen_overflows() - overflows_before
         waits = [t - restart for t in back]
         return {
@@ -246,11 +230,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "resynced": sum(1 for c in clients if c.last_seq >= 1),
         }
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop(20.0)
 
 
 def main() -> None:

@@ -70,6 +70,7 @@ from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
+from .redis_raw import RawSubscription, raw_subscription
 from .redis_store import (
     LUA_PRELUDE,
     RedisStore,
@@ -78,7 +79,7 @@ from .redis_store import (
     lua_for,
     run_pipeline,
 )
-from .redis_typed import close_pubsub, lrem, text, texts
+from .redis_typed import blobs, close_pubsub, text, texts
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -95,6 +96,9 @@ RECONNECT_DELAY = 1.0
 CLOSE_TIMEOUT = 5.0
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
+#: DMs kept for an offline user read per Redis reply at its next hello (up to
+#: ``max_queued``, 1,000 by default, wait): one reply stays small however long the queue.
+PENDING_PAGE = 100
 
 #: Lua helpers: JSON string escaping for nicks (``\\`` is a legal nick character), the node
 #: map kept with every presence and membership change (``where:``, ``rnodes:``, ``rn:``, see
@@ -154,14 +158,31 @@ local function depart(prefix, key, node, n)
     end
   end
 end
--- The keys of an identity's DM peers (who hears its presence besides its rooms).
+-- The keys of an identity's DM peers (who hears its presence besides its rooms); only those
+-- online when it has more peers than the cluster has users online: then one read of the
+-- session counts replaces a lookup of each peer's nodes, so the work is bounded by the
+-- smaller of the two.
 local function peers(prefix, ident, out, seen)
   if not ident then return end
+  local found = {}
   for _, stream in ipairs(redis.call('HKEYS', prefix .. 'since:' .. ident)) do
     local low, high = string.match(stream, '^d:(%S+) (%S+)$')
     for _, k in ipairs({low, high}) do
-      if k and not seen[k] then seen[k] = true; table.insert(out, k) end
+      if k and not seen[k] then seen[k] = true; table.insert(found, k) end
     end
+  end
+  local sessions = prefix .. 'sessions'
+  if #found == 0 then return end
+  if #found <= redis.call('HLEN', sessions) then
+    for _, k in ipairs(found) do table.insert(out, k) end
+    return
+  end
+  local counts, online = redis.call('HGETALL', sessions), {}
+  for i = 1, #counts, 2 do
+    if tonumber(counts[i + 1]) > 0 then online[counts[i]] = true end
+  end
+  for _, k in ipairs(found) do
+    if online[k] then table.insert(out, k) end
   end
 end
 -- `key` leaves `room` (quit, or its identity outranked): `parted` to the members left.
@@ -208,19 +229,20 @@ end
 """
 )
 
-#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id.
-#: Returns {status, nick, rooms, undelivered DMs}: status 1 came online (the DMs queued for
-#: the identity are read, atomically with that; they stay queued until written to a
-#: session), 0 already online, -1 nick taken, -2 this node was reaped.
+#: ARGV: prefix, channel, node, key, nick, exclusive (0/1), hold, identity id, page size.
+#: Returns {status, nick, rooms, undelivered DMs, queue length}: status 1 came online (the
+#: oldest page of the DMs queued for the identity is read, atomically with that, and the
+#: queue's length; they stay queued until written to a session, and nothing joins the queue
+#: while the user is online), 0 already online, -1 nick taken, -2 this node was reaped.
 CONNECT_LUA = (
     LUA_FANOUT
     + """
 local prefix, node, key, nick, hold = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[7]
 local ident = ARGV[8]
-if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}} end
+if redis.call('SISMEMBER', prefix .. 'nodes', node) == 0 then return {-2, '', {}, {}, 0} end
 local n = tonumber(redis.call('HGET', prefix .. 'sessions', key) or '0')
 if n > 0 and ARGV[6] == '1' then
-  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}}
+  return {-1, redis.call('HGET', prefix .. 'online', key) or nick, {}, {}, 0}
 end
 redis.call('HINCRBY', prefix .. 'sessions', key, 1)
 redis.call('HINCRBY', prefix .. 'nodeusers:' .. node, key, 1)
@@ -228,6 +250,7 @@ redis.call('INCR', prefix .. 'nsessions')
 arrive(prefix, key, node)
 local status = 0
 local pending = {}
+local queued = 0
 local prev = redis.call('HGET', prefix .. 'identof', key)
 if n > 0 and prev and prev ~= ident then
   -- An account outranks the guest identity online under its nick (rev 2): that identity
@@ -256,7 +279,9 @@ end
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
-  pending = redis.call('LRANGE', prefix .. 'pending:' .. ident, 0, -1)
+  local queue = prefix .. 'pending:' .. ident
+  pending = redis.call('LRANGE', queue, 0, tonumber(ARGV[9] or '100') - 1)
+  queued = redis.call('LLEN', queue)
   local by, order = {}, {}
   for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
     group_room(prefix, room, by, order)
@@ -271,7 +296,7 @@ else
   nick = redis.call('HGET', prefix .. 'online', key) or nick
   to_node(prefix, node, envelope(hold, '', '', ''))
 end
-return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending}
+return {status, nick, redis.call('SMEMBERS', prefix .. 'urooms:' .. key), pending, queued}
 """
 )
 
@@ -469,12 +494,15 @@ class RedisFanout:
         self._users: dict[str, User] = {}
         self._local_sessions = 0
         self._holds: dict[Peer, str] = {}
-        #: Undelivered DMs taken at connect, sent at release (after the welcome).
-        self._undelivered: dict[Peer, list[bytes]] = {}
+        #: Undelivered DMs read at connect (the first page, the queue's length), sent at
+        #: release (after the welcome).
+        self._undelivered: dict[Peer, tuple[list[bytes], int]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
-        self._recipient_keys: dict[bytes, tuple[str, ...]] = {}
+        #: The users here that a recipient list names, by list: valid while ``_users`` keeps
+        #: its members (cleared when one is added or removed; sessions are read each time).
+        self._recipient_users: dict[bytes, tuple[User, ...]] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._registry: Registry | None = None
@@ -641,6 +669,7 @@ class RedisFanout:
         for user in self._users.values():
             user.sessions.clear()
         self._users.clear()
+        self._recipient_users.clear()
         self._local_sessions = 0
         if self._registry is None:
             return
@@ -653,6 +682,10 @@ class RedisFanout:
     async def _read(self) -> None:
         assert self._pubsub is not None
         pubsub = self._pubsub
+        raw = raw_subscription(pubsub)
+        if raw is not None:
+            await self._read_raw(raw)
+            return
         inbox = self._inbox
         loop = asyncio.get_running_loop()
         while True:
@@ -668,6 +701,23 @@ class RedisFanout:
                 # Redis ended the subscription itself: on Redis Cluster, the slot's primary
                 # became a replica (a failover). What follows would be missed: start over.
                 raise RedisLost(f"Redis ended the subscription to {text(message['channel'])}")
+
+    async def _read_raw(self, raw: RawSubscription) -> None:
+        """:meth:`_read` with hiredis: every envelope one socket read brought, then one drain."""
+        inbox = self._inbox
+        loop = asyncio.get_running_loop()
+        while True:
+            for message in raw.messages():
+                kind = message[0]
+                if kind == b"message" or kind == b"smessage":
+                    inbox.append(message[2].split(b"\n", 3))
+                elif kind == b"unsubscribe" or kind == b"sunsubscribe":
+                    # As in _read: on Redis Cluster, the slot's primary became a replica.
+                    raise RedisLost(f"Redis ended the subscription to {text(message[1])}")
+            if inbox:
+                self._drain()
+            await raw.fill()
+            self._pubsub_heard = loop.time()
 
     async def _watch(self) -> None:
         """PING through the subscription; a link silent for ``node_timeout`` is lost.
@@ -728,6 +778,7 @@ class RedisFanout:
             # ``!key ident``: an account took the nick; another identity here under it ends.
             if user.ident != room:
                 del self._users[key]
+                self._recipient_users.clear()
                 evict(user)
             return
         if op[:1] == b"+":
@@ -741,19 +792,19 @@ class RedisFanout:
                 for session in each.sessions:
                     session.send(frame)
             return
-        keys = self._recipient_keys.get(recipients)
-        if keys is None:
-            # A busy room sends the same member list again and again: parse it once.
-            if len(self._recipient_keys) >= RECIPIENT_CACHE:
-                self._recipient_keys.clear()
-            keys = tuple(set(recipients.decode().split(" ")))
-            self._recipient_keys[recipients] = keys
-        users = self._users
-        for key in keys:
-            user = users.get(key)
-            if user is not None:
-                for session in user.sessions:
-                    session.send(frame)
+        found = self._recipient_users.get(recipients)
+        if found is None:
+            # A busy room sends the same member list again and again: look it up once (until
+            # a user arrives or leaves here, which clears these).
+            if len(self._recipient_users) >= RECIPIENT_CACHE:
+                self._recipient_users.clear()
+            users = self._users
+            keys = set(recipients.decode().split(" "))
+            found = tuple(users[key] for key in keys if key in users)
+            self._recipient_users[recipients] = found
+        for user in found:
+            for session in user.sessions:
+                session.send(frame)
 
     # -- holds -----------------------------------------------------------------------------
 
@@ -765,37 +816,84 @@ class RedisFanout:
         return hold
 
     def release(self, session: Peer) -> None:
-        dms = self._undelivered.pop(session, None) if self._undelivered else None
-        if dms:
-            self._hand_over(session, dms)
+        undelivered = self._undelivered.pop(session, None) if self._undelivered else None
         hold = self._holds.pop(session, None)
+        if undelivered is not None:
+            dms, queued = undelivered
+            if len(dms) < queued and hold is not None and self._registry is not None:
+                # The hold stays until every page is sent: what was published after the hello
+                # (a live DM among it) waits behind the queue, as it would behind one reply.
+                self._registry.spawn(self._page_in(session, dms, queued, hold))
+                return
+            if self._send_dms(session, dms):
+                self._drop_later(session, dms)
         if hold is not None:
             self._awaiting.discard(hold)
             if self._inbox:
                 self._drain()
 
-    def _hand_over(self, session: Peer, dms: list[bytes]) -> None:
+    async def _page_in(self, session: Peer, dms: list[bytes], queued: int, hold: str) -> None:
+        """Read and send a long queue page by page, then let this node's events go on.
+
+        Nothing leaves the queue before the last page is read (a drop would shift the pages);
+        the queue gains nothing meanwhile (the user is online), so the pages are its order.
+        """
+        user = session.user
+        assert user is not None
+        try:
+            sent = list(dms)
+            alive = self._send_dms(session, dms)
+            while alive and len(sent) < queued:
+                page = blobs(
+                    await self.redis.lrange(
+                        self.keys.pending(user.ident), len(sent), len(sent) + PENDING_PAGE - 1
+                    )
+                )
+                if not page:
+                    break
+                alive = self._send_dms(session, page)
+                sent += page
+            if alive:
+                self._drop_later(session, sent)
+        except (RedisError, OSError) as exc:
+            # Redis lost: the sessions are being closed; the DMs stay queued for next time.
+            log.warning("could not read %s's kept DMs (they stay queued): %s", user.nick, exc)
+        finally:
+            self._awaiting.discard(hold)
+            if self._inbox:
+                self._drain()
+
+    def _send_dms(self, session: Peer, dms: list[bytes]) -> bool:
         """Send DMs kept while the user was offline, before anything published later.
 
         They leave the queue only once written to a session (rev 2): a session that ends
         first (or is cut as a slow consumer) leaves them for the identity's next hello.
+        False when the user has no session left here (they stay queued).
         """
         user = session.user
         assert user is not None
         if not user.sessions:
-            return  # the session ended during its hello: they stay queued
+            return False  # the session ended during its hello: they stay queued
         for payload in dms:
             frame = encode_frame(payload)
             for each in user.sessions:
                 each.send(frame)
-        if self._registry is not None:
+        return True
+
+    def _drop_later(self, session: Peer, dms: list[bytes]) -> None:
+        user = session.user
+        if dms and user is not None and self._registry is not None:
             self._registry.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
 
     async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
         if not await written_to_any(sessions):
             return
-        for payload in dms:
-            await lrem(self.redis, self.keys.pending(ident), 1, payload)
+        # One round trip for the lot (each LREM finds its DM at the head of the queue).
+        key = self.keys.pending(ident)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for payload in dms:
+                pipe.lrem(key, 1, payload.decode())
+            await pipe.execute()
 
     # -- presence --------------------------------------------------------------------------
 
@@ -820,7 +918,7 @@ class RedisFanout:
 
     async def _connect_session(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         key = nick.lower()
-        status, online_nick, rooms, dms = await self._connect(
+        status, online_nick, rooms, dms, queued = await self._connect(
             keys=self._anchor,
             args=[
                 self.keys.prefix,
@@ -831,6 +929,7 @@ class RedisFanout:
                 0,
                 self.hold(session),
                 ident,
+                PENDING_PAGE,
             ],
         )
         if status == -2:
@@ -844,12 +943,13 @@ class RedisFanout:
             user = None
         if user is None:
             user = self._users[key] = User(online_nick.decode(), admin, ident)
+            self._recipient_users.clear()
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
         session.user = user
         self._local_sessions += 1
         if dms:
-            self._undelivered[session] = dms
+            self._undelivered[session] = (dms, int(queued))
         return False
 
     async def disconnect(self, session: Peer) -> list[str] | None:
@@ -870,6 +970,7 @@ class RedisFanout:
         self._local_sessions -= 1
         if not user.sessions and self._users.get(user.key) is user:
             del self._users[user.key]
+            self._recipient_users.clear()
         node = self.node_id
         if not self.available:
             return  # this incarnation's sessions are reaped as a whole

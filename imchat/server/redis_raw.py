@@ -1,0 +1,139 @@
+"""Replies read straight from redis-py's hiredis reader: the node's hot paths over Redis.
+
+Two readers, for the two things a node does per message. The subscription:
+redis-py's ``PubSub.get_message`` spends, on every message, a timeout context, three layers
+of response parsing and a dict built for the caller: several times what the node then does
+with the envelope. With hiredis installed, the subscription's connection already parses with
+a ``hiredis.Reader`` fed from its socket; :class:`RawSubscription` takes every message one
+socket read brought from that reader at once, so a busy channel costs one wake-up per read,
+not per message. Without hiredis (an optional extra), :func:`raw_subscription` gives None and
+the node reads with ``get_message``. The ordered pipeline (appends): :func:`raw_execute` sends
+a batch recorded on a redis-py ``Pipeline`` and reads its replies from the same reader, with
+one timeout for the batch instead of one per reply.
+
+This reaches into redis-py's connection (``_parser``, its ``_reader`` and
+``read_from_socket``), which every redis-py from 5.0 to 8.x has; anything else found there
+gives None too, and the slower public path is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError, ResponseError
+
+try:  # private to redis-py: checked, not trusted (raw_subscription)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover - redis-py without its hiredis parser module
+    _AsyncHiredisParser = None  # type: ignore[assignment,misc]
+    NOT_ENOUGH_DATA = object()
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+
+class RawSubscription:
+    """Pub/sub messages as hiredis parses them: ``[kind, channel, data]`` lists of bytes."""
+
+    def __init__(self, gets: Callable[[], Any], fill: Callable[[], Awaitable[Any]]) -> None:
+        self._gets = gets
+        #: Reads once from the socket into the reader; raises ConnectionError at EOF.
+        self.fill = fill
+
+    def messages(self) -> Iterator[list[bytes]]:
+        """Every message already read, parsed; a reply error (an exception) is raised."""
+        gets = self._gets
+        while True:
+            message = gets()
+            if message is NOT_ENOUGH_DATA:
+                return
+            if isinstance(message, BaseException):
+                raise message
+            yield message
+
+
+def raw_subscription(pubsub: PubSub) -> RawSubscription | None:
+    """A raw reader for a subscribed ``pubsub`` (its commands sent), or None."""
+    connection = pubsub.connection
+    parser = getattr(connection, "_parser", None)
+    if _AsyncHiredisParser is None or not isinstance(parser, _AsyncHiredisParser):
+        return None
+    reader = getattr(parser, "_reader", None)
+    fill = getattr(parser, "read_from_socket", None)
+    if reader is None or fill is None:
+        return None
+    return RawSubscription(reader.gets, fill)
+
+
+async def raw_execute(
+    redis: Redis, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
+) -> Any:
+    """A recorded pipeline (``Pipeline.command_stack``) sent and read without redis-py's
+    per-reply layers; ``None`` (nothing sent) where that is not possible.
+
+    Results as ``Pipeline.execute(raise_on_error=False)`` gives them: a reply error is the
+    result in its place, a command's response callback is applied (``HGETALL`` a dict). The
+    batch shares one read timeout, the connection's ``socket_timeout``; any failure while
+    the batch is on the wire (a timeout, a lost connection, a cancellation) disconnects the
+    connection, so no later command reads this batch's replies.
+
+    Only for plain connections: Sentinel's and the Redis Cluster shard's turn some replies
+    (READONLY, MOVED) into a lost connection in their ``read_response``, which stays theirs.
+    """
+    if _AsyncHiredisParser is None or not stack:
+        return None
+    pool: Any = redis.connection_pool  # get_connection is untyped in redis-py
+    try:
+        connection = await pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        connection = await pool.get_connection("EVALSHA")
+    try:
+        if type(connection).read_response is not Connection.read_response:
+            return None
+        return await _send_and_read(redis, connection, stack)
+    finally:
+        await pool.release(connection)
+
+
+async def _send_and_read(
+    redis: Redis, connection: Connection, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
+) -> Any:
+    try:
+        await connection.send_packed_command(
+            connection.pack_commands([args for args, _ in stack]), check_health=False
+        )
+        parser = connection._parser
+        if not isinstance(parser, _AsyncHiredisParser):
+            raise RuntimeError("the connection's parser changed under it")
+        gets = parser._reader.gets  # type: ignore[attr-defined]
+        fill: Any = parser.read_from_socket
+        callbacks: Any = redis.response_callbacks
+        results: list[Any] = []
+        async with asyncio.timeout(connection.socket_timeout):
+            for args, options in stack:
+                reply = gets()
+                while reply is NOT_ENOUGH_DATA:
+                    await fill()
+                    reply = gets()
+                if isinstance(reply, ConnectionError):
+                    raise reply
+                if isinstance(reply, ResponseError):
+                    reply = options.get(EMPTY_RESPONSE, reply)
+                elif args[0] in callbacks:
+                    extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+                    reply = callbacks[args[0]](reply, **extra)
+                results.append(reply)
+        return results
+    except BaseException:
+        await connection.disconnect()
+        raise
+
+
+#: Pipeline options redis-py consumes before a response callback sees the rest
+#: (``redis.client.EMPTY_RESPONSE``, ``NEVER_DECODE``).
+EMPTY_RESPONSE = "EMPTY_RESPONSE"
+_NOT_FOR_CALLBACKS = frozenset({EMPTY_RESPONSE, "NEVER_DECODE", "keys"})

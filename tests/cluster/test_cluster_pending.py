@@ -1,0 +1,87 @@
+"""DMs kept for an offline user are read in pages at its next hello, and arrive once, in order.
+
+The connect script returns one page of the queue (with its length); the node reads the rest
+page by page and delivers every page before anything published after the hello.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from imchat.server.redis_fanout import CONNECT_LUA, PENDING_PAGE
+from imchat.server.redis_store import RedisStore
+
+from .cluster_support import REDIS_URL, TIMEOUT, Clients, Cluster, is_type
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisStore]:
+    store = RedisStore(REDIS_URL, prefix=f"imchat-test-{uuid.uuid4().hex}:")
+    await store.open()
+    yield store
+    keys = [k async for k in store.redis.scan_iter(match=f"{store.keys.prefix}*")]
+    if keys:
+        await store.redis.delete(*keys)
+    await store.close()
+
+
+async def test_a_hello_reads_one_page_of_a_long_queue(store: RedisStore) -> None:
+    prefix = store.keys.prefix
+    queued = [f'{{"type":"dm","seq":{i}}}'.encode() for i in range(1, 2 * PENDING_PAGE + 51)]
+    await store.redis.rpush(f"{prefix}pending:gbob", *queued)
+    await store.redis.sadd(f"{prefix}nodes", "n0")
+    connect = store.redis.register_script(CONNECT_LUA)
+    reply = await connect(
+        keys=[store.keys.anchor],
+        args=[prefix, store.keys.channel, "n0", "bob", "bob", 0, "", "gbob", PENDING_PAGE],
+    )
+    status, _, _, page, length = reply
+    assert status == 1
+    assert page == queued[:PENDING_PAGE], "the hello's reply holds one page, the oldest"
+    assert length == len(queued)
+    # Read, not taken: they leave the queue once written to a session.
+    assert await store.redis.llen(f"{prefix}pending:gbob") == len(queued)
+
+
+async def queued_dms(prefix: str) -> int:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}pending:*")]
+        return sum([await client.llen(k) for k in keys])
+    finally:
+        await client.aclose()
+
+
+async def test_a_queue_of_several_pages_arrives_once_in_order_before_live_dms(
+    cluster: Cluster, clients: Clients, prefix: str
+) -> None:
+    nodes = cluster.start_many(2)
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[1], "bob")
+    await alice.request("dm", to="bob", text="hi")
+    await bob.wait_for(is_type("dm"))
+    await bob.close()
+    await alice.wait_for(is_type("offline", nick="bob"))
+    count = 2 * PENDING_PAGE + 50
+    for i in range(count):
+        await alice.request("dm", to="bob", text=f"q{i}")
+    bob = await clients.connect(nodes[0], "bob")  # bob's held identity, on the other node
+    await alice.request("dm", to="bob", text="live")
+    got = await bob.collect(is_type("dm"), count + 1)
+    assert [d["text"] for d in got] == [f"q{i}" for i in range(count)] + ["live"]
+    assert [d["seq"] for d in got] == list(range(2, count + 3))
+    # Written, so dropped from the queue: the next hello gets none of them again.
+    async with asyncio.timeout(TIMEOUT):
+        while await queued_dms(prefix):
+            await asyncio.sleep(0.05)  # polled: no event says the queue was emptied
+    await bob.close()
+    await alice.wait_for(is_type("offline", nick="bob"))
+    bob = await clients.connect(nodes[1], "bob")
+    await alice.request("dm", to="bob", text="after")
+    dm = await bob.wait_for(is_type("dm"))
+    assert dm["text"] == "after", "a pending DM was delivered twice"

@@ -1,0 +1,104 @@
+"""The node's raw Redis readers (imchat.server.redis_raw), in-process against the real Redis.
+
+They replace redis-py's per-reply layers on the hot paths, so what they return must be what
+redis-py would have: these compare them with it, and check that they are used at all (a
+silent fallback would keep every test green and lose the gain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+from redis.utils import HIREDIS_AVAILABLE
+
+from imchat.server.redis_raw import raw_execute, raw_subscription
+from imchat.server.redis_store import connect_redis
+
+from .cluster_support import REDIS_URL, delete_keys
+
+pytestmark = pytest.mark.skipif(not HIREDIS_AVAILABLE, reason="the raw readers need hiredis")
+
+
+@pytest.fixture
+async def redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect_redis(REDIS_URL, prefix=prefix)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        delete_keys(prefix)
+
+
+def record(redis: aioredis.Redis, prefix: str) -> aioredis.client.Pipeline:
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(f"{prefix}h", mapping={"a": "1", "b": "2"})
+    pipe.hgetall(f"{prefix}h")
+    pipe.evalsha("0" * 40, 0)  # no such script: NOSCRIPT in its place
+    pipe.lpush(f"{prefix}h", "x")  # wrong type: an error in its place, the rest still read
+    pipe.ping()
+    pipe.execute_command("EVAL", "return 'a\\nb'", 0)
+    return pipe
+
+
+async def test_a_batch_reads_as_redis_py_reads_it(redis: aioredis.Redis, prefix: str) -> None:
+    expected = await record(redis, prefix).execute(raise_on_error=False)
+    await redis.delete(f"{prefix}h")
+    got = await raw_execute(redis, record(redis, prefix).command_stack)
+    assert got is not None, "the raw path was not taken"
+    assert [type(r) for r in got] == [type(r) for r in expected]
+    assert [r for r in got if not isinstance(r, Exception)] == [
+        r for r in expected if not isinstance(r, Exception)
+    ]
+    assert got[1] == {b"a": b"1", b"b": b"2"}
+    assert isinstance(got[2], NoScriptError)
+    assert isinstance(got[3], ResponseError)
+    assert got[4] is True and got[5] == b"a\nb"
+    # The connection is in step: the next command reads its own reply.
+    assert await redis.hget(f"{prefix}h", "a") == b"1"
+
+
+async def test_a_timed_out_batch_drops_its_connection(redis: aioredis.Redis, prefix: str) -> None:
+    """A reply that comes after the timeout must not be read as the next command's."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.blpop([f"{prefix}empty"], timeout=1)  # answers after 1 s
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    connection.socket_timeout = 0.2
+    await pool.release(connection)
+    with pytest.raises(TimeoutError):
+        await raw_execute(redis, pipe.command_stack)
+    assert not connection.is_connected
+    connection.socket_timeout = 5.0
+    await redis.set(f"{prefix}k", "v")
+    assert await redis.get(f"{prefix}k") == b"v"
+
+
+async def test_the_subscription_is_read_in_chunks(prefix: str) -> None:
+    client = connect_redis(REDIS_URL, blocking=True, prefix=prefix)
+    publisher = aioredis.Redis.from_url(REDIS_URL)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(f"{prefix}ch")
+        raw = raw_subscription(pubsub)
+        assert raw is not None, "the raw path was not taken"
+        for i in range(50):
+            await publisher.publish(f"{prefix}ch", f"m{i}")
+        got: list[bytes] = []
+        kinds: set[bytes] = set()
+        while len(got) < 50:
+            for message in raw.messages():
+                kinds.add(message[0])
+                if message[0] == b"message":
+                    got.append(message[2])
+            if len(got) < 50:
+                await asyncio.wait_for(raw.fill(), 5)
+        assert got == [f"m{i}".encode() for i in range(50)]
+        assert kinds == {b"subscribe", b"message"}
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+        await publisher.aclose()
