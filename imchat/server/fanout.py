@@ -10,6 +10,7 @@ the user and room tables untouched until its ``connection_lost`` (so iterating t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
@@ -118,7 +119,8 @@ class LocalFanout:
             user = None
         first = user is None
         if user is None:
-            user = self._users[key] = User(nick, admin, ident)
+            user = User(nick, admin, ident)
+            self._users[user.key] = user  # its key: no second string per user
         user.sessions.append(session)
         session.user = user
         self._sessions += 1
@@ -148,6 +150,7 @@ class LocalFanout:
         assert user is not None
         if room in user.rooms:
             return False
+        room = sys.intern(room)  # one string for the room in every member's RoomSet
         user.rooms.add(room)
         self._rooms.setdefault(room, {})[user.key] = user
         return True
