@@ -144,7 +144,6 @@ class Session(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
-        self.hub.registry.track_output(self)
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
