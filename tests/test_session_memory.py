@@ -105,3 +105,18 @@ async def test_an_idle_session_holds_no_inbox_and_no_decoder(server: Any) -> Non
     (session,) = server.hub.sessions
     assert session._inbox is None
     assert session.decoder is None
+
+
+async def test_a_user_with_one_session_holds_a_list_of_one() -> None:
+    import sys
+
+    from imchat.server.fanout import LocalFanout
+
+    fanout = LocalFanout()
+    first, second = SimpleNamespace(user=None), SimpleNamespace(user=None)
+    assert await fanout.connect(first, "solo", admin=False, ident="g.1")  # type: ignore[arg-type]
+    user = first.user
+    assert user is not None and user.sessions == [first]
+    assert sys.getsizeof(user.sessions) == sys.getsizeof([first])  # no spare room
+    assert not await fanout.connect(second, "solo", admin=False, ident="g.1")  # type: ignore[arg-type]
+    assert user.sessions == [first, second]

@@ -121,7 +121,10 @@ class LocalFanout:
         if user is None:
             user = User(nick, admin, ident)
             self._users[user.key] = user  # its key: no second string per user
-        user.sessions.append(session)
+            # A list of exactly one (append would make room for four: idle memory).
+            user.sessions = [session]
+        else:
+            user.sessions.append(session)
         session.user = user
         self._sessions += 1
         return first
