@@ -351,6 +351,17 @@ class Session(asyncio.BufferedProtocol):
             out.append(frame)
         self._out_size += len(frame)
 
+    def send_frames(self, frames: list[bytes], joined: bytes) -> None:
+        """Queue several frames (``joined``: the same bytes, concatenated) in one append."""
+        if type(self).send is not Session.send:
+            for frame in frames:  # a subclass (IRC) writes each frame its own way
+                self.send(frame)
+            return
+        self.send(joined)
+        out = self._out
+        if out and out[-1] is joined:
+            STATS.deliveries += len(frames) - 1  # flush counts the one entry
+
     def flush(self) -> None:
         out, size = self._out, self._out_size
         self._out = None
