@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
@@ -53,9 +54,12 @@ class Registry:
         self.max_output_total = max_output_total
         #: Bytes handed to transports since the last exact count: what is owed now is at most
         #: the last count plus this, so the exact (O(connections)) count is needed only when
-        #: this estimate passes the bound, and once per sweep.
-        self._output_estimate = 0
-        self._enforcing = False
+        #: this estimate passes the bound, and once per sweep. Writers add to it (see
+        #: :meth:`wrote`; the native session does the same inline, one call less per write).
+        self.output_estimate = 0
+        #: What the estimate may reach before a write must count exactly at once:
+        #: ``max_output_total``, or infinity (no bound, or a count under way).
+        self.output_trigger: float = max_output_total or math.inf
         #: Connections cut to keep within ``max_output_total`` (for logs and benchmarks).
         self.output_cuts = 0
         #: Memory of cut connections not yet released (an aborted transport lets go of its
@@ -122,14 +126,14 @@ class Registry:
         limit = self.max_output_total
         if not limit:
             return False
-        held = self._output_estimate + sum(self._releasing.values())
+        held = self.output_estimate + sum(self._releasing.values())
         if held <= limit:
             return False
         now = self.loop.time()
         if now - self._last_count >= COUNT_INTERVAL:
             self._last_count = now
             self.enforce_output_bound()
-            held = self._output_estimate + sum(self._releasing.values())
+            held = self.output_estimate + sum(self._releasing.values())
         return held > limit
 
     def wait_for_room(self, session: Owing) -> None:
@@ -144,12 +148,8 @@ class Registry:
 
     def wrote(self, nbytes: int) -> None:
         """``nbytes`` were handed to a transport: count them until the next exact count."""
-        self._output_estimate += nbytes * MEMORY_PER_BYTE_OWED
-        if (
-            self.max_output_total
-            and self._output_estimate > self.max_output_total
-            and not self._enforcing
-        ):
+        estimate = self.output_estimate = self.output_estimate + nbytes * MEMORY_PER_BYTE_OWED
+        if estimate > self.output_trigger:
             # At once, not at the next loop turn: sixty sessions' requests can all be answered
             # within one turn (sixty 7.7 MiB replies before a deferred count ran).
             self.enforce_output_bound()
@@ -161,11 +161,11 @@ class Registry:
         cut connection is aborted at once: its backlog (unread by definition) is dropped with it
         instead of lingering for a close grace.
         """
-        self._enforcing = True
+        trigger, self.output_trigger = self.output_trigger, math.inf
         try:
             return self._enforce()
         finally:
-            self._enforcing = False
+            self.output_trigger = trigger
 
     def _enforce(self) -> int:
         # Every connection that can say what it owes (the WebSocket adapter bounds its own),
@@ -200,7 +200,7 @@ class Registry:
                 limit,
                 cut,
             )
-        self._output_estimate = total
+        self.output_estimate = total
         self._wake_waiting()
         return total
 

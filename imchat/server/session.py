@@ -36,6 +36,7 @@ from imchat.protocol import (
 from imchat.protocol.events import ErrorReply
 
 from .ratelimit import TokenBucket, address_key
+from .registry import MEMORY_PER_BYTE_OWED
 from .stats import STATS
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ class Session(asyncio.BufferedProtocol):
                     ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
                 )
                 return
-            self.hub.mark_dirty(self)
+            self.hub.registry.mark_dirty(self)
             self._out = [frame]
         else:
             out.append(frame)
@@ -369,7 +370,11 @@ class Session(asyncio.BufferedProtocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             STATS.deliveries += len(out)
-            self.hub.registry.wrote(size)  # may cut the largest owers, this one included
+            # registry.wrote(size), inline: one call less per write of a broadcast.
+            registry = self.hub.registry
+            registry.output_estimate += size * MEMORY_PER_BYTE_OWED
+            if registry.output_estimate > registry.output_trigger:
+                registry.enforce_output_bound()  # may cut the largest owers, this one included
         if self._written and not self._writing_paused and not self.closing:
             self._check_written()
 
