@@ -128,7 +128,7 @@ class Translating(Session):
 
 def fake_session(cls: type[Session]) -> Any:
     loop = SimpleNamespace(time=lambda: 0.0, call_soon=lambda f: None)
-    registry = SimpleNamespace(mark_dirty=lambda s: None)
+    registry = SimpleNamespace(mark_dirty=lambda s: None, dirty=[])
     hub = SimpleNamespace(
         config=SimpleNamespace(max_frame=DEFAULT_MAX_FRAME, max_buffer=1 << 20),
         loop=loop,

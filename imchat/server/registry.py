@@ -71,7 +71,10 @@ class Registry:
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.connections_per_addr: dict[str, int] = {}
-        self._dirty: list[Peer] = []
+        #: Sessions with frames queued since their last flush, flushed at the turn's end. A
+        #: session may append itself while the list is not empty (a flush is scheduled);
+        #: the first one of a turn calls :meth:`mark_dirty`, which schedules it.
+        self.dirty: list[Peer] = []
         self._rest_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
@@ -211,13 +214,13 @@ class Registry:
 
     def mark_dirty(self, session: Peer) -> None:
         """The session queued its first frame since its last flush: flush it soon."""
-        if not self._dirty:
+        if not self.dirty:
             rest = self._rest_until - self.loop.time()
             if rest > 0:
                 self.loop.call_later(rest, self._flush)
             else:
                 self.loop.call_soon(self._flush)
-        self._dirty.append(session)
+        self.dirty.append(session)
 
     def _flush(self) -> None:
         """Write what every session owes, one write per session.
@@ -229,7 +232,7 @@ class Registry:
         server flushes at once.
         """
         start = self.loop.time()
-        dirty, self._dirty = self._dirty, []
+        dirty, self.dirty = self.dirty, []
         for session in dirty:
             session.flush()
         end = self.loop.time()

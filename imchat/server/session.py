@@ -346,7 +346,11 @@ class Session(asyncio.BufferedProtocol):
                     ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
                 )
                 return
-            self.hub.registry.mark_dirty(self)
+            registry = self.hub.registry
+            if registry.dirty:
+                registry.dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
+            else:
+                registry.mark_dirty(self)
             self._out = [frame]
         else:
             out.append(frame)
