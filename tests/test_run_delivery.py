@@ -158,3 +158,20 @@ async def test_to_room_frames_appends_once_per_native_session_and_each_frame_els
     assert bare.sent == frames
     # The flush counts the entry as one; the other two were counted when it was queued.
     assert STATS.deliveries - before == 2
+
+
+async def test_events_already_answered_go_out_when_a_later_finish_fails() -> None:
+    log = Log()
+
+    def failing(s: Any) -> bytes:
+        raise RuntimeError("boom")
+
+    broken = Append(SimpleNamespace(id=2), stored(2), failing, "a")  # type: ignore[arg-type]
+    run: Run = [say(log, "a", 1), broken]
+    try:
+        await finish_run(log.sender(), run, log.fanout())
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    assert log.out == [("ok", 1), ("room", "a", [b"m1"])]

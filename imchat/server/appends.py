@@ -79,37 +79,41 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
     """Answer a run in request order, then let the events held for its replies go out."""
     room: str | None = None
     frames: list[bytes] = []
-    for item in run:
-        if isinstance(item, ProtocolError):
-            session.send_error(item)  # a reply: it may precede the events before it
-            continue
-        try:
-            stored = await item.stored
-        except ProtocolError as exc:
-            session.send_error(exc.with_id(item.request.id))
-            continue
-        except Exception:
-            log.exception("storing a message from %s failed", session.peer)
-            session.send_error(internal_error(item.request))
-            continue
-        if not stored.duplicate:
-            STATS.messages += 1
-        if item.room is None:
-            if frames:  # the room events before it go out first
-                deliver_to_room(fanout, room or "", frames)
-                frames = []
-            item.finish(stored)
-            continue
-        frame = item.finish(stored)
-        if frame is None:
-            continue
-        if item.room != room and frames:
+    try:
+        for item in run:
+            if isinstance(item, ProtocolError):
+                session.send_error(item)  # a reply: it may precede the events before it
+                continue
+            try:
+                stored = await item.stored
+            except ProtocolError as exc:
+                session.send_error(exc.with_id(item.request.id))
+                continue
+            except Exception:
+                log.exception("storing a message from %s failed", session.peer)
+                session.send_error(internal_error(item.request))
+                continue
+            if not stored.duplicate:
+                STATS.messages += 1
+            if item.room is None:
+                if frames:  # the room events before it go out first
+                    done, frames = frames, []
+                    deliver_to_room(fanout, room or "", done)
+                item.finish(stored)
+                continue
+            frame = item.finish(stored)
+            if frame is None:
+                continue
+            if item.room != room and frames:
+                done, frames = frames, []
+                deliver_to_room(fanout, room or "", done)
+            room = item.room
+            frames.append(frame)
+    finally:
+        # Whatever stops the run (a failing finish, cancellation at shutdown), the messages
+        # already committed and answered reach their rooms.
+        if frames:
             deliver_to_room(fanout, room or "", frames)
-            frames = []
-        room = item.room
-        frames.append(frame)
-    if frames:
-        deliver_to_room(fanout, room or "", frames)
     run.clear()
     # Every reply of the run is queued: events held for them may follow.
     fanout.release(session)
