@@ -155,3 +155,99 @@ def test_decoder_stays_failed() -> None:
     assert info.value.code == ErrorCode.FRAME_TOO_LARGE
     with pytest.raises(ProtocolError):
         decoder.next_frame()
+
+
+# -- split_frames: whole frames straight out of a read, and the server session that uses it --
+
+
+def test_split_frames_appends_whole_frames_and_returns_where_the_rest_starts() -> None:
+    from imchat.protocol import split_frames
+
+    data = encode_frame(b"one") + encode_frame(b"two") + encode_frame(b"three")[:6]
+    out: list[bytes] = []
+    rest = split_frames(data, DEFAULT_MAX_FRAME, out)
+    assert out == [b"one", b"two"]
+    assert data[rest:] == encode_frame(b"three")[:6]
+    assert split_frames(memoryview(encode_frame(b"x"))[:3], DEFAULT_MAX_FRAME, out) == 0
+
+
+def test_split_frames_raises_at_a_bad_header_after_the_frames_before_it() -> None:
+    from imchat.protocol import split_frames
+
+    out: list[bytes] = []
+    with pytest.raises(ProtocolError) as info:
+        split_frames(encode_frame(b"ok") + b"\x00\x00\x00\x00", DEFAULT_MAX_FRAME, out)
+    assert info.value.code == ErrorCode.BAD_FRAME
+    assert out == [b"ok"]
+    with pytest.raises(ProtocolError) as info:
+        split_frames((DEFAULT_MAX_FRAME + 1).to_bytes(4, "big"), DEFAULT_MAX_FRAME, out)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def _session() -> object:
+    from types import SimpleNamespace
+
+    from imchat.server.session import Session
+
+    hub = SimpleNamespace(
+        config=SimpleNamespace(max_frame=DEFAULT_MAX_FRAME),
+        loop=SimpleNamespace(time=lambda: 0.0),
+    )
+    session = Session(hub)  # type: ignore[arg-type]
+    session._busy = True  # nothing is handled: the inbox is what is looked at
+    session.user = object()  # type: ignore[assignment]  # an identified session's budget
+    return session
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_the_session_splits_any_chunking_like_the_decoder(
+    payloads: list[bytes], cuts: list[int]
+) -> None:
+    """Reads cut anywhere (inside a header too) give the frames in order, count every byte
+    held, and leave no decoder once the reads end on a frame boundary."""
+    from imchat.server.session import Session
+
+    stream = b"".join(encode_frame(p) for p in payloads)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    session = _session()
+    assert isinstance(session, Session)
+    for start, end in itertools.pairwise(points):
+        session.data_received(stream[start:end])
+        assert end - HEADER_SIZE <= session.held <= end  # held until handled (bar a header)
+    assert session._inbox == payloads
+    assert session.decoder is None
+    assert session.held == len(stream)
+
+
+def test_the_session_keeps_its_decoder_while_a_frame_is_half_read() -> None:
+    from imchat.server.session import Session
+
+    session = _session()
+    assert isinstance(session, Session)
+    frame = encode_frame(b"hello")
+    session.data_received(frame[:2])
+    session.data_received(frame[2:HEADER_SIZE])  # the header complete, taken in: no byte left
+    assert session.decoder is not None and session.decoder.partial
+    session.data_received(frame[HEADER_SIZE:] + frame[:2])
+    assert session._inbox == [b"hello"]
+    assert session.decoder is not None  # the next header is half in
+    session.data_received(frame[2:])
+    assert session._inbox == [b"hello", b"hello"]
+    assert session.decoder is None
+
+
+def test_the_session_stays_failed_after_a_bad_header() -> None:
+    from imchat.server.session import Session
+
+    session = _session()
+    assert isinstance(session, Session)
+    session.data_received(encode_frame(b"ok") + b"\x00\x00\x00\x00")
+    inbox = session._inbox
+    assert inbox is not None and inbox[0] == b"ok"
+    assert isinstance(inbox[1], ProtocolError) and inbox[1].code == ErrorCode.BAD_FRAME
+    assert session.decoder is not None and session.decoder.failed
+    assert session.held == len(encode_frame(b"ok"))

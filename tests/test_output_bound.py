@@ -100,3 +100,41 @@ async def test_pipelined_large_replies_wait_for_the_client_to_read(
     assert session.owed < server.config.max_buffer + 2 * reply
     assert session._inbox  # the rest waits, unanswered, until the client reads
     guest.writer.transport.abort()
+
+
+class Ower:
+    """A connection as the registry sees it: what it owes, and whether it was cut."""
+
+    def __init__(self, owed: int) -> None:
+        self.owed = owed
+        self.cut = False
+        self.addr = "x"
+
+    def fail(self, error: Any) -> None:
+        self.cut = True
+
+    def abort(self) -> None:
+        pass  # an aborted transport holds its buffer until it is closed: owed stays
+
+    def wake(self) -> None:
+        pass
+
+
+async def test_a_cut_connection_is_not_counted_again_while_it_is_released() -> None:
+    """Its memory is counted once, as being released, until it is gone: the next exact count
+    neither cuts it again nor anyone else for the same bytes."""
+    from imchat.server.registry import MEMORY_PER_BYTE_OWED, Registry
+
+    registry = Registry(asyncio.get_running_loop(), max_output_total=100 * MEMORY_PER_BYTE_OWED)
+    big, small, other = Ower(80), Ower(30), Ower(30)
+    for ower in (big, small, other):
+        registry.add(ower)  # type: ignore[arg-type]
+    registry.enforce_output_bound()
+    assert (big.cut, small.cut, other.cut) == (True, False, False)
+    assert registry.output_cuts == 1
+    registry.enforce_output_bound()  # big still owes its 80 until its transport is closed
+    assert (small.cut, other.cut) == (False, False)
+    assert registry.output_cuts == 1  # not cut (nor logged, nor counted) twice
+    registry.remove(big)  # type: ignore[arg-type]
+    registry.untrack_output(big)
+    assert registry.enforce_output_bound() == 60 * MEMORY_PER_BYTE_OWED

@@ -4,6 +4,7 @@ for a single room."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,46 @@ def test_room_set_behaves_as_a_set() -> None:
         assert sorted(rooms) == sorted(model) and len(rooms) == len(model)
         for name in "abcdefx":
             assert (name in rooms) == (name in model)
+
+
+async def test_users_and_rooms_share_their_strings() -> None:
+    """The fan-out's key for a user is the user's own key string, and every member holds the
+    room's name as one string (each join's request decoded its own copy)."""
+    from imchat.server.fanout import LocalFanout
+
+    fanout = LocalFanout()
+    sessions = [SimpleNamespace(user=None) for _ in range(2)]
+    for i, session in enumerate(sessions):
+        await fanout.connect(session, f"mem{i}", admin=False, ident="")  # type: ignore[arg-type]
+        await fanout.join(session, "".join(["lob", "by"]))  # type: ignore[arg-type]
+    users = [s.user for s in sessions]
+    assert all(next(k for k in fanout._users if k == u.key) is u.key for u in users)  # type: ignore[union-attr]
+    first, second = (next(iter(u.rooms)) for u in users)  # type: ignore[union-attr]
+    assert first == "lobby" and first is second
+
+
+async def test_an_idle_session_holds_no_inbox_and_no_decoder(server: Any) -> None:
+    from conftest import RawClient
+
+    client = await RawClient.open(server.port)
+    await client.hello("idlemem")
+    assert (await client.request({"type": "join", "room": "m", "id": 1}))["type"] == "ok"
+    await server.hub.drain_tasks(10)  # the requests' handling has ended
+    (session,) = server.hub.sessions
+    assert session._inbox is None
+    assert session.decoder is None
+
+
+async def test_a_user_with_one_session_holds_a_list_of_one() -> None:
+    import sys
+
+    from imchat.server.fanout import LocalFanout
+
+    fanout = LocalFanout()
+    first, second = SimpleNamespace(user=None), SimpleNamespace(user=None)
+    assert await fanout.connect(first, "solo", admin=False, ident="g.1")  # type: ignore[arg-type]
+    user = first.user
+    assert user is not None and user.sessions == [first]
+    assert sys.getsizeof(user.sessions) == sys.getsizeof([first])  # no spare room
+    assert not await fanout.connect(second, "solo", admin=False, ident="g.1")  # type: ignore[arg-type]
+    assert user.sessions == [first, second]

@@ -12,6 +12,7 @@ from .framing import (
     FrameDecoder,
     encode_frame,
     encode_message,
+    split_frames,
 )
 from .messages import (
     DEFAULT_MAX_TEXT,
@@ -96,4 +97,5 @@ __all__ = [
     "nick_key",
     "normalize_room",
     "parse_request",
+    "split_frames",
 ]

@@ -25,6 +25,7 @@ from .datadir import (
     write_marker,
 )
 from .fanout import Fanout
+from .gcpolicy import FreezePolicy
 from .hub import Hub
 from .listener import Listener
 from .session import Session
@@ -74,6 +75,9 @@ class ChatServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        #: Keeps full garbage collections from visiting the long-lived sessions (see
+        #: :mod:`.gcpolicy`); ticked by the idle sweep.
+        self.gc_policy = FreezePolicy()
 
     async def start(self) -> None:
         data_dir = Path(self.config.data_dir)
@@ -245,6 +249,7 @@ class ChatServer:
             await asyncio.sleep(interval)
             now = loop.time()
             self.hub.registry.enforce_output_bound()  # an exact count now and then
+            self.gc_policy.tick(len(self.hub.sessions))
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
@@ -268,6 +273,7 @@ class ChatServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        self.gc_policy.start()  # this process is the server's: its setup is permanent
         await stop.wait()
         log.info("shutting down")
         await self.stop()

@@ -5,6 +5,12 @@ whose commit is already under way (tasks start in creation order, so messages re
 store in request order). The hub collects a session's consecutive appends into a run and
 :func:`finish_run` awaits them in request order, sending each reply and then the events it
 caused, so replies never overtake each other and a burst costs one commit.
+
+Consecutive ``say`` events to one room leave together, after the replies of their requests:
+every member gets the run's messages in one append (one call per recipient for a burst of
+64, not 64), in the same order as before. Only the sender sees a difference: its replies
+come before the events of that stretch instead of alternating with them, and each event
+still follows its own request's reply (the contract's rule).
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ class Append:
 
     request: Request
     stored: asyncio.Future[Stored]
-    #: Sends the reply, then the events; runs once the message is committed.
-    finish: Callable[[Stored], None]
+    #: Sends the reply, then the events; runs once the message is committed. For a message
+    #: to a room (``room`` set) it sends only the reply and returns the event's frame (None:
+    #: nothing to deliver), which :func:`finish_run` delivers with its neighbours'.
+    finish: Callable[[Stored], bytes | None]
+    room: str | None = None
 
 
 #: A run: appends under way and, between them, errors of requests that were refused at once
@@ -55,24 +64,56 @@ def internal_error(request: Request | None) -> ProtocolError:
     return error.with_id(request.id if request is not None else None)
 
 
+def deliver_to_room(fanout: Fanout, room: str, frames: list[bytes]) -> None:
+    """Deliver a room's events, in order: in one append per recipient where the fan-out
+    can (``to_room_frames``), else one by one."""
+    many = getattr(fanout, "to_room_frames", None)
+    if many is not None and len(frames) > 1:
+        many(room, frames)
+        return
+    for frame in frames:
+        fanout.to_room(room, frame)
+
+
 async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
     """Answer a run in request order, then let the events held for its replies go out."""
-    for item in run:
-        if isinstance(item, ProtocolError):
-            session.send_error(item)
-            continue
-        try:
-            stored = await item.stored
-        except ProtocolError as exc:
-            session.send_error(exc.with_id(item.request.id))
-            continue
-        except Exception:
-            log.exception("storing a message from %s failed", session.peer)
-            session.send_error(internal_error(item.request))
-            continue
-        if not stored.duplicate:
-            STATS.messages += 1
-        item.finish(stored)
+    room: str | None = None
+    frames: list[bytes] = []
+    try:
+        for item in run:
+            if isinstance(item, ProtocolError):
+                session.send_error(item)  # a reply: it may precede the events before it
+                continue
+            try:
+                stored = await item.stored
+            except ProtocolError as exc:
+                session.send_error(exc.with_id(item.request.id))
+                continue
+            except Exception:
+                log.exception("storing a message from %s failed", session.peer)
+                session.send_error(internal_error(item.request))
+                continue
+            if not stored.duplicate:
+                STATS.messages += 1
+            if item.room is None:
+                if frames:  # the room events before it go out first
+                    done, frames = frames, []
+                    deliver_to_room(fanout, room or "", done)
+                item.finish(stored)
+                continue
+            frame = item.finish(stored)
+            if frame is None:
+                continue
+            if item.room != room and frames:
+                done, frames = frames, []
+                deliver_to_room(fanout, room or "", done)
+            room = item.room
+            frames.append(frame)
+    finally:
+        # Whatever stops the run (a failing finish, cancellation at shutdown), the messages
+        # already committed and answered reach their rooms.
+        if frames:
+            deliver_to_room(fanout, room or "", frames)
     run.clear()
     # Every reply of the run is queued: events held for them may follow.
     fanout.release(session)

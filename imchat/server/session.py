@@ -25,10 +25,18 @@ import sys
 import termios
 from typing import TYPE_CHECKING, cast
 
-from imchat.protocol import HEADER_SIZE, ErrorCode, FrameDecoder, ProtocolError, encode_message
+from imchat.protocol import (
+    HEADER_SIZE,
+    ErrorCode,
+    FrameDecoder,
+    ProtocolError,
+    encode_message,
+    split_frames,
+)
 from imchat.protocol.events import ErrorReply
 
 from .ratelimit import TokenBucket, address_key
+from .registry import MEMORY_PER_BYTE_OWED
 from .stats import STATS
 
 if TYPE_CHECKING:
@@ -99,7 +107,10 @@ class Session(asyncio.BufferedProtocol):
         self.guest_hold: float | None = None
         #: Counted against the per-address limit when accepted (see :mod:`.listener`).
         self.admitted = admitted
-        self.decoder = FrameDecoder(hub.config.max_frame)
+        #: Holds a frame still arriving, and a lost framing; None while neither (nearly every
+        #: read holds whole frames: they are split straight out of it, and an idle session
+        #: holds no decoder and no buffer).
+        self.decoder: FrameDecoder | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
@@ -111,7 +122,8 @@ class Session(asyncio.BufferedProtocol):
         self._bucket: TokenBucket | None = None
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()
-        self._inbox: list[bytes | ProtocolError] = []
+        #: Frames received and not yet handled; None while there are none (idle memory).
+        self._inbox: list[bytes | ProtocolError] | None = None
         #: Bytes of frames received and not yet handled (queued or in the batch being handled).
         self._inbox_bytes = 0
         self._busy = False
@@ -133,7 +145,6 @@ class Session(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
-        self.hub.registry.track_output(self)
         self.hub.session_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -149,12 +160,29 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             return
         inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        start = len(inbox)
+        decoder = self.decoder
+        max_frame = self.hub.config.max_frame
         try:
-            for payload in self.decoder.feed(data):
-                inbox.append(payload)
-                self._inbox_bytes += len(payload) + HEADER_SIZE
+            if decoder is None:
+                rest = split_frames(data, max_frame, inbox)
+                self._inbox_bytes += rest  # the payloads and their headers
+                if rest < len(data):
+                    decoder = self.decoder = FrameDecoder(max_frame)
+                    decoder.receive_data(data[rest:])
+            else:
+                inbox.extend(decoder.feed(data))
+                self._count_inbox(start)
+                if not decoder.partial:
+                    self.decoder = None
         except ProtocolError as exc:
             # Framing is lost: answer the frames before the fault, then report it and close.
+            if decoder is None:
+                self._count_inbox(start)
+                decoder = self.decoder = FrameDecoder(max_frame)
+                decoder.lose(exc)
             inbox.append(exc)
             self._pause_reading()
         if len(inbox) > MAX_INBOX or self.held >= self.input_budget:
@@ -162,6 +190,13 @@ class Session(asyncio.BufferedProtocol):
         if not self._busy and inbox:
             self._busy = True
             self.hub.spawn(self._process())
+
+    def _count_inbox(self, start: int) -> None:
+        """Count the frames appended to the inbox from ``start`` on against the budget."""
+        inbox = self._inbox or []
+        self._inbox_bytes += sum(
+            len(item) + HEADER_SIZE for item in inbox[start:] if isinstance(item, bytes)
+        )
 
     def eof_received(self) -> bool:
         # A client that half-closes (`printf … | nc -N`) still gets its replies.
@@ -191,7 +226,9 @@ class Session(asyncio.BufferedProtocol):
         self.closing = True
         self._settle_written(False)
         self._out = None
-        self._inbox.clear()
+        if self._inbox:
+            self._inbox.clear()  # a batch being handled stops with it
+        self._inbox = None
         self._inbox_bytes = 0
         self.hub.session_closed(self, exc)
 
@@ -212,7 +249,8 @@ class Session(asyncio.BufferedProtocol):
     @property
     def held(self) -> int:
         """Input bytes this session holds: unhandled frames and the partial one being read."""
-        return self._inbox_bytes + self.decoder.buffered
+        decoder = self.decoder
+        return self._inbox_bytes + (decoder.buffered if decoder is not None else 0)
 
     @property
     def reading_paused(self) -> bool:
@@ -269,6 +307,8 @@ class Session(asyncio.BufferedProtocol):
                 self._maybe_resume_reading()
         finally:
             self._busy = False
+            if not inbox and self._inbox is inbox:
+                self._inbox = None  # all handled: an idle session holds no list
         if self._eof and not self._inbox:
             self.close()
 
@@ -276,8 +316,8 @@ class Session(asyncio.BufferedProtocol):
         if (
             self._reading_paused
             and not self.closing
-            and not self.decoder.failed  # framing is lost: nothing more is read
-            and len(self._inbox) <= MAX_INBOX
+            and not (self.decoder is not None and self.decoder.failed)  # framing is lost
+            and len(self._inbox or ()) <= MAX_INBOX
             and self.held < self.input_budget
         ):
             self._reading_paused = False
@@ -306,11 +346,26 @@ class Session(asyncio.BufferedProtocol):
                     ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
                 )
                 return
-            self.hub.mark_dirty(self)
+            registry = self.hub.registry
+            if registry.dirty:
+                registry.dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
+            else:
+                registry.mark_dirty(self)
             self._out = [frame]
         else:
             out.append(frame)
         self._out_size += len(frame)
+
+    def send_frames(self, frames: list[bytes], joined: bytes) -> None:
+        """Queue several frames (``joined``: the same bytes, concatenated) in one append."""
+        if type(self).send is not Session.send:
+            for frame in frames:  # a subclass (IRC) writes each frame its own way
+                self.send(frame)
+            return
+        self.send(joined)
+        out = self._out
+        if out and out[-1] is joined:
+            STATS.deliveries += len(frames) - 1  # flush counts the one entry
 
     def flush(self) -> None:
         out, size = self._out, self._out_size
@@ -319,7 +374,11 @@ class Session(asyncio.BufferedProtocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             STATS.deliveries += len(out)
-            self.hub.registry.wrote(size)  # may cut the largest owers, this one included
+            # registry.wrote(size), inline: one call less per write of a broadcast.
+            registry = self.hub.registry
+            registry.output_estimate += size * MEMORY_PER_BYTE_OWED
+            if registry.output_estimate > registry.output_trigger:
+                registry.enforce_output_bound()  # may cut the largest owers, this one included
         if self._written and not self._writing_paused and not self.closing:
             self._check_written()
 

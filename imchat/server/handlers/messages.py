@@ -48,10 +48,12 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         target=target,
     )
 
-    def finish(stored: Stored) -> None:
+    def finish(stored: Stored) -> bytes | None:
+        """The reply; the event's frame for :func:`finish_run` to deliver to the room."""
         ctx.reply(session, req, Ok(seq=stored.seq, ts=stored.ts))
-        if not (stored.duplicate or stored.published):
-            ctx.fanout.to_room(req.room, encode_frame(stored.payload))
+        if stored.duplicate or stored.published:
+            return None
+        return encode_frame(stored.payload)
 
     hold = ctx.fanout.hold(session)
     draft = Draft(
@@ -64,7 +66,7 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         as_member=not user.detached,
         owner=user.ident,
     )
-    return Append(req, start_storing(ctx.store, draft), finish)
+    return Append(req, start_storing(ctx.store, draft), finish, req.room)
 
 
 def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = None) -> Append:

@@ -1,0 +1,177 @@
+"""A run of pipelined messages: each reply in request order, a room's consecutive events
+delivered together (one append per recipient), every event after its own reply, and the
+events of different rooms and of DMs in request order."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from imchat.protocol import DEFAULT_MAX_FRAME, ProtocolError, encode_message
+from imchat.protocol.errors import ErrorCode
+from imchat.server.appends import Append, Run, finish_run
+from imchat.server.fanout import LocalFanout
+from imchat.server.session import Session
+from imchat.server.stats import STATS
+
+
+class Log:
+    """What left, in order: replies to the sender and deliveries by the fan-out."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[Any, ...]] = []
+
+    def sender(self) -> Any:
+        return SimpleNamespace(
+            send_error=lambda e: self.out.append(("error", e.code)),
+            peer="p",
+        )
+
+    def fanout(self, *, batches: bool = True) -> Any:
+        fanout = SimpleNamespace(
+            to_room=lambda room, frame: self.out.append(("room", room, [frame])),
+            release=lambda session: self.out.append(("release",)),
+        )
+        if batches:
+            fanout.to_room_frames = lambda room, frames: self.out.append(("room", room, frames))
+        return fanout
+
+
+def stored(seq: int) -> Any:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(SimpleNamespace(seq=seq, duplicate=False, published=False))
+    return future
+
+
+def say(log: Log, room: str, seq: int) -> Append:
+    def finish(s: Any) -> bytes:
+        log.out.append(("ok", seq))
+        return f"m{seq}".encode()
+
+    return Append(SimpleNamespace(id=seq), stored(seq), finish, room)  # type: ignore[arg-type]
+
+
+def dm(log: Log, seq: int) -> Append:
+    def finish(s: Any) -> None:
+        log.out.append(("ok", seq))
+        log.out.append(("dm", seq))
+
+    return Append(SimpleNamespace(id=seq), stored(seq), finish)  # type: ignore[arg-type]
+
+
+async def test_a_rooms_consecutive_events_leave_together_after_their_replies() -> None:
+    log = Log()
+    run: Run = [say(log, "a", 1), say(log, "a", 2), say(log, "a", 3)]
+    await finish_run(log.sender(), run, log.fanout())
+    assert log.out == [
+        ("ok", 1),
+        ("ok", 2),
+        ("ok", 3),
+        ("room", "a", [b"m1", b"m2", b"m3"]),
+        ("release",),
+    ]
+    assert run == []
+
+
+async def test_other_rooms_dms_and_errors_keep_request_order() -> None:
+    log = Log()
+    error = ProtocolError(ErrorCode.NOT_IN_ROOM, "no")
+    run: Run = [
+        say(log, "a", 1),
+        error,
+        say(log, "a", 2),
+        say(log, "b", 3),
+        dm(log, 4),
+        say(log, "a", 5),
+    ]
+    await finish_run(log.sender(), run, log.fanout())
+    assert log.out == [
+        ("ok", 1),
+        ("error", "not_in_room"),  # a reply: it may come before earlier events
+        ("ok", 2),
+        ("ok", 3),
+        ("room", "a", [b"m1", b"m2"]),
+        ("room", "b", [b"m3"]),  # before the DM's events
+        ("ok", 4),
+        ("dm", 4),
+        ("ok", 5),
+        ("room", "a", [b"m5"]),
+        ("release",),
+    ]
+
+
+async def test_a_fanout_without_batches_gets_each_frame() -> None:
+    """A clustered fan-out (no ``to_room_frames``) is handed the frames one by one."""
+    log = Log()
+    run: Run = [say(log, "a", 1), say(log, "a", 2)]
+    await finish_run(log.sender(), run, log.fanout(batches=False))
+    assert log.out == [
+        ("ok", 1),
+        ("ok", 2),
+        ("room", "a", [b"m1"]),
+        ("room", "a", [b"m2"]),
+        ("release",),
+    ]
+
+
+class Native(Session):
+    pass
+
+
+class Translating(Session):
+    """Like the IRC adapter: a subclass that writes each frame its own way."""
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)  # type: ignore[attr-defined]
+
+
+def fake_session(cls: type[Session]) -> Any:
+    loop = SimpleNamespace(time=lambda: 0.0, call_soon=lambda f: None)
+    registry = SimpleNamespace(mark_dirty=lambda s: None, dirty=[])
+    hub = SimpleNamespace(
+        config=SimpleNamespace(max_frame=DEFAULT_MAX_FRAME, max_buffer=1 << 20),
+        loop=loop,
+        registry=registry,
+        mark_dirty=lambda s: None,
+    )
+    session = cls(hub)  # type: ignore[arg-type]
+    session.transport = SimpleNamespace(get_write_buffer_size=lambda: 0)  # type: ignore[assignment]
+    session.sent = []  # type: ignore[attr-defined]
+    return session
+
+
+async def test_to_room_frames_appends_once_per_native_session_and_each_frame_elsewhere() -> None:
+    fanout = LocalFanout()
+    native, translating = fake_session(Native), fake_session(Translating)
+    bare = SimpleNamespace(user=None, sent=[])
+    bare.send = bare.sent.append  # a transport without send_frames (the WebSocket adapter)
+    for i, session in enumerate((native, translating, bare)):
+        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
+        await fanout.join(session, "a")
+    frames = [encode_message({"type": "msg", "seq": i}) for i in range(3)]
+    before = STATS.deliveries
+    fanout.to_room_frames("a", frames)
+    assert native._out == [b"".join(frames)]
+    assert native._out_size == sum(map(len, frames))
+    assert translating.sent == frames
+    assert bare.sent == frames
+    # The flush counts the entry as one; the other two were counted when it was queued.
+    assert STATS.deliveries - before == 2
+
+
+async def test_events_already_answered_go_out_when_a_later_finish_fails() -> None:
+    log = Log()
+
+    def failing(s: Any) -> bytes:
+        raise RuntimeError("boom")
+
+    broken = Append(SimpleNamespace(id=2), stored(2), failing, "a")  # type: ignore[arg-type]
+    run: Run = [say(log, "a", 1), broken]
+    try:
+        await finish_run(log.sender(), run, log.fanout())
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    assert log.out == [("ok", 1), ("room", "a", [b"m1"])]
