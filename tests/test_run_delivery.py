@@ -160,18 +160,33 @@ async def test_to_room_frames_appends_once_per_native_session_and_each_frame_els
     assert STATS.deliveries - before == 2
 
 
-async def test_events_already_answered_go_out_when_a_later_finish_fails() -> None:
+async def test_a_failing_finish_is_answered_internal_and_the_run_goes_on() -> None:
+    """A finish that raises (a bug) costs its own request an ``internal`` reply: the replies
+    and events of the rest of the run still go out, each once."""
     log = Log()
 
     def failing(s: Any) -> bytes:
         raise RuntimeError("boom")
 
     broken = Append(SimpleNamespace(id=2), stored(2), failing, "a")  # type: ignore[arg-type]
-    run: Run = [say(log, "a", 1), broken]
-    try:
-        await finish_run(log.sender(), run, log.fanout())
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("the failure was swallowed")
-    assert log.out == [("ok", 1), ("room", "a", [b"m1"])]
+    run: Run = [say(log, "a", 1), broken, say(log, "a", 3)]
+    await finish_run(log.sender(), run, log.fanout())
+    assert log.out == [
+        ("ok", 1),
+        ("error", ErrorCode.INTERNAL),
+        ("ok", 3),
+        ("room", "a", [b"m1", b"m3"]),
+        ("release",),
+    ]
+    assert run == []
+
+
+async def test_a_finished_run_is_empty_so_finishing_it_again_sends_nothing() -> None:
+    """The hub finishes the run before any other request and again on an unexpected error:
+    a run once finished must not answer or deliver twice."""
+    log = Log()
+    run: Run = [say(log, "a", 1), ProtocolError(ErrorCode.BAD_TEXT, "x")]
+    await finish_run(log.sender(), run, log.fanout())
+    first = list(log.out)
+    await finish_run(log.sender(), run, log.fanout())
+    assert log.out == [*first, ("release",)]

@@ -95,13 +95,17 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
                 continue
             if not stored.duplicate:
                 STATS.messages += 1
-            if item.room is None:
-                if frames:  # the room events before it go out first
-                    done, frames = frames, []
-                    deliver_to_room(fanout, room or "", done)
-                item.finish(stored)
+            if item.room is None and frames:  # the room events before it go out first
+                done, frames = frames, []
+                deliver_to_room(fanout, room or "", done)
+            try:
+                frame = item.finish(stored)
+            except Exception:
+                # A bug: the request's outcome is unknown to its client (``internal``: it
+                # retries with its cid); the rest of the run is answered as usual.
+                log.exception("answering a message from %s failed", session.peer)
+                session.send_error(internal_error(item.request))
                 continue
-            frame = item.finish(stored)
             if frame is None:
                 continue
             if item.room != room and frames:
@@ -110,10 +114,10 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
             room = item.room
             frames.append(frame)
     finally:
-        # Whatever stops the run (a failing finish, cancellation at shutdown), the messages
-        # already committed and answered reach their rooms.
+        # Whatever stops the run (cancellation at shutdown), the messages already committed
+        # and answered reach their rooms, and nothing of it is answered twice.
+        run.clear()
         if frames:
             deliver_to_room(fanout, room or "", frames)
-    run.clear()
     # Every reply of the run is queued: events held for them may follow.
     fanout.release(session)
