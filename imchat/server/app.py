@@ -27,6 +27,7 @@ from .datadir import (
 from .fanout import Fanout
 from .hub import Hub
 from .listener import Listener
+from .room_budget import Buckets, LocalBuckets, RedisBuckets
 from .session import Session
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
@@ -86,7 +87,9 @@ class ChatServer:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self._open_store(data_dir)
-        self.hub = hub = Hub(self.config, self.store, self.fanout, self._address_limits())
+        self.hub = hub = Hub(
+            self.config, self.store, self.fanout, self._address_limits(), self._room_buckets()
+        )
         try:
             await self.fanout.open(hub.registry)
         except BaseException:
@@ -172,6 +175,13 @@ class ChatServer:
         return LocalAddressLimits(
             config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
         )
+
+    def _room_buckets(self) -> Buckets:
+        """Room-creation budgets: in Redis when the store is, so every node shares them."""
+        redis = getattr(self.store, "redis", None)
+        if self.config.redis_url is not None and redis is not None:
+            return RedisBuckets(redis, self.store.keys.prefix)  # type: ignore[attr-defined]
+        return LocalBuckets()
 
     async def _open_store(self, data_dir: Path) -> None:
         """Open the store, refuse an empty one where data was before, ensure the admin.

@@ -20,6 +20,7 @@ from .fanout import Fanout
 from .message_features import TypingThrottle
 from .peer import Peer, User
 from .registry import Registry
+from .room_budget import RoomBudget
 from .store import Store
 
 
@@ -39,6 +40,8 @@ class Context:
     limits: Limits
     #: Budgets of each client address across its sessions (and a cluster's nodes).
     addr_limits: AddressLimits
+    #: Who may create a room by joining a new name (guests spend budgets; a cap).
+    room_budget: RoomBudget
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
 

@@ -27,6 +27,7 @@ from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, leave
 from .peer import Peer
 from .ratelimit import FailureLimiter, TokenBucket
 from .registry import Registry
+from .room_budget import Buckets, LocalBuckets, RoomBudget
 from .stats import STATS
 from .store import Store
 
@@ -43,6 +44,7 @@ class Hub:
         store: Store,
         fanout: Fanout,
         addr_limits: AddressLimits | None = None,
+        room_buckets: Buckets | None = None,
     ) -> None:
         self.config = config
         if addr_limits is None:
@@ -63,6 +65,7 @@ class Hub:
             dms=DmDelivery(store, fanout, registry),
             limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
             addr_limits=addr_limits,
+            room_budget=RoomBudget(config, room_buckets or LocalBuckets(), store.room_count),
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))

@@ -847,6 +847,9 @@ class RedisStore:
             for i, name in enumerate(names)
         ]
 
+    async def room_count(self) -> int:
+        return int(await self.redis.scard(self.keys.rooms))
+
     async def create_room(self, name: str) -> RoomInfo:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.keys.room(name), "topic", "")

@@ -561,6 +561,9 @@ class SQLiteStore:
     async def rooms(self) -> list[RoomInfo]:
         return list(self._rooms.values())
 
+    async def room_count(self) -> int:
+        return len(self._rooms)
+
     async def create_room(self, name: str) -> RoomInfo:
         info = self._rooms.get(name)
         if info is not None:

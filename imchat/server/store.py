@@ -242,6 +242,9 @@ class Store(Protocol):
 
     async def rooms(self) -> list[RoomInfo]: ...
 
+    async def room_count(self) -> int:
+        """How many rooms exist (the cap on rooms guests create)."""
+
     async def create_room(self, name: str) -> RoomInfo: ...
 
     async def set_topic(self, name: str, topic: str) -> None: ...

@@ -18,7 +18,11 @@ async def on_join(ctx: Context, session: Peer, req: Join) -> None:
     if limit and req.room not in user.rooms and len(user.rooms) >= limit:
         # Checked before the room exists: a refused join creates nothing.
         raise ProtocolError(ErrorCode.LIMIT_REACHED, f"you are in {limit} rooms, the most allowed")
-    info = await ctx.store.room(req.room) or await ctx.store.create_room(req.room)
+    info = await ctx.store.room(req.room)
+    if info is None:
+        # A new room is durable: guests spend a budget on it (checked before it exists).
+        await ctx.room_budget.may_create(session, user)
+        info = await ctx.store.create_room(req.room)
     if ctx.fanout.user(user.key) is not user:
         return  # its last session ended while we awaited: joining now leaves a ghost member
     joined = await ctx.fanout.join(session, req.room)
