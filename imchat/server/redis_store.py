@@ -952,16 +952,62 @@ class RedisStore:
 
     async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
         """Trim each stream's sorted set. Seqs come from the ``seq`` hash, which pruning never
-        touches, so a stream pruned empty continues where it was."""
+        touches, so a stream pruned empty continues where it was. What the feature keys hold
+        of the pruned messages goes with them (:meth:`_forget_below`)."""
         deleted = 0
         streams = [s.decode() for s in cast(list[bytes], await self.redis.hkeys(self.keys.seq))]
         for stream in streams:
             key = self.keys.messages(stream)
+            oldest = await self._oldest_seq(stream)
+            gone = 0
             if keep:
-                deleted += int(await self.redis.zremrangebyrank(key, 0, -(keep + 1)))
+                gone += int(await self.redis.zremrangebyrank(key, 0, -(keep + 1)))
             if before_ts is not None:
-                deleted += await self._prune_older(key, before_ts)
+                gone += await self._prune_older(key, before_ts)
+            if gone:
+                await self._forget_pruned(stream, oldest)
+            deleted += gone
         return deleted
+
+    async def _oldest_seq(self, stream: str) -> int:
+        """The seq of the stream's oldest stored message; past its last seq if it has none."""
+        first = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrange(self.keys.messages(stream), 0, 0, withscores=True),
+        )
+        if first:
+            return int(first[0][1])
+        return int(await self.redis.hget(self.keys.seq, stream) or 0) + 1
+
+    async def _forget_pruned(self, stream: str, was_oldest: int) -> None:
+        """Drop the author (``by:``), delete marks (``del:``) and reactions (``rx:``) of the
+        pruned messages: retention removes a stream's oldest seqs (``was_oldest`` up to the
+        new oldest), and a pruned message must leave nothing behind."""
+        redis, prefix = self.redis, self.keys.prefix
+        floor = await self._oldest_seq(stream)
+        by, dels, rx = (f"{prefix}{kind}:{stream}" for kind in ("by", "del", "rx"))
+        old_dels = [m for m in texts(await redis.smembers(dels)) if int(m) < floor]
+        old_rx = [f for f in texts(await redis.hkeys(rx)) if int(f.split("\n", 1)[0]) < floor]
+        old_by = [str(seq) for seq in range(was_oldest, floor)]
+        await self._remove(((by, old_by), (rx, old_rx)), ((dels, old_dels),))
+        if await redis.hlen(by) > await redis.zcard(self.keys.messages(stream)):
+            # Fields of messages pruned before pruning took them along (at most one per
+            # stored message is right): found once, then gone.
+            old_by = [f for f in texts(await redis.hkeys(by)) if int(f) < floor]
+            await self._remove(((by, old_by),), ())
+
+    async def _remove(
+        self, fields: tuple[tuple[str, list[str]], ...], members: tuple[tuple[str, list[str]], ...]
+    ) -> None:
+        """HDEL ``fields`` and SREM ``members`` of their keys, in pages, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, names in fields:
+                for start in range(0, len(names), PRUNE_PAGE):
+                    pipe.hdel(key, *names[start : start + PRUNE_PAGE])
+            for key, names in members:
+                for start in range(0, len(names), PRUNE_PAGE):
+                    pipe.srem(key, *names[start : start + PRUNE_PAGE])
+            await pipe.execute()
 
     async def _prune_older(self, key: str, before_ts: float) -> int:
         """Remove the stream's messages with ``ts`` below ``before_ts`` (oldest first)."""

@@ -668,7 +668,9 @@ class SQLiteStore:
     async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
         """Delete messages older than ``before_ts`` and all but the last ``keep`` of each
         stream; the number deleted. Each stream's last seq is kept in ``seq_floor`` first, so
-        a stream pruned empty still continues from it."""
+        a stream pruned empty still continues from it. What the revision 3 tables hold of a
+        pruned message (its search row, delete mark, reactions) goes with it: pruned text
+        must not stay searchable or stored."""
 
         def op(c: sqlite3.Connection) -> int:
             c.execute(
@@ -678,13 +680,26 @@ class SQLiteStore:
             )
             deleted = 0
             if before_ts is not None:
-                deleted += c.execute("DELETE FROM messages WHERE ts < ?", (before_ts,)).rowcount
+                old = "FROM messages WHERE ts < ?"
+                features_sqlite.forget(
+                    c, c.execute(f"SELECT stream, seq, ts, event {old}", (before_ts,))
+                )
+                deleted += c.execute(f"DELETE {old}", (before_ts,)).rowcount
             if keep:
+                beyond = (
+                    "(SELECT stream, seq FROM (SELECT stream, seq, ROW_NUMBER() OVER"
+                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)"
+                )
+                features_sqlite.forget(
+                    c,
+                    c.execute(
+                        "SELECT stream, seq, ts, event FROM messages"
+                        f" WHERE (stream, seq) IN {beyond}",
+                        (keep,),
+                    ),
+                )
                 deleted += c.execute(
-                    "DELETE FROM messages WHERE (stream, seq) IN (SELECT stream, seq FROM"
-                    " (SELECT stream, seq, ROW_NUMBER() OVER"
-                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)",
-                    (keep,),
+                    f"DELETE FROM messages WHERE (stream, seq) IN {beyond}", (keep,)
                 ).rowcount
             if deleted:
                 c.execute(
