@@ -360,7 +360,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') ~= ident then return 0 end
 if redis.call('HGET', prefix .. 'identof', key) == ident then return 0 end  -- online after all
 redis.call('DEL', guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-  prefix .. 'cid:' .. ident)
+  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident)
 return 1
 """
 
@@ -370,7 +370,7 @@ CREATE_ACCOUNT_LUA = """
 local prefix, key = ARGV[1], ARGV[2]
 local guest = prefix .. 'guest:' .. key
 local old = redis.call('HGET', guest, 'ident')
-if old then redis.call('DEL', prefix .. 'pending:' .. old) end
+if old then redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old) end
 redis.call('DEL', guest)
 local user = prefix .. 'user:' .. key
 redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])

@@ -234,13 +234,22 @@ class _Writer(threading.Thread):
 
 
 def _end_identity(c: sqlite3.Connection, key: str) -> None:
-    """The identity holding ``key`` is gone for good: its undelivered DMs are dropped and the
-    nick no longer names it (its DM view and cids stay with its id, which nobody reuses)."""
-    row = c.execute("SELECT ident FROM users WHERE key = ?", (key,)).fetchone()
+    """The identity holding ``key`` is gone for good: its undelivered DMs, DM view and read
+    markers are dropped and the nick no longer names it (its cids stay with the messages).
+
+    A guest's ``users`` row goes too: a stranger begins an identity with every new nick, and
+    nothing of a gone one may pile up. Its DM peers keep their history with it (their own
+    ``dm_since`` names the stream; see ``handlers.queries.dm_peer_known``)."""
+    row = c.execute("SELECT ident, account FROM users WHERE key = ?", (key,)).fetchone()
     if row is None or row[0] is None:
         return
-    c.execute("DELETE FROM dm_queue WHERE recipient = ?", (row[0],))
-    c.execute("DELETE FROM dm_since WHERE ident = ?", (row[0],))
+    ident, account = row
+    c.execute("DELETE FROM dm_queue WHERE recipient = ?", (ident,))
+    c.execute("DELETE FROM dm_since WHERE ident = ?", (ident,))
+    c.execute("DELETE FROM read_markers WHERE user_key = ?", (ident,))
+    if not account:
+        c.execute("DELETE FROM users WHERE key = ?", (key,))
+        return
     c.execute(
         "UPDATE users SET ident = NULL, resume = NULL, held_until = NULL WHERE key = ?", (key,)
     )
