@@ -4,8 +4,9 @@ Each ``hello`` with a new guest nick begins an identity; a stranger can open and
 connections with a new nick each time, without bound. What the store keeps for an identity
 must therefore go when its hold ends (rev 2: "gone for good"): on SQLite its ``users`` row
 and its read markers, on Redis its ``markers:`` hash (its queue, DM view and cids went
-already). Messages it stored stay: they are history. Its DM peers still read their DM
-history with it. Both backends (``IMCHAT_TEST_BACKEND=redis``).
+already), and Redis keeps no ``user:`` record of a guest at all. Messages it stored stay:
+they are history. Its DM peers still read their DM history with it. Both backends
+(``IMCHAT_TEST_BACKEND=redis``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ async def visit(connect: Clients, port: int, nick: str, watcher: RawClient) -> N
 async def leftovers(server: Any) -> dict[str, int]:
     store = server.store
     if hasattr(store, "redis"):
-        keys = [k async for k in store.redis.scan_iter(match=f"{store.keys.prefix}markers:*")]
-        return {"markers": len(keys)}
+        redis, prefix = store.redis, store.keys.prefix
+        markers = [k async for k in redis.scan_iter(match=f"{prefix}markers:*")]
+        users = [
+            k
+            async for k in redis.scan_iter(match=f"{prefix}user:*")
+            if await redis.hget(k, "account") != b"1"
+        ]
+        return {"users": len(users), "markers": len(markers)}
     conn = sqlite3.connect(store.path)
     try:
         users = conn.execute("SELECT COUNT(*) FROM users WHERE account = 0").fetchone()[0]

@@ -11,7 +11,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P epoch             string the store's epoch, created with SET NX by the first node,
                                replaced when Redis lost writes (imchat.server.redis_epoch)
     P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash,
-                               ident (the account's identity id; absent: the nick key)
+                               ident (the account's identity id; absent: the nick key);
+                               none for a guest (a stranger's new nicks must not pile up)
     P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
                                nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
@@ -348,7 +349,6 @@ if cur[1] then
 end
 redis.call('HSET', guest, 'ident', ARGV[5], 'nick', nick, 'resume', ARGV[6])
 redis.call('PEXPIRE', guest, ARGV[8])
-redis.call('HSETNX', user, 'nick', nick)
 return {'new', ARGV[5], nick}
 """
 

@@ -14,9 +14,12 @@ from ..streams import StreamId
 
 async def dm_peer_known(ctx: Context, user: User, other: str) -> bool:
     """Whether ``other`` (a nick key) names someone ``user`` may have a DM stream with: a
-    known or online user, or a gone guest ``user`` exchanged DMs with (the store forgets a
-    guest when its identity ends; its peers keep reading their history with it)."""
+    known or online user, a held guest, or a gone guest ``user`` exchanged DMs with (the
+    store forgets a guest when its identity ends; its peers keep reading their history with
+    it)."""
     if ctx.fanout.user(other) is not None or await ctx.store.lookup_user(other) is not None:
+        return True
+    if await ctx.store.identity(other) is not None:
         return True
     return StreamId.dm(user.key, other).key in await ctx.store.dm_streams(user.ident)
 
