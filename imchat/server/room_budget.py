@@ -39,20 +39,26 @@ class Buckets(Protocol):
 
 
 class LocalBuckets:
-    """Buckets in this process, the least recently used forgotten beyond ``MAX_ADDRESSES``
-    (a forgotten bucket is a full one: the address budget still bounds a flood of guests)."""
+    """Buckets in this process, the least recently used of each kind (the part of the key
+    before ``:``) forgotten beyond ``MAX_ADDRESSES``. A forgotten bucket is a full one, so the
+    kinds are apart: new identities cost a stranger one ``hello`` each, and their flood must
+    not push the address's bucket out."""
 
     def __init__(self) -> None:
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._kinds: dict[str, OrderedDict[str, TokenBucket]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(buckets) for buckets in self._kinds.values())
 
     async def take(self, key: str, rate: float, burst: int) -> bool:
-        bucket = self._buckets.get(key)
+        buckets = self._kinds.setdefault(key.split(":", 1)[0], OrderedDict())
+        bucket = buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(rate, burst)
-            while len(self._buckets) > MAX_ADDRESSES:
-                self._buckets.popitem(last=False)
+            bucket = buckets[key] = TokenBucket(rate, burst)
+            while len(buckets) > MAX_ADDRESSES:
+                buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(key)
+            buckets.move_to_end(key)
         return bucket.take()
 
 
