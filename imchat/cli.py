@@ -251,6 +251,21 @@ def server(
             envvar="IMCHAT_ADDR_ROOMS_BURST", help="Rooms an address's guests may create at once."
         ),
     ] = 40,
+    addr_guests_per_minute: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ADDR_GUESTS_PER_MINUTE",
+            help="New guest identities (hellos taking a free guest nick) per address per minute "
+            "(0: any).",
+        ),
+    ] = 300.0,
+    addr_guests_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_ADDR_GUESTS_BURST",
+            help="New guest identities an address may begin at once.",
+        ),
+    ] = 300,
     guest_room_cap: Annotated[
         int,
         typer.Option(
@@ -380,6 +395,8 @@ def server(
         addr_rooms_per_minute=addr_rooms_per_minute,
         addr_rooms_burst=addr_rooms_burst,
         guest_room_cap=guest_room_cap,
+        addr_guests_per_minute=addr_guests_per_minute,
+        addr_guests_burst=addr_guests_burst,
         addr_rate=addr_rate,
         addr_burst=addr_burst,
         auth_logins=auth_logins,

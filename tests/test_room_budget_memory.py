@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import pytest
 
-from imchat.server import room_budget
-from imchat.server.room_budget import LocalBuckets
+from imchat.server import budgets
+from imchat.server.budgets import LocalBuckets
 
 
 async def test_identity_buckets_do_not_evict_address_buckets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(room_budget, "MAX_ADDRESSES", 8)
-    buckets = LocalBuckets()
+    monkeypatch.setattr(budgets, "MAX_ADDRESSES", 8)
+    store = LocalBuckets()
     rate = 1 / 3600  # no refill within the test
-    assert await buckets.take("addr:10.0.0.1", rate, 1)
-    assert not await buckets.take("addr:10.0.0.1", rate, 1)
+    assert await store.take("roomrate:addr", "10.0.0.1", rate, 1)
+    assert not await store.take("roomrate:addr", "10.0.0.1", rate, 1)
     for i in range(100):
-        await buckets.take(f"id:g.{i}", rate, 1)
-    assert not await buckets.take("addr:10.0.0.1", rate, 1)
-    assert len(buckets) <= 2 * 8
+        await store.take("roomrate:id", f"g.{i}", rate, 1)
+    assert not await store.take("roomrate:addr", "10.0.0.1", rate, 1)
+    assert len(store) <= 2 * 8

@@ -15,6 +15,7 @@ from imchat.protocol import ErrorCode, ProtocolError
 from . import logthrottle
 from .addrlimits import AddressLimits, LocalAddressLimits, RedisAddressLimits
 from .backend import open_backend
+from .budgets import Buckets, LocalBuckets, RedisBuckets
 from .config import ServerConfig
 from .datadir import (
     MARKER_FILE,
@@ -27,7 +28,6 @@ from .datadir import (
 from .fanout import Fanout
 from .hub import Hub
 from .listener import Listener
-from .room_budget import Buckets, LocalBuckets, RedisBuckets
 from .session import Session
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
@@ -88,7 +88,7 @@ class ChatServer:
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self._open_store(data_dir)
         self.hub = hub = Hub(
-            self.config, self.store, self.fanout, self._address_limits(), self._room_buckets()
+            self.config, self.store, self.fanout, self._address_limits(), self._buckets()
         )
         try:
             await self.fanout.open(hub.registry)
@@ -176,8 +176,8 @@ class ChatServer:
             config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
         )
 
-    def _room_buckets(self) -> Buckets:
-        """Room-creation budgets: in Redis when the store is, so every node shares them."""
+    def _buckets(self) -> Buckets:
+        """Budgets of new rooms and guests: in Redis when the store is (a cluster shares them)."""
         redis = getattr(self.store, "redis", None)
         if self.config.redis_url is not None and redis is not None:
             return RedisBuckets(redis, self.store.keys.prefix)  # type: ignore[attr-defined]

@@ -40,6 +40,11 @@ class ServerConfig:
     #: nodes of a cluster on the Redis backend. 0: no limit.
     addr_rooms_per_minute: float = 2.0
     addr_rooms_burst: int = 40
+    #: Guest identities one address (IPv4, or IPv6 /64) may begin per minute after a burst of
+    #: ``addr_guests_burst`` (a hello taking a free guest nick); beyond it the hello is
+    #: ``rate_limited``. A guest resuming its identity spends nothing. 0: no limit.
+    addr_guests_per_minute: float = 300.0
+    addr_guests_burst: int = 300
     #: Guests create rooms only while fewer than this many exist (``limit_reached``);
     #: accounts are not bound. 0: no cap.
     guest_room_cap: int = 10000

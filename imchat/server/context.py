@@ -14,6 +14,7 @@ from imchat.protocol.events import Ok, Pong, Welcome
 
 from .addrlimits import AddressLimits
 from .authn import Authenticator
+from .budgets import Buckets
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
 from .fanout import Fanout
@@ -42,6 +43,8 @@ class Context:
     addr_limits: AddressLimits
     #: Who may create a room by joining a new name (guests spend budgets; a cap).
     room_budget: RoomBudget
+    #: Token buckets of what strangers begin (new guest identities per address).
+    buckets: Buckets
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
 
