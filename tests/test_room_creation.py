@@ -116,3 +116,16 @@ async def test_budgets_can_be_switched_off(servers: Servers, connect: Clients) -
     raw = await connect.raw(port=server.port)
     await raw.hello("guest")
     assert await codes(raw, [f"r{i}" for i in range(60)]) == ["ok"] * 60
+
+
+async def test_listing_rooms_spends_the_message_rate_limit(
+    servers: Servers, connect: Clients
+) -> None:
+    """``rooms`` reads every room (Redis: three commands a room), and up to ``guest_room_cap``
+    rooms may exist: a stranger repeating it without bound made each request that much work
+    for the server. It spends the session's (and address's) message budget, like ``search``."""
+    server = await servers.start(rate=0.001, burst=3, addr_rate=0)
+    raw = await connect.raw(port=server.port)
+    await raw.hello("lister")
+    got = [(await raw.request({"type": "rooms", "id": i})).get("code", "ok") for i in range(5)]
+    assert got == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
