@@ -88,3 +88,22 @@ async def test_a_gone_guests_dm_peer_still_reads_their_dm_history(
     # The identity is gone for good: a DM to it is no_such_user.
     gone = await admin.request({"type": "dm", "to": "visitor", "text": "still there?", "id": "x"})
     assert gone["code"] == "no_such_user"
+
+
+async def test_rows_earlier_versions_kept_for_gone_guests_go_at_start(servers: Servers) -> None:
+    """Before, a gone guest's ``users`` row stayed (ident NULL): a start sweeps them (SQLite;
+    Redis never had them, see docs/redis.md)."""
+    server = await servers.start()
+    if hasattr(server.store, "redis"):
+        return
+    path = server.store.path
+    await servers.stop(server)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO users (key, nick, created) VALUES (?, ?, 0)",
+            [(f"old{i}", f"Old{i}") for i in range(5)],
+        )
+    conn.close()
+    server = await servers.start()
+    assert (await leftovers(server))["users"] == 0

@@ -555,6 +555,8 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> None:
             now = time.time()
             _end_expired(c, now)
+            # Rows of guests gone under earlier versions, which kept them (see _end_identity).
+            c.execute("DELETE FROM users WHERE account = 0 AND ident IS NULL")
             c.execute(
                 "UPDATE users SET held_until = ? WHERE account = 0 AND ident IS NOT NULL",
                 (now + hold,),
