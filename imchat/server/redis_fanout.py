@@ -60,7 +60,7 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -932,8 +932,9 @@ class RedisFanout:
     async def members(self, room: str) -> list[str]:
         return texts(await self.redis.hvals(self.keys.members(room)))
 
-    async def member_counts(self) -> dict[str, int]:
-        rooms = texts(await self.redis.smembers(self.keys.rooms))
+    async def member_counts(self, rooms: Sequence[str] | None = None) -> dict[str, int]:
+        if rooms is None:
+            rooms = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hlen(self.keys.members(room))

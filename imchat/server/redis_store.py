@@ -40,6 +40,7 @@ every key is in that key's slot, on one shard (:mod:`imchat.server.redis_shard`)
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -849,6 +850,23 @@ class RedisStore:
 
     async def room_count(self) -> int:
         return int(await self.redis.scard(self.keys.rooms))
+
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[RoomInfo], bool]:
+        """The names in one command, then the page's records only (``rooms`` read three
+        commands per room: 5,000 rooms took 180 times as long as 10)."""
+        names = texts(await self.redis.smembers(self.keys.rooms))
+        page = heapq.nsmallest(limit + 1, (n for n in names if after is None or n > after))
+        shown = page[:limit]
+        if not shown:
+            return [], False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in shown:
+                pipe.hget(self.keys.room(name), "topic")
+            pipe.hmget(self.keys.seq, [StreamId.room(name).key for name in shown])
+            values = await pipe.execute()
+        seqs = values[-1]
+        infos = [RoomInfo(name, text(values[i]), int(seqs[i] or 0)) for i, name in enumerate(shown)]
+        return infos, len(page) > limit
 
     async def create_room(self, name: str) -> RoomInfo:
         async with self.redis.pipeline(transaction=True) as pipe:

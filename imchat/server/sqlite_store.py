@@ -13,6 +13,7 @@ killed (SIGKILL); surviving power loss as well needs ``synchronous=FULL`` (``dur
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import queue
@@ -574,6 +575,11 @@ class SQLiteStore:
 
     async def room_count(self) -> int:
         return len(self._rooms)
+
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[RoomInfo], bool]:
+        names = (name for name in self._rooms if after is None or name > after)
+        page = heapq.nsmallest(limit + 1, names)
+        return [self._rooms[name] for name in page[:limit]], len(page) > limit
 
     async def create_room(self, name: str) -> RoomInfo:
         info = self._rooms.get(name)

@@ -57,15 +57,11 @@ async def on_topic(ctx: Context, session: Peer, req: Topic) -> None:
 
 
 async def on_rooms(ctx: Context, session: Peer, req: Rooms) -> None:
-    """One page of rooms by name: a reply stays within max_topic x limit, whatever exists."""
-    after, limit = req.after, req.effective_limit
-    infos = sorted(
-        (info for info in await ctx.store.rooms() if after is None or info.name > after),
-        key=lambda info: info.name,
-    )
-    page = infos[:limit]
-    counts = await ctx.fanout.member_counts()
+    """One page of rooms by name: a reply stays within max_topic x limit, and its work within
+    the page (plus the names), whatever exists."""
+    page, more = await ctx.store.room_page(req.after, req.effective_limit)
+    counts = await ctx.fanout.member_counts([info.name for info in page])
     rooms = [
         RoomEntry(room=info.name, count=counts.get(info.name, 0), topic=info.topic) for info in page
     ]
-    ctx.reply(session, req, Ok(rooms=rooms, more=len(infos) > limit))
+    ctx.reply(session, req, Ok(rooms=rooms, more=more))
