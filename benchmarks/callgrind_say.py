@@ -118,6 +118,12 @@ async def run(args: argparse.Namespace) -> None:
         "0",
         "--addr-rate",
         "0",
+        "--addr-guests-per-minute",
+        "0",
+        "--addr-rooms-per-minute",
+        "0",
+        "--guest-rooms-per-minute",
+        "0",
     ]
     log = (work / "server.log").open("w+")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)

@@ -171,6 +171,12 @@ def start_server(data_dir: Path, port: int, backlog: int, log: Path) -> subproce
         "0",
         "--addr-rate",
         "0",
+        "--addr-guests-per-minute",
+        "0",
+        "--addr-rooms-per-minute",
+        "0",
+        "--guest-rooms-per-minute",
+        "0",
         "--idle-timeout",
         "600",
     ]

@@ -168,3 +168,23 @@ async def test_a_rooms_page_reads_only_the_rooms_it_shows(
     last = await raw.request({"type": "rooms", "after": "r8", "id": "q"})
     assert [r["room"] for r in last["rooms"]] == ["r9"]
     assert last["more"] is False
+
+
+async def test_a_crowd_joining_a_new_room_at_once_spends_one_creation(
+    servers: Servers, connect: Clients
+) -> None:
+    """Joins that race to a room that does not exist yet create it once and spend one token:
+    a crowd behind one address following a link to a new room is not refused (before, every
+    join that found no room spent a token of the address, and most of the crowd was refused)."""
+    server = await servers.start(**OPEN, addr_rooms_per_minute=1, addr_rooms_burst=2)
+    crowd = []
+    for i in range(30):
+        raw = await connect.raw(port=server.port)
+        await raw.hello(f"c{i}")
+        crowd.append(raw)
+    for raw in crowd:
+        raw.send({"type": "join", "room": "launch", "id": "j"})
+    replies = [await raw.recv_skip(frozenset({"online", "offline", "joined"})) for raw in crowd]
+    assert [r["type"] for r in replies] == ["ok"] * 30, replies
+    # One token of two spent: the address creates one more room, then none.
+    assert await codes(crowd[0], ["second", "third"]) == ["ok", "rate_limited"]

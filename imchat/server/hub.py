@@ -68,7 +68,7 @@ class Hub:
             dms=DmDelivery(store, fanout, registry),
             limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
             addr_limits=addr_limits,
-            room_budget=RoomBudget(config, buckets, store.room_count),
+            room_budget=RoomBudget(config, buckets, store),
             buckets=buckets,
         )
         #: Shared by all sessions: each read is consumed before the next one starts.

@@ -15,23 +15,54 @@ The buckets are :mod:`.budgets`' (in Redis on the Redis backend: a cluster share
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Awaitable, Callable
 
 from imchat.protocol import ErrorCode, ProtocolError
 
 from .budgets import Buckets
 from .config import ServerConfig
 from .peer import Peer, User
+from .store import RoomInfo, Store
 
 
 class RoomBudget:
-    def __init__(
-        self, config: ServerConfig, buckets: Buckets, room_count: Callable[[], Awaitable[int]]
-    ) -> None:
+    def __init__(self, config: ServerConfig, buckets: Buckets, store: Store) -> None:
         self.config = config
         self.buckets = buckets
-        self.room_count = room_count
+        self.store = store
+        #: Rooms this process is creating: joins racing to one new room wait for the first
+        #: (a crowd following a link to a new room spends one token, not one each).
+        self._creating: dict[str, asyncio.Future[RoomInfo]] = {}
+
+    async def create(self, session: Peer, user: User, name: str) -> RoomInfo:
+        """Create room ``name`` for a join that found none, within the budgets (raises as
+        :meth:`may_create`); a join racing with another's creation joins that room."""
+        creating = self._creating.get(name)
+        if creating is None:
+            creating = asyncio.ensure_future(self._create(session, user, name))
+            self._creating[name] = creating
+
+            def done(future: asyncio.Future[RoomInfo]) -> None:
+                self._creating.pop(name, None)
+                if not future.cancelled():
+                    future.exception()  # retrieved: its joiners may have gone meanwhile
+
+            creating.add_done_callback(done)
+            # Shielded: a joiner that goes away does not cancel the others' room.
+            return await asyncio.shield(creating)
+        try:
+            return await asyncio.shield(creating)
+        except ProtocolError:
+            # The first joiner's budget refused it; this joiner's may not.
+            return await self.create(session, user, name)
+
+    async def _create(self, session: Peer, user: User, name: str) -> RoomInfo:
+        info = await self.store.room(name)
+        if info is not None:
+            return info  # created meanwhile (another node, or before this wait)
+        await self.may_create(session, user)
+        return await self.store.create_room(name)
 
     async def may_create(self, session: Peer, user: User) -> None:
         """Return if ``user`` may create a room now (spending its tokens), else raise
@@ -40,7 +71,7 @@ class RoomBudget:
             return  # an account (or an admin)
         config = self.config
         cap = config.guest_room_cap
-        if cap and await self.room_count() >= cap:
+        if cap and await self.store.room_count() >= cap:
             raise ProtocolError(
                 ErrorCode.LIMIT_REACHED,
                 f"this server has {cap} rooms, the most guests may create; join one of them",

@@ -21,8 +21,7 @@ async def on_join(ctx: Context, session: Peer, req: Join) -> None:
     info = await ctx.store.room(req.room)
     if info is None:
         # A new room is durable: guests spend a budget on it (checked before it exists).
-        await ctx.room_budget.may_create(session, user)
-        info = await ctx.store.create_room(req.room)
+        info = await ctx.room_budget.create(session, user, req.room)
     if ctx.fanout.user(user.key) is not user:
         return  # its last session ended while we awaited: joining now leaves a ghost member
     joined = await ctx.fanout.join(session, req.room)
