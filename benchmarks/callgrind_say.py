@@ -123,6 +123,12 @@ async def run(args: argparse.Namespace) -> None:
         "0",
         "--addr-rate",
         "0",
+        "--addr-guests-per-minute",
+        "0",
+        "--addr-rooms-per-minute",
+        "0",
+        "--guest-rooms-per-minute",
+        "0",
     ]
     prefix = f"imchat-cg-{os.getpid()}-{int(time.time())}:"
     if args.redis:

@@ -53,6 +53,8 @@ async def measure(n: int, top: int = 14) -> None:
         data_dir=Path(tempfile.mkdtemp(prefix="imchat-tm-")),
         rate=0,
         addr_rate=0,
+        addr_guests_per_minute=0,  # every client is a new guest from 127.0.0.1
+        addr_rooms_per_minute=0,  # ... and 1 in 100 creates its room
         max_connections_per_ip=0,
         idle_timeout=3600,
         log_level="warning",

@@ -46,6 +46,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         *imchat_command(), "server", "--host", HOST, "--port", str(port),
         "--data-dir", str(workdir), "--max-output-total", str(args.max_output_total),
         "--rate", "0", "--addr-rate", "0", "--max-connections-per-ip", "0",
+        "--addr-guests-per-minute", "0",
     ]  # fmt: skip
     log_path = workdir / "server.log"
     server = ServerProc("imchat", argv, log_path=log_path, port=port, data_dir=workdir)

@@ -187,6 +187,12 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
         "0",
         "--addr-rate",
         "0",
+        "--addr-guests-per-minute",
+        "0",
+        "--addr-rooms-per-minute",
+        "0",
+        "--guest-rooms-per-minute",
+        "0",
     ]
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.

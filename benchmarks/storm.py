@@ -170,6 +170,12 @@ def storm_server(data_dir: Path, port: int, backlog: int, log: Path) -> ServerPr
         "0",
         "--addr-rate",
         "0",
+        "--addr-guests-per-minute",
+        "0",
+        "--addr-rooms-per-minute",
+        "0",
+        "--guest-rooms-per-minute",
+        "0",
         "--idle-timeout",
         "600",
     ]

@@ -227,6 +227,52 @@ def server(
         int,
         typer.Option(envvar="IMCHAT_MAX_ROOMS", help="Rooms a user may be in at once (0: any)."),
     ] = 256,
+    guest_rooms_per_minute: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_GUEST_ROOMS_PER_MINUTE",
+            help="Rooms a guest may create per minute, after --guest-rooms-burst (0: any).",
+        ),
+    ] = 1.0,
+    guest_rooms_burst: Annotated[
+        int,
+        typer.Option(envvar="IMCHAT_GUEST_ROOMS_BURST", help="Rooms a guest may create at once."),
+    ] = 20,
+    addr_rooms_per_minute: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ADDR_ROOMS_PER_MINUTE",
+            help="Rooms the guests of one address may create per minute together (0: any).",
+        ),
+    ] = 2.0,
+    addr_rooms_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_ADDR_ROOMS_BURST", help="Rooms an address's guests may create at once."
+        ),
+    ] = 40,
+    addr_guests_per_minute: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ADDR_GUESTS_PER_MINUTE",
+            help="New guest identities (hellos taking a free guest nick) per address per minute "
+            "(0: any).",
+        ),
+    ] = 300.0,
+    addr_guests_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_ADDR_GUESTS_BURST",
+            help="New guest identities an address may begin at once.",
+        ),
+    ] = 300,
+    guest_room_cap: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_GUEST_ROOM_CAP",
+            help="Guests create rooms only while fewer exist; accounts are not bound (0: no cap).",
+        ),
+    ] = 10000,
     addr_rate: Annotated[
         float,
         typer.Option(
@@ -344,6 +390,13 @@ def server(
         fresh_store=fresh_store,
         max_topic=max_topic,
         max_rooms=max_rooms,
+        guest_rooms_per_minute=guest_rooms_per_minute,
+        guest_rooms_burst=guest_rooms_burst,
+        addr_rooms_per_minute=addr_rooms_per_minute,
+        addr_rooms_burst=addr_rooms_burst,
+        guest_room_cap=guest_room_cap,
+        addr_guests_per_minute=addr_guests_per_minute,
+        addr_guests_burst=addr_guests_burst,
         addr_rate=addr_rate,
         addr_burst=addr_burst,
         auth_logins=auth_logins,

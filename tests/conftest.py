@@ -102,6 +102,8 @@ class Servers:
         # Every test client comes from 127.0.0.1: the per-address budget (tested on its own in
         # test_address_limits.py) would make tests of anything else depend on their neighbours.
         overrides.setdefault("addr_rate", 0)
+        overrides.setdefault("addr_rooms_per_minute", 0)  # the same for rooms they create
+        overrides.setdefault("addr_guests_per_minute", 0)  # ... and guests they begin
         config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()

@@ -57,16 +57,23 @@ class ProtocolError(Exception):
     """A fault reported to the peer as ``{"type":"error","code":…,"message":…}``.
 
     ``request_id`` is the id of the request at fault, when it had a valid one; the error reply
-    then echoes it.
+    then echoes it. ``retry_after`` (seconds, for ``rate_limited``) tells the client when the
+    request may succeed; the reply carries it as an extension field.
     """
 
     def __init__(
-        self, code: ErrorCode, message: str, *, request_id: RequestId | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: RequestId | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after = retry_after
 
     @property
     def fatal(self) -> bool:

@@ -100,10 +100,18 @@ class ErrorReply(ServerFrame, tag="error"):
     code: str
     message: str
     id: RequestId | None = None
+    #: An extension: seconds after which a ``rate_limited`` request may succeed.
+    retry_after: float | None = None
 
     @classmethod
     def of(cls, error: ProtocolError) -> ErrorReply:
-        return cls(id=error.request_id, code=str(error.code), message=error.message)
+        retry = error.retry_after
+        return cls(
+            id=error.request_id,
+            code=str(error.code),
+            message=error.message,
+            retry_after=round(retry, 3) if retry is not None else None,
+        )
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from imchat.protocol import ErrorCode, ProtocolError
 from . import logthrottle
 from .addrlimits import AddressLimits, LocalAddressLimits, RedisAddressLimits
 from .backend import open_backend
+from .budgets import Buckets, LocalBuckets, RedisBuckets
 from .config import ServerConfig
 from .datadir import (
     MARKER_FILE,
@@ -90,7 +91,9 @@ class ChatServer:
                 raise ValueError("TLS needs both a certificate and a key")
             tls = server_context(self.config.tls_cert, self.config.tls_key)
         await self._open_store(data_dir)
-        self.hub = hub = Hub(self.config, self.store, self.fanout, self._address_limits())
+        self.hub = hub = Hub(
+            self.config, self.store, self.fanout, self._address_limits(), self._buckets()
+        )
         try:
             await self.fanout.open(hub.registry)
         except BaseException:
@@ -176,6 +179,13 @@ class ChatServer:
         return LocalAddressLimits(
             config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
         )
+
+    def _buckets(self) -> Buckets:
+        """Budgets of new rooms and guests: in Redis when the store is (a cluster shares them)."""
+        redis = getattr(self.store, "redis", None)
+        if self.config.redis_url is not None and redis is not None:
+            return RedisBuckets(redis, self.store.keys.prefix)  # type: ignore[attr-defined]
+        return LocalBuckets()
 
     async def _open_store(self, data_dir: Path) -> None:
         """Open the store, refuse an empty one where data was before, ensure the admin.

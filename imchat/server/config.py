@@ -32,6 +32,22 @@ class ServerConfig:
     max_topic: int = DEFAULT_MAX_TOPIC
     #: Rooms a user may be a member of at once; a join beyond is ``limit_reached``.
     max_rooms: int = 256
+    #: Rooms a guest identity may create (by joining a new name) per minute after a burst of
+    #: ``guest_rooms_burst``; beyond it ``rate_limited``. 0: no limit. Accounts have none.
+    guest_rooms_per_minute: float = 1.0
+    guest_rooms_burst: int = 20
+    #: The same for all guests of one address (IPv4, or IPv6 /64) together, and across the
+    #: nodes of a cluster on the Redis backend. 0: no limit.
+    addr_rooms_per_minute: float = 2.0
+    addr_rooms_burst: int = 40
+    #: Guest identities one address (IPv4, or IPv6 /64) may begin per minute after a burst of
+    #: ``addr_guests_burst`` (a hello taking a free guest nick); beyond it the hello is
+    #: ``rate_limited``. A guest resuming its identity spends nothing. 0: no limit.
+    addr_guests_per_minute: float = 300.0
+    addr_guests_burst: int = 300
+    #: Guests create rooms only while fewer than this many exist (``limit_reached``);
+    #: accounts are not bound. 0: no cap.
+    guest_room_cap: int = 10000
     #: Seconds without a frame from the client before its session is closed.
     idle_timeout: float = 90.0
     #: Bytes a session may owe its client before it is cut off as ``slow_consumer``.

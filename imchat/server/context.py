@@ -14,12 +14,14 @@ from imchat.protocol.events import Ok, Pong, Welcome
 
 from .addrlimits import AddressLimits
 from .authn import Authenticator
+from .budgets import Buckets
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
 from .fanout import Fanout
 from .message_features import TypingThrottle
 from .peer import Peer, User
 from .registry import Registry
+from .room_budget import RoomBudget
 from .store import Store
 
 
@@ -39,6 +41,10 @@ class Context:
     limits: Limits
     #: Budgets of each client address across its sessions (and a cluster's nodes).
     addr_limits: AddressLimits
+    #: Who may create a room by joining a new name (guests spend budgets; a cap).
+    room_budget: RoomBudget
+    #: Token buckets of what strangers begin (new guest identities per address).
+    buckets: Buckets
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
 

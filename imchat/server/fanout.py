@@ -11,7 +11,7 @@ the user and room tables untouched until its ``connection_lost`` (so iterating t
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .identities import evict
@@ -65,7 +65,9 @@ class Fanout(Protocol):
 
     async def members(self, room: str) -> list[str]: ...
 
-    async def member_counts(self) -> dict[str, int]: ...
+    async def member_counts(self, rooms: Sequence[str] | None = None) -> dict[str, int]:
+        """Members per room with any (of ``rooms``; None: of every room)."""
+        ...
 
     async def online(self) -> list[str]: ...
 
@@ -173,8 +175,10 @@ class LocalFanout:
     async def members(self, room: str) -> list[str]:
         return [u.nick for u in self._rooms.get(room, {}).values()]
 
-    async def member_counts(self) -> dict[str, int]:
-        return {room: len(members) for room, members in self._rooms.items()}
+    async def member_counts(self, rooms: Sequence[str] | None = None) -> dict[str, int]:
+        if rooms is None:
+            return {room: len(members) for room, members in self._rooms.items()}
+        return {room: len(self._rooms[room]) for room in rooms if self._rooms.get(room)}
 
     async def online(self) -> list[str]:
         return [u.nick for u in self._users.values()]

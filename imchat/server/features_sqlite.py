@@ -19,7 +19,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
@@ -271,6 +271,33 @@ def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:
             "DELETE FROM search_index WHERE rowid = ? AND stream = ? AND seq = ?",
             (home_row(stored[0], target), stream, target),
         )
+
+
+def forget(conn: sqlite3.Connection, pruned: Iterable[tuple[str, int, float, bytes]]) -> None:
+    """Drop what the feature tables hold of messages retention is about to delete (stream,
+    seq, ts, event; still stored): a message's search row (whichever version it holds: an
+    edit of a pruned message has nothing left to edit), its delete mark, its reactions, and
+    a pruned reaction's record. The index is the one place pruned text could stay."""
+    for stream, seq, ts, payload in list(pruned):
+        found = conn.execute(
+            "SELECT row FROM search_rows WHERE stream = ? AND target = ?", (stream, seq)
+        ).fetchone()
+        if found is not None:
+            conn.execute("DELETE FROM search_index WHERE rowid = ?", (found[0],))
+            conn.execute("DELETE FROM search_rows WHERE stream = ? AND target = ?", (stream, seq))
+        # Its home row, if that row is still its own (the row names stream and seq).
+        conn.execute(
+            "DELETE FROM search_index WHERE rowid = ? AND stream = ? AND seq = ?",
+            (home_row(ts, seq), stream, seq),
+        )
+        conn.execute("DELETE FROM msg_deleted WHERE stream = ? AND seq = ?", (stream, seq))
+        conn.execute("DELETE FROM reactions WHERE stream = ? AND target = ?", (stream, seq))
+        event = _decode(payload)
+        if event.get("kind") == REACT and isinstance(event.get("target"), int):
+            conn.execute(
+                "DELETE FROM reactions WHERE stream = ? AND target = ? AND seq = ?",
+                (stream, event["target"], seq),
+            )
 
 
 # -- markers ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, parse_req
 from .addrlimits import AddressLimits, LocalAddressLimits
 from .appends import Run, finish_run, internal_error
 from .authn import Authenticator
+from .budgets import Buckets, LocalBuckets
 from .config import ServerConfig
 from .context import Context
 from .dm_delivery import DmDelivery
@@ -27,6 +28,7 @@ from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, leave
 from .peer import Peer
 from .ratelimit import FailureLimiter, TokenBucket
 from .registry import Registry
+from .room_budget import RoomBudget
 from .stats import STATS
 from .store import Store
 
@@ -43,12 +45,15 @@ class Hub:
         store: Store,
         fanout: Fanout,
         addr_limits: AddressLimits | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         self.config = config
         if addr_limits is None:
             addr_limits = LocalAddressLimits(
                 config.addr_rate, config.addr_burst, config.auth_failures, config.auth_window
             )
+        if buckets is None:
+            buckets = LocalBuckets()
         self.store = store
         self.fanout = fanout
         self.loop = asyncio.get_running_loop()
@@ -63,6 +68,8 @@ class Hub:
             dms=DmDelivery(store, fanout, registry),
             limits=Limits(max_text=config.max_text, max_topic=config.max_topic),
             addr_limits=addr_limits,
+            room_budget=RoomBudget(config, buckets, store),
+            buckets=buckets,
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))

@@ -60,7 +60,7 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -216,7 +216,7 @@ local function gone(prefix, key, hold_ms)
       -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
       -- Everything kept for it goes with it when the hold ends (no key outlives a guest).
       local owned = {guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-        prefix .. 'cid:' .. ident}
+        prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident}
       for _, k in ipairs(owned) do
         if tonumber(hold_ms) > 0 then redis.call('PEXPIRE', k, hold_ms)
         else redis.call('DEL', k) end
@@ -272,7 +272,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') == ident then
   -- online: no longer counting down a hold
   for _, k in ipairs({guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-      prefix .. 'cid:' .. ident}) do
+      prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident}) do
     redis.call('PERSIST', k)
   end
 end
@@ -1033,8 +1033,9 @@ class RedisFanout:
     async def members(self, room: str) -> list[str]:
         return texts(await self.redis.hvals(self.keys.members(room)))
 
-    async def member_counts(self) -> dict[str, int]:
-        rooms = texts(await self.redis.smembers(self.keys.rooms))
+    async def member_counts(self, rooms: Sequence[str] | None = None) -> dict[str, int]:
+        if rooms is None:
+            rooms = texts(await self.redis.smembers(self.keys.rooms))
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hlen(self.keys.members(room))

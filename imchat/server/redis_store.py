@@ -11,7 +11,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P epoch             string the store's epoch, created with SET NX by the first node,
                                replaced when Redis lost writes (imchat.server.redis_epoch)
     P user:<key>        hash   nick, created, account (0/1), admin (0/1), password_hash,
-                               ident (the account's identity id; absent: the nick key)
+                               ident (the account's identity id; absent: the nick key);
+                               none for a guest (a stranger's new nicks must not pile up)
     P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
                                nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -366,7 +368,6 @@ if cur[1] then
 end
 redis.call('HSET', guest, 'ident', ARGV[5], 'nick', nick, 'resume', ARGV[6])
 redis.call('PEXPIRE', guest, ARGV[8])
-redis.call('HSETNX', user, 'nick', nick)
 return {'new', ARGV[5], nick}
 """
 
@@ -378,7 +379,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') ~= ident then return 0 end
 if redis.call('HGET', prefix .. 'identof', key) == ident then return 0 end  -- online after all
 redis.call('DEL', guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-  prefix .. 'cid:' .. ident)
+  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident)
 return 1
 """
 
@@ -388,7 +389,7 @@ CREATE_ACCOUNT_LUA = """
 local prefix, key = ARGV[1], ARGV[2]
 local guest = prefix .. 'guest:' .. key
 local old = redis.call('HGET', guest, 'ident')
-if old then redis.call('DEL', prefix .. 'pending:' .. old) end
+if old then redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old) end
 redis.call('DEL', guest)
 local user = prefix .. 'user:' .. key
 redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])
@@ -867,6 +868,26 @@ class RedisStore:
             for i, name in enumerate(names)
         ]
 
+    async def room_count(self) -> int:
+        return int(await self.redis.scard(self.keys.rooms))
+
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[RoomInfo], bool]:
+        """The names in one command, then the page's records only (``rooms`` read three
+        commands per room: 5,000 rooms took 180 times as long as 10)."""
+        names = texts(await self.redis.smembers(self.keys.rooms))
+        page = heapq.nsmallest(limit + 1, (n for n in names if after is None or n > after))
+        shown = page[:limit]
+        if not shown:
+            return [], False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in shown:
+                pipe.hget(self.keys.room(name), "topic")
+            pipe.hmget(self.keys.seq, [StreamId.room(name).key for name in shown])
+            values = await pipe.execute()
+        seqs = values[-1]
+        infos = [RoomInfo(name, text(values[i]), int(seqs[i] or 0)) for i, name in enumerate(shown)]
+        return infos, len(page) > limit
+
     async def create_room(self, name: str) -> RoomInfo:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.keys.room(name), "topic", "")
@@ -969,16 +990,62 @@ class RedisStore:
 
     async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
         """Trim each stream's sorted set. Seqs come from the ``seq`` hash, which pruning never
-        touches, so a stream pruned empty continues where it was."""
+        touches, so a stream pruned empty continues where it was. What the feature keys hold
+        of the pruned messages goes with them (:meth:`_forget_below`)."""
         deleted = 0
         streams = [s.decode() for s in cast(list[bytes], await self.redis.hkeys(self.keys.seq))]
         for stream in streams:
             key = self.keys.messages(stream)
+            oldest = await self._oldest_seq(stream)
+            gone = 0
             if keep:
-                deleted += int(await self.redis.zremrangebyrank(key, 0, -(keep + 1)))
+                gone += int(await self.redis.zremrangebyrank(key, 0, -(keep + 1)))
             if before_ts is not None:
-                deleted += await self._prune_older(key, before_ts)
+                gone += await self._prune_older(key, before_ts)
+            if gone:
+                await self._forget_pruned(stream, oldest)
+            deleted += gone
         return deleted
+
+    async def _oldest_seq(self, stream: str) -> int:
+        """The seq of the stream's oldest stored message; past its last seq if it has none."""
+        first = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrange(self.keys.messages(stream), 0, 0, withscores=True),
+        )
+        if first:
+            return int(first[0][1])
+        return int(await self.redis.hget(self.keys.seq, stream) or 0) + 1
+
+    async def _forget_pruned(self, stream: str, was_oldest: int) -> None:
+        """Drop the author (``by:``), delete marks (``del:``) and reactions (``rx:``) of the
+        pruned messages: retention removes a stream's oldest seqs (``was_oldest`` up to the
+        new oldest), and a pruned message must leave nothing behind."""
+        redis, prefix = self.redis, self.keys.prefix
+        floor = await self._oldest_seq(stream)
+        by, dels, rx = (f"{prefix}{kind}:{stream}" for kind in ("by", "del", "rx"))
+        old_dels = [m for m in texts(await redis.smembers(dels)) if int(m) < floor]
+        old_rx = [f for f in texts(await redis.hkeys(rx)) if int(f.split("\n", 1)[0]) < floor]
+        old_by = [str(seq) for seq in range(was_oldest, floor)]
+        await self._remove(((by, old_by), (rx, old_rx)), ((dels, old_dels),))
+        if await redis.hlen(by) > await redis.zcard(self.keys.messages(stream)):
+            # Fields of messages pruned before pruning took them along (at most one per
+            # stored message is right): found once, then gone.
+            old_by = [f for f in texts(await redis.hkeys(by)) if int(f) < floor]
+            await self._remove(((by, old_by),), ())
+
+    async def _remove(
+        self, fields: tuple[tuple[str, list[str]], ...], members: tuple[tuple[str, list[str]], ...]
+    ) -> None:
+        """HDEL ``fields`` and SREM ``members`` of their keys, in pages, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, names in fields:
+                for start in range(0, len(names), PRUNE_PAGE):
+                    pipe.hdel(key, *names[start : start + PRUNE_PAGE])
+            for key, names in members:
+                for start in range(0, len(names), PRUNE_PAGE):
+                    pipe.srem(key, *names[start : start + PRUNE_PAGE])
+            await pipe.execute()
 
     async def _prune_older(self, key: str, before_ts: float) -> int:
         """Remove the stream's messages with ``ts`` below ``before_ts`` (oldest first)."""

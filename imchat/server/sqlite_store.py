@@ -13,6 +13,7 @@ killed (SIGKILL); surviving power loss as well needs ``synchronous=FULL`` (``dur
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import queue
@@ -234,13 +235,22 @@ class _Writer(threading.Thread):
 
 
 def _end_identity(c: sqlite3.Connection, key: str) -> None:
-    """The identity holding ``key`` is gone for good: its undelivered DMs are dropped and the
-    nick no longer names it (its DM view and cids stay with its id, which nobody reuses)."""
-    row = c.execute("SELECT ident FROM users WHERE key = ?", (key,)).fetchone()
+    """The identity holding ``key`` is gone for good: its undelivered DMs, DM view and read
+    markers are dropped and the nick no longer names it (its cids stay with the messages).
+
+    A guest's ``users`` row goes too: a stranger begins an identity with every new nick, and
+    nothing of a gone one may pile up. Its DM peers keep their history with it (their own
+    ``dm_since`` names the stream; see ``handlers.queries.dm_peer_known``)."""
+    row = c.execute("SELECT ident, account FROM users WHERE key = ?", (key,)).fetchone()
     if row is None or row[0] is None:
         return
-    c.execute("DELETE FROM dm_queue WHERE recipient = ?", (row[0],))
-    c.execute("DELETE FROM dm_since WHERE ident = ?", (row[0],))
+    ident, account = row
+    c.execute("DELETE FROM dm_queue WHERE recipient = ?", (ident,))
+    c.execute("DELETE FROM dm_since WHERE ident = ?", (ident,))
+    c.execute("DELETE FROM read_markers WHERE user_key = ?", (ident,))
+    if not account:
+        c.execute("DELETE FROM users WHERE key = ?", (key,))
+        return
     c.execute(
         "UPDATE users SET ident = NULL, resume = NULL, held_until = NULL WHERE key = ?", (key,)
     )
@@ -546,6 +556,8 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> None:
             now = time.time()
             _end_expired(c, now)
+            # Rows of guests gone under earlier versions, which kept them (see _end_identity).
+            c.execute("DELETE FROM users WHERE account = 0 AND ident IS NULL")
             c.execute(
                 "UPDATE users SET held_until = ? WHERE account = 0 AND ident IS NOT NULL",
                 (now + hold,),
@@ -560,6 +572,14 @@ class SQLiteStore:
 
     async def rooms(self) -> list[RoomInfo]:
         return list(self._rooms.values())
+
+    async def room_count(self) -> int:
+        return len(self._rooms)
+
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[RoomInfo], bool]:
+        names = (name for name in self._rooms if after is None or name > after)
+        page = heapq.nsmallest(limit + 1, names)
+        return [self._rooms[name] for name in page[:limit]], len(page) > limit
 
     async def create_room(self, name: str) -> RoomInfo:
         info = self._rooms.get(name)
@@ -665,7 +685,9 @@ class SQLiteStore:
     async def prune(self, *, before_ts: float | None, keep: int | None) -> int:
         """Delete messages older than ``before_ts`` and all but the last ``keep`` of each
         stream; the number deleted. Each stream's last seq is kept in ``seq_floor`` first, so
-        a stream pruned empty still continues from it."""
+        a stream pruned empty still continues from it. What the revision 3 tables hold of a
+        pruned message (its search row, delete mark, reactions) goes with it: pruned text
+        must not stay searchable or stored."""
 
         def op(c: sqlite3.Connection) -> int:
             c.execute(
@@ -675,13 +697,26 @@ class SQLiteStore:
             )
             deleted = 0
             if before_ts is not None:
-                deleted += c.execute("DELETE FROM messages WHERE ts < ?", (before_ts,)).rowcount
+                old = "FROM messages WHERE ts < ?"
+                features_sqlite.forget(
+                    c, c.execute(f"SELECT stream, seq, ts, event {old}", (before_ts,))
+                )
+                deleted += c.execute(f"DELETE {old}", (before_ts,)).rowcount
             if keep:
+                beyond = (
+                    "(SELECT stream, seq FROM (SELECT stream, seq, ROW_NUMBER() OVER"
+                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)"
+                )
+                features_sqlite.forget(
+                    c,
+                    c.execute(
+                        "SELECT stream, seq, ts, event FROM messages"
+                        f" WHERE (stream, seq) IN {beyond}",
+                        (keep,),
+                    ),
+                )
                 deleted += c.execute(
-                    "DELETE FROM messages WHERE (stream, seq) IN (SELECT stream, seq FROM"
-                    " (SELECT stream, seq, ROW_NUMBER() OVER"
-                    " (PARTITION BY stream ORDER BY seq DESC) AS n FROM messages) WHERE n > ?)",
-                    (keep,),
+                    f"DELETE FROM messages WHERE (stream, seq) IN {beyond}", (keep,)
                 ).rowcount
             if deleted:
                 c.execute(

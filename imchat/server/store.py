@@ -242,6 +242,13 @@ class Store(Protocol):
 
     async def rooms(self) -> list[RoomInfo]: ...
 
+    async def room_count(self) -> int:
+        """How many rooms exist (the cap on rooms guests create)."""
+
+    async def room_page(self, after: str | None, limit: int) -> tuple[list[RoomInfo], bool]:
+        """The first ``limit`` rooms by name after ``after``, and whether more follow. Reads
+        only the rooms it returns: a page must not cost every room."""
+
     async def create_room(self, name: str) -> RoomInfo: ...
 
     async def set_topic(self, name: str, topic: str) -> None: ...

@@ -25,6 +25,8 @@ async def start_server_fixture(tmp_path: Path) -> AsyncIterator[StartServer]:
     async def start(**overrides: Any) -> ChatServer:
         overrides.setdefault("data_dir", tmp_path / f"data{len(started)}")
         overrides.setdefault("addr_rate", 0)  # every test client comes from 127.0.0.1
+        overrides.setdefault("addr_rooms_per_minute", 0)
+        overrides.setdefault("addr_guests_per_minute", 0)
         server = ChatServer(ServerConfig(port=0, **overrides))
         await server.start()
         started.append(server)

@@ -84,9 +84,10 @@ APPENDERS: dict[type[Request], Starter] = {
 
 #: Requests that spend the session's message rate limit: joins too (*rev 2*: each may create
 #: a permanent room); revision 3's edits, deletes and reactions are messages, and a search is
-#: work on the store. ``typing`` is not counted (the contract says so), nor ``mark``.
+#: work on the store; so is ``rooms``, which reads every room (up to ``guest_room_cap`` of
+#: them guests made). ``typing`` is not counted (the contract says so), nor ``mark``.
 RATE_LIMITED_TYPES: tuple[type[Request], ...] = (
-    *(Say, Dm, Announce, Topic, Join),
+    *(Say, Dm, Announce, Topic, Join, Rooms),
     *(Edit, Delete, React, Search),
 )
 

@@ -43,6 +43,7 @@ from ..message_features import (
 from ..peer import Peer, User
 from ..streams import StreamId, StreamKind
 from .messages import start_announce, start_dm, start_say
+from .queries import dm_peer_known
 
 # -- edits, deletes, reactions: messages of their own -----------------------------------------
 
@@ -93,7 +94,7 @@ async def _stream(ctx: Context, session: Peer, req: StreamRequest, *, member: bo
         return StreamId.room(req.room)
     if req.with_ is not None:
         other = nick_key(req.with_)
-        if ctx.fanout.user(other) is None and await ctx.store.lookup_user(other) is None:
+        if not await dm_peer_known(ctx, user, other):
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.with_}")
         return StreamId.dm(user.key, other)
     return StreamId.announcements()

@@ -8,8 +8,20 @@ from imchat.protocol import ErrorCode, History, ProtocolError, Users
 from imchat.protocol.events import Ok
 
 from ..context import Context
-from ..peer import Peer
+from ..peer import Peer, User
 from ..streams import StreamId
+
+
+async def dm_peer_known(ctx: Context, user: User, other: str) -> bool:
+    """Whether ``other`` (a nick key) names someone ``user`` may have a DM stream with: a
+    known or online user, a held guest, or a gone guest ``user`` exchanged DMs with (the
+    store forgets a guest when its identity ends; its peers keep reading their history with
+    it)."""
+    if ctx.fanout.user(other) is not None or await ctx.store.lookup_user(other) is not None:
+        return True
+    if await ctx.store.identity(other) is not None:
+        return True
+    return StreamId.dm(user.key, other).key in await ctx.store.dm_streams(user.ident)
 
 
 async def on_users(ctx: Context, session: Peer, req: Users) -> None:
@@ -24,7 +36,7 @@ async def on_history(ctx: Context, session: Peer, req: History) -> None:
         stream = StreamId.room(req.room)
     elif req.with_ is not None:
         other = req.with_.lower()
-        if await ctx.store.lookup_user(other) is None and ctx.fanout.user(other) is None:
+        if not await dm_peer_known(ctx, user, other):
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.with_}")
         stream = StreamId.dm(user.key, other)
     else:

@@ -18,7 +18,10 @@ async def on_join(ctx: Context, session: Peer, req: Join) -> None:
     if limit and req.room not in user.rooms and len(user.rooms) >= limit:
         # Checked before the room exists: a refused join creates nothing.
         raise ProtocolError(ErrorCode.LIMIT_REACHED, f"you are in {limit} rooms, the most allowed")
-    info = await ctx.store.room(req.room) or await ctx.store.create_room(req.room)
+    info = await ctx.store.room(req.room)
+    if info is None:
+        # A new room is durable: guests spend a budget on it (checked before it exists).
+        info = await ctx.room_budget.create(session, user, req.room)
     if ctx.fanout.user(user.key) is not user:
         return  # its last session ended while we awaited: joining now leaves a ghost member
     joined = await ctx.fanout.join(session, req.room)
@@ -53,15 +56,11 @@ async def on_topic(ctx: Context, session: Peer, req: Topic) -> None:
 
 
 async def on_rooms(ctx: Context, session: Peer, req: Rooms) -> None:
-    """One page of rooms by name: a reply stays within max_topic x limit, whatever exists."""
-    after, limit = req.after, req.effective_limit
-    infos = sorted(
-        (info for info in await ctx.store.rooms() if after is None or info.name > after),
-        key=lambda info: info.name,
-    )
-    page = infos[:limit]
-    counts = await ctx.fanout.member_counts()
+    """One page of rooms by name: a reply stays within max_topic x limit, and its work within
+    the page (plus the names), whatever exists."""
+    page, more = await ctx.store.room_page(req.after, req.effective_limit)
+    counts = await ctx.fanout.member_counts([info.name for info in page])
     rooms = [
         RoomEntry(room=info.name, count=counts.get(info.name, 0), topic=info.topic) for info in page
     ]
-    ctx.reply(session, req, Ok(rooms=rooms, more=len(infos) > limit))
+    ctx.reply(session, req, Ok(rooms=rooms, more=more))

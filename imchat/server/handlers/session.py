@@ -10,6 +10,7 @@ from imchat.protocol import encode_message as encode
 from imchat.protocol.events import OfflineEvent, OnlineEvent, PartedEvent, Pong, Welcome
 
 from ..context import Context, now
+from ..guest_budget import may_begin_guest
 from ..identities import dm_peer_keys, nick_taken
 from ..peer import Peer, User
 from ..store import ClaimStatus, Identity, new_resume, resume_hash
@@ -46,6 +47,13 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     # A guest identity begun by this hello whose welcome never goes out has a resume nobody
     # knows: it is let go at once, since holding it would only lock its owner out of the nick.
     unknown_resume = resume is not None and resume != req.resume
+    if unknown_resume:
+        # A new identity: the address spends a token, or the identity ends at once.
+        try:
+            await may_begin_guest(ctx.config, ctx.buckets, session.addr)
+        except ProtocolError:
+            await ctx.store.guest_left(identity.ident, 0.0)
+            raise
     try:
         first = await ctx.fanout.connect(session, req.nick, admin=admin, ident=identity.ident)
     except BaseException:

@@ -100,8 +100,12 @@ async def run_request(hub: Hub, session: ApiSession, payload: dict[str, Any]) ->
     if reply.get("type") == "error":
         code = str(reply["code"])
         rate = session.bucket.rate
-        # The bucket holds a whole token again after 1/rate seconds.
-        retry_after = 1 / rate if code == ErrorCode.RATE_LIMITED and rate > 0 else None
+        # The error's own hint if it has one (a room-creation budget); else the session's
+        # bucket holds a whole token again after 1/rate seconds.
+        hint = reply.get("retry_after")
+        retry_after: float | None = float(hint) if isinstance(hint, int | float) else None
+        if retry_after is None and code == ErrorCode.RATE_LIMITED and rate > 0:
+            retry_after = 1 / rate
         raise ApiError(code, str(reply.get("message", "")), retry_after=retry_after)
     reply.pop("type", None)
     reply.pop("id", None)

@@ -1,0 +1,52 @@
+"""New guest identities per address are bounded: every ``hello`` that takes a free guest nick
+begins an identity the store keeps (held ``guest_hold`` seconds after its last session), and
+``hello`` was otherwise free, so one address could begin thousands a second. Beyond the
+budget a ``hello`` that would begin an identity is ``rate_limited`` (with ``retry_after``)
+and keeps nothing; a guest coming back with its ``resume``, and accounts, spend nothing.
+Both backends (``IMCHAT_TEST_BACKEND=redis``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import Clients, RawClient, Servers, admin_token
+
+BUDGET = {"addr_guests_per_minute": 1, "addr_guests_burst": 3}
+
+
+async def hello(raw: RawClient, nick: str, **fields: Any) -> dict[str, Any]:
+    return await raw.request({"type": "hello", "proto": 1, "nick": nick, "id": "h", **fields})
+
+
+async def test_one_address_begins_a_bounded_number_of_guest_identities(
+    servers: Servers, connect: Clients
+) -> None:
+    server = await servers.start(**BUDGET)
+    replies = [await hello(await connect.raw(port=server.port), f"g{i}") for i in range(6)]
+    assert [r["type"] for r in replies[:3]] == ["welcome"] * 3
+    assert [r.get("code") for r in replies[3:]] == ["rate_limited"] * 3
+    assert 0 < replies[3]["retry_after"] <= 60
+    # The refused nick was not kept: nobody holds it (a DM to it is no_such_user).
+    admin = await connect.raw(port=server.port)
+    assert (await hello(admin, "admin", token=admin_token(servers.data_dir)))["type"] == "welcome"
+    dm = await admin.request({"type": "dm", "to": "g4", "text": "there?", "id": "d"})
+    assert dm["code"] == "no_such_user"
+
+
+async def test_returning_guests_and_accounts_spend_nothing(
+    servers: Servers, connect: Clients
+) -> None:
+    server = await servers.start(**BUDGET)
+    first = await connect.raw(port=server.port)
+    welcome = await hello(first, "keeper")
+    for _ in range(5):  # the same identity again and again, as after reconnects
+        again = await hello(await connect.raw(port=server.port), "keeper", resume=welcome["resume"])
+        assert again["type"] == "welcome", again
+    for _ in range(5):
+        admin = await hello(
+            await connect.raw(port=server.port), "admin", token=admin_token(servers.data_dir)
+        )
+        assert admin["type"] == "welcome", admin
+    # "keeper" took one of the three: two more new guests, then none.
+    got = [await hello(await connect.raw(port=server.port), f"n{i}") for i in range(3)]
+    assert [r.get("code", r["type"]) for r in got] == ["welcome", "welcome", "rate_limited"]
