@@ -235,16 +235,27 @@ class MessageLog(ScrollView, can_focus=True):
         return len(self._render_entry(entry, width))
 
     def on_resize(self) -> None:
-        width = self.scrollable_content_region.width
-        if width and width != self._width:
-            self._width = width
-            self._strips.clear()
-            self._heights = [self._height(e, width) for e in self.entries]
-            self._rebuild_starts()
-            self._update_size()
+        self._fit_width(self.scrollable_content_region.width)
         # Also when only the height changed (the pending lines below grew or shrank).
         if self.following:
             self._to_bottom()
+
+    def _fit_width(self, width: int) -> bool:
+        """Wrap every entry again for ``width``; False if there is nothing to do.
+
+        Called on resize, and by :meth:`render_line` when the width it is drawn at is not
+        the one the entries were wrapped for: a log shown before its first layout may get
+        its only Resize while it is 0 wide, and nothing else lays it out again (entries
+        arriving repaint it, they do not lay out the screen; see :meth:`_update_size`).
+        """
+        if not width or width == self._width:
+            return False
+        self._width = width
+        self._strips.clear()
+        self._heights = [self._height(e, width) for e in self.entries]
+        self._rebuild_starts()
+        self._update_size()
+        return True
 
     def _render_entry(self, entry: Entry, width: int) -> list[Strip]:
         """The rows of one entry at ``width``: its prefix, then the body wrapped beside it.
@@ -287,8 +298,10 @@ class MessageLog(ScrollView, can_focus=True):
         return strips
 
     def render_line(self, y: int) -> Strip:
-        row = int(self.scroll_offset.y) + y
         width = self.scrollable_content_region.width
+        if width != self._width and self._fit_width(width) and self.following:
+            self._to_bottom()
+        row = int(self.scroll_offset.y) + y
         if not self.entries or row >= self._total or not self._width:
             return Strip.blank(width, self.base_style)
         index = bisect_right(self._starts, row) - 1
