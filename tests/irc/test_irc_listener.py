@@ -17,6 +17,7 @@ import pytest
 from conftest import REDIS_BACKEND_URL, RawClient, ServerProcess, subprocess_env
 from irc_client import IRC_AT, IrcClient, Received, sasl_plain
 
+from imchat.server.irc import translate as tr
 from imchat.server.irc.lines import MAX_LINE
 
 _names = itertools.count(1)
@@ -396,6 +397,41 @@ async def test_no_echo_without_echo_message(irc: Any) -> None:
     client.send(f"PRIVMSG #{room} :not echoed", "PING :after")
     await client.expect("PONG")
     assert not any(r.command == "PRIVMSG" for r in client.seen)
+
+
+async def test_what_the_user_says_elsewhere_reaches_an_irc_client_without_echo(
+    irc: Any, running: Running
+) -> None:
+    """Without echo-message an IRC client is spared only the lines it sent itself: what its
+    user says from another session (a native client of the same account) is news to it, in a
+    room and in a DM; its own announcement does not come back to it (the client shows it)."""
+    room, peer_nick = unique("elsewhere"), unique("peer")
+    peer = await irc.native(peer_nick)
+    client = await irc("admin", password="token:" + running.admin_token)
+    await client.join("#" + room)
+    native = await irc.native("admin", token=running.admin_token)
+    await native.request({"type": "join", "room": room, "id": 1})
+    await native.request({"type": "say", "room": room, "text": "said natively", "id": 2})
+    await native.request({"type": "dm", "to": peer_nick, "text": "dm natively", "id": 3})
+    said = await client.expect("PRIVMSG")
+    assert (said.line.source, said.params) == (tr.source("admin"), ["#" + room, "said natively"])
+    dm = await client.expect("PRIVMSG")
+    assert dm.params == [peer_nick, "dm natively"]
+    client.send(
+        f"PRIVMSG #{room} :typed on irc",
+        f"PRIVMSG {peer_nick} :dm typed on irc",
+        "NOTICE $* :announced on irc",
+        "PING :after",
+    )
+    assert (await native_event(native, "msg", text="typed on irc"))["from"] == "admin"
+    assert (await native_event(peer, "dm", text="dm typed on irc"))["from"] == "admin"
+    assert (await native_event(peer, "announce"))["text"] == "announced on irc"
+    await client.expect("PONG")
+    shown = [r.params[-1] for r in client.seen if r.command in ("PRIVMSG", "NOTICE")]
+    assert shown == ["said natively", "dm natively"]
+    # and a message of the native session's after those still arrives
+    await native.request({"type": "say", "room": room, "text": "said natively again", "id": 4})
+    assert (await client.expect("PRIVMSG")).params[-1] == "said natively again"
 
 
 async def test_join_replays_history_in_a_batch(irc: Any) -> None:

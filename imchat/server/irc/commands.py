@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from imchat.protocol import ProtocolError
+from imchat.protocol import ProtocolError, nick_key
 
 from . import translate as tr
 from .base import Channel
 from .history import History
 from .lines import Line, format_parts
 from .registration import Registration
+from .sent import event_stream_key
 
 if TYPE_CHECKING:
     from .session import IrcSession, Reply
@@ -313,6 +314,8 @@ class Commands(Registration, History):
             def on_reply(reply: Reply, target: str = target, cmd: str = line.command) -> None:
                 if isinstance(reply, ProtocolError):
                     self.error(reply, cmd, target)
+                else:
+                    self.s.note_sent(target, reply)
 
             out.append(self.s.payload(request, on_reply))
         return out
@@ -335,6 +338,8 @@ class Commands(Registration, History):
         def on_reply(reply: Reply) -> None:
             if isinstance(reply, ProtocolError):
                 self.error(reply, "TAGMSG", target)
+            else:
+                self.s.note_sent(target, reply)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
@@ -361,6 +366,8 @@ class Commands(Registration, History):
         def on_reply(reply: Reply) -> None:
             if isinstance(reply, ProtocolError):
                 self.error(reply, "REDACT", target)
+            else:
+                self.s.note_sent(target, reply)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
@@ -376,11 +383,13 @@ class Commands(Registration, History):
         event = entry.event
         kind = event.get("type")
         me = self.s.user.key if self.s.user is not None else ""
-        if kind == "msg" or kind == "dm":
+        if kind in ("msg", "dm", "announce"):
+            # Without echo-message, what this client sent is not sent back to it; what its
+            # user sent from another session is.
             if (
-                event.get("from", "").lower() == me
-                and "echo-message" not in self.s.caps
-                and event.get("to", "").lower() != me
+                not self.s.echo
+                and nick_key(str(event.get("from", ""))) == me
+                and self.s.sent.take(event_stream_key(event, me), event.get("seq"))
             ):
                 return None
             return entry.for_variant(self.s.variant)
@@ -399,8 +408,6 @@ class Commands(Registration, History):
         if kind == "topic":
             if event["room"] in self.channels:
                 self.channels[event["room"]].topic = event["topic"]
-            return entry.for_variant(self.s.variant)
-        if kind == "announce":
             return entry.for_variant(self.s.variant)
         if kind == "error":
             code = str(event.get("code", "internal")).upper()

@@ -25,6 +25,7 @@ from ..session import Session
 from . import translate as tr
 from .commands import Commands
 from .lines import MAX_TOTAL, BadLine, Line, LineDecoder, LineTooLong, format_parts, parse_line
+from .sent import SentHere
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -64,6 +65,7 @@ class IrcSession(Session):
         "queue",
         "queued_bytes",
         "registered",
+        "sent",
         "shared",
         "skip_author",
         "user_key",
@@ -80,8 +82,11 @@ class IrcSession(Session):
         self.cache = shared.cache
         #: The user's nick key once registered.
         self.user_key = ""
-        #: Whose room messages this client does not get: its own, unless echo-message.
+        #: Whose room messages may be kept from this client: its user's, unless echo-message
+        #: (and of those only the ones it sent itself, :attr:`sent`).
         self.skip_author = ""
+        #: What this client sent itself: without echo-message, not sent back to it.
+        self.sent = SentHere()
         self.lines = LineDecoder()
         self.queue: list[bytes | LineTooLong] = []
         self.queued_bytes = 0
@@ -251,7 +256,9 @@ class IrcSession(Session):
         entry = cache.last if frame is cache.last_frame else cache.get(frame)
         if entry.simple and self.registered:
             # The broadcast path: no decoding, no formatting, one dict lookup.
-            if entry.author == self.skip_author:
+            if entry.author == self.skip_author and self.sent.take(
+                "#" + str(entry.event.get("room")), entry.event.get("seq")
+            ):
                 return
             lines = entry.lines[self.variant] or entry.for_variant(self.variant)
             out = self._out
@@ -278,6 +285,12 @@ class IrcSession(Session):
         data = self.cmd.event_out(entry)
         if data:
             self.send_event(data)
+
+    def note_sent(self, target: str, reply: dict[str, Any]) -> None:
+        """The ``ok`` of a message this client sent to ``target``: without echo-message its
+        event is not sent back to it (the client showed the message as it sent it)."""
+        if not self.echo:
+            self.sent.add(target, reply)
 
     def send_event(self, data: bytes) -> None:
         if self.registered:
