@@ -434,6 +434,38 @@ async def test_what_the_user_says_elsewhere_reaches_an_irc_client_without_echo(
     assert (await client.expect("PRIVMSG")).params[-1] == "said natively again"
 
 
+async def test_rooms_the_user_is_in_already_are_shown_joined_at_registration(
+    irc: Any, running: Running
+) -> None:
+    """An account's IRC client that connects while another session of it is in rooms is shown
+    those rooms as joined (JOIN, topic, NAMES) before anything said there. Their messages came
+    to a channel the client never saw joined (irssi put them in its status window), and a JOIN
+    then replayed history the client had already shown."""
+    room, other_nick = unique("already"), unique("oth")
+    native = await irc.native("admin", token=running.admin_token)
+    await native.request({"type": "join", "room": room, "id": 1})
+    await native.request({"type": "topic", "room": room, "text": "set before", "id": 2})
+    other = await irc.native(other_nick)
+    await other.request({"type": "join", "room": room, "id": 1})
+    client = await irc("admin", password="token:" + running.admin_token)
+    lines = await client.until("366")
+    while lines[-1].params[1] != "#" + room:  # (rooms of an earlier test's admin session)
+        lines = await client.until("366")
+    assert [r.command for r in lines][-4:] == ["JOIN", "332", "353", "366"]
+    join, topic, names = lines[-4:-1]
+    assert (join.line.source, join.params) == (tr.source("admin"), ["#" + room])
+    assert topic.params[1:] == ["#" + room, "set before"]
+    assert sorted(names.params[-1].split()) == sorted(["admin", other_nick])
+    await other.request({"type": "say", "room": room, "text": "said after", "id": 2})
+    assert (await client.expect("PRIVMSG")).params == ["#" + room, "said after"]
+    # a JOIN of the client's own is a repeated join: no second JOIN line, no replay
+    again = await client.join("#" + room)
+    assert [r.command for r in again] == ["332", "353", "366"]
+    client.send("NAMES", "PING :after")
+    await client.expect("PONG")
+    assert sum(r.command == "PRIVMSG" for r in client.seen) == 1
+
+
 async def test_join_replays_history_in_a_batch(irc: Any) -> None:
     room = unique("hist")
     native = await irc.native(unique("nat"))

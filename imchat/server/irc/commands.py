@@ -124,15 +124,6 @@ class Commands(Registration, History):
             "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
         )
 
-    def show_topic(self, room: str, code: int) -> None:
-        channel = self.channels.get(room)
-        if channel is None:
-            return
-        if channel.topic:
-            self.num("332", "#" + room, channel.topic)
-        elif code == 331:
-            self.num("331", "#" + room, "No topic is set")
-
     async def members(self, room: str) -> list[str] | None:
         """The room's members, if this client is in it (a repeated join changes nothing)."""
         if room not in self.channels:
@@ -141,19 +132,6 @@ class Commands(Registration, History):
         if isinstance(reply, ProtocolError):
             return None
         return [str(m) for m in reply.get("members", [])]
-
-    def names(self, room: str, members: list[str] | None) -> None:
-        if members is not None:
-            nicks = sorted(members, key=str.lower)
-            chunk: list[str] = []
-            for nick in nicks:
-                chunk.append(nick)
-                if len(chunk) == 40:
-                    self.num("353", "=", "#" + room, " ".join(chunk))
-                    chunk = []
-            if chunk:
-                self.num("353", "=", "#" + room, " ".join(chunk))
-        self.num("366", "#" + room, "End of /NAMES list")
 
     async def part(self, target: str) -> None:
         reply = await self.s.ask({"type": "part", "room": target})
