@@ -106,23 +106,35 @@ class Commands(Registration, History):
                 if room not in self.channels:
                     self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
                     joined.append((room, int(reply.get("last_seq", 0))))
+                    if self.replays(joined[0][1]):
+                        # What is said from now on comes after the replay (see ``replay``).
+                        self.s.hold_room(room)
                 self.channels[room] = Channel(str(reply["topic"]))
                 self.show_topic(room, 332)
                 self.names(room, [str(m) for m in reply["members"]])
 
             await self.s.request({"type": "join", "room": target}, on_reply)
-            if joined and joined[0][1] and "draft/chathistory" not in self.s.caps:
+            if joined and self.replays(joined[0][1]):
                 await self.replay(*joined[0])
 
+    def replays(self, last_seq: int) -> bool:
+        """Whether a first JOIN shows what was said before it (not to chathistory clients)."""
+        return last_seq > 0 and "draft/chathistory" not in self.s.caps
+
     async def replay(self, room: str, last_seq: int) -> None:
-        """The messages before the join (later ones arrive live: none is shown twice)."""
+        """The messages before the join (later ones arrive live: none is shown twice). The
+        room's live events are held from the join's reply until the replay is out, so that
+        what is said while the store is read comes after what was said before."""
         body = {"type": "history", "room": room, "limit": JOIN_REPLAY, "before": last_seq + 1}
-        reply = await self.s.ask(body)
-        if isinstance(reply, ProtocolError) or not reply.get("messages"):
-            return
-        self.emit_history(
-            "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
-        )
+        try:
+            reply = await self.s.ask(body)
+            if isinstance(reply, ProtocolError) or not reply.get("messages"):
+                return
+            self.emit_history(
+                "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
+            )
+        finally:
+            self.s.release_room(room)
 
     async def members(self, room: str) -> list[str] | None:
         """The room's members, if this client is in it (a repeated join changes nothing)."""

@@ -60,6 +60,7 @@ class IrcSession(Session):
         "caps",
         "cmd",
         "echo",
+        "held_rooms",
         "lines",
         "prebuffer",
         "queue",
@@ -87,6 +88,8 @@ class IrcSession(Session):
         self.skip_author = ""
         #: What this client sent itself: without echo-message, not sent back to it.
         self.sent = SentHere()
+        #: Rooms whose events wait while a JOIN's replay is read: their lines, in order.
+        self.held_rooms: dict[str, list[bytes]] = {}
         self.lines = LineDecoder()
         self.queue: list[bytes | LineTooLong] = []
         self.queued_bytes = 0
@@ -261,6 +264,8 @@ class IrcSession(Session):
             ):
                 return
             lines = entry.lines[self.variant] or entry.for_variant(self.variant)
+            if self.held_rooms and self._hold(entry.event, lines):
+                return
             out = self._out
             if out and not self.closing:
                 # Already queued this loop turn (a burst): the buffer check was done with the
@@ -283,8 +288,25 @@ class IrcSession(Session):
                     callback(event)
                 return
         data = self.cmd.event_out(entry)
-        if data:
+        if data and not (self.held_rooms and self._hold(event, data)):
             self.send_event(data)
+
+    def hold_room(self, room: str) -> None:
+        """Keep the room's events back (a JOIN's replay is being read; they come after it)."""
+        self.held_rooms.setdefault(room, [])
+
+    def release_room(self, room: str) -> None:
+        """Send what :meth:`hold_room` kept back, in the order it came."""
+        for data in self.held_rooms.pop(room, ()):
+            self.send_event(data)
+
+    def _hold(self, event: dict[str, Any], data: bytes) -> bool:
+        room = event.get("room")
+        held = self.held_rooms.get(room) if isinstance(room, str) else None
+        if held is None:
+            return False
+        held.append(data)
+        return True
 
     def note_sent(self, target: str, reply: dict[str, Any]) -> None:
         """The ``ok`` of a message this client sent to ``target``: without echo-message its
