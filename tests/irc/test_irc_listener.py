@@ -588,6 +588,29 @@ async def test_announcements(irc: Any, running: Running) -> None:
 # -- other commands --------------------------------------------------------------------------
 
 
+async def test_who_and_names_of_many_channels_list_their_members(irc: Any) -> None:
+    """WHO and NAMES list the members of every channel asked, however many (irssi sends a WHO
+    per channel after joining them). They asked the hub with a native ``join``, which counts
+    against the message rate limit: after a JOIN of 30 channels, the 11th WHO on listed none."""
+    nick = unique("many")
+    client = await irc(nick)
+    rooms = [unique("many") for _ in range(30)]
+    client.send("JOIN " + ",".join("#" + room for room in rooms))
+    for _ in rooms:
+        await client.expect("366")
+    client.send(*[f"WHO #{room}" for room in rooms], *[f"NAMES #{room}" for room in rooms])
+    for room in rooms:
+        who = await client.until("315")
+        assert [r.params[1:3] for r in who if r.command == "352"] == [["#" + room, nick]]
+    for room in rooms:
+        names = await client.until("366")
+        assert [r.params[2:] for r in names if r.command == "353"] == [["#" + room, nick]]
+    # and the message bucket is whole enough to speak at once
+    client.send(f"PRIVMSG #{rooms[0]} :still allowed", "PING :after")
+    await client.expect("PONG")
+    assert not any(r.command == "FAIL" for r in client.seen)
+
+
 async def test_list_names_who_whois_mode_away_ping(irc: Any) -> None:
     room, nick = unique("misc"), unique("misc")
     client = await irc(nick)

@@ -137,13 +137,12 @@ class Commands(Registration, History):
             self.s.release_room(room)
 
     async def members(self, room: str) -> list[str] | None:
-        """The room's members, if this client is in it (a repeated join changes nothing)."""
+        """The room's members, if this client is in it. Read from the fan-out: a repeated
+        native ``join`` would tell the same but count against the message rate limit, once
+        per NAMES or WHO (irssi sends a WHO for every channel it joins)."""
         if room not in self.channels:
             return None
-        reply = await self.s.ask({"type": "join", "room": room})
-        if isinstance(reply, ProtocolError):
-            return None
-        return [str(m) for m in reply.get("members", [])]
+        return await self.s.hub.fanout.members(room)
 
     async def part(self, target: str) -> None:
         reply = await self.s.ask({"type": "part", "room": target})
