@@ -245,6 +245,19 @@ async def test_irc_and_native_in_one_room(irc: Any) -> None:
     assert "reason" not in parted
 
 
+async def test_an_action_without_its_closing_delimiter_is_an_action(irc: Any) -> None:
+    """The CTCP spec lets a client leave out the closing \\x01 of an ACTION: the message is
+    still an action (it was refused as INVALID_TEXT for holding a control character)."""
+    room, nnick = unique("act"), unique("nat")
+    native = await irc.native(nnick)
+    await native.request({"type": "join", "room": room, "id": 1})
+    client = await irc(unique("irc"))
+    await client.join("#" + room)
+    client.send(f"PRIVMSG #{room} :\x01ACTION shrugs")
+    got = await native_event(native, "msg", room=room)
+    assert (got["text"], got.get("kind")) == ("shrugs", "action")
+
+
 async def test_a_topic_with_newlines_cannot_inject_irc_lines(irc: Any) -> None:
     """A topic may hold newlines; on IRC it is one parameter of one line (332, TOPIC, 322).
     A newline in it would end the line there, and what follows would be read by IRC clients

@@ -287,8 +287,11 @@ class Commands(Registration, History):
             return []
         text = line.params[1]
         body: dict[str, Any] = {}
-        if text.startswith("\x01ACTION ") and text.endswith("\x01") and len(text) > 9:
-            text, body["kind"] = text[8:-1], "action"
+        if text.startswith("\x01ACTION "):
+            # The closing \x01 may be left out (the CTCP spec allows it).
+            action = text[8:-1] if text.endswith("\x01") else text[8:]
+            if action:
+                text, body["kind"] = action, "action"
         reply_to = _reply_to(line)
         answer = {"reply_to": reply_to} if reply_to is not None else {}
         out = []
