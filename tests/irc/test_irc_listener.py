@@ -690,6 +690,11 @@ async def test_bad_input(irc: Any) -> None:
     await client.expect("411")
     client.send(f"PRIVMSG #notjoined{next(_names)} :hi")
     assert (await client.expect("404")).params[-1].startswith("you are not in")
+    # a target that cannot be a nick is no such nick (401), not a bad NICK command (432)
+    client.send("PRIVMSG 9lives :hi", "NOTICE bad.nick :hi")
+    assert (await client.expect(lambda r: r.command in ("401", "432"))).params[1] == "9lives"
+    assert (await client.expect(lambda r: r.command in ("401", "432"))).command == "401"
+    assert not any(r.command == "432" for r in client.seen)
     # a line without LF that grows past the limit is cut off and the session goes on
     client.send(b"PRIVMSG #" + room.encode() + b" :" + b"y" * 9000)
     await client.expect("417")
