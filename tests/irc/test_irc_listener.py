@@ -258,6 +258,20 @@ async def test_an_action_without_its_closing_delimiter_is_an_action(irc: Any) ->
     assert (got["text"], got.get("kind")) == ("shrugs", "action")
 
 
+async def test_an_action_in_a_dm_is_refused_not_sent_as_plain_text(irc: Any) -> None:
+    """imchat has actions in rooms only (as the TUI says to /me in a DM): an IRC /me in a
+    query is refused with FAIL, and nothing is sent. It went out as a plain DM of the words,
+    the sender's client showing "* irc waves" and the reader "irc: waves"."""
+    nnick = unique("nat")
+    native = await irc.native(nnick)
+    client = await irc(unique("irc"))
+    client.send(f"PRIVMSG {nnick} :\x01ACTION waves\x01", f"PRIVMSG {nnick} :plain words")
+    fail = await client.expect("FAIL")
+    assert fail.params[:3] == ["PRIVMSG", "INVALID_TEXT", nnick]
+    got = await native_event(native, "dm")
+    assert got["text"] == "plain words"
+
+
 async def test_a_topic_with_newlines_cannot_inject_irc_lines(irc: Any) -> None:
     """A topic may hold newlines; on IRC it is one parameter of one line (332, TOPIC, 322).
     A newline in it would end the line there, and what follows would be read by IRC clients

@@ -296,6 +296,12 @@ class Commands(Registration, History):
         answer = {"reply_to": reply_to} if reply_to is not None else {}
         out = []
         for target in line.params[0].split(","):
+            if body and not target.startswith("#"):
+                # imchat has actions in rooms only (a DM or an announcement has no kind):
+                # refused rather than sent as plain words (the TUI's /me says the same).
+                message = "actions (/me) work in channels only; nothing was sent"
+                self.out(tr.fail(line.command, "INVALID_TEXT", message, target))
+                continue
             if target.startswith("#"):
                 request = {"type": "say", "room": target, "text": text, **body, **answer}
             elif target.startswith("$"):
