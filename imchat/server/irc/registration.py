@@ -8,6 +8,7 @@ account's password.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,7 @@ class Registration(CommandBase):
             else:
                 body["password"] = secret
         result: list[bool] = []
+        replied: asyncio.Future[None] = self.s.hub.loop.create_future()
 
         def on_reply(reply: Reply) -> None:
             # Called as the reply is sent: auth_failed is fatal, so the numeric must go first.
@@ -130,8 +132,21 @@ class Registration(CommandBase):
                 else:
                     self.error(reply, "NICK", nick)
             result.append(not isinstance(reply, ProtocolError))
+            if not replied.done():
+                replied.set_result(None)
 
-        await self.s.request(body, on_reply)
+        async def run() -> None:
+            try:
+                await self.s.request(body, on_reply)
+            finally:
+                if not replied.done():
+                    replied.set_result(None)  # no reply: the connection is closing
+
+        # After its welcome the hub hands the user its queued DMs and waits until they are
+        # written, which for a client still registering is after CAP END (see
+        # ``IrcSession.wait_written``): registration goes on meanwhile, past the reply.
+        self.s.hub.spawn(run())
+        await replied
         return result == [True]
 
     async def try_register(self) -> None:

@@ -56,6 +56,7 @@ class IrcSession(Session):
     __slots__ = (
         "_next_id",
         "_ping_timer",
+        "_registration_waiters",
         "cache",
         "caps",
         "cmd",
@@ -101,6 +102,8 @@ class IrcSession(Session):
         #: Lines for events that arrived before registration finished (after a SASL hello).
         self.prebuffer: list[bytes] = []
         self.waiting: dict[int, OnReply] = {}
+        #: :meth:`wait_written` futures of an unregistered client (settled after CAP END).
+        self._registration_waiters: list[asyncio.Future[bool]] = []
         self._next_id = 0
         self._ping_timer: asyncio.TimerHandle | None = None
         self.cmd = Commands(self)
@@ -156,6 +159,7 @@ class IrcSession(Session):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._settle_registration_waiters(None)
         self.queue.clear()
         self.queued_bytes = 0
         if self._ping_timer is not None:
@@ -345,6 +349,34 @@ class IrcSession(Session):
         held, self.prebuffer = self.prebuffer, []
         for data in held:
             Session.send(self, data)
+        self._settle_registration_waiters(Session.wait_written(self))
+
+    def wait_written(self) -> asyncio.Future[bool]:
+        """As a native session's; but what a client logged in by SASL is sent before its
+        registration ends waits in ``prebuffer``, so it counts as written only once it has
+        gone out after CAP END. A client gone before then took nothing with it: the DMs it
+        was owed stay queued for the user's next session."""
+        if self.registered or self.closing:
+            return Session.wait_written(self)
+        future: asyncio.Future[bool] = self.hub.loop.create_future()
+        self._registration_waiters.append(future)
+        return future
+
+    def _settle_registration_waiters(self, written: asyncio.Future[bool] | None) -> None:
+        """Hand the waiters of :meth:`wait_written` the outcome of ``written`` (None: the
+        connection ended unregistered, nothing was written)."""
+        waiters, self._registration_waiters = self._registration_waiters, []
+        for future in waiters:
+            if written is None:
+                if not future.done():
+                    future.set_result(False)
+                continue
+
+            def settle(done: asyncio.Future[bool], future: asyncio.Future[bool] = future) -> None:
+                if not future.done():
+                    future.set_result(not done.cancelled() and done.result())
+
+            written.add_done_callback(settle)
 
     def caps_changed(self) -> None:
         """Derive what the send path reads from the negotiated capabilities."""
