@@ -7,12 +7,13 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from imchat.protocol import Announce, Dm, History, Join, Ping, React, Request, Say
 
 from .connection import Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
-from .retry import request_retrying
+from .retry import Requester, request_retrying
 from .session import ANNOUNCEMENTS, ConvKey, stream_fields
 
 KEEPALIVE = 30.0
@@ -96,13 +97,13 @@ class Link:
         self._greet = greet
         self._redial = redial
 
-    async def request(self, request: Request) -> Message:
+    async def request(self, message: Request | str, /, **fields: Any) -> Message:
         moves = 0
         while True:
             try:
                 if moves:
                     await self._move()
-                return await request_retrying(self.conn, request)
+                return await self.conn.request(message, **fields)
             except ConnectionClosed as exc:
                 if self._redial is None or not lost_in_passing(exc) or moves == MAX_MOVES:
                     raise
@@ -150,8 +151,10 @@ async def _iterate(texts: Iterable[str]) -> AsyncIterator[str]:
         yield text
 
 
-async def send_one(link: Link, target: Target, text: str) -> dict[str, object]:
-    return await link.request(target.request(text, uuid.uuid4().hex))
+async def send_one(conn: Requester, target: Target, text: str) -> dict[str, object]:
+    """One message with a new ``cid``, sent again after ``rate_limited`` or ``internal``
+    (through a :class:`Link`, also after a lost connection)."""
+    return await request_retrying(conn, target.request(text, uuid.uuid4().hex))
 
 
 async def send_messages(
