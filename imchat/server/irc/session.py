@@ -349,7 +349,8 @@ class IrcSession(Session):
         held, self.prebuffer = self.prebuffer, []
         for data in held:
             Session.send(self, data)
-        self._settle_registration_waiters(Session.wait_written(self))
+        if self._registration_waiters:
+            self._settle_registration_waiters(Session.wait_written(self))
 
     def wait_written(self) -> asyncio.Future[bool]:
         """As a native session's; but what a client logged in by SASL is sent before its
