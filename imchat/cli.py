@@ -484,10 +484,10 @@ def send(
     """Send messages from scripts; exit 0 only once the server acknowledged every one."""
     import ssl
 
-    from imchat.client import ConnectionClosed, ServerError
+    from imchat.client import Connection, ConnectionClosed, ServerError
     from imchat.client.resume import ResumeStore
     from imchat.client.send import NotUtf8, Target, held_nick_advice, send_messages
-    from imchat.client.servers import BadServerList, connect_first, parse_servers
+    from imchat.client.servers import BadServerList, connect_first, parse_servers, redial
     from imchat.client.tls import client_context, describe_tls_error
     from imchat.server.config import default_data_dir
 
@@ -533,8 +533,16 @@ def send(
     where = ",".join(map(str, servers))
 
     async def main() -> int:
+        index = 0
+
+        async def next_server() -> Connection:
+            # A lost connection moves on to the next server (the nodes of one service).
+            nonlocal index
+            conn, index = await redial(servers, ssl=context, start=index + 1)
+            return conn
+
         try:
-            conn, _ = await connect_first(servers, ssl=context)
+            conn, index = await connect_first(servers, ssl=context)
         except ssl.SSLError as exc:
             raise _fail(describe_tls_error(exc, where), EXIT_CONNECT) from None
         except (OSError, TimeoutError) as exc:
@@ -549,6 +557,7 @@ def send(
                 token=token,
                 password=password,
                 resumes=ResumeStore(),
+                redial=next_server if len(servers) > 1 else None,
             )
         except ConnectionClosed as exc:
             if context is None and conn.welcome is None and exc.error is None:

@@ -14,6 +14,7 @@ import shlex
 import socket
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from textual_serve.server import Server
@@ -54,17 +55,44 @@ def public_url(host: str, port: int) -> str:
 
 
 class WebServer(Server):
-    """textual-serve's server, with the token check in front of every route."""
+    """textual-serve's server, with the origin check and the token check in front of every
+    route."""
 
     def __init__(self, command: str, host: str, port: int, url: str, token: str | None) -> None:
         super().__init__(command, host=host, port=port, title="imchat", public_url=url)
         self.token = token
+        self.origins = {urlsplit(url).netloc.lower()}
+        #: On loopback without a token, the names this server may be reached by (any other
+        #: Host is a DNS name rebound to 127.0.0.1 by someone else's page). None: any.
+        self.hosts: set[str] | None = None
+        if token is None and is_loopback(host):
+            self.hosts = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+            self.hosts |= self.origins
 
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
+        app.middlewares.append(self._same_origin)
         if self.token is not None:
             app.middlewares.append(self._require_token)
         return app
+
+    @web.middleware
+    async def _same_origin(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Only this server's own page: a page of another site may open a WebSocket here
+        (browsers allow it across origins and send the page's ``Origin``) and would drive
+        the chat client as the user; on loopback, where no token is asked, a ``Host`` that
+        is not one of this server's names is a DNS rebinding."""
+        host = request.host.lower()
+        origin = request.headers.get("Origin")
+        foreign = origin is not None and urlsplit(origin).netloc.lower() not in (
+            self.origins | {host}
+        )
+        if foreign or (self.hosts is not None and host not in self.hosts):
+            return web.Response(
+                status=403, text="imchat web: open it from its own address, not another site\n"
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @web.middleware
     async def _require_token(self, request: web.Request, handler: Any) -> web.StreamResponse:

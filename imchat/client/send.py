@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from imchat.protocol import Announce, Dm, History, Join, Ping, React, Say
+from imchat.protocol import Announce, Dm, History, Join, Ping, React, Request, Say
 
-from .connection import Connection, ServerError
+from .connection import Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
-from .retry import request_retrying
+from .retry import Requester, request_retrying
 from .session import ANNOUNCEMENTS, ConvKey, stream_fields
 
 KEEPALIVE = 30.0
+#: Times one request may be carried over to another connection before its loss is final.
+MAX_MOVES = 3
+
+Redial = Callable[[], Awaitable[Connection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,54 @@ def utf8_text(text: str, where: str) -> str:
     return text
 
 
-async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
+def lost_in_passing(exc: ConnectionClosed) -> bool:
+    """A connection that ended without a word, or with ``shutting_down``: the service may
+    still be there (another node, or this one restarted). Any other last word is final."""
+    return exc.error is None or exc.error.get("code") == "shutting_down"
+
+
+class Link:
+    """The connection ``imchat send`` speaks through.
+
+    With several servers (``--host a,b``, the nodes of one service) a connection lost in
+    passing is replaced by one to the next that answers, greeted again (``hello``, ``join``),
+    and the request in flight is sent again: a message with its ``cid``, so it is stored once
+    whichever node had it. Without ``redial`` a lost connection is the caller's error.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        greet: Callable[[Connection], Awaitable[None]],
+        redial: Redial | None = None,
+    ) -> None:
+        self.conn = conn
+        self._greet = greet
+        self._redial = redial
+
+    async def request(self, message: Request | str, /, **fields: Any) -> Message:
+        moves = 0
+        while True:
+            try:
+                if moves:
+                    await self._move()
+                return await self.conn.request(message, **fields)
+            except ConnectionClosed as exc:
+                if self._redial is None or not lost_in_passing(exc) or moves == MAX_MOVES:
+                    raise
+            moves += 1
+
+    async def _move(self) -> None:
+        assert self._redial is not None
+        self.conn.abort()
+        try:
+            self.conn = await self._redial()
+        except (OSError, TimeoutError):
+            raise ConnectionClosed() from None
+        await self._greet(self.conn)
+
+
+async def stdin_lines(link: Link) -> AsyncIterator[str]:
     """Lines from standard input as they arrive, pinging the server while we wait.
 
     Read as bytes and decoded as UTF-8 whatever the locale says (a C locale would decode
@@ -79,7 +131,7 @@ async def stdin_lines(conn: Connection) -> AsyncIterator[str]:
         while not read.done():
             done, _ = await asyncio.wait({read}, timeout=KEEPALIVE)
             if not done:
-                await conn.request(Ping())
+                await link.request(Ping())
         raw = read.result()
         if not raw:
             return
@@ -99,7 +151,9 @@ async def _iterate(texts: Iterable[str]) -> AsyncIterator[str]:
         yield text
 
 
-async def send_one(conn: Connection, target: Target, text: str) -> dict[str, object]:
+async def send_one(conn: Requester, target: Target, text: str) -> dict[str, object]:
+    """One message with a new ``cid``, sent again after ``rate_limited`` or ``internal``
+    (through a :class:`Link`, also after a lost connection)."""
     return await request_retrying(conn, target.request(text, uuid.uuid4().hex))
 
 
@@ -112,12 +166,20 @@ async def send_messages(
     token: str | None = None,
     password: str | None = None,
     resumes: ResumeStore | None = None,
+    redial: Redial | None = None,
 ) -> int:
     """Send ``texts`` (or standard input's lines when None); return how many were acked.
 
     Empty lines from standard input are skipped: the protocol refuses empty text. A guest
     nick's ``resume`` is kept in ``resumes``, so the next run continues the same identity.
+    With ``redial`` (several servers), a lost connection is replaced (see :class:`Link`).
     """
+
+    async def greet(conn: Connection) -> None:
+        await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
+        if target.room is not None:
+            await request_retrying(conn, Join(room=target.room))
+
     await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
     if target.room is not None:
         if not target.create_room:
@@ -125,14 +187,19 @@ async def send_messages(
             # and seen by no one. ``history`` of a room that does not exist is no_such_room.
             await conn.request(History(room=target.room, limit=1))
         await conn.request(Join(room=target.room))
+    link = Link(conn, greet, redial)
     sent = 0
-    source = stdin_lines(conn) if texts is None else _iterate(texts)
-    async for text in source:
-        if texts is None and not text:
-            continue
-        await send_one(conn, target, utf8_text(text, "TEXT"))
-        sent += 1
-    await conn.close()
+    try:
+        source = stdin_lines(link) if texts is None else _iterate(texts)
+        async for text in source:
+            if texts is None and not text:
+                continue
+            await send_one(link, target, utf8_text(text, "TEXT"))
+            sent += 1
+        await link.conn.close()
+    finally:
+        if link.conn is not conn:
+            link.conn.abort()
     return sent
 
 

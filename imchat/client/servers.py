@@ -8,11 +8,16 @@ identity moves with the client from node to node.
 
 from __future__ import annotations
 
+import asyncio
 import ssl as ssl_module
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .connection import Connection
+
+#: Waits before each new round over the servers after a connection was lost (about 8 s in
+#: all: a node restarting, or the next one still starting up).
+REDIAL_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +78,20 @@ async def connect_first(
         return conn, index
     assert error is not None
     raise error
+
+
+async def redial(
+    servers: Sequence[Endpoint],
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    start: int = 0,
+    delays: Sequence[float] = REDIAL_DELAYS,
+) -> tuple[Connection, int]:
+    """After losing a connection: :func:`connect_first` from ``start`` on, and again over
+    every server after each of ``delays``; the last error if none ever answers."""
+    for delay in delays:
+        try:
+            return await connect_first(servers, ssl=ssl, start=start)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(delay)
+    return await connect_first(servers, ssl=ssl, start=start)

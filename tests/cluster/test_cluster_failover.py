@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from imchat.client.servers import Endpoint
 from imchat.client.session import Backoff, ChatSession, SessionEvent, State
@@ -89,3 +91,36 @@ async def test_send_uses_the_next_node_when_the_first_is_down(
     assert result.returncode == 0, result.stderr
     said = await watcher.wait_for(is_type("msg", room="lobby", text="built"))
     assert said["from"] == "ci"
+
+
+async def test_send_reading_stdin_moves_to_the_next_node_when_its_own_dies(
+    cluster: Cluster, clients: Clients, tmp_path: Path
+) -> None:
+    """``tail -f log | imchat send --host a,b`` goes on through b when a dies: each line is
+    stored once (the one in flight is sent again with its cid) and it exits 0 at the end of
+    its input. It exited 3 (``connection lost``) with the rest of its input unsent."""
+    nodes = cluster.start_many(2)
+    watcher = await clients.connect(nodes[1], "watcher")
+    await watcher.request("join", room="lobby")
+    hosts = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "imchat", "send", "--host", hosts, "--nick", "piper"],
+        *["--room", "lobby", "-"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "IMCHAT_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"before\n")
+    await proc.stdin.drain()
+    said = await watcher.wait_for(is_type("msg", room="lobby", text="before"))
+    assert said["from"] == "piper"
+    nodes[0].kill()
+    proc.stdin.write(b"after 1\nafter 2\n")
+    proc.stdin.close()
+    _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT * 3)
+    assert proc.returncode == 0, err.decode()
+    await watcher.wait_for(is_type("msg", room="lobby", text="after 2"))
+    texts = [e["text"] for e in watcher.seen if e.get("type") == "msg"]
+    assert texts == ["before", "after 1", "after 2"]

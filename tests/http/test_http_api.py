@@ -267,8 +267,10 @@ async def test_rate_limit_is_429_with_retry_after(http: Http, connect: Clients) 
 async def test_unknown_paths_and_methods_are_json(http: Http) -> None:
     status, body, _ = await http.get("/api/v1/nothing")
     assert (status, body["code"]) == (404, "bad_request")
-    status, body, _ = await http.call("DELETE", ROOM)
+    status, body, headers = await http.call("DELETE", ROOM)
     assert (status, body["code"]) == (405, "bad_request")
+    # RFC 9110: a 405 names the methods the resource has (it lost aiohttp's Allow header)
+    assert sorted(headers["Allow"].split(",")) == ["GET", "HEAD", "POST"]
 
 
 async def test_shutting_down_is_503(http: Http, connect: Clients) -> None:

@@ -101,6 +101,29 @@ def test_split_text_fits_and_keeps_every_character(text: str) -> None:
     assert joined == text.replace("\n", "").replace(" ", "")
 
 
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "\U0001f1fa\U0001f1f8",  # a flag: two regional indicators
+        "e\u0301",  # a letter and its combining accent
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # a family: emoji joined by ZWJ
+        "\U0001f44d\U0001f3fd",  # thumbs up with a skin tone
+        "\u2764\ufe0f",  # a heart with its emoji variation selector
+        "\u0915\u094d\u0937",  # Devanagari conjunct (virama)
+    ],
+)
+def test_split_text_keeps_what_is_drawn_as_one_character_whole(unit: str) -> None:
+    """A long text without spaces is cut between what is drawn as one character, never
+    inside it: a flag cut in two showed as two letters, an accent moved to the next line."""
+    text = "x" + unit * 200
+    pieces = split_text(text, 100)
+    assert "".join(pieces) == text
+    for piece in pieces:
+        assert len(piece.encode()) <= 100
+        body = piece.removeprefix("x")
+        assert body == unit * (len(body) // len(unit)), [piece[:12], piece[-12:]]
+
+
 def test_event_lines_split_long_messages_under_512_bytes() -> None:
     event = {"type": "msg", "room": "r", "from": "al", "seq": 3, "ts": 1.5, "text": "é" * 1000}
     lines = tr.event_lines(event, tr.TIME | tr.MSGTAGS)

@@ -17,6 +17,7 @@ import pytest
 from conftest import REDIS_BACKEND_URL, RawClient, ServerProcess, subprocess_env
 from irc_client import IRC_AT, IrcClient, Received, sasl_plain
 
+from imchat.server.irc import translate as tr
 from imchat.server.irc.lines import MAX_LINE
 
 _names = itertools.count(1)
@@ -244,6 +245,33 @@ async def test_irc_and_native_in_one_room(irc: Any) -> None:
     assert "reason" not in parted
 
 
+async def test_an_action_without_its_closing_delimiter_is_an_action(irc: Any) -> None:
+    """The CTCP spec lets a client leave out the closing \\x01 of an ACTION: the message is
+    still an action (it was refused as INVALID_TEXT for holding a control character)."""
+    room, nnick = unique("act"), unique("nat")
+    native = await irc.native(nnick)
+    await native.request({"type": "join", "room": room, "id": 1})
+    client = await irc(unique("irc"))
+    await client.join("#" + room)
+    client.send(f"PRIVMSG #{room} :\x01ACTION shrugs")
+    got = await native_event(native, "msg", room=room)
+    assert (got["text"], got.get("kind")) == ("shrugs", "action")
+
+
+async def test_an_action_in_a_dm_is_refused_not_sent_as_plain_text(irc: Any) -> None:
+    """imchat has actions in rooms only (as the TUI says to /me in a DM): an IRC /me in a
+    query is refused with FAIL, and nothing is sent. It went out as a plain DM of the words,
+    the sender's client showing "* irc waves" and the reader "irc: waves"."""
+    nnick = unique("nat")
+    native = await irc.native(nnick)
+    client = await irc(unique("irc"))
+    client.send(f"PRIVMSG {nnick} :\x01ACTION waves\x01", f"PRIVMSG {nnick} :plain words")
+    fail = await client.expect("FAIL")
+    assert fail.params[:3] == ["PRIVMSG", "INVALID_TEXT", nnick]
+    got = await native_event(native, "dm")
+    assert got["text"] == "plain words"
+
+
 async def test_a_topic_with_newlines_cannot_inject_irc_lines(irc: Any) -> None:
     """A topic may hold newlines; on IRC it is one parameter of one line (332, TOPIC, 322).
     A newline in it would end the line there, and what follows would be read by IRC clients
@@ -398,6 +426,73 @@ async def test_no_echo_without_echo_message(irc: Any) -> None:
     assert not any(r.command == "PRIVMSG" for r in client.seen)
 
 
+async def test_what_the_user_says_elsewhere_reaches_an_irc_client_without_echo(
+    irc: Any, running: Running
+) -> None:
+    """Without echo-message an IRC client is spared only the lines it sent itself: what its
+    user says from another session (a native client of the same account) is news to it, in a
+    room and in a DM; its own announcement does not come back to it (the client shows it)."""
+    room, peer_nick = unique("elsewhere"), unique("peer")
+    peer = await irc.native(peer_nick)
+    client = await irc("admin", password="token:" + running.admin_token)
+    await client.join("#" + room)
+    native = await irc.native("admin", token=running.admin_token)
+    await native.request({"type": "join", "room": room, "id": 1})
+    await native.request({"type": "say", "room": room, "text": "said natively", "id": 2})
+    await native.request({"type": "dm", "to": peer_nick, "text": "dm natively", "id": 3})
+    said = await client.expect("PRIVMSG")
+    assert (said.line.source, said.params) == (tr.source("admin"), ["#" + room, "said natively"])
+    dm = await client.expect("PRIVMSG")
+    assert dm.params == [peer_nick, "dm natively"]
+    client.send(
+        f"PRIVMSG #{room} :typed on irc",
+        f"PRIVMSG {peer_nick} :dm typed on irc",
+        "NOTICE $* :announced on irc",
+        "PING :after",
+    )
+    assert (await native_event(native, "msg", text="typed on irc"))["from"] == "admin"
+    assert (await native_event(peer, "dm", text="dm typed on irc"))["from"] == "admin"
+    assert (await native_event(peer, "announce"))["text"] == "announced on irc"
+    await client.expect("PONG")
+    shown = [r.params[-1] for r in client.seen if r.command in ("PRIVMSG", "NOTICE")]
+    assert shown == ["said natively", "dm natively"]
+    # and a message of the native session's after those still arrives
+    await native.request({"type": "say", "room": room, "text": "said natively again", "id": 4})
+    assert (await client.expect("PRIVMSG")).params[-1] == "said natively again"
+
+
+async def test_rooms_the_user_is_in_already_are_shown_joined_at_registration(
+    irc: Any, running: Running
+) -> None:
+    """An account's IRC client that connects while another session of it is in rooms is shown
+    those rooms as joined (JOIN, topic, NAMES) before anything said there. Their messages came
+    to a channel the client never saw joined (irssi put them in its status window), and a JOIN
+    then replayed history the client had already shown."""
+    room, other_nick = unique("already"), unique("oth")
+    native = await irc.native("admin", token=running.admin_token)
+    await native.request({"type": "join", "room": room, "id": 1})
+    await native.request({"type": "topic", "room": room, "text": "set before", "id": 2})
+    other = await irc.native(other_nick)
+    await other.request({"type": "join", "room": room, "id": 1})
+    client = await irc("admin", password="token:" + running.admin_token)
+    lines = await client.until("366")
+    while lines[-1].params[1] != "#" + room:  # (rooms of an earlier test's admin session)
+        lines = await client.until("366")
+    assert [r.command for r in lines][-4:] == ["JOIN", "332", "353", "366"]
+    join, topic, names = lines[-4:-1]
+    assert (join.line.source, join.params) == (tr.source("admin"), ["#" + room])
+    assert topic.params[1:] == ["#" + room, "set before"]
+    assert sorted(names.params[-1].split()) == sorted(["admin", other_nick])
+    await other.request({"type": "say", "room": room, "text": "said after", "id": 2})
+    assert (await client.expect("PRIVMSG")).params == ["#" + room, "said after"]
+    # a JOIN of the client's own is a repeated join: no second JOIN line, no replay
+    again = await client.join("#" + room)
+    assert [r.command for r in again] == ["332", "353", "366"]
+    client.send("NAMES", "PING :after")
+    await client.expect("PONG")
+    assert sum(r.command == "PRIVMSG" for r in client.seen) == 1
+
+
 async def test_join_replays_history_in_a_batch(irc: Any) -> None:
     room = unique("hist")
     native = await irc.native(unique("nat"))
@@ -520,6 +615,29 @@ async def test_announcements(irc: Any, running: Running) -> None:
 # -- other commands --------------------------------------------------------------------------
 
 
+async def test_who_and_names_of_many_channels_list_their_members(irc: Any) -> None:
+    """WHO and NAMES list the members of every channel asked, however many (irssi sends a WHO
+    per channel after joining them). They asked the hub with a native ``join``, which counts
+    against the message rate limit: after a JOIN of 30 channels, the 11th WHO on listed none."""
+    nick = unique("many")
+    client = await irc(nick)
+    rooms = [unique("many") for _ in range(30)]
+    client.send("JOIN " + ",".join("#" + room for room in rooms))
+    for _ in rooms:
+        await client.expect("366")
+    client.send(*[f"WHO #{room}" for room in rooms], *[f"NAMES #{room}" for room in rooms])
+    for room in rooms:
+        who = await client.until("315")
+        assert [r.params[1:3] for r in who if r.command == "352"] == [["#" + room, nick]]
+    for room in rooms:
+        names = await client.until("366")
+        assert [r.params[2:] for r in names if r.command == "353"] == [["#" + room, nick]]
+    # and the message bucket is whole enough to speak at once
+    client.send(f"PRIVMSG #{rooms[0]} :still allowed", "PING :after")
+    await client.expect("PONG")
+    assert not any(r.command == "FAIL" for r in client.seen)
+
+
 async def test_list_names_who_whois_mode_away_ping(irc: Any) -> None:
     room, nick = unique("misc"), unique("misc")
     client = await irc(nick)
@@ -586,6 +704,11 @@ async def test_bad_input(irc: Any) -> None:
     await client.expect("411")
     client.send(f"PRIVMSG #notjoined{next(_names)} :hi")
     assert (await client.expect("404")).params[-1].startswith("you are not in")
+    # a target that cannot be a nick is no such nick (401), not a bad NICK command (432)
+    client.send("PRIVMSG 9lives :hi", "NOTICE bad.nick :hi")
+    assert (await client.expect(lambda r: r.command in ("401", "432"))).params[1] == "9lives"
+    assert (await client.expect(lambda r: r.command in ("401", "432"))).command == "401"
+    assert not any(r.command == "432" for r in client.seen)
     # a line without LF that grows past the limit is cut off and the session goes on
     client.send(b"PRIVMSG #" + room.encode() + b" :" + b"y" * 9000)
     await client.expect("417")

@@ -119,7 +119,9 @@ async def pane_shows(session: str, text: str, timeout: float = 15.0) -> str:
     screen = ""
     while time.monotonic() < deadline:
         screen = subprocess.run(
-            ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ["tmux", "-L", session, "capture-pane", "-p", "-t", session],
+            capture_output=True,
+            text=True,
         ).stdout
         if text in screen:
             return screen
@@ -138,12 +140,14 @@ async def test_irssi_in_tmux_and_native_client(server: tuple[int, int], tmp_path
     home = tmp_path / "irssi"
     home.mkdir()
     argv = f"irssi --home={home} -c 127.0.0.1 -p {irc_port} -n ircy"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", argv])
+    # A private tmux server (socket named after the session): nobody else's sessions are touched.
+    tmux = ["tmux", "-L", session]
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "30", argv])
     try:
         await pane_shows(session, "Welcome to imchat")
 
         def keys(*text: str) -> None:
-            subprocess.run(["tmux", "send-keys", "-t", session, *text])
+            subprocess.run([*tmux, "send-keys", "-t", session, *text])
 
         keys("/join #lobby", "Enter")
         await native_until(carol, "joined", nick="ircy")
@@ -157,5 +161,5 @@ async def test_irssi_in_tmux_and_native_client(server: tuple[int, int], tmp_path
         parted = await native_until(carol, "parted", nick="ircy")
         assert parted["reason"] == "quit"
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
         await carol.close()

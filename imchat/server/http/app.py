@@ -158,6 +158,8 @@ class HttpFrontend:
             if exc.status < 400:
                 raise
             response = error_response(ErrorCode.BAD_REQUEST, exc.reason, status=exc.status)
+            if "Allow" in exc.headers:  # a 405 names the methods there are (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
         except Exception:
             log.exception("internal error answering %s %s", request.method, request.path)
             response = error_response(ErrorCode.INTERNAL, "internal server error")

@@ -69,6 +69,28 @@ class CommandBase:
             return False
         return True
 
+    def show_topic(self, room: str, code: int) -> None:
+        channel = self.channels.get(room)
+        if channel is None:
+            return
+        if channel.topic:
+            self.num("332", "#" + room, channel.topic)
+        elif code == 331:
+            self.num("331", "#" + room, "No topic is set")
+
+    def names(self, room: str, members: list[str] | None) -> None:
+        if members is not None:
+            nicks = sorted(members, key=str.lower)
+            chunk: list[str] = []
+            for nick in nicks:
+                chunk.append(nick)
+                if len(chunk) == 40:
+                    self.num("353", "=", "#" + room, " ".join(chunk))
+                    chunk = []
+            if chunk:
+                self.num("353", "=", "#" + room, " ".join(chunk))
+        self.num("366", "#" + room, "End of /NAMES list")
+
     def emit_history(
         self, target: str, messages: list[dict[str, Any]], *, prefix_time: bool = False
     ) -> None:

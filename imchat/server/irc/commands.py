@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from imchat.protocol import ProtocolError
+from imchat.protocol import ProtocolError, nick_key
 
 from . import translate as tr
 from .base import Channel
 from .history import History
 from .lines import Line, format_parts
 from .registration import Registration
+from .sent import event_stream_key
 
 if TYPE_CHECKING:
     from .session import IrcSession, Reply
@@ -105,54 +106,43 @@ class Commands(Registration, History):
                 if room not in self.channels:
                     self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
                     joined.append((room, int(reply.get("last_seq", 0))))
+                    if self.replays(joined[0][1]):
+                        # What is said from now on comes after the replay (see ``replay``).
+                        self.s.hold_room(room)
                 self.channels[room] = Channel(str(reply["topic"]))
                 self.show_topic(room, 332)
                 self.names(room, [str(m) for m in reply["members"]])
 
             await self.s.request({"type": "join", "room": target}, on_reply)
-            if joined and joined[0][1] and "draft/chathistory" not in self.s.caps:
+            if joined and self.replays(joined[0][1]):
                 await self.replay(*joined[0])
 
-    async def replay(self, room: str, last_seq: int) -> None:
-        """The messages before the join (later ones arrive live: none is shown twice)."""
-        body = {"type": "history", "room": room, "limit": JOIN_REPLAY, "before": last_seq + 1}
-        reply = await self.s.ask(body)
-        if isinstance(reply, ProtocolError) or not reply.get("messages"):
-            return
-        self.emit_history(
-            "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
-        )
+    def replays(self, last_seq: int) -> bool:
+        """Whether a first JOIN shows what was said before it (not to chathistory clients)."""
+        return last_seq > 0 and "draft/chathistory" not in self.s.caps
 
-    def show_topic(self, room: str, code: int) -> None:
-        channel = self.channels.get(room)
-        if channel is None:
-            return
-        if channel.topic:
-            self.num("332", "#" + room, channel.topic)
-        elif code == 331:
-            self.num("331", "#" + room, "No topic is set")
+    async def replay(self, room: str, last_seq: int) -> None:
+        """The messages before the join (later ones arrive live: none is shown twice). The
+        room's live events are held from the join's reply until the replay is out, so that
+        what is said while the store is read comes after what was said before."""
+        body = {"type": "history", "room": room, "limit": JOIN_REPLAY, "before": last_seq + 1}
+        try:
+            reply = await self.s.ask(body)
+            if isinstance(reply, ProtocolError) or not reply.get("messages"):
+                return
+            self.emit_history(
+                "#" + room, reply["messages"], prefix_time="server-time" not in self.s.caps
+            )
+        finally:
+            self.s.release_room(room)
 
     async def members(self, room: str) -> list[str] | None:
-        """The room's members, if this client is in it (a repeated join changes nothing)."""
+        """The room's members, if this client is in it. Read from the fan-out: a repeated
+        native ``join`` would tell the same but count against the message rate limit, once
+        per NAMES or WHO (irssi sends a WHO for every channel it joins)."""
         if room not in self.channels:
             return None
-        reply = await self.s.ask({"type": "join", "room": room})
-        if isinstance(reply, ProtocolError):
-            return None
-        return [str(m) for m in reply.get("members", [])]
-
-    def names(self, room: str, members: list[str] | None) -> None:
-        if members is not None:
-            nicks = sorted(members, key=str.lower)
-            chunk: list[str] = []
-            for nick in nicks:
-                chunk.append(nick)
-                if len(chunk) == 40:
-                    self.num("353", "=", "#" + room, " ".join(chunk))
-                    chunk = []
-            if chunk:
-                self.num("353", "=", "#" + room, " ".join(chunk))
-        self.num("366", "#" + room, "End of /NAMES list")
+        return await self.s.hub.fanout.members(room)
 
     async def part(self, target: str) -> None:
         reply = await self.s.ask({"type": "part", "room": target})
@@ -297,12 +287,21 @@ class Commands(Registration, History):
             return []
         text = line.params[1]
         body: dict[str, Any] = {}
-        if text.startswith("\x01ACTION ") and text.endswith("\x01") and len(text) > 9:
-            text, body["kind"] = text[8:-1], "action"
+        if text.startswith("\x01ACTION "):
+            # The closing \x01 may be left out (the CTCP spec allows it).
+            action = text[8:-1] if text.endswith("\x01") else text[8:]
+            if action:
+                text, body["kind"] = action, "action"
         reply_to = _reply_to(line)
         answer = {"reply_to": reply_to} if reply_to is not None else {}
         out = []
         for target in line.params[0].split(","):
+            if body and not target.startswith("#"):
+                # imchat has actions in rooms only (a DM or an announcement has no kind):
+                # refused rather than sent as plain words (the TUI's /me says the same).
+                message = "actions (/me) work in channels only; nothing was sent"
+                self.out(tr.fail(line.command, "INVALID_TEXT", message, target))
+                continue
             if target.startswith("#"):
                 request = {"type": "say", "room": target, "text": text, **body, **answer}
             elif target.startswith("$"):
@@ -313,6 +312,8 @@ class Commands(Registration, History):
             def on_reply(reply: Reply, target: str = target, cmd: str = line.command) -> None:
                 if isinstance(reply, ProtocolError):
                     self.error(reply, cmd, target)
+                else:
+                    self.s.note_sent(target, reply)
 
             out.append(self.s.payload(request, on_reply))
         return out
@@ -335,6 +336,8 @@ class Commands(Registration, History):
         def on_reply(reply: Reply) -> None:
             if isinstance(reply, ProtocolError):
                 self.error(reply, "TAGMSG", target)
+            else:
+                self.s.note_sent(target, reply)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
@@ -361,6 +364,8 @@ class Commands(Registration, History):
         def on_reply(reply: Reply) -> None:
             if isinstance(reply, ProtocolError):
                 self.error(reply, "REDACT", target)
+            else:
+                self.s.note_sent(target, reply)
 
         await self.s.hub.handle_batch(self.s, [self.s.payload(request, on_reply)])
 
@@ -376,11 +381,13 @@ class Commands(Registration, History):
         event = entry.event
         kind = event.get("type")
         me = self.s.user.key if self.s.user is not None else ""
-        if kind == "msg" or kind == "dm":
+        if kind in ("msg", "dm", "announce"):
+            # Without echo-message, what this client sent is not sent back to it; what its
+            # user sent from another session is.
             if (
-                event.get("from", "").lower() == me
-                and "echo-message" not in self.s.caps
-                and event.get("to", "").lower() != me
+                not self.s.echo
+                and nick_key(str(event.get("from", ""))) == me
+                and self.s.sent.take(event_stream_key(event, me), event.get("seq"))
             ):
                 return None
             return entry.for_variant(self.s.variant)
@@ -399,8 +406,6 @@ class Commands(Registration, History):
         if kind == "topic":
             if event["room"] in self.channels:
                 self.channels[event["room"]].topic = event["topic"]
-            return entry.for_variant(self.s.variant)
-        if kind == "announce":
             return entry.for_variant(self.s.variant)
         if kind == "error":
             code = str(event.get("code", "internal")).upper()

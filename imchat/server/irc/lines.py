@@ -13,6 +13,7 @@ UTF-8: every line must be valid UTF-8. A line that is not is refused (:class:`Ba
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -164,13 +165,51 @@ def inert(text: str) -> str:
     return _ACTS_AROUND.sub(_stand_in, text)
 
 
+_ZWJ = "\u200d"
+_VIRAMA = 9  # the canonical combining class of a virama, which joins consonants
+
+
+def _regional(char: str) -> bool:
+    return "\U0001f1e6" <= char <= "\U0001f1ff"
+
+
+def _inside(text: str, cut: int) -> bool:
+    """Whether cutting ``text`` before index ``cut`` would split what is drawn as one
+    character: a mark (accent, vowel sign, variation selector, skin tone, tag), what a ZWJ or
+    a virama joins, or a flag's two regional indicators. (Close to Unicode's extended
+    grapheme clusters, without a table.)"""
+    after, before = text[cut], text[cut - 1]
+    if unicodedata.category(after).startswith("M") or after == _ZWJ or before == _ZWJ:
+        return True
+    if "\U0001f3fb" <= after <= "\U0001f3ff" or "\U000e0020" <= after <= "\U000e007f":
+        return True
+    if unicodedata.combining(before) == _VIRAMA:
+        return True
+    if _regional(after) and _regional(before):
+        run = cut
+        while run > 0 and _regional(text[run - 1]):
+            run -= 1
+        return (cut - run) % 2 == 1
+    return False
+
+
+def _cluster_cut(text: str, cut: int) -> int:
+    """``cut`` moved back to the start of the character it would split (unchanged if that
+    character alone fills the line, as a long run of combining marks can)."""
+    back = cut
+    while 0 < back < len(text) and _inside(text, back):
+        back -= 1
+    return back or cut
+
+
 def split_text(text: str, max_bytes: int) -> list[str]:
     """Cut a text into pieces of at most ``max_bytes`` UTF-8 bytes: at newlines (IRC lines
-    cannot hold one), then at the last space that fits, else between code points."""
+    cannot hold one), then at the last space that fits, else between the characters as
+    drawn (a flag, an accented letter, an emoji sequence stay whole)."""
     pieces: list[str] = []
     for para in text.split("\n"):
         while len(para.encode()) > max_bytes:
-            cut = len(para.encode()[:max_bytes].decode("utf-8", "ignore"))
+            cut = _cluster_cut(para, len(para.encode()[:max_bytes].decode("utf-8", "ignore")))
             space = para.rfind(" ", 1, cut + 1)
             if space > cut // 2:
                 cut = space

@@ -8,6 +8,7 @@ account's password.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import imchat
 from imchat.protocol import ErrorCode, ProtocolError
 
 from . import translate as tr
-from .base import CHANNELLEN, CHATHISTORY_MAX, NICKLEN, CommandBase
+from .base import CHANNELLEN, CHATHISTORY_MAX, NICKLEN, Channel, CommandBase
 from .lines import Line, format_parts
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Registration(CommandBase):
             else:
                 body["password"] = secret
         result: list[bool] = []
+        replied: asyncio.Future[None] = self.s.hub.loop.create_future()
 
         def on_reply(reply: Reply) -> None:
             # Called as the reply is sent: auth_failed is fatal, so the numeric must go first.
@@ -130,8 +132,21 @@ class Registration(CommandBase):
                 else:
                     self.error(reply, "NICK", nick)
             result.append(not isinstance(reply, ProtocolError))
+            if not replied.done():
+                replied.set_result(None)
 
-        await self.s.request(body, on_reply)
+        async def run() -> None:
+            try:
+                await self.s.request(body, on_reply)
+            finally:
+                if not replied.done():
+                    replied.set_result(None)  # no reply: the connection is closing
+
+        # After its welcome the hub hands the user its queued DMs and waits until they are
+        # written, which for a client still registering is after CAP END (see
+        # ``IrcSession.wait_written``): registration goes on meanwhile, past the reply.
+        self.s.hub.spawn(run())
+        await replied
         return result == [True]
 
     async def try_register(self) -> None:
@@ -146,7 +161,37 @@ class Registration(CommandBase):
         if s.user is None or s.closing:
             return
         self.burst()
+        rooms = self.joined_elsewhere()
         s.finish_registration()
+        await self.describe_joined(rooms)
+
+    def joined_elsewhere(self) -> list[str]:
+        """The rooms the user is in already (joined from another session), shown as joined
+        with a JOIN line each before any event of theirs can reach this client; membership
+        belongs to the user, so their messages come here too."""
+        user = self.s.user
+        # (A room already in ``channels`` was shown by a ``joined`` event held since a SASL
+        # login.)
+        rooms = sorted(set(user.rooms) - self.channels.keys()) if user is not None else []
+        for room in rooms:
+            self.channels[room] = Channel("")
+            self.out(format_parts("JOIN", ["#" + room], tr.source(self.nick)))
+        return rooms
+
+    async def describe_joined(self, rooms: list[str]) -> None:
+        """Topic and NAMES of the rooms :meth:`joined_elsewhere` showed, as after a JOIN.
+        Read from the store and the fan-out directly: a native ``join`` would tell the same
+        but count against the message rate limit, once per room."""
+        hub = self.s.hub
+        for room in rooms:
+            info = await hub.store.room(room)
+            members = await hub.fanout.members(room)
+            channel = self.channels.get(room)
+            if channel is None or self.s.closing:
+                continue  # parted meanwhile
+            channel.topic = info.topic if info is not None else channel.topic
+            self.show_topic(room, 332)
+            self.names(room, members)
 
     def burst(self) -> None:
         s = self.s

@@ -25,6 +25,7 @@ from ..session import Session
 from . import translate as tr
 from .commands import Commands
 from .lines import MAX_TOTAL, BadLine, Line, LineDecoder, LineTooLong, format_parts, parse_line
+from .sent import SentHere
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -55,15 +56,18 @@ class IrcSession(Session):
     __slots__ = (
         "_next_id",
         "_ping_timer",
+        "_registration_waiters",
         "cache",
         "caps",
         "cmd",
         "echo",
+        "held_rooms",
         "lines",
         "prebuffer",
         "queue",
         "queued_bytes",
         "registered",
+        "sent",
         "shared",
         "skip_author",
         "user_key",
@@ -80,8 +84,13 @@ class IrcSession(Session):
         self.cache = shared.cache
         #: The user's nick key once registered.
         self.user_key = ""
-        #: Whose room messages this client does not get: its own, unless echo-message.
+        #: Whose room messages may be kept from this client: its user's, unless echo-message
+        #: (and of those only the ones it sent itself, :attr:`sent`).
         self.skip_author = ""
+        #: What this client sent itself: without echo-message, not sent back to it.
+        self.sent = SentHere()
+        #: Rooms whose events wait while a JOIN's replay is read: their lines, in order.
+        self.held_rooms: dict[str, list[bytes]] = {}
         self.lines = LineDecoder()
         self.queue: list[bytes | LineTooLong] = []
         self.queued_bytes = 0
@@ -93,6 +102,8 @@ class IrcSession(Session):
         #: Lines for events that arrived before registration finished (after a SASL hello).
         self.prebuffer: list[bytes] = []
         self.waiting: dict[int, OnReply] = {}
+        #: :meth:`wait_written` futures of an unregistered client (settled after CAP END).
+        self._registration_waiters: list[asyncio.Future[bool]] = []
         self._next_id = 0
         self._ping_timer: asyncio.TimerHandle | None = None
         self.cmd = Commands(self)
@@ -148,6 +159,7 @@ class IrcSession(Session):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._settle_registration_waiters(None)
         self.queue.clear()
         self.queued_bytes = 0
         if self._ping_timer is not None:
@@ -251,9 +263,13 @@ class IrcSession(Session):
         entry = cache.last if frame is cache.last_frame else cache.get(frame)
         if entry.simple and self.registered:
             # The broadcast path: no decoding, no formatting, one dict lookup.
-            if entry.author == self.skip_author:
+            if entry.author == self.skip_author and self.sent.take(
+                "#" + str(entry.event.get("room")), entry.event.get("seq")
+            ):
                 return
             lines = entry.lines[self.variant] or entry.for_variant(self.variant)
+            if self.held_rooms and self._hold(entry.event, lines):
+                return
             out = self._out
             if out and not self.closing:
                 # Already queued this loop turn (a burst): the buffer check was done with the
@@ -276,8 +292,31 @@ class IrcSession(Session):
                     callback(event)
                 return
         data = self.cmd.event_out(entry)
-        if data:
+        if data and not (self.held_rooms and self._hold(event, data)):
             self.send_event(data)
+
+    def hold_room(self, room: str) -> None:
+        """Keep the room's events back (a JOIN's replay is being read; they come after it)."""
+        self.held_rooms.setdefault(room, [])
+
+    def release_room(self, room: str) -> None:
+        """Send what :meth:`hold_room` kept back, in the order it came."""
+        for data in self.held_rooms.pop(room, ()):
+            self.send_event(data)
+
+    def _hold(self, event: dict[str, Any], data: bytes) -> bool:
+        room = event.get("room")
+        held = self.held_rooms.get(room) if isinstance(room, str) else None
+        if held is None:
+            return False
+        held.append(data)
+        return True
+
+    def note_sent(self, target: str, reply: dict[str, Any]) -> None:
+        """The ``ok`` of a message this client sent to ``target``: without echo-message its
+        event is not sent back to it (the client showed the message as it sent it)."""
+        if not self.echo:
+            self.sent.add(target, reply)
 
     def send_event(self, data: bytes) -> None:
         if self.registered:
@@ -310,6 +349,35 @@ class IrcSession(Session):
         held, self.prebuffer = self.prebuffer, []
         for data in held:
             Session.send(self, data)
+        if self._registration_waiters:
+            self._settle_registration_waiters(Session.wait_written(self))
+
+    def wait_written(self) -> asyncio.Future[bool]:
+        """As a native session's; but what a client logged in by SASL is sent before its
+        registration ends waits in ``prebuffer``, so it counts as written only once it has
+        gone out after CAP END. A client gone before then took nothing with it: the DMs it
+        was owed stay queued for the user's next session."""
+        if self.registered or self.closing:
+            return Session.wait_written(self)
+        future: asyncio.Future[bool] = self.hub.loop.create_future()
+        self._registration_waiters.append(future)
+        return future
+
+    def _settle_registration_waiters(self, written: asyncio.Future[bool] | None) -> None:
+        """Hand the waiters of :meth:`wait_written` the outcome of ``written`` (None: the
+        connection ended unregistered, nothing was written)."""
+        waiters, self._registration_waiters = self._registration_waiters, []
+        for future in waiters:
+            if written is None:
+                if not future.done():
+                    future.set_result(False)
+                continue
+
+            def settle(done: asyncio.Future[bool], future: asyncio.Future[bool] = future) -> None:
+                if not future.done():
+                    future.set_result(not done.cancelled() and done.result())
+
+            written.add_done_callback(settle)
 
     def caps_changed(self) -> None:
         """Derive what the send path reads from the negotiated capabilities."""

@@ -225,7 +225,8 @@ def error_lines(code: ErrorCode, message: str, command: str, target: str, nick: 
     if code == ErrorCode.NICK_TAKEN:
         return numeric("433", nick, target, message)
     if code == ErrorCode.BAD_NICK:
-        return numeric("432", nick, target, message)
+        # A message to a target that cannot be a nick: no such nick. 432 answers NICK.
+        return numeric("401" if command in ("PRIVMSG", "NOTICE") else "432", nick, target, message)
     if code == ErrorCode.AUTH_FAILED:
         return numeric("464", nick, message)
     if code in (ErrorCode.BAD_ROOM, ErrorCode.NO_SUCH_ROOM):
