@@ -55,12 +55,17 @@ async def test_welcome_carries_identity_fields(server: Any, connect: Clients) ->
 
 
 async def test_held_guest_nick_needs_its_resume(server: Any, connect: Clients) -> None:
+    watcher = await connect("watcher")
+    await join(watcher, "lobby")
     bob = await connect("bob")
+    await join(bob, "lobby")
     resume = (bob.welcome or {})["resume"]
     second = await connect("BOB", resume=resume)  # a second session of the same identity
     assert (second.welcome or {})["resume"] == resume
     await leave(second)
     await leave(bob)
+    # A room mate hears bob go: by then the server holds the nick (else it is still online).
+    assert (await next_event(watcher, "offline", skip=NOISE))["nick"] == "bob"
     error = await hello_refused(connect, "bob")
     assert error.code == "nick_taken"
     assert "held" in error.message and " s more" in error.message
