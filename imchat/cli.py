@@ -220,6 +220,13 @@ def server(
             help="Undelivered direct messages that may wait per recipient (0: no limit).",
         ),
     ] = 1000,
+    max_queued_per_sender: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_QUEUED_PER_SENDER",
+            help="Of those, how many one sender may have waiting for one recipient (0: no share).",
+        ),
+    ] = 100,
     max_topic: Annotated[
         int, typer.Option(envvar="IMCHAT_MAX_TOPIC", help="Longest room topic, in characters.")
     ] = 500,
@@ -387,6 +394,7 @@ def server(
         http_port=http_port,
         guest_hold=guest_hold,
         max_queued=max_queued,
+        max_queued_per_sender=max_queued_per_sender,
         fresh_store=fresh_store,
         max_topic=max_topic,
         max_rooms=max_rooms,
@@ -407,8 +415,10 @@ def server(
         retain_days=retain_days,
         retain_messages=retain_messages,
     )
-    if guest_hold < 0 or max_queued < 0:
-        raise _fail("--guest-hold and --max-queued must not be negative", 2)
+    if guest_hold < 0 or max_queued < 0 or max_queued_per_sender < 0:
+        raise _fail(
+            "--guest-hold, --max-queued and --max-queued-per-sender must not be negative", 2
+        )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)
     try:

@@ -105,6 +105,10 @@ class ServerConfig:
     guest_hold: float = 300.0
     #: Undelivered DMs that may wait per recipient; one more is ``limit_reached``. 0: no limit.
     max_queued: int = 1000
+    #: Of those, how many one sender (by nick) may have waiting for one recipient; one more is
+    #: ``limit_reached`` for that sender only, so no stranger can fill a queue alone. 0: no
+    #: share (only ``max_queued``).
+    max_queued_per_sender: int = 100
     #: Accept-queue length (capped by net.core.somaxconn): a reconnect storm must fit.
     listen_backlog: int = 4096
     #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux

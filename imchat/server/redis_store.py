@@ -86,6 +86,7 @@ from .store import (
     UserRecord,
     new_epoch,
     new_ident,
+    share_refusal,
     token_id,
 )
 from .streams import StreamId, StreamKind
@@ -269,17 +270,22 @@ def lua_for(script: str, *, sharded: bool) -> str:
 
 
 #: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
-#: owner (sender identity id: the cid namespace), recipient identity id (DMs), max_queued,
+#: owner (sender identity id: the cid namespace), recipient identity id (DMs),
+#: "<max_queued> <max_queued_per_sender>" (one argument: the feature scripts number theirs
+#: from 11),
 #: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
 #: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member, -2 the
-#: recipient's queue is full; delivered is the cluster's session count for an announcement.
+#: recipient's queue is full, -3 the sender's share of it is used up; delivered is the
+#: cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local owner, to_ident, max_queued = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local owner, to_ident = ARGV[7], ARGV[8]
+local max_queued, share = string.match(ARGV[9], '^(%d+) (%d+)$')
+max_queued, share = tonumber(max_queued), tonumber(share)
 local as_member = ARGV[10] ~= '0'
 local kind = string.sub(stream, 1, 1)
 local cids = prefix .. 'cid:' .. owner
@@ -301,9 +307,20 @@ elseif kind == 'd' then
   to = low
   if low == sender then to = high end
   to_online = tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0
-  if to ~= sender and not to_online and max_queued > 0 and
-      redis.call('LLEN', prefix .. 'pending:' .. to_ident) >= max_queued then
-    return '-2 0 0 0\\n'
+  if to ~= sender and not to_online then
+    local queue = prefix .. 'pending:' .. to_ident
+    local queued = redis.call('LLEN', queue)
+    if max_queued > 0 and queued >= max_queued then return '-2 0 0 0\\n' end
+    if share > 0 and queued >= share then
+      -- The sender's share: its DMs in the queue (at most max_queued, read only when the
+      -- queue is this long). "from" is the payload's first string field after "type".
+      local mine = 0
+      for _, p in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+        local from = string.match(p, '"from":"([^"]*)"')
+        if from and string.lower(from) == sender then mine = mine + 1 end
+      end
+      if mine >= share then return '-3 0 0 0\\n' end
+    end
   end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
@@ -920,7 +937,7 @@ class RedisStore:
             draft.sender_key,
             draft.cid_owner,
             draft.recipient_ident,
-            draft.max_queued,
+            f"{draft.max_queued} {draft.max_queued_per_sender}",
             "1" if draft.as_member else "0",
         )
         script = self._append
@@ -942,6 +959,8 @@ class RedisStore:
                 ErrorCode.LIMIT_REACHED,
                 f"{draft.max_queued} messages already wait for them; try later",
             )
+        if status == b"-3":
+            raise ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(draft.max_queued_per_sender))
         if seq != b"0" and payload:
             self.seen.note(stream.key, int(seq), payload)
         return Stored(
