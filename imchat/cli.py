@@ -118,6 +118,21 @@ def server(
     burst: Annotated[
         int, typer.Option(envvar="IMCHAT_BURST", help="Messages a session may send at once.")
     ] = 40,
+    read_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_READ_RATE",
+            help="history/users/markers/mark requests per second per session (0: no limit).",
+        ),
+    ] = 20.0,
+    read_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_READ_BURST",
+            help="Such requests a session may send at once (a reconnect sends one or two per"
+            " conversation).",
+        ),
+    ] = 500,
     motd: Annotated[
         str | None, typer.Option(envvar="IMCHAT_MOTD", help="Message of the day in welcome.")
     ] = None,
@@ -376,6 +391,8 @@ def server(
         max_buffer=max_buffer,
         rate=rate,
         burst=burst,
+        read_rate=read_rate,
+        read_burst=read_burst,
         motd=motd,
         log_level=log_level,
         require_account=require_account,

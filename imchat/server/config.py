@@ -63,6 +63,12 @@ class ServerConfig:
     #: across all nodes of a cluster on the Redis backend; 0 disables.
     addr_rate: float = 40.0
     addr_burst: int = 80
+    #: Reads (``history``, ``users``, ``markers``; IRC ``WHOIS``) and read-marker moves
+    #: (``mark``) per second per session, after a burst of ``read_burst``; 0 disables. A
+    #: budget of their own, and a large burst: a client sends one or two per conversation at
+    #: every (re)connect.
+    read_rate: float = 20.0
+    read_burst: int = 500
     motd: str | None = None
     log_level: str = "info"
     #: Refuse guests: every nick needs an account (``auth_failed``).
