@@ -27,6 +27,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P since:<ident>     hash   DM stream -> first seq the identity may read
     P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
                                held guest's expires with its hold)
+    P pendingby:<ident> hash   sender key -> DMs it queued there (grows; void once the
+                               queue has emptied): ``max_queued_per_sender``
     P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
     P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel every node hears (see redis_fanout)
@@ -311,15 +313,15 @@ elseif kind == 'd' then
     local queue = prefix .. 'pending:' .. to_ident
     local queued = redis.call('LLEN', queue)
     if max_queued > 0 and queued >= max_queued then return '-2 0 0 0\\n' end
-    if share > 0 and queued >= share then
-      -- The sender's share: its DMs in the queue (at most max_queued, read only when the
-      -- queue is this long). "from" is the payload's first string field after "type".
-      local mine = 0
-      for _, p in ipairs(redis.call('LRANGE', queue, 0, -1)) do
-        local from = string.match(p, '"from":"([^"]*)"')
-        if from and string.lower(from) == sender then mine = mine + 1 end
+    if share > 0 then
+      -- The sender's share. The counts only grow, and are void once the queue has
+      -- emptied (every DM delivered): exact for a queue delivered whole, as a hello does,
+      -- and O(1) where counting the queue would read up to max_queued payloads.
+      local shares = prefix .. 'pendingby:' .. to_ident
+      if queued == 0 then redis.call('DEL', shares)
+      elseif tonumber(redis.call('HGET', shares, sender) or '0') >= share then
+        return '-3 0 0 0\\n'
       end
-      if mine >= share then return '-3 0 0 0\\n' end
     end
   end
 end
@@ -355,6 +357,11 @@ elseif kind == 'd' then
       local queue = prefix .. 'pending:' .. to_ident
       redis.call('RPUSH', queue, payload)
       if to_held then redis.call('PEXPIRE', queue, to_ttl) end  -- dropped when the hold ends
+      if share > 0 then
+        local shares = prefix .. 'pendingby:' .. to_ident
+        redis.call('HINCRBY', shares, sender, 1)
+        if to_held then redis.call('PEXPIRE', shares, to_ttl) end
+      end
     end
   end
   local by, order = {}, {}
@@ -396,7 +403,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') ~= ident then return 0 end
 if redis.call('HGET', prefix .. 'identof', key) == ident then return 0 end  -- online after all
 redis.call('DEL', guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident)
+  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident, prefix .. 'pendingby:' .. ident)
 return 1
 """
 
@@ -406,7 +413,10 @@ CREATE_ACCOUNT_LUA = """
 local prefix, key = ARGV[1], ARGV[2]
 local guest = prefix .. 'guest:' .. key
 local old = redis.call('HGET', guest, 'ident')
-if old then redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old) end
+if old then
+  redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old,
+    prefix .. 'pendingby:' .. old)
+end
 redis.call('DEL', guest)
 local user = prefix .. 'user:' .. key
 redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])
@@ -695,6 +705,7 @@ class RedisStore:
             pipe.srem(self.keys.accounts, key)
             # The account's identity ends: its queue does not pass to the nick's next holder.
             pipe.delete(self.keys.pending(record.account.ident))
+            pipe.delete(f"{self.keys.prefix}pendingby:{record.account.ident}")
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
