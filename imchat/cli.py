@@ -118,6 +118,21 @@ def server(
     burst: Annotated[
         int, typer.Option(envvar="IMCHAT_BURST", help="Messages a session may send at once.")
     ] = 40,
+    read_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_READ_RATE",
+            help="history/users/markers/mark requests per second per session (0: no limit).",
+        ),
+    ] = 20.0,
+    read_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_READ_BURST",
+            help="Such requests a session may send at once (a reconnect sends one or two per"
+            " conversation).",
+        ),
+    ] = 500,
     motd: Annotated[
         str | None, typer.Option(envvar="IMCHAT_MOTD", help="Message of the day in welcome.")
     ] = None,
@@ -220,6 +235,13 @@ def server(
             help="Undelivered direct messages that may wait per recipient (0: no limit).",
         ),
     ] = 1000,
+    max_queued_per_sender: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_MAX_QUEUED_PER_SENDER",
+            help="Of those, how many one sender may have waiting for one recipient (0: no share).",
+        ),
+    ] = 100,
     max_topic: Annotated[
         int, typer.Option(envvar="IMCHAT_MAX_TOPIC", help="Longest room topic, in characters.")
     ] = 500,
@@ -369,6 +391,8 @@ def server(
         max_buffer=max_buffer,
         rate=rate,
         burst=burst,
+        read_rate=read_rate,
+        read_burst=read_burst,
         motd=motd,
         log_level=log_level,
         require_account=require_account,
@@ -387,6 +411,7 @@ def server(
         http_port=http_port,
         guest_hold=guest_hold,
         max_queued=max_queued,
+        max_queued_per_sender=max_queued_per_sender,
         fresh_store=fresh_store,
         max_topic=max_topic,
         max_rooms=max_rooms,
@@ -407,8 +432,10 @@ def server(
         retain_days=retain_days,
         retain_messages=retain_messages,
     )
-    if guest_hold < 0 or max_queued < 0:
-        raise _fail("--guest-hold and --max-queued must not be negative", 2)
+    if guest_hold < 0 or max_queued < 0 or max_queued_per_sender < 0:
+        raise _fail(
+            "--guest-hold, --max-queued and --max-queued-per-sender must not be negative", 2
+        )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)
     try:

@@ -177,7 +177,7 @@ async def test_dm_queue_is_bounded(servers: Servers, connect: Clients) -> None:
     assert [m["text"] for m in history["messages"]] == ["1", "2"]
 
 
-@pytest.mark.server_config(rate=0, max_buffer=16384)
+@pytest.mark.server_config(rate=0, max_buffer=16384, max_queued_per_sender=0)
 async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
     server: Any, connect: Clients
 ) -> None:

@@ -666,7 +666,7 @@ class ChatSession:
             pass
         for room in list(self.rooms):
             try:
-                await self._join(conn, room, rejoin=rejoin)
+                await self._join(conn, room, rejoin=rejoin, patient=True)
             except ServerError as exc:
                 self._finish(self._conv(ConvKey.room(room)), [], None)
                 self._emit(SendFailed(ConvKey.room(room), f"/join {room}", exc.code, exc.message))
@@ -723,13 +723,21 @@ class ChatSession:
         if items:
             self._emit(MessagesAdded(conv.key, tuple(items), initial=initial))
 
-    async def _join(self, conn: ConnectionLike, room: str, *, rejoin: bool) -> RoomJoined:
+    async def _join(
+        self, conn: ConnectionLike, room: str, *, rejoin: bool, patient: bool = False
+    ) -> RoomJoined:
+        """Join ``room`` and catch up on it. ``patient`` (the joins at each connect): a
+        ``rate_limited`` join is sent again after a pause (``retry_delays``), so a user in
+        more rooms than the server's burst of joins gets all of them back, paced."""
         key = ConvKey.room(room)
         conv = self._conv(key, f"#{room}")
         conv.begin_sync()
         self._joining.add(room)
         try:
-            reply = await conn.request(Join(room=room))
+            if patient:
+                reply = await request_retrying(conn, Join(room=room), self.retry_delays)
+            else:
+                reply = await conn.request(Join(room=room))
         except BaseException:
             conv.syncing = False
             raise

@@ -63,6 +63,12 @@ class ServerConfig:
     #: across all nodes of a cluster on the Redis backend; 0 disables.
     addr_rate: float = 40.0
     addr_burst: int = 80
+    #: Reads (``history``, ``users``, ``markers``; IRC ``WHOIS``) and read-marker moves
+    #: (``mark``) per second per session, after a burst of ``read_burst``; 0 disables. A
+    #: budget of their own, and a large burst: a client sends one or two per conversation at
+    #: every (re)connect.
+    read_rate: float = 20.0
+    read_burst: int = 500
     motd: str | None = None
     log_level: str = "info"
     #: Refuse guests: every nick needs an account (``auth_failed``).
@@ -105,6 +111,10 @@ class ServerConfig:
     guest_hold: float = 300.0
     #: Undelivered DMs that may wait per recipient; one more is ``limit_reached``. 0: no limit.
     max_queued: int = 1000
+    #: Of those, how many one sender (by nick) may have waiting for one recipient; one more is
+    #: ``limit_reached`` for that sender only, so no stranger can fill a queue alone. 0: no
+    #: share (only ``max_queued``).
+    max_queued_per_sender: int = 100
     #: Accept-queue length (capped by net.core.somaxconn): a reconnect storm must fit.
     listen_backlog: int = 4096
     #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux

@@ -24,7 +24,7 @@ from .config import ServerConfig
 from .context import Context
 from .dm_delivery import DmDelivery
 from .fanout import Fanout
-from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, leave
+from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, READ_LIMITED_TYPES, leave
 from .peer import Peer
 from .ratelimit import FailureLimiter, TokenBucket
 from .registry import Registry
@@ -90,6 +90,9 @@ class Hub:
 
     def new_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.rate, self.config.burst)
+
+    def new_read_bucket(self) -> TokenBucket:
+        return TokenBucket(self.config.read_rate, self.config.read_burst)
 
     def mark_dirty(self, session: Peer) -> None:
         self.registry.mark_dirty(session)
@@ -167,6 +170,9 @@ class Hub:
                         raise ProtocolError(
                             ErrorCode.RATE_LIMITED, "too many messages from your address"
                         )
+                elif isinstance(request, READ_LIMITED_TYPES) and not session.read_bucket.take():
+                    STATS.rate_limited += 1
+                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many reads; slow down")
                 starter = APPENDERS.get(type(request))
                 if starter is not None:
                     run.append(starter(ctx, session, request))

@@ -40,6 +40,11 @@ class Peer(Protocol):
         """Its message rate limit."""
         ...
 
+    @property
+    def read_bucket(self) -> TokenBucket:
+        """Its limit of reads and read-marker moves (``READ_LIMITED_TYPES``)."""
+        ...
+
     #: Loop time of its start and of the last bytes it sent (for the idle sweep).
     opened: float
     last_rx: float

@@ -216,7 +216,7 @@ local function gone(prefix, key, hold_ms)
       -- A guest identity is held for guest_hold seconds, its queue with it (rev 2).
       -- Everything kept for it goes with it when the hold ends (no key outlives a guest).
       local owned = {guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-        prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident}
+        prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident, prefix .. 'pendingby:' .. ident}
       for _, k in ipairs(owned) do
         if tonumber(hold_ms) > 0 then redis.call('PEXPIRE', k, hold_ms)
         else redis.call('DEL', k) end
@@ -272,7 +272,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') == ident then
   -- online: no longer counting down a hold
   for _, k in ipairs({guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-      prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident}) do
+      prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident, prefix .. 'pendingby:' .. ident}) do
     redis.call('PERSIST', k)
   end
 end

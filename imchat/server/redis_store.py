@@ -27,6 +27,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P since:<ident>     hash   DM stream -> first seq the identity may read
     P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
                                held guest's expires with its hold)
+    P pendingby:<ident> hash   sender key -> DMs it queued there (grows; void once the
+                               queue has emptied): ``max_queued_per_sender``
     P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
     P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel every node hears (see redis_fanout)
@@ -86,6 +88,7 @@ from .store import (
     UserRecord,
     new_epoch,
     new_ident,
+    share_refusal,
     token_id,
 )
 from .streams import StreamId, StreamKind
@@ -269,17 +272,22 @@ def lua_for(script: str, *, sharded: bool) -> str:
 
 
 #: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
-#: owner (sender identity id: the cid namespace), recipient identity id (DMs), max_queued,
+#: owner (sender identity id: the cid namespace), recipient identity id (DMs),
+#: "<max_queued> <max_queued_per_sender>" (one argument: the feature scripts number theirs
+#: from 11),
 #: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
 #: much faster than an array): status 1 stored, 0 duplicate cid, -1 not a member, -2 the
-#: recipient's queue is full; delivered is the cluster's session count for an announcement.
+#: recipient's queue is full, -3 the sender's share of it is used up; delivered is the
+#: cluster's session count for an announcement.
 APPEND_LUA = (
     LUA_PRELUDE
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local owner, to_ident, max_queued = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local owner, to_ident = ARGV[7], ARGV[8]
+local max_queued, share = string.match(ARGV[9], '^(%d+) (%d+)$')
+max_queued, share = tonumber(max_queued), tonumber(share)
 local as_member = ARGV[10] ~= '0'
 local kind = string.sub(stream, 1, 1)
 local cids = prefix .. 'cid:' .. owner
@@ -301,9 +309,20 @@ elseif kind == 'd' then
   to = low
   if low == sender then to = high end
   to_online = tonumber(redis.call('HGET', prefix .. 'sessions', to) or '0') > 0
-  if to ~= sender and not to_online and max_queued > 0 and
-      redis.call('LLEN', prefix .. 'pending:' .. to_ident) >= max_queued then
-    return '-2 0 0 0\\n'
+  if to ~= sender and not to_online then
+    local queue = prefix .. 'pending:' .. to_ident
+    local queued = redis.call('LLEN', queue)
+    if max_queued > 0 and queued >= max_queued then return '-2 0 0 0\\n' end
+    if share > 0 then
+      -- The sender's share. The counts only grow, and are void once the queue has
+      -- emptied (every DM delivered): exact for a queue delivered whole, as a hello does,
+      -- and O(1) where counting the queue would read up to max_queued payloads.
+      local shares = prefix .. 'pendingby:' .. to_ident
+      if queued == 0 then redis.call('DEL', shares)
+      elseif tonumber(redis.call('HGET', shares, sender) or '0') >= share then
+        return '-3 0 0 0\\n'
+      end
+    end
   end
 end
 local seq = redis.call('HINCRBY', prefix .. 'seq', stream, 1)
@@ -338,6 +357,11 @@ elseif kind == 'd' then
       local queue = prefix .. 'pending:' .. to_ident
       redis.call('RPUSH', queue, payload)
       if to_held then redis.call('PEXPIRE', queue, to_ttl) end  -- dropped when the hold ends
+      if share > 0 then
+        local shares = prefix .. 'pendingby:' .. to_ident
+        redis.call('HINCRBY', shares, sender, 1)
+        if to_held then redis.call('PEXPIRE', shares, to_ttl) end
+      end
     end
   end
   local by, order = {}, {}
@@ -379,7 +403,7 @@ local guest = prefix .. 'guest:' .. key
 if redis.call('HGET', guest, 'ident') ~= ident then return 0 end
 if redis.call('HGET', prefix .. 'identof', key) == ident then return 0 end  -- online after all
 redis.call('DEL', guest, prefix .. 'pending:' .. ident, prefix .. 'since:' .. ident,
-  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident)
+  prefix .. 'cid:' .. ident, prefix .. 'markers:' .. ident, prefix .. 'pendingby:' .. ident)
 return 1
 """
 
@@ -389,7 +413,10 @@ CREATE_ACCOUNT_LUA = """
 local prefix, key = ARGV[1], ARGV[2]
 local guest = prefix .. 'guest:' .. key
 local old = redis.call('HGET', guest, 'ident')
-if old then redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old) end
+if old then
+  redis.call('DEL', prefix .. 'pending:' .. old, prefix .. 'markers:' .. old,
+    prefix .. 'pendingby:' .. old)
+end
 redis.call('DEL', guest)
 local user = prefix .. 'user:' .. key
 redis.call('HSET', user, 'nick', ARGV[4], 'account', 1, 'admin', ARGV[5], 'ident', ARGV[3])
@@ -678,6 +705,7 @@ class RedisStore:
             pipe.srem(self.keys.accounts, key)
             # The account's identity ends: its queue does not pass to the nick's next holder.
             pipe.delete(self.keys.pending(record.account.ident))
+            pipe.delete(f"{self.keys.prefix}pendingby:{record.account.ident}")
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
@@ -920,7 +948,7 @@ class RedisStore:
             draft.sender_key,
             draft.cid_owner,
             draft.recipient_ident,
-            draft.max_queued,
+            f"{draft.max_queued} {draft.max_queued_per_sender}",
             "1" if draft.as_member else "0",
         )
         script = self._append
@@ -942,6 +970,8 @@ class RedisStore:
                 ErrorCode.LIMIT_REACHED,
                 f"{draft.max_queued} messages already wait for them; try later",
             )
+        if status == b"-3":
+            raise ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(draft.max_queued_per_sender))
         if seq != b"0" and payload:
             self.seen.note(stream.key, int(seq), payload)
         return Stored(

@@ -85,6 +85,7 @@ class Session(asyncio.BufferedProtocol):
         "_inbox_bytes",
         "_out",
         "_out_size",
+        "_read_bucket",
         "_reading_paused",
         "_writing_paused",
         "_written",
@@ -120,6 +121,7 @@ class Session(asyncio.BufferedProtocol):
         self.credential: Credential | None = None
         #: Its rate limit, made when first needed: most idle sessions never send a message.
         self._bucket: TokenBucket | None = None
+        self._read_bucket: TokenBucket | None = None
         self.closing = False
         self.last_rx = self.opened = hub.loop.time()
         #: Frames received and not yet handled; None while there are none (idle memory).
@@ -240,11 +242,21 @@ class Session(asyncio.BufferedProtocol):
             bucket = self._bucket = self.hub.new_bucket()
         return bucket
 
+    @property
+    def read_bucket(self) -> TokenBucket:
+        """Its read limit, made when first needed like :attr:`bucket`."""
+        bucket = self._read_bucket
+        if bucket is None:
+            bucket = self._read_bucket = self.hub.new_read_bucket()
+        return bucket
+
     def rest(self) -> None:
-        """Let go of the rate-limit bucket once it is full again (an idle session then holds
+        """Let go of the rate-limit buckets once full again (an idle session then holds
         none; the next rate-limited request makes a new, full one: the same limit)."""
         if self._bucket is not None and self._bucket.full():
             self._bucket = None
+        if self._read_bucket is not None and self._read_bucket.full():
+            self._read_bucket = None
 
     @property
     def held(self) -> int:

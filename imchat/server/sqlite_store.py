@@ -45,6 +45,7 @@ from .store import (
     UserRecord,
     new_epoch,
     new_ident,
+    share_refusal,
     token_id,
 )
 from .streams import StreamId
@@ -625,15 +626,24 @@ class SQLiteStore:
             early = features_sqlite.check(c, draft)  # revision 3: targets, repeated reactions
             if early is not None:
                 return early
-            if draft.pending_for is not None and draft.max_queued:
+            if draft.pending_for is not None and (draft.max_queued or draft.max_queued_per_sender):
                 (queued,) = c.execute(
                     "SELECT COUNT(*) FROM dm_queue WHERE recipient = ?", (draft.pending_for,)
                 ).fetchone()
-                if queued >= draft.max_queued:
+                if draft.max_queued and queued >= draft.max_queued:
                     return ProtocolError(
                         ErrorCode.LIMIT_REACHED,
                         f"{draft.max_queued} messages already wait for them; try later",
                     )
+                share = draft.max_queued_per_sender
+                if share and queued >= share:
+                    # The stream names the pair: its queued rows are this sender's.
+                    (mine,) = c.execute(
+                        "SELECT COUNT(*) FROM dm_queue WHERE recipient = ? AND stream = ?",
+                        (draft.pending_for, stream),
+                    ).fetchone()
+                    if mine >= share:
+                        return ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(share))
             seq = writer.next_seq(c, stream)
             ts = round(time.time(), 3)
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))

@@ -74,7 +74,7 @@ class Stats:
         self.deliveries = 0
         #: Sessions cut off with ``slow_consumer``.
         self.slow_consumers = 0
-        #: Requests refused with ``rate_limited`` by a message bucket.
+        #: Requests refused with ``rate_limited`` by a message or read bucket.
         self.rate_limited = 0
         #: Time from a batch of writes being started to its commit (SQLite) or to Redis's
         #: answer to its pipeline (Redis).

@@ -81,10 +81,17 @@ class Draft:
     recipient_ident: str = ""
     #: Undelivered DMs a recipient may have waiting; one more is ``limit_reached``. 0: none.
     max_queued: int = 0
+    #: Of those, how many may come from this sender (its nick: the DM stream); 0: no share.
+    max_queued_per_sender: int = 0
 
     @property
     def cid_owner(self) -> str:
         return self.owner or self.sender_key
+
+
+def share_refusal(share: int) -> str:
+    """The text of ``limit_reached`` for a sender whose share of a DM queue is used up."""
+    return f"{share} of your messages already wait for them; try later"
 
 
 @dataclass(slots=True, frozen=True)

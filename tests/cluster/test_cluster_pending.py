@@ -60,7 +60,8 @@ async def queued_dms(prefix: str) -> int:
 async def test_a_queue_of_several_pages_arrives_once_in_order_before_live_dms(
     cluster: Cluster, clients: Clients, prefix: str
 ) -> None:
-    nodes = cluster.start_many(2)
+    # One sender queues several pages: beyond the default share of one sender.
+    nodes = cluster.start_many(2, extra=("--max-queued-per-sender", "0"))
     alice = await clients.connect(nodes[0], "alice")
     bob = await clients.connect(nodes[1], "bob")
     await alice.request("dm", to="bob", text="hi")

@@ -85,10 +85,24 @@ APPENDERS: dict[type[Request], Starter] = {
 #: Requests that spend the session's message rate limit: joins too (*rev 2*: each may create
 #: a permanent room); revision 3's edits, deletes and reactions are messages, and a search is
 #: work on the store; so is ``rooms``, which reads every room (up to ``guest_room_cap`` of
-#: them guests made). ``typing`` is not counted (the contract says so), nor ``mark``.
+#: them guests made). ``typing`` is not counted (the contract says so).
 RATE_LIMITED_TYPES: tuple[type[Request], ...] = (
     *(Say, Dm, Announce, Topic, Join, Rooms),
     *(Edit, Delete, React, Search),
 )
 
-__all__ = ["APPENDERS", "HANDLERS", "RATE_LIMITED_TYPES", "Handler", "Starter", "leave"]
+#: Requests that spend the session's read budget (``read_rate`` after ``read_burst``): each
+#: is a store (or cluster) read, ``mark`` a store write per forward move. A budget of their
+#: own, not the message one: a client sends a ``history`` per conversation, the ``markers``
+#: and the ``users`` at every (re)connect, and its messages must not wait for that.
+READ_LIMITED_TYPES: tuple[type[Request], ...] = (History, Users, Markers, Mark)
+
+__all__ = [
+    "APPENDERS",
+    "HANDLERS",
+    "RATE_LIMITED_TYPES",
+    "READ_LIMITED_TYPES",
+    "Handler",
+    "Starter",
+    "leave",
+]

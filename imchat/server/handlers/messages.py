@@ -112,6 +112,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
             dm_idents=(user.ident, to_ident),
             recipient_ident=to_ident,
             max_queued=ctx.config.max_queued,
+            max_queued_per_sender=ctx.config.max_queued_per_sender,
         )
         return await ctx.store.append(draft)
 

@@ -56,6 +56,12 @@ class ApiSession:
         self.opened = self.last_rx = time.monotonic()
         self.replies: list[dict[str, Any]] = []
 
+    @property
+    def read_bucket(self) -> TokenBucket:
+        """An API request's reads spend its caller's message bucket: each request is a new
+        session, so a bucket of its own would bound nothing."""
+        return self.bucket
+
     def send(self, frame: bytes) -> None:
         self.replies.append(_decode(frame[HEADER_SIZE:]))
 

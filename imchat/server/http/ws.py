@@ -67,6 +67,7 @@ class WsSession:
         self.credential: Credential | None = None
         self.guest_hold: float | None = None
         self.bucket = hub.new_bucket()
+        self.read_bucket = hub.new_read_bucket()
         self.closing = False
         #: Set at shutdown: no more requests are taken (those read are still answered).
         self.paused = False

@@ -216,9 +216,10 @@ class Commands(Registration, History):
         self.num("352", channel, nick, tr.HOST, tr.SERVER, nick, here, f"0 {nick}")
 
     async def online(self) -> dict[str, str]:
+        """Who is online, by nick key; a refused ``users`` (the read budget) is raised."""
         reply = await self.s.ask({"type": "users"})
         if isinstance(reply, ProtocolError):
-            return {}
+            raise reply
         return {n.lower(): n for n in reply.get("users", [])}
 
     async def on_who(self, line: Line) -> None:
@@ -227,7 +228,11 @@ class Commands(Registration, History):
             for nick in await self.members(mask[1:].lower()) or []:
                 self.who_line(mask, nick)
         else:
-            found = (await self.online()).get(mask.lower())
+            try:
+                found = (await self.online()).get(mask.lower())
+            except ProtocolError as exc:
+                self.error(exc, "WHO", mask)
+                found = None
             if found is not None:
                 self.who_line("*", found)
         self.num("315", mask, "End of /WHO list")
@@ -236,7 +241,12 @@ class Commands(Registration, History):
         if not self.need(line, 1):
             return
         target = line.params[-1]
-        nick = (await self.online()).get(target.lower())
+        try:
+            nick = (await self.online()).get(target.lower())
+        except ProtocolError as exc:
+            self.error(exc, "WHOIS", target)
+            self.num("318", target, "End of /WHOIS list")
+            return
         if nick is None:
             self.num("401", target, "No such nick")
         else:
