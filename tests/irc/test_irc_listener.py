@@ -839,3 +839,20 @@ async def test_a_bad_reply_tag_is_refused(irc: Any) -> None:
     # The refused ones were not posted: the first message the native user gets is this one.
     got = await native_event(native, "msg")
     assert (got["text"], got.get("reply_to"), got.get("kind")) == ("plain", None, None)
+
+
+async def test_an_autojoin_past_the_rate_limit_burst_joins_every_channel(
+    irc: Any, running: Running
+) -> None:
+    """IRC clients autojoin in one burst and never retry: a JOIN past the message bucket
+    waits for it (fake lag, as IRC servers do) instead of failing. An account, so the
+    room-creation budget of guests is not what is tested; 45 channels, 5 past the burst."""
+    client = await irc("admin", password="token:" + running.admin_token)
+    rooms = [unique("auto") for _ in range(45)]
+    client.send("JOIN " + ",".join("#" + room for room in rooms))
+    for room in rooms:
+        names = await client.until("366", timeout=20)
+        assert names[-1].params[1] == "#" + room
+    assert not any(r.command == "FAIL" for r in client.seen)
+    client.send("JOIN 0", "PING :parted")  # the admin account leaves them for other tests
+    await client.expect("PONG")

@@ -10,10 +10,11 @@ IRC users costs N entries, not N per session).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from imchat.protocol import ProtocolError, nick_key
+from imchat.protocol import ErrorCode, ProtocolError, nick_key
 
 from . import translate as tr
 from .base import Channel
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Messages replayed on JOIN to clients that did not ask for ``draft/chathistory``.
 JOIN_REPLAY = 50
+#: A JOIN refused ``rate_limited`` waits for the bucket and is tried again, at most this long
+#: per channel: IRC clients autojoin their channels in one burst and never retry a refusal.
+JOIN_LAG = 10.0
 #: Commands a client may send before it is registered.
 BEFORE_REGISTRATION = frozenset(
     {"CAP", "NICK", "USER", "PASS", "AUTHENTICATE", "PING", "PONG", "QUIT"}
@@ -96,10 +100,20 @@ class Commands(Registration, History):
             seen.add(target.lower())
             joined: list[tuple[str, int]] = []
 
+            lag: list[float] = []
+
             def on_reply(
-                reply: Reply, target: str = target, joined: list[tuple[str, int]] = joined
+                reply: Reply,
+                target: str = target,
+                joined: list[tuple[str, int]] = joined,
+                lag: list[float] = lag,
             ) -> None:
                 if isinstance(reply, ProtocolError):
+                    if reply.code == ErrorCode.RATE_LIMITED:
+                        wait = self.join_lag(reply, lag)
+                        if wait is not None:
+                            lag.append(wait)
+                            return
                     self.error(reply, "JOIN", target)
                     return
                 room = str(reply["room"])
@@ -113,9 +127,29 @@ class Commands(Registration, History):
                 self.show_topic(room, 332)
                 self.names(room, [str(m) for m in reply["members"]])
 
-            await self.s.request({"type": "join", "room": target}, on_reply)
+            while True:
+                waited = len(lag)
+                await self.s.request({"type": "join", "room": target}, on_reply)
+                if len(lag) == waited:
+                    break
+                # Fake lag, as IRC servers do: this client's next command waits too.
+                await asyncio.sleep(lag[-1])
             if joined and self.replays(joined[0][1]):
                 await self.replay(*joined[0])
+
+    def join_lag(self, refusal: ProtocolError, lag: list[float]) -> float | None:
+        """How long a rate-limited JOIN waits before it is tried again (None: refuse it).
+
+        The refusal's own hint if it has one, else one token of the session's bucket; never
+        past ``JOIN_LAG`` for one channel, so a budget that does not refill (a room-creation
+        cap) is still reported."""
+        wait = refusal.retry_after
+        if wait is None:
+            rate = self.s.bucket.rate
+            wait = 1 / rate if rate > 0 else None
+        if wait is None or sum(lag) + wait > JOIN_LAG:
+            return None
+        return wait
 
     def replays(self, last_seq: int) -> bool:
         """Whether a first JOIN shows what was said before it (not to chathistory clients)."""
