@@ -28,8 +28,12 @@ class Peer(Protocol):
     user: User | None
     #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
     addr: str
-    #: The remote end, for logs ("host:port").
-    peer: str
+
+    @property
+    def peer(self) -> str:
+        """The remote end, for logs ("host:port")."""
+        ...
+
     #: Set once the connection is being closed: nothing more is sent or handled.
     closing: bool
     #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
