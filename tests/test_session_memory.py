@@ -199,3 +199,16 @@ def test_only_sessions_the_listener_admitted_count_as_admitted() -> None:
     assert AdmittedSession.admitted and not Session.admitted
     hub = SimpleNamespace(loop=SimpleNamespace(time=float))
     assert not hasattr(AdmittedSession(hub), "__dict__")  # type: ignore[arg-type]
+
+
+def test_a_logged_in_session_lets_go_of_the_time_it_opened() -> None:
+    """Only the hello timeout reads ``opened``, and only while there is no user."""
+    from imchat.server.session import LOGGED_IN
+
+    hub = SimpleNamespace(loop=SimpleNamespace(time=lambda: 123.5))
+    session = Session(hub)  # type: ignore[arg-type]
+    session.rest()
+    assert session.opened == 123.5  # no hello yet: the hello timeout still needs it
+    session.user = SimpleNamespace()  # type: ignore[assignment]
+    session.rest()
+    assert session.opened is LOGGED_IN

@@ -44,7 +44,8 @@ class Peer(Protocol):
         """Its message rate limit."""
         ...
 
-    #: Loop time of its start and of the last bytes it sent (for the idle sweep).
+    #: Loop time of its start and of the last bytes it sent (for the idle sweep; ``opened``
+    #: only matters while ``user`` is None: a native session lets it go once logged in).
     opened: float
     last_rx: float
     #: Seconds its guest identity stays held after its last session ends (rev 2); None: the

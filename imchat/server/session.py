@@ -73,6 +73,10 @@ def _unacknowledged(transport: asyncio.Transport) -> int:
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
+#: What :attr:`Session.opened` becomes once the session has a user (at the idle sweep's next
+#: :meth:`Session.rest`): only the hello timeout reads it, and only before ``hello``.
+LOGGED_IN = float("-inf")
+
 #: Waiters of :meth:`Session.wait_written` by session, kept out of the session (no slot per
 #: idle session for what DM delivery alone uses, now and then); an entry lives until its
 #: waiters are settled, at the latest when the connection is lost.
@@ -261,9 +265,14 @@ class Session(asyncio.BufferedProtocol):
 
     def rest(self) -> None:
         """Let go of the rate-limit bucket once it is full again (an idle session then holds
-        none; the next rate-limited request makes a new, full one: the same limit)."""
+        none; the next rate-limited request makes a new, full one: the same limit), and of
+        the time it opened once it has a user (see :data:`LOGGED_IN`)."""
         if self._bucket is not None and self._bucket.full():
             self._bucket = None
+        if self.user is not None:
+            # Only the hello timeout reads ``opened``, and only while there is no user: a
+            # shared constant instead of a float per idle session (never None again).
+            self.opened = LOGGED_IN
 
     @property
     def held(self) -> int:
