@@ -212,3 +212,17 @@ def test_a_logged_in_session_lets_go_of_the_time_it_opened() -> None:
     session.user = SimpleNamespace()  # type: ignore[assignment]
     session.rest()
     assert session.opened is LOGGED_IN
+
+
+def test_sessions_that_read_at_the_same_loop_time_share_its_float() -> None:
+    clock = [5000.001]
+    hub = SimpleNamespace(loop=SimpleNamespace(time=lambda: float(str(clock[0]))))
+    a, b, c = (Session(hub) for _ in range(3))  # type: ignore[arg-type]
+    for session in (a, b, c):
+        session.closing = True  # only the time of the read matters here
+    a.data_received(b"x")
+    b.data_received(b"x")
+    clock[0] += 0.001
+    c.data_received(b"x")
+    assert a.last_rx == b.last_rx == 5000.001 and a.last_rx is b.last_rx
+    assert c.last_rx == 5000.002

@@ -77,6 +77,10 @@ CLOSE_GRACE = 2.0
 #: :meth:`Session.rest`): only the hello timeout reads it, and only before ``hello``.
 LOGGED_IN = float("-inf")
 
+#: The last value a session stored in ``last_rx``: sessions that read at the same loop time
+#: (uvloop's clock ticks in milliseconds) share one float object instead of one each.
+_rx_time: list[float] = [0.0]
+
 #: Waiters of :meth:`Session.wait_written` by session, kept out of the session (no slot per
 #: idle session for what DM delivery alone uses, now and then); an entry lives until its
 #: waiters are settled, at the latest when the connection is lost.
@@ -179,7 +183,12 @@ class Session(asyncio.BufferedProtocol):
         self.data_received(bytes(self.hub.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.hub.loop.time()
+        now = self.hub.loop.time()
+        if now == _rx_time[0]:
+            now = _rx_time[0]  # the same value, one float for every session (idle memory)
+        else:
+            _rx_time[0] = now
+        self.last_rx = now
         if self.closing:
             return
         inbox = self._inbox
