@@ -43,12 +43,12 @@ class IrcClient(BaseClient):
             return
         end = data.rfind(b"\n") + 1
         self._rest = data[end:]
-        whole = data[:end]  # a PING split across reads is answered (and not counted) once
-        pings = self._pong(whole) if b"PING" in whole else 0
+        # Whole lines only: a PING split across reads is answered (and not counted) once.
+        pings = self._pong(data[:end]) if data.find(b"PING", 0, end) >= 0 else 0
         if self.probe:
             self._scanned(data, end, monotonic_ns())
         if stats.counting:
-            self._counted(whole.count(b"\n") - pings)
+            self._counted(data.count(b"\n", 0, end) - pings)
 
     def _pong(self, data: bytes) -> int:
         n = 0
