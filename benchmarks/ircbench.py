@@ -1,8 +1,9 @@
 """The IRC side of the comparison: InspIRCd and miniircd as subprocesses, and an IRC client.
 
 The workload is the same as imchat's: NICK/USER, JOIN a channel, one sender PRIVMSGing it.
-Receivers count lines (newlines) without splitting them; probes split lines to read the
-timestamp in the text. PINGs are answered so long runs are not cut off.
+Receivers count lines (newlines) without splitting them; probes also scan the chunk's whole
+lines for the marks in the texts (timestamps, sequence numbers), as imchat's probes do.
+PINGs are answered so long runs are not cut off.
 """
 
 from __future__ import annotations
@@ -28,29 +29,26 @@ class IrcClient(BaseClient):
         stats = self.stats
         stats.raw_bytes += len(data)
         mode = self.mode
-        if mode is Mode.DISCARD or (mode is Mode.COUNT and not self.probe):
-            pings = self._pong(data) if b"PING" in data else 0
-            if mode is Mode.COUNT and stats.counting:
-                self._counted(data.count(b"\n") - pings)
+        if mode is Mode.DISCARD:
+            if b"PING" in data:
+                self._pong(data)
             return
         if self._rest:
             data = self._rest + data
-        lines = data.split(b"\n")
-        self._rest = lines.pop()
         if mode is Mode.DECODE:
+            lines = data.split(b"\n")
+            self._rest = lines.pop()
             for line in lines:
                 self._line(line.rstrip(b"\r"))
             return
-        now = monotonic_ns()
-        counted = 0
-        for line in lines:
-            if _is_ping(line):
-                self._pong(line)
-                continue
-            counted += 1
-            self._marked(line, now)
+        end = data.rfind(b"\n") + 1
+        self._rest = data[end:]
+        # Whole lines only: a PING split across reads is answered (and not counted) once.
+        pings = self._pong(data[:end]) if data.find(b"PING", 0, end) >= 0 else 0
+        if self.probe:
+            self._scanned(data, end, monotonic_ns())
         if stats.counting:
-            self._counted(counted)
+            self._counted(data.count(b"\n", 0, end) - pings)
 
     def _pong(self, data: bytes) -> int:
         n = 0

@@ -40,23 +40,60 @@ def test_fanout_every_receiver_gets_every_message(tmp_path: Path) -> None:
     assert 0 < row["p50_ms"] <= row["p99_ms"]
 
 
-def _receiver(seqs: list[int]) -> tuple[Any, Any]:
-    """A verifying ImchatClient fed ``msg`` frames for ``seqs``, one byte at a time."""
+def _loadgen() -> Any:
     sys.path.insert(0, str(BENCH))
     try:
-        from loadgen import ImchatClient, Stats, make_text
+        import ircbench
+        import loadgen
     finally:
         sys.path.remove(str(BENCH))
-    stats = Stats(counting=True)
-    client = ImchatClient(stats, verify=True)
-    client.start_counting()
-    stream = b"".join(
+    return loadgen, ircbench
+
+
+def _frames(seqs: list[int]) -> bytes:
+    """The ``msg`` frames a receiver gets for ``seqs``, a reply without a mark between."""
+    loadgen, _ = _loadgen()
+    frames = [
         encode_message({"type": "msg", "room": "bench", "seq": s + 1, "ts": 1.0, "from": "s0",
-                        "text": make_text(s, 0, 100)})
+                        "text": loadgen.make_text(s, 10**18 + s, 100)})
         for s in seqs
-    )  # fmt: skip
-    for i in range(len(stream)):
-        client.data_received(stream[i : i + 1])
+    ]  # fmt: skip
+    frames.insert(1, encode_message({"type": "ok", "id": 7}))
+    return b"".join(frames)
+
+
+def _lines(seqs: list[int]) -> bytes:
+    """The PRIVMSG lines an IRC receiver gets for ``seqs``, a server PING among them."""
+    loadgen, _ = _loadgen()
+    lines = [
+        b":s0!u@h PRIVMSG #bench :" + loadgen.make_text(s, 10**18 + s, 100).encode() + b"\r\n"
+        for s in seqs
+    ]
+    lines.insert(1, b"PING :irc.local\r\n")
+    return b"".join(lines)
+
+
+class _Sink:
+    """A transport that keeps what the client writes (its PONGs)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+
+def _feed(kind: str, seqs: list[int], chunk: int, **role: bool) -> tuple[Any, Any]:
+    """A counting client of ``kind`` fed the stream for ``seqs`` in reads of ``chunk`` bytes."""
+    loadgen, ircbench = _loadgen()
+    stats = loadgen.Stats(counting=True)
+    cls = loadgen.ImchatClient if kind == "imchat" else ircbench.IrcClient
+    client = cls(stats, **role)
+    client.transport = _Sink()
+    client.start_counting()
+    stream = _frames(seqs) if kind == "imchat" else _lines(seqs)
+    for i in range(0, len(stream), chunk):
+        client.data_received(stream[i : i + chunk])
     return client, stats
 
 
@@ -64,10 +101,27 @@ def _receiver(seqs: list[int]) -> tuple[Any, Any]:
     ("seqs", "complete"),
     [([0, 1, 2, 3], True), ([0, 1, 3], False), ([0, 1, 1, 2, 3], False)],
 )
-def test_verify_detects_missing_or_repeated(seqs: list[int], complete: bool) -> None:
-    client, stats = _receiver(seqs)
+@pytest.mark.parametrize("kind", ["imchat", "irc"])
+def test_verify_detects_missing_or_repeated(kind: str, seqs: list[int], complete: bool) -> None:
+    client, stats = _feed(kind, seqs, 1, verify=True)
     assert stats.delivered == client.count == len(seqs)
     assert client.received_exactly(4) is complete
+    assert len(stats.latencies_ns) == len(seqs)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1000, 1 << 20])
+@pytest.mark.parametrize("role", ["plain", "probe", "verify"])
+@pytest.mark.parametrize("kind", ["imchat", "irc"])
+def test_counting_is_exact_however_the_stream_is_cut(kind: str, role: str, chunk: int) -> None:
+    """A message is counted once whether its mark (or frame, or line) is split across reads
+    or not; a reply or a PING is not a delivery; a repeated message counts twice."""
+    seqs = [0, 1, 2, 2, *range(3, 40)]
+    client, stats = _feed(kind, seqs, chunk, **({role: True} if role != "plain" else {}))
+    assert stats.delivered == client.count == len(seqs)
+    assert len(stats.latencies_ns) == (0 if role == "plain" else len(seqs))
+    assert client.seen == (sorted(seqs) if role == "verify" else None)
+    if kind == "irc":
+        assert client.transport.written == b"PONG :irc.local\r\n"
 
 
 @pytest.mark.timeout(60)

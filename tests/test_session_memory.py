@@ -3,6 +3,7 @@ for a single room."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -120,3 +121,108 @@ async def test_a_user_with_one_session_holds_a_list_of_one() -> None:
     assert sys.getsizeof(user.sessions) == sys.getsizeof([first])  # no spare room
     assert not await fanout.connect(second, "solo", admin=False, ident="g.1")  # type: ignore[arg-type]
     assert user.sessions == [first, second]
+
+
+class _Transport:
+    def __init__(self, peername: Any) -> None:
+        self.peername = peername
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peername if name == "peername" else default
+
+
+def _opened(peername: Any) -> Session:
+    """A session whose ``connection_made`` saw ``peername``; it records what the hub saw."""
+    seen: list[str] = []
+    hub = SimpleNamespace(
+        config=SimpleNamespace(max_frame=65536),
+        loop=SimpleNamespace(time=lambda: 0.0),
+        session_opened=lambda s: seen.append(s.peer),
+        session_closed=lambda s, exc: seen.append(s.peer),
+        registry=SimpleNamespace(untrack_output=lambda s: None),
+    )
+    session = Session(hub)  # type: ignore[arg-type]
+    session.connection_made(_Transport(peername))  # type: ignore[arg-type]
+    session.transport = None  # gone, as at close: the address is the session's own
+    session.connection_lost(None)
+    assert seen == [session.peer, session.peer]
+    return session
+
+
+@pytest.mark.parametrize(
+    ("peername", "peer", "addr"),
+    [
+        (("127.0.0.1", 40001), "127.0.0.1:40001", "127.0.0.1"),
+        (("2001:db8::1", 40001, 0, 0), "2001:db8::1:40001", "2001:db8::/64"),
+        (("::ffff:10.0.0.1", 40001, 0, 0), "::ffff:10.0.0.1:40001", "10.0.0.1"),
+        ("/run/imchat.sock", "/run/imchat.sock", "/run/imchat.sock"),
+    ],
+)
+def test_the_peer_is_the_client_address_from_open_to_close(
+    peername: Any, peer: str, addr: str
+) -> None:
+    """Logged on connect and on close (after the socket is gone) as "host:port"; an IPv4
+    client's session keeps only its port beside the address string all its sessions share."""
+    session = _opened(peername)
+    assert session.peer == peer and session.addr == addr
+    if peer == "127.0.0.1:40001":
+        assert session._peer == 40001
+
+
+def test_written_waiters_are_settled_and_let_go_when_the_connection_is_lost() -> None:
+    """They live outside the session (no slot per idle session); a lost connection answers
+    False and leaves nothing behind."""
+    from imchat.server import session as session_module
+
+    loop = asyncio.new_event_loop()
+    try:
+        hub = SimpleNamespace(
+            config=SimpleNamespace(max_frame=65536),
+            loop=loop,
+            session_closed=lambda s, exc: None,
+            registry=SimpleNamespace(untrack_output=lambda s: None),
+        )
+        session = Session(hub)  # type: ignore[arg-type]
+        session._writing_paused = True  # nothing can be settled as written yet
+        first, second = session.wait_written(), session.wait_written()
+        assert session_module._written[session] == [first, second]
+        session.connection_lost(None)
+        assert first.result() is False and second.result() is False
+        assert session not in session_module._written
+    finally:
+        loop.close()
+
+
+def test_only_sessions_the_listener_admitted_count_as_admitted() -> None:
+    from imchat.server.session import AdmittedSession
+
+    assert AdmittedSession.admitted and not Session.admitted
+    hub = SimpleNamespace(loop=SimpleNamespace(time=float))
+    assert not hasattr(AdmittedSession(hub), "__dict__")  # type: ignore[arg-type]
+
+
+def test_a_logged_in_session_lets_go_of_the_time_it_opened() -> None:
+    """Only the hello timeout reads ``opened``, and only while there is no user."""
+    from imchat.server.session import LOGGED_IN
+
+    hub = SimpleNamespace(loop=SimpleNamespace(time=lambda: 123.5))
+    session = Session(hub)  # type: ignore[arg-type]
+    session.rest()
+    assert session.opened == 123.5  # no hello yet: the hello timeout still needs it
+    session.user = SimpleNamespace()  # type: ignore[assignment]
+    session.rest()
+    assert session.opened is LOGGED_IN
+
+
+def test_sessions_that_read_at_the_same_loop_time_share_its_float() -> None:
+    clock = [5000.001]
+    hub = SimpleNamespace(loop=SimpleNamespace(time=lambda: float(str(clock[0]))))
+    a, b, c = (Session(hub) for _ in range(3))  # type: ignore[arg-type]
+    for session in (a, b, c):
+        session.closing = True  # only the time of the read matters here
+    a.data_received(b"x")
+    b.data_received(b"x")
+    clock[0] += 0.001
+    c.data_received(b"x")
+    assert a.last_rx == b.last_rx == 5000.001 and a.last_rx is b.last_rx
+    assert c.last_rx == 5000.002

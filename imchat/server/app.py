@@ -29,7 +29,7 @@ from .fanout import Fanout
 from .gcpolicy import FreezePolicy
 from .hub import Hub
 from .listener import Listener
-from .session import Session
+from .session import AdmittedSession, Session
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
 from .tls import server_context
@@ -101,7 +101,7 @@ class ChatServer:
             raise
         self._listener = listener = Listener(
             hub.registry,
-            lambda: Session(hub, admitted=True),
+            lambda: AdmittedSession(hub),
             max_per_addr=self.config.max_connections_per_ip,
             tls=tls,
             # A peer that never finishes its handshake is a slowloris too.

@@ -28,8 +28,12 @@ class Peer(Protocol):
     user: User | None
     #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
     addr: str
-    #: The remote end, for logs ("host:port").
-    peer: str
+
+    @property
+    def peer(self) -> str:
+        """The remote end, for logs ("host:port")."""
+        ...
+
     #: Set once the connection is being closed: nothing more is sent or handled.
     closing: bool
     #: How it logged in, re-checked while it lasts (see :mod:`imchat.server.authn`).
@@ -45,7 +49,8 @@ class Peer(Protocol):
         """Its limit of reads and read-marker moves (``READ_LIMITED_TYPES``)."""
         ...
 
-    #: Loop time of its start and of the last bytes it sent (for the idle sweep).
+    #: Loop time of its start and of the last bytes it sent (for the idle sweep; ``opened``
+    #: only matters while ``user`` is None: a native session lets it go once logged in).
     opened: float
     last_rx: float
     #: Seconds its guest identity stays held after its last session ends (rev 2); None: the

@@ -23,7 +23,7 @@ import logging
 import struct
 import sys
 import termios
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from imchat.protocol import (
     HEADER_SIZE,
@@ -73,6 +73,19 @@ def _unacknowledged(transport: asyncio.Transport) -> int:
 #: How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 
+#: What :attr:`Session.opened` becomes once the session has a user (at the idle sweep's next
+#: :meth:`Session.rest`): only the hello timeout reads it, and only before ``hello``.
+LOGGED_IN = float("-inf")
+
+#: The last value a session stored in ``last_rx``: sessions that read at the same loop time
+#: (uvloop's clock ticks in milliseconds) share one float object instead of one each.
+_rx_time: list[float] = [0.0]
+
+#: Waiters of :meth:`Session.wait_written` by session, kept out of the session (no slot per
+#: idle session for what DM delivery alone uses, now and then); an entry lives until its
+#: waiters are settled, at the latest when the connection is lost.
+_written: dict[Session, list[asyncio.Future[bool]]] = {}
+
 
 class Session(asyncio.BufferedProtocol):
     """A native-protocol connection: a :class:`imchat.server.peer.Peer` over TCP (or TLS)."""
@@ -85,12 +98,11 @@ class Session(asyncio.BufferedProtocol):
         "_inbox_bytes",
         "_out",
         "_out_size",
+        "_peer",
         "_read_bucket",
         "_reading_paused",
         "_writing_paused",
-        "_written",
         "addr",
-        "admitted",
         "closing",
         "credential",
         "decoder",
@@ -98,22 +110,26 @@ class Session(asyncio.BufferedProtocol):
         "hub",
         "last_rx",
         "opened",
-        "peer",
         "transport",
         "user",
     )
 
-    def __init__(self, hub: Hub, *, admitted: bool = False) -> None:
+    #: Counted against the per-address limit when accepted (see :mod:`.listener`): the
+    #: listener makes :class:`AdmittedSession`; a class attribute, not a slot (idle memory).
+    admitted: ClassVar[bool] = False
+
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.guest_hold: float | None = None
-        #: Counted against the per-address limit when accepted (see :mod:`.listener`).
-        self.admitted = admitted
         #: Holds a frame still arriving, and a lost framing; None while neither (nearly every
         #: read holds whole frames: they are split straight out of it, and an idle session
         #: holds no decoder and no buffer).
         self.decoder: FrameDecoder | None = None
         self.transport: asyncio.Transport | None = None
-        self.peer = "?"
+        #: The remote end: its port alone when its host is :attr:`addr` (an IPv4 client: the
+        #: interned string every session of the address shares), else "host:port" (see
+        #: :attr:`peer`; 32 bytes less per idle session than a string each).
+        self._peer: str | int = "?"
         #: The unit of per-address limits: the client's IPv4 address or IPv6 /64.
         self.addr = "?"
         self.user: User | None = None
@@ -136,8 +152,6 @@ class Session(asyncio.BufferedProtocol):
         #: Frames queued this loop turn (None when nothing is: no empty list per idle session).
         self._out: list[bytes] | None = None
         self._out_size = 0
-        #: Waiters of :meth:`wait_written` (None while nobody waits).
-        self._written: list[asyncio.Future[bool]] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -145,9 +159,22 @@ class Session(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.addr = address_key(str(peer[0]) if isinstance(peer, tuple) else self.peer)
+        if isinstance(peer, tuple):
+            host = str(peer[0])
+            self.addr = address_key(host)
+            self._peer = (
+                peer[1] if host == self.addr and isinstance(peer[1], int) else (f"{host}:{peer[1]}")
+            )
+        else:
+            self._peer = str(peer)
+            self.addr = address_key(self._peer)
         self.hub.session_opened(self)
+
+    @property
+    def peer(self) -> str:
+        """The remote end, for logs ("host:port")."""
+        peer = self._peer
+        return peer if isinstance(peer, str) else f"{self.addr}:{peer}"
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Never read more than the budget has room for; reading pauses once it is spent.
@@ -158,7 +185,12 @@ class Session(asyncio.BufferedProtocol):
         self.data_received(bytes(self.hub.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.hub.loop.time()
+        now = self.hub.loop.time()
+        if now == _rx_time[0]:
+            now = _rx_time[0]  # the same value, one float for every session (idle memory)
+        else:
+            _rx_time[0] = now
+        self.last_rx = now
         if self.closing:
             return
         inbox = self._inbox
@@ -217,7 +249,7 @@ class Session(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._written and not self._out and not self.closing:
+        if _written and self in _written and not self._out and not self.closing:
             self._check_written()
         if self._inbox and not self._busy and not self.closing:
             self._busy = True
@@ -252,11 +284,16 @@ class Session(asyncio.BufferedProtocol):
 
     def rest(self) -> None:
         """Let go of the rate-limit buckets once full again (an idle session then holds
-        none; the next rate-limited request makes a new, full one: the same limit)."""
+        none; the next rate-limited request makes a new, full one: the same limit), and of
+        the time it opened once it has a user (see :data:`LOGGED_IN`)."""
         if self._bucket is not None and self._bucket.full():
             self._bucket = None
         if self._read_bucket is not None and self._read_bucket.full():
             self._read_bucket = None
+        if self.user is not None:
+            # Only the hello timeout reads ``opened``, and only while there is no user: a
+            # shared constant instead of a float per idle session (never None again).
+            self.opened = LOGGED_IN
 
     @property
     def held(self) -> int:
@@ -391,7 +428,7 @@ class Session(asyncio.BufferedProtocol):
             registry.output_estimate += size * MEMORY_PER_BYTE_OWED
             if registry.output_estimate > registry.output_trigger:
                 registry.enforce_output_bound()  # may cut the largest owers, this one included
-        if self._written and not self._writing_paused and not self.closing:
+        if _written and self in _written and not self._writing_paused and not self.closing:
             self._check_written()
 
     def wait_written(self) -> asyncio.Future[bool]:
@@ -403,18 +440,16 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             future.set_result(False)
             return future
-        if self._written is None:
-            self._written = [future]
-        else:
-            self._written.append(future)
-        if len(self._written) == 1 and not self._out and not self._writing_paused:
+        waiters = _written.setdefault(self, [])
+        waiters.append(future)
+        if len(waiters) == 1 and not self._out and not self._writing_paused:
             self._check_written()
         return future
 
     def _check_written(self) -> None:
         """Settle the written waiters once the socket's send queue is acknowledged; until
         then look again every :data:`WRITTEN_POLL` seconds (only while someone waits)."""
-        if not self._written or self.closing or self._out or self._writing_paused:
+        if self not in _written or self.closing or self._out or self._writing_paused:
             return
         transport = self.transport
         if (
@@ -427,8 +462,7 @@ class Session(asyncio.BufferedProtocol):
         self.hub.loop.call_later(WRITTEN_POLL, self._check_written)
 
     def _settle_written(self, written: bool) -> None:
-        waiters, self._written = self._written, None
-        for future in waiters or ():
+        for future in _written.pop(self, ()):
             if not future.done():
                 future.set_result(written)
 
@@ -481,3 +515,10 @@ class Session(asyncio.BufferedProtocol):
     @property
     def nick(self) -> str:
         return self.user.nick if self.user is not None else "-"
+
+
+class AdmittedSession(Session):
+    """A session the listener admitted: counted against its address's limit on accept."""
+
+    __slots__ = ()
+    admitted = True
