@@ -158,6 +158,46 @@ async def test_marks_asked_while_one_is_in_flight_go_as_one(
         assert await features.mark(LOBBY, seqs[0]) is False  # never backwards
 
 
+async def test_marks_during_a_flood_are_paced(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One in flight is not enough on loopback: answered in a millisecond, a mark per message
+    # still went during a flood and spent the read budget (history) on markers.
+    from imchat.client.features import MARK_INTERVAL
+    from imchat.protocol import Mark
+
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    seqs = [(await bob.request("say", room="lobby", text=str(n)))["seq"] for n in range(6)]
+    async with running(server, "carol") as (session, features, _watch):
+        sent: list[int] = []
+        pauses: list[tuple[float, int]] = []
+        real = session.request
+        arriving = iter(seqs[1:])
+        later: list[asyncio.Task[bool]] = []
+
+        async def counting(request: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(request, Mark):
+                sent.append(request.seq)
+                nxt = next(arriving, None)  # the next message arrives while this is in flight
+                if nxt is not None:
+                    later.append(asyncio.ensure_future(features.mark(LOBBY, nxt)))
+                    await asyncio.sleep(0)
+            return await real(request, *args, **kwargs)
+
+        async def pause(seconds: float) -> None:
+            pauses.append((seconds, len(sent)))
+
+        monkeypatch.setattr(session, "request", counting)
+        features._pause = pause
+        assert await features.mark(LOBBY, seqs[0])
+        await asyncio.gather(*later)
+        assert sent == seqs
+        # a pause of MARK_INTERVAL after each mark that had a newer one waiting
+        assert pauses == [(MARK_INTERVAL, n) for n in range(1, len(seqs))]
+        assert features.markers[LOBBY] == seqs[-1]
+
+
 async def test_typing_is_throttled_and_shown(server: Any, connect: Clients) -> None:
     bob = await connect("bob")
     await join(bob, "lobby")

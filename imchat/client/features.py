@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from imchat.protocol import Delete, Edit, Mark, Markers, React, Search, Typing, nick_key
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: The server forwards one ``typing`` per user and stream per 3 s; sending more is waste.
 TYPING_INTERVAL = 3.0
+#: Seconds between two marks of one conversation while more keep coming (a flood read on
+#: screen): each is a store write, and the server budgets them with the reads (``history``)
+#: a user may need next, so a flood must not spend that budget on markers.
+MARK_INTERVAL = 1.0
 #: How long a "bob is typing" lasts without a new notification.
 TYPING_SHOWN_FOR = 6.0
 #: Messages kept per conversation (as many as the TUI's log shows); older ones are dropped.
@@ -250,6 +254,7 @@ class Features:
         #: The marks being sent per conversation, and the newest seq asked of each.
         self._marking: dict[ConvKey, asyncio.Future[None]] = {}
         self._marking_to: dict[ConvKey, int] = {}
+        self._pause: Callable[[float], Awaitable[None]] = asyncio.sleep
         #: conv -> nick key -> (nick, shown until)
         self._typing: dict[ConvKey, dict[str, tuple[str, float]]] = {}
         self._listeners: list[FeatureListener] = []
@@ -371,7 +376,8 @@ class Features:
         """Move the read marker forward (only forward: nothing is sent otherwise).
 
         One ``mark`` per conversation is in flight at a time; seqs asked meanwhile are sent
-        as one, the newest, when it is answered (a UI marks at every arriving message).
+        as one, the newest, ``MARK_INTERVAL`` after it is answered (a UI marks at every
+        arriving message).
         Returns once the marker is at ``seq`` or beyond.
         """
         if seq <= max(self.markers.get(conv, 0), self._marking_to.get(conv, 0)):
@@ -388,6 +394,8 @@ class Features:
             while (seq := self._marking_to[conv]) > self.markers.get(conv, 0):
                 await self.session.request(Mark(seq=seq, **stream_fields(conv)))
                 self._set_marker(conv, seq)
+                if self._marking_to[conv] > seq:
+                    await self._pause(MARK_INTERVAL)  # the newest seq asked meanwhile follows
         finally:
             del self._marking[conv], self._marking_to[conv]
 
