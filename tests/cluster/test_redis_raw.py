@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import Clients, Servers, join, next_event
 from redis.exceptions import NoScriptError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -102,3 +104,37 @@ async def test_the_subscription_is_read_in_chunks(prefix: str) -> None:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
         await publisher.aclose()
+
+
+async def test_a_node_without_the_raw_readers_delivers_through_redis_py(
+    servers: Servers, connect: Clients, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hiredis (an optional extra), or with a redis-py whose internals differ, the
+    node reads its subscription and its appends' replies with redis-py's public paths.
+    CI installs hiredis, so this is where those paths are exercised."""
+    import imchat.server.redis_fanout as redis_fanout
+    import imchat.server.redis_store as redis_store
+
+    fell_back: list[int] = []
+
+    async def no_raw_execute(redis: aioredis.Redis, stack: Any) -> None:
+        fell_back.append(len(stack))
+        return None
+
+    monkeypatch.setattr(redis_fanout, "raw_subscription", lambda pubsub: None)
+    monkeypatch.setattr(redis_store, "raw_execute", no_raw_execute)
+    try:
+        await servers.start(redis_url=REDIS_URL, redis_prefix=prefix)
+        alice, bob = await connect("alice"), await connect("bob")
+        await join(alice, "lobby")
+        await join(bob, "lobby")
+        ok = await alice.request("say", room="lobby", text="through redis-py")
+        event = await next_event(bob, "msg", skip=frozenset({"online", "joined"}))
+        assert (event["seq"], event["text"]) == (ok["seq"], "through redis-py")
+        dm = await alice.request("dm", to="bob", text="and a dm")
+        got = await next_event(bob, "dm", skip=frozenset({"online", "joined", "msg"}))
+        assert (got["seq"], got["text"]) == (dm["seq"], "and a dm")
+        assert fell_back  # the appends asked for the raw path and took redis-py's
+    finally:
+        await servers.close()
+        delete_keys(prefix)
