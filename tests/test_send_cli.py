@@ -412,3 +412,31 @@ async def test_a_hostile_servers_error_reaches_the_terminal_inert() -> None:
         server.close()
     assert_one_line_error(result, "auth_failed", "pwned", "gone")
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in result.stderr.rstrip("\n"))
+
+
+async def test_a_server_that_hangs_up_during_hello_is_passed_for_the_next(
+    server: Any, connect: Clients
+) -> None:
+    """``--host a,b`` where a accepts and then closes while greeting (a node shutting down
+    or dying): the message goes through b. Only a connection lost after the greeting moved
+    on; this one ended the run with exit 3."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the hello is on its way
+        writer.close()
+
+    dying = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        dying_port = dying.sockets[0].getsockname()[1]
+        watcher = await connect("watcher")
+        await join(watcher, "lobby")
+        hosts = f"127.0.0.1:{dying_port},127.0.0.1:{server.port}"
+        result = await imchat_send(
+            "--host", hosts, "--nick", "bot", "--room", "lobby", "made it", port=None
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        msg = await next_event(watcher, "msg", skip=frozenset({"online", "joined", "parted"}))
+        assert (msg["from"], msg["text"]) == ("bot", "made it")
+    finally:
+        dying.close()
+        await dying.wait_closed()

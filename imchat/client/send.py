@@ -7,7 +7,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from imchat.protocol import Announce, Dm, History, Join, Ping, React, Request, Say
 
@@ -15,6 +15,8 @@ from .connection import Connection, ConnectionClosed, Message, ServerError
 from .resume import ResumeStore, remember_welcome
 from .retry import Requester, request_retrying
 from .session import ANNOUNCEMENTS, ConvKey, stream_fields
+
+T = TypeVar("T")
 
 KEEPALIVE = 30.0
 #: Times one request may be carried over to another connection before its loss is final.
@@ -97,26 +99,37 @@ class Link:
         self._greet = greet
         self._redial = redial
 
+    async def begin(self, greet_first: Callable[[Connection], Awaitable[None]]) -> None:
+        """The first greeting, moved to the next server like any request: a node that
+        shuts down or dies while it greets us is passed for the next."""
+        await self._through(greet_first, regreet=False)
+
     async def request(self, message: Request | str, /, **fields: Any) -> Message:
+        return await self._through(lambda conn: conn.request(message, **fields))
+
+    async def _through(
+        self, action: Callable[[Connection], Awaitable[T]], *, regreet: bool = True
+    ) -> T:
         moves = 0
         while True:
             try:
                 if moves:
-                    await self._move()
-                return await self.conn.request(message, **fields)
+                    await self._move(regreet=regreet)
+                return await action(self.conn)
             except ConnectionClosed as exc:
                 if self._redial is None or not lost_in_passing(exc) or moves == MAX_MOVES:
                     raise
             moves += 1
 
-    async def _move(self) -> None:
+    async def _move(self, *, regreet: bool) -> None:
         assert self._redial is not None
         self.conn.abort()
         try:
             self.conn = await self._redial()
         except (OSError, TimeoutError):
             raise ConnectionClosed() from None
-        await self._greet(self.conn)
+        if regreet:
+            await self._greet(self.conn)
 
 
 async def stdin_lines(link: Link) -> AsyncIterator[str]:
@@ -175,21 +188,20 @@ async def send_messages(
     With ``redial`` (several servers), a lost connection is replaced (see :class:`Link`).
     """
 
-    async def greet(conn: Connection) -> None:
+    async def greet(conn: Connection, *, first: bool = False) -> None:
         await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
-        if target.room is not None:
-            await request_retrying(conn, Join(room=target.room))
-
-    await guest_hello(conn, nick, resumes, token=token, password=password, client="imchat-send")
-    if target.room is not None:
-        if not target.create_room:
+        if target.room is None:
+            return
+        if first and not target.create_room:
             # A typo must not create a room nobody reads: every message would be acknowledged,
             # and seen by no one. ``history`` of a room that does not exist is no_such_room.
             await conn.request(History(room=target.room, limit=1))
-        await conn.request(Join(room=target.room))
+        await request_retrying(conn, Join(room=target.room))
+
     link = Link(conn, greet, redial)
     sent = 0
     try:
+        await link.begin(lambda conn: greet(conn, first=True))
         source = stdin_lines(link) if texts is None else _iterate(texts)
         async for text in source:
             if texts is None and not text:
