@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from serverproc import LOOPBACK_CROWD, delete_prefix
+
 from imchat.protocol import encode_message
 
 _HEADER = struct.Struct(">I").unpack_from
@@ -121,14 +123,7 @@ async def run(args: argparse.Namespace) -> None:
         str(work / "data"),
         "--rate",
         "0",
-        "--addr-rate",
-        "0",
-        "--addr-guests-per-minute",
-        "0",
-        "--addr-rooms-per-minute",
-        "0",
-        "--guest-rooms-per-minute",
-        "0",
+        *LOOPBACK_CROWD,
     ]
     prefix = f"imchat-cg-{os.getpid()}-{int(time.time())}:"
     if args.redis:
@@ -201,18 +196,6 @@ async def burst(
     await sender.until(lambda: sender.oks >= oks)
     for (_, proto), first in zip(receivers, base, strict=True):
         await proto.until(lambda p=proto, f=first: p.frames >= f + start + n)
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 def main() -> None:

@@ -47,6 +47,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from serverproc import LOOPBACK_CROWD, delete_prefix
+
 HEADER = struct.Struct(">I")
 
 
@@ -349,14 +351,7 @@ class Node:
                     str(self.port),
                     "--rate",
                     "0",
-                    "--addr-rate",
-                    "0",
-                    "--addr-guests-per-minute",
-                    "0",
-                    "--addr-rooms-per-minute",
-                    "0",
-                    "--guest-rooms-per-minute",
-                    "0",
+                    *LOOPBACK_CROWD,
                     "--max-connections-per-ip",
                     "0",
                     "--log-level",
@@ -424,18 +419,6 @@ async def with_nodes(
     finally:
         for node in nodes:
             node.stop()
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 async def main() -> None:

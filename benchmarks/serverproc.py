@@ -172,6 +172,33 @@ def imchat_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat.cli"]
 
 
+#: Every benchmark client comes from 127.0.0.1: the per-address budgets (messages, new
+#: guests, new rooms) and the guests' room-creation budget would measure those limits.
+LOOPBACK_CROWD = (
+    "--addr-rate",
+    "0",
+    "--addr-guests-per-minute",
+    "0",
+    "--addr-rooms-per-minute",
+    "0",
+    "--guest-rooms-per-minute",
+    "0",
+)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove the keys a benchmark's servers left under ``prefix`` in the Redis at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc:
     """``imchat server`` on an ephemeral port, rate limit off, history on (the default)."""
     argv = [
@@ -185,14 +212,7 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
         str(data_dir),
         "--rate",
         "0",
-        "--addr-rate",
-        "0",
-        "--addr-guests-per-minute",
-        "0",
-        "--addr-rooms-per-minute",
-        "0",
-        "--guest-rooms-per-minute",
-        "0",
+        *LOOPBACK_CROWD,
     ]
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverproc import HOST, ServerProc, free_port, imchat_command
+from serverproc import HOST, LOOPBACK_CROWD, ServerProc, free_port, imchat_command
 
 from imchat.client.session import Backoff
 
@@ -168,14 +168,7 @@ def storm_server(data_dir: Path, port: int, backlog: int, log: Path) -> ServerPr
         str(backlog),
         "--max-connections-per-ip",
         "0",
-        "--addr-rate",
-        "0",
-        "--addr-guests-per-minute",
-        "0",
-        "--addr-rooms-per-minute",
-        "0",
-        "--guest-rooms-per-minute",
-        "0",
+        *LOOPBACK_CROWD,
         "--idle-timeout",
         "600",
     ]
