@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imchat.protocol import (
     Announce,
@@ -360,6 +362,26 @@ def test_control_characters_are_refused(char: str) -> None:
         check_text(f"a{char}b", 4000)
     assert info.value.code == ErrorCode.BAD_TEXT
     assert fault({"type": "say", "room": "a", "text": char}).code == ErrorCode.BAD_TEXT
+
+
+#: The contract's forbidden characters, spelled out: C0 but tab and newline, DEL, C1.
+FORBIDDEN = frozenset(
+    [*(c for c in range(0x20) if c not in (0x09, 0x0A)), 0x7F, *range(0x80, 0xA0)]
+)
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=40))
+def test_text_is_refused_exactly_when_it_holds_a_forbidden_character(text: str) -> None:
+    # check_text asks str.isprintable() first and the pattern only when that says no: the
+    # verdict must still be the contract's for every string, printable or not.
+    allowed = not any(ord(char) in FORBIDDEN for char in text)
+    try:
+        check_text(text, 4000, allow_empty=True)
+    except ProtocolError as error:
+        assert not allowed and error.code == ErrorCode.BAD_TEXT
+    else:
+        assert allowed
 
 
 def test_empty_text_only_for_topic() -> None:

@@ -41,6 +41,8 @@ def check_text(text: str, max_text: int, *, allow_empty: bool = False) -> str:
         raise ProtocolError(ErrorCode.BAD_TEXT, "text is empty")
     if len(text) > max_text:
         raise ProtocolError(ErrorCode.BAD_TEXT, f"text is longer than {max_text} characters")
-    if _FORBIDDEN_TEXT.search(text):
+    # isprintable() (C, a table lookup per character) is False for every forbidden
+    # character (all are category Cc); the regular expression decides only the rest.
+    if not text.isprintable() and _FORBIDDEN_TEXT.search(text):
         raise ProtocolError(ErrorCode.BAD_TEXT, "text contains control characters")
     return text
