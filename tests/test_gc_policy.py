@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import RawClient
 
-from imchat.server.gcpolicy import FreezePolicy
+from imchat.server.gcpolicy import YOUNG_THRESHOLD, FreezePolicy, _set_young_threshold
 
 
 class Recorder:
@@ -22,8 +22,25 @@ class Recorder:
             collect=lambda: self.calls.append("collect") or 0,  # type: ignore[func-returns-value]
             freeze=lambda: self.calls.append("freeze"),
             unfreeze=lambda: self.calls.append("unfreeze"),
+            set_young_threshold=lambda young: self.calls.append(f"young {young}"),
             min_growth=min_growth,
         )
+
+
+def test_start_freezes_the_setup_and_collects_the_young_less_often() -> None:
+    rec = Recorder()
+    rec.policy().start()
+    assert rec.calls == ["collect", "freeze", f"young {YOUNG_THRESHOLD}"]
+
+
+def test_the_young_threshold_leaves_the_older_generations_alone() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        _set_young_threshold(5_000)
+        assert gc.get_threshold() == (5_000, 11, 12)
+    finally:
+        gc.set_threshold(*saved)
 
 
 def test_freezes_once_a_grown_population_has_settled() -> None:
