@@ -28,7 +28,7 @@ import msgspec
 
 from imchat.protocol import ErrorCode, ProtocolError
 
-from . import features_sqlite
+from . import features_sqlite, sqlite_params
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
 from .stats import STATS
@@ -155,6 +155,7 @@ Result = tuple[asyncio.Future[Any], Any, BaseException | None, Then | None]
 
 
 def _connect(path: Path, *, durable_fsync: bool) -> sqlite3.Connection:
+    sqlite_params.register()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
