@@ -176,39 +176,53 @@ async def test_close_writes_what_waits(tmp_path: Path) -> None:
 
 
 async def test_open_indexes_what_a_killed_writer_left_waiting(tmp_path: Path) -> None:
-    """In process: the rows are dropped as if the process had died (the writer's thread is
-    stopped after the backlog is emptied by hand, nothing written), then a new open finds
-    them through ``search_pending``. Edited and deleted messages are not indexed again."""
+    """In process: the rows are dropped as if the process had died (the backlog emptied by
+    hand, then the writer stopped with nothing to write), and the next open finds them
+    through ``search_pending``. Its seq is a lower bound: from a lower one (as a downgrade
+    can leave), messages indexed, edited or deleted already are not indexed again."""
     path = tmp_path / "imchat.db"
     store = SQLiteStore(path)
     await store.open()
+    await store.append(_say("zero words"))
+    await store.flush_search_index()
     await store.append(_say("first words"))
-    await store.append(_say("first edited", kind="edit", target=1))  # flushes: 1 indexed
+    await store.append(_say("first edited", kind="edit", target=2))  # flushes
+    await store.append(_say("gone words"))
+    await store.append(_say("", kind="delete", target=4))  # flushes
     await store.append(_say("second words"))
     await store.append(_say("third words"))
     await store.append(_say("other words", OTHER))
-    assert _indexed(path) == [("r:lobby", 2)]  # the edit's version, in target 1's place
-    assert _pending(path) == [("r:lobby", 2), ("r:other", 0)]
+    assert _indexed(path) == [("r:lobby", 1), ("r:lobby", 3)]  # 3: the edit's version of 2
+    assert _pending(path) == [("r:lobby", 5), ("r:other", 0)]
     assert store._writer is not None
     store._writer.backlog.rows.clear()  # what SIGKILL does to the rows in memory
     await store.close()
-    assert _indexed(path) == [("r:lobby", 2)]
+    assert _indexed(path) == [("r:lobby", 1), ("r:lobby", 3)]
 
     tool = SQLiteStore(path, catch_up_index=False)  # `imchat user` beside a server: no catch-up
     await tool.open()
     await tool.close()
-    assert _pending(path) == [("r:lobby", 2), ("r:other", 0)]
+    assert _pending(path) == [("r:lobby", 5), ("r:other", 0)]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE search_pending SET seq = 0")
 
     store = SQLiteStore(path)
     await store.open()
     try:
         assert store.index_build_seconds is None  # no rebuild, only the waiting rows
         assert _pending(path) == []
-        assert _indexed(path) == [("r:lobby", 2), ("r:lobby", 3), ("r:lobby", 4), ("r:other", 1)]
+        assert _indexed(path) == [
+            ("r:lobby", 1),
+            ("r:lobby", 3),
+            ("r:lobby", 6),
+            ("r:lobby", 7),
+            ("r:other", 1),
+        ]
         assert await _texts(store, "words", LOBBY, OTHER) == [
             "other words",
             "second words",
             "third words",
+            "zero words",
         ]
         assert await _texts(store, "first") == ["first edited"]
     finally:
