@@ -228,8 +228,8 @@ class Backlog:
             return 0
         self.rows = []
         self._taken.extend(rows)
-        for stream, seq, ts, text in rows:
-            _index(conn, stream, seq, seq, ts, text)
+        if rows:
+            _index_all(conn, rows)
         conn.execute("DELETE FROM search_pending")
         self._marked.clear()
         return len(rows)
@@ -412,6 +412,28 @@ def _index(
         conn.execute(
             "INSERT OR REPLACE INTO search_rows VALUES (?, ?, ?)", (stream.key, target, row)
         )
+
+
+def _index_all(conn: sqlite3.Connection, rows: list[tuple[StreamId, int, float, str]]) -> None:
+    """Index plain messages (stream, seq, ts, text), each in its home row, with one
+    ``executemany``; if a home row is taken (rare: same millisecond and tie slot, or a row
+    there already), roll that back and index them one at a time, probing as ``_index`` does."""
+    params = [
+        (home_row(ts, seq), text, _scope(stream), stream.key, seq) for stream, seq, ts, text in rows
+    ]
+    conn.execute("SAVEPOINT index_all")
+    try:
+        conn.executemany(
+            "INSERT INTO search_index (rowid, text, scope, stream, seq) VALUES (?, ?, ?, ?, ?)",
+            params,
+        )
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO index_all")
+        conn.execute("RELEASE index_all")
+        for stream, seq, ts, text in rows:
+            _index(conn, stream, seq, seq, ts, text)
+        return
+    conn.execute("RELEASE index_all")
 
 
 def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:
