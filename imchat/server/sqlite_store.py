@@ -706,7 +706,9 @@ class SQLiteStore:
                     if mine >= share:
                         return ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(share))
             seq = writer.next_seq(c, stream)
-            ts = round(time.time(), 3)
+            # To the millisecond, as round(t, 3) but without its decimal conversion (~1,700
+            # instructions of the writer's per message).
+            ts = round(time.time() * 1000) / 1000
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
             c.execute(
                 "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
