@@ -199,6 +199,9 @@ class _Writer(threading.Thread):
         #: Last seq per stream, valid only for committed data (cleared after a failed batch).
         self.last_seq: dict[str, int] = {}
         self.encoder = msgspec.json.Encoder()
+        #: One cursor for the messages insert: ``Connection.execute`` makes a new cursor for
+        #: every statement (~2,500 instructions a message).
+        self.cursor = conn.cursor()
         #: Search rows of committed messages not yet in the index (writer thread only).
         self.backlog = features_sqlite.Backlog()
         self.flush_idle, self.flush_age = _flush_delays()
@@ -715,12 +718,12 @@ class SQLiteStore:
             # AttributeError (~3,300 instructions each): the event goes as a bytearray (a
             # copy of a few hundred bytes) and a missing cid is left out, not bound as None.
             if draft.cid is None:
-                c.execute(
+                writer.cursor.execute(
                     "INSERT INTO messages (stream, seq, ts, sender, event) VALUES (?, ?, ?, ?, ?)",
                     (stream, seq, ts, owner, bytearray(payload)),
                 )
             else:
-                c.execute(
+                writer.cursor.execute(
                     "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (stream, seq, ts, owner, draft.cid, bytearray(payload)),
