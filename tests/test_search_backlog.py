@@ -282,3 +282,17 @@ async def test_search_finds_a_message_after_the_server_was_killed_with_its_row_w
         assert _indexed(db) == [("r:lobby", 1)]  # once: indexed at open, not again
     finally:
         await raw.close()
+
+
+async def test_a_failed_flush_keeps_its_rows_waiting(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.append(_say("kept words"))
+    real = features_sqlite._index_all
+    monkeypatch.setattr(features_sqlite, "_index_all", lambda conn, rows: _fail(conn))
+    with pytest.raises(sqlite3.OperationalError):
+        await store.flush_search_index()
+    monkeypatch.setattr(features_sqlite, "_index_all", real)
+    assert _indexed(store.path) == []
+    assert _pending(store.path) == [("r:lobby", 0)]
+    assert await _texts(store, "kept") == ["kept words"]

@@ -205,6 +205,8 @@ class _Writer(threading.Thread):
         #: Search rows of committed messages not yet in the index (writer thread only).
         self.backlog = features_sqlite.Backlog()
         self.flush_idle, self.flush_age = _flush_delays()
+        #: No flush of the backlog on its own before this (monotonic): the last one failed.
+        self._retry_at = 0.0
 
     def submit(self, op: Operation, then: Then | None = None) -> asyncio.Future[Any]:
         """Run ``op`` in the next transaction; its result, passed through ``then`` on the
@@ -220,10 +222,11 @@ class _Writer(threading.Thread):
         backlog = self.backlog
         while True:
             if backlog:
+                wait = max(self.flush_idle, self._retry_at - time.monotonic())
                 try:
-                    first = self._queue.get(timeout=self.flush_idle)
+                    first = self._queue.get(timeout=wait)
                 except queue.Empty:
-                    self._run_batch([], flush=True)  # idle: index what waits
+                    self._flush()  # idle: index what waits
                     continue
             else:
                 first = self._queue.get()
@@ -243,16 +246,25 @@ class _Writer(threading.Thread):
             self._run_batch(batch)
             if stopping:
                 break
-            if backlog and (
-                len(backlog) >= INDEX_FLUSH_ROWS
-                or time.monotonic() - backlog.since >= self.flush_age
+            now = time.monotonic()
+            if (
+                backlog
+                and now >= self._retry_at
+                and (len(backlog) >= INDEX_FLUSH_ROWS or now - backlog.since >= self.flush_age)
             ):
-                self._run_batch([], flush=True)  # after the batch's replies are on their way
+                self._flush()  # after the batch's replies are on their way
         if backlog:
-            self._run_batch([], flush=True)
+            self._flush()
         self._conn.close()
 
-    def _run_batch(self, batch: list[Queued], *, flush: bool = False) -> None:
+    def _flush(self) -> None:
+        """Write the search backlog in a transaction of its own. If that fails the rows wait
+        (a search, edit, delete or prune still writes them first, or fails as its batch does)
+        and the next try on its own comes ``flush_age`` later, not at every batch."""
+        if not self._run_batch([], flush=True):
+            self._retry_at = time.monotonic() + self.flush_age
+
+    def _run_batch(self, batch: list[Queued], *, flush: bool = False) -> bool:
         """One transaction: ``batch``'s operations, then (``flush``) the search backlog."""
         results: list[Result] = []
         conn = self._conn
@@ -278,8 +290,12 @@ class _Writer(threading.Thread):
             self.last_seq.clear()
             backlog.rolled_back()
             results = [(future, None, exc, None) for _, future, _ in batch]
+            ok = False
+        else:
+            ok = True
         if results:
             self._loop.call_soon_threadsafe(_resolve_all, results)
+        return ok
 
     def next_seq(self, conn: sqlite3.Connection, stream: str) -> int:
         last = self.last_seq.get(stream)
