@@ -109,6 +109,7 @@ async def test_edits_and_deletes_find_home_rows_and_moved_rows(
     try:
         await store.append(draft(a, "word one"))  # home row
         await store.append(draft(b, "word two"))  # collides: moved, in search_rows
+        await store.flush_search_index()  # the rows wait in the writer's backlog until then
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT stream FROM search_rows").fetchall() == [("r:b",)]
         await store.append(draft(a, "", kind="delete", target=1))  # frees a's home row

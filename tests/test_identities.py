@@ -489,7 +489,9 @@ async def test_queued_dms_keep_seq_order_when_the_clock_steps_back(
     from imchat.server import sqlite_store
 
     clock = iter(range(2_000_000_000, 0, -100))  # every reading 100 s earlier than the last
-    wall = SimpleNamespace(time=lambda: float(next(clock)), perf_counter=time.perf_counter)
+    wall = SimpleNamespace(
+        time=lambda: float(next(clock)), perf_counter=time.perf_counter, monotonic=time.monotonic
+    )
     monkeypatch.setattr(sqlite_store, "time", wall)
     bob = await connect("bob")
     alice = await connect("alice")

@@ -30,8 +30,11 @@ def sqlite_path(config: ServerConfig) -> Path:
     return Path(config.data_dir) / DB_FILE
 
 
-def open_store(config: ServerConfig) -> Store:
-    """The store alone (for tools such as ``imchat user``); call its ``open()`` to use it."""
+def open_store(config: ServerConfig, *, serving: bool = False) -> Store:
+    """The store alone (for tools such as ``imchat user``); call its ``open()`` to use it.
+
+    Only the server (``serving``) indexes at open the search rows a killed server left
+    waiting: a tool may run beside a live server, whose waiting rows are its own."""
     if config.redis_url is not None:
         from .redis_store import RedisStore
 
@@ -40,12 +43,12 @@ def open_store(config: ServerConfig) -> Store:
         )
     from .sqlite_store import SQLiteStore
 
-    return SQLiteStore(sqlite_path(config))
+    return SQLiteStore(sqlite_path(config), catch_up_index=serving)
 
 
 def open_backend(config: ServerConfig) -> Backend:
     """The store and fan-out ``config`` chooses; the server opens both at start."""
-    store = open_store(config)
+    store = open_store(config, serving=True)
     if config.redis_url is not None:
         from .redis_fanout import RedisFanout
         from .redis_store import RedisStore

@@ -2,7 +2,13 @@
 
 Everything here runs on the store's writer connection inside the transaction that stores the
 message (``check`` before it is stored, ``on_append`` after), so a check and the state it
-guards change together and a failed batch rolls both back.
+guards change together and a failed batch rolls both back. The one exception is a plain
+message's search row: it waits in the writer's :class:`Backlog` and is written with many
+others in a later transaction of the same writer (FTS5's work per commit, its new segment
+and the merges, then counts once per backlog instead of once per batch). Everything that
+reads or changes the index flushes the backlog first, on the writer: a search, an edit, a
+delete, a prune. A crash loses no row: ``search_pending`` names, in the message's own
+transaction, each stream whose rows wait, and the next open indexes them (``catch_up``).
 
 The search index is an FTS5 table (tokenizer ``unicode61``: letters and digits, case folded,
 diacritics kept) holding the *current* version of each plain or action message: an edit
@@ -14,7 +20,6 @@ rowid order and a rowid range, which FTS5 serves without sorting.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import sqlite3
@@ -43,7 +48,11 @@ from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = "1"
+#: "2": rows may wait in ``search_pending`` (see Backlog). "1" (indexed in the message's
+#: own transaction) needs no rebuild; a version before this one rebuilds at open when it
+#: finds "2", so going back and forth never leaves a row out.
+INDEX_VERSION = "2"
+SYNCHRONOUS_INDEX_VERSION = "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS msg_deleted (
     stream TEXT NOT NULL,
@@ -69,6 +78,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search_index USING fts5(
     tokenize = 'unicode61 remove_diacritics 0',
     columnsize = 0  -- no per-row token counts: nothing ranks by them (bm25), rowid orders
 );
+CREATE TABLE IF NOT EXISTS search_pending (  -- a stream whose newest search rows may wait
+    stream TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL             -- every message of the stream up to this one is indexed
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS search_rows (  -- a current version's index row, if not its home row
     stream TEXT NOT NULL,
     target INTEGER NOT NULL,
@@ -91,10 +104,18 @@ def migrate(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT value FROM meta WHERE key = 'search_index'").fetchone()
     if row is not None and row[0] == INDEX_VERSION:
         return None
+    if row is not None and row[0] == SYNCHRONOUS_INDEX_VERSION:
+        # Complete: every row was written with its message. Any search_pending row is from
+        # before a downgrade, whose rebuild made it stale.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM search_pending")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('search_index', ?)", (INDEX_VERSION,))
+        conn.execute("COMMIT")
+        return None
     start = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for table in ("search_index", "search_rows", "msg_deleted", "reactions"):
+        for table in ("search_index", "search_rows", "msg_deleted", "reactions", "search_pending"):
             conn.execute(f"DELETE FROM {table}")  # fixed names, not data
         rows = conn.execute(
             "SELECT stream, seq, ts, sender, event FROM messages ORDER BY stream, seq"
@@ -114,6 +135,119 @@ def migrate(conn: sqlite3.Connection) -> float | None:
     if indexed:  # a new database has nothing to say about
         log.info("built the search index from %d existing messages in %.1f s", indexed, took)
     return took
+
+
+def catch_up(conn: sqlite3.Connection) -> int:
+    """Index the messages whose search rows were still waiting when the last process ended
+    (killed, or its last flush failed); the number indexed. Runs at open, before the writer.
+
+    Only a plain message can wait (an edit, a delete or a prune flushes the backlog first),
+    and each stream's waiting messages are the ones after its ``search_pending`` seq."""
+    pending = conn.execute("SELECT stream, seq FROM search_pending").fetchall()
+    if not pending:
+        return 0
+    indexed = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stream, after in pending:
+            stream_id = StreamId(stream)
+            rows = conn.execute(
+                "SELECT seq, ts, event FROM messages WHERE stream = ? AND seq > ? ORDER BY seq",
+                (stream, after),
+            ).fetchall()
+            for seq, ts, payload in rows:
+                event = _decode(payload)
+                text = event.get("text")
+                if event.get("kind") not in TARGETABLE_KINDS or not isinstance(text, str):
+                    continue
+                if _settled(conn, stream, seq):
+                    continue
+                _index(conn, stream_id, seq, seq, ts, text)
+                indexed += 1
+        conn.execute("DELETE FROM search_pending")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.info("indexed %d messages whose search rows were waiting at the last stop", indexed)
+    return indexed
+
+
+def _settled(conn: sqlite3.Connection, stream: str, seq: int) -> bool:
+    """True if message ``seq``'s index state was decided already (edited or deleted)."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM search_rows WHERE stream = ? AND target = ?"
+            " UNION ALL SELECT 1 FROM msg_deleted WHERE stream = ? AND seq = ?",
+            (stream, seq, stream, seq),
+        ).fetchone()
+    )
+
+
+class Backlog:
+    """Search rows of stored plain messages not yet in the index (the writer thread's own).
+
+    ``add`` keeps a message's row, and the first time since a flush that a stream has one it
+    also writes the stream's ``search_pending`` row in the message's transaction: the next
+    open finds the stream's waiting messages from it if this process dies first. ``flush``
+    writes every waiting row and deletes the ``search_pending`` rows in the transaction it
+    runs in. The writer calls ``begin``, then ``committed`` or ``rolled_back`` around each
+    transaction, so rows of a rolled-back batch are forgotten and rows flushed in a
+    rolled-back transaction wait again.
+    """
+
+    __slots__ = ("_base", "_marked", "_taken", "rows", "since")
+
+    def __init__(self) -> None:
+        #: (stream, seq, ts, text) of each waiting row, in seq order per stream.
+        self.rows: list[tuple[StreamId, int, float, str]] = []
+        #: ``time.monotonic()`` when the oldest waiting row came.
+        self.since = 0.0
+        self._base = 0
+        self._marked: set[str] = set()
+        self._taken: list[tuple[StreamId, int, float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(
+        self, conn: sqlite3.Connection, stream: StreamId, seq: int, ts: float, text: str
+    ) -> None:
+        key = stream.key
+        if key not in self._marked:
+            conn.execute("INSERT OR IGNORE INTO search_pending VALUES (?, ?)", (key, seq - 1))
+            self._marked.add(key)
+        if not self.rows:
+            self.since = time.monotonic()
+        self.rows.append((stream, seq, ts, text))
+
+    def flush(self, conn: sqlite3.Connection) -> int:
+        """Write every waiting row in ``conn``'s open transaction; the number written."""
+        rows = self.rows
+        if not rows and not self._marked:
+            return 0
+        self.rows = []
+        self._taken.extend(rows)
+        if rows:
+            _index_all(conn, rows)
+        conn.execute("DELETE FROM search_pending")
+        self._marked.clear()
+        return len(rows)
+
+    def begin(self) -> None:
+        self._base = len(self.rows)
+
+    def committed(self) -> None:
+        self._taken.clear()
+
+    def rolled_back(self) -> None:
+        if self._taken:
+            self.rows = self._taken[: self._base]
+            self._taken = []
+        else:
+            del self.rows[self._base :]
+        # The failed transaction's search_pending rows are gone; re-inserting is harmless.
+        self._marked.clear()
 
 
 # -- on the writer, inside the message's transaction --------------------------------------
@@ -164,10 +298,20 @@ def _refuse(code: ErrorCode) -> Stored:
     return Stored(0, 0.0, b"", duplicate=True, refused=code.value)
 
 
-def on_append(conn: sqlite3.Connection, draft: Draft, seq: int, ts: float) -> None:
-    """Keep reactions, deletes and the search index in step with a message just stored."""
+def on_append(
+    conn: sqlite3.Connection, draft: Draft, seq: int, ts: float, backlog: Backlog
+) -> None:
+    """Keep reactions, deletes and the search index in step with a message just stored: a
+    plain message's search row waits in ``backlog``; an edit or delete flushes it first, so
+    the row it replaces or removes is in the index."""
     event = draft.event
-    apply(conn, draft.stream, seq, ts, owner_of(draft), event.kind, event.target, event.text)
+    kind, text = event.kind, event.text
+    if kind in TARGETABLE_KINDS and isinstance(text, str):
+        backlog.add(conn, draft.stream, seq, ts, text)
+        return
+    if kind in (EDIT, DELETE):
+        backlog.flush(conn)
+    apply(conn, draft.stream, seq, ts, owner_of(draft), kind, event.target, text)
 
 
 def apply(
@@ -208,13 +352,25 @@ def apply(
         )
 
 
-@functools.lru_cache(maxsize=4096)
+#: Scope tokens by stream key (see ``_scope``); emptied when it reaches ``SCOPES_KEPT``.
+_scopes: dict[str, str] = {}
+SCOPES_KEPT = 4096
+
+
 def _scope(stream: StreamId) -> str:
     """The scope tokens of a stream, remembered: hashing them for every message was 4 % of
-    the server's time at R = 1 (only the writer thread and the migration call this)."""
-    tokens = [scope_token("s", stream.key)]
-    tokens.extend(scope_token("u", key) for key in dm_participants(stream))
-    return " ".join(tokens)
+    the server's time at R = 1 (only the writer thread and the migration call this). Kept by
+    the key string, whose hash Python caches (an ``lru_cache`` on the StreamId called its
+    dataclass ``__hash__``: 3,600 instructions per message)."""
+    key = stream.key
+    scope = _scopes.get(key)
+    if scope is None:
+        if len(_scopes) >= SCOPES_KEPT:
+            _scopes.clear()
+        tokens = [scope_token("s", key)]
+        tokens.extend(scope_token("u", user) for user in dm_participants(stream))
+        scope = _scopes[key] = " ".join(tokens)
+    return scope
 
 
 def home_row(ts: float, seq: int) -> int:
@@ -244,13 +400,40 @@ def _index(
             )
             break
         except sqlite3.IntegrityError:
-            if not conn.execute("SELECT 1 FROM search_index WHERE rowid = ?", (row,)).fetchone():
+            there = conn.execute(
+                "SELECT stream, seq FROM search_index WHERE rowid = ?", (row,)
+            ).fetchone()
+            if there is None:
                 raise
+            if seq == target and there == (stream.key, seq):
+                return  # this very message's row: indexed already (the insert is idempotent)
             row += 1
     if row != home or seq != target:
         conn.execute(
             "INSERT OR REPLACE INTO search_rows VALUES (?, ?, ?)", (stream.key, target, row)
         )
+
+
+def _index_all(conn: sqlite3.Connection, rows: list[tuple[StreamId, int, float, str]]) -> None:
+    """Index plain messages (stream, seq, ts, text), each in its home row, with one
+    ``executemany``; if a home row is taken (rare: same millisecond and tie slot, or a row
+    there already), roll that back and index them one at a time, probing as ``_index`` does."""
+    params = [
+        (home_row(ts, seq), text, _scope(stream), stream.key, seq) for stream, seq, ts, text in rows
+    ]
+    conn.execute("SAVEPOINT index_all")
+    try:
+        conn.executemany(
+            "INSERT INTO search_index (rowid, text, scope, stream, seq) VALUES (?, ?, ?, ?, ?)",
+            params,
+        )
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO index_all")
+        conn.execute("RELEASE index_all")
+        for stream, seq, ts, text in rows:
+            _index(conn, stream, seq, seq, ts, text)
+        return
+    conn.execute("RELEASE index_all")
 
 
 def _unindex(conn: sqlite3.Connection, stream: str, target: int) -> None:

@@ -6,6 +6,12 @@ each. Sequence numbers are assigned inside that transaction, which keeps them ga
 failed batch assigns nothing. Reads run on the event loop's own connection (WAL lets them
 proceed beside the writer) and see only committed data.
 
+A plain message's search row is not written in its batch: it waits in the writer's backlog
+(``features_sqlite.Backlog``) and goes into the index in a transaction of its own once
+``INDEX_FLUSH_ROWS`` rows wait, the queue has been idle ``INDEX_FLUSH_IDLE`` seconds, or the
+oldest row has waited ``INDEX_FLUSH_AGE``; a search, an edit, a delete and a prune flush it
+first, through the writer. The message itself is committed before its ``ok`` as always.
+
 ``synchronous=NORMAL`` in WAL mode means a committed transaction survives the process being
 killed (SIGKILL); surviving power loss as well needs ``synchronous=FULL`` (``durable_fsync``).
 """
@@ -147,6 +153,25 @@ def _migrate(conn: sqlite3.Connection) -> None:
 #: Operations the writer runs per transaction at most; a bound keeps one commit short.
 MAX_BATCH = 1024
 
+#: The search backlog is written once this many rows wait (a bound on its memory and on the
+#: flush transaction's length) ...
+INDEX_FLUSH_ROWS = 1024
+#: ... or once the writer's queue has been empty this long (seconds) ...
+INDEX_FLUSH_IDLE = 0.05
+#: ... or once its oldest row has waited this long. A search flushes it anyway; these bound
+#: how much the next open indexes after a crash.
+INDEX_FLUSH_AGE = 1.0
+
+
+def _flush_delays() -> tuple[float, float]:
+    """``INDEX_FLUSH_IDLE`` and ``INDEX_FLUSH_AGE``, or both from ``IMCHAT_INDEX_FLUSH_SECONDS``
+    (tests hold rows back with it to see a crash recovered)."""
+    override = os.environ.get("IMCHAT_INDEX_FLUSH_SECONDS")
+    if override:
+        return float(override), float(override)
+    return INDEX_FLUSH_IDLE, INDEX_FLUSH_AGE
+
+
 Operation = Callable[[sqlite3.Connection], Any]
 #: Turns an operation's result into the future's, on the event loop (may raise).
 Then = Callable[[Any], Any]
@@ -175,6 +200,14 @@ class _Writer(threading.Thread):
         #: Last seq per stream, valid only for committed data (cleared after a failed batch).
         self.last_seq: dict[str, int] = {}
         self.encoder = msgspec.json.Encoder()
+        #: One cursor for the messages insert: ``Connection.execute`` makes a new cursor for
+        #: every statement (~2,500 instructions a message).
+        self.cursor = conn.cursor()
+        #: Search rows of committed messages not yet in the index (writer thread only).
+        self.backlog = features_sqlite.Backlog()
+        self.flush_idle, self.flush_age = _flush_delays()
+        #: No flush of the backlog on its own before this (monotonic): the last one failed.
+        self._retry_at = 0.0
 
     def submit(self, op: Operation, then: Then | None = None) -> asyncio.Future[Any]:
         """Run ``op`` in the next transaction; its result, passed through ``then`` on the
@@ -187,8 +220,17 @@ class _Writer(threading.Thread):
         self._queue.put(None)
 
     def run(self) -> None:
+        backlog = self.backlog
         while True:
-            first = self._queue.get()
+            if backlog:
+                wait = max(self.flush_idle, self._retry_at - time.monotonic())
+                try:
+                    first = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    self._flush()  # idle: index what waits
+                    continue
+            else:
+                first = self._queue.get()
             if first is None:
                 break
             batch = [first]
@@ -205,25 +247,57 @@ class _Writer(threading.Thread):
             self._run_batch(batch)
             if stopping:
                 break
+            now = time.monotonic()
+            if (
+                backlog
+                and now >= self._retry_at
+                and (len(backlog) >= INDEX_FLUSH_ROWS or now - backlog.since >= self.flush_age)
+            ):
+                self._flush()  # after the batch's replies are on their way
+        if backlog:
+            self._flush()
         self._conn.close()
 
-    def _run_batch(self, batch: list[Queued]) -> None:
+    def _flush(self) -> None:
+        """Write the search backlog in a transaction of its own. If that fails the rows wait
+        (a search, edit, delete or prune still writes them first, or fails as its batch does)
+        and the next try on its own comes ``flush_age`` later, not at every batch."""
+        if not self._run_batch([], flush=True):
+            self._retry_at = time.monotonic() + self.flush_age
+
+    def _run_batch(self, batch: list[Queued], *, flush: bool = False) -> bool:
+        """One transaction: ``batch``'s operations, then (``flush``) the search backlog."""
         results: list[Result] = []
         conn = self._conn
+        backlog = self.backlog
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            backlog.begin()
             for op, future, then in batch:
                 results.append((future, op(conn), None, then))
+            if flush:
+                backlog.flush(conn)
             conn.execute("COMMIT")
-            STATS.commit_seconds.observe(time.perf_counter() - started)
+            backlog.committed()
+            if batch:  # a flush on its own answers nobody: not a commit anyone waited for
+                STATS.commit_seconds.observe(time.perf_counter() - started)
         except BaseException as exc:
-            log.exception("store: a batch of %d writes failed and was rolled back", len(batch))
+            if batch:
+                log.exception("store: a batch of %d writes failed and was rolled back", len(batch))
+            else:
+                log.exception("store: writing %d search rows failed; they wait", len(backlog))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self.last_seq.clear()
+            backlog.rolled_back()
             results = [(future, None, exc, None) for _, future, _ in batch]
-        self._loop.call_soon_threadsafe(_resolve_all, results)
+            ok = False
+        else:
+            ok = True
+        if results:
+            self._loop.call_soon_threadsafe(_resolve_all, results)
+        return ok
 
     def next_seq(self, conn: sqlite3.Connection, stream: str) -> int:
         last = self.last_seq.get(stream)
@@ -286,9 +360,14 @@ def _resolve_all(results: list[Result]) -> None:
 class SQLiteStore:
     """:class:`imchat.server.store.Store` on a SQLite file in the data directory."""
 
-    def __init__(self, path: Path, *, durable_fsync: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, durable_fsync: bool = False, catch_up_index: bool = True
+    ) -> None:
         self.path = path
         self._durable_fsync = durable_fsync
+        #: Index at open the rows a killed server left waiting. Only the server may: a tool
+        #: opening the database beside a running server must not take its waiting rows.
+        self._catch_up_index = catch_up_index
         self._reader: sqlite3.Connection | None = None
         self._writer: _Writer | None = None
         self._rooms: dict[str, RoomInfo] = {}
@@ -321,6 +400,8 @@ class SQLiteStore:
                 )
                 writer_conn.execute("COMMIT")
             self.index_build_seconds = features_sqlite.migrate(writer_conn)
+            if self._catch_up_index:
+                features_sqlite.catch_up(writer_conn)
             self._reader = _connect(self.path, durable_fsync=self._durable_fsync)
             self._load_rooms(self._reader)
         except BaseException:
@@ -646,13 +727,25 @@ class SQLiteStore:
                     if mine >= share:
                         return ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(share))
             seq = writer.next_seq(c, stream)
-            ts = round(time.time(), 3)
+            # To the millisecond, as round(t, 3) but without its decimal conversion (~2,000
+            # instructions of the writer's per message).
+            ts = round(time.time() * 1000) / 1000
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
-            c.execute(
-                "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (stream, seq, ts, owner, draft.cid, payload),
-            )
+            # Only exact int, float, str and bytearray parameters bind without the sqlite3
+            # module's adapter lookup, which fails through two attribute lookups raising
+            # AttributeError (~3,300 instructions each): the event goes as a bytearray (a
+            # copy of a few hundred bytes) and a missing cid is left out, not bound as None.
+            if draft.cid is None:
+                writer.cursor.execute(
+                    "INSERT INTO messages (stream, seq, ts, sender, event) VALUES (?, ?, ?, ?, ?)",
+                    (stream, seq, ts, owner, bytearray(payload)),
+                )
+            else:
+                writer.cursor.execute(
+                    "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (stream, seq, ts, owner, draft.cid, bytearray(payload)),
+                )
             if draft.dm_idents is not None:
                 for ident in set(draft.dm_idents):
                     c.execute(
@@ -664,7 +757,7 @@ class SQLiteStore:
                     "INSERT INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",
                     (draft.pending_for, stream, seq),
                 )
-            features_sqlite.on_append(c, draft, seq, ts)
+            features_sqlite.on_append(c, draft, seq, ts, writer.backlog)
             writer.last_seq[stream] = seq
             return Stored(seq, ts, payload)
 
@@ -700,7 +793,11 @@ class SQLiteStore:
         pruned message (its search row, delete mark, reactions) goes with it: pruned text
         must not stay searchable or stored."""
 
+        writer = self._writer
+        assert writer is not None, "store is not open"
+
         def op(c: sqlite3.Connection) -> int:
+            writer.backlog.flush(c)  # a pruned message's waiting row must not outlive it
             c.execute(
                 "INSERT INTO seq_floor (stream, seq) SELECT stream, MAX(seq) FROM messages"
                 " WHERE true GROUP BY stream"
@@ -835,9 +932,18 @@ class SQLiteStore:
         assert self._reader is not None
         return features_sqlite.markers(self._reader, user_key)
 
+    async def flush_search_index(self) -> int:
+        """Write the search rows that wait, through the writer; the number written. Once this
+        returns, every message acknowledged before the call is in the index."""
+        writer = self._writer
+        assert writer is not None, "store is not open"
+        written: int = await self._submit(writer.backlog.flush)
+        return written
+
     async def search(
         self, scope: SearchScope, text: str, *, before: float | None, limit: int
     ) -> SearchResult:
+        await self.flush_search_index()
         async with self._search_lock:
             if self._searcher is None:
                 self._searcher = _connect(self.path, durable_fsync=self._durable_fsync)
