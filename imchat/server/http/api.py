@@ -153,7 +153,8 @@ def decode_json_body(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 ``frame_too_large`` beyond ``limit`` bytes (unread if the
-    length says so up front)."""
+    length says so up front), and with 400 ``bad_request`` if aiohttp cannot read it (a
+    ``Content-Encoding`` that does not decode): the caller's fault, not ``internal``."""
     too_large = ApiError(ErrorCode.FRAME_TOO_LARGE, f"the body exceeds {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -161,6 +162,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except web.RequestPayloadError as exc:
+        reason = str(exc).replace("400, message:", "").strip() or "unreadable"
+        raise ApiError(ErrorCode.BAD_REQUEST, f"the body cannot be read: {reason}") from None
     if len(body) > limit:
         raise too_large
     return body
