@@ -86,6 +86,7 @@ async def test_server_marker_below_what_is_loaded_draws_no_line_until_older_load
     app = _admin_app(server)
     async with running(app) as pilot:
         await until(pilot, lambda: has_line(app, LOBBY, "news 61"), "the latest history")
+        await until(pilot, lambda: app.chat_features.markers.get(LOBBY) == 1, "the marker")
         app.current = LOBBY
         await pilot.pause()
         shown = rows(app, LOBBY)
@@ -103,6 +104,7 @@ async def test_server_marker_inside_what_is_loaded_still_draws_the_line(
     app = _admin_app(server)
     async with running(app) as pilot:
         await until(pilot, lambda: has_line(app, LOBBY, "news 3"), "history")
+        await until(pilot, lambda: app.chat_features.markers.get(LOBBY) == 1, "the marker")
         app.current = LOBBY
         await until(pilot, lambda: "MARKER" in rows(app, LOBBY), "the line")
         assert rows(app, LOBBY) == ["read already", "MARKER", "news 2", "news 3"]
