@@ -545,6 +545,7 @@ class ChatApp(FeatureApp):
                     ),
                 )
             log.prepend(self._dated(entries, None, before=view))
+            self.older_shown(event.conv)
             return
         if event.initial and not any(e.meta.get("seq") for e in log.entries):
             # Recent history goes above "You joined" (and any other notice so far): the

@@ -135,26 +135,35 @@ class FeatureApp(App[None]):
     def conversation_shown(self, key: ConvKey) -> None:
         """A conversation came on screen: the "new since" line, its marker, who types."""
         marker = self.chat_features.markers.get(key)
-        first = None
         if marker is not None:
-            first = next(
-                (
-                    seq
-                    for seq, view in sorted(self.chat_features.book.views(key).items())
-                    if seq > marker and nick_key(view.sender) != nick_key(self.session.nick)
-                ),
-                None,
-            )
-        view = self.views.get(key)
-        if first is not None and view is not None:
-            # The read marker line goes above the first message the server says is unread.
-            self.read_markers.place_before(key, view.log_widget, first)
+            self._place_read_marker(key, marker)
         if self.replying is not None and self.replying[0] != key:
             self._set_mode(None, None)
         if self.editing is not None and self.editing[0] != key:
             self._set_mode(None, None)
         self._show_typing()
         self._mark_read(key)
+
+    def older_shown(self, key: ConvKey) -> None:
+        """Older history was loaded above ``key``'s messages: the "new since" line that
+        waited for the last message read to be shown may have its place now."""
+        read = self.read_markers.waiting(key)
+        if read is not None and key == self.current:
+            self._place_read_marker(key, read)
+
+    def _place_read_marker(self, key: ConvKey, read: int) -> None:
+        """The read marker line above the first message after ``read`` from someone else."""
+        first = next(
+            (
+                seq
+                for seq, view in sorted(self.chat_features.book.views(key).items())
+                if seq > read and nick_key(view.sender) != nick_key(self.session.nick)
+            ),
+            None,
+        )
+        view = self.views.get(key)
+        if first is not None and view is not None:
+            self.read_markers.place_before(key, view.log_widget, first, read=read)
 
     # -- feature events --------------------------------------------------------------------
 

@@ -362,3 +362,24 @@ async def test_deeply_nested_json_body_is_bad_request(http: Http, connect: Clien
     )
     assert (status, body["code"]) == (400, "bad_request"), body
     assert await pending_events(bob) == []
+
+
+async def test_body_that_cannot_be_decoded_is_bad_request(http: Http, connect: Clients) -> None:
+    """A body aiohttp cannot read (a Content-Encoding it does not decode to anything) is the
+    caller's fault: 400 ``bad_request`` as JSON, not 503 ``internal`` with a traceback (which
+    would also tell the caller to retry it)."""
+    bob = await lobby_member(connect)
+    token = await http.account("deploy")
+    headers = {
+        "Content-Type": "text/plain",
+        "Content-Encoding": "gzip",
+        "Authorization": f"Bearer {token}",
+    }
+    async with http.client.post(
+        http.base + ROOM, data=b"this is not gzip", headers=headers, compress=None
+    ) as response:
+        assert response.content_type == "application/json"
+        body = await response.json()
+    assert (response.status, body["code"]) == (400, "bad_request"), body
+    assert "Retry-After" not in response.headers
+    assert await pending_events(bob) == []

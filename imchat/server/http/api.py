@@ -46,7 +46,7 @@ class Api:
     async def post_room_message(self, request: web.Request) -> web.Response:
         session = await self.front.callers.authenticate(request)
         room = _room(request.match_info["room"])
-        fields = await self._message(request)
+        fields = await self._message(request, kinds=True, replies=True)
         # An HTTP caller posts without being a member, so "not a member" cannot tell it that
         # the room does not exist: say so (rooms come into being by a join).
         if await self.front.hub.store.room(room) is None:
@@ -56,18 +56,23 @@ class Api:
 
     async def post_dm(self, request: web.Request) -> web.Response:
         session = await self.front.callers.authenticate(request)
-        fields = await self._message(request, kinds=False)
+        fields = await self._message(request, replies=True)
         payload = {"type": "dm", "to": request.match_info["nick"], **fields}
         return web.json_response(await run_request(self.front.hub, session, payload))
 
     async def post_announcement(self, request: web.Request) -> web.Response:
         session = await self.front.callers.authenticate(request)
-        fields = await self._message(request, kinds=False)
+        fields = await self._message(request)
         payload = {"type": "announce", **fields}
         return web.json_response(await run_request(self.front.hub, session, payload))
 
-    async def _message(self, request: web.Request, *, kinds: bool = True) -> dict[str, Any]:
-        """``text`` (and ``kind`` for a room) from the body, ``cid`` from Idempotency-Key."""
+    async def _message(
+        self, request: web.Request, *, kinds: bool = False, replies: bool = False
+    ) -> dict[str, Any]:
+        """``text`` (``kind`` for a room, ``reply_to`` for a room or DM) from the body, ``cid``
+        from Idempotency-Key. The values go to the hub as they came: it checks them as it
+        checks a native ``say``/``dm`` (a ``reply_to`` that is no seq is ``bad_request``, one
+        that names no message of the stream ``no_such_message``)."""
         body = await read_body(request, self.front.hub.config.max_frame)
         fields: dict[str, Any] = {}
         media = request.content_type
@@ -78,6 +83,12 @@ class Api:
             fields["text"] = obj["text"]
             if kinds and "kind" in obj:
                 fields["kind"] = obj["kind"]
+            if "reply_to" in obj:
+                # An announcement answers nothing (the protocol's announce has no reply_to):
+                # refused, so a script does not believe it replied.
+                if not replies:
+                    raise ApiError(ErrorCode.BAD_REQUEST, "an announcement cannot reply_to")
+                fields["reply_to"] = obj["reply_to"]
         elif media == "text/plain":
             try:
                 text = body.decode("utf-8")
@@ -142,7 +153,8 @@ def decode_json_body(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 ``frame_too_large`` beyond ``limit`` bytes (unread if the
-    length says so up front)."""
+    length says so up front), and with 400 ``bad_request`` if aiohttp cannot read it (a
+    ``Content-Encoding`` that does not decode): the caller's fault, not ``internal``."""
     too_large = ApiError(ErrorCode.FRAME_TOO_LARGE, f"the body exceeds {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -150,6 +162,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except web.RequestPayloadError as exc:
+        reason = str(exc).replace("400, message:", "").strip() or "unreadable"
+        raise ApiError(ErrorCode.BAD_REQUEST, f"the body cannot be read: {reason}") from None
     if len(body) > limit:
         raise too_large
     return body

@@ -41,6 +41,16 @@ def _control_picture(match: re.Match[str]) -> str:
     return "\u2421" if code == 0x7F else f"\\u{code:04x}"  # C1: as render.clean writes it
 
 
+def trim_trailing_breaks(text: str) -> str:
+    """``text`` without the line breaks it ends with, and the blank lines they end (spaces
+    and tabs ending its last line of text stay): a copied line takes its line break along,
+    and a message's blank last rows say nothing. Linear (a regex with a repeated group at
+    the end backtracks quadratically over a paste of many blank lines)."""
+    body = text.rstrip(" \t\n")
+    cut = text.find("\n", len(body))
+    return text if cut < 0 else text[:cut]
+
+
 class ChatInput(TextArea):
     """Enter sends; Shift+Enter / Ctrl+J add a line; Up/Down recall; Tab completes."""
 
@@ -50,7 +60,8 @@ class ChatInput(TextArea):
     ]
 
     class Submitted(Message):
-        """Enter was pressed: ``value`` is exactly what was typed before it."""
+        """Enter was pressed: ``value`` is exactly what was typed before it, less the line
+        breaks (and blank lines) it ended with."""
 
         def __init__(self, chat_input: ChatInput, value: str) -> None:
             super().__init__()
@@ -120,7 +131,10 @@ class ChatInput(TextArea):
             return
         if key in NEWLINE_KEYS:
             self._stop(event)
-            self.insert("\n")
+            # Not as the first thing in an empty input: a CRLF text pasted without bracketed
+            # paste is Enter then Ctrl+J per line, and that LF would lead the next message.
+            if self.text:
+                self.insert("\n")
             return
         if key in ("tab", "shift+tab"):
             # Shift+Tab cycles back through the completions instead of moving the focus
@@ -143,7 +157,8 @@ class ChatInput(TextArea):
         event.prevent_default()
 
     def submit(self) -> None:
-        value = self.text
+        # Without the line breaks ending it (Shift+Enter before Enter): no blank last row.
+        value = trim_trailing_breaks(self.text)
         self.clear()
         self._cycle = None
         self.post_message(self.Submitted(self, value))
@@ -151,7 +166,11 @@ class ChatInput(TextArea):
     async def _on_paste(self, event: events.Paste) -> None:
         event.stop()
         event.prevent_default()
-        text = paste_text(event.text)
+        # A copied line ends with its line break: it is no row of the message (an empty row
+        # in the input, a blank line sent), so the paste's trailing breaks are dropped.
+        text = trim_trailing_breaks(paste_text(event.text))
+        if not text:
+            return
         # Shown as the log shows them (␛, ␇): what the input shows is what Enter sends.
         text = _PASTED_CONTROLS.sub(_control_picture, text)
         if text.count("\n") + 1 > PASTE_CONFIRM_LINES:
