@@ -731,21 +731,13 @@ class SQLiteStore:
             # instructions of the writer's per message).
             ts = round(time.time() * 1000) / 1000
             payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
-            # Only exact int, float, str and bytearray parameters bind without the sqlite3
-            # module's adapter lookup, which fails through two attribute lookups raising
-            # AttributeError (~3,300 instructions each): the event goes as a bytearray (a
-            # copy of a few hundred bytes) and a missing cid is left out, not bound as None.
-            if draft.cid is None:
-                writer.cursor.execute(
-                    "INSERT INTO messages (stream, seq, ts, sender, event) VALUES (?, ?, ?, ?, ?)",
-                    (stream, seq, ts, owner, bytearray(payload)),
-                )
-            else:
-                writer.cursor.execute(
-                    "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (stream, seq, ts, owner, draft.cid, bytearray(payload)),
-                )
+            # None and bytes bind through the adapters of :mod:`.sqlite_params` (sqlite3's own
+            # lookup for them failed twice per parameter, raising and formatting errors).
+            writer.cursor.execute(
+                "INSERT INTO messages (stream, seq, ts, sender, cid, event)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (stream, seq, ts, owner, draft.cid, payload),
+            )
             if draft.dm_idents is not None:
                 for ident in set(draft.dm_idents):
                     c.execute(
