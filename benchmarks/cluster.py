@@ -488,7 +488,9 @@ class PrivateRedis:
         self.dir.cleanup()
 
 
-async def run_setups(args: argparse.Namespace) -> None:
+async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
+    """Every setup ``--repeat`` times, interleaved; prints the table and returns the
+    cheapest run of each setup by name (the first, ``embedded, 1 node``, is the reference)."""
     load = {
         "receivers": args.receivers,
         "senders": args.senders,
@@ -556,6 +558,7 @@ async def run_setups(args: argparse.Namespace) -> None:
             f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
             f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} |"
         )
+    return best
 
 
 def lone_cells(lone: Counters | None) -> str:
