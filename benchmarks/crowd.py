@@ -47,7 +47,10 @@ async def crowd(args: argparse.Namespace) -> None:
         specs[i % len(ports)].append((f"{args.nick_prefix}{i}", [room], False))
     t0 = time.monotonic()
     groups = await asyncio.gather(
-        *(connect_many(d, stats, s) for d, s in zip(drivers, specs, strict=True))
+        *(
+            connect_many(d, stats, s, parallel=args.parallel)
+            for d, s in zip(drivers, specs, strict=True)
+        )
     )
     clients = [c for group in groups for c in group]
     print(
@@ -75,6 +78,7 @@ def main() -> None:
     p.add_argument("--users", type=int, required=True)
     p.add_argument("--room-size", type=int, default=100)
     p.add_argument("--nick-prefix", default="w")
+    p.add_argument("--parallel", type=int, default=16, help="handshakes in flight per server")
     p.add_argument("--room-prefix", default="idle")
     args = p.parse_args()
     raise_fd_limit()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -167,6 +168,8 @@ class Report:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.sizes = QUICK if args.quick else FULL
+        if args.wide_idle is not None:
+            self.sizes = dataclasses.replace(self.sizes, wide_idle=args.wide_idle)
         self.servers: list[str] = args.servers
         self.rows: list[Row] = []
         self.raw: dict[str, Any] = {}
@@ -581,6 +584,7 @@ class Report:
         if per_worker > FD_BUDGET or per_node > FD_BUDGET:
             raise SystemExit(f"--wide: {per_worker} sockets per process, {per_node} per node")
         print(f"== wide: {s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes ==")
+        errors_before = len(self.errors)
         url = self.get_redis()
         prefix = f"imchat-report-{uuid.uuid4().hex[:8]}:"
         work = Path(tempfile.mkdtemp(prefix="wide-", dir=self.base.workdir))
@@ -635,6 +639,8 @@ class Report:
                     str(s.room_size),
                     "--nick-prefix",
                     f"w{tag}",
+                    "--parallel",
+                    str(WIDE_PARALLEL),
                 ]
                 workers.append(
                     await asyncio.create_subprocess_exec(
@@ -687,6 +693,12 @@ class Report:
                     await proc.wait()
             for node in nodes:
                 node.stop()
+            failed = len(self.errors) > errors_before or sys.exc_info()[0] is not None
+            if failed:
+                kept = Path(tempfile.mkdtemp(prefix="imchat-report-wide-logs-"))
+                for node in nodes:
+                    shutil.copy(node.log_path, kept / node.log_path.name)
+                print(f"  the nodes' logs are kept in {kept}", flush=True)
             with contextlib.suppress(Exception):
                 delete_prefix(url, prefix)
             shutil.rmtree(work, ignore_errors=True)
@@ -735,6 +747,7 @@ class Report:
     async def wide_broadcast(self, nodes: list[ServerProc], receivers: int) -> dict[str, Any]:
         """One paced broadcast among fresh users of a fresh room on node 0."""
         s = self.sizes
+        await quiet(nodes)  # the last measurement's users are gone (their disconnects)
         driver = TaggedDriver("imchat", nodes[0], uuid.uuid4().hex[:4])
         others: list[float] = []
 
@@ -766,9 +779,19 @@ class Report:
         return row
 
 
+#: Handshakes in flight per Redis node and client process in ``--wide``. A node runs each
+#: hello, join and disconnect as Redis commands on a connection of its own from redis-py's
+#: pool, which holds at most 100 (redis-py 8's default): past that the request fails with
+#: ``internal`` (``MaxConnectionsError``), so the crowd connects 16 at a time per node and
+#: process, and each measurement waits until the last one's disconnects are done.
+WIDE_PARALLEL = 16
+
+
 class TaggedDriver(ImchatDriver):
     """Nicks and the room carry a tag: nodes that stay up get fresh users and a fresh room
     for each measurement (a guest's nick stays reserved after it leaves)."""
+
+    parallel = WIDE_PARALLEL
 
     def __init__(self, name: str, server: ServerProc, tag: str) -> None:
         super().__init__(name, server)
@@ -1004,6 +1027,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help=f"comma list of steps to run ({', '.join(STEPS)}); default all but wide "
         "(with --wide: all)",
+    )
+    p.add_argument(
+        "--wide-idle", type=int, default=None, help="idle users of --wide (default 50,000)"
     )
     p.add_argument("--skip", default="", help="comma list of steps not to run")
     p.add_argument(
