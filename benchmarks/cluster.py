@@ -488,7 +488,9 @@ class PrivateRedis:
         self.dir.cleanup()
 
 
-async def run_setups(args: argparse.Namespace) -> None:
+async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
+    """Every setup ``--repeat`` times, interleaved; prints the table and returns the
+    cheapest run of each setup by name (the first, ``embedded, 1 node``, is the reference)."""
     load = {
         "receivers": args.receivers,
         "senders": args.senders,
@@ -551,11 +553,17 @@ async def run_setups(args: argparse.Namespace) -> None:
         print(
             f"| {name} | {result.rate:,.0f} | {result.rate / embedded.rate:.2f} "
             f"| {result.cpu_us_per_delivery:.2f} "
-            f"| {result.cpu_us_per_delivery / embedded.cpu_us_per_delivery:.2f} "
+            f"| {ratio(result.cpu_us_per_delivery, embedded.cpu_us_per_delivery):.2f} "
             f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} "
             f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
             f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} |"
         )
+    return best
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, or nan when b is 0 (a load too small for the clock's 10 ms ticks)."""
+    return a / b if b else float("nan")
 
 
 def lone_cells(lone: Counters | None) -> str:

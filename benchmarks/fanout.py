@@ -277,28 +277,39 @@ def sweep_fit(rows: list[dict[str, Any]]) -> str:
     """
     out = []
     for label in sorted({r["scenario"] for r in rows}):
-        pts = [
-            (r["receivers"], r["server_cpu_s"] / r["messages"] * 1e6)
-            for r in rows
-            if r["scenario"] == label and r["complete"]
-        ]
+        pts = sweep_points(rows, label)
         if len(pts) < 2:
             continue
-        n = len(pts)
-        mx = sum(x for x, _ in pts) / n
-        my = sum(y for _, y in pts) / n
-        sxx = sum((x - mx) ** 2 for x, _ in pts)
-        b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else math.nan
-        a = my - b * mx
-        ss_tot = sum((y - my) ** 2 for _, y in pts)
-        ss_res = sum((y - a - b * x) ** 2 for x, y in pts)
-        r2 = 1 - ss_res / ss_tot if ss_tot else math.nan
+        a, b, r2 = linear_fit(pts)
         per = ", ".join(f"R={x}: {y / x:.2f}" for x, y in pts)
         out.append(
             f"  {rows[0]['server']} {label}: CPU per broadcast = {a:.0f} us + "
             f"{b:.2f} us x R (r2={r2:.3f}); us per recipient: {per}"
         )
     return "\n".join(out)
+
+
+def sweep_points(rows: list[dict[str, Any]], label: str) -> list[tuple[int, float]]:
+    """(R, server CPU µs per broadcast) of a sweep variant's complete runs."""
+    return [
+        (r["receivers"], r["server_cpu_s"] / r["messages"] * 1e6)
+        for r in rows
+        if r["scenario"] == label and r["complete"]
+    ]
+
+
+def linear_fit(pts: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """Least squares y = a + b*x: (a, b, r²)."""
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else math.nan
+    a = my - b * mx
+    ss_tot = sum((y - my) ** 2 for _, y in pts)
+    ss_res = sum((y - a - b * x) ** 2 for x, y in pts)
+    r2 = 1 - ss_res / ss_tot if ss_tot else math.nan
+    return a, b, r2
 
 
 # ---- output ----------------------------------------------------------------------------

@@ -252,6 +252,11 @@ class Driver:
     max_connections: int | None = None
     #: Handshakes in flight at once (bounded by the server's listen backlog).
     parallel: ClassVar[int] = 64
+    #: Local address the clients' sockets are bound to before connecting (None: the
+    #: kernel's choice). One source address reaches one server port through at most
+    #: ``ip_local_port_range`` ports (~28,000): more connections need more addresses
+    #: (all of 127/8 is loopback).
+    source: str | None = None
 
     def __init__(self, name: str, server: ServerProc) -> None:
         self.name = name
@@ -283,6 +288,7 @@ class Driver:
                 lambda: self.client_cls(stats, probe=probe, verify=verify, sender=sender),
                 HOST,
                 port,
+                local_addr=(self.source, 0) if self.source else None,
             ),
             timeout,
         )

@@ -199,8 +199,11 @@ def delete_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc:
-    """``imchat server`` on an ephemeral port, rate limit off, history on (the default)."""
+def imchat_server(
+    data_dir: Path, log_path: Path, cpu: int | None, extra: Sequence[str] = ()
+) -> ServerProc:
+    """``imchat server`` on an ephemeral port, rate limit off, history on (the default);
+    ``extra``: more options (e.g. ``--redis URL --redis-prefix P`` for a cluster node)."""
     argv = [
         *imchat_command(),
         "server",
@@ -213,6 +216,7 @@ def imchat_server(data_dir: Path, log_path: Path, cpu: int | None) -> ServerProc
         "--rate",
         "0",
         *LOOPBACK_CROWD,
+        *extra,
     ]
     env = dict(os.environ)
     # Receivers never send: keep them from being closed as idle during long runs.

@@ -148,3 +148,79 @@ def test_output_memory_benchmark_reports_growth_against_the_bound() -> None:
     assert result["guests"] == 3
     assert result["history_reply_mib"] > 1
     assert result["bound_mib"] == 16 + 64
+
+
+#: Row keys ``report.py --quick`` must produce (issue 16's targets), without ``--wide``.
+REPORT_ROWS = [
+    *(f"flat-{r}-{w}-{m}" for r in (10, 30) for w in (64, 256) for m in ("rate", "cpu", "ok")),
+    "r1-cpu",
+    "paced-p99",
+    "paced-cpu",
+    "idle-kib",
+    "storm-sequential",
+    "storm-all",
+    "redis-1-node",
+    "sweep-linear",
+    "sweep-idle-20-cpu",
+    "sweep-idle-20-p99",
+]
+
+
+def _report(tmp_path: Path, *options: str) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--quick", "--servers", "imchat",
+         "--no-pin", "--json", str(out), "--workdir", str(tmp_path), *options],
+        capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _table_rows(stdout: str) -> list[str]:
+    """The markdown table's data rows, from the final report."""
+    table = stdout.split("== report ==", 1)[1]
+    return [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+@pytest.mark.timeout(180)
+def test_report_quick_has_a_row_per_target(tmp_path: Path) -> None:
+    """One run, imchat only: every target's row is in the table and the JSON, with figures."""
+    result, stdout = _report(tmp_path)
+    keys = [row["key"] for row in result["rows"]]
+    assert keys == REPORT_ROWS
+    lines = _table_rows(stdout)
+    assert lines[0].startswith("| target | imchat | ratio")
+    assert len(lines) == 1 + len(REPORT_ROWS)
+    for row, line in zip(result["rows"], lines[1:], strict=True):
+        assert line.startswith(f"| {row['label']} | ")
+        assert line.endswith((" met |", " **not met** |", " reported |", " n/a |"))
+        # A figure in imchat's cell: nothing skipped, failed or left empty.
+        assert any(ch.isdigit() for ch in row["cells"]["imchat"]), line
+    assert "Machine:" in stdout and "Noise (`other`)" in stdout
+    assert result["errors"] == [] and result["incomplete"] == []
+    assert result["machine"]["python"] and result["noise"]["wall_s"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_report_quick_wide_spreads_idle_users_over_nodes_and_sources(tmp_path: Path) -> None:
+    """``--wide`` (shrunk): idle users from three processes, each on its own loopback source
+    address, over three Redis nodes; a with/without pair per room size."""
+    from conftest import TEST_REDIS_URL, redis_available
+
+    if not redis_available(TEST_REDIS_URL):
+        pytest.skip("no Redis")
+    result, stdout = _report(tmp_path, "--only", "wide", "--redis", TEST_REDIS_URL)
+    keys = [row["key"] for row in result["rows"]]
+    assert keys == [
+        "wide-setup",
+        *(f"wide-{r}-{m}" for r in (5, 20) for m in ("cpu", "p99", "allnodes")),
+    ]
+    wide = result["raw"]["wide"]
+    assert wide["users"] == 150 and wide["crowd_lost"] == 0
+    assert sorted(c["source"] for c in wide["crowd"]) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert [(r["phase"], r["receivers"]) for r in wide["runs"]] == [
+        ("without", 5), ("without", 20), ("with", 5), ("with", 20)
+    ]  # fmt: skip
+    assert all(r["complete"] for r in wide["runs"])
+    assert len(_table_rows(stdout)) == 1 + len(keys)

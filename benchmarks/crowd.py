@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Idle users from one process of at most 20,000 sockets, for ``report.py --wide``.
+
+    python benchmarks/crowd.py --ports P1,P2,P3 --source 127.0.0.2 --first 0 --users 16667
+
+Connects ``--users`` imchat guests (``<--nick-prefix><i>`` for ``i`` from ``--first``) to
+the servers at ``--ports`` on 127.0.0.1, round-robin, every socket bound to ``--source``
+before it connects; each joins a room of ``--room-size`` (``<--room-prefix><i // size>``).
+Prints one JSON line (users, connect seconds, lost), holds the connections (discarding what
+arrives) until its stdin closes, prints a second line (lost while held) and exits.
+
+Why a process of its own and a source address of its own: this machine lets a process hold
+at most 20,000 descriptors (the hard limit, which cannot be raised here), and one source
+address reaches one server port through at most ``ip_local_port_range`` ports (~28,000), so
+50,000 connections need several processes, and many connections to one port several
+addresses (all of 127/8 is loopback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from fanout import raise_fd_limit
+from loadgen import ImchatDriver, Stats, connect_many
+from serverproc import ServerProc
+
+
+async def crowd(args: argparse.Namespace) -> None:
+    stats = Stats()
+    ports = [int(p) for p in args.ports.split(",")]
+    drivers = []
+    for port in ports:
+        # Only the port is used: the server runs elsewhere (started by report.py).
+        node = ServerProc("node", [], log_path=Path(os.devnull), port=port)
+        driver = ImchatDriver("imchat", node)
+        driver.source = args.source
+        drivers.append(driver)
+    specs: list[list[tuple[str, list[str], bool]]] = [[] for _ in ports]
+    for i in range(args.first, args.first + args.users):
+        room = f"{args.room_prefix}{i // args.room_size}"
+        specs[i % len(ports)].append((f"{args.nick_prefix}{i}", [room], False))
+    t0 = time.monotonic()
+    groups = await asyncio.gather(
+        *(
+            connect_many(d, stats, s, parallel=args.parallel)
+            for d, s in zip(drivers, specs, strict=True)
+        )
+    )
+    clients = [c for group in groups for c in group]
+    print(
+        json.dumps(
+            {
+                "users": len(clients),
+                "source": args.source,
+                "connect_s": time.monotonic() - t0,
+                "lost": stats.lost,
+            }
+        ),
+        flush=True,
+    )
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    print(json.dumps({"lost": stats.lost, "bytes": stats.raw_bytes}), flush=True)
+    for client in clients:
+        client.abort()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ports", required=True, help="comma list of server ports on 127.0.0.1")
+    p.add_argument("--source", default=None, help="local address to bind (e.g. 127.0.0.2)")
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--room-size", type=int, default=100)
+    p.add_argument("--nick-prefix", default="w")
+    p.add_argument("--parallel", type=int, default=16, help="handshakes in flight per server")
+    p.add_argument("--room-prefix", default="idle")
+    args = p.parse_args()
+    raise_fd_limit()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(crowd(args))
+    else:
+        uvloop.run(crowd(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1139 @@
+#!/usr/bin/env python3
+"""Every target of issue 16 in one run: one markdown table, imchat beside InspIRCd and miniircd.
+
+    .venv/bin/python benchmarks/report.py [--wide] [--json FILE] [--table FILE] [--quick]
+
+Each measurement gets a fresh server (the 50,000-connection run, ``--wide``, keeps its three
+nodes for its with/without pairs), and every scenario is the existing one, imported: flat
+out, paced, the R=1 cost and the sweep from ``fanout.py`` (``loadgen.broadcast``), idle
+memory and connect storms from ``fanout.run_idle`` (``loadgen.idle_memory``), Redis against
+embedded from ``cluster.run_setups``; the idle users of ``--wide`` come from ``crowd.py``
+processes. miniircd is skipped where it cannot hold the connections (``select()``: more than
+1,015). The header describes the machine and the CPU the rest of the machine used meanwhile
+(``other``: noise). ``--quick`` shrinks every size (a smoke test, figures meaningless).
+See ``benchmarks/README.md`` ("One table").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cluster
+import fanout
+from fanout import FACTORIES, linear_fit, run_idle, run_sweep, scenario_broadcast, sweep_points
+from loadgen import ImchatDriver, broadcast
+from serverproc import ServerProc, delete_prefix, imchat_server, machine_busy_seconds, pinned
+
+HERE = Path(__file__).resolve().parent
+SERVERS = ("imchat", "inspircd", "miniircd")
+TITLES = {"imchat": "imchat", "inspircd": "InspIRCd", "miniircd": "miniircd"}
+#: "Flat in idle users elsewhere": with ÷ without at most this (this machine's noise is
+#: ±20 % between runs of the same code).
+FLAT = 1.25
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    #: Flat out: (R, messages, rate goal ÷ InspIRCd, CPU goal ÷ InspIRCd or 0 = reported).
+    flat: tuple[tuple[int, int, float, float], ...]
+    windows: tuple[int, ...]
+    r1_messages: int
+    paced_receivers: int
+    paced_rate: float
+    paced_seconds: float
+    idle: int
+    room_size: int
+    #: cluster.py's load: receivers, senders, messages per sender; runs per setup.
+    cluster: tuple[int, int, int]
+    cluster_repeat: int
+    #: cluster.py's ``--only``: setups whose name contains this (and the embedded one).
+    cluster_only: str
+    sweep: tuple[int, ...]
+    #: The sweep's R compared with and without idle users (the others fit the line only).
+    sweep_compare: tuple[int, ...]
+    sweep_idle: int
+    sweep_deliveries: int
+    sweep_rate: float
+    sweep_min_messages: int
+    wide_idle: int
+    wide_nodes: int
+    wide_workers: int
+    wide_receivers: tuple[int, ...]
+
+
+FULL = Sizes(
+    flat=((100, 20_000, 1.0, 0.0), (1000, 3000, 1.2, 0.8)),
+    windows=(64, 256),
+    r1_messages=30_000,
+    paced_receivers=1000,
+    paced_rate=50_000,
+    paced_seconds=10.0,
+    idle=10_000,
+    room_size=100,
+    cluster=(40, 4, 2500),
+    cluster_repeat=3,
+    cluster_only="",
+    sweep=(10, 100, 1000),
+    sweep_compare=(100, 1000),
+    sweep_idle=10_000,
+    sweep_deliveries=100_000,
+    sweep_rate=20_000,
+    sweep_min_messages=20,
+    wide_idle=50_000,
+    wide_nodes=3,
+    wide_workers=3,
+    wide_receivers=(100, 1000),
+)
+
+QUICK = Sizes(
+    flat=((10, 100, 1.0, 0.0), (30, 40, 1.2, 0.8)),
+    windows=(64, 256),
+    r1_messages=200,
+    paced_receivers=20,
+    paced_rate=2000,
+    paced_seconds=1.0,
+    idle=60,
+    room_size=10,
+    cluster=(4, 2, 300),
+    cluster_repeat=1,
+    cluster_only="1 node",
+    sweep=(5, 20),
+    sweep_compare=(20,),
+    sweep_idle=60,
+    sweep_deliveries=200,
+    sweep_rate=4000,
+    sweep_min_messages=10,
+    wide_idle=150,
+    wide_nodes=3,
+    wide_workers=3,
+    wide_receivers=(5, 20),
+)
+
+#: Per-process descriptor budget (the hard limit here is 20,000; keep room for the rest).
+FD_BUDGET = 19_000
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    cells: dict[str, str]
+    #: The figure the goal judges (imchat ÷ InspIRCd unless the label says otherwise).
+    ratio: float | None
+    goal: str
+    #: None: reported only (no goal), or no figure to judge.
+    met: bool | None
+    values: dict[str, float | None] = field(default_factory=dict)
+
+    def markdown(self, servers: list[str]) -> str:
+        cells = [self.cells.get(s, "—") for s in servers]
+        ratio = "—" if self.ratio is None or math.isnan(self.ratio) else f"{self.ratio:.2f}"
+        if self.goal == "reported":
+            met = "reported"
+        elif self.met is None:
+            met = "n/a"
+        else:
+            met = "met" if self.met else "**not met**"
+        return "| " + " | ".join([self.label, *cells, ratio, self.goal, met]) + " |"
+
+
+#: One server's outcome of one measurement: its figures, or why there are none.
+Outcome = dict[str, Any] | str
+
+
+class Report:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sizes = QUICK if args.quick else FULL
+        if args.wide_idle is not None:
+            self.sizes = dataclasses.replace(self.sizes, wide_idle=args.wide_idle)
+        self.servers: list[str] = args.servers
+        self.rows: list[Row] = []
+        self.raw: dict[str, Any] = {}
+        self.errors: list[str] = []
+        self.incomplete: list[str] = []
+        self.base = fanout.parse_args(["--no-pin"] if args.no_pin else [])
+        # Decided before this process pinned itself to the generator's core.
+        self.base.server_cpu, self.base.loadgen_cpu = args.server_cpu, args.loadgen_cpu
+        self.base.workdir = args.workdir
+        self.redis_url: str | None = args.redis or None
+        self._private_redis: cluster.PrivateRedis | None = None
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def ns(self, **overrides: Any) -> argparse.Namespace:
+        """fanout.py's arguments (its defaults, this run's pinning) with ``overrides``."""
+        return argparse.Namespace(**{**vars(self.base), **overrides})
+
+    async def guarded(self, what: str, work: Awaitable[Any]) -> Any:
+        """``work``'s result, or None (logged, counted) if it failed: one broken
+        measurement does not lose the rest of a 20-minute run."""
+        try:
+            return await work
+        except Exception as exc:  # any failure is reported; the run goes on
+            traceback.print_exc()
+            self.errors.append(f"{what}: {exc!r}")
+            print(f"  {what}: FAILED ({exc!r})", flush=True)
+            return None
+
+    def skipped(self, kind: str, connections: int) -> str | None:
+        limit = FACTORIES[kind][1].max_connections
+        if limit is not None and connections > limit:
+            return f"skipped (> {limit:,} fds: `select()`)"
+        return None
+
+    async def broadcast(
+        self, kind: str, what: str, *, connections: int, window: int = 0, **kw: Any
+    ) -> Outcome:
+        if reason := self.skipped(kind, connections):
+            return reason
+        row = await self.guarded(
+            f"{what} {kind}", scenario_broadcast(self.ns(window=window), kind, label=what, **kw)
+        )
+        if row is None:
+            return "error"
+        if not row["complete"]:
+            self.incomplete.append(f"{what} {kind}")
+        return dict(row)
+
+    def get_redis(self) -> str:
+        """The Redis of the cluster runs: ``--redis``, or one of this run's own."""
+        if self.redis_url is None:
+            with all_cores():
+                self._private_redis = cluster.PrivateRedis()
+            self.redis_url = self._private_redis.url
+        return self.redis_url
+
+    def close(self) -> None:
+        if self._private_redis is not None:
+            self._private_redis.stop()
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print("  " + row.markdown(self.servers), flush=True)
+
+    # ---- targets -------------------------------------------------------------------------
+
+    async def flat(self) -> None:
+        raw = self.raw.setdefault("flat", [])
+        for receivers, messages, rate_goal, cpu_goal in self.sizes.flat:
+            for window in self.sizes.windows:
+                what = f"flat R={receivers} w={window}"
+                print(f"== {what} ==", flush=True)
+                res = {
+                    k: await self.broadcast(
+                        k,
+                        what,
+                        connections=receivers + 1,
+                        window=window,
+                        receivers=receivers,
+                        messages=messages,
+                    )
+                    for k in self.servers
+                }
+                raw += [r for r in res.values() if isinstance(r, dict)]
+                key = f"flat-{receivers}-{window}"
+                label = f"flat out, R={receivers:,}, window {window}"
+                self.add(
+                    compare(
+                        f"{key}-rate",
+                        f"{label}: deliveries/s",
+                        res,
+                        "deliveries_per_s",
+                        lambda v: f"{v / 1e6:.2f} M",
+                        goal=rate_goal,
+                        higher=True,
+                    )
+                )
+                self.add(
+                    compare(
+                        f"{key}-cpu",
+                        f"{label}: server µs CPU per delivery",
+                        res,
+                        "cpu_us_per_delivery",
+                        lambda v: f"{v:.2f}",
+                        goal=cpu_goal or None,
+                        higher=False,
+                    )
+                )
+                self.add(
+                    Row(
+                        f"{key}-ok",
+                        f"{label}: `ok` p50 / p99 (after the commit)",
+                        cells={
+                            "imchat": cell(res.get("imchat"), "ok_p99_ms", ok_cell),
+                            **{k: "no reply" for k in self.servers if k != "imchat"},
+                        },
+                        ratio=None,
+                        goal="reported",
+                        met=None,
+                        values={"imchat": value(res.get("imchat"), "ok_p99_ms")},
+                    )
+                )
+
+    async def r1(self) -> None:
+        what = "flat R=1 w=64"
+        print(f"== {what} ==", flush=True)
+        messages = self.sizes.r1_messages
+        profile_dir: Path | None = self.args.profile
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        res = {
+            k: await self.broadcast(
+                k,
+                what,
+                connections=2,
+                window=64,
+                receivers=1,
+                messages=messages,
+                profile=profile_dir / "imchat-r1.txt" if profile_dir and k == "imchat" else None,
+            )
+            for k in self.servers
+        }
+        for r in res.values():
+            if isinstance(r, dict):
+                r["cpu_us_per_message"] = r["server_cpu_s"] / r["messages"] * 1e6
+        self.raw["r1"] = [r for r in res.values() if isinstance(r, dict)]
+        self.add(
+            compare(
+                "r1-cpu",
+                "per-message cost, R=1 flat out (window 64): server µs CPU per message"
+                + (" (profile: `--profile`)" if profile_dir else ""),
+                res,
+                "cpu_us_per_message",
+                lambda v: f"{v:.1f}",
+                goal=None,
+                higher=False,
+            )
+        )
+
+    async def paced(self) -> None:
+        s = self.sizes
+        receivers = s.paced_receivers
+        what = f"paced R={receivers} {s.paced_rate:,.0f}/s"
+        print(f"== {what} ==", flush=True)
+        messages = max(1, round(s.paced_rate * s.paced_seconds / receivers))
+        res = {
+            k: await self.broadcast(
+                k,
+                what,
+                connections=receivers + 1,
+                receivers=receivers,
+                messages=messages,
+                rate=s.paced_rate,
+            )
+            for k in self.servers
+        }
+        self.raw["paced"] = [r for r in res.values() if isinstance(r, dict)]
+        label = f"paced {s.paced_rate / 1000:,.0f}k deliveries/s, R={receivers:,}"
+        self.add(
+            compare(
+                "paced-p99",
+                f"{label}: p99 latency (p50), ms",
+                res,
+                "p99_ms",
+                lambda v: f"{v:.1f}",
+                goal=1.0,
+                higher=False,
+                extra=lambda r: f" ({r['p50_ms']:.1f})",
+            )
+        )
+        self.add(
+            compare(
+                "paced-cpu",
+                f"{label}: server µs CPU per delivery",
+                res,
+                "cpu_us_per_delivery",
+                lambda v: f"{v:.2f}",
+                goal=None,
+                higher=False,
+            )
+        )
+
+    async def idle(self, *, all_at_once: bool) -> dict[str, Outcome]:
+        n = self.sizes.idle
+        res: dict[str, Outcome] = {}
+        for kind in self.servers:
+            if reason := self.skipped(kind, n):
+                res[kind] = reason
+                continue
+            args = self.ns(
+                servers=[kind],
+                idle=n,
+                idle_as="users",
+                all_at_once=all_at_once,
+                room_size=self.sizes.room_size,
+            )
+            what = f"idle {n}" + (" all at once" if all_at_once else "")
+            rows = await self.guarded(f"{what} {kind}", run_idle(args))
+            if not rows:
+                res[kind] = "error"
+                continue
+            res[kind] = dict(rows[0])
+            if not rows[0]["complete"]:
+                self.incomplete.append(f"{what} {kind}")
+        return res
+
+    async def memory_and_storms(self) -> None:
+        n, size = self.sizes.idle, self.sizes.room_size
+        print(f"== idle {n} users, one after another ==", flush=True)
+        one = await self.idle(all_at_once=False)
+        print(f"== {n} users all at once ==", flush=True)
+        storm = await self.idle(all_at_once=True)
+        self.raw["idle"] = [r for r in one.values() if isinstance(r, dict)]
+        self.raw["storm"] = [r for r in storm.values() if isinstance(r, dict)]
+        row = compare(
+            "idle-kib",
+            f"idle memory: RSS KiB per connection, {n:,} users each in a room of {size}",
+            one,
+            "kb_per_connection",
+            lambda v: f"{v:.2f}",
+            goal=None,
+            higher=False,
+        )
+        kib = row.values.get("imchat")
+        row.goal, row.met = "≤ 2.5 KiB", (kib <= 2.5 if kib is not None else None)
+        self.add(row)
+        parallel = ", ".join(
+            f"{TITLES[k]} {FACTORIES[k][1].parallel}" for k in self.servers if k in FACTORIES
+        )
+        for key, res, how in (
+            ("storm-sequential", one, f"one after another ({parallel} in flight)"),
+            ("storm-all", storm, "all at once"),
+        ):
+            self.add(
+                compare(
+                    key,
+                    f"connect storm: {n:,} users {how}, each joining a room of {size}: seconds",
+                    res,
+                    "connect_s",
+                    lambda v: f"{v:.1f}",
+                    goal=1.0,
+                    higher=False,
+                )
+            )
+
+    async def redis(self) -> None:
+        print("== over Redis (cluster.py's setups) ==", flush=True)
+        receivers, senders, messages = self.sizes.cluster
+        args = argparse.Namespace(
+            receivers=receivers,
+            senders=senders,
+            messages=messages,
+            timeout=300.0,
+            redis=self.get_redis(),
+            only=self.sizes.cluster_only,
+            lone=0,
+            pythonpath="",
+            repeat=self.sizes.cluster_repeat,
+        )
+        with all_cores():  # as cluster.py runs them: nodes and Redis not pinned
+            best = await self.guarded("cluster", cluster.run_setups(args))
+        if not best:
+            return
+        results = {name: {"name": name, **asdict(r), "cpu_us_per_delivery": r.cpu_us_per_delivery,
+                          "deliveries_per_s": r.rate} for name, r in best.items()}  # fmt: skip
+        self.raw["redis"] = list(results.values())
+        embedded = results.pop("embedded, 1 node")
+        for name, r in results.items():
+            q = cluster.ratio(r["cpu_us_per_delivery"], embedded["cpu_us_per_delivery"])
+            self.add(
+                Row(
+                    "redis-" + name.removeprefix("redis, ").replace(", ", "-").replace(" ", "-"),
+                    f"over Redis, {name.removeprefix('redis, ')} ({senders} senders, "
+                    f"{receivers} receivers in one room, least of {self.sizes.cluster_repeat}):"
+                    " node µs CPU per delivery (ratio: ÷ embedded)",
+                    cells={
+                        "imchat": f"{r['cpu_us_per_delivery']:.2f} (embedded "
+                        f"{embedded['cpu_us_per_delivery']:.2f})",
+                        "inspircd": "— (no cluster)",
+                        "miniircd": "— (no cluster)",
+                    },
+                    ratio=q,
+                    goal=f"≤ 1.5 {TIMES} embedded",
+                    met=None if math.isnan(q) else q <= 1.5,
+                    values={"imchat": r["cpu_us_per_delivery"]},
+                )
+            )
+
+    async def sweep(self) -> None:
+        s = self.sizes
+        print(f"== sweep R={s.sweep}, then with {s.sweep_idle:,} idle users ==", flush=True)
+        rows: list[dict[str, Any]] = []
+        ran: dict[str, str] = {}
+        for kind in self.servers:
+            args = self.ns(
+                servers=[kind],
+                sweep=list(s.sweep),
+                sweep_idle=s.sweep_idle,
+                sweep_deliveries=s.sweep_deliveries,
+                sweep_rate=s.sweep_rate,
+                sweep_min_messages=s.sweep_min_messages,
+                room_size=s.room_size,
+            )
+            got = await self.guarded(f"sweep {kind}", run_sweep(args))
+            if got is None:
+                ran[kind] = "error"
+                continue
+            rows += got
+            self.incomplete += [f"sweep {r['scenario']} R={r['receivers']} {kind}"
+                                for r in got if not r["complete"]]  # fmt: skip
+        self.raw["sweep"] = rows
+        fits: dict[str, tuple[float, float, float]] = {}
+        for kind in self.servers:
+            pts = sweep_points([r for r in rows if r["server"] == kind], "sweep")
+            if len(pts) >= 2:
+                fits[kind] = linear_fit(pts)
+        cells = {k: ran.get(k, "—") for k in self.servers}
+        cells.update({k: f"{a:.0f} + {b:.2f}·R µs (r² {r2:.3f})" for k, (a, b, r2) in fits.items()})
+        slope = (
+            fits["imchat"][1] / fits["inspircd"][1]
+            if "imchat" in fits and "inspircd" in fits and fits["inspircd"][1]
+            else None
+        )
+        r2 = fits["imchat"][2] if "imchat" in fits else None
+        self.add(
+            Row(
+                "sweep-linear",
+                f"cost linear in recipients: server CPU per broadcast, paced "
+                f"{s.sweep_rate / 1000:,.0f}k deliveries/s, R={', '.join(map(str, s.sweep))}"
+                " (ratio: slope ÷ InspIRCd's)",
+                cells=cells,
+                ratio=slope,
+                goal="r² ≥ 0.98",
+                met=None if r2 is None else r2 >= 0.98,
+                values={k: f[2] for k, f in fits.items()},
+            )
+        )
+        idle_label = f"sweep+{s.sweep_idle}idle"
+        for receivers in s.sweep_compare:
+            pairs: dict[str, Outcome] = {}
+            for kind in self.servers:
+                without = pick(rows, kind, "sweep", receivers)
+                with_ = pick(rows, kind, idle_label, receivers)
+                if without is None:
+                    pairs[kind] = ran.get(kind, "—")
+                elif with_ is None:
+                    pairs[kind] = self.skipped(kind, s.sweep_idle + receivers + 1) or "error"
+                else:
+                    pairs[kind] = {"without": without, "with": with_}
+            where = f"{s.sweep_idle:,} idle users in other rooms, one embedded server"
+            self.add_pair(f"sweep-idle-{receivers}", where, receivers, pairs, s.sweep_rate)
+
+    def add_pair(
+        self, key: str, where: str, receivers: int, pairs: dict[str, Outcome], rate: float
+    ) -> None:
+        """Rows "without → with idle users": CPU per delivery and p99, judged on imchat."""
+        for metric, unit, name in (
+            ("cpu_us_per_delivery", "µs", "server µs CPU per delivery"),
+            ("p99_ms", "ms", "p99 latency, ms"),
+        ):
+            cells: dict[str, str] = {}
+            ratios: dict[str, float | None] = {}
+            for kind, pair in pairs.items():
+                if isinstance(pair, str):
+                    cells[kind] = pair
+                    continue
+                a, b = pair["without"][metric], pair["with"][metric]
+                ratios[kind] = b / a if a else None
+                cells[kind] = f"{a:.2f} → {b:.2f} ({b / a:.2f})" if a else f"{a} → {b}"
+            q = ratios.get("imchat")
+            self.add(
+                Row(
+                    f"{key}-{'cpu' if unit == 'µs' else 'p99'}",
+                    f"flat in idle users elsewhere: paced {rate / 1000:,.0f}k deliveries/s, "
+                    f"R={receivers:,}, {where}: {name}, without → with"
+                    " (ratio: imchat with ÷ without)",
+                    cells=cells,
+                    ratio=q,
+                    goal=f"≤ {FLAT}",
+                    met=None if q is None else q <= FLAT,
+                    values=dict(ratios),
+                )
+            )
+
+    async def wide(self) -> None:
+        """Idle users over several Redis nodes from several client processes, each bound to
+        its own loopback source address; paced broadcasts on node 0 without and with them."""
+        s = self.sizes
+        per_worker = math.ceil(s.wide_idle / s.wide_workers)
+        per_node = math.ceil(s.wide_idle / s.wide_nodes) + max(s.wide_receivers) + 1
+        if per_worker > FD_BUDGET or per_node > FD_BUDGET:
+            raise SystemExit(f"--wide: {per_worker} sockets per process, {per_node} per node")
+        print(f"== wide: {s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes ==")
+        errors_before = len(self.errors)
+        url = self.get_redis()
+        prefix = f"imchat-report-{uuid.uuid4().hex[:8]}:"
+        work = Path(tempfile.mkdtemp(prefix="wide-", dir=self.base.workdir))
+        nodes: list[ServerProc] = []
+        workers: list[asyncio.subprocess.Process] = []
+        raw: dict[str, Any] = {"nodes": s.wide_nodes, "idle": s.wide_idle, "runs": []}
+        self.raw["wide"] = raw
+        try:
+            for i in range(s.wide_nodes):
+                node = imchat_server(
+                    work / f"node{i}",
+                    work / f"node{i}.log",
+                    self.base.server_cpu,
+                    ["--redis", url, "--redis-prefix", prefix],
+                )
+                await node.start(60.0)
+                nodes.append(node)
+
+            async def measure(phase: str) -> dict[int, dict[str, Any]]:
+                out = {}
+                for receivers in s.wide_receivers:
+                    got = await self.guarded(
+                        f"wide {phase} R={receivers}", self.wide_broadcast(nodes, receivers)
+                    )
+                    if got is not None:
+                        got["phase"] = phase
+                        raw["runs"].append(got)
+                        out[receivers] = got
+                return out
+
+            await quiet(nodes, 15.0)
+            without = await measure("without")
+            rss0 = sum(n.rss_kb() for n in nodes)
+            t0 = time.monotonic()
+            ports = ",".join(str(n.port) for n in nodes)
+            tag = uuid.uuid4().hex[:4]
+            for w in range(s.wide_workers):
+                first = w * per_worker
+                count = min(per_worker, s.wide_idle - first)
+                argv = [
+                    sys.executable,
+                    str(HERE / "crowd.py"),
+                    "--ports",
+                    ports,
+                    "--source",
+                    f"127.0.0.{2 + w}",
+                    "--first",
+                    str(first),
+                    "--users",
+                    str(count),
+                    "--room-size",
+                    str(s.room_size),
+                    "--nick-prefix",
+                    f"w{tag}",
+                    "--parallel",
+                    str(WIDE_PARALLEL),
+                ]
+                workers.append(
+                    await asyncio.create_subprocess_exec(
+                        *pinned(argv, self.base.loadgen_cpu),
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                )
+            hellos = []
+            for proc in workers:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), 900)
+                if not line:
+                    raise RuntimeError("a crowd process exited before connecting its users")
+                hellos.append(json.loads(line))
+            connect_s = time.monotonic() - t0
+            await quiet(nodes, 30.0)
+            settle_s = time.monotonic() - t0 - connect_s
+            rss1 = sum(n.rss_kb() for n in nodes)
+            users = sum(h["users"] for h in hellos)
+            raw.update(
+                users=users,
+                connect_s=connect_s,
+                settle_s=settle_s,
+                rss_before_kb=rss0,
+                rss_after_kb=rss1,
+                kb_per_connection=(rss1 - rss0) / max(1, users),
+                crowd=hellos,
+            )
+            print(
+                f"  {users:,} idle users connected in {connect_s:.1f} s (settled "
+                f"{settle_s:.1f} s later), {(rss1 - rss0) / max(1, users):.2f} KiB each",
+                flush=True,
+            )
+            with_ = await measure("with")
+            lost = 0
+            for proc in workers:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.close()
+                line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                lost += json.loads(line)["lost"] if line else 0
+                await asyncio.wait_for(proc.wait(), 60)
+            raw["crowd_lost"] = lost
+            if lost or users != s.wide_idle:
+                self.incomplete.append(f"wide: {users} of {s.wide_idle} idle users, {lost} lost")
+        finally:
+            for proc in workers:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            for node in nodes:
+                node.stop()
+            failed = len(self.errors) > errors_before or sys.exc_info()[0] is not None
+            if failed:
+                kept = Path(tempfile.mkdtemp(prefix="imchat-report-wide-logs-"))
+                for node in nodes:
+                    shutil.copy(node.log_path, kept / node.log_path.name)
+                print(f"  the nodes' logs are kept in {kept}", flush=True)
+            with contextlib.suppress(Exception):
+                delete_prefix(url, prefix)
+            shutil.rmtree(work, ignore_errors=True)
+        na = {"inspircd": "— (one process: ≤ 20,000 fds)", "miniircd": "—"}
+        setup = raw.get("users")
+        self.add(
+            Row(
+                "wide-setup",
+                f"{s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes, from "
+                f"{s.wide_workers} processes bound to 127.0.0.2 to .{1 + s.wide_workers}, rooms "
+                f"of {s.room_size}: connect s, nodes' RSS KiB per connection",
+                cells={
+                    "imchat": f"{raw['connect_s']:.1f} s, {raw['kb_per_connection']:.2f} KiB"
+                    if setup
+                    else "error",
+                    **na,
+                },
+                ratio=None,
+                goal="reported",
+                met=None,
+            )
+        )
+        for receivers in s.wide_receivers:
+            a, b = without.get(receivers), with_.get(receivers)
+            pair: Outcome = {"without": a, "with": b} if a and b else "error"
+            where = f"{s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes, room on node 0"
+            pairs = {"imchat": pair, **na}
+            self.add_pair(f"wide-{receivers}", where, receivers, pairs, s.sweep_rate)
+            if a and b:
+                self.add(
+                    Row(
+                        f"wide-{receivers}-allnodes",
+                        f"the same, R={receivers:,}: every node's µs CPU per delivery, "
+                        "without → with (ratio: with ÷ without)",
+                        cells={
+                            "imchat": f"{a['all_nodes_us_per_delivery']:.2f} → "
+                            f"{b['all_nodes_us_per_delivery']:.2f}",
+                            **na,
+                        },
+                        ratio=b["all_nodes_us_per_delivery"] / a["all_nodes_us_per_delivery"],
+                        goal="reported",
+                        met=None,
+                    )
+                )
+
+    async def wide_broadcast(self, nodes: list[ServerProc], receivers: int) -> dict[str, Any]:
+        """One paced broadcast among fresh users of a fresh room on node 0."""
+        s = self.sizes
+        await quiet(nodes, 15.0)  # the last measurement's users are gone (their disconnects)
+        driver = TaggedDriver("imchat", nodes[0], uuid.uuid4().hex[:4])
+        others: list[float] = []
+
+        def before() -> None:
+            others.append(sum(n.cpu_seconds() for n in nodes[1:]))
+
+        def after() -> None:
+            others.append(sum(n.cpu_seconds() for n in nodes[1:]))
+
+        result = await broadcast(
+            driver,
+            receivers=receivers,
+            messages=max(s.sweep_min_messages, s.sweep_deliveries // receivers),
+            rate=s.sweep_rate,
+            probes=self.base.probes,
+            around=(before, after),
+        )
+        row = {**asdict(result), "cpu_us_per_delivery": result.cpu_us_per_delivery}
+        other_nodes = others[1] - others[0]
+        row["other_nodes_cpu_s"] = other_nodes
+        row["all_nodes_us_per_delivery"] = (
+            (result.server_cpu_s + other_nodes) / result.delivered * 1e6
+            if result.delivered
+            else math.nan
+        )
+        print("  " + fanout.format_row({"scenario": "wide", **row}), flush=True)
+        if not result.complete:
+            self.incomplete.append(f"wide R={receivers}")
+        return row
+
+
+#: Handshakes in flight per Redis node and client process in ``--wide``. A node runs each
+#: hello, join and disconnect as Redis commands on a connection of its own from redis-py's
+#: pool, which holds at most 100 (redis-py 8's default): past that the request fails with
+#: ``internal`` (``MaxConnectionsError``), so the crowd connects 16 at a time per node and
+#: process, and each measurement waits until the last one's disconnects are done.
+WIDE_PARALLEL = 16
+
+
+class TaggedDriver(ImchatDriver):
+    """Nicks and the room carry a tag: nodes that stay up get fresh users and a fresh room
+    for each measurement (a guest's nick stays reserved after it leaves)."""
+
+    parallel = WIDE_PARALLEL
+
+    def __init__(self, name: str, server: ServerProc, tag: str) -> None:
+        super().__init__(name, server)
+        self.tag = tag
+
+    def nick(self, role: str, i: int) -> str:
+        return f"{role}{self.tag}{i}"
+
+    def room(self, name: str) -> str:
+        return f"{name}{self.tag}"
+
+
+async def quiet(nodes: list[ServerProc], limit: float) -> float:
+    """Until the nodes together used under 2 % of a core over a second (joins and
+    disconnects settled), or ``limit`` seconds: with tens of thousands of users a node is
+    never that quiet (it re-checks every guest's identity every 10 s). Returns the wait."""
+    start = time.monotonic()
+    last = sum(n.cpu_seconds() for n in nodes)
+    while time.monotonic() < start + limit:
+        await asyncio.sleep(1.0)
+        now = sum(n.cpu_seconds() for n in nodes)
+        if now - last < 0.02:
+            break
+        last = now
+    return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """This process on every core for a while, so processes started meanwhile are not pinned
+    to the generator's core (they inherit the affinity)."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def pick(rows: list[dict[str, Any]], kind: str, label: str, receivers: int) -> Any:
+    return next(
+        (
+            r
+            for r in rows
+            if r["server"] == kind and r["scenario"] == label and r["receivers"] == receivers
+        ),
+        None,
+    )
+
+
+def value(outcome: Outcome | None, metric: str) -> float | None:
+    if isinstance(outcome, dict) and metric in outcome:
+        v = outcome[metric]
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+    return None
+
+
+def ok_cell(r: dict[str, Any]) -> str:
+    return f"{r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} ms"
+
+
+def cell(outcome: Outcome | None, metric: str, fmt: Callable[[dict[str, Any]], str]) -> str:
+    if outcome is None:
+        return "—"
+    if isinstance(outcome, str):
+        return outcome
+    if value(outcome, metric) is None:
+        return "—"
+    text = fmt(outcome)
+    if outcome.get("complete") is False:
+        text += " (incomplete)"
+    return text
+
+
+def compare(
+    key: str,
+    label: str,
+    res: dict[str, Outcome],
+    metric: str,
+    fmt: Callable[[float], str],
+    *,
+    goal: float | None,
+    higher: bool,
+    extra: Callable[[dict[str, Any]], str] | None = None,
+) -> Row:
+    """A row of one figure per server; ratio imchat ÷ InspIRCd judged against ``goal``
+    (≥ goal if ``higher``, else ≤ goal; None: reported only)."""
+    values = {k: value(r, metric) for k, r in res.items()}
+    cells = {
+        k: cell(r, metric, lambda o, m=metric: fmt(o[m]) + (extra(o) if extra else ""))
+        for k, r in res.items()
+    }
+    mine, theirs = values.get("imchat"), values.get("inspircd")
+    ratio = mine / theirs if mine is not None and theirs else None
+    if goal is None:
+        return Row(key, label, cells, ratio, "reported", None, values)
+    met = None if ratio is None else (ratio >= goal if higher else ratio <= goal)
+    text = f"{'≥' if higher else '≤'} {goal:g} {TIMES} InspIRCd"
+    return Row(key, label, cells, ratio, text, met, values)
+
+
+# ---- the machine and the run -------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    def command(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "not installed"
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else "?"
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    inspircd = shutil.which("inspircd") or "/usr/sbin/inspircd"
+    rev = command(["git", "-C", str(HERE), "describe", "--always", "--dirty"])
+    import resource
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": version("uvloop"),
+        "msgspec": version("msgspec"),
+        "inspircd": command([inspircd, "--version"]) if Path(inspircd).exists() else "absent",
+        "miniircd": version("miniircd"),
+        "redis": command(["redis-server", "--version"]).split(" sha=")[0],
+        "imchat": rev,
+        "fds": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+    }
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of every child it has waited for (servers, crowd)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def render(report: Report, info: dict[str, str], noise: dict[str, float]) -> str:
+    args, servers = report.args, report.servers
+    pin = (
+        f"servers on core {report.base.server_cpu}, generator on core {report.base.loadgen_cpu}"
+        if report.base.server_cpu is not None
+        else "not pinned"
+    )
+    lines = [
+        f"imchat `{info['imchat']}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        + (" — **quick: sizes shrunk, figures meaningless**" if args.quick else ""),
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores ({pin}), {info['memory']}, kernel "
+        f"{info['kernel']}, Python {info['python']}, uvloop {info['uvloop']}, msgspec "
+        f"{info['msgspec']}, {info['inspircd']}, miniircd {info['miniircd']}, "
+        f"{info['redis']}; open files {info['fds']} per process.",
+        f"Noise (`other`): the rest of the machine used {noise['other_cpu_s']:.0f} CPU-s in "
+        f"the run's {noise['wall_s']:.0f} s ({noise['other_cores']:.2f} cores on average); "
+        f"in the broadcast measurements {noise['broadcast_other_cpu_s']:.0f} CPU-s over "
+        f"{noise['broadcast_s']:.0f} s, at most {noise['broadcast_other_max']:.1f} CPU-s in "
+        "one.",
+        "",
+        "| target | "
+        + " | ".join(TITLES[s] for s in servers)
+        + " | ratio (imchat ÷ InspIRCd unless said) | goal | met |",
+        "| --- | " + " | ".join("---" for _ in servers) + " | --- | --- | --- |",
+    ]
+    lines += [row.markdown(servers) for row in report.rows]
+    if report.errors or report.incomplete:
+        lines += ["", "Failed: " + "; ".join(report.errors + report.incomplete)]
+    return "\n".join(lines)
+
+
+def noise_of(report: Report, wall: float, busy: float, own: float) -> dict[str, float]:
+    runs = [
+        r
+        for key in ("flat", "r1", "paced", "sweep")
+        for r in report.raw.get(key, [])
+        if "other_cpu_s" in r
+    ] + list(report.raw.get("wide", {}).get("runs", []))
+    return {
+        "wall_s": wall,
+        "other_cpu_s": max(0.0, busy - own),
+        "other_cores": max(0.0, busy - own) / wall if wall else 0.0,
+        "broadcast_other_cpu_s": sum(r["other_cpu_s"] for r in runs),
+        "broadcast_s": sum(r["seconds"] for r in runs),
+        "broadcast_other_max": max((r["other_cpu_s"] for r in runs), default=0.0),
+    }
+
+
+STEPS = ("flat", "r1", "paced", "idle", "redis", "sweep", "wide")
+
+
+async def run(report: Report) -> None:
+    steps: dict[str, Callable[[], Awaitable[None]]] = {
+        "flat": report.flat,
+        "r1": report.r1,
+        "paced": report.paced,
+        "idle": report.memory_and_storms,
+        "redis": report.redis,
+        "sweep": report.sweep,
+        "wide": report.wide,
+    }
+    for name in report.args.steps:
+        t0 = time.monotonic()
+        await steps[name]()
+        report.raw.setdefault("step_seconds", {})[name] = time.monotonic() - t0
+        print(f"== {name}: {time.monotonic() - t0:.0f} s ==", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="every size shrunk: a smoke test")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="also the 50,000 idle users over 3 Redis nodes (a few minutes more)",
+    )
+    p.add_argument(
+        "--only",
+        default="",
+        help=f"comma list of steps to run ({', '.join(STEPS)}); default all but wide "
+        "(with --wide: all)",
+    )
+    p.add_argument(
+        "--wide-idle", type=int, default=None, help="idle users of --wide (default 50,000)"
+    )
+    p.add_argument("--skip", default="", help="comma list of steps not to run")
+    p.add_argument(
+        "--servers", default="all", help="comma list of imchat, inspircd, miniircd (default all)"
+    )
+    p.add_argument(
+        "--redis",
+        default="",
+        help="an existing Redis for the cluster steps (a key prefix of their own, deleted "
+        "afterwards); default: a redis-server of the run's own on a free port",
+    )
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    p.add_argument("--table", type=Path, help="also write the markdown table to this file")
+    p.add_argument("--profile", type=Path, help="py-spy the imchat server at R=1 into DIR")
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers/generator to CPUs")
+    p.add_argument("--workdir", type=Path, default=None, help="temp dir for server data")
+    p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    args = p.parse_args(argv)
+    args.servers = list(SERVERS) if args.servers == "all" else args.servers.split(",")
+    for name in args.servers:
+        if name not in SERVERS:
+            p.error(f"unknown server {name!r}")
+    if "imchat" not in args.servers:
+        p.error("imchat must be among --servers")
+    chosen = args.only.split(",") if args.only else [s for s in STEPS if s != "wide" or args.wide]
+    skip = set(args.skip.split(",")) if args.skip else set()
+    for name in [*chosen, *skip]:
+        if name not in STEPS:
+            p.error(f"unknown step {name!r}")
+    args.steps = [s for s in STEPS if s in chosen and s not in skip]
+    base = fanout.parse_args(["--no-pin"] if args.no_pin else [])
+    args.server_cpu, args.loadgen_cpu = base.server_cpu, base.loadgen_cpu
+    return args
+
+
+def available(servers: list[str]) -> list[str]:
+    """The servers that can run here (a missing peer is dropped, with a note)."""
+    out = []
+    for kind in servers:
+        if kind == "inspircd" and not (
+            shutil.which("inspircd") or Path("/usr/sbin/inspircd").exists()
+        ):
+            print("inspircd not installed: left out", flush=True)
+        elif kind == "miniircd" and importlib.util.find_spec("miniircd") is None:
+            print("miniircd not installed: left out", flush=True)
+        else:
+            out.append(kind)
+    return out
+
+
+async def amain(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="imchat-report-", dir=args.workdir) as work:
+        args.workdir = Path(work)
+        report = Report(args)
+        report.servers = available(args.servers)
+        info = machine()
+        t0, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu()
+        try:
+            await run(report)
+        finally:
+            report.close()
+        wall = time.monotonic() - t0
+        noise = noise_of(report, wall, machine_busy_seconds() - busy0, own_cpu() - own0)
+    table = render(report, info, noise)
+    print("\n== report ==\n" + table, flush=True)
+    if args.table:
+        args.table.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "noise": noise,
+                    "quick": args.quick,
+                    "rows": [asdict(r) for r in report.rows],
+                    "raw": report.raw,
+                    "errors": report.errors,
+                    "incomplete": report.incomplete,
+                },
+                indent=1,
+                default=str,
+            )
+        )
+    return 1 if report.errors or report.incomplete or not report.rows else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    fanout.raise_fd_limit()
+    if args.loadgen_cpu is not None:
+        os.sched_setaffinity(0, {args.loadgen_cpu})
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(asyncio.wait_for(amain(args), args.timeout))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
