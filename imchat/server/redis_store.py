@@ -16,6 +16,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
                                nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
+    P credentials       string a counter moved on by every account, password or token change
+                               that can end a logged-in session (the re-check's cue)
     P token:<hash>      hash   user, label, created
     P tokens            zset   token hashes by creation time
     P room:<name>       hash   topic, created
@@ -424,6 +426,7 @@ redis.call('HSETNX', user, 'created', ARGV[7])
 if ARGV[6] == '' then redis.call('HDEL', user, 'password_hash')
 else redis.call('HSET', user, 'password_hash', ARGV[6]) end
 redis.call('SADD', prefix .. 'accounts', key)
+redis.call('INCR', prefix .. 'credentials')
 return 1
 """
 
@@ -498,6 +501,9 @@ class Keys:
         self.online = f"{prefix}online"
         self.nodes = f"{prefix}nodes"
         self.epoch = f"{prefix}epoch"
+        #: Moved on by every change that can end a logged-in session (see
+        #: :meth:`RedisStore.credentials_version`).
+        self.credentials = f"{prefix}credentials"
         #: The key every script declares (KEYS[1]; the others it builds from the prefix):
         #: on Redis Cluster it says which shard runs the script, and all keys share its slot.
         self.anchor = self.seq
@@ -709,6 +715,7 @@ class RedisStore:
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
+            pipe.incr(self.keys.credentials)
             await pipe.execute()
         return True
 
@@ -724,7 +731,10 @@ class RedisStore:
     async def set_password(self, key: str, password_hash: str) -> bool:
         if not await self.redis.sismember(self.keys.accounts, key):
             return False
-        await self.redis.hset(self.keys.user(key), "password_hash", password_hash)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.user(key), "password_hash", password_hash)
+            pipe.incr(self.keys.credentials)
+            await pipe.execute()
         return True
 
     async def add_token(self, key: str, token_hash: str, label: str) -> None:
@@ -771,8 +781,13 @@ class RedisStore:
             for token_hash in doomed:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
+            pipe.incr(self.keys.credentials)
             await pipe.execute()
         return True
+
+    async def credentials_version(self) -> str:
+        version = await self.redis.get(self.keys.credentials)
+        return text(version) if version is not None else "0"
 
     # -- identities (rev 2) ----------------------------------------------------------------
 
