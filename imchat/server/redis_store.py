@@ -56,7 +56,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError, RedisError
@@ -164,6 +164,17 @@ class CPacked(Connection):
         return [b"".join([b"".join(self.pack_command(*command)) for command in commands])]
 
 
+#: Connections a client opens to Redis at most; a command beyond them waits up to
+#: :data:`POOL_WAIT` seconds for one to come free. redis-py's default pool (100, then
+#: ``MaxConnectionsError`` at once) failed hellos as ``internal`` during connect bursts.
+POOL_SIZE = 128
+POOL_WAIT = 5.0
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The Sentinel-aware pool, waiting for a free connection as the others do."""
+
+
 def connect_redis(
     url: str, *, blocking: bool = False, prefix: str = DEFAULT_PREFIX
 ) -> aioredis.Redis:
@@ -171,18 +182,22 @@ def connect_redis(
 
     A retried script could store a message twice (one without ``cid``): a failed command
     must reach the hub, which answers ``internal`` and never ``ok``. ``blocking`` clients
-    (pub/sub) have no read timeout, since they wait for messages indefinitely.
+    (pub/sub) have no read timeout, since they wait for messages indefinitely. At most
+    :data:`POOL_SIZE` connections; more commands at once wait for one (up to
+    :data:`POOL_WAIT` seconds, then fail like any lost command).
     """
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
         "socket_connect_timeout": 3.0,
         "socket_timeout": None if blocking else 5.0,
         "health_check_interval": 0,
+        "max_connections": POOL_SIZE,
+        "timeout": POOL_WAIT,
     }
     cluster = parse_cluster_url(url)
     if cluster is not None:
         # One plain connection class that finds the primary of imchat's slot (redis_shard).
-        pool = aioredis.ConnectionPool(
+        pool = aioredis.BlockingConnectionPool(
             connection_class=ShardSSLConnection if cluster.tls else ShardConnection,
             cluster=cluster,
             slot=prefix_slot(tagged_prefix(prefix)),
@@ -192,7 +207,9 @@ def connect_redis(
         return pack_in_c(aioredis.Redis.from_pool(pool))
     target = parse_sentinel_url(url)
     if target is None:
-        return pack_in_c(aioredis.Redis.from_url(url, **options))
+        return pack_in_c(
+            aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
+        )
     # Every new connection asks the Sentinels for the current primary: after a failover the
     # node's reconnect (it drops its pool when it loses Redis) lands on the new one.
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
@@ -201,7 +218,12 @@ def connect_redis(
         ssl=target.tls,
     )
     redis: aioredis.Redis = sentinel.master_for(
-        target.service, db=target.db, password=target.password, ssl=target.tls, **options
+        target.service,
+        connection_pool_class=_BlockingSentinelPool,
+        db=target.db,
+        password=target.password,
+        ssl=target.tls,
+        **options,
     )
     return pack_in_c(redis)
 
