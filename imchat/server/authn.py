@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: Password checks running at once: each scrypt takes ~16 MiB and tens of milliseconds.
 MAX_PARALLEL_PASSWORD_CHECKS = 4
+#: Sessions a re-check looks up between two turns of the event loop (each lookup may be a
+#: query that does not yield): other sessions' messages pass in between.
+RECHECK_SLICE = 128
 
 
 class Authenticator:
@@ -45,6 +48,8 @@ class Authenticator:
         #: either way, so correct passwords in a loop must not crowd out everyone's logins.
         self.checks = FailureLimiter(config.auth_logins, config.auth_window)
         self._password_checks = asyncio.Semaphore(MAX_PARALLEL_PASSWORD_CHECKS)
+        #: The store's credentials version every session was last checked against.
+        self._checked_version: str | None = None
 
     async def authenticate(
         self, session: Peer, key: str, req: Hello, account: Account | None
@@ -92,39 +97,53 @@ class Authenticator:
 
         Logins read accounts through at every hello; this extends that to sessions already
         logged in, so ``imchat token revoke`` and ``imchat user remove``/``passwd`` take hold
-        within ``auth_recheck`` seconds. Each distinct credential is looked up once.
+        within ``auth_recheck`` seconds. Only those changes (and an account created for a
+        guest's nick) can end a session, and each moves the store's credentials version: while
+        it stands still nothing is looked up. Each distinct credential is looked up once, and
+        the loop gets a turn every :data:`RECHECK_SLICE` sessions.
         """
-        valid: dict[tuple[str, Credential], bool] = {}
-        guests: dict[str, bool] = {}
-        for session in list(sessions):
+        try:
+            version = await self.store.credentials_version()
+        except Exception:
+            log.exception("could not read the credentials version; re-checking every session")
+            version = None
+        if version is not None and version == self._checked_version:
+            return
+        #: Each distinct login's verdict: a guest by its identity, else account and credential.
+        verdicts: dict[tuple[str, str | Credential], bool] = {}
+        complete = version is not None
+        for index, session in enumerate(list(sessions)):
+            if index and index % RECHECK_SLICE == 0:
+                await asyncio.sleep(0)
             user, credential = session.user, session.credential
             if user is None or session.closing:
                 continue
-            if credential is None:
-                # A guest: an account created for its nick ends its identity (rev 2).
-                if user.ident not in guests:
-                    guests[user.ident] = await self._guest_still_holds(user.key, user.ident)
-                if not guests[user.ident]:
-                    session.fail(account_took(user.nick))
-                continue
-            check = (user.key, credential)
-            if check not in valid:
+            login = (user.key, credential if credential is not None else user.ident)
+            if login not in verdicts:
                 try:
-                    valid[check] = await self._still_valid(*check)
+                    if credential is None:
+                        # A guest: an account created for its nick ends its identity (rev 2).
+                        verdicts[login] = await self._guest_still_holds(user.key, user.ident)
+                    else:
+                        verdicts[login] = await self._still_valid(user.key, credential)
                 except Exception:
-                    log.exception("could not re-check credentials of %s", user.nick)
-                    valid[check] = True  # a store hiccup is no reason to log everyone out
-            if not valid[check]:
+                    log.exception("could not re-check the login of %s", user.nick)
+                    verdicts[login] = True  # a store hiccup is no reason to log everyone out
+                    complete = False  # ... but the next re-check looks again
+            if verdicts[login]:
+                continue
+            if credential is None:
+                session.fail(account_took(user.nick))
+            else:
                 session.fail(
                     ProtocolError(ErrorCode.AUTH_FAILED, "your token or password was revoked")
                 )
+        if complete:
+            # Sessions that said hello meanwhile were checked against at least this version.
+            self._checked_version = version
 
     async def _guest_still_holds(self, key: str, ident: str) -> bool:
-        try:
-            identity = await self.store.identity(key)
-        except Exception:
-            log.exception("could not re-check the guest identity of %s", key)
-            return True
+        identity = await self.store.identity(key)
         return identity is not None and identity.account is None and identity.ident == ident
 
     async def _still_valid(self, key: str, credential: Credential) -> bool:

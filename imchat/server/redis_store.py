@@ -16,6 +16,8 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P guest:<key>       hash   ident, nick, resume (hash) of the guest identity holding the
                                nick; no TTL while online, the hold as TTL while held
     P accounts          set    keys that have an account
+    P credentials       string a counter moved on by every account, password or token change
+                               that can end a logged-in session (the re-check's cue)
     P token:<hash>      hash   user, label, created
     P tokens            zset   token hashes by creation time
     P room:<name>       hash   topic, created
@@ -54,7 +56,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError, RedisError
@@ -162,6 +164,17 @@ class CPacked(Connection):
         return [b"".join([b"".join(self.pack_command(*command)) for command in commands])]
 
 
+#: Connections a client opens to Redis at most; a command beyond them waits up to
+#: :data:`POOL_WAIT` seconds for one to come free. redis-py's default pool (100, then
+#: ``MaxConnectionsError`` at once) failed hellos as ``internal`` during connect bursts.
+POOL_SIZE = 128
+POOL_WAIT = 5.0
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The Sentinel-aware pool, waiting for a free connection as the others do."""
+
+
 def connect_redis(
     url: str, *, blocking: bool = False, prefix: str = DEFAULT_PREFIX
 ) -> aioredis.Redis:
@@ -169,18 +182,22 @@ def connect_redis(
 
     A retried script could store a message twice (one without ``cid``): a failed command
     must reach the hub, which answers ``internal`` and never ``ok``. ``blocking`` clients
-    (pub/sub) have no read timeout, since they wait for messages indefinitely.
+    (pub/sub) have no read timeout, since they wait for messages indefinitely. At most
+    :data:`POOL_SIZE` connections; more commands at once wait for one (up to
+    :data:`POOL_WAIT` seconds, then fail like any lost command).
     """
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
         "socket_connect_timeout": 3.0,
         "socket_timeout": None if blocking else 5.0,
         "health_check_interval": 0,
+        "max_connections": POOL_SIZE,
+        "timeout": POOL_WAIT,
     }
     cluster = parse_cluster_url(url)
     if cluster is not None:
         # One plain connection class that finds the primary of imchat's slot (redis_shard).
-        pool = aioredis.ConnectionPool(
+        pool = aioredis.BlockingConnectionPool(
             connection_class=ShardSSLConnection if cluster.tls else ShardConnection,
             cluster=cluster,
             slot=prefix_slot(tagged_prefix(prefix)),
@@ -190,7 +207,9 @@ def connect_redis(
         return pack_in_c(aioredis.Redis.from_pool(pool))
     target = parse_sentinel_url(url)
     if target is None:
-        return pack_in_c(aioredis.Redis.from_url(url, **options))
+        return pack_in_c(
+            aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
+        )
     # Every new connection asks the Sentinels for the current primary: after a failover the
     # node's reconnect (it drops its pool when it loses Redis) lands on the new one.
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
@@ -199,7 +218,12 @@ def connect_redis(
         ssl=target.tls,
     )
     redis: aioredis.Redis = sentinel.master_for(
-        target.service, db=target.db, password=target.password, ssl=target.tls, **options
+        target.service,
+        connection_pool_class=_BlockingSentinelPool,
+        db=target.db,
+        password=target.password,
+        ssl=target.tls,
+        **options,
     )
     return pack_in_c(redis)
 
@@ -424,6 +448,7 @@ redis.call('HSETNX', user, 'created', ARGV[7])
 if ARGV[6] == '' then redis.call('HDEL', user, 'password_hash')
 else redis.call('HSET', user, 'password_hash', ARGV[6]) end
 redis.call('SADD', prefix .. 'accounts', key)
+redis.call('INCR', prefix .. 'credentials')
 return 1
 """
 
@@ -498,6 +523,9 @@ class Keys:
         self.online = f"{prefix}online"
         self.nodes = f"{prefix}nodes"
         self.epoch = f"{prefix}epoch"
+        #: Moved on by every change that can end a logged-in session (see
+        #: :meth:`RedisStore.credentials_version`).
+        self.credentials = f"{prefix}credentials"
         #: The key every script declares (KEYS[1]; the others it builds from the prefix):
         #: on Redis Cluster it says which shard runs the script, and all keys share its slot.
         self.anchor = self.seq
@@ -709,6 +737,7 @@ class RedisStore:
             for token_hash, *_ in tokens:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
+            pipe.incr(self.keys.credentials)
             await pipe.execute()
         return True
 
@@ -724,7 +753,10 @@ class RedisStore:
     async def set_password(self, key: str, password_hash: str) -> bool:
         if not await self.redis.sismember(self.keys.accounts, key):
             return False
-        await self.redis.hset(self.keys.user(key), "password_hash", password_hash)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.user(key), "password_hash", password_hash)
+            pipe.incr(self.keys.credentials)
+            await pipe.execute()
         return True
 
     async def add_token(self, key: str, token_hash: str, label: str) -> None:
@@ -771,8 +803,13 @@ class RedisStore:
             for token_hash in doomed:
                 pipe.delete(self.keys.token(token_hash))
                 pipe.zrem(self.keys.tokens, token_hash)
+            pipe.incr(self.keys.credentials)
             await pipe.execute()
         return True
+
+    async def credentials_version(self) -> str:
+        version = await self.redis.get(self.keys.credentials)
+        return text(version) if version is not None else "0"
 
     # -- identities (rev 2) ----------------------------------------------------------------
 

@@ -332,6 +332,14 @@ def _end_identity(c: sqlite3.Connection, key: str) -> None:
     )
 
 
+def _credentials_changed(c: sqlite3.Connection) -> None:
+    """Move :meth:`SQLiteStore.credentials_version` on, in the change's own transaction."""
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES ('credentials', '1') ON CONFLICT (key)"
+        " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
 def _end_expired(c: sqlite3.Connection, now: float) -> None:
     """End every guest identity whose hold is over (found through ``users_held``)."""
     for (key,) in c.execute(
@@ -473,6 +481,7 @@ class SQLiteStore:
 
         def op(c: sqlite3.Connection) -> None:
             _end_identity(c, key)
+            _credentials_changed(c)
             c.execute(
                 "INSERT INTO users (key, nick, created, account, admin, password_hash, ident)"
                 " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
@@ -490,6 +499,7 @@ class SQLiteStore:
             return False
 
         def op(c: sqlite3.Connection) -> None:
+            _credentials_changed(c)
             c.execute("DELETE FROM tokens WHERE user_key = ?", (key,))
             # The account's identity ends: its queue and DM view do not pass to the nick's
             # next holder.
@@ -510,15 +520,16 @@ class SQLiteStore:
         return [Account(nick, bool(admin), password_hash) for nick, admin, password_hash in rows]
 
     async def set_password(self, key: str, password_hash: str) -> bool:
-        changed: int = await self._submit(
-            lambda c: (
-                c.execute(
-                    "UPDATE users SET password_hash = ? WHERE key = ? AND account = 1",
-                    (password_hash, key),
-                ).rowcount
-            )
-        )
-        return changed > 0
+        def op(c: sqlite3.Connection) -> int:
+            changed: int = c.execute(
+                "UPDATE users SET password_hash = ? WHERE key = ? AND account = 1",
+                (password_hash, key),
+            ).rowcount
+            if changed:
+                _credentials_changed(c)
+            return changed
+
+        return bool(await self._submit(op))
 
     async def add_token(self, key: str, token_hash: str, label: str) -> None:
         await self._submit(
@@ -546,16 +557,22 @@ class SQLiteStore:
         return [TokenInfo(token_id(h), user, label, created) for h, user, label, created in rows]
 
     async def revoke_token(self, token_id: str) -> bool:
-        # Compared as a whole prefix, never with LIKE: an id is data, not a pattern.
-        deleted: int = await self._submit(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?",
-                    (TOKEN_ID_LENGTH, token_id.lower()),
-                ).rowcount
-            )
-        )
-        return deleted > 0
+        def op(c: sqlite3.Connection) -> int:
+            # Compared as a whole prefix, never with LIKE: an id is data, not a pattern.
+            deleted: int = c.execute(
+                "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?",
+                (TOKEN_ID_LENGTH, token_id.lower()),
+            ).rowcount
+            if deleted:
+                _credentials_changed(c)
+            return deleted
+
+        return bool(await self._submit(op))
+
+    async def credentials_version(self) -> str:
+        assert self._reader is not None
+        row = self._reader.execute("SELECT value FROM meta WHERE key = 'credentials'").fetchone()
+        return str(row[0]) if row is not None else "0"
 
     # -- identities (rev 2) ----------------------------------------------------------------
 

@@ -246,6 +246,11 @@ class Store(Protocol):
     async def revoke_token(self, token_id: str) -> bool:
         """Delete the token whose :attr:`TokenInfo.id` this is; False if there is none."""
 
+    async def credentials_version(self) -> str:
+        """Changes whenever an account is created or removed, a password set or a token
+        revoked (by any process): the only changes that can end a logged-in session, so the
+        periodic re-check looks sessions up only when this moved."""
+
     # Rooms
     async def room(self, name: str) -> RoomInfo | None:
         """A room's topic and last seq."""
