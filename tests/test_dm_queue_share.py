@@ -11,13 +11,20 @@ back. A sender is what a stranger cannot multiply: a guest's address (guest nick
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TIMEOUT, Clients, Servers, next_event
 
 from imchat.client import Connection, ServerError
+from imchat.protocol import ProtocolError
+from imchat.protocol.events import DmEvent
 from imchat.server.accounts import add_user
+from imchat.server.sqlite_store import SQLiteStore
+from imchat.server.store import Draft
+from imchat.server.streams import StreamId
 
 NOISE = frozenset({"online", "joined", "parted", "msg", "dm"})
 PASSWORD = "correct horse"
@@ -33,7 +40,8 @@ async def refused(conn: Connection, kind: str, **fields: Any) -> ServerError:
 
 async def test_one_stranger_cannot_fill_a_users_queue(servers: Servers, connect: Clients) -> None:
     """With the default bounds: a guest sending DMs to an offline user as fast as it may is
-    stopped at its share, and a known user's DM is still queued and delivered."""
+    stopped at its share, and another's DM (from another address) is still queued and
+    delivered."""
     server = await servers.start(rate=0, addr_rate=0)
     share = server.config.max_queued_per_sender
     assert 0 < share < server.config.max_queued
@@ -51,7 +59,7 @@ async def test_one_stranger_cannot_fill_a_users_queue(servers: Servers, connect:
         sent += 1
         assert sent <= server.config.max_queued
     assert sent == share
-    alice = await connect("alice")
+    alice = await connect("alice", source=ELSEWHERE)
     await alice.request("dm", to="bob", text="hello bob")
     back = await connect("bob", resume=resume)
     texts = [(await next_event(back, "dm"))["text"] for _ in range(share + 1)]
@@ -172,3 +180,46 @@ async def test_an_addresss_share_outlives_a_restart(servers: Servers, connect: C
     back = await connect("bob", resume=resume)
     got = [(await next_event(back, "dm"))["from"] for _ in range(3)]
     assert got == ["stranger1", "stranger1", "neighbour"]
+
+
+def queued_dm(sender: str, source: str) -> Draft:
+    return Draft(
+        StreamId.dm(sender, "bob"),
+        sender,
+        None,
+        DmEvent(from_=sender, to="bob", text="hi"),
+        "bob",
+        owner=sender,
+        dm_idents=(sender, "bob"),
+        recipient_ident="bob",
+        max_queued=9,
+        max_queued_per_sender=2,
+        queue_source=source,
+    )
+
+
+async def test_a_sqlite_queue_from_before_sources_opens(tmp_path: Path) -> None:
+    """A data dir whose ``dm_queue`` has no ``source`` column (an earlier version's) gets
+    one; the DMs queued before count against the whole queue, and no one's share."""
+    path = tmp_path / "imchat.db"
+    store = SQLiteStore(path)
+    await store.open()
+    for _ in range(2):
+        await store.append(queued_dm("amy", "a:192.0.2.1"))
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX dm_queue_source")
+    conn.execute("ALTER TABLE dm_queue DROP COLUMN source")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for _ in range(2):
+            await store.append(queued_dm("cy", "a:192.0.2.1"))
+        with pytest.raises(ProtocolError) as caught:
+            await store.append(queued_dm("cy", "a:192.0.2.1"))
+        assert caught.value.code == "limit_reached"
+        assert len(await store.peek_pending("bob", 100)) == 4
+    finally:
+        await store.close()
