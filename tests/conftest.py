@@ -104,6 +104,7 @@ class Servers:
         overrides.setdefault("addr_rate", 0)
         overrides.setdefault("addr_rooms_per_minute", 0)  # the same for rooms they create
         overrides.setdefault("addr_guests_per_minute", 0)  # ... and guests they begin
+        overrides.setdefault("addr_read_rate", 0)  # ... and their reads
         config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()
