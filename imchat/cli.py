@@ -138,7 +138,7 @@ def server(
         typer.Option(
             envvar="IMCHAT_ADDR_READ_RATE",
             help="The same requests per second shared by all guests of one address, or by all"
-            " sessions of one account (and with --redis all nodes) (0: no limit).",
+            " sessions of one account, on each node (0: no limit).",
         ),
     ] = 100.0,
     addr_read_burst: Annotated[

@@ -70,9 +70,10 @@ class ServerConfig:
     read_rate: float = 20.0
     read_burst: int = 500
     #: The same reads spend a shared budget too: all guests of one address (IPv4, or IPv6
-    #: /64) together, an account's sessions together (wherever they come from), across the
-    #: nodes of a cluster on the Redis backend; 0 disables. More sessions (or guest nicks) no
-    #: longer multiply the per-session budget; its burst is four sessions' for a NAT.
+    #: /64) together, an account's sessions together (wherever they come from), per node
+    #: (also on the Redis backend: no round trip per read); 0 disables. More sessions (or
+    #: guest nicks) no longer multiply the per-session budget; its burst is four sessions'
+    #: for a NAT.
     addr_read_rate: float = 100.0
     addr_read_burst: int = 2000
     motd: str | None = None

@@ -73,6 +73,11 @@ class Hub:
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+        #: The read budgets of guest addresses and accounts (``addr_read_rate``). In this
+        #: process's memory even on the Redis backend: a read then costs no Redis round trip
+        #: more, and is still answered while Redis refuses writes (a node bounds what it
+        #: serves; a cluster of N nodes allows an address N times as much).
+        self.read_buckets = LocalBuckets()
 
     # -- the registry's, for transports and the server --------------------------------------
 
@@ -96,13 +101,13 @@ class Hub:
 
     async def _spend_shared_read(self, session: Peer) -> ProtocolError | None:
         """Spend a token of the reads ``session`` shares with the other guests of its address,
-        or with its account's other sessions (``addr_read_rate`` after ``addr_read_burst``;
-        :func:`.peer.budget_key`); the refusal if there is none."""
+        or with its account's other sessions on this node (``addr_read_rate`` after
+        ``addr_read_burst``; :func:`.peer.budget_key`); the refusal if there is none."""
         config = self.config
         if config.addr_read_rate <= 0:
             return None
         key = budget_key(session, self.ctx.user(session))
-        if await self.ctx.buckets.take("read", key, config.addr_read_rate, config.addr_read_burst):
+        if await self.read_buckets.take("read", key, config.addr_read_rate, config.addr_read_burst):
             return None
         whose = "your account" if key.startswith("u:") else "your address"
         return ProtocolError(ErrorCode.RATE_LIMITED, f"too many reads from {whose}; slow down")
