@@ -5,8 +5,10 @@ write per forward move) cost nothing, so one connection could repeat them withou
 Now each spends a token of the session's read bucket; an empty bucket is ``rate_limited``
 and nothing else happens. The burst is large because the client library sends them in a
 burst at every (re)connect: a history per conversation, the markers, the users; a
-reconnecting client with 50 rooms is measured below. Both backends
-(``IMCHAT_TEST_BACKEND=redis``); IRC ``WHOIS`` in ``tests/irc/test_irc_read_budget.py``.
+reconnecting client with 50 rooms is measured below. Each read also spends a bucket shared
+by the guests of its address, or by its account's sessions (``--addr-read-*``): sessions and
+guest nicks no longer multiply the budget. Both backends (``IMCHAT_TEST_BACKEND=redis``);
+IRC ``WHOIS`` in ``tests/irc/test_irc_read_budget.py``.
 """
 
 from __future__ import annotations
