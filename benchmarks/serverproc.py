@@ -172,7 +172,7 @@ def imchat_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "imchat.cli"]
 
 
-#: Every benchmark client comes from 127.0.0.1: the per-address budgets (messages, new
+#: Every benchmark client comes from 127.0.0.1: the per-address budgets (messages, reads, new
 #: guests, new rooms) and the guests' room-creation budget would measure those limits.
 LOOPBACK_CROWD = (
     "--addr-rate",
@@ -182,6 +182,8 @@ LOOPBACK_CROWD = (
     "--addr-rooms-per-minute",
     "0",
     "--guest-rooms-per-minute",
+    "0",
+    "--addr-read-rate",
     "0",
 )
 

@@ -133,6 +133,21 @@ def server(
             " conversation).",
         ),
     ] = 500,
+    addr_read_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="IMCHAT_ADDR_READ_RATE",
+            help="The same requests per second shared by all guests of one address, or by all"
+            " sessions of one account, on each node (0: no limit).",
+        ),
+    ] = 100.0,
+    addr_read_burst: Annotated[
+        int,
+        typer.Option(
+            envvar="IMCHAT_ADDR_READ_BURST",
+            help="Such requests one address's guests (or one account) may send at once.",
+        ),
+    ] = 2000,
     motd: Annotated[
         str | None, typer.Option(envvar="IMCHAT_MOTD", help="Message of the day in welcome.")
     ] = None,
@@ -393,6 +408,8 @@ def server(
         burst=burst,
         read_rate=read_rate,
         read_burst=read_burst,
+        addr_read_rate=addr_read_rate,
+        addr_read_burst=addr_read_burst,
         motd=motd,
         log_level=log_level,
         require_account=require_account,

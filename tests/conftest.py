@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from imchat.client import Connection
-from imchat.protocol import FrameDecoder, encode_frame, encode_message
+from imchat.protocol import CLIENT_MAX_FRAME, FrameDecoder, encode_frame, encode_message
 
 #: How long any single reply or event may take before a test fails.
 TIMEOUT = 5.0
@@ -104,6 +104,7 @@ class Servers:
         overrides.setdefault("addr_rate", 0)
         overrides.setdefault("addr_rooms_per_minute", 0)  # the same for rooms they create
         overrides.setdefault("addr_guests_per_minute", 0)  # ... and guests they begin
+        overrides.setdefault("addr_read_rate", 0)  # ... and their reads
         config = ServerConfig(**{"port": 0, "data_dir": data_dir or self.data_dir, **overrides})
         server = ChatServer(config)
         await server.start()
@@ -302,10 +303,24 @@ class Clients:
         *,
         port: int | None = None,
         fresh: bool = False,
+        source: str | None = None,
         **hello: Any,
     ) -> Connection:
-        """A connection, after ``hello`` as ``nick`` unless ``nick`` is None."""
-        conn = await Connection.connect("127.0.0.1", self._port(port), timeout=TIMEOUT)
+        """A connection, after ``hello`` as ``nick`` unless ``nick`` is None; ``source``: the
+        local address to connect from (another loopback address is another client address)."""
+        if source is None:
+            conn = await Connection.connect("127.0.0.1", self._port(port), timeout=TIMEOUT)
+        else:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    "127.0.0.1",
+                    self._port(port),
+                    local_addr=(source, 0),
+                    limit=CLIENT_MAX_FRAME,
+                ),
+                TIMEOUT,
+            )
+            conn = Connection(reader, writer)
         self.opened.append(conn)
         if nick is not None:
             key = nick.lower()

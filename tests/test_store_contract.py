@@ -295,6 +295,43 @@ async def test_a_full_queue_refuses_and_stores_nothing(store: Store) -> None:
     assert len(await store.history(AMY_BOB, after=None, before=None, limit=9)) == 2
 
 
+def dm_from(sender: str, text: str, source: str) -> Draft:
+    """A DM from ``sender`` to an offline bob, counted against ``source``'s share (2 of 9)."""
+    return Draft(
+        StreamId.dm(sender, "bob"),
+        sender,
+        None,
+        DmEvent(from_=sender, to="bob", text=text),
+        "bob",
+        owner=sender,
+        dm_idents=(sender, "bob"),
+        recipient_ident="bob",
+        max_queued=9,
+        max_queued_per_sender=2,
+        queue_source=source,
+    )
+
+
+async def test_a_share_is_counted_per_source_across_senders(store: Store) -> None:
+    """Two guest nicks of one address are one source; another address is another."""
+    from imchat.protocol import ProtocolError
+
+    await store.append(dm_from("amy", "one", "a:192.0.2.1"))
+    await store.append(dm_from("cy", "two", "a:192.0.2.1"))
+    with pytest.raises(ProtocolError) as caught:
+        await store.append(dm_from("dee", "three", "a:192.0.2.1"))
+    assert caught.value.code == "limit_reached"
+    assert await store.history(StreamId.dm("dee", "bob"), after=None, before=None, limit=9) == []
+    await store.append(dm_from("dee", "three", "a:192.0.2.2"))
+    assert [e["text"] for e in decoded(await take_pending(store, "bob"))] == [
+        "one",
+        "two",
+        "three",
+    ]
+    # Delivered: the share is back.
+    await store.append(dm_from("eve", "four", "a:192.0.2.1"))
+
+
 async def test_guest_identities_claim_resume_and_taken(store: Store) -> None:
     from imchat.server.store import ClaimStatus
 

@@ -69,6 +69,13 @@ class ServerConfig:
     #: every (re)connect.
     read_rate: float = 20.0
     read_burst: int = 500
+    #: The same reads spend a shared budget too: all guests of one address (IPv4, or IPv6
+    #: /64) together, an account's sessions together (wherever they come from), per node
+    #: (also on the Redis backend: no round trip per read); 0 disables. More sessions (or
+    #: guest nicks) no longer multiply the per-session budget; its burst is four sessions'
+    #: for a NAT.
+    addr_read_rate: float = 100.0
+    addr_read_burst: int = 2000
     motd: str | None = None
     log_level: str = "info"
     #: Refuse guests: every nick needs an account (``auth_failed``).

@@ -25,7 +25,7 @@ from .context import Context
 from .dm_delivery import DmDelivery
 from .fanout import Fanout
 from .handlers import APPENDERS, HANDLERS, RATE_LIMITED_TYPES, READ_LIMITED_TYPES, leave
-from .peer import Peer
+from .peer import Peer, budget_key
 from .ratelimit import FailureLimiter, TokenBucket
 from .registry import Registry
 from .room_budget import RoomBudget
@@ -73,6 +73,11 @@ class Hub:
         )
         #: Shared by all sessions: each read is consumed before the next one starts.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+        #: The read budgets of guest addresses and accounts (``addr_read_rate``). In this
+        #: process's memory even on the Redis backend: a read then costs no Redis round trip
+        #: more, and is still answered while Redis refuses writes (a node bounds what it
+        #: serves; a cluster of N nodes allows an address N times as much).
+        self.read_buckets = LocalBuckets()
 
     # -- the registry's, for transports and the server --------------------------------------
 
@@ -93,6 +98,19 @@ class Hub:
 
     def new_read_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.read_rate, self.config.read_burst)
+
+    async def _spend_shared_read(self, session: Peer) -> ProtocolError | None:
+        """Spend a token of the reads ``session`` shares with the other guests of its address,
+        or with its account's other sessions on this node (``addr_read_rate`` after
+        ``addr_read_burst``; :func:`.peer.budget_key`); the refusal if there is none."""
+        config = self.config
+        if config.addr_read_rate <= 0:
+            return None
+        key = budget_key(session, self.ctx.user(session))
+        if await self.read_buckets.take("read", key, config.addr_read_rate, config.addr_read_burst):
+            return None
+        whose = "your account" if key.startswith("u:") else "your address"
+        return ProtocolError(ErrorCode.RATE_LIMITED, f"too many reads from {whose}; slow down")
 
     def mark_dirty(self, session: Peer) -> None:
         self.registry.mark_dirty(session)
@@ -170,9 +188,14 @@ class Hub:
                         raise ProtocolError(
                             ErrorCode.RATE_LIMITED, "too many messages from your address"
                         )
-                elif isinstance(request, READ_LIMITED_TYPES) and not session.read_bucket.take():
-                    STATS.rate_limited += 1
-                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many reads; slow down")
+                elif isinstance(request, READ_LIMITED_TYPES):
+                    if not session.read_bucket.take():
+                        STATS.rate_limited += 1
+                        raise ProtocolError(ErrorCode.RATE_LIMITED, "too many reads; slow down")
+                    refusal = await self._spend_shared_read(session)
+                    if refusal is not None:
+                        STATS.rate_limited += 1
+                        raise refusal
                 starter = APPENDERS.get(type(request))
                 if starter is not None:
                     run.append(starter(ctx, session, request))

@@ -90,6 +90,20 @@ class Peer(Protocol):
         queue only once written)."""
 
 
+def budget_key(session: Peer, user: User) -> str:
+    """The sender a share of something is counted for: one a stranger cannot multiply.
+
+    An account (``"u:<identity id>"``) wherever it logs in from, since accounts are made by an
+    admin; a guest by its address (``"a:<IPv4 address or IPv6 /64>"``), since guest nicks
+    cost nothing (an address may begin ``--addr-guests-*`` of them, 300 a minute), so a share
+    per nick or guest identity is multiplied by them. An HTTP caller (``detached``) is an
+    account. The two forms never equal each other, nor a stream key (``r:``, ``d:``, ``a``).
+    """
+    if session.credential is not None or user.detached:
+        return "u:" + user.ident
+    return "a:" + session.addr
+
+
 class RoomSet:
     """The rooms a user is in: a set of names that holds a single room without a ``set``.
 

@@ -29,8 +29,9 @@ Key layout (``P`` is the prefix, ``imchat:`` by default)::
     P since:<ident>     hash   DM stream -> first seq the identity may read
     P pending:<ident>   list   payloads of DMs to deliver at the identity's next hello (a
                                held guest's expires with its hold)
-    P pendingby:<ident> hash   sender key -> DMs it queued there (grows; void once the
-                               queue has emptied): ``max_queued_per_sender``
+    P pendingby:<ident> hash   sender (Draft.queue_source: a guest's address, an account)
+                               -> DMs it queued there (grows; void once the queue has
+                               emptied): ``max_queued_per_sender``
     P hook:<hash>       hash   a webhook (imchat.server.hookstore): kind, room, user, ...
     P hooks             zset   webhook token hashes by creation time
     P events            pub/sub channel every node hears (see redis_fanout)
@@ -297,8 +298,8 @@ def lua_for(script: str, *, sharded: bool) -> str:
 
 #: ARGV: prefix, stream, cid or '', event JSON without its closing brace, hold, sender key,
 #: owner (sender identity id: the cid namespace), recipient identity id (DMs),
-#: "<max_queued> <max_queued_per_sender>" (one argument: the feature scripts number theirs
-#: from 11),
+#: "<max_queued> <max_queued_per_sender> <queue_source>" (one argument: the feature scripts
+#: number theirs from 11; an empty source is the sender key),
 #: '1' if the sender must be a member of the room ('0' for a detached HTTP poster).
 #: Keys are derived from the prefix (few arguments: packing them is the client's main cost).
 #: Returns one string, "<status> <seq> <ts> <delivered>\n<payload>" (one bulk reply parses
@@ -310,8 +311,9 @@ APPEND_LUA = (
     + """
 local prefix, stream, cid, body, hold, sender = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local owner, to_ident = ARGV[7], ARGV[8]
-local max_queued, share = string.match(ARGV[9], '^(%d+) (%d+)$')
+local max_queued, share, source = string.match(ARGV[9], '^(%d+) (%d+) ?(.*)$')
 max_queued, share = tonumber(max_queued), tonumber(share)
+if source == '' then source = sender end
 local as_member = ARGV[10] ~= '0'
 local kind = string.sub(stream, 1, 1)
 local cids = prefix .. 'cid:' .. owner
@@ -343,7 +345,7 @@ elseif kind == 'd' then
       -- and O(1) where counting the queue would read up to max_queued payloads.
       local shares = prefix .. 'pendingby:' .. to_ident
       if queued == 0 then redis.call('DEL', shares)
-      elseif tonumber(redis.call('HGET', shares, sender) or '0') >= share then
+      elseif tonumber(redis.call('HGET', shares, source) or '0') >= share then
         return '-3 0 0 0\\n'
       end
     end
@@ -383,7 +385,7 @@ elseif kind == 'd' then
       if to_held then redis.call('PEXPIRE', queue, to_ttl) end  -- dropped when the hold ends
       if share > 0 then
         local shares = prefix .. 'pendingby:' .. to_ident
-        redis.call('HINCRBY', shares, sender, 1)
+        redis.call('HINCRBY', shares, source, 1)
         if to_held then redis.call('PEXPIRE', shares, to_ttl) end
       end
     end
@@ -985,7 +987,7 @@ class RedisStore:
             draft.sender_key,
             draft.cid_owner,
             draft.recipient_ident,
-            f"{draft.max_queued} {draft.max_queued_per_sender}",
+            f"{draft.max_queued} {draft.max_queued_per_sender} {draft.queue_source}",
             "1" if draft.as_member else "0",
         )
         script = self._append

@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS dm_queue (
     recipient TEXT NOT NULL,         -- identity id
     stream TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    source TEXT,                     -- whose share it is (Draft.queue_source); NULL: none
     UNIQUE (recipient, stream, seq)
 );
 CREATE TABLE IF NOT EXISTS dm_since (
@@ -137,6 +138,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE users SET ident = key WHERE account = 1 AND ident IS NULL")
     conn.execute(
         "CREATE INDEX IF NOT EXISTS users_held ON users (held_until) WHERE held_until IS NOT NULL"
+    )
+    # Whose share of the recipient's queue each queued DM is (``max_queued_per_sender``).
+    # Rows queued before it was kept have none: they count against the whole queue only.
+    if "source" not in {row[1] for row in conn.execute("PRAGMA table_info(dm_queue)")}:
+        conn.execute("ALTER TABLE dm_queue ADD COLUMN source TEXT")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS dm_queue_source ON dm_queue (recipient, source)"
+        " WHERE source IS NOT NULL"
     )
     old = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_dms'"
@@ -712,6 +721,7 @@ class SQLiteStore:
         assert writer is not None, "store is not open"
         owner = draft.cid_owner
         stream = draft.stream.key
+        source = draft.queue_source or stream
 
         def op(c: sqlite3.Connection) -> Stored | ProtocolError:
             # A refusal is returned, not raised: raising would roll back the whole batch.
@@ -736,10 +746,9 @@ class SQLiteStore:
                     )
                 share = draft.max_queued_per_sender
                 if share and queued >= share:
-                    # The stream names the pair: its queued rows are this sender's.
                     (mine,) = c.execute(
-                        "SELECT COUNT(*) FROM dm_queue WHERE recipient = ? AND stream = ?",
-                        (draft.pending_for, stream),
+                        "SELECT COUNT(*) FROM dm_queue WHERE recipient = ? AND source = ?",
+                        (draft.pending_for, source),
                     ).fetchone()
                     if mine >= share:
                         return ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(share))
@@ -763,8 +772,8 @@ class SQLiteStore:
                     )
             if draft.pending_for is not None:
                 c.execute(
-                    "INSERT INTO dm_queue (recipient, stream, seq) VALUES (?, ?, ?)",
-                    (draft.pending_for, stream, seq),
+                    "INSERT INTO dm_queue (recipient, stream, seq, source) VALUES (?, ?, ?, ?)",
+                    (draft.pending_for, stream, seq, source),
                 )
             features_sqlite.on_append(c, draft, seq, ts, writer.backlog)
             writer.last_seq[stream] = seq

@@ -83,8 +83,11 @@ class Draft:
     recipient_ident: str = ""
     #: Undelivered DMs a recipient may have waiting; one more is ``limit_reached``. 0: none.
     max_queued: int = 0
-    #: Of those, how many may come from this sender (its nick: the DM stream); 0: no share.
+    #: Of those, how many may come from this sender (``queue_source``); 0: no share.
     max_queued_per_sender: int = 0
+    #: The sender whose share this DM counts against (:func:`imchat.server.peer.budget_key`:
+    #: a guest's address, an account). Empty: the DM stream (the sender's nick).
+    queue_source: str = ""
 
     @property
     def cid_owner(self) -> str:

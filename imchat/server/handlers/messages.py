@@ -14,7 +14,7 @@ from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent, Ok
 from ..appends import Append, start_storing
 from ..context import Context
 from ..message_features import REPLY, Feature
-from ..peer import Peer, User
+from ..peer import Peer, User, budget_key
 from ..store import Draft, Stored
 from ..streams import StreamId
 
@@ -113,6 +113,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
             recipient_ident=to_ident,
             max_queued=ctx.config.max_queued,
             max_queued_per_sender=ctx.config.max_queued_per_sender,
+            queue_source=budget_key(session, user),
         )
         return await ctx.store.append(draft)
 
