@@ -80,3 +80,35 @@ async def test_a_guest_hello_claims_its_nick_without_reading_it_first(
     token = admin_token(servers.data_dir)
     admin = await connect.raw(port=server.port)
     assert (await hello(admin, "admin", token=token))["type"] == "welcome"
+
+
+async def test_a_new_guest_identity_has_no_dm_peers_to_look_up(
+    servers: Servers, connect: Clients
+) -> None:
+    """Its ``online`` goes to its DM peers, read from the store per hello; an identity this
+    hello began has exchanged no DMs yet (as if read when it began), so nothing is read. A
+    guest coming back with its resume still tells the peers it has."""
+    server = await servers.start()
+    store = server.hub.store
+    reads: list[str] = []
+    dm_streams = store.dm_streams
+
+    async def counting(ident: str) -> Any:
+        reads.append(ident)
+        return await dm_streams(ident)
+
+    store.dm_streams = counting
+    guest = await connect.raw(port=server.port)
+    welcome = await hello(guest, "newbie")
+    assert welcome["type"] == "welcome" and reads == []
+    peer = await connect.raw(port=server.port)
+    assert (await hello(peer, "peer"))["type"] == "welcome"
+    dm = await peer.request({"type": "dm", "to": "newbie", "text": "hi", "id": "d"})
+    assert dm["type"] == "ok"
+    await guest.close()
+    await server.hub.drain_tasks(10)
+    back = await connect.raw(port=server.port)
+    assert (await hello(back, "newbie", resume=welcome["resume"]))["type"] == "welcome"
+    while (event := await peer.recv())["type"] != "online":
+        pass
+    assert event["nick"] == "newbie"

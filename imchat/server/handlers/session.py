@@ -89,7 +89,10 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     ctx.reply(session, req, welcome)
     if first:
         online = encode(OnlineEvent(nick=user.nick, ts=now()))
-        ctx.fanout.to_users([user.key, *await _dm_peers(ctx, user)], online)
+        # An identity this hello began has exchanged no DMs: no peers to read (the same as
+        # reading them the moment it began; a DM racing with that is racing with any read).
+        peers = [] if unknown_resume else await _dm_peers(ctx, user)
+        ctx.fanout.to_users([user.key, *peers], online)
         await ctx.dms.deliver_undelivered(user)
 
 
