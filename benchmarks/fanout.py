@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import loadgen
 from ircbench import IrcDriver, MiniircdDriver, inspircd_server, miniircd_server
 from loadgen import Driver, ImchatDriver, broadcast, idle_memory
 from serverproc import ServerProc, imchat_server
@@ -449,6 +450,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="py-spy the imchat server in 'flat' (and while 'idle' connects) into DIR",
     )
+    p.add_argument(
+        "--source",
+        help="loopback address the clients connect from (e.g. 127.0.0.9): clear of ports "
+        "another program's crowd has bound on a shared machine",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server/loadgen to CPUs")
     p.add_argument("--json", type=Path, help="also write all results to this file")
     p.add_argument(
@@ -491,6 +497,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.source:
+        loadgen.SOURCE[:] = [args.source]
     # SIGTERM unwinds like Ctrl-C, so every server started is stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     limit = raise_fd_limit()

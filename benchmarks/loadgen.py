@@ -244,6 +244,12 @@ class ImchatClient(BaseClient):
         self.write(encode_message(request))
 
 
+#: The loopback address clients connect from (``fanout.py --source``), or none (the kernel
+#: picks 127.0.0.1 and a port). A source of their own keeps them clear of the ephemeral ports
+#: another program's crowd has bound on the shared machine.
+SOURCE: list[str] = []
+
+
 class Driver:
     """A server under test plus the client class that speaks its protocol."""
 
@@ -283,6 +289,7 @@ class Driver:
                 lambda: self.client_cls(stats, probe=probe, verify=verify, sender=sender),
                 HOST,
                 port,
+                local_addr=(SOURCE[0], 0) if SOURCE else None,
             ),
             timeout,
         )
