@@ -565,7 +565,7 @@ def test_secrets_of_new_identities_come_from_a_pool_of_urandom_bytes(
 ) -> None:
     """A connect storm: every guest's hello drew two secrets (its identity id and its resume)
     with a ``getrandom`` call each, which lets go of the GIL, so the event loop waited for
-    the store's writer thread twice per hello. They are slices of one 4 KiB draw now: still
+    the store's writer thread twice per hello. They are slices of one 64 KiB draw now: still
     the OS's random bytes, each byte handed out once, none shared with a forked child."""
     import os
 
