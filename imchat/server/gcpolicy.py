@@ -21,11 +21,11 @@ again had survived: 12 full collections visiting every session arrived so far, 0
 server CPU in a storm of 3-4 s. So while the population grows by more than the policy would
 freeze for, it freezes right after each of CPython's own full collections (``gc.callbacks``):
 what survived one is never visited by the next (``gc.freeze()`` only moves lists), and a
-full collection has just freed every cycle, so no garbage is frozen with it (freezing after
-the younger collections too froze garbage cycles: 20 MB more after a storm of 10,000). Once
-the population has settled (or after :data:`MAX_UNCOLLECTED_TICKS` ticks of
-growth) it unfreezes, collects and freezes as above, so cyclic garbage frozen during the
-storm is freed then. The population counted is sessions that said ``hello``: in a storm every
+full collection has just freed every cycle, so no garbage is frozen with it (after a
+younger collection, cycles left in the older generations would be). Once the population has
+settled (or after :data:`MAX_UNCOLLECTED_TICKS` ticks of growth) it unfreezes, collects and
+freezes as above, so cycles that objects frozen during the storm formed since are freed
+then. The population counted is sessions that said ``hello``: in a storm every
 connection is accepted within a second, long before most are served.
 """
 
