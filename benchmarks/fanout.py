@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import loadgen
 from ircbench import IrcDriver, MiniircdDriver, inspircd_server, miniircd_server
 from loadgen import Driver, ImchatDriver, broadcast, idle_memory
 from serverproc import ServerProc, imchat_server
@@ -224,7 +225,9 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
     for kind in args.servers:
         if too_many(kind, args.idle):
             continue
+        prof = args.profile / f"{kind}-idle.txt" if args.profile and kind == "imchat" else None
         async with running(kind, args.workdir, args.server_cpu) as driver:
+            spy = PySpy(driver.server.pid, prof) if prof is not None else None
             row = {
                 "scenario": "idle",
                 **await idle_memory(
@@ -233,16 +236,23 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
                     room_size=args.room_size,
                     sessions=args.idle_as == "sessions",
                     parallel=args.idle if args.all_at_once else 0,
+                    around=(spy.start, spy.stop) if spy else None,
                 ),
             }
         print(
             f"  {kind:9} idle={row['connections']} {row['as']}, rooms of {row['room_size']}: "
             f"{row['kb_per_connection']:.1f} KiB/conn (RSS {row['rss_before_kb'] / 1024:.0f}"
             f" -> {row['rss_after_kb'] / 1024:.0f} MiB), connect {row['connect_s']:.1f}s, "
-            f"settle {row['settle_s']:.1f}s, {row['parallel']} at a time, lost {row['lost']}",
+            f"settle {row['settle_s']:.1f}s, {row['parallel']} at a time, lost {row['lost']}; "
+            f"CPU-s while connecting: server {row['server_cpu_s']:.2f}, "
+            f"generator {row['loadgen_cpu_s']:.2f}, other {row['other_cpu_s']:.2f}",
             flush=True,
         )
         rows.append(row)
+        if prof is not None and prof.exists():
+            summary = summarize_profile(prof)
+            prof.with_suffix(".top.txt").write_text(summary + "\n")
+            print(summary, flush=True)
     return rows
 
 
@@ -446,7 +456,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="every receiver checks it got each message exactly once",
     )
-    p.add_argument("--profile", type=Path, help="py-spy the imchat server in 'flat' into DIR")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the imchat server in 'flat' (and while 'idle' connects) into DIR",
+    )
+    p.add_argument(
+        "--source",
+        help="loopback address the clients connect from (e.g. 127.0.0.9): clear of ports "
+        "another program's crowd has bound on a shared machine",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server/loadgen to CPUs")
     p.add_argument("--json", type=Path, help="also write all results to this file")
     p.add_argument(
@@ -489,6 +508,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.source:
+        loadgen.Driver.source = args.source  # every driver's clients, unless one sets its own
     # SIGTERM unwinds like Ctrl-C, so every server started is stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     limit = raise_fd_limit()

@@ -113,7 +113,7 @@ _INSPIRCD_CONF = """\
 <server name="bench.local" description="imchat benchmark peer" network="bench">
 <admin name="bench" nick="bench" email="bench@localhost">
 <bind address="127.0.0.1" port="{port}" type="clients">
-<connect name="bench" allow="127.0.0.1" maxchans="1000" timeout="120" pingfreq="3600"
+<connect name="bench" allow="127.0.0.0/8" maxchans="1000" timeout="120" pingfreq="3600"
          hardsendq="256M" softsendq="256M" recvq="64M" threshold="1000000000"
          commandrate="1000000000" fakelag="no" localmax="1000000" globalmax="1000000"
          maxconnwarn="no" resolvehostnames="no" useident="no" limit="1000000">

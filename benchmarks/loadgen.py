@@ -555,6 +555,7 @@ async def idle_memory(
     baseline: int = 10,
     sessions: bool = False,
     parallel: int = 0,
+    around: tuple[Callable[[], None], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
     """Server RSS growth per idle connection, each joined to a room of ``room_size`` members.
 
@@ -563,7 +564,8 @@ async def idle_memory(
     ``admin`` account instead of a user of its own, which skips the ``online`` event each new
     user costs every connected session (N users joining one by one cost N^2/2 events).
     ``parallel``: handshakes in flight at once (0: the driver's usual; ``connections``: all
-    at once, a reconnect storm).
+    at once, a reconnect storm). ``around`` is called just before and just after the
+    connecting part (e.g. a profiler); server, generator and other CPU seconds cover it too.
     """
     stats = Stats()
     clients: list[BaseClient] = []
@@ -573,8 +575,11 @@ async def idle_memory(
         )
         await settle(stats)
         rss0 = driver.server.rss_kb()
-        t0 = time.monotonic()
         token = driver.admin_token() if sessions and isinstance(driver, ImchatDriver) else None
+        if around:
+            around[0]()
+        cpu0, lg0, busy0 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+        t0 = time.monotonic()
         clients += await connect_many(
             driver,
             stats,
@@ -586,6 +591,9 @@ async def idle_memory(
             parallel=parallel,
         )
         connect_s = time.monotonic() - t0
+        cpu1, lg1, busy1 = driver.server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+        if around:
+            around[1]()
         await settle(stats, quiet=1.0)
         settle_s = time.monotonic() - t0 - connect_s
         await asyncio.sleep(1.0)
@@ -602,6 +610,10 @@ async def idle_memory(
             "connect_s": connect_s,
             "parallel": parallel or driver.parallel,
             "settle_s": settle_s,
+            # Over the connecting part only (t0 to the last join's reply).
+            "server_cpu_s": cpu1 - cpu0,
+            "loadgen_cpu_s": lg1 - lg0,
+            "other_cpu_s": (busy1 - busy0) - (cpu1 - cpu0) - (lg1 - lg0),
             "lost": stats.lost,
             "complete": stats.lost == 0,
         }

@@ -6,11 +6,12 @@ the database fail with SQLITE_FULL, exactly as a full disk does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
-from conftest import REDIS_BACKEND_URL, Clients
+from conftest import REDIS_BACKEND_URL, Clients, RawClient
 
 from imchat.server.logthrottle import ErrorThrottle
 
@@ -90,3 +91,25 @@ async def test_full_disk_answers_internal_and_logs_compactly(
     # Two sites fail per refused message (the writer's batch and the hub's request): each
     # logs its traceback once per interval, not 300 times.
     assert len(errors(caplog)) <= 4, [r.getMessage() for r in errors(caplog)]
+
+
+async def test_a_connection_is_logged_at_info_by_its_hello_and_its_end(
+    server: Any, connect: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connect storm: every log line is a formatted record and a write to stderr (three
+    per connection made a tenth of the storm's cost). Its opening is logged at debug only:
+    at info its hello names its address and nick, and its end is logged with both (a
+    connection that never says hello too)."""
+    caplog.set_level(logging.INFO, logger="imchat")
+    conn = await connect("quiet")
+    silent = await RawClient.open(server.port)
+    await conn.close()
+    await silent.close()
+    await server.hub.drain_tasks(10)
+    await asyncio.wait_for(server.hub.all_closed(), 10)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("imchat")]
+    assert not [line for line in lines if line.startswith("connection from")]
+    assert [line for line in lines if line.endswith(" is quiet")]
+    closed = [line for line in lines if line.endswith("closed")]
+    assert len(closed) == 2 and any("(quiet)" in line for line in closed)
+    assert any("(-)" in line for line in closed)

@@ -560,3 +560,34 @@ async def test_a_new_guest_whose_hello_failed_is_not_held(
     assert error.code == "internal"
     gus = await connect("gus")  # no resume: there was never one to keep
     assert (gus.welcome or {})["resume"]
+
+
+def test_secrets_of_new_identities_come_from_a_pool_of_urandom_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connect storm: every guest's hello drew two secrets (its identity id and its resume)
+    with a ``getrandom`` call each, which lets go of the GIL, so the event loop waited for
+    the store's writer thread twice per hello. They are slices of one 64 KiB draw now: still
+    the OS's random bytes, each byte handed out once, none shared with a forked child."""
+    import os
+
+    from imchat.server import store
+
+    draws: list[int] = []
+    urandom = os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return urandom(n)
+
+    monkeypatch.setattr(store.os, "urandom", counting)
+    store._POOL.reset()
+    resumes = {store.new_resume() for _ in range(50)}
+    idents = {store.new_ident("g") for _ in range(50)}
+    assert len(resumes) == 50 and len(idents) == 50
+    assert all(len(r) == 43 and r.isascii() and "=" not in r for r in resumes)
+    assert all(i.startswith("g.") and len(i) == 26 and int(i[2:], 16) >= 0 for i in idents)
+    assert draws == [store.POOL_SIZE]  # 50 x 32 + 50 x 12 bytes from one draw
+    store._POOL.reset()
+    assert store.new_resume() not in resumes
+    assert len(draws) == 2

@@ -259,22 +259,25 @@ class ChatServer:
             await asyncio.sleep(interval)
             now = loop.time()
             self.hub.registry.enforce_output_bound()  # an exact count now and then
-            self.gc_policy.tick(len(self.hub.sessions))
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
-            for session in list(self.hub.sessions):
-                if (
-                    hello_timeout > 0
-                    and session.user is None
-                    and session.opened < now - hello_timeout
-                ):
-                    message = f"no hello within {hello_timeout:g} s"
-                    session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, message))
-                elif timeout > 0 and session.last_rx < now - timeout:
+            sessions = list(self.hub.sessions)
+            greeting = 0
+            for session in sessions:
+                if session.user is None:
+                    greeting += 1
+                    if hello_timeout > 0 and session.opened < now - hello_timeout:
+                        message = f"no hello within {hello_timeout:g} s"
+                        session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, message))
+                        continue
+                if timeout > 0 and session.last_rx < now - timeout:
                     session.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:g} s"))
                 elif isinstance(session, Session):
                     session.rest()  # idle memory: no rate-limit bucket while it is full
+            # Sessions with a user: in a connect storm every connection is accepted long
+            # before most are served, so connections alone would look settled too early.
+            self.gc_policy.tick(len(sessions) - greeting)
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully."""
@@ -287,6 +290,7 @@ class ChatServer:
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+        self.gc_policy.stop()
 
     async def stop(self) -> None:
         """Tell every session ``shutting_down``, flush, close, and close the store."""

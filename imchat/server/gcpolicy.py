@@ -19,6 +19,19 @@ The youngest generation is collected every :data:`YOUNG_THRESHOLD` net allocatio
 CPython's 700: a message under way allocates a dozen tracked objects (futures, requests,
 frames) that reference counting frees anyway, and at 700 the young collections cost ~3 % of
 the event loop's instructions per message (``benchmarks/callgrind_say.py``).
+
+While a crowd arrives (a connect storm: 10,000 users at once after a restart) the population
+has not settled, and CPython's own rule ran a full collection each time a quarter as much
+again had survived: 12 full collections visiting every session arrived so far, 0.7-2 s of
+server CPU in a storm of 3-4 s. So while the population grows by more than the policy would
+freeze for, it freezes right after each of CPython's own full collections (``gc.callbacks``):
+what survived one is never visited by the next (``gc.freeze()`` only moves lists), and a
+full collection has just freed every cycle, so no garbage is frozen with it (after a
+younger collection, cycles left in the older generations would be). Once the population has
+settled (or after :data:`MAX_UNCOLLECTED_TICKS` ticks of growth) it unfreezes, collects and
+freezes as above, so cycles that objects frozen during the storm formed since are freed
+then. The population counted is sessions that said ``hello``: in a storm every
+connection is accepted within a second, long before most are served.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +54,14 @@ SETTLED_FRACTION = 0.01
 #: Net allocations of tracked objects between young collections (CPython: 700; 3.13: 2,000).
 #: What waits that long is at most a few MiB of short-lived objects.
 YOUNG_THRESHOLD = 10_000
+#: Ticks a population may keep growing, frozen uncollected, before it is collected anyway
+#: (cyclic garbage frozen during growth is freed then at the latest).
+MAX_UNCOLLECTED_TICKS = 30
+
+#: CPython's oldest generation: a collection of it leaves no cyclic garbage behind.
+FULL = 2
+
+GcCallback = Callable[[str, dict[str, Any]], None]
 
 
 class FreezePolicy:
@@ -53,12 +75,20 @@ class FreezePolicy:
         unfreeze: Callable[[], None] = gc.unfreeze,
         set_young_threshold: Callable[[int], None] | None = None,
         min_growth: int = MIN_GROWTH,
+        callbacks: list[GcCallback] | None = None,
     ) -> None:
         self._collect = collect
         self._freeze = freeze
         self._unfreeze = unfreeze
         self._set_young_threshold = set_young_threshold or _set_young_threshold
         self.min_growth = min_growth
+        self._callbacks = gc.callbacks if callbacks is None else callbacks
+        #: The population is growing by more than a freeze needs: each of CPython's own
+        #: full collections is followed by a freeze (see :meth:`after_collection`).
+        self.growing = False
+        #: Ticks since the first freeze without a full collection of ours (None: none since).
+        self._uncollected: int | None = None
+        self._collecting = False
         #: Sessions at the last freeze (0: nothing of theirs is frozen).
         self.frozen_sessions = 0
         self._last = 0
@@ -70,24 +100,52 @@ class FreezePolicy:
         self._collect()
         self._freeze()
         self._set_young_threshold(YOUNG_THRESHOLD)
+        self._callbacks.append(self.after_collection)
+
+    def stop(self) -> None:
+        """At server stop: CPython's collections are left alone again."""
+        if self.after_collection in self._callbacks:
+            self._callbacks.remove(self.after_collection)
+        self.growing = False
+
+    def after_collection(self, phase: str, info: dict[str, Any]) -> None:
+        """A ``gc.callbacks`` entry: while growing, freeze what a full collection left."""
+        if (
+            phase == "stop"
+            and self.growing
+            and not self._collecting
+            and info.get("generation", 0) == FULL
+        ):
+            self._freeze()
+            if self._uncollected is None:
+                self._uncollected = 0
 
     def tick(self, sessions: int) -> bool:
         """Called every sweep with the number of sessions; True if it (re)froze the heap."""
         last, self._last = self._last, sessions
         settled = abs(sessions - last) <= max(1, int(sessions * SETTLED_FRACTION))
-        if not settled:
-            return False
         frozen = self.frozen_sessions
         grown = sessions - frozen >= max(self.min_growth, int(frozen * GROWTH_FRACTION))
         shrunk = frozen > 0 and sessions < frozen // 2
-        if not (grown or shrunk):
+        uncollected = self._uncollected
+        if uncollected is not None:
+            uncollected = self._uncollected = uncollected + 1
+        self.growing = grown and not settled
+        if not settled and (uncollected is None or uncollected < MAX_UNCOLLECTED_TICKS):
+            return False
+        if not (grown or shrunk or uncollected is not None):
             return False
         start = time.perf_counter()
         # Unfrozen first, so cyclic garbage among what was frozen is collected too.
-        self._unfreeze()
-        self._collect()
-        self._freeze()
+        self._collecting = True
+        try:
+            self._unfreeze()
+            self._collect()
+            self._freeze()
+        finally:
+            self._collecting = False
         self.frozen_sessions = sessions
+        self._uncollected = None
         self.freezes += 1
         log.info(
             "gc: froze the heap at %d sessions (collection %.0f ms)",

@@ -130,7 +130,9 @@ class Hub:
     # -- session lifecycle -----------------------------------------------------------------
 
     def session_opened(self, session: Peer) -> None:
-        log.info("connection from %s", session.peer)
+        # Debug only: at info a connection is logged by its hello and its end (a connect
+        # storm paid a formatted record and a write to stderr for each line).
+        log.debug("connection from %s", session.peer)
         admitted = bool(getattr(session, "admitted", False))
         count = self.registry.add(session, counted=admitted)
         limit = self.config.max_connections_per_ip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sys
 import time
@@ -13,6 +14,12 @@ from collections.abc import Callable
 IPV6_PREFIX = 64
 
 
+#: Peer addresses whose key is remembered (the most recent): a crowd from one address, or a
+#: reconnect storm, parses each address once, not twice per connection.
+ADDRESS_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def address_key(host: str) -> str:
     """The unit of per-address limits for a peer address: an IPv4 address or an IPv6 /64.
 

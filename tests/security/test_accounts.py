@@ -360,6 +360,26 @@ def test_ipv6_clients_are_limited_per_64(host: str, key: str) -> None:
     assert address_key(host) == key
 
 
+def test_an_address_is_parsed_once_for_a_crowd_of_its_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connect storm from one address: each accepted connection parsed its address twice
+    (the listener's count, the session's key), 4 % of the server's samples."""
+    from imchat.server import ratelimit
+
+    parsed: list[str] = []
+    parse = ratelimit._address_key
+
+    def counting(host: str) -> str:
+        parsed.append(host)
+        return parse(host)
+
+    monkeypatch.setattr(ratelimit, "_address_key", counting)
+    keys = [address_key("198.51.100.23") for _ in range(3)]
+    assert keys == ["198.51.100.23"] * 3 and keys[0] is keys[2]
+    assert parsed == ["198.51.100.23"]
+
+
 async def test_revoking_or_removing_cuts_off_sessions_already_logged_in(
     start_server: StartServer, raw: Callable[..., Awaitable[Raw]], tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 from secfixtures import start_server_fixture  # noqa: F401
-from secutil import StartServer
+from secutil import StartServer, wait_for
 
 from imchat.client import Connection
 from imchat.client.tls import client_context
@@ -129,3 +129,33 @@ async def test_listen_backlog_holds_a_reconnect_storm(start_server: StartServer)
     send_q = {int(line.split()[2]) for line in out.splitlines() if line.strip()}
     assert send_q == {effective_backlog(DEFAULT_BACKLOG)[0]}
     assert effective_backlog(DEFAULT_BACKLOG)[0] > 100  # asyncio's default
+
+
+async def test_a_plain_tcp_connection_is_opened_without_a_task(start_server: StartServer) -> None:
+    """A connect storm: a task per accepted connection (made, stepped twice, its done
+    callback run) cost a tenth of the accept path. Plain TCP needs no handshake to wait
+    for, so the transport is made in the accept callback; it is counted, served and, when
+    it goes, released the same."""
+    server = await start_server(max_connections_per_ip=2)
+    assert server.hub is not None
+    spawned: list[object] = []
+    spawn = server.hub.registry.spawn
+
+    def counting(coro: object) -> None:
+        spawned.append(coro)
+        spawn(coro)  # type: ignore[arg-type]
+
+    server.hub.registry.spawn = counting
+    socks = await stalled(server.port, 2)
+    try:
+        await wait_for(lambda: len(server.hub.sessions) == 2)  # type: ignore[union-attr]
+        assert spawned == []
+        assert server.hub.connections_per_addr.get("127.0.0.1") == 2
+        conn = await Connection.connect("127.0.0.1", server.port)
+        with pytest.raises(Exception, match="rate_limited"):
+            await conn.hello("third")
+        await conn.close()
+    finally:
+        for sock in socks:
+            sock.close()
+    await wait_for(lambda: not server.hub.connections_per_addr)  # type: ignore[union-attr]

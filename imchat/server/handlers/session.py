@@ -24,7 +24,10 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     if session.user is not None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
     key = req.nick.lower()
-    record = await ctx.store.lookup_user(key)
+    # A hello without credentials is a guest's: the claim reads the nick's row anyway (in the
+    # store's writer) and says if it is an account's, so it is not read here first.
+    guest = req.token is None and req.password is None and not ctx.config.require_account
+    record = None if guest else await ctx.store.lookup_user(key)
     account = record.account if record else None
     resume: str | None = None
     if account is None and req.token is None:
@@ -86,7 +89,10 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     ctx.reply(session, req, welcome)
     if first:
         online = encode(OnlineEvent(nick=user.nick, ts=now()))
-        ctx.fanout.to_users([user.key, *await _dm_peers(ctx, user)], online)
+        # An identity this hello began has exchanged no DMs: no peers to read (the same as
+        # reading them the moment it began; a DM racing with that is racing with any read).
+        peers = [] if unknown_resume else await _dm_peers(ctx, user)
+        ctx.fanout.to_users([user.key, *peers], online)
         await ctx.dms.deliver_undelivered(user)
 
 
