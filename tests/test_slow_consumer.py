@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, Clients, RawClient, join, next_event
+from conftest import TIMEOUT, Clients, RawClient, join
 
 from imchat.protocol import encode_message
 
@@ -119,42 +122,87 @@ def kernel_send_buffer_max() -> int:
         return 4 * 1024 * 1024
 
 
-async def test_simultaneous_bursts_do_not_cut_off_clients_that_read(
-    server: Any, connect: Clients
-) -> None:
+class BlockingClient:
+    """A client on a thread of its own with a blocking socket, reading as fast as the kernel
+    hands it bytes: like a real client in another process, and unlike one on the server's
+    own event loop, whose reads wait for the server's turns (and for JSON decoding there)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT * 2)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def frame(self) -> dict[str, Any]:
+        while True:
+            if len(self.buffer) >= 4:
+                size = int.from_bytes(self.buffer[:4], "big")
+                if len(self.buffer) >= 4 + size:
+                    payload, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
+                    decoded: dict[str, Any] = json.loads(payload)
+                    return decoded
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+
+    def frame_skip(self, skip: frozenset[str]) -> dict[str, Any]:
+        while (frame := self.frame())["type"] in skip:
+            pass
+        return frame
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.send(encode_message(message))
+        return self.frame_skip(PRESENCE_AND_JOINS)
+
+
+PRESENCE_AND_JOINS = frozenset({"online", "offline", "joined"})
+
+
+async def test_simultaneous_bursts_do_not_cut_off_clients_that_read(server: Any) -> None:
     """With the default limits, a dozen clients each send a full burst (40) of the longest
     messages at once: ~2 MB for every member of the room within one moment, more than
-    max_buffer (1 MiB). Every member reads as fast as it can, so nobody is a slow consumer."""
+    max_buffer (1 MiB). Every member reads as fast as it can, so nobody is a slow consumer.
+
+    The members are threads with blocking sockets: on the server's event loop they would read
+    only between its turns, and a faster server cut them off (run of 2026-11-29)."""
     # The burst is 40 requests; the join spent one of them (rev 2).
     bots, burst, text = 12, 39, "b" * 4000
-    reader = await connect("reader")
-    await join(reader, "lobby")
-    raws = []
-    for i in range(bots):
-        raw = await connect.raw()
-        await raw.hello(f"bot{i}")
-        await raw.request({"type": "join", "room": "lobby", "id": "j"})
-        raws.append(raw)
     payload = b"".join(
         encode_message({"type": "say", "room": "lobby", "text": text, "id": i})
         for i in range(burst)
     )
-    skip = frozenset({"online", "offline", "joined"})
 
-    async def read_bot(raw: RawClient) -> None:
-        oks = msgs = 0
-        while oks < burst or msgs < bots * burst:
-            frame = await raw.recv_skip(skip=skip, timeout=TIMEOUT * 2)
-            assert frame["type"] in ("ok", "msg"), frame
-            oks += frame["type"] == "ok"
-            msgs += frame["type"] == "msg"
+    def member(nick: str, sends: bool, ready: threading.Barrier) -> list[int]:
+        """Join, wait for everyone, send the burst (a bot), then read: the room's seqs."""
+        client = BlockingClient(server.port)
+        try:
+            hello = {"type": "hello", "proto": 1, "nick": nick, "id": "hello"}
+            assert client.request(hello)["type"] == "welcome"
+            assert client.request({"type": "join", "room": "lobby", "id": "j"})["type"] == "ok"
+            ready.wait(TIMEOUT * 2)
+            if sends:
+                client.send(payload)
+            oks, seqs = 0, []
+            while oks < (burst if sends else 0) or len(seqs) < bots * burst:
+                frame = client.frame_skip(PRESENCE_AND_JOINS)
+                assert frame["type"] in ("ok", "msg"), (nick, frame)
+                if frame["type"] == "ok":
+                    oks += 1
+                else:
+                    seqs.append(frame["seq"])
+            return seqs
+        finally:
+            client.sock.close()
 
-    readers = [asyncio.create_task(read_bot(raw)) for raw in raws]
-    for raw in raws:
-        raw.send_bytes(payload)
-    seqs = []
-    while len(seqs) < bots * burst:
-        seqs.append((await next_event(reader, "msg", skip=skip, timeout=TIMEOUT * 2))["seq"])
-    assert seqs == list(range(1, bots * burst + 1))
-    await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT * 2)
-    assert not reader.closed
+    ready = threading.Barrier(bots + 1)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=bots + 1) as threads:  # one each: they wait together
+        members = [loop.run_in_executor(threads, member, "reader", False, ready)]
+        members += [
+            loop.run_in_executor(threads, member, f"bot{i}", True, ready) for i in range(bots)
+        ]
+        seen = await asyncio.wait_for(asyncio.gather(*members), TIMEOUT * 4)
+    for seqs in seen:
+        assert seqs == list(range(1, bots * burst + 1))
