@@ -21,7 +21,7 @@ from imchat.server.hookstore import HookStore
 from imchat.server.hub import Hub
 from imchat.server.ratelimit import address_key
 
-from . import api, hooks, ops, ws
+from . import api, hooks, ops, parserlog, ws
 from .callers import Callers
 from .errors import ApiError, error_response
 from .metrics import Probes, ServerCollector
@@ -76,6 +76,7 @@ class HttpFrontend:
             await self.hub.store.lookup_user("admin")
 
     async def start(self, host: str, port: int) -> int:
+        parserlog.install(self.hub.config.error_log_interval)
         self._runner = web.AppRunner(
             self.make_app(),
             access_log=None,
