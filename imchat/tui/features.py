@@ -31,6 +31,7 @@ from imchat.client.features import (
     FeatureEvent,
     Features,
     MarkerMoved,
+    MarkersRestored,
     TargetsChanged,
     TypingNow,
     conv_of_message,
@@ -144,6 +145,26 @@ class FeatureApp(App[None]):
         self._show_typing()
         self._mark_read(key)
 
+    def history_shown(self, key: ConvKey) -> None:
+        """A conversation's first history arrived: if it is on screen, the "new since" line
+        goes where the server's read marker says the reading stopped, before the history is
+        marked read (not until the markers are restored: see :meth:`_markers_restored`)."""
+        marker = self.chat_features.markers.get(key)
+        if key == self.current and self.chat_features.restored and marker is not None:
+            self._place_read_marker(key, marker)
+
+    def _markers_restored(self) -> None:
+        """The read markers of this connection arrived. The conversation on screen has its
+        history by now (the session fetches it before it is connected) and was not marked
+        read yet: its line goes below the last message read, then it is marked read."""
+        key = self.current
+        if key is None:
+            return
+        marker = self.chat_features.markers.get(key)
+        if marker is not None:
+            self._place_read_marker(key, marker)
+        self._mark_read(key)
+
     def older_shown(self, key: ConvKey) -> None:
         """Older history was loaded above ``key``'s messages: the "new since" line that
         waited for the last message read to be shown may have its place now."""
@@ -180,6 +201,8 @@ class FeatureApp(App[None]):
                 self._show_typing()
         elif isinstance(event, MarkerMoved):
             self._unread_from_marker(event.conv)
+        elif isinstance(event, MarkersRestored):
+            self._markers_restored()
 
     def _redraw(self, conv: ConvKey, seq: int) -> None:
         view = self.views.get(conv)
@@ -207,7 +230,12 @@ class FeatureApp(App[None]):
         sidebar.refresh_items()
 
     def _mark_read(self, key: ConvKey) -> None:
-        if self.session.state is not State.CONNECTED or not self.is_running:
+        # Not before the markers are restored: the line has to know where reading stopped.
+        if (
+            self.session.state is not State.CONNECTED
+            or not self.is_running
+            or not self.chat_features.restored
+        ):
             return
         conv = self.session.conversations.get(key)
         last = conv.last_seq if conv is not None else None
