@@ -96,6 +96,9 @@ class FeatureApp(App[None]):
         #: (conversation, seq) the next line answers, or is the new text of.
         self.replying: tuple[ConvKey, int] | None = None
         self.editing: tuple[ConvKey, int] | None = None
+        #: Whether the read markers were restored once: the first time, the conversation on
+        #: screen has its line placed (see :meth:`_markers_restored`).
+        self.markers_restored_once = False
 
     def _post_feature_event(self, event: FeatureEvent) -> None:
         self.post_message(FeatureUpdate(event))
@@ -154,14 +157,18 @@ class FeatureApp(App[None]):
             self._place_read_marker(key, marker)
 
     def _markers_restored(self) -> None:
-        """The read markers of this connection arrived. The conversation on screen has its
-        history by now (the session fetches it before it is connected) and was not marked
-        read yet: its line goes below the last message read, then it is marked read."""
+        """The read markers of this connection arrived, after its history (the session
+        fetches history before it is connected), and nothing was marked read meanwhile.
+        After the start, the conversation on screen was opened before the markers were
+        known: its line goes below the last message read. Then it is marked read. (After a
+        reconnect, what came meanwhile arrived in front of the user: no line, as for any
+        message that arrives while one looks.)"""
+        first, self.markers_restored_once = not self.markers_restored_once, True
         key = self.current
         if key is None:
             return
         marker = self.chat_features.markers.get(key)
-        if marker is not None:
+        if first and marker is not None:
             self._place_read_marker(key, marker)
         self._mark_read(key)
 
