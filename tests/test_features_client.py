@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from conftest import Clients, admin_token, join, next_event
 
-from imchat.client.features import Features, MessageBook, TypingNow
+from imchat.client.features import (
+    Features,
+    MarkerMoved,
+    MarkersRestored,
+    MessageBook,
+    TypingNow,
+)
 from imchat.client.session import ChatSession, ConvKey, State
 
 pytestmark = pytest.mark.server_config(rate=0)
@@ -129,6 +135,28 @@ async def test_markers_sync_between_two_sessions_of_one_account(
     # a new session starts with the markers the server keeps
     async with running(server, "admin", token=token) as (_s3, tablet, tablet_watch):
         await tablet_watch.until(lambda: tablet.markers.get(LOBBY) == last["seq"])
+
+
+async def test_markers_restored_is_said_once_they_are_known(
+    server: Any, connect: Clients, data_dir: Any
+) -> None:
+    """A client must not mark what it shows before it knows where the user stopped reading
+    (each connection's history arrives before its markers): ``restored`` says when it may,
+    and ``MarkersRestored`` comes after the markers are in place."""
+    token = admin_token(data_dir)
+    bob = await connect("bob")
+    await join(bob, "lobby")
+    last = await bob.request("say", room="lobby", text="one")
+    async with running(server, "admin", token=token) as (_s, features, _w):
+        await features.mark(LOBBY, last["seq"])
+    async with running(server, "admin", token=token) as (_s, features, watch):
+        await watch.until(lambda: features.restored)
+        kinds = [type(e) for e in watch.features_events]
+        assert kinds.count(MarkersRestored) == 1
+        assert (
+            MarkerMoved(LOBBY, last["seq"]) in watch.features_events[: kinds.index(MarkersRestored)]
+        )
+    assert not features.restored  # the connection is gone: the next one fetches again
 
 
 async def test_marks_asked_while_one_is_in_flight_go_as_one(

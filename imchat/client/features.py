@@ -192,6 +192,12 @@ class MarkerMoved:
 
 
 @dataclass(frozen=True, slots=True)
+class MarkersRestored:
+    """This connection's read markers are fetched (or could not be): :attr:`Features.markers`
+    says where the user stopped reading, so a client may now show it and mark on."""
+
+
+@dataclass(frozen=True, slots=True)
 class TargetsChanged:
     """Messages (by seq) whose text, deletion or reactions changed."""
 
@@ -209,7 +215,7 @@ class SearchHit:
         return _seq(self.message)
 
 
-FeatureEvent = TypingNow | MarkerMoved | TargetsChanged
+FeatureEvent = TypingNow | MarkerMoved | MarkersRestored | TargetsChanged
 FeatureListener = Callable[[FeatureEvent], None]
 
 
@@ -249,6 +255,11 @@ class Features:
         self.book = MessageBook()
         #: The user's read marker per conversation (synced from the server).
         self.markers: dict[ConvKey, int] = {}
+        #: Whether :attr:`markers` were fetched on this connection (:class:`MarkersRestored`).
+        #: Until then a marker may be missing or behind: the session's history arrives before
+        #: the fetch is answered, and marking it read on sight would leave no trace of where
+        #: the user had stopped reading.
+        self.restored = False
         self._clock = clock
         self._typing_sent: dict[ConvKey, float] = {}
         #: The marks being sent per conversation, and the newest seq asked of each.
@@ -280,8 +291,10 @@ class Features:
                     self._stop_typing(event.conv, str(item.get("from", "")))
             if changed:
                 self._emit(TargetsChanged(event.conv, frozenset(changed)))
-        elif isinstance(event, StateChanged) and event.state is State.CONNECTED:
-            self.session._spawn(self.restore_markers())
+        elif isinstance(event, StateChanged):
+            self.restored = False
+            if event.state is State.CONNECTED:
+                self.session._spawn(self.restore_markers())
         elif isinstance(event, ServerEvent):
             message = event.message
             if message.get("type") == "marker":
@@ -300,17 +313,23 @@ class Features:
             self._emit(MarkerMoved(conv, seq))
 
     async def restore_markers(self) -> None:
-        """Fetch every read marker of the user (done at each connect)."""
+        """Fetch every read marker of the user (done at each connect), then say
+        :class:`MarkersRestored` (also when the server could not tell: an older one)."""
         try:
             reply = await self.session.request(Markers())
-        except (ServerError, NotConnected) as exc:
+        except NotConnected as exc:
             log.info("could not fetch read markers: %s", exc)
-            return
+            return  # the next connection fetches them
+        except ServerError as exc:
+            log.info("could not fetch read markers: %s", exc)
+            reply = {}
         for entry in reply.get("markers", []):
             conv = conv_of_stream(entry, self.session.nick)
             seq = entry.get("seq")
             if conv is not None and isinstance(seq, int):
                 self._set_marker(conv, seq)
+        self.restored = True
+        self._emit(MarkersRestored())
 
     def _start_typing(self, conv: ConvKey, nick: str) -> None:
         if not nick or nick_key(nick) == nick_key(self.session.nick):

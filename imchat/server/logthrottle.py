@@ -47,7 +47,12 @@ class ErrorThrottle(logging.Filter):
     def _judge(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and record.exc_info is None:
             return True
-        site = (record.name, record.pathname, record.lineno)
+        # A filter that knows better may name the site (see imchat.server.http.parserlog).
+        site = getattr(record, "_imchat_site", None) or (
+            record.name,
+            record.pathname,
+            record.lineno,
+        )
         now = self.clock()
         last = self._sites.get(site)
         if last is not None and now - last[0] < self.interval:

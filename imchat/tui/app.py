@@ -398,6 +398,8 @@ class ChatApp(FeatureApp):
         if isinstance(event, MessagesAdded):
             self._messages_added(event)
             if event.conv == self.current:
+                if event.initial:
+                    self.history_shown(event.conv)  # the "new since" line first
                 self._mark_read(event.conv)  # what arrives in front of the user is read
         elif isinstance(event, ServerEvent):
             self._server_event(event.message)

@@ -31,6 +31,7 @@ from imchat.client.features import (
     FeatureEvent,
     Features,
     MarkerMoved,
+    MarkersRestored,
     TargetsChanged,
     TypingNow,
     conv_of_message,
@@ -95,6 +96,9 @@ class FeatureApp(App[None]):
         #: (conversation, seq) the next line answers, or is the new text of.
         self.replying: tuple[ConvKey, int] | None = None
         self.editing: tuple[ConvKey, int] | None = None
+        #: Whether the read markers were restored once: the first time, the conversation on
+        #: screen has its line placed (see :meth:`_markers_restored`).
+        self.markers_restored_once = False
 
     def _post_feature_event(self, event: FeatureEvent) -> None:
         self.post_message(FeatureUpdate(event))
@@ -144,6 +148,30 @@ class FeatureApp(App[None]):
         self._show_typing()
         self._mark_read(key)
 
+    def history_shown(self, key: ConvKey) -> None:
+        """A conversation's first history arrived: if it is on screen, the "new since" line
+        goes where the server's read marker says the reading stopped, before the history is
+        marked read (not until the markers are restored: see :meth:`_markers_restored`)."""
+        marker = self.chat_features.markers.get(key)
+        if key == self.current and self.chat_features.restored and marker is not None:
+            self._place_read_marker(key, marker)
+
+    def _markers_restored(self) -> None:
+        """The read markers of this connection arrived, after its history (the session
+        fetches history before it is connected), and nothing was marked read meanwhile.
+        After the start, the conversation on screen was opened before the markers were
+        known: its line goes below the last message read. Then it is marked read. (After a
+        reconnect, what came meanwhile arrived in front of the user: no line, as for any
+        message that arrives while one looks.)"""
+        first, self.markers_restored_once = not self.markers_restored_once, True
+        key = self.current
+        if key is None:
+            return
+        marker = self.chat_features.markers.get(key)
+        if first and marker is not None:
+            self._place_read_marker(key, marker)
+        self._mark_read(key)
+
     def older_shown(self, key: ConvKey) -> None:
         """Older history was loaded above ``key``'s messages: the "new since" line that
         waited for the last message read to be shown may have its place now."""
@@ -180,6 +208,8 @@ class FeatureApp(App[None]):
                 self._show_typing()
         elif isinstance(event, MarkerMoved):
             self._unread_from_marker(event.conv)
+        elif isinstance(event, MarkersRestored):
+            self._markers_restored()
 
     def _redraw(self, conv: ConvKey, seq: int) -> None:
         view = self.views.get(conv)
@@ -207,7 +237,12 @@ class FeatureApp(App[None]):
         sidebar.refresh_items()
 
     def _mark_read(self, key: ConvKey) -> None:
-        if self.session.state is not State.CONNECTED or not self.is_running:
+        # Not before the markers are restored: the line has to know where reading stopped.
+        if (
+            self.session.state is not State.CONNECTED
+            or not self.is_running
+            or not self.chat_features.restored
+        ):
             return
         conv = self.session.conversations.get(key)
         last = conv.last_seq if conv is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -383,3 +384,82 @@ async def test_body_that_cannot_be_decoded_is_bad_request(http: Http, connect: C
     assert (response.status, body["code"]) == (400, "bad_request"), body
     assert "Retry-After" not in response.headers
     assert await pending_events(bob) == []
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    """One HTTP response read off a raw socket: status line, headers, body (by length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), TIMEOUT)
+    return status.encode(), headers, body
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        pytest.param(b"Content-Length: 40\r\n\r\n" + b'{"text": "hi', id="body-stops"),
+        pytest.param(b"Content-Length: 40\r\n\r\n", id="no-body"),
+        # The parser refuses the chunk framing once the handler already waits for the body.
+        pytest.param(b"Transfer-Encoding: chunked\r\n\r\n", id="framing-breaks"),
+    ],
+)
+async def test_body_that_stops_arriving_is_408(
+    http: Http, connect: Clients, monkeypatch: pytest.MonkeyPatch, rest: bytes
+) -> None:
+    """A head and then too little body (or chunk framing that breaks after the head) is
+    answered 408 within the body deadline and the connection closed; it waited for the
+    client to leave, holding the connection and its handler."""
+    from imchat.server.http import api
+
+    monkeypatch.setattr(api, "BODY_TIMEOUT", 0.5, raising=False)
+    reading = asyncio.Event()
+    read_body = api.read_body
+
+    async def read_body_seen(*args: Any) -> bytes:
+        reading.set()
+        return await read_body(*args)
+
+    monkeypatch.setattr(api, "read_body", read_body_seen)
+    bob = await lobby_member(connect)
+    token = await http.account("deploy")
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.server.http.port)
+    head = (
+        f"POST {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\n"
+    )
+    writer.write(head.encode() + rest)
+    await asyncio.wait_for(reading.wait(), TIMEOUT)
+    if b"chunked" in rest:
+        writer.write(b'5\r\n{"tex\r\nZZZ\r\n\r\n')
+    status, headers, body = await _answer(reader)
+    assert status.startswith(b"HTTP/1.1 408"), (status, body)
+    assert headers.get("connection", "").lower() == "close"
+    assert json.loads(body)["code"] == "bad_request"
+    assert await pending_events(bob) == []
+    writer.close()
+
+
+async def test_body_in_time_is_taken(
+    http: Http, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline is on the whole body, not on a request that is merely read slowly: a body
+    sent in pieces that arrives in time is posted."""
+    from imchat.server.http import api
+
+    monkeypatch.setattr(api, "BODY_TIMEOUT", TIMEOUT, raising=False)
+    bob = await lobby_member(connect)
+    token = await http.account("deploy")
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.server.http.port)
+    body = b'{"text": "in pieces"}'
+    writer.write(
+        f"POST {ROOM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:5]
+    )
+    await writer.drain()
+    writer.write(body[5:])
+    status, _, answer = await _answer(reader)
+    assert status.startswith(b"HTTP/1.1 200"), answer
+    assert (await next_event(bob, "msg", skip=PRESENCE))["text"] == "in pieces"
+    writer.close()

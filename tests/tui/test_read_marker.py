@@ -108,3 +108,38 @@ async def test_server_marker_inside_what_is_loaded_still_draws_the_line(
         app.current = LOBBY
         await until(pilot, lambda: "MARKER" in rows(app, LOBBY), "the line")
         assert rows(app, LOBBY) == ["read already", "MARKER", "news 2", "news 3"]
+
+
+def _lobby_app(server: ServerHandle) -> ChatApp:
+    session = ChatSession(
+        "admin", "127.0.0.1", server.port, token=server.admin_token, backoff=FAST,
+        rooms=["lobby"],
+    )  # fmt: skip
+    return ChatApp(session, time_format=fixed_time, cursor_blink=False)
+
+
+async def test_the_conversation_shown_first_gets_its_line_after_a_restart(
+    server: ServerHandle,
+) -> None:
+    """The user reads #lobby up to message 2 and quits; two messages come; the user starts
+    the client again and #lobby, the conversation it opens on, shows the line below message
+    2. Its history arrived (and was marked read, being on screen) before the restored markers
+    did, so the line never came and the news were marked read unseen."""
+    async with client(server, "bob", rooms=("lobby",)) as bob:
+        first = _lobby_app(server)
+        async with running(first) as pilot:
+            await until(pilot, lambda: first.current == LOBBY, "in #lobby")
+            await bob.request("say", room="lobby", text="read 1")
+            await bob.request("say", room="lobby", text="read 2")
+            await until(pilot, lambda: has_line(first, LOBBY, "read 2"), "the messages")
+            await until(pilot, lambda: first.chat_features.markers.get(LOBBY) == 2, "marked")
+        await bob.request("say", room="lobby", text="news 3")
+        await bob.request("say", room="lobby", text="news 4")
+        again = _lobby_app(server)
+        async with running(again) as pilot:
+            await until(pilot, lambda: again.current == LOBBY, "back in #lobby")
+            await until(pilot, lambda: has_line(again, LOBBY, "news 4"), "the history")
+            await until(pilot, lambda: "MARKER" in rows(again, LOBBY), "the line")
+            assert rows(again, LOBBY) == ["read 1", "read 2", "MARKER", "news 3", "news 4"]
+            # Being on screen, the conversation is read to its end now.
+            await until(pilot, lambda: again.chat_features.markers.get(LOBBY) == 4, "read")

@@ -8,6 +8,7 @@ HTTP's part: the body (JSON ``{"text": …}`` or ``text/plain``), ``Idempotency-
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from .app import HttpFrontend
 
 _decode_json = msgspec.json.Decoder().decode
+
+#: Seconds a request's whole body may take to arrive once its head has: then 408 and the
+#: connection is closed. A body that stops coming (a client that sends a head and trickles or
+#: never sends the rest, chunk framing that breaks after the head) held the connection and its
+#: handler until the client left. 1 MiB, the largest body taken, needs 35 KB/s to make it.
+BODY_TIMEOUT = 30.0
 
 
 def routes(front: HttpFrontend) -> list[web.RouteDef]:
@@ -153,13 +160,23 @@ def decode_json_body(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 ``frame_too_large`` beyond ``limit`` bytes (unread if the
-    length says so up front), and with 400 ``bad_request`` if aiohttp cannot read it (a
-    ``Content-Encoding`` that does not decode): the caller's fault, not ``internal``."""
+    length says so up front), with 400 ``bad_request`` if aiohttp cannot read it (a
+    ``Content-Encoding`` that does not decode): the caller's fault, not ``internal``; and
+    with 408 ``bad_request`` (the connection closed) if it is not all there within
+    :data:`BODY_TIMEOUT` seconds."""
     too_large = ApiError(ErrorCode.FRAME_TOO_LARGE, f"the body exceeds {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
-        body = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT):
+            body = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            ErrorCode.BAD_REQUEST,
+            f"the body did not arrive within {BODY_TIMEOUT:g} s",
+            status=408,
+            close=True,
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
     except web.RequestPayloadError as exc:

@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 from imchat.protocol import ErrorCode
 from imchat.server.hookstore import HookStore
 from imchat.server.hub import Hub
+from imchat.server.listener import DEFAULT_BACKLOG, FALLBACK_HANDSHAKE_TIMEOUT
 from imchat.server.ratelimit import address_key
 
-from . import api, hooks, ops, ws
+from . import api, hooks, ops, parserlog, ws
 from .callers import Callers
 from .errors import ApiError, error_response
 from .metrics import Probes, ServerCollector
@@ -58,6 +59,7 @@ class HttpFrontend:
         self.registry.register(ServerCollector(self))
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._tls_server: asyncio.Server | None = None
 
     def make_app(self) -> web.Application:
         app = web.Application(
@@ -76,6 +78,7 @@ class HttpFrontend:
             await self.hub.store.lookup_user("admin")
 
     async def start(self, host: str, port: int) -> int:
+        parserlog.install(self.hub.config.error_log_interval)
         self._runner = web.AppRunner(
             self.make_app(),
             access_log=None,
@@ -84,21 +87,38 @@ class HttpFrontend:
         )
         await self._runner.setup()
         self._limit_connections(self._runner.server)
-        self._site = web.TCPSite(
-            self._runner, host, port, ssl_context=self.ssl_context, reuse_address=True
-        )
         try:
-            await self._site.start()
+            if self.ssl_context is None:
+                self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+                await self._site.start()
+                server = self._site._server
+            else:
+                server = self._tls_server = await self._start_tls(host, port)
         except BaseException:
             await self._runner.cleanup()
             raise
-        server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         self.probes.start(self.redis_ping)
         scheme = "https" if self.ssl_context is not None else "http"
         log.info("HTTP API at %s://%s:%d", scheme, host, self.port)
         return self.port
+
+    async def _start_tls(self, host: str, port: int) -> asyncio.Server:
+        """The HTTPS listener, as aiohttp's ``TCPSite`` makes it, but with the native port's
+        handshake deadline (``hello_timeout``): ``TCPSite`` leaves asyncio's 60 s, so a
+        connection that never starts its handshake was held for a minute. (aiohttp hears of
+        a TLS connection only after its handshake, so the per-address count begins there.)"""
+        assert self._runner is not None and self._runner.server is not None
+        return await asyncio.get_running_loop().create_server(
+            self._runner.server,
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.hub.config.hello_timeout or FALLBACK_HANDSHAKE_TIMEOUT,
+            reuse_address=True,
+            backlog=DEFAULT_BACKLOG,
+        )
 
     def _limit_connections(self, server: web.Server | None) -> None:
         """``max_connections_per_ip`` holds on this port too: a connection beyond it from one
@@ -139,6 +159,9 @@ class HttpFrontend:
     async def close(self) -> None:
         self.closing = True
         await self.probes.stop()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -72,14 +72,20 @@ class ApiError(Exception):
         *,
         retry_after: float | None = None,
         status: int | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retry_after = retry_after
         self.status = status
+        #: Answer with ``Connection: close`` (the request's body was not read to its end).
+        self.close = close
 
     def response(self) -> web.Response:
-        return error_response(
+        response = error_response(
             self.code, self.message, retry_after=self.retry_after, status=self.status
         )
+        if self.close:
+            response.force_close()
+        return response

@@ -1,0 +1,113 @@
+"""On the HTTPS port a TLS handshake has the native listener's deadline (``hello_timeout``):
+one never started was held for asyncio's 60 s. aiohttp hears of a TLS connection only after
+its handshake, so unlike the native port, the per-address count begins there (xfail below:
+counting at accept needs an accept loop of our own; uvloop starts reading a transport whose
+``connection_made`` paused it, so ``loop.start_tls`` on an accepted connection races the
+ClientHello)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from conftest import TIMEOUT, Servers
+
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = trustme.CA()
+    base = tmp_path_factory.mktemp("pki")
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    return paths
+
+
+async def stalled(port: int, count: int) -> list[socket.socket]:
+    """``count`` TCP connections that never start their TLS handshake."""
+    loop = asyncio.get_running_loop()
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:
+    loop = asyncio.get_running_loop()
+    try:
+        while await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def healthz(port: int, ca: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            f"https://127.0.0.1:{port}/healthz", ssl=context, timeout=aiohttp.ClientTimeout(TIMEOUT)
+        ) as response,
+    ):
+        return response.status
+
+
+@pytest.mark.xfail(strict=True, reason="the HTTPS port counts a connection after its handshake")
+async def test_stalled_handshakes_count_and_are_closed_beyond_the_limit(
+    servers: Servers, pki: dict[str, Path]
+) -> None:
+    server: Any = await servers.start(
+        http_port=0,
+        tls_cert=pki["cert"],
+        tls_key=pki["key"],
+        max_connections_per_ip=LIMIT,
+        hello_timeout=30,
+    )
+    port = server.http.port
+    socks = await stalled(port, LIMIT + 2)
+    try:
+        # The first ones hold their places; the rest are closed at once, not after 30 s.
+        extra = await asyncio.gather(*(closed_by_server(s) for s in socks[LIMIT:]))
+        assert extra == [True, True]
+        assert server.http.connections_per_addr["127.0.0.1"] == LIMIT
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            await healthz(port, pki["ca"])
+    finally:
+        for sock in socks:
+            sock.close()
+    # Their places are free again once the server saw them go: a real client gets in.
+    for _ in range(100):
+        if not server.http.connections_per_addr:
+            break
+        await asyncio.sleep(0.05)  # polling a condition the server sets, not a delay
+    assert await healthz(port, pki["ca"]) == 200
+
+
+async def test_a_stalled_handshake_has_the_hello_deadline(
+    servers: Servers, pki: dict[str, Path]
+) -> None:
+    server: Any = await servers.start(
+        http_port=0, tls_cert=pki["cert"], tls_key=pki["key"], hello_timeout=0.5
+    )
+    (sock,) = await stalled(server.http.port, 1)
+    try:
+        assert await closed_by_server(sock)
+    finally:
+        sock.close()
+    assert server.http.connections_per_addr.get("127.0.0.1", 0) == 0
