@@ -138,3 +138,29 @@ async def test_a_cut_connection_is_not_counted_again_while_it_is_released() -> N
     registry.remove(big)  # type: ignore[arg-type]
     registry.untrack_output(big)
     assert registry.enforce_output_bound() == 60 * MEMORY_PER_BYTE_OWED
+
+
+async def test_the_sweep_counts_only_when_the_estimate_could_matter() -> None:
+    """An exact count visits every session: the once-a-second sweep makes one only once the
+    estimate has reached half the bound, or someone waits for room (and never without a
+    bound)."""
+    from imchat.server.registry import Registry
+
+    counts: list[int] = []
+    registry = Registry(asyncio.get_running_loop(), max_output_total=1000)
+    registry.enforce_output_bound = lambda: counts.append(1) or 0  # type: ignore[method-assign]
+    registry.output_estimate = 499
+    registry.sweep_output()
+    assert counts == []
+    registry.output_estimate = 500
+    registry.sweep_output()
+    assert counts == [1]
+    registry.output_estimate = 0
+    registry.wait_for_room(Ower(0))  # type: ignore[arg-type]
+    registry.sweep_output()
+    assert counts == [1, 1]
+    unbounded = Registry(asyncio.get_running_loop(), max_output_total=0)
+    unbounded.enforce_output_bound = lambda: counts.append(2) or 0  # type: ignore[method-assign]
+    unbounded.output_estimate = 10**12
+    unbounded.sweep_output()
+    assert counts == [1, 1]

@@ -258,7 +258,7 @@ class ChatServer:
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
-            self.hub.registry.enforce_output_bound()  # an exact count now and then
+            self.hub.registry.sweep_output()  # an exact count when it can matter
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
