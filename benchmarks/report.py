@@ -459,7 +459,7 @@ class Report:
         self.raw["redis"] = list(results.values())
         embedded = results.pop("embedded, 1 node")
         for name, r in results.items():
-            q = cluster.ratio(r["cpu_us_per_delivery"], embedded["cpu_us_per_delivery"])
+            q = quotient(r["cpu_us_per_delivery"], embedded["cpu_us_per_delivery"])
             self.add(
                 Row(
                     "redis-" + name.removeprefix("redis, ").replace(", ", "-").replace(" ", "-"),
@@ -474,7 +474,7 @@ class Report:
                     },
                     ratio=q,
                     goal=f"≤ 1.5 {TIMES} embedded",
-                    met=None if math.isnan(q) else q <= 1.5,
+                    met=None if q is None else q <= 1.5,
                     values={"imchat": r["cpu_us_per_delivery"]},
                 )
             )
@@ -510,8 +510,8 @@ class Report:
         cells = {k: ran.get(k, "—") for k in self.servers}
         cells.update({k: f"{a:.0f} + {b:.2f}·R µs (r² {r2:.3f})" for k, (a, b, r2) in fits.items()})
         slope = (
-            fits["imchat"][1] / fits["inspircd"][1]
-            if "imchat" in fits and "inspircd" in fits and fits["inspircd"][1]
+            quotient(fits["imchat"][1], fits["inspircd"][1])
+            if "imchat" in fits and "inspircd" in fits
             else None
         )
         r2 = fits["imchat"][2] if "imchat" in fits else None
@@ -558,8 +558,9 @@ class Report:
                     cells[kind] = pair
                     continue
                 a, b = pair["without"][metric], pair["with"][metric]
-                ratios[kind] = b / a if a else None
-                cells[kind] = f"{a:.2f} → {b:.2f} ({b / a:.2f})" if a else f"{a} → {b}"
+                ratio = ratios[kind] = quotient(b, a)
+                shown = "" if ratio is None else f" ({ratio:.2f})"
+                cells[kind] = f"{a:.2f} → {b:.2f}{shown}"
             q = ratios.get("imchat")
             self.add(
                 Row(
@@ -738,7 +739,9 @@ class Report:
                             f"{b['all_nodes_us_per_delivery']:.2f}",
                             **na,
                         },
-                        ratio=b["all_nodes_us_per_delivery"] / a["all_nodes_us_per_delivery"],
+                        ratio=quotient(
+                            b["all_nodes_us_per_delivery"], a["all_nodes_us_per_delivery"]
+                        ),
                         goal="reported",
                         met=None,
                     )
@@ -831,6 +834,14 @@ def all_cores() -> Iterator[None]:
         os.sched_setaffinity(0, mine)
 
 
+def quotient(num: float | None, den: float | None) -> float | None:
+    """``num / den``, or None where a figure is missing or the divisor is too small to
+    measure: a quick run's CPU seconds can read 0.00 at the clock's 10 ms tick."""
+    if num is None or den is None or not math.isfinite(num) or not math.isfinite(den):
+        return None
+    return num / den if den > 0 else None
+
+
 def pick(rows: list[dict[str, Any]], kind: str, label: str, receivers: int) -> Any:
     return next(
         (
@@ -885,7 +896,7 @@ def compare(
         for k, r in res.items()
     }
     mine, theirs = values.get("imchat"), values.get("inspircd")
-    ratio = mine / theirs if mine is not None and theirs else None
+    ratio = quotient(mine, theirs)
     if goal is None:
         return Row(key, label, cells, ratio, "reported", None, values)
     met = None if ratio is None else (ratio >= goal if higher else ratio <= goal)

@@ -224,3 +224,21 @@ def test_report_quick_wide_spreads_idle_users_over_nodes_and_sources(tmp_path: P
     ]  # fmt: skip
     assert all(r["complete"] for r in wide["runs"])
     assert len(_table_rows(stdout)) == 1 + len(keys)
+
+
+@pytest.mark.parametrize(
+    ("num", "den", "expected"),
+    [(3.0, 2.0, 1.5), (1.0, 0.0, None), (0.0, 0.0, None), (None, 2.0, None), (2.0, None, None),
+     (float("nan"), 1.0, None), (1.0, float("nan"), None), (0.0, 4.0, 0.0)],
+)  # fmt: skip
+def test_a_ratio_over_a_figure_too_small_to_measure_is_left_out(
+    num: float | None, den: float | None, expected: float | None
+) -> None:
+    """A quick run's CPU can read 0.00 s (the clock's 10 ms tick): the report must say "—",
+    not stop with ZeroDivisionError (CI failed so on the wide rows' every-node CPU)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(BENCH))
+    assert report.quotient(num, den) == expected
