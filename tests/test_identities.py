@@ -209,6 +209,44 @@ async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
     assert texts == [f"{i:04d}" for i in range(count)]
 
 
+async def _stalled_session(server: Any, nick: str, resume: str) -> RawClient:
+    """A session with a tiny receive window that reads its welcome and nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    stalled = RawClient(reader, writer)
+    assert (await stalled.hello(nick, resume=resume))["resume"] == resume
+    return stalled
+
+
+@pytest.mark.server_config(rate=0, max_queued_per_sender=0)
+async def test_a_second_session_gets_the_queue_while_the_first_never_reads(
+    server: Any, connect: Clients
+) -> None:
+    """The queued DMs went only to the identity's first session: while it did not read, a
+    second session saw none of them, nor new DMs (held behind the first one's queue); on
+    Redis they stayed hidden until every session of the identity had ended."""
+    bob = await connect("bob")
+    resume = (bob.welcome or {})["resume"]
+    alice = await connect("alice")
+    await leave(bob)
+    count = 150  # more than one page, and each page more than the sockets' buffers
+    for i in range(count):
+        await alice.request("dm", to="bob", text=f"{i:04d} " + "x" * 3990)
+    stalled = await _stalled_session(server, "bob", resume)
+    second = await connect("bob", resume=resume)
+    texts = [(await next_event(second, "dm", timeout=10))["text"][:4] for _ in range(count)]
+    assert texts == [f"{i:04d}" for i in range(count)]
+    await alice.request("dm", to="bob", text="after")
+    assert (await next_event(second, "dm", timeout=10))["text"] == "after"
+    await stalled.close()
+    await alice.request("dm", to="bob", text="last")  # nothing resent before it, nor after
+    assert (await next_event(second, "dm", timeout=10))["text"] == "last"
+    assert [e for e in await pending_events(second) if e["type"] == "dm"] == []
+
+
 async def test_each_queued_dm_is_delivered_once(server: Any, connect: Clients) -> None:
     bob = await connect("bob")
     resume = (bob.welcome or {})["resume"]

@@ -1,10 +1,13 @@
-"""Handing a direct message to its recipient exactly once: live, or at its next ``hello``.
+"""Handing a direct message to its recipient's sessions exactly once each: live, or after a
+``hello``.
 
-A DM to a recipient who is online and settled goes out live. Otherwise it is stored as
-undelivered; if the recipient is online by the time it is committed, it is claimed
-(atomically, in the store) for live delivery, unless a ``hello`` fetched it first. While a
-``hello`` fetches the undelivered ones, live DMs wait behind them (``User.dm_held``), so a
-user receives its DMs in the order they were sent.
+A DM to a recipient with a settled session (one not reading the queue) goes out live.
+Otherwise it is stored as undelivered. Every ``hello`` reads the queue for its own session:
+a session that never reads holds nothing back from the identity's others. While a session
+reads the queue, live DMs for it wait behind it (:class:`QueueRead`), so each session receives
+its DMs in the order they were sent; a DM committed as undelivered while every session reads
+the queue is read there, or claimed (atomically, in the store) for live delivery if a session
+settled meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +16,27 @@ from imchat.protocol import encode_frame
 
 from .fanout import Fanout
 from .identities import DM_BATCH, written_to_any
-from .peer import User
+from .peer import Peer, User
 from .registry import Registry
 from .store import Store
 from .streams import StreamId
+
+DmKey = tuple[StreamId, int]
+
+
+class QueueRead:
+    """One session's reading of its identity's queue (kept here, not on the session: no
+    field per idle connection)."""
+
+    __slots__ = ("held", "recheck", "sent")
+
+    def __init__(self) -> None:
+        #: Read from the queue and sent to this session.
+        self.sent: set[DmKey] = set()
+        #: Live DMs waiting until the queue is read, in the order they were committed.
+        self.held: dict[DmKey, bytes] = {}
+        #: A DM was committed as undelivered meanwhile: an empty read is not the end.
+        self.recheck = False
 
 
 class DmDelivery:
@@ -24,39 +44,46 @@ class DmDelivery:
         self.store = store
         self.fanout = fanout
         self.registry = registry
+        self._reads: dict[Peer, QueueRead] = {}
 
-    async def deliver_undelivered(self, user: User) -> None:
-        """Send a user who just came online the DMs kept for it, then those held meanwhile.
+    async def deliver_undelivered(self, user: User, session: Peer) -> None:
+        """Send a session that just said hello the DMs kept for its identity, then those held
+        for it meanwhile.
 
-        In batches of :data:`DM_BATCH`, each removed from the queue only once written to one
-        of the user's sessions (rev 2): a client that does not read keeps its DMs queued, and
-        thousands are never loaded at once. The loop ends on an empty read, so a DM committed
-        as undelivered while it runs is either in a later batch or claimed live after it.
+        In batches of :data:`DM_BATCH`, each removed from the queue only once written to a
+        session (rev 2): a client that does not read keeps its DMs queued, and thousands are
+        never loaded at once. Another session of the identity reads the queue for itself.
         """
-        user.dm_fetches += 1
+        read = self._reads[session] = QueueRead()
         try:
-            while user.sessions:
+            while not session.closing:
                 batch = await self.store.peek_pending(user.ident, DM_BATCH)
                 if not batch:
-                    break
-                for _, _, payload in batch:
-                    self.fanout.to_users((user.key,), encode_frame(payload))
-                if not await written_to_any(list(user.sessions)):
-                    # Every session it went to ended first: still queued. Sessions that
-                    # joined meanwhile did not get this batch: start again for them.
+                    if not read.recheck:
+                        break
+                    read.recheck = False
                     continue
+                for stream, seq, payload in batch:
+                    if (stream, seq) not in read.sent and (stream, seq) not in read.held:
+                        read.sent.add((stream, seq))
+                        session.send(encode_frame(payload))
+                if not await written_to_any([session]):
+                    return  # ended first: they stay queued for the identity's next hello
                 await self.store.drop_pending(user.ident, [(s, q) for s, q, _ in batch])
         finally:
-            user.dm_fetches -= 1
-        if not user.dm_fetches and user.dm_held:
-            held, user.dm_held = user.dm_held, None
-            for frame in held:
-                self.fanout.to_users((user.key,), frame)
+            del self._reads[session]
+        if not session.closing:
+            for frame in read.held.values():
+                session.send(frame)
 
     def is_live(self, to_key: str) -> bool:
         """Whether a DM to ``to_key`` stored now goes out live (not kept as undelivered)."""
         recipient = self.fanout.user(to_key)
-        return recipient is not None and not recipient.dm_fetches
+        return recipient is not None and self._has_settled(recipient)
+
+    def _has_settled(self, user: User) -> bool:
+        reads = self._reads
+        return not reads or any(s not in reads for s in user.sessions)
 
     def after_commit(
         self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes, live: bool
@@ -66,16 +93,21 @@ class DmDelivery:
             self.hand_over(to_key, to_ident, stream, seq, frame)
             return
         recipient = self.fanout.user(to_key)
-        if recipient is not None and recipient.ident == to_ident and not recipient.dm_fetches:
+        if recipient is None or recipient.ident != to_ident:
+            return  # offline: delivered at its next hello
+        if self._has_settled(recipient):
             self.registry.spawn(self._claim(to_key, to_ident, stream, seq, frame))
-        # else offline, or its hello's delivery loop is running and will read it from the queue
+        for session in recipient.sessions:
+            read = self._reads.get(session)
+            if read is not None:
+                read.recheck = True  # its next empty read is not the end
 
     async def _claim(
         self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes
     ) -> None:
         if await self.store.claim_pending(to_ident, stream, seq):
             self.hand_over(to_key, to_ident, stream, seq, frame)
-        # else a hello fetched it and delivered it
+        # else a session read it from the queue and was written it
 
     def hand_over(
         self, to_key: str, to_ident: str, stream: StreamId, seq: int, frame: bytes
@@ -84,10 +116,10 @@ class DmDelivery:
         if recipient is None or recipient.ident != to_ident:
             # Gone between the check and the commit: deliver at the next hello.
             self.registry.spawn(self.store.set_pending(to_ident, stream, seq))
-        elif recipient.dm_fetches:
-            # After the older DMs being fetched.
-            if recipient.dm_held is None:
-                recipient.dm_held = []
-            recipient.dm_held.append(frame)
-        else:
-            self.fanout.to_users((to_key,), frame)
+            return
+        for session in recipient.sessions:
+            read = self._reads.get(session)
+            if read is None:
+                session.send(frame)
+            elif (stream, seq) not in read.sent:
+                read.held[(stream, seq)] = frame  # after the older DMs it is reading

@@ -25,6 +25,11 @@ __all__ = ["Fanout", "LocalFanout", "User"]
 
 
 class Fanout(Protocol):
+    #: Whether :meth:`connect` reads the identity's undelivered DMs itself and sends them at
+    #: :meth:`release` (a clustered fanout, atomically with the session's arrival); else the
+    #: hub sends them (:class:`imchat.server.dm_delivery.DmDelivery`).
+    sends_undelivered: bool
+
     async def open(self, registry: Registry) -> None:
         """Start background work (a clustered fanout subscribes and heartbeats here)."""
 
@@ -100,6 +105,8 @@ class Fanout(Protocol):
 
 class LocalFanout:
     """:class:`Fanout` for a single server process."""
+
+    sends_undelivered = False
 
     def __init__(self) -> None:
         self._users: dict[str, User] = {}

@@ -168,8 +168,6 @@ class User:
     __slots__ = (
         "admin",
         "detached",
-        "dm_fetches",
-        "dm_held",
         "ident",
         "key",
         "nick",
@@ -191,8 +189,3 @@ class User:
         self.ident = ident or self.key
         self.sessions: list[Peer] = []
         self.rooms = RoomSet()
-        #: Fetches of undelivered DMs under way (at hello); live DMs wait in ``dm_held`` until
-        #: they are done, so a user receives its DMs in the order they were sent. None until
-        #: one waits (most users never hold one: no list per idle user).
-        self.dm_fetches = 0
-        self.dm_held: list[bytes] | None = None

@@ -61,7 +61,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -276,12 +276,13 @@ if redis.call('HGET', guest, 'ident') == ident then
     redis.call('PERSIST', k)
   end
 end
+-- Every session reads the queue for itself: one that never reads holds nothing back.
+local queue = prefix .. 'pending:' .. ident
+pending = redis.call('LRANGE', queue, 0, tonumber(ARGV[9] or '100') - 1)
+queued = redis.call('LLEN', queue)
 if n == 0 then
   redis.call('HSET', prefix .. 'online', key, nick)
   status = 1
-  local queue = prefix .. 'pending:' .. ident
-  pending = redis.call('LRANGE', queue, 0, tonumber(ARGV[9] or '100') - 1)
-  queued = redis.call('LLEN', queue)
   local by, order = {}, {}
   for _, room in ipairs(redis.call('SMEMBERS', prefix .. 'urooms:' .. key)) do
     group_room(prefix, room, by, order)
@@ -475,6 +476,8 @@ class EpochChanged(RedisLost):
 
 class RedisFanout:
     """:class:`imchat.server.fanout.Fanout` for a node of a cluster sharing one Redis."""
+
+    sends_undelivered = True
 
     def __init__(
         self,
@@ -835,20 +838,21 @@ class RedisFanout:
     async def _page_in(self, session: Peer, dms: list[bytes], queued: int, hold: str) -> None:
         """Read and send a long queue page by page, then let this node's events go on.
 
-        Nothing leaves the queue before the last page is read (a drop would shift the pages);
-        the queue gains nothing meanwhile (the user is online), so the pages are its order.
+        Nothing leaves the queue before the last page is read. Other sessions of the identity
+        may drop what they were written meanwhile, always the queue's head (it gains nothing
+        while the identity is online): each page starts after the last DM sent, wherever that
+        is now.
         """
         user = session.user
         assert user is not None
+        key = self.keys.pending(user.ident)
         try:
             sent = list(dms)
             alive = self._send_dms(session, dms)
             while alive and len(sent) < queued:
-                page = blobs(
-                    await self.redis.lrange(
-                        self.keys.pending(user.ident), len(sent), len(sent) + PENDING_PAGE - 1
-                    )
-                )
+                last = cast(int | None, await self.redis.lpos(key, sent[-1].decode()))
+                start = 0 if last is None else last + 1  # None: dropped with all before it
+                page = blobs(await self.redis.lrange(key, start, start + PENDING_PAGE - 1))
                 if not page:
                     break
                 alive = self._send_dms(session, page)
@@ -864,29 +868,26 @@ class RedisFanout:
                 self._drain()
 
     def _send_dms(self, session: Peer, dms: list[bytes]) -> bool:
-        """Send DMs kept while the user was offline, before anything published later.
+        """Send a session the DMs kept for its identity, before anything published later.
 
         They leave the queue only once written to a session (rev 2): a session that ends
-        first (or is cut as a slow consumer) leaves them for the identity's next hello.
-        False when the user has no session left here (they stay queued).
+        first (or is cut as a slow consumer) leaves them for the identity's other sessions'
+        or next hello. False when the session has ended (they stay queued).
         """
         user = session.user
-        assert user is not None
-        if not user.sessions:
+        if user is None or session.closing or session not in user.sessions:
             return False  # the session ended during its hello: they stay queued
         for payload in dms:
-            frame = encode_frame(payload)
-            for each in user.sessions:
-                each.send(frame)
+            session.send(encode_frame(payload))
         return True
 
     def _drop_later(self, session: Peer, dms: list[bytes]) -> None:
         user = session.user
         if dms and user is not None and self._registry is not None:
-            self._registry.spawn(self._drop_when_written(list(user.sessions), user.ident, dms))
+            self._registry.spawn(self._drop_when_written(session, user.ident, dms))
 
-    async def _drop_when_written(self, sessions: list[Peer], ident: str, dms: list[bytes]) -> None:
-        if not await written_to_any(sessions):
+    async def _drop_when_written(self, session: Peer, ident: str, dms: list[bytes]) -> None:
+        if not await written_to_any([session]):
             return
         # One round trip for the lot (each LREM finds its DM at the head of the queue).
         key = self.keys.pending(ident)
@@ -908,8 +909,8 @@ class RedisFanout:
     async def connect(self, session: Peer, nick: str, *, admin: bool, ident: str) -> bool:
         """Returns False: the ``online`` event is published by the script itself.
 
-        A user coming online reads its undelivered DMs in the same script (so a DM is either
-        queued for it or sent live, never both); they go out at :meth:`release`, after the
+        Each session reads its identity's undelivered DMs in the same script (so a DM is
+        either queued or sent live, never both); they go out at :meth:`release`, after the
         ``welcome`` and before any event published after this.
         """
         self._check_available()

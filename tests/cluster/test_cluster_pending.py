@@ -48,6 +48,28 @@ async def test_a_hello_reads_one_page_of_a_long_queue(store: RedisStore) -> None
     assert await store.redis.llen(f"{prefix}pending:gbob") == len(queued)
 
 
+async def test_every_hello_reads_the_queue_not_only_the_identitys_first(
+    store: RedisStore,
+) -> None:
+    """A first session that never read kept the queue from the identity's second one."""
+    prefix = store.keys.prefix
+    queued = [f'{{"type":"dm","seq":{i}}}'.encode() for i in range(1, 4)]
+    await store.redis.rpush(f"{prefix}pending:gbob", *queued)
+    await store.redis.sadd(f"{prefix}nodes", "n0", "n1")
+    connect = store.redis.register_script(CONNECT_LUA)
+    replies = [
+        await connect(
+            keys=[store.keys.anchor],
+            args=[prefix, store.keys.channel, node, "bob", "bob", 0, "", "gbob", PENDING_PAGE],
+        )
+        for node in ("n0", "n1")
+    ]
+    assert [(status, page, length) for status, _, _, page, length in replies] == [
+        (1, queued, 3),  # the first: the identity came online
+        (0, queued, 3),  # the second, on another node: the same queue, for itself
+    ]
+
+
 async def queued_dms(prefix: str) -> int:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:

@@ -90,7 +90,8 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
         # reading them the moment it began; a DM racing with that is racing with any read).
         peers = [] if unknown_resume else await _dm_peers(ctx, user)
         ctx.fanout.to_users([user.key, *peers], online)
-        await ctx.dms.deliver_undelivered(user)
+    if not ctx.fanout.sends_undelivered:
+        await ctx.dms.deliver_undelivered(user, session)
 
 
 async def _claim_guest(ctx: Context, req: Hello) -> tuple[Identity | None, str | None]:
