@@ -52,6 +52,36 @@ async def test_returning_guests_and_accounts_spend_nothing(
     assert [r.get("code", r["type"]) for r in got] == ["welcome", "welcome", "rate_limited"]
 
 
+async def test_a_guest_hello_claims_its_nick_without_reading_it_first(
+    servers: Servers, connect: Clients
+) -> None:
+    """A connect storm (10,000 guests at once): each guest's hello read its nick's row on the
+    event loop, then the claim read it again in the store's writer. The claim alone decides
+    (a nick that is an account's comes back as such), so a guest's hello reads nothing first;
+    an account's nick without credentials is still refused, and with them still logs in."""
+    server = await servers.start()
+    store = server.hub.store
+    reads: list[str] = []
+    lookup_user = store.lookup_user
+
+    async def counting(key: str) -> Any:
+        reads.append(key)
+        return await lookup_user(key)
+
+    store.lookup_user = counting
+    guest = await connect.raw(port=server.port)
+    assert (await hello(guest, "Stormy"))["type"] == "welcome"
+    assert reads == []
+    again = await connect.raw(port=server.port)
+    assert (await hello(again, "stormy"))["code"] == "nick_taken"
+    assert reads == []
+    admin = await connect.raw(port=server.port)
+    assert (await hello(admin, "admin"))["code"] == "auth_failed"
+    token = admin_token(servers.data_dir)
+    admin = await connect.raw(port=server.port)
+    assert (await hello(admin, "admin", token=token))["type"] == "welcome"
+
+
 async def test_a_new_guest_identity_has_no_dm_peers_to_look_up(
     servers: Servers, connect: Clients
 ) -> None:

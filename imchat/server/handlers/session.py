@@ -24,7 +24,10 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     if session.user is not None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
     key = req.nick.lower()
-    record = await ctx.store.lookup_user(key)
+    # A hello without credentials is a guest's: the claim reads the nick's row anyway (in the
+    # store's writer) and says if it is an account's, so it is not read here first.
+    guest = req.token is None and req.password is None and not ctx.config.require_account
+    record = None if guest else await ctx.store.lookup_user(key)
     account = record.account if record else None
     resume: str | None = None
     if account is None and req.token is None:
