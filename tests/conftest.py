@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from imchat.client import Connection
 from imchat.protocol import CLIENT_MAX_FRAME, FrameDecoder, encode_frame, encode_message
@@ -160,6 +161,25 @@ def admin_token(data_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- clients
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files: the CA, and a server certificate for 127.0.0.1 and localhost."""
+    base = tmp_path_factory.mktemp("pki")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    with paths["cert"].open("wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return paths
 
 
 class RawClient:

@@ -177,6 +177,18 @@ async def test_dm_queue_is_bounded(servers: Servers, connect: Clients) -> None:
     assert [m["text"] for m in history["messages"]] == ["1", "2"]
 
 
+async def _stalled_session(server: Any, nick: str, resume: str) -> RawClient:
+    """A session with a tiny receive window that reads its welcome and nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    stalled = RawClient(reader, writer)
+    assert (await stalled.hello(nick, resume=resume))["resume"] == resume
+    return stalled
+
+
 @pytest.mark.server_config(rate=0, max_buffer=16384, max_queued_per_sender=0)
 async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
     server: Any, connect: Clients
@@ -189,15 +201,7 @@ async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
     count = 300
     for i in range(count):
         await alice.request("dm", to="bob", text=f"{i:04d} " + "x" * 3990)
-    # A client with a tiny receive window that reads its welcome and nothing more.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    stalled = RawClient(reader, writer)
-    welcome = await stalled.hello("bob", resume=resume)
-    assert welcome["resume"] == resume
+    stalled = await _stalled_session(server, "bob", resume)
     await stalled.close()
     back = await connect("bob", resume=resume)
     texts: list[str] = []
@@ -207,18 +211,6 @@ async def test_queued_dms_stay_queued_for_a_reader_that_never_reads(
         except TimeoutError:
             break
     assert texts == [f"{i:04d}" for i in range(count)]
-
-
-async def _stalled_session(server: Any, nick: str, resume: str) -> RawClient:
-    """A session with a tiny receive window that reads its welcome and nothing more."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    stalled = RawClient(reader, writer)
-    assert (await stalled.hello(nick, resume=resume))["resume"] == resume
-    return stalled
 
 
 @pytest.mark.server_config(rate=0, max_queued_per_sender=0)

@@ -15,22 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-import trustme
 from conftest import TIMEOUT, Servers
 
 LIMIT = 3
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ca = trustme.CA()
-    base = tmp_path_factory.mktemp("pki")
-    cert = ca.issue_cert("127.0.0.1")
-    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    return paths
 
 
 async def stalled(port: int, count: int) -> list[socket.socket]:

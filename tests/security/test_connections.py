@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import trustme
 from secfixtures import start_server_fixture  # noqa: F401
 from secutil import StartServer, wait_for
 
@@ -19,18 +18,6 @@ from imchat.client.tls import client_context
 from imchat.server.listener import DEFAULT_BACKLOG, effective_backlog
 
 TIMEOUT = 5.0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ca = trustme.CA()
-    base = tmp_path_factory.mktemp("pki")
-    cert = ca.issue_cert("127.0.0.1")
-    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    return paths
 
 
 async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:

@@ -19,25 +19,6 @@ from imchat.client import Connection
 from imchat.client.tls import client_context
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """PEM files: the CA, and a server certificate for 127.0.0.1 and localhost."""
-    base = tmp_path_factory.mktemp("pki")
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    with paths["cert"].open("wb") as f:
-        for blob in cert.cert_chain_pems:
-            f.write(blob.bytes())
-    return paths
-
-
 async def test_client_with_the_ca_connects(start_server: StartServer, pki: dict[str, Path]) -> None:
     server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
     for host in ("127.0.0.1", "localhost"):
