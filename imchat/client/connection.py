@@ -143,10 +143,15 @@ class Connection:
                 {get, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            closed.cancel()
+            waiting = [f for f in (get, closed) if not f.done()]
+            for future in waiting:
+                future.cancel()
+            if waiting:
+                # Let them finish being cancelled: a task still being cancelled when its loop
+                # closes is garbage later ("Exception ignored in Queue.get").
+                await asyncio.wait(waiting)
         if get in done:
             return get.result()
-        get.cancel()
         if not done:
             raise TimeoutError("no event within timeout")
         raise ConnectionClosed(self.closed_error)
