@@ -7,12 +7,15 @@ page by page and delivers every page before anything published after the hello.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
+from imchat.protocol import CLIENT_MAX_FRAME, FrameDecoder, encode_message
 from imchat.server.redis_fanout import CONNECT_LUA, PENDING_PAGE
 from imchat.server.redis_store import RedisStore
 
@@ -108,3 +111,50 @@ async def test_a_queue_of_several_pages_arrives_once_in_order_before_live_dms(
     await alice.request("dm", to="bob", text="after")
     dm = await bob.wait_for(is_type("dm"))
     assert dm["text"] == "after", "a pending DM was delivered twice"
+
+
+async def test_a_stalled_session_on_one_node_holds_no_queued_dm_back_from_another(
+    cluster: Cluster, clients: Clients
+) -> None:
+    """bob's first session reads its welcome and nothing more; his second, on the other
+    node, got none of the queue (only an identity's first hello read it), and after the first
+    one ended the DMs stayed hidden until every session of bob had gone."""
+    nodes = cluster.start_many(2, extra=("--max-queued-per-sender", "0", "--rate", "0"))
+    alice = await clients.connect(nodes[0], "alice")
+    bob = await clients.connect(nodes[0], "bob")
+    resume = clients.resumes["bob"]
+    await alice.request("dm", to="bob", text="hi")  # peers: alice hears bob go
+    await bob.wait_for(is_type("dm"))
+    await bob.close()
+    await alice.wait_for(is_type("offline", nick="bob"))
+    count = PENDING_PAGE + 50
+    for i in range(count):
+        await alice.request("dm", to="bob", text=f"{i:04d} " + "x" * 3990)
+    stalled = await stalled_session(nodes[0].port, "bob", resume)
+    second = await clients.connect(nodes[1], "bob")
+    got = await second.collect(is_type("dm"), count)
+    assert [d["text"][:4] for d in got] == [f"{i:04d}" for i in range(count)]
+    stalled.close()
+    await alice.request("dm", to="bob", text="last")  # nothing resent before it
+    assert (await second.wait_for(is_type("dm")))["text"] == "last"
+
+
+async def stalled_session(port: int, nick: str, resume: str) -> asyncio.StreamWriter:
+    """A session with a tiny receive window that reads its welcome and nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        encode_message({"type": "hello", "proto": 1, "nick": nick, "resume": resume, "id": 1})
+    )
+    decoder = FrameDecoder(CLIENT_MAX_FRAME)
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            decoder.receive_data(await reader.read(4096))
+            payload = decoder.next_frame()
+            if payload is not None:
+                break
+    assert json.loads(payload)["type"] == "welcome"
+    return writer
