@@ -32,7 +32,7 @@ MEMORY_PER_BYTE_OWED = 2
 #: Seconds between exact counts of the output owed while the bound is reached.
 COUNT_INTERVAL = 0.05
 #: Connections the sweep's count visits per loop turn (see :meth:`Registry.sweep_output`).
-COUNT_SLICE = 1000
+COUNT_SLICE = 500
 
 
 class Owing(Protocol):
