@@ -181,6 +181,7 @@ async def scenario_broadcast(
             idle_room_size=args.room_size,
             text_size=args.text_size,
             around=(spy.start, spy.stop) if spy else None,
+            settle_after=args.settle_after if idle_other else 0.0,
         )
         if not driver.server.alive():
             print(f"  {kind} died:\n{driver.server.log_tail()}", file=sys.stderr)
@@ -440,6 +441,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=20_000,
         help="deliveries/s the sweep is paced at, low enough that broadcasts do not overlap "
         "(0: flat out)",
+    )
+    p.add_argument(
+        "--settle-after",
+        type=float,
+        default=0.0,
+        help="with idle users elsewhere: seconds to wait once everyone has joined before "
+        "measuring, so the one-off work of their arrival (imchat: the heap's collection and "
+        "freeze 1-2 s after its population settles) stays out of the measured part (0: "
+        "measure once the clients are quiet, the default)",
     )
     p.add_argument("--sweep-min-messages", type=int, default=20)
     p.add_argument(

@@ -413,6 +413,7 @@ async def broadcast(
     text_size: int = 100,
     stall: float = 15.0,
     around: tuple[Callable[[], None], Callable[[], None]] | None = None,
+    settle_after: float = 0.0,
 ) -> BroadcastResult:
     """One sender, ``receivers`` in one room, ``messages`` says; optional idle users elsewhere.
 
@@ -422,6 +423,8 @@ async def broadcast(
     no queue grows without bound. Paced, it sends ``rate / receivers`` messages per second on
     a fixed schedule and stamps each with its *scheduled* time (no coordinated omission).
     ``around`` is called just before and just after the measured part (e.g. a profiler).
+    ``settle_after``: seconds to wait once everyone has joined before measuring (the
+    server's one-off work after a crowd arrives then falls before the measured part).
     """
     stats = Stats()
     clients: list[BaseClient] = []
@@ -446,6 +449,9 @@ async def broadcast(
         sender = await driver.connect(stats, driver.nick("s", 0), ["bench"], sender=True)
         clients.append(sender)
         await settle(stats)
+        if settle_after > 0:
+            await asyncio.sleep(settle_after)
+            await settle(stats)
         for client in room_clients:
             client.start_counting()
         room = driver.room("bench")

@@ -142,25 +142,53 @@ async def test_a_cut_connection_is_not_counted_again_while_it_is_released() -> N
 
 async def test_the_sweep_counts_only_when_the_estimate_could_matter() -> None:
     """An exact count visits every session: the once-a-second sweep makes one only once the
-    estimate has reached half the bound, or someone waits for room (and never without a
-    bound)."""
-    from imchat.server.registry import Registry
+    estimate has reached half the bound (in slices: the estimate comes down to what is owed),
+    or someone waits for room (at once, cutting if need be), and never without a bound."""
+    from imchat.server.registry import MEMORY_PER_BYTE_OWED, Registry
 
     counts: list[int] = []
     registry = Registry(asyncio.get_running_loop(), max_output_total=1000)
+    registry.add(Ower(100))  # type: ignore[arg-type]
     registry.enforce_output_bound = lambda: counts.append(1) or 0  # type: ignore[method-assign]
     registry.output_estimate = 499
-    registry.sweep_output()
-    assert counts == []
+    await registry.sweep_output()
+    assert registry.output_estimate == 499
     registry.output_estimate = 500
-    registry.sweep_output()
-    assert counts == [1]
-    registry.output_estimate = 0
+    await registry.sweep_output()
+    assert registry.output_estimate == 100 * MEMORY_PER_BYTE_OWED  # what it owes
+    assert counts == []
     registry.wait_for_room(Ower(0))  # type: ignore[arg-type]
-    registry.sweep_output()
-    assert counts == [1, 1]
+    await registry.sweep_output()
+    assert counts == [1]
     unbounded = Registry(asyncio.get_running_loop(), max_output_total=0)
     unbounded.enforce_output_bound = lambda: counts.append(2) or 0  # type: ignore[method-assign]
     unbounded.output_estimate = 10**12
-    unbounded.sweep_output()
-    assert counts == [1, 1]
+    await unbounded.sweep_output()
+    assert counts == [1]
+    assert unbounded.output_estimate == 10**12
+
+
+async def test_the_sweeps_count_adds_what_was_written_meanwhile() -> None:
+    """A count in slices is the owed plus what was written while it ran (still an upper
+    bound); an exact count made meanwhile (a write over the bound) replaces it."""
+    from imchat.server.registry import COUNT_SLICE, MEMORY_PER_BYTE_OWED, Registry
+
+    registry = Registry(asyncio.get_running_loop(), max_output_total=1000 * MEMORY_PER_BYTE_OWED)
+    owers = [Ower(0) for _ in range(COUNT_SLICE)] + [Ower(100)]
+    for ower in owers:
+        registry.add(ower)  # type: ignore[arg-type]
+    registry.output_estimate = 600 * MEMORY_PER_BYTE_OWED
+    counting = asyncio.ensure_future(registry.sweep_output())
+    await asyncio.sleep(0)  # the first slice is counted: the count yields
+    assert not counting.done()
+    registry.wrote(50)
+    await counting
+    assert registry.output_estimate == 150 * MEMORY_PER_BYTE_OWED
+    registry.output_estimate = 600 * MEMORY_PER_BYTE_OWED
+    counting = asyncio.ensure_future(registry.sweep_output())
+    await asyncio.sleep(0)
+    registry.wrote(950)  # the estimate over the bound: an exact count at once, by the write
+    assert registry.output_estimate == 100 * MEMORY_PER_BYTE_OWED
+    await counting
+    assert registry.output_estimate == 100 * MEMORY_PER_BYTE_OWED  # the slices gave way
+    assert registry.output_cuts == 0

@@ -31,6 +31,8 @@ FLUSH_REST_MAX = 0.005
 MEMORY_PER_BYTE_OWED = 2
 #: Seconds between exact counts of the output owed while the bound is reached.
 COUNT_INTERVAL = 0.05
+#: Connections the sweep's count visits per loop turn (see :meth:`Registry.sweep_output`).
+COUNT_SLICE = 500
 
 
 class Owing(Protocol):
@@ -68,6 +70,8 @@ class Registry:
         #: Connections with requests held back until the output fits the bound again.
         self._waiting: set[Owing] = set()
         self._last_count = 0.0
+        #: Exact counts made (a count in slices gives way to one made meanwhile).
+        self._counts = 0
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.connections_per_addr: dict[str, int] = {}
@@ -157,15 +161,52 @@ class Registry:
             # within one turn (sixty 7.7 MiB replies before a deferred count ran).
             self.enforce_output_bound()
 
-    def sweep_output(self) -> None:
+    async def sweep_output(self) -> None:
         """The sweep's exact count (once a second), only when it can matter: the estimate has
         reached half the bound, or requests wait for room. Below that a count changes nothing
         (the estimate only ever overstates), and counting every session is O(sessions): ~25 ms
         of the event loop each second with 10,000 idle users, the p99 of every room's messages
-        (``benchmarks/report.py``, "flat in idle users elsewhere")."""
+        (``benchmarks/report.py``, "flat in idle users elsewhere").
+
+        With requests waiting it counts (and cuts) at once, as a write over the bound does.
+        Otherwise it only brings the estimate down to what is owed, so it counts in slices of
+        :data:`COUNT_SLICE` connections, yielding to the loop in between (at 10,000 sessions one
+        count in one callback held the loop 7-11 ms, see :meth:`_recount`).
+        """
         limit = self.max_output_total
-        if self._waiting or (limit and self.output_estimate * 2 >= limit):
+        if self._waiting:
             self.enforce_output_bound()
+        elif limit and self.output_estimate * 2 >= limit:
+            await self._recount(limit)
+
+    async def _recount(self, limit: int) -> None:
+        """Count what every connection owes, a slice per loop turn; then the estimate is that
+        count plus what was written meanwhile.
+
+        Still an upper bound: a connection owes at most what it owed when visited plus what was
+        written since (to it or anyone: the estimate's growth during the count). Connections
+        that arrive meanwhile owe only what was written to them. An exact count that runs
+        meanwhile (a write over the bound) makes this one moot: it is left unfinished.
+        """
+        counts, before = self._counts, self.output_estimate
+        releasing = self._releasing
+        sessions = list(self.sessions)
+        total = 0
+        for start in range(0, len(sessions), COUNT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+                if self._counts != counts:
+                    return
+            for peer in sessions[start : start + COUNT_SLICE]:
+                amount = getattr(peer, "owed", None)
+                if amount is not None and cast(Owing, peer) not in releasing:
+                    total += amount * MEMORY_PER_BYTE_OWED
+        estimate = total + self.output_estimate - before
+        if estimate > limit:
+            self.enforce_output_bound()  # over the bound after all: count and cut at once
+        else:
+            self.output_estimate = estimate
+            self._wake_waiting()  # requests that began to wait meanwhile
 
     def enforce_output_bound(self) -> int:
         """Count what every connection owes; cut the largest owers while over the bound.
@@ -184,6 +225,7 @@ class Registry:
         # Every connection that can say what it owes (the WebSocket adapter bounds its own),
         # bar those already cut: their memory is counted in _releasing until they are gone.
         # No set of its own: at 10,000 sessions a second set cost 50 bytes per connection.
+        self._counts += 1
         releasing = self._releasing
         owed: list[tuple[int, Owing]] = []
         for peer in self.sessions:
