@@ -36,17 +36,22 @@ def _kind_target(feature: Feature | None) -> tuple[str | None, int | None]:
 
 def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None = None) -> Append:
     """``feature``: this say is the edit, delete or reaction it describes (revision 3)."""
-    user = ctx.member(session, req.room)
-    feature = _feature(user, req.reply_to, feature)
-    kind, target = _kind_target(feature)
-    event = MsgEvent(
-        room=req.room,
-        from_=user.nick,
-        text=req.text,
-        kind=kind or req.kind,
-        reply_to=req.reply_to,
-        target=target,
-    )
+    room = req.room
+    user = ctx.member(session, room)
+    if feature is None and req.reply_to is None:
+        # A plain say (nearly all): what _feature and _kind_target would find, without them.
+        event = MsgEvent(room=room, from_=user.nick, text=req.text, kind=req.kind)
+    else:
+        feature = _feature(user, req.reply_to, feature)
+        kind, target = _kind_target(feature)
+        event = MsgEvent(
+            room=room,
+            from_=user.nick,
+            text=req.text,
+            kind=kind or req.kind,
+            reply_to=req.reply_to,
+            target=target,
+        )
 
     def finish(stored: Stored) -> bytes | None:
         """The reply; the event's frame for :func:`finish_run` to deliver to the room."""
@@ -55,18 +60,17 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
             return None
         return encode_frame(stored.payload)
 
-    hold = ctx.fanout.hold(session)
     draft = Draft(
-        StreamId.room(req.room),
+        StreamId("r:" + room),  # StreamId.room(room), a call less
         user.key,
         req.cid,
         event,
-        hold=hold,
+        hold=ctx.fanout.hold(session),
         feature=feature,
         as_member=not user.detached,
         owner=user.ident,
     )
-    return Append(req, start_storing(ctx.store, draft), finish, req.room)
+    return Append(req, start_storing(ctx.store, draft), finish, room)
 
 
 def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = None) -> Append:
