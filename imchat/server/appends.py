@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from imchat.protocol import ErrorCode, ProtocolError, Request
 
@@ -30,9 +31,9 @@ from .store import Draft, Store, Stored
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Append:
-    """A say, dm or announce whose commit is under way."""
+class Append(msgspec.Struct):
+    """A say, dm or announce whose commit is under way (a struct: made in C, one per
+    message)."""
 
     request: Request
     stored: asyncio.Future[Stored]
