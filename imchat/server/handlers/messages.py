@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from functools import partial
 
 from imchat.protocol import (
     Announce,
@@ -65,15 +66,6 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
             target=target,
         )
 
-    def finish(stored: Stored) -> bytes | None:
-        """The reply; the event's frame for :func:`finish_run` to deliver to the room."""
-        # ctx.reply and encode_frame, inline: two calls less per message.
-        session.send(encode_message(Ok(id=req.id, seq=stored.seq, ts=stored.ts)))
-        if stored.duplicate or stored.published:
-            return None
-        payload = stored.payload
-        return _header(len(payload)) + payload
-
     draft = Draft(
         StreamId("r:" + room),  # StreamId.room(room), a call less
         user.key,
@@ -87,7 +79,18 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
     # start_storing, inline (a call less per message).
     start = getattr(ctx.store, "start_append", None)
     stored = start(draft) if start is not None else start_storing(ctx.store, draft)
-    return Append(req, stored, finish, room)
+    # A partial, not a closure over session and req (made per message: ~1,500 instructions).
+    return Append(req, stored, partial(_finish_say, session, req), room)
+
+
+def _finish_say(session: Peer, req: Say, stored: Stored) -> bytes | None:
+    """A say's reply; the event's frame for :func:`finish_run` to deliver to the room."""
+    # ctx.reply and encode_frame, inline: two calls less per message.
+    session.send(encode_message(Ok(id=req.id, seq=stored.seq, ts=stored.ts)))
+    if stored.duplicate or stored.published:
+        return None
+    payload = stored.payload
+    return _header(len(payload)) + payload
 
 
 def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = None) -> Append:
