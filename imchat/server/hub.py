@@ -170,6 +170,7 @@ class Hub:
         # The address budget of this process (LocalAddressLimits) is taken without a
         # coroutine per message; a shared one (Redis) is awaited.
         take_now: Callable[[str], bool] | None = getattr(ctx.addr_limits, "take_now", None)
+        rated = self.config.rate > 0
         run: Run = []
         #: The bound on output was checked and nothing could have changed it since: only
         #: appends were started since, without awaiting (they queue no reply before the
@@ -193,7 +194,9 @@ class Hub:
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
                 if isinstance(request, RATE_LIMITED_TYPES):
-                    if not session.bucket.take():
+                    # Every session's bucket is made with config.rate: with rate 0 it allows
+                    # everything, so it is not even made (two calls a message).
+                    if rated and not session.bucket.take():
                         STATS.rate_limited += 1
                         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
                     if take_now is not None:

@@ -10,6 +10,8 @@ import asyncio
 import struct
 from functools import partial
 
+import msgspec
+
 from imchat.protocol import (
     Announce,
     Dm,
@@ -17,7 +19,6 @@ from imchat.protocol import (
     ProtocolError,
     Say,
     encode_frame,
-    encode_message,
 )
 from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent, Ok
 
@@ -28,8 +29,9 @@ from ..peer import Peer, User, budget_key
 from ..store import Draft, Stored
 from ..streams import StreamId
 
-#: A frame's header (:func:`imchat.protocol.encode_frame`).
+#: A frame's header and a message's JSON (:func:`imchat.protocol.encode_message`).
 _header = struct.Struct(">I").pack
+_encode = msgspec.json.Encoder().encode
 
 
 def _feature(user: User, reply_to: int | None, feature: Feature | None) -> Feature | None:
@@ -85,8 +87,9 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
 
 def _finish_say(session: Peer, req: Say, stored: Stored) -> bytes | None:
     """A say's reply; the event's frame for :func:`finish_run` to deliver to the room."""
-    # ctx.reply and encode_frame, inline: two calls less per message.
-    session.send(encode_message(Ok(id=req.id, seq=stored.seq, ts=stored.ts)))
+    # ctx.reply, encode_message and encode_frame, inline: three calls less per message.
+    reply = _encode(Ok(id=req.id, seq=stored.seq, ts=stored.ts))
+    session.send(_header(len(reply)) + reply)
     if stored.duplicate or stored.published:
         return None
     payload = stored.payload
