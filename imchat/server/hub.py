@@ -172,9 +172,9 @@ class Hub:
         take_now: Callable[[str], bool] | None = getattr(ctx.addr_limits, "take_now", None)
         rated = self.config.rate > 0
         run: Run = []
-        #: The bound on output was checked and nothing could have changed it since: only
-        #: appends were started since, without awaiting (they queue no reply before the
-        #: run's end, and no other task ran), so a burst of says checks it once, not per say.
+        # The bound on output was checked and nothing could have changed it since: only
+        # appends were started since, without awaiting (they queue no reply before the
+        # run's end, and no other task ran), so a burst of says checks it once, not per say.
         checked = False
         for index, item in enumerate(items):
             if session.closing:

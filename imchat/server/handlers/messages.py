@@ -12,14 +12,7 @@ from functools import partial
 
 import msgspec
 
-from imchat.protocol import (
-    Announce,
-    Dm,
-    ErrorCode,
-    ProtocolError,
-    Say,
-    encode_frame,
-)
+from imchat.protocol import Announce, Dm, ErrorCode, ProtocolError, Say, encode_frame
 from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent, Ok
 
 from ..appends import Append, start_storing
