@@ -62,7 +62,7 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         )
 
     draft = Draft(
-        StreamId("r:" + room),  # StreamId.room(room), a call less
+        StreamId.room(room),
         user.key,
         req.cid,
         event,
