@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -36,12 +37,16 @@ class Append(msgspec.Struct):
     message)."""
 
     request: Request
-    stored: asyncio.Future[Stored]
+    #: Settles with the message's outcome; with ``index`` set, with the outcomes of the
+    #: group of messages it was queued with (``SQLiteStore.queue_append``), this one's at
+    #: ``index`` (a refusal: the exception in its place).
+    stored: asyncio.Future[Any]
     #: Sends the reply, then the events; runs once the message is committed. For a message
     #: to a room (``room`` set) it sends only the reply and returns the event's frame (None:
     #: nothing to deliver), which :func:`finish_run` delivers with its neighbours'.
     finish: Callable[[Stored], bytes | None]
     room: str | None = None
+    index: int = -1
 
 
 #: A run: appends under way and, between them, errors of requests that were refused at once
@@ -87,6 +92,10 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
                 continue
             try:
                 stored = await item.stored
+                if item.index >= 0:
+                    stored = stored[item.index]
+                    if isinstance(stored, Exception):
+                        raise stored
             except ProtocolError as exc:
                 session.send_error(exc.with_id(item.request.id))
                 continue

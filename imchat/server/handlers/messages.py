@@ -71,11 +71,16 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         as_member=not user.detached,
         owner=user.ident,
     )
+    # A partial, not a closure over session and req (made per message).
+    finish = partial(_finish_say, session, req)
+    queue = getattr(ctx.store, "queue_append", None)
+    if queue is not None:  # SQLite: with the session's other room messages of this run
+        group, index = queue(draft, session)
+        return Append(req, group, finish, room, index)
     # start_storing, inline (a call less per message).
     start = getattr(ctx.store, "start_append", None)
     stored = start(draft) if start is not None else start_storing(ctx.store, draft)
-    # A partial, not a closure over session and req (made per message: ~1,500 instructions).
-    return Append(req, stored, partial(_finish_say, session, req), room)
+    return Append(req, stored, finish, room)
 
 
 def _finish_say(session: Peer, req: Say, stored: Stored) -> bytes | None:
