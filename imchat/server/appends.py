@@ -1,10 +1,12 @@
 """Pipelined message requests: a run of say/dm/announce shares one commit, finished in order.
 
 A handler for a message request does not await the store: it returns an :class:`Append`
-whose commit is already under way (tasks start in creation order, so messages reach the
-store in request order). The hub collects a session's consecutive appends into a run and
-:func:`finish_run` awaits them in request order, sending each reply and then the events it
-caused, so replies never overtake each other and a burst costs one commit.
+whose commit is already under way or queued (tasks start in creation order, and the SQLite
+store queues a session's room messages in request order, as one operation per run: see
+``SQLiteStore.queue_append``), so messages reach the store in request order. The hub
+collects a session's consecutive appends into a run and :func:`finish_run` awaits them in
+request order, sending each reply and then the events it caused, so replies never overtake
+each other and a burst costs one commit.
 
 Consecutive ``say`` events to one room leave together, after the replies of their requests:
 every member gets the run's messages in one append (one call per recipient for a burst of

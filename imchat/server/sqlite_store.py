@@ -2,9 +2,10 @@
 
 Writes are queued as small operations; the writer thread takes everything queued, runs it in
 one transaction and commits once, so a burst of messages costs one commit rather than one
-each. Sequence numbers are assigned inside that transaction, which keeps them gapless: a
-failed batch assigns nothing. Reads run on the event loop's own connection (WAL lets them
-proceed beside the writer) and see only committed data.
+each. A session's pipelined room messages are one such operation with one future
+(:meth:`SQLiteStore.queue_append`). Sequence numbers are assigned inside that transaction,
+which keeps them gapless: a failed batch assigns nothing. Reads run on the event loop's own
+connection (WAL lets them proceed beside the writer) and see only committed data.
 
 A plain message's search row is not written in its batch: it waits in the writer's backlog
 (``features_sqlite.Backlog``) and goes into the index in a transaction of its own once
