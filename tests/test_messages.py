@@ -329,6 +329,39 @@ def test_invalid_rooms(room: str) -> None:
     assert info.value.code == ErrorCode.BAD_ROOM
 
 
+def test_room_names_are_answered_from_the_cache_the_same_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``normalize_room`` keeps valid names it checked (a say names a room each time): a
+    second call answers from the cache, with the same name; an invalid name is never kept
+    and is refused every time; the cache holds at most ``ROOM_CACHE_SIZE`` names."""
+    from imchat.protocol import names
+
+    monkeypatch.setattr(names, "_rooms", {})
+    checked: list[str] = []
+    real = names._ROOM
+
+    class Counting:
+        def fullmatch(self, name: str) -> Any:
+            checked.append(name)
+            return real.fullmatch(name)
+
+    monkeypatch.setattr(names, "_ROOM", Counting())
+    assert normalize_room("#Lobby") == "lobby"
+    assert normalize_room("#Lobby") == "lobby"
+    assert normalize_room("lobby") == "lobby"
+    assert checked == ["lobby", "lobby"]  # "#Lobby" once, "lobby" once
+    for _ in range(2):
+        with pytest.raises(ProtocolError) as info:
+            normalize_room("#Bad Room")
+        assert info.value.code == ErrorCode.BAD_ROOM
+    assert "#Bad Room" not in names._rooms
+    for i in range(names.ROOM_CACHE_SIZE * 3):
+        assert normalize_room(f"#R{i}") == f"r{i}"
+        assert len(names._rooms) <= names.ROOM_CACHE_SIZE
+    assert normalize_room("#Lobby") == "lobby"  # forgotten with the rest, checked again
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -59,3 +59,44 @@ async def test_pipelined_requests_keep_order(tmp_path: Path) -> None:
         await conn.close()
     finally:
         await server.stop()
+
+
+async def test_a_burst_of_says_checks_the_output_bound_once(tmp_path: Path) -> None:
+    """The hub checks what a session owes (and the server's output bound) before each request
+    of a batch, except right after a message it started without waiting: nothing was queued
+    or could run since, so a burst of says is checked once. A request between them is
+    followed by a check again."""
+    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
+    await server.start()
+    try:
+        conn = await Connection.connect("127.0.0.1", server.port)
+        await conn.hello("alice")
+        await conn.request("join", room="lobby")
+        registry = server.hub.registry
+        checks: list[int] = []
+        saturated = registry.saturated
+
+        def counting() -> bool:
+            checks.append(1)
+            return saturated()
+
+        registry.saturated = counting  # type: ignore[method-assign]
+        say = encode_message({"type": "say", "room": "lobby", "text": "hi"})
+        ping = encode_message({"type": "ping"})
+
+        async def one_batch(frames: list[bytes]) -> int:
+            """Checks made handling ``frames`` sent in one write (read as one batch)."""
+            checks.clear()
+            conn.send_raw(b"".join([*frames, encode_message({"type": "ping", "id": "end"})]))
+            while (await conn.next_event(10)).get("id") != "end":
+                pass
+            return len(checks)
+
+        # The session's own look before the batch, then the hub's: the first request has
+        # none, the second one, and none after a say started without waiting.
+        assert await one_batch([say] * 20) == 1 + 1
+        # say, say (checked), say; ping; say (checked: after the ping), say, say; ping.
+        assert await one_batch([say] * 3 + [ping] + [say] * 3) == 1 + 2
+        await conn.close()
+    finally:
+        await server.stop()

@@ -190,3 +190,33 @@ async def test_a_finished_run_is_empty_so_finishing_it_again_sends_nothing() -> 
     first = list(log.out)
     await finish_run(log.sender(), run, log.fanout())
     assert log.out == [*first, ("release",)]
+
+
+async def test_is_member_follows_joins_parts_and_an_evicted_identity() -> None:
+    """``LocalFanout.is_member`` reads the room's table (not the user's ``rooms``): it must
+    agree with joins, parts, a user's last session leaving, and an identity that another
+    identity's hello under the same nick ended (its old User object is no member)."""
+    fanout = LocalFanout()
+
+    def bare() -> Any:
+        return SimpleNamespace(user=None, sent=[], fail=lambda e: None, close=lambda: None)
+
+    first = bare()
+    await fanout.connect(first, "Ann", admin=False, ident="g.1")
+    old = first.user
+    assert not fanout.is_member(old, "a")
+    await fanout.join(first, "a")
+    assert fanout.is_member(old, "a") and not fanout.is_member(old, "b")
+    await fanout.part(first, "a")
+    assert not fanout.is_member(old, "a")
+    await fanout.join(first, "a")
+    # Another identity takes the nick: the old user is dropped, the new one joins anew.
+    second = bare()
+    await fanout.connect(second, "ann", admin=False, ident="g.2")
+    new = second.user
+    assert new is not old
+    assert not fanout.is_member(old, "a") and not fanout.is_member(new, "a")
+    await fanout.join(second, "a")
+    assert fanout.is_member(new, "a") and not fanout.is_member(old, "a")
+    assert await fanout.disconnect(second) == ["a"]
+    assert not fanout.is_member(new, "a")

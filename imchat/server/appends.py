@@ -1,10 +1,12 @@
 """Pipelined message requests: a run of say/dm/announce shares one commit, finished in order.
 
 A handler for a message request does not await the store: it returns an :class:`Append`
-whose commit is already under way (tasks start in creation order, so messages reach the
-store in request order). The hub collects a session's consecutive appends into a run and
-:func:`finish_run` awaits them in request order, sending each reply and then the events it
-caused, so replies never overtake each other and a burst costs one commit.
+whose commit is already under way or queued (tasks start in creation order, and the SQLite
+store queues a session's room messages in request order, as one operation per run: see
+``SQLiteStore.queue_append``), so messages reach the store in request order. The hub
+collects a session's consecutive appends into a run and :func:`finish_run` awaits them in
+request order, sending each reply and then the events it caused, so replies never overtake
+each other and a burst costs one commit.
 
 Consecutive ``say`` events to one room leave together, after the replies of their requests:
 every member gets the run's messages in one append (one call per recipient for a burst of
@@ -18,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from imchat.protocol import ErrorCode, ProtocolError, Request
 
@@ -30,17 +34,21 @@ from .store import Draft, Store, Stored
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Append:
-    """A say, dm or announce whose commit is under way."""
+class Append(msgspec.Struct):
+    """A say, dm or announce whose commit is under way (a struct: made in C, one per
+    message)."""
 
     request: Request
-    stored: asyncio.Future[Stored]
+    #: Settles with the message's outcome; with ``index`` set, with the outcomes of the
+    #: group of messages it was queued with (``SQLiteStore.queue_append``), this one's at
+    #: ``index`` (a refusal: the exception in its place).
+    stored: asyncio.Future[Any]
     #: Sends the reply, then the events; runs once the message is committed. For a message
     #: to a room (``room`` set) it sends only the reply and returns the event's frame (None:
     #: nothing to deliver), which :func:`finish_run` delivers with its neighbours'.
     finish: Callable[[Stored], bytes | None]
     room: str | None = None
+    index: int = -1
 
 
 #: A run: appends under way and, between them, errors of requests that were refused at once
@@ -86,6 +94,10 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
                 continue
             try:
                 stored = await item.stored
+                if item.index >= 0:
+                    stored = stored[item.index]
+                    if isinstance(stored, Exception):
+                        raise stored
             except ProtocolError as exc:
                 session.send_error(exc.with_id(item.request.id))
                 continue

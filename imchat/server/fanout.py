@@ -177,7 +177,10 @@ class LocalFanout:
         return True
 
     def is_member(self, user: User, room: str) -> bool:
-        return room in user.rooms
+        # The room's table, not ``room in user.rooms`` (a RoomSet: a call more per message);
+        # both change together (join, part, _drop).
+        members = self._rooms.get(room)
+        return members is not None and members.get(user.key) is user
 
     async def members(self, room: str) -> list[str]:
         return [u.nick for u in self._rooms.get(room, {}).values()]

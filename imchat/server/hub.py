@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, parse_request
 
@@ -167,13 +167,25 @@ class Hub:
         """
         ctx, fanout = self.ctx, self.fanout
         max_buffer = self.config.max_buffer
+        # The address budget of this process (LocalAddressLimits) is taken without a
+        # coroutine per message; a shared one (Redis) is awaited.
+        take_now: Callable[[str], bool] | None = getattr(ctx.addr_limits, "take_now", None)
+        rated = self.config.rate > 0
         run: Run = []
+        # The bound on output was checked and nothing could have changed it since: only
+        # appends were started since, without awaiting (they queue no reply before the
+        # run's end, and no other task ran), so a burst of says checks it once, not per say.
+        checked = False
         for index, item in enumerate(items):
             if session.closing:
                 break
-            if index and (getattr(session, "owed", 0) > max_buffer or self.registry.saturated()):
-                await finish_run(session, run, fanout)
-                return items[index:]
+            if index and not checked:
+                if getattr(session, "owed", 0) > max_buffer or self.registry.saturated():
+                    await finish_run(session, run, fanout)
+                    return items[index:]
+                checked = True
+            quiet = checked
+            checked = False
             request: Request | None = None
             try:
                 if isinstance(item, ProtocolError):
@@ -182,10 +194,17 @@ class Hub:
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
                 if isinstance(request, RATE_LIMITED_TYPES):
-                    if not session.bucket.take():
+                    # Every session's bucket is made with config.rate: with rate 0 it allows
+                    # everything, so it is not even made (two calls a message).
+                    if rated and not session.bucket.take():
                         STATS.rate_limited += 1
                         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
-                    if not await ctx.addr_limits.take(session.addr):
+                    if take_now is not None:
+                        allowed = take_now(session.addr)
+                    else:
+                        quiet = False  # it may wait: other tasks run meanwhile
+                        allowed = await ctx.addr_limits.take(session.addr)
+                    if not allowed:
                         STATS.rate_limited += 1
                         raise ProtocolError(
                             ErrorCode.RATE_LIMITED, "too many messages from your address"
@@ -201,6 +220,7 @@ class Hub:
                 starter = APPENDERS.get(type(request))
                 if starter is not None:
                     run.append(starter(ctx, session, request))
+                    checked = quiet
                     continue
                 await finish_run(session, run, fanout)
                 await HANDLERS[type(request)](ctx, session, request)

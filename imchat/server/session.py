@@ -342,9 +342,14 @@ class Session(asyncio.BufferedProtocol):
                 self._maybe_resume_reading()  # the next batch is read while this one is handled
                 rest = await self.hub.handle_batch(self, batch)
                 done = batch[: len(batch) - len(rest)]
-                self._inbox_bytes -= sum(
-                    len(item) + HEADER_SIZE for item in done if isinstance(item, bytes)
-                )
+                try:  # frames only (nearly always): counted in C, not an item at a time
+                    self._inbox_bytes -= sum(
+                        map(len, cast("list[bytes]", done))
+                    ) + HEADER_SIZE * len(done)
+                except TypeError:  # a lost framing's ProtocolError among them
+                    self._inbox_bytes -= sum(
+                        len(item) + HEADER_SIZE for item in done if isinstance(item, bytes)
+                    )
                 if rest:
                     # It owes more than max_buffer (send it now; the rest waits for the client
                     # to read: writing pauses above the high-water mark), or the server holds

@@ -100,9 +100,12 @@ class StoreUnavailable(Exception):
     """The store (or the cluster behind it) cannot be reached at start; one line for humans."""
 
 
-@dataclass(slots=True)
-class Draft:
-    """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both."""
+class Draft(msgspec.Struct):
+    """A message to store. ``event`` lacks ``seq`` and ``ts``; the store assigns both.
+
+    A struct, not a dataclass: every message makes one, and the dataclass's ``__init__`` of
+    fifteen fields (Python) cost ~5,000 instructions of the say path.
+    """
 
     stream: StreamId
     sender_key: str

@@ -1,0 +1,145 @@
+"""The SQLite store's groups of room messages (``SQLiteStore.queue_append``): the messages
+one session queues without waiting in between are one writer operation with one future,
+settled with each message's own outcome; a group never holds two sessions' messages, and
+nothing queued after a group is stored before it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imchat.client import Connection
+from imchat.protocol import ErrorCode, ProtocolError, encode_message
+from imchat.protocol.events import MsgEvent
+from imchat.server import ChatServer, ServerConfig, sqlite_store
+from imchat.server.message_features import REPLY, Feature
+from imchat.server.sqlite_store import MAX_GROUP, SQLiteStore
+from imchat.server.store import Draft, Stored
+from imchat.server.streams import StreamId
+
+
+def _say(text: str, *, reply_to: int | None = None) -> Draft:
+    event = MsgEvent(room="lobby", from_="alice", text=text, reply_to=reply_to)
+    feature = None if reply_to is None else Feature(REPLY, reply_to, "alice", False)
+    return Draft(StreamId.room("lobby"), "alice", None, event, feature=feature)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    store = SQLiteStore(tmp_path / "imchat.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_sessions_messages_share_one_future_until_anything_else_is_queued(
+    store: SQLiteStore,
+) -> None:
+    alice, bob = object(), object()
+    a1, i1 = store.queue_append(_say("a1"), alice)
+    a2, i2 = store.queue_append(_say("a2"), alice)
+    assert a2 is a1 and (i1, i2) == (0, 1)
+    b1, j = store.queue_append(_say("b1"), bob)  # another session: a group of its own
+    assert b1 is not a1 and j == 0
+    plain = store.start_append(_say("plain"))  # queued after bob's group: stored after it
+    a3, k = store.queue_append(_say("a3"), alice)  # alice's first group was handed over
+    assert a3 is not a1 and k == 0
+    assert [r.seq for r in await a1] == [1, 2]
+    assert [r.seq for r in await b1] == [3]
+    assert (await plain).seq == 4
+    assert [r.seq for r in await a3] == [5]
+
+
+async def test_a_refusal_in_a_group_is_that_messages_alone(store: SQLiteStore) -> None:
+    owner = object()
+    group, _ = store.queue_append(_say("first"), owner)
+    store.queue_append(_say("answer to nothing", reply_to=99), owner)
+    store.queue_append(_say("third"), owner)
+    first, refused, third = await group
+    assert isinstance(first, Stored) and first.seq == 1
+    assert isinstance(refused, ProtocolError) and refused.code == ErrorCode.NO_SUCH_MESSAGE
+    assert isinstance(third, Stored) and third.seq == 2  # the refusal took no seq
+
+
+async def test_a_group_holds_at_most_max_group_messages(store: SQLiteStore) -> None:
+    owner = object()
+    queued = [store.queue_append(_say(f"m{i}"), owner) for i in range(MAX_GROUP + 1)]
+    assert queued[MAX_GROUP - 1][0] is queued[0][0]
+    assert queued[MAX_GROUP][0] is not queued[0][0] and queued[MAX_GROUP][1] == 0
+    assert [r.seq for r in await queued[MAX_GROUP][0]] == [MAX_GROUP + 1]
+
+
+async def test_a_failing_group_stores_none_of_its_messages(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append = sqlite_store._append
+
+    def failing(writer: Any, draft: Draft, c: sqlite3.Connection) -> Any:
+        if draft.event.text == "boom":
+            raise sqlite3.OperationalError("disk trouble")
+        return append(writer, draft, c)
+
+    monkeypatch.setattr(sqlite_store, "_append", failing)
+    owner = object()
+    group, _ = store.queue_append(_say("before"), owner)
+    store.queue_append(_say("boom"), owner)
+    with pytest.raises(sqlite3.OperationalError):
+        await group
+    again, _ = store.queue_append(_say("after"), owner)
+    assert [r.seq for r in await again] == [1]  # the failed group assigned nothing
+    texts = [m for m in await store.history(StreamId.room("lobby"), after=0, before=None, limit=9)]
+    assert [b'"after"' in m for m in texts] == [True]
+
+
+async def test_a_burst_of_says_is_one_group_and_a_failing_one_answers_each_internal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP: twenty pipelined says are one writer operation; when a group fails, each
+    of its says is answered ``internal`` in order and the session goes on."""
+    groups: list[int] = []
+    append_all = sqlite_store._append_all
+
+    def counting(writer: Any, drafts: list[Draft], c: sqlite3.Connection) -> Any:
+        groups.append(len(drafts))
+        if any(d.event.text == "boom" for d in drafts):
+            raise sqlite3.OperationalError("disk trouble")
+        return append_all(writer, drafts, c)
+
+    monkeypatch.setattr(sqlite_store, "_append_all", counting)
+    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
+    await server.start()
+    try:
+        conn = await Connection.connect("127.0.0.1", server.port)
+        await conn.hello("alice")
+        await conn.request("join", room="lobby")
+        says = [
+            encode_message({"type": "say", "room": "lobby", "text": f"m{i}", "id": i})
+            for i in range(20)
+        ]
+        conn.send_raw(b"".join(says))
+        replies = []
+        while len(replies) < 20:
+            frame = await conn.next_event(10)
+            if frame["type"] == "ok":
+                replies.append(frame["seq"])
+        assert replies == list(range(1, 21))
+        assert groups == [20]
+        boom = [
+            encode_message({"type": "say", "room": "lobby", "text": text, "id": text})
+            for text in ("x", "boom", "y")
+        ]
+        conn.send_raw(b"".join(boom))
+        errors = []
+        while len(errors) < 3:
+            frame = await conn.next_event(10)
+            if frame["type"] == "error":
+                errors.append((frame["id"], frame["code"]))
+        assert errors == [("x", "internal"), ("boom", "internal"), ("y", "internal")]
+        ok = await conn.request("say", room="lobby", text="still here")
+        assert ok["seq"] == 21
+        await conn.close()
+    finally:
+        await server.stop()
