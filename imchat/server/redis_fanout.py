@@ -770,16 +770,19 @@ class RedisFanout:
                 self._deliver(recipients, encode_frame(payload))
 
     def _apply(self, op: bytes) -> None:
-        room, key = op[1:].decode().split(" ")
-        user = self._users.get(key)
-        if user is None:
-            return
+        first, second = op[1:].decode().split(" ")
         if op[:1] == b"!":
             # ``!key ident``: an account took the nick; another identity here under it ends.
-            if user.ident != room:
+            key, ident = first, second
+            user = self._users.get(key)
+            if user is not None and user.ident != ident:
                 del self._users[key]
                 self._recipient_users.clear()
                 evict(user)
+            return
+        room, key = first, second  # ``+room key`` / ``-room key``
+        user = self._users.get(key)
+        if user is None:
             return
         if op[:1] == b"+":
             user.rooms.add(room)

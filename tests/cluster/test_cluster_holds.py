@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from imchat.protocol import encode_frame
+from imchat.protocol import ProtocolError, encode_frame
 from imchat.server.peer import User
 from imchat.server.redis_fanout import RedisFanout
 from imchat.server.redis_store import RedisStore
@@ -20,10 +20,16 @@ class FakeSession:
         self.user = user
         self.closing = False
         self.frames: list[bytes] = []
+        self.failed: list[str] = []
         user.sessions.append(self)  # type: ignore[arg-type]
 
     def send(self, frame: bytes) -> None:
-        self.frames.append(frame)
+        if not self.closing:
+            self.frames.append(frame)
+
+    def fail(self, error: ProtocolError) -> None:
+        self.failed.append(error.code.value)
+        self.closing = True
 
 
 @pytest.fixture
@@ -37,8 +43,8 @@ async def fanout() -> Any:
     await store.redis.aclose()
 
 
-def local_user(fanout: RedisFanout, nick: str) -> FakeSession:
-    user = fanout._users[nick.lower()] = User(nick, False)
+def local_user(fanout: RedisFanout, nick: str, ident: str = "") -> FakeSession:
+    user = fanout._users[nick.lower()] = User(nick, False, ident)
     return FakeSession(user)
 
 
@@ -89,3 +95,20 @@ async def test_membership_ops_apply_to_local_users_only(fanout: RedisFanout) -> 
     feed(fanout, "", "", "alice alice", b'{"n":9}')
     assert alice.frames[-1] == encode_frame(b'{"n":9}')
     assert alice.frames.count(encode_frame(b'{"n":9}')) == 1
+
+
+async def test_an_account_taking_the_nick_ends_the_other_identity_here(
+    fanout: RedisFanout,
+) -> None:
+    """``!key ident`` (the connect script's, when an account outranks the guest identity
+    online under its nick): that identity's sessions on this node end with ``nick_taken``
+    at once, and later envelopes naming the key do not reach them."""
+    carol = local_user(fanout, "carol", ident="gcarol")
+    dave = local_user(fanout, "dave", ident="gdave")
+    feed(fanout, "", "!dave gdave", "", b"")  # its own identity: nothing ends
+    assert dave.failed == [] and fanout.user("dave") is dave.user
+    feed(fanout, "", "!carol acarol", "", b"")
+    assert carol.failed == ["nick_taken"]
+    assert fanout.user("carol") is None
+    feed(fanout, "", "", "carol dave", b'{"n":1}')
+    assert carol.frames == [] and dave.frames == [encode_frame(b'{"n":1}')]
