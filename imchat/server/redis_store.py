@@ -49,7 +49,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -570,6 +570,12 @@ class Keys:
         return f"{self.prefix}ev:{node_id}"
 
 
+#: A command on the ordered pipeline: how to add it to a pipeline, the future its result
+#: settles, whether it writes (``--redis-wait`` covers it), and what turns the reply into that
+#: result (None: the reply itself).
+Batched = tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool, Callable[[Any], Any] | None]
+
+
 class RedisStore:
     """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster.
 
@@ -600,8 +606,9 @@ class RedisStore:
         #: The newest message this node acknowledged or delivered per stream (issue 13).
         self.seen = SeenSeqs()
         self._encoder = msgspec.json.Encoder()
-        #: Commands for the ordered pipeline: each with its future and whether it writes.
-        self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
+        #: Commands for the ordered pipeline: each with its future, whether it writes and
+        #: what turns its reply into the future's result (None: the reply itself).
+        self._queue: list[Batched] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
 
@@ -631,16 +638,22 @@ class RedisStore:
         await self.redis.aclose()
 
     def _ordered(
-        self, command: Callable[[Pipeline], Any], *, write: bool = False
+        self,
+        command: Callable[[Pipeline], Any],
+        *,
+        write: bool = False,
+        then: Callable[[Any], Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one command for the ordered pipeline; its result resolves the future.
 
         Appends and user lookups go through one connection in call order (results resolve in
         that order too): the hub starts a session's pipelined say/dm requests in order, and
         this keeps their seqs in that order. It also batches them, one round trip for many.
+        ``then`` turns the reply into the future's result (what it raises, the future's
+        exception) without a task of its own.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future, write))
+        self._queue.append((command, future, write, then))
         self._queued.set()
         return future
 
@@ -658,19 +671,22 @@ class RedisStore:
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
-                for (_, future, _), result in zip(batch, results, strict=True):
+                for (_, future, _, then), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
                         future.set_exception(result)
-                    else:
+                    elif then is None:
                         future.set_result(result)
+                    else:
+                        try:
+                            future.set_result(then(result))
+                        except Exception as exc:  # a refusal (ProtocolError) or a bug
+                            future.set_exception(exc)
 
-    async def _run_batch(
-        self, batch: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]]
-    ) -> list[Any]:
-        commands = [command for command, _, _ in batch]
-        if not (self.wait_replicas and any(write for _, _, write in batch)):
+    async def _run_batch(self, batch: list[Batched]) -> list[Any]:
+        commands = [command for command, _, _, _ in batch]
+        if not (self.wait_replicas and any(write for _, _, write, _ in batch)):
             return await run_pipeline(self.redis, commands, [self._append])
         wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
         results = await run_pipeline(self.redis, commands, [self._append], wait=wait)
@@ -682,7 +698,7 @@ class RedisStore:
         )
         return [
             short if write and not isinstance(result, BaseException) else result
-            for (_, _, write), result in zip(batch, results, strict=True)
+            for (_, _, write, _), result in zip(batch, results, strict=True)
         ]
 
     # -- users and accounts ----------------------------------------------------------------
@@ -977,6 +993,13 @@ class RedisStore:
         users if the recipient is online anywhere, else it waits in their pending list; an
         announcement to every session.
         """
+        return await self.start_append(draft)
+
+    def start_append(self, draft: Draft) -> asyncio.Future[Stored]:
+        """:meth:`append` without a task of its own: the script is queued on the ordered
+        pipeline now (so appends reach Redis in call order) and its reply is read into the
+        :class:`Stored` where the batch's results are handed out. The say path uses this, as
+        with the SQLite store (a task and a coroutine per message cost several µs)."""
         stream = draft.stream
         args = (
             self.keys.prefix,
@@ -990,15 +1013,25 @@ class RedisStore:
             f"{draft.max_queued} {draft.max_queued_per_sender} {draft.queue_source}",
             "1" if draft.as_member else "0",
         )
-        script = self._append
-        reply: bytes
         if draft.feature is not None:  # revision 3: checked in the same atomic script
-            reply = await features_redis.append(self, draft, args)
-        else:
-            anchor = self.keys.anchor
-            reply = await self._ordered(
-                lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args), write=True
+            # Queued now, like the others; its reply is read in a task (a retry may follow).
+            return asyncio.ensure_future(
+                self._append_feature(draft, features_redis.append(self, draft, args))
             )
+        script = self._append
+        anchor = self.keys.anchor
+        return self._ordered(
+            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args),
+            write=True,
+            then=lambda reply: self._stored(draft, reply),
+        )
+
+    async def _append_feature(self, draft: Draft, reply: Awaitable[bytes]) -> Stored:
+        return self._stored(draft, await reply)
+
+    def _stored(self, draft: Draft, reply: bytes) -> Stored:
+        """The append script's reply as a :class:`Stored`, or its refusal raised."""
+        stream = draft.stream
         features_redis.after_append(self, stream, reply)
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
