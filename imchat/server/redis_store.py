@@ -72,7 +72,7 @@ from . import features_redis
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
 from .redis_epoch import SeenSeqs, verify_epoch
-from .redis_raw import raw_execute
+from .redis_raw import RawLink, raw_execute
 from .redis_shard import ShardConnection, ShardSSLConnection, prefix_slot, tagged_prefix
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_cluster_url, parse_sentinel_url
@@ -465,6 +465,7 @@ async def run_pipeline(
     scripts: list[Any],
     *,
     wait: tuple[int, int] | None = None,
+    link: RawLink | None = None,
 ) -> list[Any]:
     """Run commands in one pipeline, in order; results (or exceptions) in the same order.
 
@@ -474,7 +475,7 @@ async def run_pipeline(
 
     ``wait`` (replicas, timeout in ms) ends each pipeline with ``WAIT``, on the same
     connection as the writes it covers; the fewest replicas it confirmed is appended to the
-    results.
+    results. ``link``: send over that connection instead of one from the pool.
     """
 
     async def execute(indices: list[int]) -> tuple[list[Any], int | None]:
@@ -483,7 +484,10 @@ async def run_pipeline(
                 commands[i](pipe)
             if wait is not None:
                 pipe.execute_command("WAIT", *wait)
-            results: list[Any] | None = await raw_execute(redis, pipe.command_stack)
+            stack = pipe.command_stack
+            results: list[Any] | None = await (
+                raw_execute(redis, stack) if link is None else link.execute(stack)
+            )
             if results is None:
                 results = await pipe.execute(raise_on_error=False)
         if wait is None:
@@ -611,6 +615,8 @@ class RedisStore:
         self._queue: list[Batched] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        #: The ordered pipeline's own connection (one batch at a time).
+        self._link = RawLink(self.redis)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -635,6 +641,7 @@ class RedisStore:
                 await asyncio.sleep(0.01)  # the last batch is on its way
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
+        await self._link.close()
         await self.redis.aclose()
 
     def _ordered(
@@ -687,9 +694,11 @@ class RedisStore:
     async def _run_batch(self, batch: list[Batched]) -> list[Any]:
         commands = [command for command, _, _, _ in batch]
         if not (self.wait_replicas and any(write for _, _, write, _ in batch)):
-            return await run_pipeline(self.redis, commands, [self._append])
+            return await run_pipeline(self.redis, commands, [self._append], link=self._link)
         wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
-        results = await run_pipeline(self.redis, commands, [self._append], wait=wait)
+        results = await run_pipeline(
+            self.redis, commands, [self._append], wait=wait, link=self._link
+        )
         acked = results.pop()
         if acked >= self.wait_replicas:
             return results
