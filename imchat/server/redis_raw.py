@@ -169,6 +169,7 @@ async def _send_and_read(
             gets = parser._reader.gets  # type: ignore[attr-defined]
             fill: Any = parser.read_from_socket
             callbacks: Any = redis.response_callbacks
+            found: dict[Any, Any] = {}
             results: list[Any] = []
             for args, options in stack:
                 reply = gets()
@@ -179,15 +180,24 @@ async def _send_and_read(
                     raise reply
                 if isinstance(reply, ResponseError):
                     reply = options.get(EMPTY_RESPONSE, reply)
-                elif args[0] in callbacks:
-                    extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-                    reply = callbacks[args[0]](reply, **extra)
+                else:
+                    # Looked up once per name and batch (the table is case-insensitive: each
+                    # lookup upper-cases the name).
+                    name = args[0]
+                    callback = found.get(name, _UNKNOWN)
+                    if callback is _UNKNOWN:
+                        callback = found[name] = callbacks.get(name) if name in callbacks else None
+                    if callback is not None:
+                        extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+                        reply = callback(reply, **extra)
                 results.append(reply)
         return results
     except BaseException:
         await connection.disconnect()
         raise
 
+
+_UNKNOWN = object()
 
 #: Pipeline options redis-py consumes before a response callback sees the rest
 #: (``redis.client.EMPTY_RESPONSE``, ``NEVER_DECODE``).

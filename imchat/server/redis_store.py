@@ -45,7 +45,6 @@ every key is in that key's slot, on one shard (:mod:`imchat.server.redis_shard`)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
@@ -156,13 +155,28 @@ class CPacked(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
         name = args[0]
         if type(name) is str and " " not in name:
-            with contextlib.suppress(TypeError):
+            try:
                 return [_hiredis_pack(args)]
+            except TypeError:
+                pass
         packed: list[bytes] = self._packer.pack(*args)
         return packed
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        return [b"".join([b"".join(self.pack_command(*command)) for command in commands])]
+        # pack_command inlined for the usual command (a tuple named by one word): a batch of
+        # appends packs each with one call.
+        out: list[bytes] = []
+        for command in commands:
+            if type(command) is tuple:
+                name = command[0]
+                if type(name) is str and " " not in name:
+                    try:
+                        out.append(_hiredis_pack(command))
+                        continue
+                    except TypeError:
+                        pass
+            out.append(b"".join(self.pack_command(*command)))
+        return [b"".join(out)]
 
 
 #: Connections a client opens to Redis at most; a command beyond them waits up to
@@ -617,10 +631,13 @@ class RedisStore:
         self._sender: asyncio.Task[None] | None = None
         #: The ordered pipeline's own connection (one batch at a time).
         self._link = RawLink(self.redis)
+        #: The loop the store is used from (set by open, or at the first ordered command).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
@@ -659,7 +676,10 @@ class RedisStore:
         ``then`` turns the reply into the future's result (what it raises, the future's
         exception) without a task of its own.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # asked once: get_running_loop costs a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future, write, then))
         self._queued.set()
         return future
@@ -1030,7 +1050,8 @@ class RedisStore:
         script = self._append
         anchor = self.keys.anchor
         return self._ordered(
-            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args),
+            # execute_command: evalsha's wrappers add nothing to a bare EVALSHA.
+            lambda pipe: pipe.execute_command("EVALSHA", script.sha, 1, anchor, *args),
             write=True,
             then=lambda reply: self._stored(draft, reply),
         )
