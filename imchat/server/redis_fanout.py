@@ -633,7 +633,8 @@ class RedisFanout:
                 reason = next((t.exception() for t in done if t.exception() is not None), None)
             finally:
                 await _cancel_all(tasks)
-            self._lost(reason)
+            if self.available:  # not already declared lost by _drain (this node was reaped)
+                self._lost(reason)
             await self._close_pubsub()
             # Where Redis still answers (a dead subscription, a reap noticed late), the users
             # of the lost incarnation go offline now, so they can come back at once.
@@ -774,11 +775,15 @@ class RedisFanout:
                     if op.startswith(b"reaped "):
                         if op[7:].decode() == self.node_id:
                             # Frozen past the node timeout: the memberships that follow were
-                            # taken from this node's users. Start over rather than act on them.
+                            # taken from this node's users. Start over rather than act on them,
+                            # and end the sessions now, in this step: a request read in the
+                            # same wake-up as this envelope must not be answered from the
+                            # reaped state (``not_in_room`` for a member) before _run would.
                             self._alarm_reason = (
                                 "this node was reaped as dead (unresponsive too long)"
                             )
                             self._alarm.set()
+                            self._lost(RedisLost(self._alarm_reason))
                             return
                         continue
                     self._apply(op)

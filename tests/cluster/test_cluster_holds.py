@@ -201,3 +201,33 @@ async def test_an_account_taking_the_nick_ends_the_run_before_it(fanout: RedisFa
     )
     assert alice.appends == [frames(b"1", b"2")]
     assert bob.frames == frames(b"1", b"2", b"3")
+
+
+class SessionsOnly:
+    """The registry's part ``RedisFanout._lost`` uses: every session of the server."""
+
+    def __init__(self, *sessions: FakeSession) -> None:
+        self.sessions = list(sessions)
+
+
+async def test_learning_it_was_reaped_ends_the_sessions_in_the_same_step(
+    fanout: RedisFanout,
+) -> None:
+    """A node frozen past the node timeout reads ``reaped <itself>`` when it resumes, maybe
+    in the same wake-up as requests its clients sent meanwhile: their sessions must end then
+    (``shutting_down``), before any such request can be answered from the state Redis has
+    without them (``not_in_room`` for a say to a room they were in)."""
+    alice, bob = local_user(fanout, "alice"), local_user(fanout, "bob")
+    fanout._registry = SessionsOnly(alice, bob)  # type: ignore[assignment]
+    fanout.available = True
+    read(
+        fanout,
+        ("", "", "alice bob", b"1"),
+        ("", "reaped n2", "", b""),  # another node's: nothing to do here
+        ("", "", "alice bob", b"2"),
+        ("", "reaped n1", "", b""),
+        ("", "-lobby alice", "alice bob", b"3"),
+    )
+    assert alice.failed == bob.failed == ["shutting_down"]
+    assert alice.frames == bob.frames == frames(b"1", b"2")
+    assert not fanout.available and fanout.user("alice") is None
