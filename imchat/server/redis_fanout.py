@@ -59,6 +59,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,8 @@ DEFAULT_NODE_TIMEOUT = 15.0
 RECONNECT_DELAY = 1.0
 #: Seconds each step of leaving the cluster at shutdown may take.
 CLOSE_TIMEOUT = 5.0
+#: A frame's length prefix (:func:`imchat.protocol.encode_frame`), packed without its call.
+_HEADER = struct.Struct(">I").pack
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
 #: DMs kept for an offline user read per Redis reply at its next hello (up to
@@ -828,7 +831,8 @@ class RedisFanout:
         if len(payloads) == 1:
             self._deliver(recipients, encode_frame(payloads[0]))
             return
-        frames = [encode_frame(payload) for payload in payloads]
+        header = _HEADER
+        frames = [header(len(payload)) + payload for payload in payloads]  # encode_frame's
         joined = b"".join(frames)
         for user in self._local_users(recipients):
             for session in user.sessions:

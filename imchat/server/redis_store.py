@@ -93,7 +93,7 @@ from .store import (
     share_refusal,
     token_id,
 )
-from .streams import StreamId, StreamKind
+from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
@@ -1082,7 +1082,8 @@ class RedisStore:
             payload,
             duplicate=status == b"0",
             published=True,
-            delivered=int(delivered) if stream.kind is StreamKind.ANNOUNCEMENTS else None,
+            # ``stream.key == "a"``: StreamKind.ANNOUNCEMENTS without building the enum member.
+            delivered=int(delivered) if stream.key == "a" else None,
         )
 
     async def history(
