@@ -162,6 +162,13 @@ class Result:
     redis_writes_per_say: float = 0.0
     #: The same two, and commands, for says sent one at a time after the load.
     lone: Counters | None = None
+    #: System-call reads and writes of every node process during the load, per message said
+    #: (``/proc/<pid>/io``: client sockets, Redis connections, the subscription).
+    node_syscalls_per_say: float = 0.0
+    #: Of ``node_cpu``, the kernel's (system time).
+    node_sys_cpu: float = 0.0
+    #: Times the node processes slept and were woken during the load, per message said.
+    node_wakeups_per_say: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -174,9 +181,34 @@ class Result:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far, apart."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def syscalls(pid: int) -> int:
+    """Read and write system calls of a process so far (``/proc/<pid>/io``: ``syscr`` and
+    ``syscw``; ``recv``/``send``/``writev`` on sockets count too), 0 where unreadable."""
+    try:
+        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except OSError:
+        return 0
+    return int(fields["syscr"]) + int(fields["syscw"])
+
+
+def wakeups(pid: int) -> int:
+    """Times a process went to sleep and was woken (``voluntary_ctxt_switches``): for an
+    event loop, the turns that found nothing to do and waited."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 @dataclass
@@ -267,6 +299,9 @@ async def run_load(
     ]
     idle = pids[len(ports) :]  # nodes with no client: what a message costs them
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    sys_before = sum(cpu_split(pid)[1] for pid in pids)
+    calls_before = sum(syscalls(pid) for pid in pids)
+    wakeups_before = sum(wakeups(pid) for pid in pids)
     idle_before = sum(cpu_seconds(pid) for pid in idle)
     redis_before = redis_counters(redis_url)
     start = time.perf_counter()
@@ -284,6 +319,9 @@ async def run_load(
                 client.transport.close()
     end = max(c.last_at for c in recv_clients)
     node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    node_sys = sum(cpu_split(pid)[1] for pid in pids) - sys_before
+    calls = sum(syscalls(pid) for pid in pids) - calls_before
+    woken = sum(wakeups(pid) for pid in pids) - wakeups_before
     idle_cpu = sum(cpu_seconds(pid) for pid in idle) - idle_before
     during = since(redis_before, redis_url).per(total)
     result = Result(
@@ -296,6 +334,9 @@ async def run_load(
         idle_cpu / total * 1e6,
         during.reads,
         during.writes,
+        node_syscalls_per_say=calls / total,
+        node_sys_cpu=node_sys,
+        node_wakeups_per_say=woken / total,
     )
     if redis_url is not None and lone:
         result.lone = await lone_says(ports, redis_url, lone, timeout)
@@ -545,9 +586,10 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
     print(
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
         "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say "
-        "| Redis reads/say (exchanges) | Redis writes/say | lone say: reads | writes | commands |"
+        "| Redis reads/say (exchanges) | Redis writes/say | lone say: reads | writes | commands "
+        "| node syscalls/say | node wake-ups/say | node system CPU share |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 16 + "|")
     for name, _, _ in setups:
         result = best[name]
         print(
@@ -556,7 +598,9 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
             f"| {ratio(result.cpu_us_per_delivery, embedded.cpu_us_per_delivery):.2f} "
             f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} "
             f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
-            f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} |"
+            f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} "
+            f"| {result.node_syscalls_per_say:.1f} | {result.node_wakeups_per_say:.2f} "
+            f"| {ratio(result.node_sys_cpu, result.node_cpu):.0%} |"
         )
     return best
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from conftest import TIMEOUT, Clients, admin_token, join
 
 from imchat.client import Connection
 from imchat.protocol import encode_message
@@ -100,3 +103,35 @@ async def test_a_burst_of_says_checks_the_output_bound_once(tmp_path: Path) -> N
         await conn.close()
     finally:
         await server.stop()
+
+
+async def test_a_run_of_say_dm_and_announce_reaches_a_bystander_in_request_order(
+    server: Any, connect: Clients, data_dir: Path
+) -> None:
+    """One pipelined run of a room message, a DM to a user online here and an announcement:
+    a user who gets all three gets them in request order, on either backend (over Redis the
+    scripts publish as they run, so each append must reach the store in request order; a
+    DM's used to wait for a task of its own, after the announcement queued behind it)."""
+    peer = await connect("peer")
+    await join(peer, "lobby")
+    admin = await connect.raw()
+    await admin.hello("admin", token=admin_token(data_dir))
+    admin.send({"type": "join", "room": "lobby", "id": "j"})
+    await admin.recv_skip()
+    for round_ in range(5):
+        admin.send_bytes(
+            b"".join(
+                encode_message(request)
+                for request in (
+                    {"type": "say", "room": "lobby", "text": f"say {round_}"},
+                    {"type": "dm", "to": "peer", "text": f"dm {round_}"},
+                    {"type": "announce", "text": f"announce {round_}"},
+                )
+            )
+        )
+        got = []
+        while len(got) < 3:
+            event = await peer.next_event(TIMEOUT)
+            if event["type"] in ("msg", "dm", "announce"):
+                got.append(event["text"])
+        assert got == [f"say {round_}", f"dm {round_}", f"announce {round_}"]

@@ -21,9 +21,10 @@ before the start of some stream (older matches may exist: page on with ``before`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -126,8 +127,11 @@ def _key(store: RedisStore, name: str) -> str:
     return f"{store.keys.prefix}{name}"
 
 
-async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> bytes:
+def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> Awaitable[bytes]:
     """Run the feature script; the reply in the append script's format, or a refusal raised.
+
+    Queued on the store's ordered pipeline at the call (not when awaited), so a feature
+    request keeps its place among the appends started after it.
 
     A repeated reaction comes back as a duplicate of the original react message, removing an
     absent one as a duplicate with seq 0: either way nothing was stored or published.
@@ -145,15 +149,24 @@ async def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> byte
     )
     script = store.feature_lua
     anchor = store.keys.anchor
+
+    def command(pipe: Pipeline) -> Any:
+        return pipe.evalsha(script.sha, 1, anchor, *args, *params)
+
+    return _finish(store, script, command, store._ordered(command, write=True))
+
+
+async def _finish(
+    store: RedisStore,
+    script: Any,
+    command: Callable[[Pipeline], Any],
+    first: asyncio.Future[Any],
+) -> bytes:
     try:
-        reply: bytes = await store._ordered(
-            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args, *params), write=True
-        )
+        reply: bytes = await first
     except NoScriptError:  # Redis restarted and lost its scripts: this one did not run
         script.sha = await store.redis.script_load(script.script)
-        reply = await store._ordered(
-            lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args, *params), write=True
-        )
+        reply = await store._ordered(command, write=True)
     if reply.startswith(b"E "):
         code = ErrorCode(reply[2:].decode())
         raise ProtocolError(

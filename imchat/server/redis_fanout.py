@@ -59,6 +59,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -94,6 +95,8 @@ DEFAULT_NODE_TIMEOUT = 15.0
 RECONNECT_DELAY = 1.0
 #: Seconds each step of leaving the cluster at shutdown may take.
 CLOSE_TIMEOUT = 5.0
+#: A frame's length prefix (:func:`imchat.protocol.encode_frame`), packed without its call.
+_HEADER = struct.Struct(">I").pack
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
 #: DMs kept for an offline user read per Redis reply at its next hello (up to
@@ -636,7 +639,8 @@ class RedisFanout:
                 reason = next((t.exception() for t in done if t.exception() is not None), None)
             finally:
                 await _cancel_all(tasks)
-            self._lost(reason)
+            if self.available:  # not already declared lost by _drain (this node was reaped)
+                self._lost(reason)
             await self._close_pubsub()
             # Where Redis still answers (a dead subscription, a reap noticed late), the users
             # of the lost incarnation go offline now, so they can come back at once.
@@ -746,43 +750,73 @@ class RedisFanout:
             await asyncio.wait_for(pubsub.ping(), interval)
 
     def _drain(self) -> None:
-        """Deliver envelopes in channel order, stopping at one whose hold is not released."""
+        """Deliver envelopes in channel order, stopping at one whose hold is not released.
+
+        Consecutive envelopes to the same recipient list (a busy room: one socket read
+        brings 10 to 20 of them) go out together, one append per recipient session
+        (:meth:`_deliver_run`), as the embedded fan-out sends a run of a room's events. A
+        membership op, a hold, the end of what was read or another recipient list ends the
+        run first, so every session still gets its frames in channel order.
+        """
         inbox = self._inbox
         awaiting = self._awaiting
         if self._alarm.is_set():
             return  # starting over: nothing more is acted on
-        while inbox:
-            hold, op, recipients, payload = inbox[0]
-            if hold and hold.decode() in awaiting:
-                return
-            inbox.popleft()
-            if payload:
-                # Any node may have acknowledged it and be gone: this one is a witness too.
-                self._seen.note_event(payload)
-            if op.startswith(b"reaped "):
-                if op[7:].decode() == self.node_id:
-                    # Frozen past the node timeout: the memberships that follow were taken
-                    # from this node's users. Start over rather than act on them.
-                    self._alarm_reason = "this node was reaped as dead (unresponsive too long)"
-                    self._alarm.set()
+        note_event = self._seen.note_event
+        run: list[bytes] = []  # payloads for ``run_to``, not yet delivered
+        run_to = b""
+        try:
+            while inbox:
+                hold, op, recipients, payload = inbox[0]
+                if hold and hold.decode() in awaiting:
                     return
-                continue
-            if op:
-                self._apply(op)
-            if payload and recipients:
-                self._deliver(recipients, encode_frame(payload))
+                inbox.popleft()
+                if payload:
+                    # Any node may have acknowledged it and be gone: this one is a witness too.
+                    note_event(payload)
+                if op:
+                    if run:
+                        self._deliver_run(run_to, run)
+                        run = []
+                    if op.startswith(b"reaped "):
+                        if op[7:].decode() == self.node_id:
+                            # Frozen past the node timeout: the memberships that follow were
+                            # taken from this node's users. Start over rather than act on them,
+                            # and end the sessions now, in this step: a request read in the
+                            # same wake-up as this envelope must not be answered from the
+                            # reaped state (``not_in_room`` for a member) before _run would.
+                            self._alarm_reason = (
+                                "this node was reaped as dead (unresponsive too long)"
+                            )
+                            self._alarm.set()
+                            self._lost(RedisLost(self._alarm_reason))
+                            return
+                        continue
+                    self._apply(op)
+                if payload and recipients:
+                    if recipients != run_to and run:
+                        self._deliver_run(run_to, run)
+                        run = []
+                    run_to = recipients
+                    run.append(payload)
+        finally:
+            if run:
+                self._deliver_run(run_to, run)
 
     def _apply(self, op: bytes) -> None:
-        room, key = op[1:].decode().split(" ")
-        user = self._users.get(key)
-        if user is None:
-            return
+        first, second = op[1:].decode().split(" ")
         if op[:1] == b"!":
             # ``!key ident``: an account took the nick; another identity here under it ends.
-            if user.ident != room:
+            key, ident = first, second
+            user = self._users.get(key)
+            if user is not None and user.ident != ident:
                 del self._users[key]
                 self._recipient_users.clear()
                 evict(user)
+            return
+        room, key = first, second  # ``+room key`` / ``-room key``
+        user = self._users.get(key)
+        if user is None:
             return
         if op[:1] == b"+":
             user.rooms.add(room)
@@ -790,11 +824,32 @@ class RedisFanout:
             user.rooms.discard(room)
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
-        if recipients == b"*":
-            for each in self._users.values():
-                for session in each.sessions:
-                    session.send(frame)
+        for user in self._local_users(recipients):
+            for session in user.sessions:
+                session.send(frame)
+
+    def _deliver_run(self, recipients: bytes, payloads: list[bytes]) -> None:
+        """Several envelopes' payloads, in order, to one recipient list: one append per
+        session (``send_frames``, where the session has it) instead of one per frame."""
+        if len(payloads) == 1:
+            self._deliver(recipients, encode_frame(payloads[0]))
             return
+        header = _HEADER
+        frames = [header(len(payload)) + payload for payload in payloads]  # encode_frame's
+        joined = b"".join(frames)
+        for user in self._local_users(recipients):
+            for session in user.sessions:
+                send_frames = getattr(session, "send_frames", None)
+                if send_frames is not None:
+                    send_frames(frames, joined)
+                else:
+                    for frame in frames:
+                        session.send(frame)
+
+    def _local_users(self, recipients: bytes) -> Iterable[User]:
+        """The users on this node that a recipient list names (``*``: every one)."""
+        if recipients == b"*":
+            return self._users.values()
         found = self._recipient_users.get(recipients)
         if found is None:
             # A busy room sends the same member list again and again: look it up once (until
@@ -805,9 +860,7 @@ class RedisFanout:
             keys = set(recipients.decode().split(" "))
             found = tuple(users[key] for key in keys if key in users)
             self._recipient_users[recipients] = found
-        for user in found:
-            for session in user.sessions:
-                session.send(frame)
+        return found
 
     # -- holds -----------------------------------------------------------------------------
 

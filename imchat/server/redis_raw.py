@@ -77,43 +77,100 @@ async def raw_execute(
 
     Results as ``Pipeline.execute(raise_on_error=False)`` gives them: a reply error is the
     result in its place, a command's response callback is applied (``HGETALL`` a dict). The
-    batch shares one read timeout, the connection's ``socket_timeout``; any failure while
-    the batch is on the wire (a timeout, a lost connection, a cancellation) disconnects the
-    connection, so no later command reads this batch's replies.
+    batch shares one timeout, the connection's ``socket_timeout``, for sending it and reading
+    its replies; any failure while the batch is on the wire (a timeout, a lost connection, a
+    cancellation) disconnects the connection, so no later command reads this batch's replies.
 
     Only for plain connections: Sentinel's and the Redis Cluster shard's turn some replies
     (READONLY, MOVED) into a lost connection in their ``read_response``, which stays theirs.
     """
     if _AsyncHiredisParser is None or not stack:
         return None
-    pool: Any = redis.connection_pool  # get_connection is untyped in redis-py
+    pool: Any = redis.connection_pool
+    connection = await _get_connection(pool)
     try:
-        connection = await pool.get_connection()
-    except TypeError:  # redis-py before 5.3 wants a command name
-        connection = await pool.get_connection("EVALSHA")
-    try:
-        if type(connection).read_response is not Connection.read_response:
+        if not _is_plain(connection):
             return None
         return await _send_and_read(redis, connection, stack)
     finally:
         await pool.release(connection)
 
 
+class RawLink:
+    """:func:`raw_execute` over one connection kept for one task's batches (the store's
+    ordered pipeline, which sends one batch at a time).
+
+    Taking a connection from the pool for each batch cost a lock, a timeout and a read with
+    a zero timeout to check the connection is clean; this one is clean by construction: a
+    batch that fails disconnects it and the next connects it again. Held until :meth:`close`
+    (the pool has one connection fewer for everything else).
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._connection: Connection | None = None
+        #: False once the pool gave a connection the raw path cannot use (Sentinel, a Redis
+        #: Cluster shard): every batch then takes the slower public path.
+        self.usable = _AsyncHiredisParser is not None
+
+    async def execute(self, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]) -> Any:
+        """As :func:`raw_execute`: the results, or None (nothing sent)."""
+        if not self.usable or not stack:
+            return None
+        connection = self._connection
+        if connection is None:
+            pool: Any = self._redis.connection_pool
+            connection = await _get_connection(pool)
+            if not _is_plain(connection):
+                self.usable = False
+                await pool.release(connection)
+                return None
+            self._connection = connection
+        return await _send_and_read(self._redis, connection, stack)
+
+    async def close(self) -> None:
+        """Give the connection back to the pool (the store closes the pool next)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            pool: Any = self._redis.connection_pool
+            await pool.release(connection)
+
+
+async def _get_connection(pool: Any) -> Connection:
+    try:
+        connection: Connection = await pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        connection = await pool.get_connection("EVALSHA")
+    return connection
+
+
+def _is_plain(connection: Connection) -> bool:
+    return type(connection).read_response is Connection.read_response
+
+
 async def _send_and_read(
     redis: Redis, connection: Connection, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
 ) -> Any:
     try:
-        await connection.send_packed_command(
-            connection.pack_commands([args for args, _ in stack]), check_health=False
-        )
-        parser = connection._parser
-        if not isinstance(parser, _AsyncHiredisParser):
-            raise RuntimeError("the connection's parser changed under it")
-        gets = parser._reader.gets  # type: ignore[attr-defined]
-        fill: Any = parser.read_from_socket
-        callbacks: Any = redis.response_callbacks
-        results: list[Any] = []
+        packed = connection.pack_commands([args for args, _ in stack])
         async with asyncio.timeout(connection.socket_timeout):
+            if not connection.is_connected:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            writer = getattr(connection, "_writer", None)
+            if isinstance(writer, asyncio.StreamWriter):
+                # What send_packed_command does, without the task its wait_for starts.
+                writer.writelines(packed)
+                await writer.drain()
+            else:
+                await connection.send_packed_command(packed, check_health=False)
+            parser = connection._parser
+            if not isinstance(parser, _AsyncHiredisParser):
+                raise RuntimeError("the connection's parser changed under it")
+            gets = parser._reader.gets  # type: ignore[attr-defined]
+            fill: Any = parser.read_from_socket
+            callbacks: Any = redis.response_callbacks
+            found: dict[Any, Any] = {}
+            results: list[Any] = []
             for args, options in stack:
                 reply = gets()
                 while reply is NOT_ENOUGH_DATA:
@@ -123,15 +180,24 @@ async def _send_and_read(
                     raise reply
                 if isinstance(reply, ResponseError):
                     reply = options.get(EMPTY_RESPONSE, reply)
-                elif args[0] in callbacks:
-                    extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-                    reply = callbacks[args[0]](reply, **extra)
+                else:
+                    # Looked up once per name and batch (the table is case-insensitive: each
+                    # lookup upper-cases the name).
+                    name = args[0]
+                    callback = found.get(name, _UNKNOWN)
+                    if callback is _UNKNOWN:
+                        callback = found[name] = callbacks.get(name) if name in callbacks else None
+                    if callback is not None:
+                        extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+                        reply = callback(reply, **extra)
                 results.append(reply)
         return results
     except BaseException:
         await connection.disconnect()
         raise
 
+
+_UNKNOWN = object()
 
 #: Pipeline options redis-py consumes before a response callback sees the rest
 #: (``redis.client.EMPTY_RESPONSE``, ``NEVER_DECODE``).

@@ -45,11 +45,10 @@ every key is in that key's slot, on one shard (:mod:`imchat.server.redis_shard`)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -72,7 +71,7 @@ from . import features_redis
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
 from .redis_epoch import SeenSeqs, verify_epoch
-from .redis_raw import raw_execute
+from .redis_raw import RawLink, raw_execute
 from .redis_shard import ShardConnection, ShardSSLConnection, prefix_slot, tagged_prefix
 from .redis_typed import blobs, lrem, text, texts
 from .redis_url import parse_cluster_url, parse_sentinel_url
@@ -94,7 +93,7 @@ from .store import (
     share_refusal,
     token_id,
 )
-from .streams import StreamId, StreamKind
+from .streams import StreamId
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +155,28 @@ class CPacked(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
         name = args[0]
         if type(name) is str and " " not in name:
-            with contextlib.suppress(TypeError):
+            try:
                 return [_hiredis_pack(args)]
+            except TypeError:
+                pass
         packed: list[bytes] = self._packer.pack(*args)
         return packed
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        return [b"".join([b"".join(self.pack_command(*command)) for command in commands])]
+        # pack_command inlined for the usual command (a tuple named by one word): a batch of
+        # appends packs each with one call.
+        out: list[bytes] = []
+        for command in commands:
+            if type(command) is tuple:
+                name = command[0]
+                if type(name) is str and " " not in name:
+                    try:
+                        out.append(_hiredis_pack(command))
+                        continue
+                    except TypeError:
+                        pass
+            out.append(b"".join(self.pack_command(*command)))
+        return [b"".join(out)]
 
 
 #: Connections a client opens to Redis at most; a command beyond them waits up to
@@ -465,6 +479,7 @@ async def run_pipeline(
     scripts: list[Any],
     *,
     wait: tuple[int, int] | None = None,
+    link: RawLink | None = None,
 ) -> list[Any]:
     """Run commands in one pipeline, in order; results (or exceptions) in the same order.
 
@@ -474,7 +489,7 @@ async def run_pipeline(
 
     ``wait`` (replicas, timeout in ms) ends each pipeline with ``WAIT``, on the same
     connection as the writes it covers; the fewest replicas it confirmed is appended to the
-    results.
+    results. ``link``: send over that connection instead of one from the pool.
     """
 
     async def execute(indices: list[int]) -> tuple[list[Any], int | None]:
@@ -483,7 +498,10 @@ async def run_pipeline(
                 commands[i](pipe)
             if wait is not None:
                 pipe.execute_command("WAIT", *wait)
-            results: list[Any] | None = await raw_execute(redis, pipe.command_stack)
+            stack = pipe.command_stack
+            results: list[Any] | None = await (
+                raw_execute(redis, stack) if link is None else link.execute(stack)
+            )
             if results is None:
                 results = await pipe.execute(raise_on_error=False)
         if wait is None:
@@ -570,6 +588,12 @@ class Keys:
         return f"{self.prefix}ev:{node_id}"
 
 
+#: A command on the ordered pipeline: how to add it to a pipeline, the future its result
+#: settles, whether it writes (``--redis-wait`` covers it), and what turns the reply into that
+#: result (None: the reply itself).
+Batched = tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool, Callable[[Any], Any] | None]
+
+
 class RedisStore:
     """:class:`imchat.server.store.Store` in Redis, shared by every node of a cluster.
 
@@ -600,14 +624,20 @@ class RedisStore:
         #: The newest message this node acknowledged or delivered per stream (issue 13).
         self.seen = SeenSeqs()
         self._encoder = msgspec.json.Encoder()
-        #: Commands for the ordered pipeline: each with its future and whether it writes.
-        self._queue: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]] = []
+        #: Commands for the ordered pipeline: each with its future, whether it writes and
+        #: what turns its reply into the future's result (None: the reply itself).
+        self._queue: list[Batched] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        #: The ordered pipeline's own connection (one batch at a time).
+        self._link = RawLink(self.redis)
+        #: The loop the store is used from (set by open, or at the first ordered command).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
@@ -628,19 +658,29 @@ class RedisStore:
                 await asyncio.sleep(0.01)  # the last batch is on its way
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
+        await self._link.close()
         await self.redis.aclose()
 
     def _ordered(
-        self, command: Callable[[Pipeline], Any], *, write: bool = False
+        self,
+        command: Callable[[Pipeline], Any],
+        *,
+        write: bool = False,
+        then: Callable[[Any], Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one command for the ordered pipeline; its result resolves the future.
 
         Appends and user lookups go through one connection in call order (results resolve in
         that order too): the hub starts a session's pipelined say/dm requests in order, and
         this keeps their seqs in that order. It also batches them, one round trip for many.
+        ``then`` turns the reply into the future's result (what it raises, the future's
+        exception) without a task of its own.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future, write))
+        loop = self._loop
+        if loop is None:  # asked once: get_running_loop costs a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future, write, then))
         self._queued.set()
         return future
 
@@ -658,22 +698,27 @@ class RedisStore:
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
-                for (_, future, _), result in zip(batch, results, strict=True):
+                for (_, future, _, then), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
                         future.set_exception(result)
-                    else:
+                    elif then is None:
                         future.set_result(result)
+                    else:
+                        try:
+                            future.set_result(then(result))
+                        except Exception as exc:  # a refusal (ProtocolError) or a bug
+                            future.set_exception(exc)
 
-    async def _run_batch(
-        self, batch: list[tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool]]
-    ) -> list[Any]:
-        commands = [command for command, _, _ in batch]
-        if not (self.wait_replicas and any(write for _, _, write in batch)):
-            return await run_pipeline(self.redis, commands, [self._append])
+    async def _run_batch(self, batch: list[Batched]) -> list[Any]:
+        commands = [command for command, _, _, _ in batch]
+        if not (self.wait_replicas and any(write for _, _, write, _ in batch)):
+            return await run_pipeline(self.redis, commands, [self._append], link=self._link)
         wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
-        results = await run_pipeline(self.redis, commands, [self._append], wait=wait)
+        results = await run_pipeline(
+            self.redis, commands, [self._append], wait=wait, link=self._link
+        )
         acked = results.pop()
         if acked >= self.wait_replicas:
             return results
@@ -682,7 +727,7 @@ class RedisStore:
         )
         return [
             short if write and not isinstance(result, BaseException) else result
-            for (_, _, write), result in zip(batch, results, strict=True)
+            for (_, _, write, _), result in zip(batch, results, strict=True)
         ]
 
     # -- users and accounts ----------------------------------------------------------------
@@ -977,6 +1022,13 @@ class RedisStore:
         users if the recipient is online anywhere, else it waits in their pending list; an
         announcement to every session.
         """
+        return await self.start_append(draft)
+
+    def start_append(self, draft: Draft) -> asyncio.Future[Stored]:
+        """:meth:`append` without a task of its own: the script is queued on the ordered
+        pipeline now (so appends reach Redis in call order) and its reply is read into the
+        :class:`Stored` where the batch's results are handed out. The say path uses this, as
+        with the SQLite store (a task and a coroutine per message cost several µs)."""
         stream = draft.stream
         args = (
             self.keys.prefix,
@@ -990,15 +1042,26 @@ class RedisStore:
             f"{draft.max_queued} {draft.max_queued_per_sender} {draft.queue_source}",
             "1" if draft.as_member else "0",
         )
-        script = self._append
-        reply: bytes
         if draft.feature is not None:  # revision 3: checked in the same atomic script
-            reply = await features_redis.append(self, draft, args)
-        else:
-            anchor = self.keys.anchor
-            reply = await self._ordered(
-                lambda pipe: pipe.evalsha(script.sha, 1, anchor, *args), write=True
+            # Queued now, like the others; its reply is read in a task (a retry may follow).
+            return asyncio.ensure_future(
+                self._append_feature(draft, features_redis.append(self, draft, args))
             )
+        script = self._append
+        anchor = self.keys.anchor
+        return self._ordered(
+            # execute_command: evalsha's wrappers add nothing to a bare EVALSHA.
+            lambda pipe: pipe.execute_command("EVALSHA", script.sha, 1, anchor, *args),
+            write=True,
+            then=lambda reply: self._stored(draft, reply),
+        )
+
+    async def _append_feature(self, draft: Draft, reply: Awaitable[bytes]) -> Stored:
+        return self._stored(draft, await reply)
+
+    def _stored(self, draft: Draft, reply: bytes) -> Stored:
+        """The append script's reply as a :class:`Stored`, or its refusal raised."""
+        stream = draft.stream
         features_redis.after_append(self, stream, reply)
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
@@ -1019,7 +1082,8 @@ class RedisStore:
             payload,
             duplicate=status == b"0",
             published=True,
-            delivered=int(delivered) if stream.kind is StreamKind.ANNOUNCEMENTS else None,
+            # ``stream.key == "a"``: StreamKind.ANNOUNCEMENTS without building the enum member.
+            delivered=int(delivered) if stream.key == "a" else None,
         )
 
     async def history(

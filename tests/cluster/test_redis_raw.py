@@ -17,7 +17,7 @@ from conftest import Clients, Servers, join, next_event
 from redis.exceptions import NoScriptError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
-from imchat.server.redis_raw import raw_execute, raw_subscription
+from imchat.server.redis_raw import RawLink, raw_execute, raw_subscription
 from imchat.server.redis_store import connect_redis
 
 from .cluster_support import REDIS_URL, delete_keys
@@ -79,6 +79,56 @@ async def test_a_timed_out_batch_drops_its_connection(redis: aioredis.Redis, pre
     assert await redis.get(f"{prefix}k") == b"v"
 
 
+async def test_a_link_sends_every_batch_on_its_one_connection(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    """The ordered pipeline's :class:`RawLink`: batch after batch on one connection, each
+    reading its own replies, and the connection back in the pool at close."""
+    link = RawLink(redis)
+    pool: Any = redis.connection_pool
+    expected = await record(redis, prefix).execute(raise_on_error=False)
+    await redis.delete(f"{prefix}h")
+    for _ in range(3):
+        got = await link.execute(record(redis, prefix).command_stack)
+        assert got is not None, "the raw path was not taken"
+        assert [type(r) for r in got] == [type(r) for r in expected]
+        assert got[1] == {b"a": b"1", b"b": b"2"} and got[5] == b"a\nb"
+        await redis.delete(f"{prefix}h")
+    assert len(pool._in_use_connections) == 1, "one connection, held between batches"
+    await link.close()
+    assert not pool._in_use_connections
+
+
+async def test_a_link_reconnects_after_a_failed_batch_and_a_dropped_pool(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    """A timed-out batch disconnects the link's connection (its late reply must not be read
+    as the next batch's); so does the node dropping the pool when it loses Redis. The next
+    batch connects again and reads its own replies."""
+    link = RawLink(redis)
+    pipe = redis.pipeline(transaction=False)
+    pipe.set(f"{prefix}k", "v")
+    assert await link.execute(pipe.command_stack) == [True]
+    connection = link._connection
+    assert connection is not None and connection.is_connected
+    slow = redis.pipeline(transaction=False)
+    slow.blpop([f"{prefix}empty"], timeout=1)  # answers after 1 s
+    connection.socket_timeout = 0.2
+    with pytest.raises(TimeoutError):
+        await link.execute(slow.command_stack)
+    assert not connection.is_connected
+    connection.socket_timeout = 5.0
+    again = redis.pipeline(transaction=False)
+    again.get(f"{prefix}k")
+    again.ping()
+    assert await link.execute(again.command_stack) == [b"v", True]
+    await redis.connection_pool.disconnect()
+    assert not connection.is_connected
+    assert await link.execute(again.command_stack) == [b"v", True]
+    assert link._connection is connection
+    await link.close()
+
+
 async def test_the_subscription_is_read_in_chunks(prefix: str) -> None:
     client = connect_redis(REDIS_URL, blocking=True, prefix=prefix)
     publisher = aioredis.Redis.from_url(REDIS_URL)
@@ -121,8 +171,13 @@ async def test_a_node_without_the_raw_readers_delivers_through_redis_py(
         fell_back.append(len(stack))
         return None
 
+    async def no_raw_link(link: RawLink, stack: Any) -> None:
+        fell_back.append(len(stack))
+        return None
+
     monkeypatch.setattr(redis_fanout, "raw_subscription", lambda pubsub: None)
     monkeypatch.setattr(redis_store, "raw_execute", no_raw_execute)
+    monkeypatch.setattr(RawLink, "execute", no_raw_link)
     try:
         await servers.start(redis_url=REDIS_URL, redis_prefix=prefix)
         alice, bob = await connect("alice"), await connect("bob")

@@ -108,15 +108,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
 
     to_ident = user.ident if to_self else recipient.ident if recipient is not None else ""
 
-    async def append() -> Stored:
-        """To an online user, an account or a held guest identity (rev 2); else none."""
-        nonlocal to_ident
-        to_nick = recipient.nick if recipient is not None else None
-        if to_nick is None:
-            identity = await ctx.store.identity(to_key)
-            if identity is None:
-                raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
-            to_nick, to_ident = identity.nick, identity.ident
+    def draft(to_nick: str) -> Draft:
         event = DmEvent(
             from_=user.nick,
             to=to_nick,
@@ -125,7 +117,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
             reply_to=req.reply_to,
             target=target,
         )
-        draft = Draft(
+        return Draft(
             stream,
             user.key,
             req.cid,
@@ -140,7 +132,15 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
             max_queued_per_sender=ctx.config.max_queued_per_sender,
             queue_source=budget_key(session, user),
         )
-        return await ctx.store.append(draft)
+
+    async def look_up_and_append() -> Stored:
+        """To an account or a held guest identity (rev 2) not online here; else none."""
+        nonlocal to_ident
+        identity = await ctx.store.identity(to_key)
+        if identity is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
+        to_ident = identity.ident
+        return await ctx.store.append(draft(identity.nick))
 
     def finish(stored: Stored) -> None:
         ctx.reply(session, req, Ok(seq=stored.seq, ts=stored.ts))
@@ -151,7 +151,13 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
         if not to_self:
             ctx.dms.after_commit(to_key, to_ident, stream, stored.seq, frame, live)
 
-    return Append(req, asyncio.ensure_future(append()), finish)
+    if recipient is not None:
+        # Online here: started now, like a say, so it keeps its place among the run's
+        # other messages (a task would reach the store a loop turn after them).
+        stored = start_storing(ctx.store, draft(recipient.nick))
+    else:
+        stored = asyncio.ensure_future(look_up_and_append())
+    return Append(req, stored, finish)
 
 
 def start_announce(
