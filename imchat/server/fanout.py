@@ -21,7 +21,19 @@ if TYPE_CHECKING:
     from .peer import Peer
     from .registry import Registry
 
-__all__ = ["Fanout", "LocalFanout", "User"]
+__all__ = ["Fanout", "LocalFanout", "User", "send_run"]
+
+
+def send_run(sessions: Iterable[Peer], frames: list[bytes], joined: bytes) -> None:
+    """Several frames (``joined``: the same bytes, concatenated) to each session, in order:
+    one append each where the session can take them at once."""
+    for session in sessions:
+        send_frames = getattr(session, "send_frames", None)
+        if send_frames is not None:
+            send_frames(frames, joined)
+        else:
+            for frame in frames:
+                session.send(frame)
 
 
 class Fanout(Protocol):
@@ -220,13 +232,7 @@ class LocalFanout:
             return
         joined = b"".join(frames)
         for user in members.values():
-            for session in user.sessions:
-                send_frames = getattr(session, "send_frames", None)
-                if send_frames is not None:
-                    send_frames(frames, joined)
-                else:
-                    for frame in frames:
-                        session.send(frame)
+            send_run(user.sessions, frames, joined)
 
     def to_users(self, keys: Iterable[str], frame: bytes) -> None:
         for key in set(keys):

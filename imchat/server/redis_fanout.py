@@ -68,6 +68,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
+from .fanout import send_run
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
@@ -838,13 +839,7 @@ class RedisFanout:
         frames = [header(len(payload)) + payload for payload in payloads]  # encode_frame's
         joined = b"".join(frames)
         for user in self._local_users(recipients):
-            for session in user.sessions:
-                send_frames = getattr(session, "send_frames", None)
-                if send_frames is not None:
-                    send_frames(frames, joined)
-                else:
-                    for frame in frames:
-                        session.send(frame)
+            send_run(user.sessions, frames, joined)
 
     def _local_users(self, recipients: bytes) -> Iterable[User]:
         """The users on this node that a recipient list names (``*``: every one)."""

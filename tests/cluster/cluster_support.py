@@ -26,7 +26,7 @@ from conftest import TEST_REDIS_URL, redis_available
 
 from imchat.client import Connection, ConnectionClosed, ServerError
 from imchat.protocol import FrameDecoder, decode_object, encode_message
-from imchat.server.redis_store import CLAIM_GRACE
+from imchat.server.redis_store import CLAIM_GRACE, RedisStore
 
 REDIS_URL = TEST_REDIS_URL
 #: How long any single reply or event may take before a test fails.
@@ -182,6 +182,18 @@ def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
 @pytest.fixture
 def prefix() -> str:
     return f"imchat-test-{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def store(prefix: str) -> AsyncIterator[RedisStore]:
+    """A Redis store of its own key prefix, its keys deleted afterwards."""
+    store = RedisStore(REDIS_URL, prefix=prefix)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+        delete_keys(prefix)
 
 
 @pytest.fixture

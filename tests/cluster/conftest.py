@@ -6,6 +6,14 @@ from .cluster_support import (
     prefix,
     private_redis,
     pytest_collection_modifyitems,
+    store,
 )
 
-__all__ = ["clients", "cluster", "prefix", "private_redis", "pytest_collection_modifyitems"]
+__all__ = [
+    "clients",
+    "cluster",
+    "prefix",
+    "private_redis",
+    "pytest_collection_modifyitems",
+    "store",
+]

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from imchat.protocol import CLIENT_MAX_FRAME, FrameDecoder, encode_message
@@ -20,17 +17,6 @@ from imchat.server.redis_fanout import CONNECT_LUA, PENDING_PAGE
 from imchat.server.redis_store import RedisStore
 
 from .cluster_support import REDIS_URL, TIMEOUT, Clients, Cluster, is_type
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[RedisStore]:
-    store = RedisStore(REDIS_URL, prefix=f"imchat-test-{uuid.uuid4().hex}:")
-    await store.open()
-    yield store
-    keys = [k async for k in store.redis.scan_iter(match=f"{store.keys.prefix}*")]
-    if keys:
-        await store.redis.delete(*keys)
-    await store.close()
 
 
 async def test_a_hello_reads_one_page_of_a_long_queue(store: RedisStore) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,6 @@ from imchat.server.redis_store import RedisStore
 from imchat.server.store import TokenInfo, token_id
 
 from .cluster_support import REDIS_URL, delete_keys
-
-
-@pytest.fixture
-async def store(prefix: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore(REDIS_URL, prefix=prefix)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-        delete_keys(prefix)
 
 
 async def test_accounts(store: RedisStore) -> None:

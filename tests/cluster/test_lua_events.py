@@ -8,8 +8,6 @@ publishes against the real Redis and decodes every payload strictly.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -36,21 +34,8 @@ from imchat.server.redis_store import RedisStore
 from imchat.server.store import Draft
 from imchat.server.streams import StreamId
 
-from .cluster_support import REDIS_URL
-
 #: A nick with every character JSON needs escaped that a nick may hold.
 ODD = "a\\b"
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[RedisStore]:
-    store = RedisStore(REDIS_URL, prefix=f"imchat-test-{uuid.uuid4().hex}:")
-    await store.open()
-    yield store
-    keys = [k async for k in store.redis.scan_iter(match=f"{store.keys.prefix}*")]
-    if keys:
-        await store.redis.delete(*keys)
-    await store.close()
 
 
 async def published(store: RedisStore, actions: Any) -> list[Any]:

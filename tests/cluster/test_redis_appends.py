@@ -9,8 +9,6 @@ started after it, or a pipelined run's seqs would not follow its requests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from imchat.protocol import ErrorCode, ProtocolError
@@ -20,8 +18,6 @@ from imchat.server.redis_store import RedisStore
 from imchat.server.store import Draft
 from imchat.server.streams import StreamId
 
-from .cluster_support import REDIS_URL, delete_keys
-
 LOBBY = StreamId.room("lobby")
 
 
@@ -30,17 +26,6 @@ def say(text: str, *, reply_to: int | None = None) -> Draft:
     feature = Feature(REPLY, reply_to, "alice") if reply_to is not None else None
     # Posted as a detached sender: no membership needed, so no presence scripts either.
     return Draft(LOBBY, "alice", None, event, feature=feature, as_member=False)
-
-
-@pytest.fixture
-async def store(prefix: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore(REDIS_URL, prefix=prefix)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-        delete_keys(prefix)
 
 
 async def test_appends_started_together_are_stored_in_call_order(store: RedisStore) -> None:
