@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -437,11 +438,34 @@ def assert_ts(ts: Any) -> None:
 
 def free_port() -> int:
     """A port nothing listens on (bound and released)."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def stalled(port: int, count: int) -> list[socket.socket]:
+    """``count`` TCP connections to ``port`` that never send a byte (nor start TLS)."""
+    loop = asyncio.get_running_loop()
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:
+    """True if the server closes this (silent) connection within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    try:
+        while await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- subprocesses

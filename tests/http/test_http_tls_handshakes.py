@@ -8,40 +8,15 @@ ClientHello)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TIMEOUT, Servers
+from conftest import TIMEOUT, Servers, closed_by_server, stalled
 
 LIMIT = 3
-
-
-async def stalled(port: int, count: int) -> list[socket.socket]:
-    """``count`` TCP connections that never start their TLS handshake."""
-    loop = asyncio.get_running_loop()
-    socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        socks.append(sock)
-    return socks
-
-
-async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:
-    loop = asyncio.get_running_loop()
-    try:
-        while await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        return True
-    return True
 
 
 async def healthz(port: int, ca: Path) -> int:

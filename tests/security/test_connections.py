@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import closed_by_server, stalled
 from secfixtures import start_server_fixture  # noqa: F401
 from secutil import StartServer, wait_for
 
@@ -18,31 +18,6 @@ from imchat.client.tls import client_context
 from imchat.server.listener import DEFAULT_BACKLOG, effective_backlog
 
 TIMEOUT = 5.0
-
-
-async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> bool:
-    """True if the server closes this (silent) connection within ``timeout``."""
-    loop = asyncio.get_running_loop()
-    try:
-        while data := await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
-            del data
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        return True
-    return True
-
-
-async def stalled(port: int, count: int) -> list[socket.socket]:
-    """``count`` TCP connections that never start their TLS handshake."""
-    loop = asyncio.get_running_loop()
-    socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        socks.append(sock)
-    return socks
 
 
 async def test_stalled_tls_handshakes_count_against_the_address_limit(
