@@ -468,6 +468,25 @@ async def closed_by_server(sock: socket.socket, timeout: float = TIMEOUT) -> boo
     return True
 
 
+@contextlib.asynccontextmanager
+async def embedded_alice(data_dir: Path) -> AsyncIterator[tuple[Any, Connection]]:
+    """An embedded (SQLite) server without rate limits and alice in #lobby on it, whatever
+    ``IMCHAT_TEST_BACKEND`` says: for tests of how that server batches a burst."""
+    from imchat.server.app import ChatServer
+    from imchat.server.config import ServerConfig
+
+    server = ChatServer(ServerConfig(port=0, data_dir=data_dir, rate=0, addr_rate=0))
+    await server.start()
+    try:
+        conn = await Connection.connect("127.0.0.1", server.port)
+        await conn.hello("alice")
+        await conn.request("join", room="lobby")
+        yield server, conn
+        await conn.close()
+    finally:
+        await server.stop()
+
+
 # --------------------------------------------------------------------------- subprocesses
 
 

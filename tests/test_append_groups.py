@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import embedded_alice
 
-from imchat.client import Connection
 from imchat.protocol import ErrorCode, ProtocolError, encode_message
 from imchat.protocol.events import MsgEvent
-from imchat.server import ChatServer, ServerConfig, sqlite_store
+from imchat.server import sqlite_store
 from imchat.server.message_features import REPLY, Feature
 from imchat.server.sqlite_store import MAX_GROUP, SQLiteStore
 from imchat.server.store import Draft, Stored
@@ -109,12 +109,7 @@ async def test_a_burst_of_says_is_one_group_and_a_failing_one_answers_each_inter
         return append_all(writer, drafts, c)
 
     monkeypatch.setattr(sqlite_store, "_append_all", counting)
-    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
-    await server.start()
-    try:
-        conn = await Connection.connect("127.0.0.1", server.port)
-        await conn.hello("alice")
-        await conn.request("join", room="lobby")
+    async with embedded_alice(tmp_path) as (_, conn):
         says = [
             encode_message({"type": "say", "room": "lobby", "text": f"m{i}", "id": i})
             for i in range(20)
@@ -140,6 +135,3 @@ async def test_a_burst_of_says_is_one_group_and_a_failing_one_answers_each_inter
         assert errors == [("x", "internal"), ("boom", "internal"), ("y", "internal")]
         ok = await conn.request("say", room="lobby", text="still here")
         assert ok["seq"] == 21
-        await conn.close()
-    finally:
-        await server.stop()

@@ -5,20 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import TIMEOUT, Clients, admin_token, join
+from conftest import TIMEOUT, Clients, admin_token, embedded_alice, join
 
-from imchat.client import Connection
 from imchat.protocol import encode_message
-from imchat.server import ChatServer, ServerConfig
 
 
 async def test_pipelined_requests_keep_order(tmp_path: Path) -> None:
-    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
-    await server.start()
-    try:
-        conn = await Connection.connect("127.0.0.1", server.port)
-        await conn.hello("alice")
-        await conn.request("join", room="lobby")
+    async with embedded_alice(tmp_path) as (_, conn):
         while not conn.events.empty():
             conn.events.get_nowait()
         # 200 says interleaved with a say to a room we are not in and a ping, in one write.
@@ -59,9 +52,6 @@ async def test_pipelined_requests_keep_order(tmp_path: Path) -> None:
                 expected += [f"bad{i}", f"ping{i}"]
         assert seen == expected
         assert msg_seqs == list(range(1, 201))
-        await conn.close()
-    finally:
-        await server.stop()
 
 
 async def test_a_burst_of_says_checks_the_output_bound_once(tmp_path: Path) -> None:
@@ -69,12 +59,7 @@ async def test_a_burst_of_says_checks_the_output_bound_once(tmp_path: Path) -> N
     of a batch, except right after a message it started without waiting: nothing was queued
     or could run since, so a burst of says is checked once. A request between them is
     followed by a check again."""
-    server = ChatServer(ServerConfig(port=0, data_dir=tmp_path, rate=0, addr_rate=0))
-    await server.start()
-    try:
-        conn = await Connection.connect("127.0.0.1", server.port)
-        await conn.hello("alice")
-        await conn.request("join", room="lobby")
+    async with embedded_alice(tmp_path) as (server, conn):
         registry = server.hub.registry
         checks: list[int] = []
         saturated = registry.saturated
@@ -100,9 +85,6 @@ async def test_a_burst_of_says_checks_the_output_bound_once(tmp_path: Path) -> N
         assert await one_batch([say] * 20) == 1 + 1
         # say, say (checked), say; ping; say (checked: after the ping), say, say; ping.
         assert await one_batch([say] * 3 + [ping] + [say] * 3) == 1 + 2
-        await conn.close()
-    finally:
-        await server.stop()
 
 
 async def test_a_run_of_say_dm_and_announce_reaches_a_bystander_in_request_order(
