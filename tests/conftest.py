@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -437,10 +438,31 @@ def assert_ts(ts: Any) -> None:
 
 
 def free_port() -> int:
-    """A port nothing listens on (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a subprocess to bind later.
+
+    It comes from below the kernel's ephemeral range where it can: a port that ``bind(0)``
+    hands out is one the kernel also picks for outgoing connections, so another test's
+    client could take it before the subprocess binds it (a Redis cluster bus once failed
+    that way in CI).
+    """
+    low = ephemeral_ports()[0]
+    candidates = random.sample(range(10_000, low), k=50) if low > 11_000 else []
+    for port in [*candidates, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise AssertionError("no free loopback port")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 49152, 65535  # the IANA range, which BSDs and macOS use
+    return int(low), int(high)
 
 
 async def stalled(port: int, count: int) -> list[socket.socket]:

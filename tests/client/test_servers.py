@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 from imchat.client.servers import BadServerList, Endpoint, connect_first, parse_servers
 
@@ -27,16 +27,8 @@ def test_bad_server_lists_say_which_part(spec: str) -> None:
         parse_servers(spec, 7667)
 
 
-def dead_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_connect_first_skips_a_dead_node_and_names_the_service(server: Any) -> None:
-    dead = dead_port()
+    dead = free_port()
     servers = (Endpoint("127.0.0.1", dead), Endpoint("127.0.0.1", server.port))
     conn, index = await connect_first(servers)
     try:
@@ -51,5 +43,5 @@ async def test_connect_first_skips_a_dead_node_and_names_the_service(server: Any
 async def test_connect_first_raises_when_no_node_answers() -> None:
     with pytest.raises(OSError):
         await connect_first(
-            (Endpoint("127.0.0.1", dead_port()), Endpoint("127.0.0.1", dead_port()))
+            (Endpoint("127.0.0.1", free_port()), Endpoint("127.0.0.1", free_port()))
         )

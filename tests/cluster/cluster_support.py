@@ -11,7 +11,6 @@ import contextlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_REDIS_URL, redis_available
+from conftest import TEST_REDIS_URL, free_port, redis_available
 
 from imchat.client import Connection, ConnectionClosed, ServerError
 from imchat.protocol import FrameDecoder, decode_object, encode_message
@@ -279,13 +278,6 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

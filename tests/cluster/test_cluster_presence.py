@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from .cluster_support import (
     Cluster,
     PrivateRedis,
     delete_keys,
+    free_port,
     is_type,
     server_command,
 )
@@ -200,9 +200,7 @@ async def test_killed_node_users_go_offline_within_the_timeout(
 
 @pytest.mark.parametrize("via", ["flag", "environment"])
 def test_redis_unavailable_at_start_exits_with_one_line(tmp_path: Path, via: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()
     url = f"redis://127.0.0.1:{dead_port}/0"
     args = ["--port", "0", "--data-dir", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMCHAT_")}
