@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import RawClient
 
 from imchat.server.gcpolicy import (
-    MAX_UNCOLLECTED_TICKS,
+    MAX_PARTIAL_TICKS,
     YOUNG_THRESHOLD,
     FreezePolicy,
     _set_young_threshold,
@@ -25,7 +26,7 @@ class Recorder:
     def policy(self, min_growth: int = 100, callbacks: list[Any] | None = None) -> FreezePolicy:
         return FreezePolicy(
             callbacks=callbacks,
-            collect=lambda: self.calls.append("collect") or 0,  # type: ignore[func-returns-value]
+            collect=lambda generation: self.calls.append(f"collect {generation}") or 0,  # type: ignore[func-returns-value]
             freeze=lambda: self.calls.append("freeze"),
             unfreeze=lambda: self.calls.append("unfreeze"),
             set_young_threshold=lambda young: self.calls.append(f"young {young}"),
@@ -36,7 +37,7 @@ class Recorder:
 def test_start_freezes_the_setup_and_collects_the_young_less_often() -> None:
     rec = Recorder()
     rec.policy(callbacks=[]).start()
-    assert rec.calls == ["collect", "freeze", f"young {YOUNG_THRESHOLD}"]
+    assert rec.calls == ["collect 2", "freeze", f"young {YOUNG_THRESHOLD}"]
 
 
 def test_the_young_threshold_leaves_the_older_generations_alone() -> None:
@@ -57,7 +58,7 @@ def test_freezes_once_a_grown_population_has_settled() -> None:
     assert not policy.tick(400)  # grown, still arriving
     assert rec.calls == []
     assert policy.tick(402)  # within 1 %: settled
-    assert rec.calls == ["unfreeze", "collect", "freeze"]  # cycles in the old frozen set too
+    assert rec.calls == ["collect 1", "freeze"]  # the young only: the rest survived a pass
     assert policy.frozen_sessions == 402
     assert not policy.tick(402)  # nothing new: no more collections
     assert not policy.tick(480)  # +78: below the 100 minimum
@@ -86,7 +87,7 @@ def test_refreezes_when_the_frozen_population_has_halved() -> None:
     assert not policy.tick(600)  # most of it still there
     policy.tick(499)
     assert policy.tick(499)  # what they left behind becomes collectable
-    assert rec.calls == ["unfreeze", "collect", "freeze"]
+    assert rec.calls == ["unfreeze", "collect 2", "freeze"]
     assert policy.frozen_sessions == 499
 
 
@@ -191,11 +192,11 @@ def test_freezes_after_each_collection_while_a_crowd_arrives() -> None:
     assert rec.calls == ["freeze", "freeze"]  # survivors are not visited again
     assert not policy.tick(6_000)
     assert policy.frozen_sessions == 0  # nothing collected yet
-    assert policy.tick(6_010)  # settled: cycles frozen during the storm are collected now
-    assert rec.calls == ["freeze", "freeze", "unfreeze", "collect", "freeze"]
+    assert policy.tick(6_010)  # settled: the rest is frozen too
+    assert rec.calls == ["freeze", "freeze", "collect 1", "freeze"]
     assert policy.frozen_sessions == 6_010 and not policy.growing
     policy.after_collection("stop", gen)
-    assert rec.calls[-1] == "freeze" and len(rec.calls) == 5  # settled: as usual again
+    assert rec.calls[-1] == "freeze" and len(rec.calls) == 4  # settled: as usual again
     policy.stop()
     assert callbacks == []
 
@@ -217,10 +218,10 @@ def test_growth_below_a_quarter_is_not_frozen_while_it_arrives() -> None:
     policy.after_collection("stop", gen)
     assert rec.calls == ["freeze"]
     assert policy.tick(13_010)
-    assert rec.calls == ["freeze", "unfreeze", "collect", "freeze"]
+    assert rec.calls == ["freeze", "collect 1", "freeze"]
 
 
-def test_a_population_that_never_settles_is_still_collected_now_and_then() -> None:
+def test_a_population_that_never_settles_is_still_frozen_now_and_then() -> None:
     rec = Recorder()
     policy = rec.policy(callbacks=[])
     gen = {"generation": 2, "collected": 0, "uncollectable": 0}
@@ -229,27 +230,67 @@ def test_a_population_that_never_settles_is_still_collected_now_and_then() -> No
         sessions = sessions * 11 // 10  # always arriving, never settled
         policy.tick(sessions)
         policy.after_collection("stop", gen)
-    assert rec.calls.count("collect") >= 200 // (MAX_UNCOLLECTED_TICKS + 1) - 1
+    assert rec.calls.count("collect 1") >= 200 // (MAX_PARTIAL_TICKS + 1) - 1
 
 
 def test_its_own_collections_are_not_followed_by_another_freeze() -> None:
+    """With CPython's real collections and callbacks: neither the young collection of a
+    population still growing nor the full one after a halving is frozen twice."""
     rec = Recorder()
-    callbacks: list[Any] = []
-    policy = rec.policy(callbacks=callbacks)
 
-    def collect() -> int:
-        rec.calls.append("collect")
-        for callback in callbacks:
-            callback("stop", {"generation": 2})
-        return 0
+    def collect(generation: int) -> int:
+        rec.calls.append(f"collect {generation}")
+        return gc.collect(generation)
 
-    policy._collect = collect
+    policy = FreezePolicy(
+        collect=collect,
+        freeze=lambda: rec.calls.append("freeze"),
+        unfreeze=lambda: rec.calls.append("unfreeze"),
+        set_young_threshold=lambda young: None,
+        min_growth=100,
+    )
     policy.start()
-    policy.tick(5_000)  # growing
-    rec.calls.clear()
-    for _ in range(MAX_UNCOLLECTED_TICKS + 1):
-        policy.after_collection("stop", {"generation": 2})
-        policy.tick(policy._last * 2)
-    assert rec.calls.count("collect") == 1
-    i = rec.calls.index("collect")
-    assert rec.calls[i - 1 : i + 2] == ["unfreeze", "collect", "freeze"]
+    try:
+        policy.tick(5_000)  # growing
+        policy.after_collection("stop", {"generation": 2})  # CPython's own, while growing
+        rec.calls.clear()
+        for _ in range(MAX_PARTIAL_TICKS):
+            policy.tick(policy._last * 2)
+        assert policy.growing and rec.calls == ["collect 1", "freeze"]
+        rec.calls.clear()
+        policy.tick(10)
+        assert policy.tick(10)  # halved
+        assert rec.calls == ["unfreeze", "collect 2", "freeze"]
+    finally:
+        policy.stop()
+
+
+class Node:
+    """An object in a reference cycle, for the real collector to find (or not)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_settle_frees_young_cycles_and_a_halving_frees_frozen_ones() -> None:
+    """The design's trade, with CPython's real collector: settling visits only the young
+    generations, so a cycle already in the oldest one is frozen with the population; the
+    next halving of the population frees it."""
+    policy = FreezePolicy(callbacks=[], set_young_threshold=lambda young: None, min_growth=10)
+    old = Node()
+    gc.collect()  # it survived a full collection: in the oldest generation now
+    old_ref = weakref.ref(old)
+    young_ref = weakref.ref(Node())  # garbage at once, still in the youngest generation
+    del old
+    try:
+        policy.tick(100)
+        assert policy.tick(100)
+        assert young_ref() is None
+        assert old_ref() is not None  # not visited: frozen
+        gc.collect()
+        assert old_ref() is not None  # CPython's own collections leave it too
+        policy.tick(40)
+        assert policy.tick(40)  # halved
+        assert old_ref() is None
+    finally:
+        gc.unfreeze()

@@ -10,10 +10,12 @@ message under way.
 Sessions are long-lived and free themselves by reference counting when they close (no cycle
 is left behind: ``tests/test_gc_policy.py`` checks it), so there is no point in visiting them
 again and again. :class:`FreezePolicy` moves the population into CPython's permanent
-generation (``gc.freeze()``) once it has grown and settled: one full collection at that moment
-(the one that would have come anyway) and none of those objects visited after it. Cyclic
-garbage among frozen objects is never collected, so when the frozen population has halved
-(most of it gone), the policy unfreezes, collects and freezes again.
+generation (``gc.freeze()``) once it has grown and settled, after collecting only the young
+generations: what a young collection visits anyway, ~6 ms at 10,000 sessions where a full
+collection of the whole heap took 90-115 ms and, measured in every storm tried, found nothing
+(``benchmarks/README.md``, round 8). Cyclic garbage among frozen objects is not collected, so
+when the frozen population has halved (most of it gone) the policy unfreezes, collects the
+whole heap once and freezes again: the one full pass, paid when it frees something.
 
 The youngest generation is collected every :data:`YOUNG_THRESHOLD` net allocations instead of
 CPython's 700: a message under way allocates a dozen tracked objects (futures, requests,
@@ -28,10 +30,9 @@ freeze for, it freezes right after each of CPython's own full collections (``gc.
 what survived one is never visited by the next (``gc.freeze()`` only moves lists), and a
 full collection has just freed every cycle, so no garbage is frozen with it (after a
 younger collection, cycles left in the older generations would be). Once the population has
-settled (or after :data:`MAX_UNCOLLECTED_TICKS` ticks of growth) it unfreezes, collects and
-freezes as above, so cycles that objects frozen during the storm formed since are freed
-then. The population counted is sessions that said ``hello``: in a storm every
-connection is accepted within a second, long before most are served.
+settled (or after :data:`MAX_PARTIAL_TICKS` ticks of growth) the rest is frozen as
+above. The population counted is sessions that said ``hello``: in a storm every connection
+is accepted within a second, long before most are served.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ SETTLED_FRACTION = 0.01
 #: Net allocations of tracked objects between young collections (CPython: 700; 3.13: 2,000).
 #: What waits that long is at most a few MiB of short-lived objects.
 YOUNG_THRESHOLD = 10_000
-#: Ticks a population may keep growing, frozen uncollected, before it is collected anyway
-#: (cyclic garbage frozen during growth is freed then at the latest).
-MAX_UNCOLLECTED_TICKS = 30
+#: Ticks a population may keep growing, partly frozen, before the rest is frozen anyway.
+MAX_PARTIAL_TICKS = 30
 
+#: CPython's young generations (0 and 1): ``gc.collect(YOUNG)`` visits only them.
+YOUNG = 1
 #: CPython's oldest generation: a collection of it leaves no cyclic garbage behind.
 FULL = 2
 
@@ -70,7 +72,7 @@ class FreezePolicy:
     def __init__(
         self,
         *,
-        collect: Callable[[], int] = gc.collect,
+        collect: Callable[[int], int] = gc.collect,
         freeze: Callable[[], None] = gc.freeze,
         unfreeze: Callable[[], None] = gc.unfreeze,
         set_young_threshold: Callable[[int], None] | None = None,
@@ -86,9 +88,8 @@ class FreezePolicy:
         #: The population is growing by more than a freeze needs: each of CPython's own
         #: full collections is followed by a freeze (see :meth:`after_collection`).
         self.growing = False
-        #: Ticks since the first freeze without a full collection of ours (None: none since).
-        self._uncollected: int | None = None
-        self._collecting = False
+        #: Ticks since a freeze during growth left the heap partly frozen (None: not so).
+        self._partial_ticks: int | None = None
         #: Sessions at the last freeze (0: nothing of theirs is frozen).
         self.frozen_sessions = 0
         self._last = 0
@@ -97,7 +98,7 @@ class FreezePolicy:
 
     def start(self) -> None:
         """At server start: what the imports and setup left is permanent; freeze it."""
-        self._collect()
+        self._collect(FULL)
         self._freeze()
         self._set_young_threshold(YOUNG_THRESHOLD)
         self._callbacks.append(self.after_collection)
@@ -110,15 +111,10 @@ class FreezePolicy:
 
     def after_collection(self, phase: str, info: dict[str, Any]) -> None:
         """A ``gc.callbacks`` entry: while growing, freeze what a full collection left."""
-        if (
-            phase == "stop"
-            and self.growing
-            and not self._collecting
-            and info.get("generation", 0) == FULL
-        ):
+        if phase == "stop" and self.growing and info.get("generation", 0) == FULL:
             self._freeze()
-            if self._uncollected is None:
-                self._uncollected = 0
+            if self._partial_ticks is None:
+                self._partial_ticks = 0
 
     def tick(self, sessions: int) -> bool:
         """Called every sweep with the number of sessions; True if it (re)froze the heap."""
@@ -127,29 +123,30 @@ class FreezePolicy:
         frozen = self.frozen_sessions
         grown = sessions - frozen >= max(self.min_growth, int(frozen * GROWTH_FRACTION))
         shrunk = frozen > 0 and sessions < frozen // 2
-        uncollected = self._uncollected
-        if uncollected is not None:
-            uncollected = self._uncollected = uncollected + 1
+        partial = self._partial_ticks
+        if partial is not None:
+            partial = self._partial_ticks = partial + 1
         self.growing = grown and not settled
-        if not settled and (uncollected is None or uncollected < MAX_UNCOLLECTED_TICKS):
+        if not settled and (partial is None or partial < MAX_PARTIAL_TICKS):
             return False
-        if not (grown or shrunk or uncollected is not None):
+        if not (grown or shrunk or partial is not None):
             return False
         start = time.perf_counter()
-        # Unfrozen first, so cyclic garbage among what was frozen is collected too.
-        self._collecting = True
-        try:
+        # A full collection of ours is never followed by a freeze of after_collection's:
+        # the population has shrunk, so it is not growing.
+        if shrunk:  # most of the frozen set is gone: free the cycles it may have left
             self._unfreeze()
-            self._collect()
-            self._freeze()
-        finally:
-            self._collecting = False
+            self._collect(FULL)
+        else:
+            self._collect(YOUNG)
+        self._freeze()
         self.frozen_sessions = sessions
-        self._uncollected = None
+        self._partial_ticks = None
         self.freezes += 1
         log.info(
-            "gc: froze the heap at %d sessions (collection %.0f ms)",
+            "gc: froze the heap at %d sessions (%s collection %.0f ms)",
             sessions,
+            "full" if shrunk else "young",
             (time.perf_counter() - start) * 1000,
         )
         return True
