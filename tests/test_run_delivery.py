@@ -152,7 +152,7 @@ async def test_to_room_frames_appends_once_per_native_session_and_each_frame_els
     frames = [encode_message({"type": "msg", "seq": i}) for i in range(3)]
     before = STATS.deliveries
     fanout.to_room_frames("a", frames)
-    assert native._out == [b"".join(frames)]
+    assert native._out == b"".join(frames)  # one append: the joined bytes, no list
     assert native._out_size == sum(map(len, frames))
     assert translating.sent == frames
     assert bare.sent == frames

@@ -149,8 +149,9 @@ class Session(asyncio.BufferedProtocol):
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
-        #: Frames queued this loop turn (None when nothing is: no empty list per idle session).
-        self._out: list[bytes] | None = None
+        #: Frames queued this loop turn: None when nothing is (no empty list per idle
+        #: session), the frame itself when one is (no list per recipient of a broadcast).
+        self._out: bytes | list[bytes] | None = None
         self._out_size = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -260,6 +261,7 @@ class Session(asyncio.BufferedProtocol):
         self.closing = True
         self._settle_written(False)
         self._out = None
+        self._out_size = 0
         if self._inbox:
             self._inbox.clear()  # a batch being handled stops with it
         self._inbox = None
@@ -390,24 +392,29 @@ class Session(asyncio.BufferedProtocol):
         if self.closing:
             return
         out = self._out
-        if not out:
+        if out is None:
             # Only what earlier writes left unsent counts: the frames queued during this loop
             # turn were never offered to the client, so it cannot have fallen behind on them.
             # That amount cannot change before this turn's flush: checked once per turn.
-            assert self.transport is not None
-            if self.transport.get_write_buffer_size() > self.hub.config.max_buffer:
+            transport = self.transport
+            assert transport is not None
+            hub = self.hub
+            if transport.get_write_buffer_size() > hub.config.max_buffer:
                 self.fail(
                     ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
                 )
                 return
-            registry = self.hub.registry
-            if registry.dirty:
-                registry.dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
+            registry = hub.registry
+            dirty = registry.dirty
+            if dirty:
+                dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
             else:
                 registry.mark_dirty(self)
-            self._out = [frame]
-        else:
+            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
+        elif isinstance(out, list):
             out.append(frame)
+        else:
+            self._out = [out, frame]
         self._out_size += len(frame)
 
     def send_frames(self, frames: list[bytes], joined: bytes) -> None:
@@ -418,21 +425,28 @@ class Session(asyncio.BufferedProtocol):
             return
         self.send(joined)
         out = self._out
-        if out and out[-1] is joined:
+        if out is joined or (isinstance(out, list) and out[-1] is joined):
             STATS.deliveries += len(frames) - 1  # flush counts the one entry
 
     def flush(self) -> None:
-        out, size = self._out, self._out_size
-        self._out = None
-        self._out_size = 0
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            STATS.deliveries += len(out)
-            # registry.wrote(size), inline: one call less per write of a broadcast.
-            registry = self.hub.registry
-            registry.output_estimate += size * MEMORY_PER_BYTE_OWED
-            if registry.output_estimate > registry.output_trigger:
-                registry.enforce_output_bound()  # may cut the largest owers, this one included
+        out = self._out
+        if out is not None:
+            size = self._out_size
+            self._out = None
+            self._out_size = 0
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                if isinstance(out, list):
+                    transport.write(b"".join(out))
+                    STATS.deliveries += len(out)
+                else:
+                    transport.write(out)
+                    STATS.deliveries += 1
+                # registry.wrote(size), inline: one call less per write of a broadcast.
+                registry = self.hub.registry
+                registry.output_estimate += size * MEMORY_PER_BYTE_OWED
+                if registry.output_estimate > registry.output_trigger:
+                    registry.enforce_output_bound()  # may cut the largest owers, this one too
         if _written and self in _written and not self._writing_paused and not self.closing:
             self._check_written()
 
@@ -488,10 +502,14 @@ class Session(asyncio.BufferedProtocol):
         if self.closing or self.transport is None:
             return
         if last_frame is not None:
-            if self._out is None:
-                self._out = [last_frame]
-            else:
-                self._out.append(last_frame)
+            out = self._out
+            self._out = (
+                last_frame
+                if out is None
+                else [*out, last_frame]
+                if isinstance(out, list)
+                else [out, last_frame]
+            )
         self.flush()
         self.closing = True
         transport = self.transport

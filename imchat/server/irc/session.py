@@ -270,13 +270,6 @@ class IrcSession(Session):
             lines = entry.lines[self.variant] or entry.for_variant(self.variant)
             if self.held_rooms and self._hold(entry.event, lines):
                 return
-            out = self._out
-            if out and not self.closing:
-                # Already queued this loop turn (a burst): the buffer check was done with the
-                # first frame, as in Session.send; only append.
-                out.append(lines)
-                self._out_size += len(lines)
-                return
             Session.send(self, lines)
             return
         if self.closing:
