@@ -153,7 +153,7 @@ async def test_to_room_frames_appends_once_per_native_session_and_each_frame_els
     before = STATS.deliveries
     fanout.to_room_frames("a", frames)
     assert native._out == b"".join(frames)  # one append: the joined bytes, no list
-    assert native._out_size == sum(map(len, frames))
+    assert native.queued == sum(map(len, frames))
     assert translating.sent == frames
     assert bare.sent == frames
     # The flush counts the entry as one; the other two were counted when it was queued.

@@ -97,7 +97,6 @@ class Session(asyncio.BufferedProtocol):
         "_inbox",
         "_inbox_bytes",
         "_out",
-        "_out_size",
         "_peer",
         "_read_bucket",
         "_reading_paused",
@@ -152,7 +151,6 @@ class Session(asyncio.BufferedProtocol):
         #: Frames queued this loop turn: None when nothing is (no empty list per idle
         #: session), the frame itself when one is (no list per recipient of a broadcast).
         self._out: bytes | list[bytes] | None = None
-        self._out_size = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -261,7 +259,6 @@ class Session(asyncio.BufferedProtocol):
         self.closing = True
         self._settle_written(False)
         self._out = None
-        self._out_size = 0
         if self._inbox:
             self._inbox.clear()  # a batch being handled stops with it
         self._inbox = None
@@ -317,7 +314,15 @@ class Session(asyncio.BufferedProtocol):
     def owed(self) -> int:
         """Output bytes this session holds: queued frames plus the transport's write buffer."""
         buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
-        return self._out_size + buffered
+        return self.queued + buffered
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued this loop turn (counted when asked: rarely, unlike a send)."""
+        out = self._out
+        if out is None:
+            return 0
+        return sum(map(len, out)) if isinstance(out, list) else len(out)
 
     @property
     def input_budget(self) -> int:
@@ -358,7 +363,7 @@ class Session(asyncio.BufferedProtocol):
                     # all the output it may (the loop's next turn waits for room).
                     inbox[:0] = rest
                     self.flush()
-                if self.user is None and self._out_size >= FLUSH_AT:
+                if self.user is None and self.queued >= FLUSH_AT:
                     self.flush()  # may pause writing: the rest waits for the client to read
                 self._maybe_resume_reading()
         finally:
@@ -415,7 +420,6 @@ class Session(asyncio.BufferedProtocol):
             out.append(frame)
         else:
             self._out = [out, frame]
-        self._out_size += len(frame)
 
     def send_frames(self, frames: list[bytes], joined: bytes) -> None:
         """Queue several frames (``joined``: the same bytes, concatenated) in one append."""
@@ -431,20 +435,18 @@ class Session(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out = self._out
         if out is not None:
-            size = self._out_size
             self._out = None
-            self._out_size = 0
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 if isinstance(out, list):
-                    transport.write(b"".join(out))
                     STATS.deliveries += len(out)
+                    out = b"".join(out)
                 else:
-                    transport.write(out)
                     STATS.deliveries += 1
-                # registry.wrote(size), inline: one call less per write of a broadcast.
+                transport.write(out)
+                # registry.wrote(len(out)), inline: one call less per write of a broadcast.
                 registry = self.hub.registry
-                registry.output_estimate += size * MEMORY_PER_BYTE_OWED
+                registry.output_estimate += len(out) * MEMORY_PER_BYTE_OWED
                 if registry.output_estimate > registry.output_trigger:
                     registry.enforce_output_bound()  # may cut the largest owers, this one too
         if _written and self in _written and not self._writing_paused and not self.closing:
