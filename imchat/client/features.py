@@ -189,6 +189,8 @@ class MarkerMoved:
 
     conv: ConvKey
     seq: int
+    #: A DM stream's other user as the server spells the nick (``with``); None otherwise.
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,12 @@ def conv_of_stream(fields: Message, own_nick: str) -> ConvKey | None:
     if fields.get("announcements") is True:
         return ANNOUNCEMENTS
     return None
+
+
+def _peer(fields: Message) -> str | None:
+    """The other user a DM stream's ``with`` names, spelled as the server sent it."""
+    peer = fields.get("with")
+    return peer if isinstance(peer, str) else None
 
 
 def conv_of_message(message: Message, own_nick: str) -> ConvKey:
@@ -301,16 +309,16 @@ class Features:
                 conv = conv_of_stream(message, self.session.nick)
                 seq = message.get("seq")
                 if conv is not None and isinstance(seq, int):
-                    self._set_marker(conv, seq)
+                    self._set_marker(conv, seq, _peer(message))
             elif message.get("type") == "typing":
                 conv = conv_of_stream(message, self.session.nick)
                 if conv is not None:
                     self._start_typing(conv, str(message.get("from", "")))
 
-    def _set_marker(self, conv: ConvKey, seq: int) -> None:
+    def _set_marker(self, conv: ConvKey, seq: int, peer: str | None = None) -> None:
         if seq > self.markers.get(conv, 0):
             self.markers[conv] = seq
-            self._emit(MarkerMoved(conv, seq))
+            self._emit(MarkerMoved(conv, seq, peer))
 
     async def restore_markers(self) -> None:
         """Fetch every read marker of the user (done at each connect), then say
@@ -327,7 +335,7 @@ class Features:
             conv = conv_of_stream(entry, self.session.nick)
             seq = entry.get("seq")
             if conv is not None and isinstance(seq, int):
-                self._set_marker(conv, seq)
+                self._set_marker(conv, seq, _peer(entry))
         self.restored = True
         self._emit(MarkersRestored())
 

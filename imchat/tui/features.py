@@ -85,6 +85,9 @@ class FeatureApp(App[None]):
     read_markers: ReadMarkers
     formatter: Formatter
     views: dict[ConvKey, ConversationView]
+    #: Conversations the user closed here (``/close``): a marker does not bring them back.
+    closed: dict[ConvKey, ConversationView]
+    view: Callable[..., ConversationView]
     current: Any  # a reactive ConvKey | None on ChatApp
     open: Callable[[ConvKey], None]
     open_dm: Callable[[str], ConvKey]
@@ -207,9 +210,18 @@ class FeatureApp(App[None]):
             if event.conv == self.current:
                 self._show_typing()
         elif isinstance(event, MarkerMoved):
+            self._list_dm(event)
             self._unread_from_marker(event.conv)
         elif isinstance(event, MarkersRestored):
             self._markers_restored()
+
+    def _list_dm(self, event: MarkerMoved) -> None:
+        """A read marker names a DM stream this session does not list (the markers fetched
+        at connect, or another session's ``mark``): list the conversation. Its queued DMs
+        may have gone to another session; its history is fetched when it is opened."""
+        key = event.conv
+        if key.kind is ConvKind.DM and key not in self.views and key not in self.closed:
+            self.view(key, event.peer or key.name)
 
     def _redraw(self, conv: ConvKey, seq: int) -> None:
         view = self.views.get(conv)
