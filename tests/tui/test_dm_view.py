@@ -154,3 +154,32 @@ async def until_queued_drained(conn: Connection, count: int) -> None:
         event = await conn.next_event(timeout=10)
         if event.get("type") == "dm":
             got += 1
+
+
+async def test_announcements_opened_by_a_live_one_show_the_earlier_ones_once(
+    server: ServerHandle,
+) -> None:
+    """The session learns where the announcements stand at connect (their last seq) without
+    loading them; the first live one opens the conversation. Its earlier announcements come
+    above it, and PageUp then shows none of them twice (it asked for the newest page and
+    prepended the live one again)."""
+    from imchat.client.session import ANNOUNCEMENTS
+
+    from .conftest import make_app
+
+    async with client(server, "admin", token=server.admin_token) as admin:
+        for text in ("one", "two"):
+            await admin.request("announce", text=text)
+        alice = make_app(server, "alice")
+        async with running(alice) as pilot:
+            await until(pilot, lambda: alice.current == LOBBY, "in the lobby")
+            await admin.request("announce", text="three")
+            await until(pilot, lambda: has_line(alice, ANNOUNCEMENTS, "three"), "live")
+            alice.current = ANNOUNCEMENTS
+            await pilot.press("pageup")
+            await until(
+                pilot,
+                lambda: has_line(alice, ANNOUNCEMENTS, "the beginning of"),
+                "the beginning",
+            )
+            assert said(alice, ANNOUNCEMENTS) == ["admin: one", "admin: two", "admin: three"]
