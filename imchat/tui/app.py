@@ -342,8 +342,9 @@ class ChatApp(FeatureApp):
         return key
 
     def _ensure_history(self, key: ConvKey) -> None:
-        """A DM conversation on screen whose history was never fetched (opened with /msg,
-        or listed from the server's read markers) gets its recent history."""
+        """A DM conversation whose history was never fetched (opened with /msg, listed from
+        the server's read markers, or either of those while offline and now on screen)
+        gets its recent history."""
         if key.kind is not ConvKind.DM or self.session.state is not State.CONNECTED:
             return
         conv = self.session.conversations.get(key)
@@ -430,6 +431,8 @@ class ChatApp(FeatureApp):
                 if event.initial:
                     self.history_shown(event.conv)  # the "new since" line first
                 self._mark_read(event.conv)  # what arrives in front of the user is read
+            elif event.initial:
+                self.history_counted(event.conv)
             if not event.prepend:
                 self._backfill(event.conv)
         elif isinstance(event, ServerEvent):

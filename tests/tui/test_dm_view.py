@@ -83,9 +83,9 @@ async def test_a_dm_that_opens_a_conversation_brings_its_history(
 
 
 async def test_a_new_session_lists_the_dms_its_markers_name(server: ServerHandle) -> None:
-    """The phone drained the queued DMs from Bob and read them: a new session lists the
-    conversation (named as Bob spells it) from the server's markers; opening it shows them,
-    with the "new since" line under what was read."""
+    """The phone drained the queued DMs from Bob and read the first: a new session lists
+    the conversation (named as Bob spells it) from the server's markers, with one unread;
+    opening it shows both, with the "new since" line under what was read."""
     async with client(server, "Bob", rooms=("lobby",)) as bob:
         await bob.request("dm", to="admin", text="while you were out")
         await bob.request("dm", to="admin", text="and this too")
@@ -98,6 +98,13 @@ async def test_a_new_session_lists_the_dms_its_markers_name(server: ServerHandle
             await until(pilot, lambda: "Bob" in titles(app), "the DM listed from the markers")
             assert titles(app) == ["#lobby", "Bob"]
             assert app.current == LOBBY
+            sidebar = app.query_one(ConversationList)
+            await until(
+                pilot,
+                lambda: (s := sidebar.get(BOB)) is not None and s.unread == 1,
+                "one unread DM counted from the history after the marker",
+            )
+            assert "2:@Bob(1)!" in str(app.query_one("#status").render())  # the hotlist
             await pilot.press("alt+2")
             await until(pilot, lambda: app.current == BOB, "looking at the DM")
             await until(pilot, lambda: len(said(app, BOB)) == 2, "its history, on opening")
