@@ -26,6 +26,7 @@ from .session import (
     ConvKey,
     ConvKind,
     Gap,
+    HistoryReset,
     MessagesAdded,
     NotConnected,
     Pending,
@@ -299,6 +300,13 @@ class Features:
                     self._stop_typing(event.conv, str(item.get("from", "")))
             if changed:
                 self._emit(TargetsChanged(event.conv, frozenset(changed)))
+        elif isinstance(event, HistoryReset):
+            # Seqs seen before are void (rev 2), the read markers' too: else nothing below
+            # the old marker would be marked again. The server's are fetched at connect.
+            if event.conv is None:
+                self.markers.clear()
+            else:
+                self.markers.pop(event.conv, None)
         elif isinstance(event, StateChanged):
             self.restored = False
             if event.state is State.CONNECTED:

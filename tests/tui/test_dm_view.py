@@ -190,3 +190,32 @@ async def test_announcements_opened_by_a_live_one_show_the_earlier_ones_once(
                 "the beginning",
             )
             assert said(alice, ANNOUNCEMENTS) == ["admin: one", "admin: two", "admin: three"]
+
+
+async def test_read_markers_start_again_after_a_new_store_epoch(server: ServerHandle) -> None:
+    """A new store (another ``epoch``) voids every seq the client remembers, its read
+    markers too: a DM read after it is marked on the server (so a new session lists it),
+    although its seq is below the marker the old store had."""
+    import shutil
+
+    from .conftest import make_app
+
+    alice = make_app(server, "alice")
+    async with running(alice) as pilot:
+        async with client(server, "Bob", rooms=("lobby",)) as bob:
+            for n in range(3):
+                await bob.request("dm", to="alice", text=f"old {n}")
+            await until(pilot, lambda: has_line(alice, BOB, "old 2"), "the DMs")
+            alice.current = BOB
+            await until(pilot, lambda: alice.chat_features.markers.get(BOB) == 3, "read")
+        port = server.port
+        await server.stop()
+        shutil.rmtree(server.data_dir)
+        server.data_dir.mkdir()
+        await server.start(port=port)
+        async with client(server, "Bob", rooms=("lobby",)) as bob:
+            await until(pilot, lambda: has_line(alice, BOB, "history was reset"), "new epoch")
+            await until(pilot, lambda: alice.session.state.value == "connected", "back")
+            await bob.request("dm", to="alice", text="fresh")
+            await until(pilot, lambda: has_line(alice, BOB, "fresh"), "the new DM")
+            await until(pilot, lambda: alice.chat_features.markers.get(BOB) == 1, "marked")
