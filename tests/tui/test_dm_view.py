@@ -119,14 +119,15 @@ async def test_a_new_session_lists_the_dms_its_markers_name(server: ServerHandle
 
 
 async def test_a_marker_event_for_an_unlisted_dm_adds_it(server: ServerHandle) -> None:
-    """The phone drains a queued DM after this session started, then reads it: the marker
-    event lists the conversation here too, and opening it shows the DM."""
+    """The phone drained a queued DM before this session started and reads it now: the
+    marker event lists the conversation here too, and opening it shows the DM. A DM closed
+    here stays closed when the phone reads it."""
     async with client(server, "Bob", rooms=("lobby",)) as bob:
         app = admin_app(server)
         async with running(app) as pilot:
             await until(pilot, lambda: app.chat_features.restored, "markers restored")
-            # Bob's DM goes to the admin's sessions, this one too; then this session closes
-            # it, as a user who read it would (a marker must not reopen what was closed).
+            # Bob's DM reaches this session too; it is closed here (as /close does, without
+            # looking at it first, which would mark it read here).
             await bob.request("dm", to="admin", text="first")
             await until(pilot, lambda: has_line(app, BOB, "first"), "DM")
             app.close_conversation(BOB)
@@ -135,8 +136,8 @@ async def test_a_marker_event_for_an_unlisted_dm_adds_it(server: ServerHandle) -
             await phone.request("mark", **{"with": "Bob"}, seq=1)
             await until(pilot, lambda: app.chat_features.markers.get(BOB) == 1, "marker event")
             assert "Bob" not in titles(app)
-            # A DM stream this session never saw: Carol's DM was queued and the phone got it.
             await phone.close()
+        # A DM stream this session never saw: Carol's DM was queued and the phone got it.
         async with client(server, "Carol", rooms=("lobby",)) as carol:
             await carol.request("dm", to="admin", text="queued for you")
             carol_dm = ConvKey.dm("Carol")
