@@ -26,6 +26,7 @@ from .session import (
     ConvKey,
     ConvKind,
     Gap,
+    HistoryReset,
     MessagesAdded,
     NotConnected,
     Pending,
@@ -189,6 +190,8 @@ class MarkerMoved:
 
     conv: ConvKey
     seq: int
+    #: A DM stream's other user as the server spells the nick (``with``); None otherwise.
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,12 @@ def conv_of_stream(fields: Message, own_nick: str) -> ConvKey | None:
     if fields.get("announcements") is True:
         return ANNOUNCEMENTS
     return None
+
+
+def _peer(fields: Message) -> str | None:
+    """The other user a DM stream's ``with`` names, spelled as the server sent it."""
+    peer = fields.get("with")
+    return peer if isinstance(peer, str) else None
 
 
 def conv_of_message(message: Message, own_nick: str) -> ConvKey:
@@ -291,6 +300,13 @@ class Features:
                     self._stop_typing(event.conv, str(item.get("from", "")))
             if changed:
                 self._emit(TargetsChanged(event.conv, frozenset(changed)))
+        elif isinstance(event, HistoryReset):
+            # Seqs seen before are void (rev 2), the read markers' too: else nothing below
+            # the old marker would be marked again. The server's are fetched at connect.
+            if event.conv is None:
+                self.markers.clear()
+            else:
+                self.markers.pop(event.conv, None)
         elif isinstance(event, StateChanged):
             self.restored = False
             if event.state is State.CONNECTED:
@@ -301,16 +317,16 @@ class Features:
                 conv = conv_of_stream(message, self.session.nick)
                 seq = message.get("seq")
                 if conv is not None and isinstance(seq, int):
-                    self._set_marker(conv, seq)
+                    self._set_marker(conv, seq, _peer(message))
             elif message.get("type") == "typing":
                 conv = conv_of_stream(message, self.session.nick)
                 if conv is not None:
                     self._start_typing(conv, str(message.get("from", "")))
 
-    def _set_marker(self, conv: ConvKey, seq: int) -> None:
+    def _set_marker(self, conv: ConvKey, seq: int, peer: str | None = None) -> None:
         if seq > self.markers.get(conv, 0):
             self.markers[conv] = seq
-            self._emit(MarkerMoved(conv, seq))
+            self._emit(MarkerMoved(conv, seq, peer))
 
     async def restore_markers(self) -> None:
         """Fetch every read marker of the user (done at each connect), then say
@@ -327,7 +343,7 @@ class Features:
             conv = conv_of_stream(entry, self.session.nick)
             seq = entry.get("seq")
             if conv is not None and isinstance(seq, int):
-                self._set_marker(conv, seq)
+                self._set_marker(conv, seq, _peer(entry))
         self.restored = True
         self._emit(MarkersRestored())
 

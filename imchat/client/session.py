@@ -293,7 +293,9 @@ class Conversation:
                     continue
                 if seq > self.last_seq + 1:
                     out.append(Gap(self.key, self.last_seq, seq))
-            elif self.first_seq is None:
+            if self.first_seq is None:
+                # The oldest message shown, also when only the stream's last seq was known
+                # before it (the announcements at connect): older pages end above it.
                 self.first_seq = seq
             self.last_seq = seq
             out.append(message)

@@ -28,6 +28,8 @@ from textual.widgets import ContentSwitcher, Footer, Input
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.session import (
     ANNOUNCEMENTS,
+    INITIAL_HISTORY,
+    OLDER_HISTORY,
     ChatSession,
     ConvKey,
     ConvKind,
@@ -54,6 +56,7 @@ from imchat.protocol import (
     nick_key,
     normalize_room,
 )
+from imchat.tui.backfill import wants_older
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
 from imchat.tui.config import TuiConfig
 from imchat.tui.features import FeatureApp
@@ -315,6 +318,7 @@ class ChatApp(FeatureApp):
         self.refresh_members()
         self.query_one(ChatInput).focus()
         self.conversation_shown(key)
+        self._ensure_history(key)
 
     def open(self, key: ConvKey) -> None:
         if key in self.views:
@@ -334,9 +338,35 @@ class ChatApp(FeatureApp):
         key = self.session.open_dm(nick)
         self.view(key, nick)
         self.current = key
-        if self.session.state is State.CONNECTED:
-            self._net("history", self.session.load_dm_history(nick))
+        self._ensure_history(key)
         return key
+
+    def _ensure_history(self, key: ConvKey) -> None:
+        """A DM conversation whose history was never fetched (opened with /msg, listed from
+        the server's read markers, or either of those while offline and now on screen)
+        gets its recent history."""
+        if key.kind is not ConvKind.DM or self.session.state is not State.CONNECTED:
+            return
+        conv = self.session.conversations.get(key)
+        if conv is None or (conv.last_seq is None and not conv.syncing):
+            self._net("history", self.session.load_dm_history(self.titles.get(key, key.name)))
+
+    def _backfill(self, key: ConvKey) -> None:
+        """Once per conversation, with its first messages: a log opened by a live message
+        gets the older history above it (see backfill.py)."""
+        view = self.views.get(key)
+        conv = self.session.conversations.get(key)
+        if (
+            view is None
+            or view.backfilled
+            or conv is None
+            or conv.syncing
+            or self.session.state is not State.CONNECTED
+        ):
+            return  # decided later: at the next messages, or when connected
+        view.backfilled = True
+        if wants_older(conv, view.log_widget):
+            self._load_older(key, view.log_widget, INITIAL_HISTORY)
 
     def action_cycle(self, step: int) -> None:
         items = self.query_one(ConversationList).items
@@ -401,6 +431,10 @@ class ChatApp(FeatureApp):
                 if event.initial:
                     self.history_shown(event.conv)  # the "new since" line first
                 self._mark_read(event.conv)  # what arrives in front of the user is read
+            elif event.initial:
+                self.history_counted(event.conv)
+            if not event.prepend:
+                self._backfill(event.conv)
         elif isinstance(event, ServerEvent):
             self._server_event(event.message)
         elif isinstance(event, OutboxChanged):
@@ -454,6 +488,11 @@ class ChatApp(FeatureApp):
             reason = first if reason in (None, first) else f"{first}; then {reason}"
         status.reason = reason
         status.state = event.state
+        if event.state is State.CONNECTED:
+            for key in list(self.views):
+                self._backfill(key)
+            if self.current is not None:
+                self._ensure_history(self.current)
         if event.state is State.OFFLINE and event.reason and event.reason != "closed":
             self.failed = True
             if event.reason.startswith("nick_taken"):
@@ -1128,15 +1167,20 @@ class ChatApp(FeatureApp):
     @on(MessageLog.NeedOlder)
     def _need_older(self, message: MessageLog.NeedOlder) -> None:
         key = next((k for k, v in self.views.items() if v.log_widget is message.log), None)
-        if key is None or self.session.state is not State.CONNECTED:
+        if key is not None:
+            self._load_older(key, message.log, OLDER_HISTORY)
+
+    def _load_older(self, key: ConvKey, log: MessageLog, limit: int) -> None:
+        """One page of history before the first message shown (none while one loads)."""
+        if log.loading_older or self.session.state is not State.CONNECTED:
             return
-        message.log.loading_older = True
+        log.loading_older = True
 
         async def older() -> None:
             try:
-                await self.session.load_older(key)
+                await self.session.load_older(key, limit)
             finally:
-                message.log.loading_older = False
+                log.loading_older = False
 
         self._net("history", older())
 

@@ -85,6 +85,10 @@ class FeatureApp(App[None]):
     read_markers: ReadMarkers
     formatter: Formatter
     views: dict[ConvKey, ConversationView]
+    #: Conversations the user closed here (``/close``): a marker does not bring them back.
+    closed: dict[ConvKey, ConversationView]
+    view: Callable[..., ConversationView]
+    _ensure_history: Callable[[ConvKey], None]
     current: Any  # a reactive ConvKey | None on ChatApp
     open: Callable[[ConvKey], None]
     open_dm: Callable[[str], ConvKey]
@@ -207,9 +211,37 @@ class FeatureApp(App[None]):
             if event.conv == self.current:
                 self._show_typing()
         elif isinstance(event, MarkerMoved):
+            self._list_dm(event)
             self._unread_from_marker(event.conv)
         elif isinstance(event, MarkersRestored):
             self._markers_restored()
+
+    def _list_dm(self, event: MarkerMoved) -> None:
+        """A read marker names a DM stream this session does not list (the markers fetched
+        at connect, or another session's ``mark``): list the conversation and fetch its
+        recent history (its queued DMs may have gone to another session), so what came
+        after the marker counts as unread (:meth:`history_counted`)."""
+        key = event.conv
+        if key.kind is ConvKind.DM and key not in self.views and key not in self.closed:
+            self.view(key, event.peer or key.name)
+            self._ensure_history(key)
+
+    def history_counted(self, key: ConvKey) -> None:
+        """A DM conversation's first history arrived off screen: with a read marker known
+        (one listed from the markers), what follows the marker is unread, and a DM unread
+        wants attention as a new one does."""
+        if key.kind is not ConvKind.DM or key == self.current:
+            return
+        if key not in self.chat_features.markers:
+            return
+        from imchat.tui.widgets import ConversationList
+
+        self._unread_from_marker(key)
+        sidebar = self.query_one(ConversationList)
+        status = sidebar.get(key)
+        if status is not None and status.unread and not status.attention:
+            status.attention = True
+            sidebar.refresh_items()
 
     def _redraw(self, conv: ConvKey, seq: int) -> None:
         view = self.views.get(conv)

@@ -25,6 +25,8 @@ class ConversationView(Vertical):
         self.pending = Static("", classes="pending")
         #: The day of the newest dated entry (a separator goes before the next day's first).
         self.last_day: str | None = None
+        #: Whether the app decided, once, if older history should fill the log (backfill.py).
+        self.backfilled = False
 
     def compose(self) -> ComposeResult:
         yield self.log_widget
