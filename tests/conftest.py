@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "server_config(**fields): ServerConfig overrides for the `server` fixture"
     )
+    config.addinivalue_line(
+        "markers", "both_loops: run on uvloop (the server's default loop) as well as asyncio's"
+    )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test runs on asyncio's own loop; one marked ``both_loops`` on uvloop too (where
+    it is installed), for code that depends on how the loop calls transports and protocols."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if item.get_closest_marker("both_loops") is not None:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

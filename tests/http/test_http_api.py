@@ -311,6 +311,7 @@ async def test_parallel_posts_keep_seq_gapless(http: Http, connect: Clients) -> 
     assert got == list(range(1, 31))
 
 
+@pytest.mark.both_loops
 @pytest.mark.server_config(max_connections_per_ip=2)
 async def test_connections_per_address_are_limited(http: Http) -> None:
     port = http.server.http.port

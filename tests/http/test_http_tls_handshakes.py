@@ -1,20 +1,23 @@
-"""On the HTTPS port a TLS handshake has the native listener's deadline (``hello_timeout``):
-one never started was held for asyncio's 60 s. aiohttp hears of a TLS connection only after
-its handshake, so unlike the native port, the per-address count begins there (xfail below:
-counting at accept needs an accept loop of our own; uvloop starts reading a transport whose
-``connection_made`` paused it, so ``loop.start_tls`` on an accepted connection races the
-ClientHello)."""
+"""On the HTTPS port, as on the native one, a connection counts against
+``max_connections_per_ip`` from the moment it is accepted, before its TLS handshake, and the
+handshake has the hello deadline (``hello_timeout``). Its place is freed once, whatever the
+handshake's fate: done, failed, timed out. Every test runs on asyncio's loop and on uvloop
+(the server's default): the TLS protocol takes the connection over in its first callback,
+which the two loops make differently."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import TIMEOUT, Servers, closed_by_server, stalled
+
+pytestmark = pytest.mark.both_loops
 
 LIMIT = 3
 
@@ -30,7 +33,6 @@ async def healthz(port: int, ca: Path) -> int:
         return response.status
 
 
-@pytest.mark.xfail(strict=True, reason="the HTTPS port counts a connection after its handshake")
 async def test_stalled_handshakes_count_and_are_closed_beyond_the_limit(
     servers: Servers, pki: dict[str, Path]
 ) -> None:
@@ -73,3 +75,67 @@ async def test_a_stalled_handshake_has_the_hello_deadline(
     finally:
         sock.close()
     assert server.http.connections_per_addr.get("127.0.0.1", 0) == 0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Re-check server state the client has no event for (the server sees a close after the
+    client made it), until ``condition`` holds."""
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_failed_handshake_frees_its_place(servers: Servers, pki: dict[str, Path]) -> None:
+    server: Any = await servers.start(
+        http_port=0,
+        tls_cert=pki["cert"],
+        tls_key=pki["key"],
+        max_connections_per_ip=LIMIT,
+        hello_timeout=30,
+    )
+    port = server.http.port
+    counts = server.http.connections_per_addr
+    socks = await stalled(port, LIMIT)
+    try:
+        # Plain HTTP on the TLS port: the handshake fails and the connection is closed.
+        socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await closed_by_server(socks[-1])
+        assert counts["127.0.0.1"] == LIMIT - 1
+        # Its place is a real client's (one more would be refused).
+        assert await healthz(port, pki["ca"]) == 200
+    finally:
+        for sock in socks:
+            sock.close()
+    await until(lambda: not counts)
+
+
+async def test_a_connection_with_its_handshake_done_counts_once(
+    servers: Servers, pki: dict[str, Path]
+) -> None:
+    server: Any = await servers.start(
+        http_port=0,
+        tls_cert=pki["cert"],
+        tls_key=pki["key"],
+        max_connections_per_ip=LIMIT,
+        hello_timeout=30,
+    )
+    port = server.http.port
+    counts = server.http.connections_per_addr
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    opened = [await asyncio.open_connection("127.0.0.1", port, ssl=context) for _ in range(LIMIT)]
+    try:
+        assert counts["127.0.0.1"] == LIMIT
+        (extra,) = await stalled(port, 1)
+        try:
+            assert await closed_by_server(extra)
+        finally:
+            extra.close()
+        _, writer = opened.pop()
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: counts.get("127.0.0.1") == LIMIT - 1)
+        assert await healthz(port, pki["ca"]) == 200
+    finally:
+        for _, writer in opened:
+            writer.close()
+    await until(lambda: not counts)

@@ -20,9 +20,9 @@ from imchat.protocol import ErrorCode
 from imchat.server.hookstore import HookStore
 from imchat.server.hub import Hub
 from imchat.server.listener import DEFAULT_BACKLOG, FALLBACK_HANDSHAKE_TIMEOUT
-from imchat.server.ratelimit import address_key
 
 from . import api, hooks, ops, parserlog, ws
+from .admission import AddressCounts, TlsAdmission, peer_key
 from .callers import Callers
 from .errors import ApiError, error_response
 from .metrics import Probes, ServerCollector
@@ -52,8 +52,10 @@ class HttpFrontend:
         self.closing = False
         self.port = 0
         self.requests: dict[tuple[str, int], int] = {}
-        #: Open HTTP connections per client address (IPv6: per /64).
-        self.connections_per_addr: dict[str, int] = {}
+        #: Open HTTP connections per client address (IPv6: per /64), at most
+        #: ``max_connections_per_ip`` each; counted at accept (with TLS too).
+        self.addresses = AddressCounts(hub.config.max_connections_per_ip)
+        self.connections_per_addr = self.addresses.counts
         self.probes = Probes()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServerCollector(self))
@@ -86,9 +88,9 @@ class HttpFrontend:
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await self._runner.setup()
-        self._limit_connections(self._runner.server)
         try:
             if self.ssl_context is None:
+                self._limit_connections(self._runner.server)
                 self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
                 await self._site.start()
                 server = self._site._server
@@ -105,47 +107,44 @@ class HttpFrontend:
         return self.port
 
     async def _start_tls(self, host: str, port: int) -> asyncio.Server:
-        """The HTTPS listener, as aiohttp's ``TCPSite`` makes it, but with the native port's
-        handshake deadline (``hello_timeout``): ``TCPSite`` leaves asyncio's 60 s, so a
-        connection that never starts its handshake was held for a minute. (aiohttp hears of
-        a TLS connection only after its handshake, so the per-address count begins there.)"""
+        """The HTTPS listener: aiohttp's ``TCPSite`` would make it with ``ssl=``, but then a
+        connection is counted only after its handshake (see :mod:`.admission`), and with
+        asyncio's 60 s deadline; here it is counted at accept and the handshake has the
+        native port's deadline (``hello_timeout``)."""
         assert self._runner is not None and self._runner.server is not None
-        return await asyncio.get_running_loop().create_server(
+        assert self.ssl_context is not None
+        admission = TlsAdmission(
+            self.addresses,
             self._runner.server,
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.hub.config.hello_timeout or FALLBACK_HANDSHAKE_TIMEOUT,
-            reuse_address=True,
-            backlog=DEFAULT_BACKLOG,
+            self.ssl_context,
+            self.hub.config.hello_timeout or FALLBACK_HANDSHAKE_TIMEOUT,
+        )
+        return await asyncio.get_running_loop().create_server(
+            admission, host, port, reuse_address=True, backlog=DEFAULT_BACKLOG
         )
 
     def _limit_connections(self, server: web.Server | None) -> None:
-        """``max_connections_per_ip`` holds on this port too: a connection beyond it from one
-        address (IPv6: /64) is dropped at once. aiohttp reports every connection's start and
-        end to its ``Server``; these wrap those two calls."""
-        limit = self.hub.config.max_connections_per_ip
-        if server is None or not limit:
+        """Plain HTTP: aiohttp reports each connection's start (at accept, before it reads a
+        byte) and end to its ``Server``; these wrap those two calls to count it. One beyond
+        ``max_connections_per_ip`` from its address (IPv6: /64) is dropped at once."""
+        if server is None:
             return
         made, lost = server.connection_made, server.connection_lost
-        counts = self.connections_per_addr
+        addresses = self.addresses
         addrs: dict[object, str] = {}
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
-            peer = transport.get_extra_info("peername")
-            addr = address_key(str(peer[0])) if isinstance(peer, tuple) else "?"
-            addrs[handler] = addr
-            counts[addr] = count = counts.get(addr, 0) + 1
-            if count > limit:
+            addr = peer_key(transport)
+            if addresses.admit(addr):
+                addrs[handler] = addr
+            else:
                 transport.abort()
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             addr = addrs.pop(handler, None)
             if addr is not None:
-                left = counts.pop(addr, 1) - 1
-                if left > 0:
-                    counts[addr] = left
+                addresses.release(addr)
             lost(handler, exc)
 
         server.connection_made = connection_made  # type: ignore[method-assign]
