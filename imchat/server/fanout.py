@@ -108,6 +108,11 @@ class Fanout(Protocol):
         they caused may go out now (the hub calls this after each handler and each run of
         pipelined appends)."""
 
+    async def caught_up(self) -> None:
+        """Return once every event published before the call has been handed to this
+        server's sessions (``bye``: what a session owes includes the events of its own
+        requests, which a clustered fanout reads back from Redis)."""
+
     def to_room(self, room: str, frame: bytes) -> None: ...
 
     def to_users(self, keys: Iterable[str], frame: bytes) -> None: ...
@@ -216,6 +221,9 @@ class LocalFanout:
 
     def release(self, session: Peer) -> None:
         pass
+
+    async def caught_up(self) -> None:
+        pass  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
         members = self._rooms.get(room)

@@ -506,6 +506,9 @@ class RedisFanout:
         self._undelivered: dict[Peer, tuple[list[bytes], int]] = {}
         self._awaiting: set[str] = set()
         self._hold_ids = itertools.count(1)
+        #: Waiters of :meth:`caught_up` by the token of the envelope they published.
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._barrier_ids = itertools.count(1)
         self._inbox: deque[list[bytes]] = deque()
         #: The users here that a recipient list names, by list: valid while ``_users`` keeps
         #: its members (cleared when one is added or removed; sessions are read each time).
@@ -784,6 +787,11 @@ class RedisFanout:
                     if run:
                         self._deliver_run(run_to, run)
                         run = []
+                    if op[:1] == b"=":  # a barrier (caught_up): all before it is handed over
+                        barrier = self._barriers.pop(op[1:], None)
+                        if barrier is not None and not barrier.done():
+                            barrier.set_result(None)
+                        continue
                     if op.startswith(b"reaped "):
                         if op[7:].decode() == self.node_id:
                             # Frozen past the node timeout: the memberships that follow were
@@ -1125,6 +1133,25 @@ class RedisFanout:
     def to_everyone(self, frame: bytes) -> None:
         self._queue("users", "*", frame[4:])
 
+    async def caught_up(self) -> None:
+        """Publish a barrier to this node's own channel, after what its outbox holds, and
+        wait until it is read back: Redis delivers a subscription in publish order, so
+        everything published before it has been handed to the sessions here by then. Given
+        up after the node timeout (Redis lost: the sessions are being closed anyway)."""
+        if not self.available:
+            return
+        token = str(next(self._barrier_ids))
+        barrier = self._barriers[token.encode()] = asyncio.get_running_loop().create_future()
+        self._queue("barrier", token, b"")
+        try:
+            await asyncio.wait_for(barrier, self.node_timeout)
+        except TimeoutError:
+            log.warning(
+                "a barrier through Redis did not come back within %.0f s", self.node_timeout
+            )
+        finally:
+            self._barriers.pop(token.encode(), None)
+
     def _queue(self, kind: str, target: str, payload: bytes) -> None:
         self._outbox.append((kind, target, payload))
         self._outbox_ready.set()
@@ -1150,6 +1177,11 @@ class RedisFanout:
 
     def _publish_command(self, kind: str, target: str, payload: bytes) -> Callable[[Any], Any]:
         keys = self.keys
+        publish = "SPUBLISH" if self.store.sharded else "PUBLISH"
+        if kind == "barrier":  # to this node alone, no recipients: see caught_up
+            barrier = b"\n=" + target.encode() + b"\n\n"
+            channel = keys.node_channel(self.node_id)
+            return lambda pipe: pipe.execute_command(publish, channel, barrier)
         if kind == "room":
             room = self._to_room
             return lambda pipe: pipe.evalsha(
@@ -1161,7 +1193,6 @@ class RedisFanout:
                 users.sha, 1, keys.anchor, keys.prefix, keys.channel, payload, *target.split(" ")
             )
         envelope = b"\n\n*\n" + payload
-        publish = "SPUBLISH" if self.store.sharded else "PUBLISH"
         return lambda pipe: pipe.execute_command(publish, keys.channel, envelope)
 
     # -- node liveness ---------------------------------------------------------------------

@@ -157,4 +157,6 @@ async def on_ping(ctx: Context, session: Peer, req: Ping) -> None:
 
 
 async def on_bye(ctx: Context, session: Peer, req: Bye) -> None:
+    # What it owes includes the events of its own requests: over Redis, still on their way.
+    await ctx.fanout.caught_up()
     session.close()
