@@ -108,10 +108,10 @@ class Fanout(Protocol):
         they caused may go out now (the hub calls this after each handler and each run of
         pipelined appends)."""
 
-    async def caught_up(self) -> None:
+    async def caught_up(self, timeout: float | None = None) -> bool:
         """Return once every event published before the call has been handed to this
-        server's sessions (``bye``: what a session owes includes the events of its own
-        requests, which a clustered fanout reads back from Redis)."""
+        server's sessions, or False after ``timeout`` (``bye`` and ``ping``: the events of a
+        session's own requests come first, which a clustered fanout reads back from Redis)."""
 
     def to_room(self, room: str, frame: bytes) -> None: ...
 
@@ -222,8 +222,8 @@ class LocalFanout:
     def release(self, session: Peer) -> None:
         pass
 
-    async def caught_up(self) -> None:
-        pass  # events go to the sessions as they are committed
+    async def caught_up(self, timeout: float | None = None) -> bool:
+        return True  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
         members = self._rooms.get(room)

@@ -509,6 +509,8 @@ class RedisFanout:
         #: Waiters of :meth:`caught_up` by the token of the envelope they published.
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
         self._barrier_ids = itertools.count(1)
+        #: The barrier queued in the outbox and not yet published: later callers share it.
+        self._queued_barrier: asyncio.Future[None] | None = None
         self._inbox: deque[list[bytes]] = deque()
         #: The users here that a recipient list names, by list: valid while ``_users`` keeps
         #: its members (cleared when one is added or removed; sessions are read each time).
@@ -600,6 +602,11 @@ class RedisFanout:
         self._alarm.clear()
         self._healthy_since = None
         self._records_suspect = False  # a fresh node id records nobody yet
+        for barrier in self._barriers.values():  # what they waited for is gone with Redis
+            if not barrier.done():
+                barrier.set_result(None)
+        self._barriers.clear()
+        self._queued_barrier = None
         node_id = secrets.token_hex(6)
         pubsub = self._pubsub_client.pubsub()
         try:
@@ -1133,24 +1140,25 @@ class RedisFanout:
     def to_everyone(self, frame: bytes) -> None:
         self._queue("users", "*", frame[4:])
 
-    async def caught_up(self) -> None:
+    async def caught_up(self, timeout: float | None = None) -> bool:
         """Publish a barrier to this node's own channel, after what its outbox holds, and
         wait until it is read back: Redis delivers a subscription in publish order, so
-        everything published before it has been handed to the sessions here by then. Given
-        up after the node timeout (Redis lost: the sessions are being closed anyway)."""
+        everything published before it has been handed to the sessions here by then. One
+        not yet published is shared. False if it took longer than ``timeout`` (default: the
+        node timeout, after which Redis counts as lost and the sessions are closing)."""
         if not self.available:
-            return
-        token = str(next(self._barrier_ids))
-        barrier = self._barriers[token.encode()] = asyncio.get_running_loop().create_future()
-        self._queue("barrier", token, b"")
+            return True
+        barrier = self._queued_barrier
+        if barrier is None:
+            token = str(next(self._barrier_ids))
+            barrier = asyncio.get_running_loop().create_future()
+            self._barriers[token.encode()] = self._queued_barrier = barrier
+            self._queue("barrier", token, b"")
         try:
-            await asyncio.wait_for(barrier, self.node_timeout)
+            await asyncio.wait_for(asyncio.shield(barrier), timeout or self.node_timeout)
         except TimeoutError:
-            log.warning(
-                "a barrier through Redis did not come back within %.0f s", self.node_timeout
-            )
-        finally:
-            self._barriers.pop(token.encode(), None)
+            return False
+        return True
 
     def _queue(self, kind: str, target: str, payload: bytes) -> None:
         self._outbox.append((kind, target, payload))
@@ -1166,6 +1174,7 @@ class RedisFanout:
     async def _publish_outbox(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
+            self._queued_barrier = None  # published now: a later caller needs its own
             commands = [self._publish_command(*item) for item in batch]
             for result in await run_pipeline(self.redis, commands, [self._to_room, self._to_users]):
                 if isinstance(result, ResponseError):

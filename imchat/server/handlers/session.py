@@ -152,7 +152,15 @@ async def leave(ctx: Context, session: Peer) -> None:
         ctx.fanout.to_users(audience, encode(OfflineEvent(nick=user.nick, ts=ts)))
 
 
+#: How long a ``pong`` waits for the events of the session's earlier requests (over Redis:
+#: on their way back through the subscription; a millisecond or two). Short: a Redis stall
+#: must not make a client's keepalive look dead.
+PONG_WAIT = 1.0
+
+
 async def on_ping(ctx: Context, session: Peer, req: Ping) -> None:
+    if session.user is not None:
+        await ctx.fanout.caught_up(PONG_WAIT)
     ctx.reply(session, req, Pong())
 
 
