@@ -152,7 +152,7 @@ class Listener:
         host = str(address[0]) if isinstance(address, tuple) else str(address)
         addr = address_key(host)
         conn.setblocking(False)
-        if not self.registry.admit(addr, self.max_per_addr):
+        if not self.registry.addresses.admit(addr, self.max_per_addr):
             self.refused += 1
             if self.tls is None:
                 with contextlib.suppress(OSError):
@@ -196,7 +196,7 @@ class Listener:
         except (Exception, asyncio.CancelledError) as exc:
             conn.close()
             if getattr(protocol, "transport", None) is None:
-                self.registry.release(addr)  # never became a session: the count is ours
+                self.registry.addresses.release(addr)  # never became a session: the count is ours
             log.info("connection from %s ended before it began: %s", addr, exc)
             return
         step = functools.partial(self._step, opening, conn, addr, protocol)
@@ -217,7 +217,7 @@ class Listener:
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError) as exc:
             conn.close()
             if getattr(protocol, "transport", None) is None:
-                self.registry.release(addr)  # never became a session: the count is ours
+                self.registry.addresses.release(addr)  # never became a session: the count is ours
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.info("connection from %s ended before it began: %s", addr, exc)

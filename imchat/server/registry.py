@@ -15,6 +15,7 @@ from typing import Protocol, cast
 
 from imchat.protocol import ErrorCode, ProtocolError
 
+from .addrcounts import AddressCounts
 from .peer import Peer
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class Registry:
         self._counts = 0
         self.sessions: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
-        self.connections_per_addr: dict[str, int] = {}
+        self.addresses = AddressCounts()
+        self.connections_per_addr = self.addresses.counts
         #: Sessions with frames queued since their last flush, flushed at the turn's end. A
         #: session may append itself while the list is not empty (a flush is scheduled);
         #: the first one of a turn calls :meth:`mark_dirty`, which schedules it.
@@ -86,35 +88,20 @@ class Registry:
 
     # -- connections -----------------------------------------------------------------------
 
-    def admit(self, addr: str, limit: int) -> bool:
-        """Count a connection just accepted from ``addr``, unless it has ``limit`` (0: none)."""
-        count = self.connections_per_addr.get(addr, 0)
-        if limit and count >= limit:
-            return False
-        self.connections_per_addr[addr] = count + 1
-        return True
-
-    def release(self, addr: str) -> None:
-        count = self.connections_per_addr.pop(addr, 1) - 1
-        if count > 0:
-            self.connections_per_addr[addr] = count
-
     def add(self, session: Peer, *, counted: bool = False) -> int:
         """Register a new connection; the number of connections from its address now.
 
-        ``counted``: :meth:`admit` counted it already, at accept.
+        ``counted``: the listener counted it already, at accept (``addresses.admit``).
         """
         self.sessions.add(session)
         self._no_sessions.clear()
         if counted:
             return self.connections_per_addr.get(session.addr, 0)
-        count = self.connections_per_addr.get(session.addr, 0) + 1
-        self.connections_per_addr[session.addr] = count
-        return count
+        return self.addresses.add(session.addr)
 
     def remove(self, session: Peer) -> None:
         if session in self.sessions:
-            self.release(session.addr)
+            self.addresses.release(session.addr)
         self.sessions.discard(session)
         if not self.sessions:
             self._no_sessions.set()

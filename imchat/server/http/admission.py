@@ -22,28 +22,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
+from imchat.server.addrcounts import AddressCounts
 from imchat.server.ratelimit import address_key
-
-
-class AddressCounts:
-    """Open connections per address, at most ``limit`` each (0: no limit)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.counts: dict[str, int] = {}
-
-    def admit(self, addr: str) -> bool:
-        """Count a connection from ``addr``, unless it has ``limit`` already."""
-        count = self.counts.get(addr, 0)
-        if self.limit and count >= self.limit:
-            return False
-        self.counts[addr] = count + 1
-        return True
-
-    def release(self, addr: str) -> None:
-        left = self.counts.pop(addr, 1) - 1
-        if left > 0:
-            self.counts[addr] = left
 
 
 def peer_key(transport: asyncio.BaseTransport) -> str:
@@ -58,11 +38,13 @@ class TlsAdmission:
     def __init__(
         self,
         counts: AddressCounts,
+        limit: int,
         app: Callable[[], asyncio.BaseProtocol],
         context: ssl.SSLContext,
         handshake_timeout: float,
     ) -> None:
         self.counts = counts
+        self.limit = limit
         self.app = app
         self.context = context
         self.handshake_timeout = handshake_timeout
@@ -82,7 +64,7 @@ class _Admit(asyncio.Protocol):
         admission = self.admission
         raw = cast(asyncio.Transport, transport)
         addr = peer_key(raw)
-        if not admission.counts.admit(addr):
+        if not admission.counts.admit(addr, admission.limit):
             raw.abort()
             return
         loop = asyncio.get_running_loop()

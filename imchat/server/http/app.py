@@ -17,12 +17,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from imchat.protocol import ErrorCode
+from imchat.server.addrcounts import AddressCounts
 from imchat.server.hookstore import HookStore
 from imchat.server.hub import Hub
 from imchat.server.listener import DEFAULT_BACKLOG, FALLBACK_HANDSHAKE_TIMEOUT
 
 from . import api, hooks, ops, parserlog, ws
-from .admission import AddressCounts, TlsAdmission, peer_key
+from .admission import TlsAdmission, peer_key
 from .callers import Callers
 from .errors import ApiError, error_response
 from .metrics import Probes, ServerCollector
@@ -54,7 +55,7 @@ class HttpFrontend:
         self.requests: dict[tuple[str, int], int] = {}
         #: Open HTTP connections per client address (IPv6: per /64), at most
         #: ``max_connections_per_ip`` each; counted at accept (with TLS too).
-        self.addresses = AddressCounts(hub.config.max_connections_per_ip)
+        self.addresses = AddressCounts()
         self.connections_per_addr = self.addresses.counts
         self.probes = Probes()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -115,6 +116,7 @@ class HttpFrontend:
         assert self.ssl_context is not None
         admission = TlsAdmission(
             self.addresses,
+            self.hub.config.max_connections_per_ip,
             self._runner.server,
             self.ssl_context,
             self.hub.config.hello_timeout or FALLBACK_HANDSHAKE_TIMEOUT,
@@ -130,13 +132,13 @@ class HttpFrontend:
         if server is None:
             return
         made, lost = server.connection_made, server.connection_lost
-        addresses = self.addresses
+        addresses, limit = self.addresses, self.hub.config.max_connections_per_ip
         addrs: dict[object, str] = {}
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
             addr = peer_key(transport)
-            if addresses.admit(addr):
+            if addresses.admit(addr, limit):
                 addrs[handler] = addr
             else:
                 transport.abort()
