@@ -505,13 +505,12 @@ class Session(asyncio.BufferedProtocol):
             return
         if last_frame is not None:
             out = self._out
-            self._out = (
-                last_frame
-                if out is None
-                else [*out, last_frame]
-                if isinstance(out, list)
-                else [out, last_frame]
-            )
+            if out is None:
+                self._out = last_frame
+            elif isinstance(out, list):
+                out.append(last_frame)
+            else:
+                self._out = [out, last_frame]
         self.flush()
         self.closing = True
         transport = self.transport

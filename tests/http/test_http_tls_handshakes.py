@@ -33,16 +33,30 @@ async def healthz(port: int, ca: Path) -> int:
         return response.status
 
 
-async def test_stalled_handshakes_count_and_are_closed_beyond_the_limit(
-    servers: Servers, pki: dict[str, Path]
-) -> None:
-    server: Any = await servers.start(
+async def until(condition: Callable[[], bool]) -> None:
+    """Re-check server state the client has no event for (the server sees a close after the
+    client made it), until ``condition`` holds."""
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def limited_https(servers: Servers, pki: dict[str, Path]) -> Any:
+    """A server whose HTTPS port allows LIMIT connections per address, with a handshake
+    deadline long enough that only the server's limit closes one during a test."""
+    return await servers.start(
         http_port=0,
         tls_cert=pki["cert"],
         tls_key=pki["key"],
         max_connections_per_ip=LIMIT,
         hello_timeout=30,
     )
+
+
+async def test_stalled_handshakes_count_and_are_closed_beyond_the_limit(
+    servers: Servers, pki: dict[str, Path]
+) -> None:
+    server = await limited_https(servers, pki)
     port = server.http.port
     socks = await stalled(port, LIMIT + 2)
     try:
@@ -56,10 +70,7 @@ async def test_stalled_handshakes_count_and_are_closed_beyond_the_limit(
         for sock in socks:
             sock.close()
     # Their places are free again once the server saw them go: a real client gets in.
-    for _ in range(100):
-        if not server.http.connections_per_addr:
-            break
-        await asyncio.sleep(0.05)  # polling a condition the server sets, not a delay
+    await until(lambda: not server.http.connections_per_addr)
     assert await healthz(port, pki["ca"]) == 200
 
 
@@ -77,22 +88,8 @@ async def test_a_stalled_handshake_has_the_hello_deadline(
     assert server.http.connections_per_addr.get("127.0.0.1", 0) == 0
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Re-check server state the client has no event for (the server sees a close after the
-    client made it), until ``condition`` holds."""
-    async with asyncio.timeout(TIMEOUT):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def test_a_failed_handshake_frees_its_place(servers: Servers, pki: dict[str, Path]) -> None:
-    server: Any = await servers.start(
-        http_port=0,
-        tls_cert=pki["cert"],
-        tls_key=pki["key"],
-        max_connections_per_ip=LIMIT,
-        hello_timeout=30,
-    )
+    server = await limited_https(servers, pki)
     port = server.http.port
     counts = server.http.connections_per_addr
     socks = await stalled(port, LIMIT)
@@ -112,13 +109,7 @@ async def test_a_failed_handshake_frees_its_place(servers: Servers, pki: dict[st
 async def test_a_connection_with_its_handshake_done_counts_once(
     servers: Servers, pki: dict[str, Path]
 ) -> None:
-    server: Any = await servers.start(
-        http_port=0,
-        tls_cert=pki["cert"],
-        tls_key=pki["key"],
-        max_connections_per_ip=LIMIT,
-        hello_timeout=30,
-    )
+    server = await limited_https(servers, pki)
     port = server.http.port
     counts = server.http.connections_per_addr
     context = ssl.create_default_context(cafile=str(pki["ca"]))
