@@ -8,6 +8,7 @@ which the two loops make differently."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -130,3 +131,30 @@ async def test_a_connection_with_its_handshake_done_counts_once(
         for _, writer in opened:
             writer.close()
     await until(lambda: not counts)
+
+
+async def test_stalled_handshakes_are_closed_at_shutdown(
+    servers: Servers, pki: dict[str, Path]
+) -> None:
+    """A connection still in its handshake belongs to no HTTP handler, so aiohttp's cleanup
+    does not see it: the server's stop closes it (and one whose handshake is done), at once
+    rather than at its deadline, and frees their places."""
+    server = await limited_https(servers, pki)
+    counts = server.http.connections_per_addr
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.http.port, ssl=context)
+    socks = await stalled(server.http.port, 2)
+    try:
+        await until(lambda: counts.get("127.0.0.1") == 3)
+        async with asyncio.timeout(TIMEOUT):
+            await servers.stop(server)
+        closed = await asyncio.gather(*(closed_by_server(s) for s in socks))
+        assert closed == [True, True]
+        async with asyncio.timeout(TIMEOUT):
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                assert await reader.read() == b""
+        assert not counts
+    finally:
+        writer.close()
+        for sock in socks:
+            sock.close()

@@ -10,6 +10,13 @@ deadline. Both loops begin reading a transport only after its ``connection_made`
 (asyncio schedules the reader after that call, uvloop starts reading after it), so TLS owns
 the stream from its first byte. The transport reports the connection's end to the SSL protocol
 once, handshake done or not: that frees the place.
+
+The admission also keeps every connection it admitted until that end, because a connection
+still in its handshake belongs to no HTTP handler: aiohttp's cleanup at shutdown never sees it,
+and neither loop's ``Server.close()`` (Python 3.11, uvloop) closes accepted connections. The
+frontend aborts those first (:meth:`TlsAdmission.abort_handshakes`), lets aiohttp close the
+established ones, then aborts what is left and waits for their ends (:meth:`TlsAdmission.close`),
+so a stalled handshake neither outlives the server until its deadline nor keeps its place.
 """
 
 from __future__ import annotations
@@ -48,6 +55,38 @@ class TlsAdmission:
         self.app = app
         self.context = context
         self.handshake_timeout = handshake_timeout
+        #: Each admitted connection's raw transport and its HTTP protocol, until it ends.
+        self.open: dict[asyncio.Transport, asyncio.BaseProtocol] = {}
+        self._emptied: asyncio.Event | None = None
+
+    def ended(self, raw: asyncio.Transport, addr: str) -> None:
+        """The connection's end, reported once by its SSL protocol: frees its place."""
+        self.counts.release(addr)
+        self.open.pop(raw, None)
+        if not self.open and self._emptied is not None:
+            self._emptied.set()
+
+    def abort_handshakes(self) -> None:
+        """Abort the connections whose handshake is not done: their HTTP protocol was never
+        given a transport (aiohttp's ``RequestHandler.transport`` is set in its
+        ``connection_made``, which TLS calls once the handshake is done)."""
+        for raw, app in list(self.open.items()):
+            if getattr(app, "transport", None) is None:
+                raw.abort()
+
+    async def close(self, timeout: float) -> None:
+        """Abort every connection still open and wait (at most ``timeout`` seconds) until
+        each one's end was reported, so their places are free when this returns."""
+        if not self.open:
+            return
+        self._emptied = asyncio.Event()
+        for raw in list(self.open):
+            raw.abort()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._emptied.wait()
+        except TimeoutError:
+            pass
 
     def __call__(self) -> asyncio.BaseProtocol:
         return _Admit(self)
@@ -69,9 +108,10 @@ class _Admit(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         try:
+            app = admission.app()
             tls = releasing_ssl_protocol(loop)(
                 loop,
-                admission.app(),
+                app,
                 admission.context,
                 None,  # no waiter: a failed handshake closes the transport itself
                 server_side=True,
@@ -81,7 +121,8 @@ class _Admit(asyncio.Protocol):
             admission.counts.release(addr)
             raw.abort()
             raise
-        tls.release = functools.partial(admission.counts.release, addr)
+        admission.open[raw] = app
+        tls.release = functools.partial(admission.ended, raw, addr)
         raw.set_protocol(tls)
         tls.connection_made(raw)
 

@@ -63,6 +63,7 @@ class HttpFrontend:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._tls_server: asyncio.Server | None = None
+        self._admission: TlsAdmission | None = None
 
     def make_app(self) -> web.Application:
         app = web.Application(
@@ -114,7 +115,7 @@ class HttpFrontend:
         native port's deadline (``hello_timeout``)."""
         assert self._runner is not None and self._runner.server is not None
         assert self.ssl_context is not None
-        admission = TlsAdmission(
+        admission = self._admission = TlsAdmission(
             self.addresses,
             self.hub.config.max_connections_per_ip,
             self._runner.server,
@@ -163,9 +164,15 @@ class HttpFrontend:
         if self._tls_server is not None:
             self._tls_server.close()
             self._tls_server = None
+        if self._admission is not None:
+            self._admission.abort_handshakes()  # no handler of aiohttp's knows them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._admission is not None:
+            # What aiohttp left (a handshake done during its cleanup, a TLS close unanswered).
+            await self._admission.close(SHUTDOWN_TIMEOUT)
+            self._admission = None
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
