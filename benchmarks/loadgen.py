@@ -553,6 +553,16 @@ async def _wait_done(stats: Stats, stall: float) -> None:
             await asyncio.wait_for(stats.done.wait(), stall)
 
 
+def source_addresses(clients: Iterable[BaseClient]) -> set[str]:
+    """The local addresses the clients' sockets are bound to."""
+    found = set()
+    for client in clients:
+        name = client.transport.get_extra_info("sockname") if client.transport else None
+        if isinstance(name, tuple):
+            found.add(str(name[0]))
+    return found
+
+
 async def idle_memory(
     driver: Driver,
     *,
@@ -605,6 +615,8 @@ async def idle_memory(
         await asyncio.sleep(1.0)
         rss1 = driver.server.rss_kb()
         return {
+            # Where the clients really came from (``Driver.source``, else the kernel's pick).
+            "sources": sorted(source_addresses(clients)),
             "server": driver.name,
             "connections": connections,
             "room_size": room_size,

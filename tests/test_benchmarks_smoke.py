@@ -40,6 +40,24 @@ def test_fanout_every_receiver_gets_every_message(tmp_path: Path) -> None:
     assert 0 < row["p50_ms"] <= row["p99_ms"]
 
 
+@pytest.mark.timeout(60)
+def test_fanout_idle_connects_from_the_source_address(tmp_path: Path) -> None:
+    """``--scenario idle --source ADDR``: every idle client (and the warm-up ones) is bound
+    to ADDR, every one stays connected, and the run reports it."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "fanout.py"), "--servers", "imchat", "--scenario", "idle",
+         "--idle", "30", "--room-size", "10", "--source", "127.0.0.2", "--no-pin",
+         "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=55,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [row] = json.loads(out.read_text())
+    assert row["scenario"] == "idle" and row["server"] == "imchat"
+    assert row["connections"] == 30 and row["lost"] == 0 and row["complete"]
+    assert row["sources"] == ["127.0.0.2"]
+
+
 def _loadgen() -> Any:
     sys.path.insert(0, str(BENCH))
     try:
