@@ -190,3 +190,36 @@ async def test_reconnecting_session_speaks_tls(
     finally:
         await session.close()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def _server_start_error(tmp_path: Path, cert: Path, key: Path) -> str:
+    """What ``imchat server`` says (and that it exits 1) when its TLS files do not load."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "imchat", "server", "--port", "0", "--host", "127.0.0.1",
+         "--data-dir", str(tmp_path / "data"), "--tls-cert", str(cert), "--tls-key", str(key)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["cert", "key"])
+def test_a_missing_tls_file_is_named(tmp_path: Path, pki: dict[str, Path], missing: str) -> None:
+    files = {"cert": pki["cert"], "key": pki["key"], missing: tmp_path / "nowhere.pem"}
+    error = _server_start_error(tmp_path, files["cert"], files["key"])
+    assert "nowhere.pem" in error
+    assert ("certificate" if missing == "cert" else "key") in error
+
+
+def test_a_key_of_another_certificate_is_said_so(
+    tmp_path: Path, ca: trustme.CA, pki: dict[str, Path]
+) -> None:
+    other = tmp_path / "other-key.pem"
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+    error = _server_start_error(tmp_path, pki["cert"], other)
+    assert "does not match" in error and "other-key.pem" in error
+
+
+def test_files_that_are_not_pem_are_said_so(tmp_path: Path, pki: dict[str, Path]) -> None:
+    error = _server_start_error(tmp_path, pki["key"], pki["cert"])  # swapped
+    assert "PEM" in error and "cert.pem" in error
