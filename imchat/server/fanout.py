@@ -41,6 +41,10 @@ class Fanout(Protocol):
     #: :meth:`release` (a clustered fanout, atomically with the session's arrival); else the
     #: hub sends them (:class:`imchat.server.dm_delivery.DmDelivery`).
     sends_undelivered: bool
+    #: False while a clustered fanout has lost its store (Redis) and not yet started over:
+    #: its sessions were closed with ``shutting_down``, and a ``hello`` is refused the same
+    #: way rather than failing as ``internal`` on its first store read.
+    available: bool
 
     async def open(self, registry: Registry) -> None:
         """Start background work (a clustered fanout subscribes and heartbeats here)."""
@@ -124,6 +128,7 @@ class LocalFanout:
     """:class:`Fanout` for a single server process."""
 
     sends_undelivered = False
+    available = True
 
     def __init__(self) -> None:
         self._users: dict[str, User] = {}

@@ -7,11 +7,14 @@ SIGSTOP, a Redis of the test's own paused, made read-only or full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from pathlib import Path
 
-from imchat.client import ServerError
+import pytest
+
+from imchat.client import ConnectionClosed, ServerError
 
 from .cluster_support import (
     REDIS_URL,
@@ -20,6 +23,7 @@ from .cluster_support import (
     Clients,
     Cluster,
     PrivateRedis,
+    connect_retrying,
     is_type,
 )
 
@@ -221,3 +225,36 @@ async def test_frozen_member_never_hears_not_in_room(cluster: Cluster, clients: 
     await asyncio.wait_for(bob.conn.wait_closed(), TIMEOUT)
     if bob.conn.closed_error is not None:
         assert bob.conn.closed_error["code"] == "shutting_down"
+
+
+async def test_a_hello_while_redis_is_down_is_told_shutting_down(
+    tmp_path: Path, private_redis: PrivateRedis, clients: Clients
+) -> None:
+    """Between losing Redis and getting it back, a node tells every new client what it told
+    the sessions it closed (``shutting_down``: the server lost its cluster store, try another
+    node or later) instead of ``internal`` from the store read a hello starts with; guests
+    and accounts alike. It serves again once Redis is back."""
+    cluster = Cluster(tmp_path, f"imchat-test-{uuid.uuid4().hex}:", redis_url=private_redis.url)
+    try:
+        (node,) = cluster.start_many(1, node_timeout=3.0)
+        alice = await clients.connect(node, "alice")
+        private_redis.kill()
+        await node.wait_log("lost Redis")
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await alice.next_event()
+        for nick, token in (("bob", None), ("admin", node.admin_token)):
+            conn = await clients.connect_raw(node)
+            with pytest.raises((ServerError, ConnectionClosed)) as caught:
+                await asyncio.wait_for(conn.hello(nick, token=token), TIMEOUT)
+            error = caught.value
+            code = error.code if isinstance(error, ServerError) else (error.error or {}).get("code")
+            assert code == "shutting_down", (nick, error)
+            await asyncio.wait_for(conn.wait_closed(), TIMEOUT)
+        private_redis.start()
+        await node.wait_log("joined the cluster as node", count=2)
+        back = await connect_retrying(clients, node, "carol")
+        assert back.conn.welcome is not None
+    finally:
+        for node in cluster.nodes:
+            node.stop()

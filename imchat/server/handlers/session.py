@@ -23,6 +23,10 @@ SERVER_NAME = f"imchat/{'.'.join(imchat.__version__.split('.')[:2])}"
 async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     if session.user is not None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already said")
+    if not ctx.fanout.available:
+        # A node between Redis incarnations: what its sessions were told, so the client
+        # tries another node or comes back, instead of ``internal`` from the store read.
+        raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
     key = req.nick.lower()
     # A hello without credentials is a guest's: the claim reads the nick's row anyway (in the
     # store's writer) and says if it is an account's, so it is not read here first.
