@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from imchat.client import ConnectionClosed, ServerError
@@ -227,16 +229,23 @@ async def test_frozen_member_never_hears_not_in_room(cluster: Cluster, clients: 
         assert bob.conn.closed_error["code"] == "shutting_down"
 
 
+HTTP_AT = re.compile(r"HTTP API at http://[^:]+:(\d+)")
+
+
 async def test_a_hello_while_redis_is_down_is_told_shutting_down(
     tmp_path: Path, private_redis: PrivateRedis, clients: Clients
 ) -> None:
     """Between losing Redis and getting it back, a node tells every new client what it told
     the sessions it closed (``shutting_down``: the server lost its cluster store, try another
     node or later) instead of ``internal`` from the store read a hello starts with; guests
-    and accounts alike. It serves again once Redis is back."""
+    and accounts alike, and the HTTP API (503 ``shutting_down``). It serves again once Redis
+    is back."""
     cluster = Cluster(tmp_path, f"imchat-test-{uuid.uuid4().hex}:", redis_url=private_redis.url)
     try:
-        (node,) = cluster.start_many(1, node_timeout=3.0)
+        (node,) = cluster.start_many(1, node_timeout=3.0, extra=("--http-port", "0"))
+        [http_port] = [int(m[1]) for line in node.lines if (m := HTTP_AT.search(line))]
+        api = f"http://127.0.0.1:{http_port}/api/v1/rooms/lobby/messages"
+        headers = {"Authorization": f"Bearer {node.admin_token}"}
         alice = await clients.connect(node, "alice")
         private_redis.kill()
         await node.wait_log("lost Redis")
@@ -251,6 +260,13 @@ async def test_a_hello_while_redis_is_down_is_told_shutting_down(
             code = error.code if isinstance(error, ServerError) else (error.error or {}).get("code")
             assert code == "shutting_down", (nick, error)
             await asyncio.wait_for(conn.wait_closed(), TIMEOUT)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(api, json={"text": "hi"}, headers=headers) as response,
+        ):
+            body = await response.json()
+            assert (response.status, body["code"]) == (503, "shutting_down"), body
+            assert response.headers["Retry-After"]
         private_redis.start()
         await node.wait_log("joined the cluster as node", count=2)
         back = await connect_retrying(clients, node, "carol")

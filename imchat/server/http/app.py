@@ -180,8 +180,13 @@ class HttpFrontend:
         name = route.canonical if route is not None else "unmatched"
         response: web.StreamResponse
         try:
-            if self.closing and not name.startswith(("/healthz", "/metrics")):
-                raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            if not name.startswith(("/healthz", "/metrics")):
+                if self.closing:
+                    raise ApiError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+                if not self.hub.fanout.available:
+                    # As a native hello is answered meanwhile; not ``internal`` from the
+                    # token's store read: nothing was tried, a retry later will do.
+                    raise ApiError(ErrorCode.SHUTTING_DOWN, "server lost its cluster store")
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()
