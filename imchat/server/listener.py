@@ -74,6 +74,9 @@ class Listener:
         self.refused = 0
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        #: TLS handshakes under way: this listener's own (not the registry's, which the
+        #: server waits for at shutdown as requests), cancelled by :meth:`close`.
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._refusal = encode_message(
             {
                 "type": "error",
@@ -124,11 +127,21 @@ class Listener:
         return int(self.sockets[0].getsockname()[1])
 
     def close(self) -> None:
+        """Stop listening and end the connections still in their TLS handshake: nothing of
+        theirs runs yet, so the server's stop neither waits for them (its grace is for
+        requests) nor leaves them open until their deadline."""
         self._closed = True
         for sock in self.sockets:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(sock.fileno())
             sock.close()
+        for task in self._handshakes:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until the handshakes :meth:`close` ended have let their places go."""
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -167,7 +180,14 @@ class Listener:
         if self.tls is None:
             self._open(conn, addr)
         else:
-            self.registry.spawn(self._serve(conn, addr))
+            task = self._loop.create_task(self._serve(conn, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("TLS handshake task failed", exc_info=task.exception())
 
     def _open(self, conn: socket.socket, addr: str) -> None:
         """Plain TCP: the transport is made here, in the accept callback.

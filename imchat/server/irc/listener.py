@@ -7,7 +7,8 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from .session import IrcSession, IrcShared
+from ..listener import Listener
+from .session import AdmittedIrcSession, IrcSession, IrcShared
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -21,31 +22,41 @@ async def start_irc_listeners(
     port: int | None,
     tls_port: int | None,
     tls: ssl.SSLContext | None,
-) -> list[asyncio.Server]:
-    """Listen for IRC on ``port`` (plain) and ``tls_port`` (TLS with ``tls``); None: off."""
+) -> list[asyncio.AbstractServer | Listener]:
+    """Listen for IRC on ``port`` (plain) and ``tls_port`` (TLS with ``tls``); None: off.
+
+    The TLS port is a :class:`Listener`, as the native port is: ``create_server(ssl=...)``
+    would make the session (which counts its address) only once the handshake is done, so
+    one address could hold any number of unfinished handshakes, and the server's stop would
+    leave them open until their deadline.
+    """
     shared = IrcShared()
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
+    servers: list[asyncio.AbstractServer | Listener] = []
     try:
-        for number, secure in ((port, False), (tls_port, True)):
-            if number is None:
-                continue
-            if secure and tls is None:
-                raise ValueError("the IRC TLS port needs --tls-cert and --tls-key")
-            context = tls if secure else None
+        if port is not None:
             server = await loop.create_server(
-                lambda: IrcSession(hub, shared),
-                host,
-                number,
-                reuse_address=True,
-                ssl=context,
-                ssl_handshake_timeout=(hub.config.hello_timeout or None) if context else None,
+                lambda: IrcSession(hub, shared), host, port, reuse_address=True
             )
             servers.append(server)
-            bound = server.sockets[0].getsockname()[1]
-            log.info("serving IRC at %s:%d%s", host, bound, " (TLS)" if context else "")
+            log.info("serving IRC at %s:%d", host, server.sockets[0].getsockname()[1])
+        if tls_port is not None:
+            if tls is None:
+                raise ValueError("the IRC TLS port needs --tls-cert and --tls-key")
+            config = hub.config
+            listener = Listener(
+                hub.registry,
+                lambda: AdmittedIrcSession(hub, shared),
+                max_per_addr=config.max_connections_per_ip,
+                tls=tls,
+                handshake_timeout=config.hello_timeout,
+                send_buffer=config.socket_send_buffer,
+            )
+            servers.append(listener)
+            bound = await listener.start(host, tls_port, config.listen_backlog)
+            log.info("serving IRC at %s:%d (TLS)", host, bound)
     except BaseException:
-        for server in servers:
-            server.close()
+        for opened in servers:
+            opened.close()
         raise
     return servers

@@ -407,3 +407,11 @@ def _code(value: object) -> ErrorCode:
         return ErrorCode(str(value))
     except ValueError:
         return ErrorCode.INTERNAL
+
+
+class AdmittedIrcSession(IrcSession):
+    """An IRC session the TLS port's :class:`imchat.server.listener.Listener` admitted:
+    counted against its address's limit at accept, before its handshake."""
+
+    __slots__ = ()
+    admitted = True
