@@ -38,6 +38,7 @@ async def start_irc_listeners(
                 host,
                 number,
                 reuse_address=True,
+                reuse_port=hub.config.reuse_port or None,
                 ssl=context,
                 ssl_handshake_timeout=(hub.config.hello_timeout or None) if context else None,
             )
