@@ -220,3 +220,35 @@ async def test_read_markers_start_again_after_a_new_store_epoch(server: ServerHa
             await bob.request("dm", to="alice", text="fresh")
             await until(pilot, lambda: has_line(alice, BOB, "fresh"), "the new DM")
             await until(pilot, lambda: alice.chat_features.markers.get(BOB) == 1, "marked")
+
+
+async def test_a_dm_delivered_before_a_restart_but_never_read_is_listed_after_it(
+    server: ServerHandle,
+) -> None:
+    """Bob's DM reaches the TUI while the user looks at the lobby; the user quits without
+    opening it, so no read marker names the stream, and the server's queue no longer holds
+    it. The next start lists the conversation anyway (remembered on disk), with the DM
+    counted unread, and opening it shows the message."""
+    async with client(server, "Bob", rooms=("lobby",)) as bob:
+        app = admin_app(server)
+        async with running(app) as pilot:
+            await until(pilot, lambda: app.chat_features.restored, "markers restored")
+            await bob.request("dm", to="admin", text="did you see this?")
+            await until(pilot, lambda: has_line(app, BOB, "did you see this?"), "the DM")
+            assert app.current == LOBBY
+        assert BOB not in app.chat_features.markers  # never read: no marker to list it by
+        app = admin_app(server)
+        async with running(app) as pilot:
+            await until(pilot, lambda: app.chat_features.restored, "markers restored")
+            await until(pilot, lambda: "Bob" in titles(app), "the DM conversation listed")
+            sidebar = app.query_one(ConversationList)
+            await until(
+                pilot,
+                lambda: (s := sidebar.get(BOB)) is not None and s.unread == 1 and s.attention,
+                "the DM counted unread",
+            )
+            assert app.current == LOBBY
+            await pilot.press(f"alt+{titles(app).index('Bob') + 1}")
+            await until(pilot, lambda: app.current == BOB, "looking at the DM")
+            assert said(app, BOB) == ["did you see this?"]
+            await until(pilot, lambda: app.chat_features.markers.get(BOB) == 1, "marked read")
