@@ -28,7 +28,6 @@ from textual.widgets import ContentSwitcher, Footer, Input
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.session import (
     ANNOUNCEMENTS,
-    INITIAL_HISTORY,
     OLDER_HISTORY,
     ChatSession,
     ConvKey,
@@ -57,6 +56,7 @@ from imchat.protocol import (
     nick_key,
     normalize_room,
 )
+from imchat.tui.backfill import load as load_backfill
 from imchat.tui.backfill import wants_older
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
 from imchat.tui.config import TuiConfig
@@ -382,7 +382,8 @@ class ChatApp(FeatureApp):
 
     def _backfill(self, key: ConvKey) -> None:
         """Once per conversation, with its first messages: a log opened by a live message
-        gets the older history above it (see backfill.py)."""
+        gets the older history above it (see backfill.py). A load that failed is asked
+        for again here, at the next messages or the next connect."""
         view = self.views.get(key)
         conv = self.session.conversations.get(key)
         if (
@@ -391,11 +392,23 @@ class ChatApp(FeatureApp):
             or conv is None
             or conv.syncing
             or self.session.state is not State.CONNECTED
+            or view.log_widget.loading_older
         ):
             return  # decided later: at the next messages, or when connected
         view.backfilled = True
-        if wants_older(conv, view.log_widget):
-            self._load_older(key, view.log_widget, INITIAL_HISTORY)
+        if not wants_older(conv, view.log_widget):
+            return
+        log = view.log_widget
+        log.loading_older = True
+
+        async def older() -> None:
+            try:
+                done = await load_backfill(self.session, key)
+            finally:
+                log.loading_older = False
+            view.backfilled = done
+
+        self.run_worker(older(), group="net", exit_on_error=False)
 
     def action_cycle(self, step: int) -> None:
         items = self.query_one(ConversationList).items
