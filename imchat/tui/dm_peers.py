@@ -13,8 +13,11 @@ written atomically, mode 0600. At start the app opens a DM conversation for each
 session fetches their recent history with everything else at connect; a stream with
 messages is listed and what follows the read marker counts as unread. A partner whose
 stream is empty for us (a new store, a later guest identity with our nick) is not listed.
-The file holds at most :data:`MAX_PEERS` partners per server and nick, the most recently
-added last; deleting it forgets them (the read markers still list the DMs that were read).
+Each costs one ``history`` request at every connect (the session catches up on every DM
+conversation it holds), so the file keeps at most :data:`MAX_PEERS` partners per server and
+nick: the app notes a partner once per run, at its first message, which moves it to the
+end, and the ones not seen for longest go first. Deleting the file forgets them (the read
+markers still list the DMs that were read).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from imchat.client.resume import state_dir, write_private_json
 from imchat.protocol import is_valid_nick, nick_key
 
 PEERS_FILE = "dm_peers.json"
-#: Partners kept per server and nick; the ones added longest ago go first.
-MAX_PEERS = 200
+#: Partners kept per server and nick; the ones noted longest ago go first.
+MAX_PEERS = 100
 
 
 class DmPeers:
@@ -55,15 +58,16 @@ class DmPeers:
         }
 
     def get(self, host: str, port: int, nick: str) -> list[str]:
-        """The partners remembered for ``nick`` on that server, oldest first."""
+        """The partners remembered for ``nick`` on that server, noted longest ago first."""
         return self._load().get(self._slot(host, port, nick), [])
 
     def add(self, host: str, port: int, nick: str, peer: str) -> None:
-        """Remember ``peer`` (a new spelling replaces the old one); no write if known."""
+        """Remember ``peer`` as the partner noted last (a new spelling replaces the old
+        one); no write if it is that already."""
         data = self._load()
         slot = self._slot(host, port, nick)
         peers = data.get(slot, [])
-        if peer in peers:
+        if peers[-1:] == [peer]:
             return
         peers = [p for p in peers if nick_key(p) != nick_key(peer)] + [peer]
         data[slot] = peers[-MAX_PEERS:]

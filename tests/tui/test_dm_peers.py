@@ -14,8 +14,9 @@ def test_partners_are_kept_per_server_and_nick(tmp_path: Path) -> None:
     peers.add("h", 7667, "alice", "carol")
     peers.add("h", 7668, "alice", "dave")
     peers.add("h", 7667, "ALICE", "BOB")  # a new spelling replaces the old one
+    peers.add("h", 7667, "alice", "carol")  # noted again: now the latest
     again = DmPeers(tmp_path)
-    assert again.get("h", 7667, "alice") == ["carol", "BOB"]
+    assert again.get("h", 7667, "alice") == ["BOB", "carol"]
     assert again.get("h", 7668, "Alice") == ["dave"]
     assert again.get("other", 7667, "alice") == []
     mode = stat.S_IMODE((tmp_path / PEERS_FILE).stat().st_mode)
