@@ -104,7 +104,9 @@ async def test_a_new_session_lists_the_dms_its_markers_name(server: ServerHandle
                 lambda: (s := sidebar.get(BOB)) is not None and s.unread == 1,
                 "one unread DM counted from the history after the marker",
             )
-            assert "2:@Bob(1)!" in str(app.query_one("#status").render())  # the hotlist
+            await until(  # the hotlist follows the sidebar's count (a message later)
+                pilot, lambda: "2:@Bob(1)!" in str(app.query_one("#status").render()), "hotlist"
+            )
             await pilot.press("alt+2")
             await until(pilot, lambda: app.current == BOB, "looking at the DM")
             await until(pilot, lambda: len(said(app, BOB)) == 2, "its history, on opening")
