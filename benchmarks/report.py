@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -28,6 +29,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -219,6 +221,17 @@ class Report:
             self.incomplete.append(f"{what} {kind}")
         return dict(row)
 
+    async def trials(self, measure: Callable[[str], Awaitable[Outcome]]) -> dict[str, Outcome]:
+        """Each server's outcome of ``measure``, taken ``--repeat`` times with the servers
+        interleaved (imchat, InspIRCd, ..., imchat, InspIRCd, ...), so a neighbour's burst
+        falls on one trial of one server rather than on all of a server's: the median of
+        each figure, with the trials and their spread kept (see :func:`median_outcome`)."""
+        runs: dict[str, list[Outcome]] = {k: [] for k in self.servers}
+        for _ in range(self.args.repeat):
+            for kind in self.servers:
+                runs[kind].append(await measure(kind))
+        return {kind: median_outcome(outcomes) for kind, outcomes in runs.items()}
+
     def get_redis(self) -> str:
         """The Redis of the cluster runs: ``--redis``, or one of this run's own."""
         if self.redis_url is None:
@@ -243,17 +256,16 @@ class Report:
             for window in self.sizes.windows:
                 what = f"flat R={receivers} w={window}"
                 print(f"== {what} ==", flush=True)
-                res = {
-                    k: await self.broadcast(
-                        k,
-                        what,
+                res = await self.trials(
+                    functools.partial(
+                        self.broadcast,
+                        what=what,
                         connections=receivers + 1,
                         window=window,
                         receivers=receivers,
                         messages=messages,
                     )
-                    for k in self.servers
-                }
+                )
                 raw += [r for r in res.values() if isinstance(r, dict)]
                 key = f"flat-{receivers}-{window}"
                 label = f"flat out, R={receivers:,}, window {window}"
@@ -301,8 +313,8 @@ class Report:
         profile_dir: Path | None = self.args.profile
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
-        res = {
-            k: await self.broadcast(
+        res = await self.trials(
+            lambda k: self.broadcast(
                 k,
                 what,
                 connections=2,
@@ -311,11 +323,12 @@ class Report:
                 messages=messages,
                 profile=profile_dir / "imchat-r1.txt" if profile_dir and k == "imchat" else None,
             )
-            for k in self.servers
-        }
+        )
         for r in res.values():
             if isinstance(r, dict):
-                r["cpu_us_per_message"] = r["server_cpu_s"] / r["messages"] * 1e6
+                per_message = [t["server_cpu_s"] / t["messages"] * 1e6 for t in r["trials"]]
+                r["cpu_us_per_message"] = statistics.median(per_message)
+                r["spread"]["cpu_us_per_message"] = (min(per_message), max(per_message))
         self.raw["r1"] = [r for r in res.values() if isinstance(r, dict)]
         self.add(
             compare(
@@ -336,8 +349,8 @@ class Report:
         what = f"paced R={receivers} {s.paced_rate:,.0f}/s"
         print(f"== {what} ==", flush=True)
         messages = max(1, round(s.paced_rate * s.paced_seconds / receivers))
-        res = {
-            k: await self.broadcast(
+        res = await self.trials(
+            lambda k: self.broadcast(
                 k,
                 what,
                 connections=receivers + 1,
@@ -345,8 +358,7 @@ class Report:
                 messages=messages,
                 rate=s.paced_rate,
             )
-            for k in self.servers
-        }
+        )
         self.raw["paced"] = [r for r in res.values() if isinstance(r, dict)]
         label = f"paced {s.paced_rate / 1000:,.0f}k deliveries/s, R={receivers:,}"
         self.add(
@@ -374,28 +386,26 @@ class Report:
         )
 
     async def idle(self, *, all_at_once: bool) -> dict[str, Outcome]:
+        return await self.trials(lambda kind: self.idle_once(kind, all_at_once=all_at_once))
+
+    async def idle_once(self, kind: str, *, all_at_once: bool) -> Outcome:
         n = self.sizes.idle
-        res: dict[str, Outcome] = {}
-        for kind in self.servers:
-            if reason := self.skipped(kind, n):
-                res[kind] = reason
-                continue
-            args = self.ns(
-                servers=[kind],
-                idle=n,
-                idle_as="users",
-                all_at_once=all_at_once,
-                room_size=self.sizes.room_size,
-            )
-            what = f"idle {n}" + (" all at once" if all_at_once else "")
-            rows = await self.guarded(f"{what} {kind}", run_idle(args))
-            if not rows:
-                res[kind] = "error"
-                continue
-            res[kind] = dict(rows[0])
-            if not rows[0]["complete"]:
-                self.incomplete.append(f"{what} {kind}")
-        return res
+        if reason := self.skipped(kind, n):
+            return reason
+        args = self.ns(
+            servers=[kind],
+            idle=n,
+            idle_as="users",
+            all_at_once=all_at_once,
+            room_size=self.sizes.room_size,
+        )
+        what = f"idle {n}" + (" all at once" if all_at_once else "")
+        rows = await self.guarded(f"{what} {kind}", run_idle(args))
+        if not rows:
+            return "error"
+        if not rows[0]["complete"]:
+            self.incomplete.append(f"{what} {kind}")
+        return dict(rows[0])
 
     async def memory_and_storms(self) -> None:
         n, size = self.sizes.idle, self.sizes.room_size
@@ -860,6 +870,45 @@ def value(outcome: Outcome | None, metric: str) -> float | None:
     return None
 
 
+def median_outcome(outcomes: list[Outcome]) -> Outcome:
+    """One outcome of several trials: each figure the median of the trials that have it, the
+    trials themselves under ``trials`` and each figure's (least, greatest) under ``spread``;
+    incomplete if any trial was. No trial with figures: the first trial's reason."""
+    rows = [o for o in outcomes if isinstance(o, dict)]
+    if not rows:
+        return outcomes[0]
+    merged: dict[str, Any] = dict(rows[len(rows) // 2])
+    spread: dict[str, tuple[float, float]] = {}
+    for key in merged:
+        figures = [
+            float(r[key])
+            for r in rows
+            if isinstance(r.get(key), int | float)
+            and not isinstance(r.get(key), bool)
+            and math.isfinite(r[key])
+        ]
+        if figures and isinstance(merged[key], int | float) and not isinstance(merged[key], bool):
+            merged[key] = statistics.median(figures)
+            spread[key] = (min(figures), max(figures))
+    merged["complete"] = all(r.get("complete", True) for r in rows)
+    merged["trials"] = rows
+    merged["spread"] = spread
+    if len(rows) < len(outcomes):
+        merged["failed_trials"] = len(outcomes) - len(rows)
+    return merged
+
+
+def spread_text(outcome: dict[str, Any], metric: str, fmt: Callable[[float], str]) -> str:
+    """The range " [least to greatest]" of a figure measured more than once, else ""."""
+    trials = outcome.get("trials", ())
+    low_high = outcome.get("spread", {}).get(metric)
+    if len(trials) < 2 or low_high is None:
+        return ""
+    failed = outcome.get("failed_trials", 0)
+    note = f", {failed} failed" if failed else ""
+    return f" [{fmt(low_high[0])}\N{EN DASH}{fmt(low_high[1])}{note}]"
+
+
 def ok_cell(r: dict[str, Any]) -> str:
     return f"{r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} ms"
 
@@ -891,10 +940,11 @@ def compare(
     """A row of one figure per server; ratio imchat ÷ InspIRCd judged against ``goal``
     (≥ goal if ``higher``, else ≤ goal; None: reported only)."""
     values = {k: value(r, metric) for k, r in res.items()}
-    cells = {
-        k: cell(r, metric, lambda o, m=metric: fmt(o[m]) + (extra(o) if extra else ""))
-        for k, r in res.items()
-    }
+
+    def shown(o: dict[str, Any]) -> str:
+        return fmt(o[metric]) + spread_text(o, metric, fmt) + (extra(o) if extra else "")
+
+    cells = {k: cell(r, metric, shown) for k, r in res.items()}
     mine, theirs = values.get("imchat"), values.get("inspircd")
     ratio = quotient(mine, theirs)
     if goal is None:
@@ -979,6 +1029,14 @@ def render(report: Report, info: dict[str, str], noise: dict[str, float]) -> str
         f"in the broadcast measurements {noise['broadcast_other_cpu_s']:.0f} CPU-s over "
         f"{noise['broadcast_s']:.0f} s, at most {noise['broadcast_other_max']:.1f} CPU-s in "
         "one.",
+        *(
+            [
+                f"Each flat, R=1, paced, idle and storm figure is the median of {args.repeat} "
+                "trials, the servers interleaved, with the least and greatest in brackets."
+            ]
+            if args.repeat > 1
+            else []
+        ),
         "",
         "| target | "
         + " | ".join(TITLES[s] for s in servers)
@@ -993,10 +1051,11 @@ def render(report: Report, info: dict[str, str], noise: dict[str, float]) -> str
 
 def noise_of(report: Report, wall: float, busy: float, own: float) -> dict[str, float]:
     runs = [
-        r
+        trial
         for key in ("flat", "r1", "paced", "sweep")
         for r in report.raw.get(key, [])
-        if "other_cpu_s" in r
+        for trial in r.get("trials", [r])  # each trial of --repeat, not their medians
+        if "other_cpu_s" in trial
     ] + list(report.raw.get("wide", {}).get("runs", []))
     return {
         "wall_s": wall,
@@ -1055,6 +1114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an existing Redis for the cluster steps (a key prefix of their own, deleted "
         "afterwards); default: a redis-server of the run's own on a free port",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="trials of each flat, R=1, paced, idle and storm measurement, the servers "
+        "interleaved: the median, with the least and greatest in brackets (default 1)",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--table", type=Path, help="also write the markdown table to this file")
     p.add_argument("--profile", type=Path, help="py-spy the imchat server at R=1 into DIR")
@@ -1062,6 +1128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="temp dir for server data")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     args.servers = list(SERVERS) if args.servers == "all" else args.servers.split(",")
     for name in args.servers:
         if name not in SERVERS:

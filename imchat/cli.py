@@ -351,6 +351,15 @@ def server(
             help="Accept-queue length (capped by net.core.somaxconn).",
         ),
     ] = 4096,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-port",
+            envvar="IMCHAT_REUSE_PORT",
+            help="Share the listening ports with other nodes of the cluster on this machine "
+            "(SO_REUSEPORT; needs --redis): the kernel spreads connections over them.",
+        ),
+    ] = False,
     error_log_interval: Annotated[
         float,
         typer.Option(
@@ -445,6 +454,7 @@ def server(
         max_output_total=max_output_total,
         socket_send_buffer=socket_send_buffer,
         listen_backlog=listen_backlog,
+        reuse_port=reuse_port,
         error_log_interval=error_log_interval,
         retain_days=retain_days,
         retain_messages=retain_messages,
@@ -455,6 +465,12 @@ def server(
         )
     if node_timeout <= 0:
         raise _fail("--node-timeout must be positive", 2)
+    if reuse_port and redis is None:
+        raise _fail(
+            "--reuse-port needs --redis: without it each process keeps its own rooms, users "
+            "and history, and connections spread over the processes would not see each other",
+            2,
+        )
     try:
         run_async(ChatServer(config).serve_forever())
     except OSError as exc:

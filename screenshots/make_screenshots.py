@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -169,4 +170,8 @@ async def main(out: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    asyncio.run(main(parser.parse_args().out))
+    out = parser.parse_args().out
+    # The staged users' resume secrets and DM partners are not the person's running this.
+    with tempfile.TemporaryDirectory(prefix="imchat-screenshots-") as state:
+        os.environ["IMCHAT_STATE_DIR"] = state
+        asyncio.run(main(out))

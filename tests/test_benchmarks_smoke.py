@@ -254,9 +254,37 @@ def test_a_ratio_over_a_figure_too_small_to_measure_is_left_out(
 ) -> None:
     """A quick run's CPU can read 0.00 s (the clock's 10 ms tick): the report must say "—",
     not stop with ZeroDivisionError (CI failed so on the wide rows' every-node CPU)."""
+    assert _import_report().quotient(num, den) == expected
+
+
+def _import_report() -> Any:
     sys.path.insert(0, str(BENCH))
     try:
         import report
     finally:
         sys.path.remove(str(BENCH))
-    assert report.quotient(num, den) == expected
+    return report
+
+
+def test_repeated_trials_report_the_median_and_the_spread() -> None:
+    """``--repeat``: each figure the median of its trials, the cell showing their range; a
+    failed trial is counted, not averaged in; one trial shows no range."""
+    report = _import_report()
+    trials = [
+        {"p99_ms": 40.0, "p50_ms": 10.0, "receivers": 1000, "complete": True, "server": "imchat"},
+        {"p99_ms": 20.0, "p50_ms": 12.0, "receivers": 1000, "complete": False, "server": "imchat"},
+        "error",
+        {"p99_ms": 30.0, "p50_ms": 11.0, "receivers": 1000, "complete": True, "server": "imchat"},
+    ]
+    merged = report.median_outcome(trials)
+    assert (merged["p99_ms"], merged["p50_ms"]) == (30.0, 11.0)
+    assert merged["spread"]["p99_ms"] == (20.0, 40.0)
+    assert merged["server"] == "imchat" and merged["receivers"] == 1000
+    assert merged["complete"] is False and merged["failed_trials"] == 1
+    row = report.compare(
+        "paced-p99", "p99", {"imchat": merged, "inspircd": report.median_outcome(trials[3:])},
+        "p99_ms", lambda v: f"{v:.1f}", goal=1.0, higher=False,
+    )  # fmt: skip
+    assert row.cells["imchat"] == "30.0 [20.0\N{EN DASH}40.0, 1 failed] (incomplete)"
+    assert row.cells["inspircd"] == "30.0"  # one trial: no range
+    assert report.median_outcome(["error", "skipped"]) == "error"

@@ -366,13 +366,18 @@ class Features:
         return tuple(nick for nick, _ in current.values())
 
     def unread(self, conv: ConvKey) -> int:
-        """Messages after the read marker (edits, deletes and reactions not counted)."""
+        """Messages from others after the read marker (edits, deletes and reactions not
+        counted; nor the user's own, e.g. sent from a script, which never marks)."""
         marker = self.markers.get(conv, 0)
         targeting = self.book.targeting.get(conv, set())
+        me = nick_key(self.session.nick)
         return sum(
             1
             for seq, view in self.book.views(conv).items()
-            if seq > marker and seq not in targeting and not view.deleted
+            if seq > marker
+            and seq not in targeting
+            and not view.deleted
+            and nick_key(view.sender) != me
         )
 
     # -- requests ---------------------------------------------------------------------------

@@ -32,6 +32,23 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir("imchat", appauthor=False))
 
 
+def write_private_json(path: Path, data: object) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one,
+    never half of one), never readable by others (not even for an instant)."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class ResumeStore:
     """``resume`` secrets by ``host:port`` and nick key, in one private JSON file."""
 
@@ -53,18 +70,7 @@ class ResumeStore:
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
     def _save(self, data: dict[str, str]) -> None:
-        """Write atomically, never readable by others (not even for an instant)."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".resume-", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private_json(self.path, data)
 
     def get(self, host: str, port: int, nick: str) -> str | None:
         return self._load().get(self._slot(host, port, nick))

@@ -119,7 +119,10 @@ class ChatServer:
         )
         try:
             self.port = await listener.start(
-                self.config.host, self.config.port, self.config.listen_backlog
+                self.config.host,
+                self.config.port,
+                self.config.listen_backlog,
+                reuse_port=self.config.reuse_port,
             )
         except BaseException:
             # Leave no trace: a clustered fanout has joined the cluster by now.

@@ -124,6 +124,9 @@ class ServerConfig:
     max_queued_per_sender: int = 100
     #: Accept-queue length (capped by net.core.somaxconn): a reconnect storm must fit.
     listen_backlog: int = 4096
+    #: Bind every listening port with SO_REUSEPORT, so several nodes of one cluster on one
+    #: machine share its ports and the kernel spreads connections over them (one core each).
+    reuse_port: bool = False
     #: SO_SNDBUF of each client socket, so the kernel holds at most about this much (Linux
     #: doubles it) per client that stops reading; 0 leaves the kernel's autotuning.
     socket_send_buffer: int = 256 * 1024

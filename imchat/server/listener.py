@@ -85,8 +85,9 @@ class Listener:
             }
         )
 
-    async def start(self, host: str, port: int, backlog: int) -> int:
-        """Bind and listen; the port bound (``port`` 0 picks one)."""
+    async def start(self, host: str, port: int, backlog: int, *, reuse_port: bool = False) -> int:
+        """Bind and listen; the port bound (``port`` 0 picks one). ``reuse_port``: share it
+        with other processes that bind it so (SO_REUSEPORT)."""
         granted, cap = effective_backlog(backlog)
         if cap is not None and granted < backlog:
             log.warning(
@@ -108,6 +109,8 @@ class Listener:
                 sock = socket.socket(family, kind, proto)
                 self.sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if port == 0 and len(self.sockets) > 1:

@@ -28,7 +28,6 @@ from textual.widgets import ContentSwitcher, Footer, Input
 from imchat.client import ConnectionClosed, ServerError
 from imchat.client.session import (
     ANNOUNCEMENTS,
-    INITIAL_HISTORY,
     OLDER_HISTORY,
     ChatSession,
     ConvKey,
@@ -46,6 +45,7 @@ from imchat.client.session import (
     State,
     StateChanged,
     Welcomed,
+    dm_partner,
 )
 from imchat.protocol import (
     ProtocolError,
@@ -56,9 +56,11 @@ from imchat.protocol import (
     nick_key,
     normalize_room,
 )
+from imchat.tui.backfill import load as load_backfill
 from imchat.tui.backfill import wants_older
 from imchat.tui.commands import BY_NAME, COMMANDS, KEYS_HELP, ChatCommands, parse
 from imchat.tui.config import TuiConfig
+from imchat.tui.dm_peers import DmPeers
 from imchat.tui.features import FeatureApp
 from imchat.tui.fold import PresenceFold
 from imchat.tui.hotlist import hotlist, totals
@@ -185,6 +187,7 @@ class ChatApp(FeatureApp):
         clock: Callable[[], float] = time.time,
         cursor_blink: bool | None = None,
         config: TuiConfig | None = None,
+        dm_peers: DmPeers | None = None,
     ) -> None:
         super().__init__()
         enable_alt_digits()
@@ -218,6 +221,9 @@ class ChatApp(FeatureApp):
         self._want: ConvKey | None = None  # switch here once it exists (after /join)
         #: The session gave up for good (e.g. auth_failed): ``run_tui`` exits non-zero.
         self.failed = False
+        #: DM partners seen in earlier runs, listed again at start (see dm_peers.py).
+        self.dm_peers = dm_peers if dm_peers is not None else DmPeers()
+        self._peers_noted: set[ConvKey] = set()
         self.setup_features()  # revision 3: see imchat.tui.features
 
     # -- layout ----------------------------------------------------------------------------
@@ -242,7 +248,30 @@ class ChatApp(FeatureApp):
         chat_input.cursor_blink = self.cursor_blink
         chat_input.focus()
         self.session.add_listener(self._on_session_event)
+        self._reopen_remembered_dms()
         self.run_session()
+
+    def _reopen_remembered_dms(self) -> None:
+        """Open a DM conversation in the session for every partner of earlier runs: their
+        recent history comes at connect with the rest, and one with messages is listed,
+        with what follows the read marker unread (see dm_peers.py), although a DM nobody
+        read left no marker to list it by."""
+        session = self.session
+        for peer in self.dm_peers.get(session.host, session.port, session.nick):
+            self.remembered_dms.add(session.open_dm(peer))
+
+    def _note_dm_peer(self, event: MessagesAdded) -> None:
+        """Remember a DM partner for the next start (once per conversation and run)."""
+        key = event.conv
+        if key.kind is not ConvKind.DM or key in self._peers_noted:
+            return
+        message = next((item for item in event.items if isinstance(item, dict)), None)
+        if message is None:
+            return
+        self._peers_noted.add(key)
+        session = self.session
+        peer = dm_partner(message, session.nick)
+        self.dm_peers.add(session.host, session.port, session.nick, peer)
 
     # -- adapting to the terminal's size ------------------------------------------------------
 
@@ -353,7 +382,8 @@ class ChatApp(FeatureApp):
 
     def _backfill(self, key: ConvKey) -> None:
         """Once per conversation, with its first messages: a log opened by a live message
-        gets the older history above it (see backfill.py)."""
+        gets the older history above it (see backfill.py). A load that failed is asked
+        for again here, at the next messages or the next connect."""
         view = self.views.get(key)
         conv = self.session.conversations.get(key)
         if (
@@ -362,11 +392,23 @@ class ChatApp(FeatureApp):
             or conv is None
             or conv.syncing
             or self.session.state is not State.CONNECTED
+            or view.log_widget.loading_older
         ):
             return  # decided later: at the next messages, or when connected
         view.backfilled = True
-        if wants_older(conv, view.log_widget):
-            self._load_older(key, view.log_widget, INITIAL_HISTORY)
+        if not wants_older(conv, view.log_widget):
+            return
+        log = view.log_widget
+        log.loading_older = True
+
+        async def older() -> None:
+            try:
+                done = await load_backfill(self.session, key)
+            finally:
+                log.loading_older = False
+            view.backfilled = done
+
+        self.run_worker(older(), group="net", exit_on_error=False)
 
     def action_cycle(self, step: int) -> None:
         items = self.query_one(ConversationList).items
@@ -426,6 +468,7 @@ class ChatApp(FeatureApp):
     def _session_update(self, message: SessionUpdate) -> None:
         event = message.event
         if isinstance(event, MessagesAdded):
+            self._note_dm_peer(event)
             self._messages_added(event)
             if event.conv == self.current:
                 if event.initial:

@@ -103,6 +103,9 @@ class FeatureApp(App[None]):
         #: Whether the read markers were restored once: the first time, the conversation on
         #: screen has its line placed (see :meth:`_markers_restored`).
         self.markers_restored_once = False
+        #: DM conversations reopened at start from the partners of earlier runs: their
+        #: history counts as unread after the marker, also when there is none (never read).
+        self.remembered_dms: set[ConvKey] = set()
 
     def _post_feature_event(self, event: FeatureEvent) -> None:
         self.post_message(FeatureUpdate(event))
@@ -228,11 +231,12 @@ class FeatureApp(App[None]):
 
     def history_counted(self, key: ConvKey) -> None:
         """A DM conversation's first history arrived off screen: with a read marker known
-        (one listed from the markers), what follows the marker is unread, and a DM unread
-        wants attention as a new one does."""
+        (one listed from the markers), or for a partner of an earlier run (whose DMs may
+        never have been read: no marker, all of them unread), what follows the marker is
+        unread, and a DM unread wants attention as a new one does."""
         if key.kind is not ConvKind.DM or key == self.current:
             return
-        if key not in self.chat_features.markers:
+        if key not in self.chat_features.markers and key not in self.remembered_dms:
             return
         from imchat.tui.widgets import ConversationList
 

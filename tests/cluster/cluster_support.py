@@ -124,13 +124,14 @@ class Cluster:
         node_timeout: float = 15.0,
         extra: tuple[str, ...] = (),
         redis_url: str | None = None,
+        port: int = 0,
     ) -> Node:
         """Start a node (``redis_url``: reach Redis another way, e.g. through a proxy)."""
         data_dir = self.base / f"node{len(self.nodes)}"
         proc = subprocess.Popen(
             server_command(
                 "--port",
-                "0",
+                str(port),
                 "--data-dir",
                 str(data_dir),
                 "--redis",

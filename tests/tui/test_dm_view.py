@@ -104,7 +104,9 @@ async def test_a_new_session_lists_the_dms_its_markers_name(server: ServerHandle
                 lambda: (s := sidebar.get(BOB)) is not None and s.unread == 1,
                 "one unread DM counted from the history after the marker",
             )
-            assert "2:@Bob(1)!" in str(app.query_one("#status").render())  # the hotlist
+            await until(  # the hotlist follows the sidebar's count (a message later)
+                pilot, lambda: "2:@Bob(1)!" in str(app.query_one("#status").render()), "hotlist"
+            )
             await pilot.press("alt+2")
             await until(pilot, lambda: app.current == BOB, "looking at the DM")
             await until(pilot, lambda: len(said(app, BOB)) == 2, "its history, on opening")
@@ -220,3 +222,35 @@ async def test_read_markers_start_again_after_a_new_store_epoch(server: ServerHa
             await bob.request("dm", to="alice", text="fresh")
             await until(pilot, lambda: has_line(alice, BOB, "fresh"), "the new DM")
             await until(pilot, lambda: alice.chat_features.markers.get(BOB) == 1, "marked")
+
+
+async def test_a_dm_delivered_before_a_restart_but_never_read_is_listed_after_it(
+    server: ServerHandle,
+) -> None:
+    """Bob's DM reaches the TUI while the user looks at the lobby; the user quits without
+    opening it, so no read marker names the stream, and the server's queue no longer holds
+    it. The next start lists the conversation anyway (remembered on disk), with the DM
+    counted unread, and opening it shows the message."""
+    async with client(server, "Bob", rooms=("lobby",)) as bob:
+        app = admin_app(server)
+        async with running(app) as pilot:
+            await until(pilot, lambda: app.chat_features.restored, "markers restored")
+            await bob.request("dm", to="admin", text="did you see this?")
+            await until(pilot, lambda: has_line(app, BOB, "did you see this?"), "the DM")
+            assert app.current == LOBBY
+        assert BOB not in app.chat_features.markers  # never read: no marker to list it by
+        app = admin_app(server)
+        async with running(app) as pilot:
+            await until(pilot, lambda: app.chat_features.restored, "markers restored")
+            await until(pilot, lambda: "Bob" in titles(app), "the DM conversation listed")
+            sidebar = app.query_one(ConversationList)
+            await until(
+                pilot,
+                lambda: (s := sidebar.get(BOB)) is not None and s.unread == 1 and s.attention,
+                "the DM counted unread",
+            )
+            assert app.current == LOBBY
+            await pilot.press(f"alt+{titles(app).index('Bob') + 1}")
+            await until(pilot, lambda: app.current == BOB, "looking at the DM")
+            assert said(app, BOB) == ["did you see this?"]
+            await until(pilot, lambda: app.chat_features.markers.get(BOB) == 1, "marked read")

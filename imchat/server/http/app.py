@@ -93,7 +93,13 @@ class HttpFrontend:
         try:
             if self.ssl_context is None:
                 self._limit_connections(self._runner.server)
-                self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+                self._site = web.TCPSite(
+                    self._runner,
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self.hub.config.reuse_port or None,
+                )
                 await self._site.start()
                 server = self._site._server
             else:
@@ -123,7 +129,12 @@ class HttpFrontend:
             self.hub.config.hello_timeout or FALLBACK_HANDSHAKE_TIMEOUT,
         )
         return await asyncio.get_running_loop().create_server(
-            admission, host, port, reuse_address=True, backlog=DEFAULT_BACKLOG
+            admission,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=self.hub.config.reuse_port or None,
+            backlog=DEFAULT_BACKLOG,
         )
 
     def _limit_connections(self, server: web.Server | None) -> None:

@@ -36,7 +36,11 @@ async def start_irc_listeners(
     try:
         if port is not None:
             server = await loop.create_server(
-                lambda: IrcSession(hub, shared), host, port, reuse_address=True
+                lambda: IrcSession(hub, shared),
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=hub.config.reuse_port or None,
             )
             servers.append(server)
             log.info("serving IRC at %s:%d", host, server.sockets[0].getsockname()[1])
@@ -53,7 +57,9 @@ async def start_irc_listeners(
                 send_buffer=config.socket_send_buffer,
             )
             servers.append(listener)
-            bound = await listener.start(host, tls_port, config.listen_backlog)
+            bound = await listener.start(
+                host, tls_port, config.listen_backlog, reuse_port=config.reuse_port
+            )
             log.info("serving IRC at %s:%d (TLS)", host, bound)
     except BaseException:
         for opened in servers:
