@@ -279,7 +279,9 @@ class ChatServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        self.gc_policy.start()  # this process is the server's: its setup is permanent
+        assert self.hub is not None
+        # This process is the server's: its setup is permanent.
+        self.gc_policy.start(self.hub.fanout.session_count)
         await stop.wait()
         log.info("shutting down")
         await self.stop()
