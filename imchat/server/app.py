@@ -97,6 +97,7 @@ class ChatServer:
         )
         try:
             await self.fanout.open(hub.registry)
+            await hub.authn.start()
         except BaseException:
             await self.store.close()
             raise
