@@ -237,6 +237,78 @@ async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
     assert (event["seq"], event["text"]) == (ok["seq"], "hello bob")
 
 
+@pytest.mark.parametrize("stored", ["before", "after"])
+async def test_dm_to_a_guest_between_its_claim_and_its_arrival_reaches_it(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch, stored: str
+) -> None:
+    """A hello that begins a guest identity reads its queue only if a DM may have been queued
+    for it since the claim (round 9): a DM sent to the nick after the claim and before the
+    session is online, stored before it is online or after, still reaches it."""
+    alice = await connect("alice")
+    claimed, release = asyncio.Event(), asyncio.Event()
+    claim_guest = server.store.claim_guest
+
+    async def gated_claim_guest(nick: str, *args: Any) -> Any:
+        claim = await claim_guest(nick, *args)
+        if nick == "bob":
+            claimed.set()
+            await release.wait()  # claimed (the identity exists), not yet online
+        return claim
+
+    monkeypatch.setattr(server.store, "claim_guest", gated_claim_guest)
+    arriving = asyncio.ensure_future(connect("bob"))
+    await asyncio.wait_for(claimed.wait(), TIMEOUT)
+    if stored == "before":
+        ok = await alice.request("dm", to="bob", text="early")  # queued: bob is not online
+        release.set()
+    else:
+        entered, stored_later = asyncio.Event(), asyncio.Event()
+        append = server.store.append
+
+        async def gated_append(draft: Any) -> Any:
+            entered.set()
+            await stored_later.wait()
+            return await append(draft)
+
+        monkeypatch.setattr(server.store, "append", gated_append)
+        sending = asyncio.ensure_future(alice.request("dm", to="bob", text="early"))
+        await asyncio.wait_for(entered.wait(), TIMEOUT)  # bob was read, not yet online
+        release.set()
+        bob = await asyncio.wait_for(arriving, TIMEOUT)
+        await pending_events(bob)  # his hello is over
+        stored_later.set()
+        ok = await asyncio.wait_for(sending, TIMEOUT)
+    bob = await asyncio.wait_for(arriving, TIMEOUT)
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (ok["seq"], "early")
+    # exactly once: the next DM is the next one he gets
+    marker = await alice.request("dm", to="bob", text="marker")
+    event = await next_event(bob, "dm")
+    assert (event["seq"], event["text"]) == (marker["seq"], "marker")
+
+
+@pytest.mark.skipif(REDIS_BACKEND_URL is not None, reason="the queue is read by the cluster")
+async def test_a_new_guest_identity_reads_no_queue(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect storm of new guests reads no DM queue (round 9); one coming back does."""
+    reads: list[str] = []
+    peek_pending = server.store.peek_pending
+
+    async def counting(ident: str, limit: int) -> Any:
+        reads.append(ident)
+        return await peek_pending(ident, limit)
+
+    monkeypatch.setattr(server.store, "peek_pending", counting)
+    bob = await connect("bob")
+    await pending_events(bob)
+    assert reads == []
+    await bob.close()
+    bob = await connect("bob")  # continues the identity: its queue is read
+    await pending_events(bob)
+    assert len(reads) == 1
+
+
 @pytest.mark.server_config(rate=0)
 async def test_pipelined_dms_arrive_in_order_exactly_once(server: Any, connect: Clients) -> None:
     bob = await connect("bob")

@@ -201,6 +201,71 @@ def test_freezes_after_each_collection_while_a_crowd_arrives() -> None:
     assert callbacks == []
 
 
+def test_freezes_after_each_young_collection_while_a_crowd_arrives() -> None:
+    """An all-at-once storm: the sweep's ticks come too late and CPython runs no full
+    collection, but its middle ones visit what survived ten young ones. While the population
+    read at CPython's middle collections grows by ``min_growth`` from one to the next, each
+    collection is followed by a freeze; once it stops growing, none is."""
+    rec = Recorder()
+    sessions = [10]
+    policy = rec.policy(callbacks=[])
+    policy.start(lambda: sessions[0])
+    rec.calls.clear()
+    young, middle = {"generation": 0}, {"generation": 1}
+    policy.after_collection("stop", young)
+    sessions[0] = 109  # +99 since the start: not a crowd
+    policy.after_collection("stop", middle)
+    assert not policy.arriving and rec.calls == []
+    sessions[0] = 209  # +100 since the last middle collection
+    policy.after_collection("start", middle)
+    assert rec.calls == []  # decided when it stops
+    policy.after_collection("stop", middle)
+    assert policy.arriving and rec.calls == ["freeze"]
+    sessions[0] = 5_000
+    policy.after_collection("stop", young)
+    policy.after_collection("stop", young)
+    assert rec.calls == ["freeze"] * 3  # what survived them is not visited again
+    assert not policy.growing  # the ticks know nothing of it
+    policy.after_collection("stop", middle)  # +4,791
+    assert policy.arriving and rec.calls == ["freeze"] * 4
+    sessions[0] = 5_050
+    policy.after_collection("stop", middle)  # +50: arrived
+    policy.after_collection("stop", young)
+    assert not policy.arriving and rec.calls == ["freeze"] * 4
+    assert not policy.tick(5_050) and policy.tick(5_050)  # settled: frozen as before
+    assert rec.calls[-2:] == ["collect 1", "freeze"]
+
+
+def test_a_cycle_frozen_while_a_crowd_arrives_is_freed_at_the_next_halving() -> None:
+    """The trade of freezing after young collections, with CPython's real collector: a cycle
+    alive at a young collection while a crowd arrives and garbage later is frozen, and
+    freed at the next halving."""
+    sessions = [0]
+    policy = FreezePolicy(set_young_threshold=lambda young: None, min_growth=10)
+    policy.start(lambda: sessions[0])
+    try:
+        sessions[0] = 100
+        gc.collect(1)  # CPython's middle collection: a crowd of 100 arrived
+        assert policy.arriving
+        node = Node()
+        ref = weakref.ref(node)
+        gc.collect(0)  # it survives a young collection, and is frozen
+        del node
+        gc.collect(1)  # nobody arrived since: as usual again
+        assert not policy.arriving
+        gc.collect()
+        assert ref() is not None  # frozen: not visited
+        policy.tick(100)
+        assert policy.tick(100)  # settled
+        assert ref() is not None
+        policy.tick(40)
+        assert policy.tick(40)  # halved
+        assert ref() is None
+    finally:
+        policy.stop()
+        gc.unfreeze()
+
+
 def test_growth_below_a_quarter_is_not_frozen_while_it_arrives() -> None:
     """Each freeze during growth means a full collection once settled: only a growth the
     quarter rule would collect for anyway is frozen as it arrives."""

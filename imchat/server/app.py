@@ -105,6 +105,7 @@ class ChatServer:
         )
         try:
             await self.fanout.open(hub.registry)
+            await hub.authn.start()
         except BaseException:
             await self.store.close()
             raise
@@ -290,7 +291,9 @@ class ChatServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        self.gc_policy.start()  # this process is the server's: its setup is permanent
+        assert self.hub is not None
+        # This process is the server's: its setup is permanent.
+        self.gc_policy.start(self.hub.fanout.session_count)
         await stop.wait()
         log.info("shutting down")
         await self.stop()

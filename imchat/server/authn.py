@@ -92,6 +92,16 @@ class Authenticator:
         await limits.login_failed(addr)
         raise ProtocolError(ErrorCode.AUTH_FAILED, f"wrong password or token for {req.nick}")
 
+    async def start(self) -> None:
+        """At server start, before any session: note the credentials version. Every session
+        is checked at its hello against this version or a later one, so the first re-check
+        looks nothing up unless a credential changed since (it used to look up every session:
+        at a restart, ten seconds in, in the middle of the reconnect storm)."""
+        try:
+            self._checked_version = await self.store.credentials_version()
+        except Exception:
+            log.exception("could not read the credentials version; the first re-check is full")
+
     async def recheck(self, sessions: Iterable[Peer]) -> None:
         """Close sessions whose token was revoked, or account removed or re-passworded since.
 

@@ -8,6 +8,11 @@ reads the queue, live DMs for it wait behind it (:class:`QueueRead`), so each se
 its DMs in the order they were sent; a DM committed as undelivered while every session reads
 the queue is read there, or claimed (atomically, in the store) for live delivery if a session
 settled meanwhile.
+
+A ``hello`` that begins a guest identity reads no queue unless a DM may have been queued for
+that identity since its claim (:attr:`DmDelivery.lookups`): its identity id is new, so only a
+DM whose sender read the identity from the store after the claim can be queued for it, and
+such a read counts before the DM is stored. A connect storm of new guests reads nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ class DmDelivery:
         self.fanout = fanout
         self.registry = registry
         self._reads: dict[Peer, QueueRead] = {}
+        #: DMs whose recipient was read from the store (not online here), counted right after
+        #: the read: a DM can be queued for an identity not online here only after that.
+        #: A hello that began an identity and sees this unchanged since before its claim knows
+        #: its queue is empty (the fan-out's connect does not yield, so a DM counted later
+        #: finds its recipient online and goes out live).
+        self.lookups = 0
 
     async def deliver_undelivered(self, user: User, session: Peer) -> None:
         """Send a session that just said hello the DMs kept for its identity, then those held

@@ -758,11 +758,21 @@ class SQLiteStore:
         ident = new_ident("g")
 
         def op(c: sqlite3.Connection) -> GuestClaim:
+            now = time.time()
+            # A nick without a row (every one of a connect storm's): one statement, not two.
+            if (
+                c.execute(
+                    "INSERT INTO users (key, nick, created, ident, resume) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    (key, nick, now, ident, new_resume),
+                ).rowcount
+                == 1
+            ):
+                return GuestClaim(ClaimStatus.NEW, Identity(nick, ident))
             row = c.execute(
                 "SELECT nick, account, ident, resume, held_until FROM users WHERE key = ?",
                 (key,),
             ).fetchone()
-            now = time.time()
             if row is not None:
                 held_nick, account, held, held_resume, held_until = row
                 if account:

@@ -16,6 +16,7 @@ from secutil import StartServer, wait_for
 from imchat.client import Connection
 from imchat.client.tls import client_context
 from imchat.server.listener import DEFAULT_BACKLOG, effective_backlog
+from imchat.server.ratelimit import address_key
 
 TIMEOUT = 5.0
 
@@ -120,4 +121,41 @@ async def test_a_plain_tcp_connection_is_opened_without_a_task(start_server: Sta
     finally:
         for sock in socks:
             sock.close()
+    await wait_for(lambda: not server.hub.connections_per_addr)  # type: ignore[union-attr]
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_an_accepted_connection_has_its_listeners_family(
+    start_server: StartServer, host: str
+) -> None:
+    """The listener wraps each accepted descriptor itself (round 9: ``socket.accept``
+    converted the listening socket's family and type to enums for every connection): the
+    connection is a stream socket of the listener's family, counted under its address."""
+    import socket
+
+    server = await start_server(host=host)
+    assert server.hub is not None
+    conn = await Connection.connect(host, server.port)
+    try:
+        assert (await conn.hello("alice"))["type"] == "welcome"
+        (session,) = server.hub.sessions
+        sock = session.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        assert (sock.family, sock.type) == (family, socket.SOCK_STREAM)
+        assert sock.getpeername()[0] == host
+        assert server.hub.connections_per_addr == {address_key(host): 1}  # IPv6: its /64
+    finally:
+        await conn.close()
     await wait_for(lambda: not server.hub.connections_per_addr)  # type: ignore[union-attr]

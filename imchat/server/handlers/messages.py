@@ -137,6 +137,7 @@ def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = 
         """To an account or a held guest identity (rev 2) not online here; else none."""
         nonlocal to_ident
         identity = await ctx.store.identity(to_key)
+        ctx.dms.lookups += 1  # before anything is stored: see DmDelivery.lookups
         if identity is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"no user called {req.to}")
         to_ident = identity.ident

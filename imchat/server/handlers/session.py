@@ -34,6 +34,7 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
     record = None if guest else await ctx.store.lookup_user(key)
     account = record.account if record else None
     resume: str | None = None
+    lookups = ctx.dms.lookups  # before the claim (see below)
     if account is None and req.token is None:
         if ctx.config.require_account:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "this server admits registered users only")
@@ -97,7 +98,11 @@ async def on_hello(ctx: Context, session: Peer, req: Hello) -> None:
         # reading them the moment it began; a DM racing with that is racing with any read).
         peers = [] if unknown_resume else await _dm_peers(ctx, user)
         ctx.fanout.to_users([user.key, *peers], online)
-    if not ctx.fanout.sends_undelivered:
+    if ctx.fanout.sends_undelivered:
+        return
+    # An identity this hello began has an empty queue unless a DM's sender read it from the
+    # store since the claim (DmDelivery.lookups); one counted from now on finds it online.
+    if not unknown_resume or ctx.dms.lookups != lookups:
         await ctx.dms.deliver_undelivered(user, session)
 
 
