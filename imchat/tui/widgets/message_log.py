@@ -349,18 +349,24 @@ class MessageLog(ScrollView, can_focus=True):
         if not self.loading_older and not self.history_complete:
             self.post_message(self.NeedOlder(self))
 
-    def on_mouse_scroll_up(self) -> None:
+    def _leave_bottom(self) -> None:
+        """The user scrolls up: stop following now, not once the animated scroll has moved
+        (a line arriving meanwhile would scroll to the bottom again after its frame and
+        cancel the animation: the key press lost). At the top, ask for older history."""
         if self.scroll_y <= 0:
             self.request_older()
+        elif self.max_scroll_y > 0:
+            self.following = False
+
+    def on_mouse_scroll_up(self) -> None:
+        self._leave_bottom()
 
     def action_scroll_up(self) -> None:
-        if self.scroll_y <= 0:
-            self.request_older()
+        self._leave_bottom()
         super().action_scroll_up()
 
     def action_page_up(self) -> None:
-        if self.scroll_y <= 0:
-            self.request_older()
+        self._leave_bottom()
         super().action_page_up()
 
     def plain_lines(self) -> list[str]:
