@@ -49,6 +49,21 @@ def write_private_json(path: Path, data: object) -> None:
         raise
 
 
+def state_slot(host: str, port: int, nick: str) -> str:
+    """The key of what a state file keeps for one nick on one server."""
+    return f"{host}:{port} {nick_key(nick)}"
+
+
+def read_json_object(path: Path) -> dict[str, object]:
+    """A state file's JSON object; empty if it is missing, unreadable or not an object (a
+    damaged file costs what it held, never the client's start)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class ResumeStore:
     """``resume`` secrets by ``host:port`` and nick key, in one private JSON file."""
 
@@ -56,28 +71,19 @@ class ResumeStore:
         self.directory = directory if directory is not None else state_dir()
         self.path = self.directory / RESUME_FILE
 
-    @staticmethod
-    def _slot(host: str, port: int, nick: str) -> str:
-        return f"{host}:{port} {nick_key(nick)}"
-
     def _load(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
+        data = read_json_object(self.path)
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
     def _save(self, data: dict[str, str]) -> None:
         write_private_json(self.path, data)
 
     def get(self, host: str, port: int, nick: str) -> str | None:
-        return self._load().get(self._slot(host, port, nick))
+        return self._load().get(state_slot(host, port, nick))
 
     def put(self, host: str, port: int, nick: str, resume: str) -> None:
         data = self._load()
-        slot = self._slot(host, port, nick)
+        slot = state_slot(host, port, nick)
         if data.get(slot) == resume:
             return
         data[slot] = resume
@@ -87,7 +93,7 @@ class ResumeStore:
 
     def forget(self, host: str, port: int, nick: str) -> None:
         data = self._load()
-        if data.pop(self._slot(host, port, nick), None) is None:
+        if data.pop(state_slot(host, port, nick), None) is None:
             return
         with contextlib.suppress(OSError):
             self._save(data)

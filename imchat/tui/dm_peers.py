@@ -23,10 +23,9 @@ markers still list the DMs that were read).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
-from imchat.client.resume import state_dir, write_private_json
+from imchat.client.resume import read_json_object, state_dir, state_slot, write_private_json
 from imchat.protocol import is_valid_nick, nick_key
 
 PEERS_FILE = "dm_peers.json"
@@ -40,17 +39,8 @@ class DmPeers:
     def __init__(self, directory: Path | None = None) -> None:
         self.path = (directory if directory is not None else state_dir()) / PEERS_FILE
 
-    @staticmethod
-    def _slot(host: str, port: int, nick: str) -> str:
-        return f"{host}:{port} {nick_key(nick)}"
-
     def _load(self) -> dict[str, list[str]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
+        data = read_json_object(self.path)
         return {
             slot: [p for p in peers if isinstance(p, str) and is_valid_nick(p)]
             for slot, peers in data.items()
@@ -59,13 +49,13 @@ class DmPeers:
 
     def get(self, host: str, port: int, nick: str) -> list[str]:
         """The partners remembered for ``nick`` on that server, noted longest ago first."""
-        return self._load().get(self._slot(host, port, nick), [])
+        return self._load().get(state_slot(host, port, nick), [])
 
     def add(self, host: str, port: int, nick: str, peer: str) -> None:
         """Remember ``peer`` as the partner noted last (a new spelling replaces the old
         one); no write if it is that already."""
         data = self._load()
-        slot = self._slot(host, port, nick)
+        slot = state_slot(host, port, nick)
         peers = data.get(slot, [])
         if peers[-1:] == [peer]:
             return
