@@ -398,17 +398,11 @@ class ChatApp(FeatureApp):
         view.backfilled = True
         if not wants_older(conv, view.log_widget):
             return
-        log = view.log_widget
-        log.loading_older = True
 
         async def older() -> None:
-            try:
-                done = await load_backfill(self.session, key)
-            finally:
-                log.loading_older = False
-            view.backfilled = done
+            view.backfilled = await load_backfill(self.session, key)
 
-        self.run_worker(older(), group="net", exit_on_error=False)
+        self._loading_older(view.log_widget, older())
 
     def action_cycle(self, step: int) -> None:
         items = self.query_one(ConversationList).items
@@ -1217,15 +1211,20 @@ class ChatApp(FeatureApp):
         """One page of history before the first message shown (none while one loads)."""
         if log.loading_older or self.session.state is not State.CONNECTED:
             return
+        self._loading_older(log, self._guard("history", self.session.load_older(key, limit)))
+
+    def _loading_older(self, log: MessageLog, load: Awaitable[None]) -> None:
+        """Run ``load`` in the background with ``log`` marked as loading older history
+        meanwhile (from now: no second load starts before this one ends)."""
         log.loading_older = True
 
-        async def older() -> None:
+        async def loading() -> None:
             try:
-                await self.session.load_older(key, limit)
+                await load
             finally:
                 log.loading_older = False
 
-        self._net("history", older())
+        self.run_worker(loading(), group="net", exit_on_error=False)
 
 
 def _duration(seconds: float) -> str:
