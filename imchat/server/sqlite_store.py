@@ -769,20 +769,19 @@ class SQLiteStore:
                 == 1
             ):
                 return GuestClaim(ClaimStatus.NEW, Identity(nick, ident))
-            row = c.execute(
+            # The insert found the nick's row (in this transaction: it is still there).
+            held_nick, account, held, held_resume, held_until = c.execute(
                 "SELECT nick, account, ident, resume, held_until FROM users WHERE key = ?",
                 (key,),
             ).fetchone()
-            if row is not None:
-                held_nick, account, held, held_resume, held_until = row
-                if account:
-                    return GuestClaim(ClaimStatus.ACCOUNT)
-                if held is not None and (held_until is None or held_until > now):
-                    if resume is None or resume != held_resume:
-                        return GuestClaim(ClaimStatus.TAKEN, held_until=held_until)
-                    c.execute("UPDATE users SET held_until = NULL WHERE key = ?", (key,))
-                    return GuestClaim(ClaimStatus.RESUMED, Identity(held_nick, held))
-                _end_identity(c, key)
+            if account:
+                return GuestClaim(ClaimStatus.ACCOUNT)
+            if held is not None and (held_until is None or held_until > now):
+                if resume is None or resume != held_resume:
+                    return GuestClaim(ClaimStatus.TAKEN, held_until=held_until)
+                c.execute("UPDATE users SET held_until = NULL WHERE key = ?", (key,))
+                return GuestClaim(ClaimStatus.RESUMED, Identity(held_nick, held))
+            _end_identity(c, key)
             c.execute(
                 "INSERT INTO users (key, nick, created, ident, resume) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET nick = excluded.nick, ident = excluded.ident,"
