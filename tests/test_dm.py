@@ -212,12 +212,11 @@ async def test_dm_sent_while_offline_ones_are_fetched_comes_after_them(
     ]
 
 
-async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
-    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bob = await connect("bob")
-    await bob.close()
-    alice = await connect("alice")
+def gate_appends(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold every message at the store's door: the first event is set when one arrives
+    there, and it is stored once the second is set."""
     entered, release = asyncio.Event(), asyncio.Event()
     append = server.store.append
 
@@ -227,6 +226,16 @@ async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
         return await append(draft)
 
     monkeypatch.setattr(server.store, "append", gated_append)
+    return entered, release
+
+
+async def test_dm_to_a_user_coming_online_during_the_send_reaches_them(
+    server: Any, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob = await connect("bob")
+    await bob.close()
+    alice = await connect("alice")
+    entered, release = gate_appends(server, monkeypatch)
     sending = asyncio.ensure_future(alice.request("dm", to="bob", text="hello bob"))
     await asyncio.wait_for(entered.wait(), TIMEOUT)  # bob was offline when alice sent it
     bob = await connect("bob")  # ... and online before it was stored
@@ -262,15 +271,7 @@ async def test_dm_to_a_guest_between_its_claim_and_its_arrival_reaches_it(
         ok = await alice.request("dm", to="bob", text="early")  # queued: bob is not online
         release.set()
     else:
-        entered, stored_later = asyncio.Event(), asyncio.Event()
-        append = server.store.append
-
-        async def gated_append(draft: Any) -> Any:
-            entered.set()
-            await stored_later.wait()
-            return await append(draft)
-
-        monkeypatch.setattr(server.store, "append", gated_append)
+        entered, stored_later = gate_appends(server, monkeypatch)
         sending = asyncio.ensure_future(alice.request("dm", to="bob", text="early"))
         await asyncio.wait_for(entered.wait(), TIMEOUT)  # bob was read, not yet online
         release.set()
