@@ -4,7 +4,9 @@ Writes are queued as small operations; the writer thread takes everything queued
 one transaction and commits once, so a burst of messages costs one commit rather than one
 each. A session's pipelined room messages are one such operation with one future
 (:meth:`SQLiteStore.queue_append`). Sequence numbers are assigned inside that transaction,
-which keeps them gapless: a failed batch assigns nothing. Reads run on the event loop's own
+which keeps them gapless: a failed batch assigns nothing. The batch's messages are inserted
+together, a few statements for all of them (``_Writer.rows``), before the batch's other
+kinds of operation run and before anything of theirs reads the table. Reads run on the event loop's own
 connection (WAL lets them proceed beside the writer) and see only committed data.
 
 A plain message's search row is not written in its batch: it waits in the writer's backlog
@@ -39,6 +41,7 @@ from imchat.protocol import ErrorCode, ProtocolError
 from . import features_sqlite, sqlite_params
 from .hookstore import Hook
 from .message_features import SearchResult, SearchScope
+from .sqlite_rows import insert_rows
 from .stats import STATS
 from .store import (
     TOKEN_ID_LENGTH,
@@ -220,6 +223,9 @@ class _Writer(threading.Thread):
         #: One cursor for the messages insert: ``Connection.execute`` makes a new cursor for
         #: every statement (~2,500 instructions a message).
         self.cursor = conn.cursor()
+        #: Rows of messages stored in the open transaction but not yet inserted: they go in
+        #: together (:meth:`insert_messages`), before anything that may read the table.
+        self.rows: list[tuple[str, int, float, str, str | None, bytes]] = []
         #: Search rows of committed messages not yet in the index (writer thread only).
         self.backlog = features_sqlite.Backlog()
         self.flush_idle, self.flush_age = _flush_delays()
@@ -315,7 +321,10 @@ class _Writer(threading.Thread):
             conn.execute("BEGIN IMMEDIATE")
             backlog.begin()
             for op, future, then, _ in batch:
+                if self.rows and getattr(op, "func", None) not in _DEFERRING:
+                    self.insert_messages()
                 results.append((future, op(conn), None, then))
+            self.insert_messages()
             if flush:
                 backlog.flush(conn)
             conn.execute("COMMIT")
@@ -329,6 +338,7 @@ class _Writer(threading.Thread):
                 log.exception("store: writing %d search rows failed; they wait", len(backlog))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self.rows = []
             self.last_seq.clear()
             backlog.rolled_back()
             results = [(future, None, exc, None) for _, future, _, _ in batch]
@@ -338,6 +348,12 @@ class _Writer(threading.Thread):
         if results:
             self.loop.call_soon_threadsafe(_resolve_all, results)
         return ok
+
+    def insert_messages(self) -> None:
+        """Insert the messages appended since the last call (a few statements for all)."""
+        if self.rows:
+            rows, self.rows = self.rows, []
+            insert_rows(self.cursor, _INSERT_MESSAGES, rows)
 
     def next_seq(self, conn: sqlite3.Connection, stream: str) -> int:
         last = self.last_seq.get(stream)
@@ -411,6 +427,8 @@ def _append(writer: _Writer, draft: Draft, c: sqlite3.Connection) -> Stored | Pr
     stream = draft.stream.key
     source = draft.queue_source or stream
     # A refusal is returned, not raised: raising would roll back the whole batch.
+    if draft.cid is not None or draft.feature is not None:
+        writer.insert_messages()  # the lookups below must see this batch's messages
     if draft.cid is not None:
         row = c.execute(
             "SELECT seq, ts, event FROM messages WHERE sender = ? AND cid = ?",
@@ -443,12 +461,7 @@ def _append(writer: _Writer, draft: Draft, c: sqlite3.Connection) -> Stored | Pr
     # instructions of the writer's per message).
     ts = round(time.time() * 1000) / 1000
     payload = writer.encoder.encode(msgspec.structs.replace(draft.event, seq=seq, ts=ts))
-    # None and bytes bind through the adapters of :mod:`.sqlite_params` (sqlite3's own
-    # lookup for them failed twice per parameter, raising and formatting errors).
-    writer.cursor.execute(
-        "INSERT INTO messages (stream, seq, ts, sender, cid, event) VALUES (?, ?, ?, ?, ?, ?)",
-        (stream, seq, ts, owner, draft.cid, payload),
-    )
+    writer.rows.append((stream, seq, ts, owner, draft.cid, payload))
     if draft.dm_idents is not None:
         for ident in set(draft.dm_idents):
             c.execute(
@@ -501,6 +514,15 @@ def _append_all(
 ) -> list[Stored | ProtocolError]:
     """A group's messages, in order, in the writer's transaction."""
     return [_append(writer, draft, c) for draft in drafts]
+
+
+#: Writer operations that leave their messages in ``_Writer.rows`` (the rest may read the
+#: table, so the writer inserts those rows before running them).
+_DEFERRING = (_append, _append_all)
+
+# None and bytes bind through the adapters of :mod:`.sqlite_params` (sqlite3's own lookup
+# for them failed twice per parameter, raising and formatting errors).
+_INSERT_MESSAGES = "INSERT OR FAIL INTO messages (stream, seq, ts, sender, cid, event) VALUES "
 
 
 def _appended_all(
