@@ -429,16 +429,16 @@ def _append(writer: _Writer, draft: Draft, c: sqlite3.Connection) -> Stored | Pr
     # A refusal is returned, not raised: raising would roll back the whole batch.
     if draft.cid is not None or draft.feature is not None:
         writer.insert_messages()  # the lookups below must see this batch's messages
-    if draft.cid is not None:
-        row = c.execute(
-            "SELECT seq, ts, event FROM messages WHERE sender = ? AND cid = ?",
-            (owner, draft.cid),
-        ).fetchone()
-        if row is not None:
-            return Stored(row[0], row[1], row[2], duplicate=True)
-    early = features_sqlite.check(c, draft)  # revision 3: targets, repeated reactions
-    if early is not None:
-        return early
+        if draft.cid is not None:
+            row = c.execute(
+                "SELECT seq, ts, event FROM messages WHERE sender = ? AND cid = ?",
+                (owner, draft.cid),
+            ).fetchone()
+            if row is not None:
+                return Stored(row[0], row[1], row[2], duplicate=True)
+        early = features_sqlite.check(c, draft)  # revision 3: targets, repeated reactions
+        if early is not None:
+            return early
     if draft.pending_for is not None and (draft.max_queued or draft.max_queued_per_sender):
         (queued,) = c.execute(
             "SELECT COUNT(*) FROM dm_queue WHERE recipient = ?", (draft.pending_for,)
