@@ -6,8 +6,9 @@ each. A session's pipelined room messages are one such operation with one future
 (:meth:`SQLiteStore.queue_append`). Sequence numbers are assigned inside that transaction,
 which keeps them gapless: a failed batch assigns nothing. The batch's messages are inserted
 together, a few statements for all of them (``_Writer.rows``), before the batch's other
-kinds of operation run and before anything of theirs reads the table. Reads run on the event loop's own
-connection (WAL lets them proceed beside the writer) and see only committed data.
+kinds of operation run and before anything of theirs reads the table. Reads run on the
+event loop's own connection (WAL lets them proceed beside the writer) and see only
+committed data.
 
 A plain message's search row is not written in its batch: it waits in the writer's backlog
 (``features_sqlite.Backlog``) and goes into the index in a transaction of its own once
@@ -521,7 +522,9 @@ def _append_all(
 _DEFERRING = (_append, _append_all)
 
 # None and bytes bind through the adapters of :mod:`.sqlite_params` (sqlite3's own lookup
-# for them failed twice per parameter, raising and formatting errors).
+# for them failed twice per parameter, raising and formatting errors). OR FAIL: a statement
+# of many rows that may abort keeps a statement journal (page copies) to undo its own rows;
+# a failure here fails the whole batch, which is rolled back anyway.
 _INSERT_MESSAGES = "INSERT OR FAIL INTO messages (stream, seq, ts, sender, cid, event) VALUES "
 
 
