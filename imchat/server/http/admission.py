@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
+from imchat.server import plaintext
 from imchat.server.addrcounts import AddressCounts
 from imchat.server.ratelimit import address_key
 
@@ -93,11 +94,17 @@ class TlsAdmission:
 
 
 class _Admit(asyncio.Protocol):
-    """A connection's protocol for its ``connection_made`` only (and its ``connection_lost``
-    if it was refused there)."""
+    """A connection's protocol until its first bytes: counts it at accept, then hands it to
+    TLS, or, if those bytes are not TLS (plain HTTP sent to the HTTPS port), to a
+    :class:`~imchat.server.plaintext.Refusal` that answers 400 (see :mod:`.plaintext`). The
+    wait for those bytes is part of the handshake, under its deadline."""
 
     def __init__(self, admission: TlsAdmission) -> None:
         self.admission = admission
+        self.raw: asyncio.Transport | None = None
+        self.addr = "?"
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admission = self.admission
@@ -106,7 +113,26 @@ class _Admit(asyncio.Protocol):
         if not admission.counts.admit(addr, admission.limit):
             raw.abort()
             return
+        self.raw, self.addr = raw, addr
         loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + admission.handshake_timeout
+        self._timer = loop.call_at(self.deadline, raw.abort)
+        admission.open[raw] = self  # no ``transport``: aborted at shutdown as a handshake
+
+    def data_received(self, data: bytes) -> None:
+        admission, raw = self.admission, self.raw
+        if raw is None or not data:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        ended = functools.partial(admission.ended, raw, self.addr)
+        if not plaintext.starts_tls(data[0]):
+            self.raw = None  # the refusal reports the end
+            refusal = plaintext.Refusal(plaintext.http_reply(data[0]), self.deadline, ended)
+            raw.set_protocol(refusal)
+            refusal.connection_made(raw)
+            return
         try:
             app = admission.app()
             tls = releasing_ssl_protocol(loop)(
@@ -115,16 +141,35 @@ class _Admit(asyncio.Protocol):
                 admission.context,
                 None,  # no waiter: a failed handshake closes the transport itself
                 server_side=True,
-                ssl_handshake_timeout=admission.handshake_timeout,
+                ssl_handshake_timeout=max(self.deadline - loop.time(), 0.001),
             )
         except BaseException:
-            admission.counts.release(addr)
             raw.abort()
             raise
+        self.raw = None  # the SSL protocol reports the end from now on
         admission.open[raw] = app
-        tls.release = functools.partial(admission.ended, raw, addr)
+        tls.release = ended
         raw.set_protocol(tls)
         tls.connection_made(raw)
+        feed(tls, data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.raw is not None:  # ended before its first bytes decided anything
+            raw, self.raw = self.raw, None
+            self.admission.ended(raw, self.addr)
+
+
+def feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``protocol`` bytes already read, as its transport would have."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
 
 
 @functools.cache
