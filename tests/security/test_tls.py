@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -157,6 +158,19 @@ def test_imchat_send_without_tls_suggests_it(tls_server_process: int) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "--tls" in result.stderr
     # The server's own word (tests/security/test_plaintext_to_tls.py), not a guess.
     assert "bad_frame: plain connection to a TLS port; connect with TLS" in result.stderr
+
+
+def test_imchat_send_with_tls_to_a_plain_port_says_so(
+    server_process: Any, pki: dict[str, Path]
+) -> None:
+    """The mirror of the above: ``--tls`` (or ``--ca``) against a plain port used to end in
+    OpenSSL's bare ``WRONG_VERSION_NUMBER``."""
+    proc = server_process()
+    result = _send(proc.port, "--ca", str(pki["ca"]))
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "does not answer in TLS" in lines[0] and "without --tls" in lines[0], lines[0]
 
 
 def test_imchat_send_reports_a_bad_ca_file(tmp_path: Path) -> None:
