@@ -4,12 +4,12 @@
 is done, so a count kept there let one address hold any number of unfinished handshakes (each a
 descriptor and TLS state until the deadline). The HTTPS listener is therefore a plain one whose
 first protocol, :class:`TlsAdmission`'s, counts the address in ``connection_made`` (closing a
-connection over the limit at once) and, in the same call, gives the transport to the SSL
-protocol the running loop's own ``create_server(ssl=...)`` would use, with the handshake
-deadline. Both loops begin reading a transport only after its ``connection_made`` returns
-(asyncio schedules the reader after that call, uvloop starts reading after it), so TLS owns
-the stream from its first byte. The transport reports the connection's end to the SSL protocol
-once, handshake done or not: that frees the place.
+connection over the limit at once) and starts the handshake deadline. Its first bytes decide
+(:mod:`imchat.server.plaintext`): plain HTTP is answered 400 and closed; TLS gets the
+transport, those bytes fed to it as its transport would have, in the SSL protocol the running
+loop's own ``create_server(ssl=...)`` would use, with what is left of the deadline. The
+transport reports the connection's end to whichever protocol has it by then, once, handshake
+done or not: that frees the place.
 
 The admission also keeps every connection it admitted until that end, because a connection
 still in its handshake belongs to no HTTP handler: aiohttp's cleanup at shutdown never sees it,
