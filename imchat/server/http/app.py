@@ -274,7 +274,7 @@ class StallGuard(asyncio.Protocol):
         self._cancel()
         self.handler.resume_writing()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
         self.handler.connection_lost(exc)
 
