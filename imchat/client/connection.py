@@ -94,6 +94,9 @@ class Connection:
         client: str | None = None,
         resume: str | None = None,
     ) -> Message:
+        """Send ``hello``; the ``welcome``. A hello that fails (an ``error`` reply, the
+        connection lost, the caller cancelling) ends the connection before raising: a
+        Connection is for one session, so nothing is left for the caller to close."""
         hello = Hello(
             proto=PROTOCOL_VERSION,
             nick=nick,
@@ -102,7 +105,18 @@ class Connection:
             client=client,
             resume=resume,
         )
-        self.welcome = await self.request(hello)
+        try:
+            self.welcome = await self.request(hello)
+        except asyncio.CancelledError:
+            self.abort()  # the reader sees the end and finishes on its own
+            raise
+        except BaseException:
+            # Refused (``bad_nick``, ``nick_taken``: the server keeps the connection) or
+            # lost: the connection is of no use any more, and a caller that drops it
+            # without ``close()`` must not leave its read task pending.
+            self.abort()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+            raise
         return self.welcome
 
     async def request(self, message: Request | str, /, **fields: Any) -> Message:

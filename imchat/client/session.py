@@ -228,9 +228,21 @@ class HistoryReset:
     last_seq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryFailed:
+    """The server refused a conversation's catch-up ``history`` (e.g. ``rate_limited``):
+    nothing was added, and the conversation is caught up again at the next connect (or when
+    :meth:`ChatSession.load_dm_history` asks)."""
+
+    conv: ConvKey
+    code: str
+    message: str
+
+
 SessionEvent = (
     StateChanged
     | HistoryReset
+    | HistoryFailed
     | Welcomed
     | MessagesAdded
     | RoomJoined
@@ -713,6 +725,9 @@ class ChatSession:
                     history = latest.get("messages", [])
         except ServerError as exc:
             log.info("history for %s failed: %s", conv.key, exc)
+            self._finish(conv, history, known_last)
+            self._emit(HistoryFailed(conv.key, exc.code, exc.message))
+            return
         self._finish(conv, history, known_last)
 
     def _finish(self, conv: Conversation, history: list[Message], known_last: int | None) -> None:

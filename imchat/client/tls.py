@@ -24,4 +24,11 @@ def describe_tls_error(exc: ssl.SSLError, where: str) -> str:
         return (
             f"TLS: the certificate of {where} is not trusted ({reason}); use --ca for a private CA"
         )
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        # What OpenSSL makes of a first answer that is no TLS record: a plain imchat port's
+        # error frame, or an HTTP answer.
+        return (
+            f"TLS handshake with {where} failed: the server does not answer in TLS there "
+            "(a plain port? then connect without --tls)"
+        )
     return f"TLS handshake with {where} failed: {exc.reason or exc}"

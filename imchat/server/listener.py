@@ -21,6 +21,7 @@ from typing import Any
 
 from imchat.protocol import encode_message
 
+from . import plaintext
 from .ratelimit import address_key
 from .registry import Registry
 
@@ -63,8 +64,12 @@ class Listener:
         tls: ssl.SSLContext | None,
         handshake_timeout: float,
         send_buffer: int,
+        plaintext_reply: Callable[[int], bytes | None] = plaintext.native_reply,
     ) -> None:
         self.registry = registry
+        #: With TLS: what a connection whose first byte is not TLS is told, by that byte
+        #: (None: nothing), before it is closed (see :mod:`.plaintext`).
+        self.plaintext_reply = plaintext_reply
         self.factory = factory
         self.max_per_addr = max_per_addr
         self.tls = tls
@@ -234,13 +239,26 @@ class Listener:
             self._loop.call_soon(step, None)  # a bare yield: step again next turn
 
     async def _serve(self, conn: socket.socket, addr: str) -> None:
-        protocol = self.factory()
+        """TLS: the first byte decides (see :mod:`.plaintext`), then the handshake, both
+        within one deadline."""
+        loop = self._loop
+        deadline = loop.time() + self.handshake_timeout
+        protocol: asyncio.BaseProtocol | None = None
         try:
-            await self._loop.connect_accepted_socket(
+            first = await plaintext.peek_first_byte(loop, conn, deadline)
+            if first is None or not plaintext.starts_tls(first):
+                if first is not None:
+                    log.info("plain connection to the TLS port from %s: refused", addr)
+                    await plaintext.refuse(loop, conn, self.plaintext_reply(first), deadline)
+                conn.close()
+                self.registry.addresses.release(addr)
+                return
+            protocol = self.factory()
+            await loop.connect_accepted_socket(
                 lambda: protocol,
                 conn,
                 ssl=self.tls,
-                ssl_handshake_timeout=self.handshake_timeout if self.tls else None,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
             )
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError) as exc:
             conn.close()

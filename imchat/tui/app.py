@@ -33,6 +33,7 @@ from imchat.client.session import (
     ConvKey,
     ConvKind,
     Gap,
+    HistoryFailed,
     HistoryReset,
     MessagesAdded,
     NotConnected,
@@ -492,6 +493,8 @@ class ChatApp(FeatureApp):
             self._room_left(event.room, elsewhere=event.elsewhere)
         elif isinstance(event, HistoryReset):
             self._history_reset(event)
+        elif isinstance(event, HistoryFailed):
+            self._history_failed(event)
         elif isinstance(event, Welcomed):
             self.formatter.me = self.session.nick
             self.query_one(StatusBar).nick = self.session.nick
@@ -501,6 +504,25 @@ class ChatApp(FeatureApp):
             motd = event.welcome.get("motd")
             if motd and self._motd is None and not self.views:
                 self._motd = f"Message of the day: {clean(motd)}"
+
+    def _history_failed(self, event: HistoryFailed) -> None:
+        """The server refused a conversation's history. A listed one shows why its log lacks
+        it. A DM partner of an earlier run is listed now, not at the next connect that gets
+        its history: its DMs may be unread, and the user should see the conversation and
+        why it is empty (a partner the server no longer knows, ``no_such_user`` after a new
+        store, is left out, as one whose stream is empty is). The history is asked for again
+        when the conversation is opened, with its next message, and at the next connect."""
+        key = event.conv
+        if key not in self.views:
+            if key not in self.remembered_dms or event.code == "no_such_user":
+                return
+            self.view(key)
+        self.error(
+            f"history not loaded ({event.code}: {event.message}); "
+            "asked again when opened or on reconnect",
+            self.views[key],
+            toast=False,
+        )
 
     def _history_reset(self, event: HistoryReset) -> None:
         """One line where the user looks: seqs were reused, nothing shown is taken back."""

@@ -13,6 +13,9 @@ written atomically, mode 0600. At start the app opens a DM conversation for each
 session fetches their recent history with everything else at connect; a stream with
 messages is listed and what follows the read marker counts as unread. A partner whose
 stream is empty for us (a new store, a later guest identity with our nick) is not listed.
+One whose history the server refuses (``rate_limited``, say) is listed at once with the
+refusal in its log, and asked for again when opened or at the next connect
+(``ChatApp._history_failed``).
 Each costs one ``history`` request at every connect (the session catches up on every DM
 conversation it holds), so the file keeps at most :data:`MAX_PEERS` partners per server and
 nick: the app notes a partner once per run, at its first message, which moves it to the

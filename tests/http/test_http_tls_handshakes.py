@@ -95,8 +95,9 @@ async def test_a_failed_handshake_frees_its_place(servers: Servers, pki: dict[st
     counts = server.http.connections_per_addr
     socks = await stalled(port, LIMIT)
     try:
-        # Plain HTTP on the TLS port: the handshake fails and the connection is closed.
-        socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A TLS record that is no ClientHello: the handshake fails and the connection is
+        # closed. (Plain HTTP is answered 400 first: tests/security/test_plaintext_to_tls.py.)
+        socks[-1].sendall(b"\x16\x03\x01\x00\x04\x01\x00\x00\x00")
         assert await closed_by_server(socks[-1])
         assert counts["127.0.0.1"] == LIMIT - 1
         # Its place is a real client's (one more would be refused).

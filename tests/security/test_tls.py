@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -47,13 +48,16 @@ async def test_certificate_for_another_host_is_refused(
         await Connection.connect("127.0.0.1", server.port, ssl=client_context(pki["ca"]))
 
 
-async def test_plain_client_gets_nothing_from_a_tls_server(
+async def test_plain_client_gets_only_a_bad_frame_from_a_tls_server(
     start_server: StartServer, raw: Callable[..., Awaitable[Raw]], pki: dict[str, Path]
 ) -> None:
+    """Nothing of the server's but the one frame that says to use TLS
+    (tests/security/test_plaintext_to_tls.py); no session begins."""
     server = await start_server(tls_cert=pki["cert"], tls_key=pki["key"])
     conn = await raw(server.port)
     conn.send({"type": "hello", "proto": 1, "nick": "alice"})
-    assert await conn.until_closed() == []
+    (frame,) = await conn.until_closed()
+    assert frame["type"] == "error" and frame["code"] == "bad_frame" and "id" not in frame
     # The server closed it, so it forgets it: every session is gone.
     assert server.hub is not None
     await asyncio.wait_for(server.hub.all_closed(), TIMEOUT)
@@ -152,6 +156,21 @@ def test_imchat_send_without_tls_suggests_it(tls_server_process: int) -> None:
     result = _send(tls_server_process)
     assert result.returncode == 3
     assert len(result.stderr.strip().splitlines()) == 1 and "--tls" in result.stderr
+    # The server's own word (tests/security/test_plaintext_to_tls.py), not a guess.
+    assert "bad_frame: plain connection to a TLS port; connect with TLS" in result.stderr
+
+
+def test_imchat_send_with_tls_to_a_plain_port_says_so(
+    server_process: Any, pki: dict[str, Path]
+) -> None:
+    """The mirror of the above: ``--tls`` (or ``--ca``) against a plain port used to end in
+    OpenSSL's bare ``WRONG_VERSION_NUMBER``."""
+    proc = server_process()
+    result = _send(proc.port, "--ca", str(pki["ca"]))
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "does not answer in TLS" in lines[0] and "without --tls" in lines[0], lines[0]
 
 
 def test_imchat_send_reports_a_bad_ca_file(tmp_path: Path) -> None:

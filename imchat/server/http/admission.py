@@ -4,12 +4,12 @@
 is done, so a count kept there let one address hold any number of unfinished handshakes (each a
 descriptor and TLS state until the deadline). The HTTPS listener is therefore a plain one whose
 first protocol, :class:`TlsAdmission`'s, counts the address in ``connection_made`` (closing a
-connection over the limit at once) and, in the same call, gives the transport to the SSL
-protocol the running loop's own ``create_server(ssl=...)`` would use, with the handshake
-deadline. Both loops begin reading a transport only after its ``connection_made`` returns
-(asyncio schedules the reader after that call, uvloop starts reading after it), so TLS owns
-the stream from its first byte. The transport reports the connection's end to the SSL protocol
-once, handshake done or not: that frees the place.
+connection over the limit at once) and starts the handshake deadline. Its first bytes decide
+(:mod:`imchat.server.plaintext`): plain HTTP is answered 400 and closed; TLS gets the
+transport, those bytes fed to it as its transport would have, in the SSL protocol the running
+loop's own ``create_server(ssl=...)`` would use, with what is left of the deadline. The
+transport reports the connection's end to whichever protocol has it by then, once, handshake
+done or not: that frees the place.
 
 The admission also keeps every connection it admitted until that end, because a connection
 still in its handshake belongs to no HTTP handler: aiohttp's cleanup at shutdown never sees it,
@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
+from imchat.server import plaintext
 from imchat.server.addrcounts import AddressCounts
 from imchat.server.ratelimit import address_key
 
@@ -93,11 +94,17 @@ class TlsAdmission:
 
 
 class _Admit(asyncio.Protocol):
-    """A connection's protocol for its ``connection_made`` only (and its ``connection_lost``
-    if it was refused there)."""
+    """A connection's protocol until its first bytes: counts it at accept, then hands it to
+    TLS, or, if those bytes are not TLS (plain HTTP sent to the HTTPS port), to a
+    :class:`~imchat.server.plaintext.Refusal` that answers 400 (see :mod:`.plaintext`). The
+    wait for those bytes is part of the handshake, under its deadline."""
 
     def __init__(self, admission: TlsAdmission) -> None:
         self.admission = admission
+        self.raw: asyncio.Transport | None = None
+        self.addr = "?"
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admission = self.admission
@@ -106,7 +113,26 @@ class _Admit(asyncio.Protocol):
         if not admission.counts.admit(addr, admission.limit):
             raw.abort()
             return
+        self.raw, self.addr = raw, addr
         loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + admission.handshake_timeout
+        self._timer = loop.call_at(self.deadline, raw.abort)
+        admission.open[raw] = self  # no ``transport``: aborted at shutdown as a handshake
+
+    def data_received(self, data: bytes) -> None:
+        admission, raw = self.admission, self.raw
+        if raw is None or not data:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        ended = functools.partial(admission.ended, raw, self.addr)
+        if not plaintext.starts_tls(data[0]):
+            self.raw = None  # the refusal reports the end
+            refusal = plaintext.Refusal(plaintext.http_reply(data[0]), self.deadline, ended)
+            raw.set_protocol(refusal)
+            refusal.connection_made(raw)
+            return
         try:
             app = admission.app()
             tls = releasing_ssl_protocol(loop)(
@@ -115,16 +141,35 @@ class _Admit(asyncio.Protocol):
                 admission.context,
                 None,  # no waiter: a failed handshake closes the transport itself
                 server_side=True,
-                ssl_handshake_timeout=admission.handshake_timeout,
+                ssl_handshake_timeout=max(self.deadline - loop.time(), 0.001),
             )
         except BaseException:
-            admission.counts.release(addr)
             raw.abort()
             raise
+        self.raw = None  # the SSL protocol reports the end from now on
         admission.open[raw] = app
-        tls.release = functools.partial(admission.ended, raw, addr)
+        tls.release = ended
         raw.set_protocol(tls)
         tls.connection_made(raw)
+        feed(tls, data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.raw is not None:  # ended before its first bytes decided anything
+            raw, self.raw = self.raw, None
+            self.admission.ended(raw, self.addr)
+
+
+def feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``protocol`` bytes already read, as its transport would have."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
 
 
 @functools.cache

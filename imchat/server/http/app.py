@@ -8,7 +8,9 @@ application, answers every failure as the protocol's JSON error, counts requests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +37,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SHUTDOWN_TIMEOUT = 5.0
 #: Seconds an idle HTTP connection (also one that never sends a request) stays open.
 KEEPALIVE_TIMEOUT = 15.0
+#: Header fields a request may have, each of up to 8190 bytes as aiohttp allows: a head of
+#: under 400 KiB. aiohttp's 128 made 1 MiB heads, which a WebSocket session keeps for its
+#: life (2.4 MB of RSS each, measured): 128 of them pinned 300 MB per address.
+MAX_HEADERS = 48
+#: Seconds the server's writes to a connection may stay paused (the client reads nothing)
+#: before the connection is aborted: aiohttp has no write deadline of its own.
+WRITE_STALL_TIMEOUT = 30.0
 
 
 class HttpFrontend:
@@ -88,8 +97,10 @@ class HttpFrontend:
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
+            max_headers=MAX_HEADERS,
         )
         await self._runner.setup()
+        self._guard_connections(self._runner.server)
         try:
             if self.ssl_context is None:
                 self._limit_connections(self._runner.server)
@@ -136,6 +147,27 @@ class HttpFrontend:
             reuse_port=self.hub.config.reuse_port or None,
             backlog=DEFAULT_BACKLOG,
         )
+
+    def _guard_connections(self, server: web.Server | None) -> None:
+        """Every connection (plain or TLS, reported once its transport is ready) gets the
+        send buffer native sockets get (``--socket-send-buffer``: the kernel would grow a
+        non-reader's to 4 MiB) and a :class:`StallGuard` between its transport and aiohttp's
+        handler, which aborts it when the writes stay paused ``WRITE_STALL_TIMEOUT``."""
+        if server is None:
+            return
+        made = server.connection_made
+        send_buffer = self.hub.config.socket_send_buffer
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            if send_buffer:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+            transport.set_protocol(StallGuard(handler, transport, WRITE_STALL_TIMEOUT))
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
 
     def _limit_connections(self, server: web.Server | None) -> None:
         """Plain HTTP: aiohttp reports each connection's start (at accept, before it reads a
@@ -213,3 +245,49 @@ class HttpFrontend:
         key = (name, response.status)
         self.requests[key] = self.requests.get(key, 0) + 1
         return response
+
+
+class StallGuard(asyncio.Protocol):
+    """Between a connection's transport and aiohttp's handler: passes every call on, and
+    aborts the connection when its writes stay paused ``timeout`` seconds (the client reads
+    nothing; a slow reader lets them resume, which starts the count again). aiohttp's
+    handler has slots, so its own ``pause_writing`` cannot be wrapped in place."""
+
+    def __init__(self, handler: asyncio.Protocol, transport: asyncio.Transport, timeout: float):
+        self.handler = handler
+        self.transport = transport
+        self.timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel()
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        self.handler.connection_lost(exc)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        log.info(
+            "HTTP client %s read nothing for %.0f s: connection closed",
+            peer_key(self.transport),
+            self.timeout,
+        )
+        self.transport.abort()

@@ -8,6 +8,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..listener import Listener
+from ..plaintext import irc_reply
 from .session import AdmittedIrcSession, IrcSession, IrcShared
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ async def start_irc_listeners(
                 tls=tls,
                 handshake_timeout=config.hello_timeout,
                 send_buffer=config.socket_send_buffer,
+                plaintext_reply=irc_reply,
             )
             servers.append(listener)
             bound = await listener.start(
