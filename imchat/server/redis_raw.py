@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -152,7 +152,8 @@ def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubs
     ):
         return None
     buffered = getattr(stream, "_buffer", None)
-    transport = writer.transport
+    # Reads as well as writes (uvloop's transports are not asyncio.Transport subclasses).
+    transport = cast(asyncio.Transport, writer.transport)
     original = transport.get_protocol()
     if (
         not isinstance(buffered, bytearray)

@@ -163,6 +163,7 @@ async def test_the_subscription_is_read_in_chunks(prefix: str) -> None:
         await publisher.aclose()
 
 
+@pytest.mark.both_loops
 async def test_a_taken_over_subscription_hands_on_each_chunk_in_order(prefix: str) -> None:
     """:func:`push_subscription`: what redis-py had already read is handed on at the first
     poll, then every chunk as it arrives, in publish order; Redis closing the connection ends
@@ -220,6 +221,7 @@ async def test_a_taken_over_subscription_hands_on_each_chunk_in_order(prefix: st
         await publisher.aclose()
 
 
+@pytest.mark.both_loops
 async def test_an_error_while_handing_on_ends_the_subscription(prefix: str) -> None:
     """An exception from the node's handler ends the subscription with it (the node then
     starts over), and nothing more is handed on."""
@@ -254,6 +256,7 @@ async def test_an_error_while_handing_on_ends_the_subscription(prefix: str) -> N
         await publisher.aclose()
 
 
+@pytest.mark.both_loops
 async def test_a_node_reads_its_subscription_pushed(
     servers: Servers, connect: Clients, prefix: str
 ) -> None:
