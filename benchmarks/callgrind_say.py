@@ -96,14 +96,6 @@ async def client(port: int, nick: str) -> tuple[asyncio.Transport, Counting]:
     return transport, proto  # type: ignore[return-value]
 
 
-def read_calls(pid: int) -> int:
-    """The process's read system calls so far (``/proc/<pid>/io``: sockets included)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("syscr:"):
-            return int(line.split()[1])
-    return 0
-
-
 def dumped_totals(out: Path) -> dict[str, int]:
     """Instructions by thread name from the latest dump files (one per thread)."""
     totals: dict[str, int] = {}
@@ -184,7 +176,6 @@ async def run(args: argparse.Namespace) -> None:
         await burst(sender_t, sender, receivers, base, 0, args.window, args.window)
         base = [p.frames for _, p in receivers]
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        reads0 = read_calls(proc.pid)
         t0 = time.monotonic()
         sent = 0
         oks0 = sender.oks
@@ -198,7 +189,6 @@ async def run(args: argparse.Namespace) -> None:
         for old in out.parent.glob(out.name + "*"):
             old.unlink()
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-        reads = read_calls(proc.pid) - reads0
         totals = dumped_totals(out)
     finally:
         proc.terminate()
@@ -218,9 +208,6 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  total:    {total / args.messages:12,.0f}")
     if args.receivers:
         print(f"  per delivery: {total / args.messages / args.receivers:12,.0f}")
-    # How many messages one read brought matters as much as the code: under valgrind the
-    # batching is not the same from run to run.
-    print(f"  read system calls per message: {reads / args.messages:.3f}")
 
 
 async def burst(
