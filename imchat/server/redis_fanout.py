@@ -747,18 +747,51 @@ class RedisFanout:
         raise reason if reason is not None else RedisLost("the subscription stopped")
 
     def _take_pushed(self) -> None:
-        """Every envelope one chunk of the subscription completed, then one drain (called
-        by :class:`PushedSubscription`, in the transport's callback)."""
+        """Every envelope one chunk of the subscription completed, in order (called by
+        :class:`PushedSubscription`, in the transport's callback).
+
+        While nothing waits in the inbox, envelopes without a membership op or a hold of
+        this node's are delivered as they are parsed, in runs as :meth:`_drain` makes them
+        (a busy room's usual case: no queue in between); from the first one that is not,
+        everything goes to the inbox behind it and :meth:`_drain` takes over, after the run
+        so far has gone out.
+        """
         pushed = self._pushed
         assert pushed is not None
         inbox = self._inbox
-        for message in pushed.messages():
-            kind = message[0]
-            if kind == b"message" or kind == b"smessage":
-                inbox.append(message[2].split(b"\n", 3))
-            elif kind == b"unsubscribe" or kind == b"sunsubscribe":
-                # As in _read: on Redis Cluster, the slot's primary became a replica.
-                raise RedisLost(f"Redis ended the subscription to {text(message[1])}")
+        awaiting = self._awaiting
+        note_event = self._seen.note_event
+        queue = bool(inbox) or self._alarm.is_set()
+        run: list[bytes] = []  # payloads for ``run_to``, not yet delivered
+        run_to = b""
+        try:
+            for message in pushed.messages():
+                kind = message[0]
+                if kind == b"message" or kind == b"smessage":
+                    envelope = message[2].split(b"\n", 3)
+                    if queue:
+                        inbox.append(envelope)
+                        continue
+                    hold, op, recipients, payload = envelope
+                    if op or (hold and hold.decode() in awaiting):
+                        inbox.append(envelope)
+                        queue = True
+                        continue
+                    if payload:
+                        # Any node may have acknowledged it and be gone: a witness too.
+                        note_event(payload)
+                        if recipients:
+                            if recipients != run_to and run:
+                                self._deliver_run(run_to, run)
+                                run = []
+                            run_to = recipients
+                            run.append(payload)
+                elif kind == b"unsubscribe" or kind == b"sunsubscribe":
+                    # As in _read: on Redis Cluster, the slot's primary became a replica.
+                    raise RedisLost(f"Redis ended the subscription to {text(message[1])}")
+        finally:
+            if run:
+                self._deliver_run(run_to, run)
         self._pubsub_heard = self._loop_time()
         if inbox:
             self._drain()
