@@ -8,6 +8,7 @@ silent fallback would keep every test green and lose the gain).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -333,6 +334,58 @@ async def test_a_node_without_the_raw_readers_delivers_through_redis_py(
         assert fell_back  # the appends asked for the raw path and took redis-py's
         if readers == "raw":
             assert raw_reads, "the subscription was not read with RawSubscription"
+    finally:
+        await servers.close()
+        delete_keys(prefix)
+
+
+class CountingInbox(deque[list[bytes]]):
+    """A node's inbox that counts the envelopes queued in it."""
+
+    queued = 0
+
+    def append(self, item: list[bytes]) -> None:
+        self.queued += 1
+        super().append(item)
+
+
+async def test_envelopes_from_another_node_go_out_without_the_inbox(
+    servers: Servers, connect: Clients, prefix: str
+) -> None:
+    """A node delivers the envelopes of a chunk as it parses them while nothing is held
+    (another node's says carry that node's holds, not this one's); a membership op in
+    between queues it and what follows, which still reach the member in channel order."""
+    from imchat.server.redis_fanout import RedisFanout
+
+    try:
+        first = await servers.start(redis_url=REDIS_URL, redis_prefix=prefix)
+        second = await servers.start(redis_url=REDIS_URL, redis_prefix=prefix)
+        alice = await connect("alice", port=first.port)
+        carol = await connect("carol", port=first.port)
+        bob = await connect("bob", port=second.port)
+        await join(alice, "lobby")
+        await join(bob, "lobby")
+        fanout = second.fanout
+        assert isinstance(fanout, RedisFanout)
+        await fanout.caught_up()
+        inbox = CountingInbox()
+        fanout._inbox = inbox
+        says = [alice.request("say", room="lobby", text=f"m{i}") for i in range(20)]
+        oks = await asyncio.gather(*says)
+        got = [await next_event(bob, "msg", skip=frozenset({"online"})) for _ in oks]
+        assert [e["text"] for e in got] == [f"m{i}" for i in range(20)]
+        assert inbox.queued == 0, "an envelope from another node went through the inbox"
+        # An op (carol joins) between says: it goes through the inbox, in channel order.
+        await alice.request("say", room="lobby", text="before")
+        await carol.request("join", room="lobby")
+        await alice.request("say", room="lobby", text="after")
+        seen = [await next_event(bob, skip=frozenset({"online"})) for _ in range(3)]
+        assert [(e["type"], e.get("text") or e.get("nick")) for e in seen] == [
+            ("msg", "before"),
+            ("joined", "carol"),
+            ("msg", "after"),
+        ]
+        assert inbox.queued >= 1
     finally:
         await servers.close()
         delete_keys(prefix)
