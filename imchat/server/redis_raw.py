@@ -156,7 +156,10 @@ def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubs
     transport = cast(asyncio.Transport, writer.transport)
     original = transport.get_protocol()
     if (
-        not isinstance(buffered, bytearray)
+        not all(
+            hasattr(transport, name) for name in ("set_protocol", "is_reading", "resume_reading")
+        )
+        or not isinstance(buffered, bytearray)
         or not isinstance(original, asyncio.StreamReaderProtocol)
         or stream.at_eof()
         or stream.exception() is not None
