@@ -24,6 +24,14 @@ Redis (a key prefix of its own, deleted afterwards): the node's side of the Redi
 own work not included.
 
     .venv/bin/python benchmarks/callgrind_say.py -R 40 -M 1000 --redis redis://127.0.0.1:6379/0
+
+``--sender-node`` (with ``--redis``) connects the sender to a second node, run without
+valgrind on the same Redis and prefix, so the counted node only receives: what a node of a
+room spread over nodes pays per envelope published elsewhere (reading it from its
+subscription and handing it to its ``-R`` receivers), no append, no ``ok``. The closing
+``search`` then goes to the sender's node and is not counted.
+
+    .venv/bin/python benchmarks/callgrind_say.py -R 13 -M 2000 --redis URL --sender-node
 """
 
 from __future__ import annotations
@@ -103,19 +111,26 @@ def dumped_totals(out: Path) -> dict[str, int]:
     return totals
 
 
+async def listening_port(log_path: Path, what: str) -> int:
+    for _ in range(1200):
+        await asyncio.sleep(0.25)
+        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+    sys.exit(f"{what} did not start: " + log_path.read_text()[-2000:])
+
+
 async def run(args: argparse.Namespace) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("needs valgrind (apt-get install valgrind)")
+    if args.sender_node and not args.redis:
+        sys.exit("--sender-node needs --redis")
     work = Path(tempfile.mkdtemp(prefix="imchat-cg-"))
     out = work / "callgrind.out"
     env = dict(os.environ, IMCHAT_IDLE_TIMEOUT="3600", IMCHAT_MAX_CONNECTIONS_PER_IP="0")
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
-    argv = [
-        "valgrind",
-        "--tool=callgrind",
-        "--separate-threads=yes",
-        f"--callgrind-out-file={out}",
+    server = [
         sys.executable,
         "-m",
         "imchat",
@@ -132,21 +147,29 @@ async def run(args: argparse.Namespace) -> None:
     ]
     prefix = f"imchat-cg-{os.getpid()}-{int(time.time())}:"
     if args.redis:
-        argv += ["--redis", args.redis, "--redis-prefix", prefix]
+        server += ["--redis", args.redis, "--redis-prefix", prefix]
+    argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",
+        f"--callgrind-out-file={out}",
+        *server,
+    ]
     log = (work / "server.log").open("w+")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    other: subprocess.Popen[bytes] | None = None
     try:
-        port = None
-        for _ in range(1200):
-            await asyncio.sleep(0.25)
-            match = _LISTENING.search((work / "server.log").read_text(errors="replace"))
-            if match:
-                port = int(match.group(1))
-                break
-        if port is None:
-            sys.exit("server did not start: " + (work / "server.log").read_text()[-2000:])
+        port = await listening_port(work / "server.log", "server")
+        sender_port = port
+        if args.sender_node:
+            other_argv = [a if a != str(work / "data") else str(work / "data2") for a in server]
+            other_log = (work / "sender-node.log").open("w+")
+            other = subprocess.Popen(
+                other_argv, stdout=other_log, stderr=subprocess.STDOUT, env=env, cwd=work
+            )
+            sender_port = await listening_port(work / "sender-node.log", "sender node")
         receivers = [await client(port, f"r{i}") for i in range(args.receivers)]
-        sender_t, sender = await client(port, "s0")
+        sender_t, sender = await client(sender_port, "s0")
         await asyncio.sleep(2.0)  # joined events settled
         base = [p.frames for _, p in receivers]
         # Warm up (first statements prepared, caches filled), then count.
@@ -170,6 +193,9 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+        if other is not None:
+            other.terminate()
+            other.wait(60)
         if args.redis:
             delete_prefix(args.redis, prefix)
     total = sum(totals.values())
@@ -212,6 +238,11 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--pythonpath", default="")
     parser.add_argument("--redis", default="", help="run the server as a node on this Redis")
+    parser.add_argument(
+        "--sender-node",
+        action="store_true",
+        help="the sender on a second node (with --redis): count a node that only receives",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -27,6 +27,10 @@ go one at a time, each waiting for its ``ok`` and for every receiver's copy, whi
 round trips a say costs on its own. Heartbeats and the benchmark's own ``INFO`` are
 included (a few per run). With ``--redis``, other clients of that Redis count too.
 
+``--senders-on-one`` adds a setup with the receivers spread over 3 nodes and every sender on
+the first: the other two only receive, and their CPU per say (the last column) is what a
+node of a room spread over nodes pays for the envelopes published elsewhere.
+
 ``--pythonpath DIR`` runs every node from another checkout (``git archive REV imchat | tar
 -x -C DIR``), for a before/after pair of runs.
 """
@@ -50,6 +54,8 @@ from pathlib import Path
 from serverproc import LOOPBACK_CROWD, delete_prefix
 
 HEADER = struct.Struct(">I")
+#: The setup added by ``--senders-on-one``: receivers on 3 nodes, every sender on the first.
+SENDERS_ON_ONE = "redis, 3 nodes, senders on one"
 
 
 def frame(message: dict[str, object]) -> bytes:
@@ -169,6 +175,10 @@ class Result:
     node_sys_cpu: float = 0.0
     #: Times the node processes slept and were woken during the load, per message said.
     node_wakeups_per_say: float = 0.0
+    #: With the senders on the first node: the CPU of each other node (receivers only),
+    #: averaged, per message said, in µs: what reading and delivering envelopes published
+    #: elsewhere costs a node.
+    receiving_cpu_us_per_say: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -283,6 +293,7 @@ async def run_load(
     pids: list[int],
     redis_url: str | None,
     lone: int = 0,
+    senders_on_one: bool = False,
 ) -> Result:
     total = senders * messages
     expected = total  # every message reaches every receiver
@@ -294,15 +305,19 @@ async def run_load(
     ]
     # Senders are members too (they must be, to say); they count their own copies.
     send_clients = [
-        await open_client(ports[i % len(ports)], f"s{tag}{i}", room, expected)
+        await open_client(
+            ports[0 if senders_on_one else i % len(ports)], f"s{tag}{i}", room, expected
+        )
         for i in range(senders)
     ]
     idle = pids[len(ports) :]  # nodes with no client: what a message costs them
+    receiving = pids[1 : len(ports)] if senders_on_one else []  # receivers, no sender
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     sys_before = sum(cpu_split(pid)[1] for pid in pids)
     calls_before = sum(syscalls(pid) for pid in pids)
     wakeups_before = sum(wakeups(pid) for pid in pids)
     idle_before = sum(cpu_seconds(pid) for pid in idle)
+    receiving_before = sum(cpu_seconds(pid) for pid in receiving)
     redis_before = redis_counters(redis_url)
     start = time.perf_counter()
     try:
@@ -323,6 +338,7 @@ async def run_load(
     calls = sum(syscalls(pid) for pid in pids) - calls_before
     woken = sum(wakeups(pid) for pid in pids) - wakeups_before
     idle_cpu = sum(cpu_seconds(pid) for pid in idle) - idle_before
+    receiving_cpu = sum(cpu_seconds(pid) for pid in receiving) - receiving_before
     during = since(redis_before, redis_url).per(total)
     result = Result(
         name,
@@ -337,6 +353,7 @@ async def run_load(
         node_syscalls_per_say=calls / total,
         node_sys_cpu=node_sys,
         node_wakeups_per_say=woken / total,
+        receiving_cpu_us_per_say=receiving_cpu / len(receiving) / total * 1e6 if receiving else 0,
     )
     if redis_url is not None and lone:
         result.lone = await lone_says(ports, redis_url, lone, timeout)
@@ -444,6 +461,7 @@ async def with_nodes(
     redis_url: str | None,
     pythonpath: str = "",
     lone: int = 0,
+    senders_on_one: bool = False,
 ) -> Result:
     nodes = [Node(args, base / f"{name}-{i}", pythonpath) for i, args in enumerate(node_args)]
     try:
@@ -455,6 +473,7 @@ async def with_nodes(
             pids=[n.proc.pid for n in nodes],
             redis_url=redis_url,
             lone=lone,
+            senders_on_one=senders_on_one,
             **load,  # type: ignore[arg-type]
         )
     finally:
@@ -475,6 +494,11 @@ async def main() -> None:
     parser.add_argument("--only", default="", help="run only setups whose name contains this")
     parser.add_argument("--lone", type=int, default=200, help="says one at a time after a load")
     parser.add_argument("--pythonpath", default="", help="run the nodes from this checkout")
+    parser.add_argument(
+        "--senders-on-one",
+        action="store_true",
+        help=f"add the setup {SENDERS_ON_ONE!r}: the receive-only nodes' CPU per say",
+    )
     args = parser.parse_args()
     private = None
     if not args.redis:
@@ -548,6 +572,8 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
         ("redis, 3 nodes", [redis_args] * 3, 3),
         ("redis, 3 nodes, recipients on one", [redis_args] * 3, 1),
     ]
+    if getattr(args, "senders_on_one", False):
+        setups.append((SENDERS_ON_ONE, [redis_args] * 3, 3))
     # The embedded run stays: every figure is a ratio to it.
     setups = [s for s in setups if s is setups[0] or args.only in s[0]]
     best: dict[str, Result] = {}
@@ -568,6 +594,7 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
                         redis_url=redis_url,
                         pythonpath=args.pythonpath,
                         lone=args.lone,
+                        senders_on_one=name == SENDERS_ON_ONE,
                     )
                     delete_prefix(args.redis, prefix)
                     # The cheapest run: CPU time is what a noisy neighbour inflates least.
@@ -587,9 +614,10 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
         "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say "
         "| Redis reads/say (exchanges) | Redis writes/say | lone say: reads | writes | commands "
-        "| node syscalls/say | node wake-ups/say | node system CPU share |"
+        "| node syscalls/say | node wake-ups/say | node system CPU share "
+        "| receiving-only node CPU µs/say |"
     )
-    print("| --- " * 16 + "|")
+    print("| --- " * 17 + "|")
     for name, _, _ in setups:
         result = best[name]
         print(
@@ -600,7 +628,8 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
             f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
             f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} "
             f"| {result.node_syscalls_per_say:.1f} | {result.node_wakeups_per_say:.2f} "
-            f"| {ratio(result.node_sys_cpu, result.node_cpu):.0%} |"
+            f"| {ratio(result.node_sys_cpu, result.node_cpu):.0%} "
+            f"| {result.receiving_cpu_us_per_say:.1f} |"
         )
     return best
 

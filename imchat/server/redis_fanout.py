@@ -60,6 +60,7 @@ import itertools
 import logging
 import secrets
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -72,7 +73,7 @@ from .fanout import send_run
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
-from .redis_raw import RawSubscription, raw_subscription
+from .redis_raw import PushedSubscription, RawSubscription, push_subscription, raw_subscription
 from .redis_store import (
     LUA_PRELUDE,
     RedisStore,
@@ -512,6 +513,9 @@ class RedisFanout:
         #: The barrier queued in the outbox and not yet published: later callers share it.
         self._queued_barrier: asyncio.Future[None] | None = None
         self._inbox: deque[list[bytes]] = deque()
+        #: The subscription as read by :meth:`_take_pushed` (None: not taken over).
+        self._pushed: PushedSubscription | None = None
+        self._loop_time: Callable[[], float] = time.monotonic  # the loop's, once reading
         #: The users here that a recipient list names, by list: valid while ``_users`` keeps
         #: its members (cleared when one is added or removed; sessions are read each time).
         self._recipient_users: dict[bytes, tuple[User, ...]] = {}
@@ -705,6 +709,10 @@ class RedisFanout:
     async def _read(self) -> None:
         assert self._pubsub is not None
         pubsub = self._pubsub
+        pushed = push_subscription(pubsub, self._take_pushed)
+        if pushed is not None:
+            await self._read_pushed(pushed)
+            return
         raw = raw_subscription(pubsub)
         if raw is not None:
             await self._read_raw(raw)
@@ -724,6 +732,69 @@ class RedisFanout:
                 # Redis ended the subscription itself: on Redis Cluster, the slot's primary
                 # became a replica (a failover). What follows would be missed: start over.
                 raise RedisLost(f"Redis ended the subscription to {text(message['channel'])}")
+
+    async def _read_pushed(self, pushed: PushedSubscription) -> None:
+        """:meth:`_read` with the socket taken over: the envelopes are handled as each chunk
+        arrives (:meth:`_take_pushed`); this waits for the subscription to end."""
+        self._pushed = pushed
+        self._loop_time = asyncio.get_running_loop().time
+        try:
+            pushed.poll()  # what redis-py had read already
+            reason = await asyncio.shield(pushed.ended)
+        finally:
+            pushed.stop()  # cancelled (starting over, closing): nothing more is acted on
+            self._pushed = None
+        raise reason if reason is not None else RedisLost("the subscription stopped")
+
+    def _take_pushed(self) -> None:
+        """Every envelope one chunk of the subscription completed, in order (called by
+        :class:`PushedSubscription`, in the transport's callback).
+
+        While nothing waits in the inbox, envelopes without a membership op or a hold of
+        this node's are delivered as they are parsed, in runs as :meth:`_drain` makes them
+        (a busy room's usual case: no queue in between); from the first one that is not,
+        everything goes to the inbox behind it and :meth:`_drain` takes over, after the run
+        so far has gone out.
+        """
+        pushed = self._pushed
+        assert pushed is not None
+        inbox = self._inbox
+        awaiting = self._awaiting
+        note_event = self._seen.note_event
+        queue = bool(inbox) or self._alarm.is_set()
+        run: list[bytes] = []  # payloads for ``run_to``, not yet delivered
+        run_to = b""
+        try:
+            for message in pushed.messages():
+                kind = message[0]
+                if kind == b"message" or kind == b"smessage":
+                    envelope = message[2].split(b"\n", 3)
+                    if queue:
+                        inbox.append(envelope)
+                        continue
+                    hold, op, recipients, payload = envelope
+                    if op or (hold and hold.decode() in awaiting):
+                        inbox.append(envelope)
+                        queue = True
+                        continue
+                    if payload:
+                        # Any node may have acknowledged it and be gone: a witness too.
+                        note_event(payload)
+                        if recipients:
+                            if recipients != run_to and run:
+                                self._deliver_run(run_to, run)
+                                run = []
+                            run_to = recipients
+                            run.append(payload)
+                elif kind == b"unsubscribe" or kind == b"sunsubscribe":
+                    # As in _read: on Redis Cluster, the slot's primary became a replica.
+                    raise RedisLost(f"Redis ended the subscription to {text(message[1])}")
+        finally:
+            if run:
+                self._deliver_run(run_to, run)
+        self._pubsub_heard = self._loop_time()
+        if inbox:
+            self._drain()
 
     async def _read_raw(self, raw: RawSubscription) -> None:
         """:meth:`_read` with hiredis: every envelope one socket read brought, then one drain."""

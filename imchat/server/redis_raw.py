@@ -4,23 +4,28 @@ Two readers, for the two things a node does per message. The subscription:
 redis-py's ``PubSub.get_message`` spends, on every message, a timeout context, three layers
 of response parsing and a dict built for the caller: several times what the node then does
 with the envelope. With hiredis installed, the subscription's connection already parses with
-a ``hiredis.Reader`` fed from its socket; :class:`RawSubscription` takes every message one
-socket read brought from that reader at once, so a busy channel costs one wake-up per read,
-not per message. Without hiredis (an optional extra), :func:`raw_subscription` gives None and
-the node reads with ``get_message``. The ordered pipeline (appends): :func:`raw_execute` sends
-a batch recorded on a redis-py ``Pipeline`` and reads its replies from the same reader, with
-one timeout for the batch instead of one per reply.
+a ``hiredis.Reader``; :func:`push_subscription` then takes the connection's socket over with
+a protocol of its own (:class:`PushedSubscription`) that feeds each chunk the socket gives
+straight to that reader and hands every message it completes to the node in the same
+callback: no ``StreamReader`` buffer to copy through, no task woken per read.
+:class:`RawSubscription` (awaiting ``read_from_socket``, then taking every message that read
+brought at once) is the fallback where the transport cannot be taken over. Without hiredis
+(an optional extra), both give None and the node reads with ``get_message``. The ordered
+pipeline (appends): :func:`raw_execute` sends a batch recorded on a redis-py ``Pipeline``
+and reads its replies from the same reader, with one timeout for the batch instead of one
+per reply.
 
 This reaches into redis-py's connection (``_parser``, its ``_reader`` and
-``read_from_socket``), which every redis-py from 5.0 to 8.x has; anything else found there
-gives None too, and the slower public path is used.
+``read_from_socket``; the connection's ``_reader`` and ``_writer`` streams), which every
+redis-py from 5.0 to 8.x has; anything else found there gives None too, and the slower
+public path is used.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -54,6 +59,121 @@ class RawSubscription:
             if isinstance(message, BaseException):
                 raise message
             yield message
+
+
+class PushedSubscription(asyncio.Protocol):
+    """The subscription's socket read by this protocol instead of redis-py's stream.
+
+    Each chunk the transport delivers is fed to the connection's ``hiredis.Reader`` and
+    ``on_data`` is called at once, in the same callback, to take the messages it completed
+    (:meth:`messages`). What ends the subscription (the connection lost or closed by Redis,
+    an exception from ``on_data``) becomes the result of :attr:`ended`, and nothing more is
+    handed on; so does :meth:`stop`, with None. redis-py keeps writing to the connection
+    (``PING``, ``UNSUBSCRIBE``) through its ``StreamWriter``: flow control and the loss of
+    the connection are passed on to the protocol it was made with, so its writes, drains
+    and ``disconnect`` behave as before.
+    """
+
+    def __init__(self, reader: Any, on_data: Callable[[], None], original: Any) -> None:
+        self._gets = reader.gets
+        self._feed = reader.feed
+        self._on_data = on_data
+        self._original = original
+        #: The reason the subscription ended: an exception, or None (:meth:`stop`).
+        self.ended: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def messages(self) -> Iterator[list[bytes]]:
+        """Every message fed so far, parsed; a reply error (an exception) is raised."""
+        gets = self._gets
+        while True:
+            message = gets()
+            if message is NOT_ENOUGH_DATA:
+                return
+            if isinstance(message, BaseException):
+                raise message
+            yield message
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return  # ended: what still arrives is not acted on
+        try:
+            self._feed(data)
+            self._on_data()
+        except Exception as exc:  # a protocol error, or the node's: this subscription ends
+            self._end(exc)
+
+    def eof_received(self) -> bool | None:
+        self._end(ConnectionError("Redis closed the subscription's connection"))
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(ConnectionError(f"the subscription's connection was lost: {exc or 'closed'}"))
+        self._original.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._original.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._original.resume_writing()
+
+    def poll(self) -> None:
+        """Call ``on_data`` for what the reader already holds, as if a chunk had come."""
+        self.data_received(b"")
+
+    def stop(self) -> None:
+        """Hand nothing more on (the node stopped reading this subscription)."""
+        self._end(None)
+
+    def _end(self, reason: BaseException | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+
+def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubscription | None:
+    """Take a subscribed ``pubsub``'s socket over (:class:`PushedSubscription`), or None.
+
+    ``on_data`` is called once per chunk from the socket and takes the messages with
+    :meth:`PushedSubscription.messages`; what redis-py had already read from the socket is in
+    the reader, for the caller's first :meth:`PushedSubscription.poll`.
+    """
+    connection = pubsub.connection
+    parser = getattr(connection, "_parser", None)
+    if _AsyncHiredisParser is None or not isinstance(parser, _AsyncHiredisParser):
+        return None
+    reader = getattr(parser, "_reader", None)
+    stream = getattr(connection, "_reader", None)
+    writer = getattr(connection, "_writer", None)
+    if (
+        reader is None
+        or not isinstance(stream, asyncio.StreamReader)
+        or not isinstance(writer, asyncio.StreamWriter)
+    ):
+        return None
+    buffered = getattr(stream, "_buffer", None)
+    # Reads as well as writes (uvloop's transports are not asyncio.Transport subclasses).
+    transport = cast(asyncio.Transport, writer.transport)
+    original = transport.get_protocol()
+    if (
+        not all(
+            hasattr(transport, name) for name in ("set_protocol", "is_reading", "resume_reading")
+        )
+        or not isinstance(buffered, bytearray)
+        or not isinstance(original, asyncio.StreamReaderProtocol)
+        or stream.at_eof()
+        or stream.exception() is not None
+        or transport.is_closing()
+    ):
+        return None
+    pushed = PushedSubscription(reader, on_data, original)
+    if buffered:
+        reader.feed(bytes(buffered))
+        buffered.clear()
+    transport.set_protocol(pushed)
+    if not transport.is_reading():  # the stream had paused it (a full buffer)
+        transport.resume_reading()
+    return pushed
 
 
 def raw_subscription(pubsub: PubSub) -> RawSubscription | None:
