@@ -151,13 +151,6 @@ class Hub:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def _finish_run(self, session: Peer, run: Run) -> None:
-        """:func:`finish_run`; a run's answers then leave without a rest (``hurry``)."""
-        answered = bool(run)
-        await finish_run(session, run, self.fanout)
-        if answered:
-            self.registry.hurry()
-
     async def handle_batch(
         self, session: Peer, items: list[bytes | ProtocolError]
     ) -> list[bytes | ProtocolError]:
@@ -188,7 +181,7 @@ class Hub:
                 break
             if index and not checked:
                 if getattr(session, "owed", 0) > max_buffer or self.registry.saturated():
-                    await self._finish_run(session, run)
+                    await finish_run(session, run, fanout)
                     return items[index:]
                 checked = True
             quiet = checked
@@ -229,7 +222,7 @@ class Hub:
                     run.append(starter(ctx, session, request))
                     checked = quiet
                     continue
-                await self._finish_run(session, run)
+                await finish_run(session, run, fanout)
                 await HANDLERS[type(request)](ctx, session, request)
                 # Its reply is queued: events held for it may follow.
                 fanout.release(session)
@@ -239,13 +232,13 @@ class Hub:
                 if run and not exc.fatal:
                     run.append(exc)
                     continue
-                await self._finish_run(session, run)
+                await finish_run(session, run, fanout)
                 session.send_error(exc)
                 fanout.release(session)
             except Exception:
                 log.exception("internal error handling a request from %s", session.peer)
-                await self._finish_run(session, run)
+                await finish_run(session, run, fanout)
                 session.send_error(internal_error(request))
                 fanout.release(session)
-        await self._finish_run(session, run)
+        await finish_run(session, run, fanout)
         return []

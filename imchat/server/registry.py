@@ -82,8 +82,6 @@ class Registry:
         #: the first one of a turn calls :meth:`mark_dirty`, which schedules it.
         self.dirty: list[Peer] = []
         self._rest_until = 0.0
-        #: The flush scheduled for a rest's end (see :meth:`_flush`), while one is.
-        self._resting: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
@@ -258,22 +256,10 @@ class Registry:
         if not self.dirty:
             rest = self._rest_until - self.loop.time()
             if rest > 0:
-                self._resting = self.loop.call_later(rest, self._flush)
+                self.loop.call_later(rest, self._flush)
             else:
                 self.loop.call_soon(self._flush)
         self.dirty.append(session)
-
-    def hurry(self) -> None:
-        """Committed messages were answered: what is queued leaves at this loop turn's end,
-        not after a rest. Their senders wait for the replies (a client's window of messages
-        in flight: ``ok`` latency is its round trip), and a commit's replies and events are
-        already one batch: resting after a long flush then only left the loop idle until the
-        rest was over, with the next run committed and its writes queued."""
-        resting = self._resting
-        if resting is not None:
-            self._resting = None
-            resting.cancel()
-            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write what every session owes, one write per session.
@@ -284,7 +270,6 @@ class Registry:
         announced to everyone) costs writes per flush, not per event. A lightly loaded
         server flushes at once.
         """
-        self._resting = None
         start = self.loop.time()
         dirty, self.dirty = self.dirty, []
         for session in dirty:
