@@ -465,8 +465,8 @@ def _plain_say(frame: _SayFrame, payload: bytes, limits: Limits) -> Say | None:
         return None
     rid = frame.id
     if rid is _UNSET:
-        rid = None
-    elif isinstance(rid, str):
+        return Say(room=room, text=text, cid=None if cid is _UNSET else cid)
+    if isinstance(rid, str):
         if len(rid) > MAX_ID_LENGTH:
             return None
     elif not -_INT64 <= rid < _INT64:

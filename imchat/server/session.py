@@ -121,7 +121,7 @@ class Session(asyncio.BufferedProtocol):
     _sends_runs: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)  # type: ignore[arg-type]
+        super().__init_subclass__(**kwargs)
         cls._sends_runs = cls.send is Session.send
 
     def __init__(self, hub: Hub) -> None:
@@ -455,7 +455,7 @@ class Session(asyncio.BufferedProtocol):
             else:
                 registry.mark_dirty(self)
             self._out = joined
-        elif type(out) is list:
+        elif isinstance(out, list):
             out.append(joined)
         else:
             self._out = [out, joined]

@@ -66,12 +66,12 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         user.key,
         req.cid,
         event,
-        hold=ctx.fanout.hold(session),
+        hold=ctx.fanout.hold(session) if ctx.holds else None,
         feature=feature,
         as_member=not user.detached,
         owner=user.ident,
     )
-    queue = getattr(ctx.store, "queue_append", None)
+    queue = ctx.queue_append
     if queue is not None:  # SQLite: with the session's other room messages of this run
         group, index = queue(draft, session)
         return Append(req, group, None, room, index)
