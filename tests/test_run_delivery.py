@@ -14,6 +14,7 @@ from imchat.protocol import DEFAULT_MAX_FRAME, ProtocolError, encode_frame, enco
 from imchat.protocol.errors import ErrorCode
 from imchat.protocol.events import ErrorReply, Ok
 from imchat.server.appends import Append, Run, finish_run
+from imchat.server.context import Context
 from imchat.server.fanout import LocalFanout
 from imchat.server.session import Session
 from imchat.server.stats import STATS
@@ -261,3 +262,22 @@ async def test_is_member_follows_joins_parts_and_an_evicted_identity() -> None:
     assert fanout.is_member(new, "a") and not fanout.is_member(old, "a")
     assert await fanout.disconnect(second) == ["a"]
     assert not fanout.is_member(new, "a")
+
+
+def test_context_reads_the_stores_queue_and_the_fanouts_hold_once() -> None:
+    """A message reads ``ctx.queue_append`` and ``ctx.holds``, set when the context is made:
+    the store's ``queue_append`` (or None), and whether the fan-out's ``hold`` is its own
+    (a clustered one tags messages; LocalFanout's is always None)."""
+
+    class Holding(LocalFanout):
+        def hold(self, session: Any) -> str | None:
+            return "tag"
+
+    store = SimpleNamespace(queue_append=lambda draft, owner: None)
+    parts: dict[str, Any] = dict.fromkeys(
+        ("config", "registry", "authn", "dms", "limits", "addr_limits", "room_budget", "buckets")
+    )
+    local = Context(store=store, fanout=LocalFanout(), **parts)
+    assert local.queue_append == store.queue_append and not local.holds
+    held = Context(store=SimpleNamespace(), fanout=Holding(), **parts)
+    assert held.queue_append is None and held.holds
