@@ -436,10 +436,12 @@ def _typed_say(frame: _SayFrame) -> Say | None:
     return say
 
 
-#: Bytes that a say's text can hold only if it may be refused as ``bad_text``: JSON escapes
+#: Bytes that a say's text can hold only if it may be refused as ``bad_text``: a JSON escape
 #: (``\\``: every C0 control reaches a decoded string through one, a raw one is not JSON),
 #: DEL raw, and the first byte of a raw C1 control in UTF-8 (U+0080-U+009F: C2 80-C2 9F).
-_ESCAPE, _DEL, _C1 = b"\\", b"\x7f", b"\xc2"
+#: Integers: ``int in bytes`` is a ``memchr``; a one-byte ``bytes`` needle first fails as an
+#: integer (a ``TypeError`` made and dropped: ~1,800 instructions each).
+_ESCAPE, _DEL, _C1 = 0x5C, 0x7F, 0xC2
 
 
 def _plain_say(frame: _SayFrame, payload: bytes, limits: Limits) -> Say | None:
