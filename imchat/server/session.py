@@ -428,16 +428,18 @@ class Session(asyncio.BufferedProtocol):
         else:
             self._out = [out, frame]
 
-    def send_frames(self, frames: list[bytes], joined: bytes) -> None:
+    def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
         """Queue several frames (``joined``: the same bytes, concatenated) in one append.
 
-        :meth:`send` of ``joined``, inline (a call less per recipient of a room's events)."""
+        :meth:`send` of ``joined``, inline (a call less per recipient of a room's events).
+        True if ``joined`` was queued as one entry: the flush counts it as one delivery, and
+        the caller counts the other ``len(frames) - 1`` (for all its recipients at once)."""
         if not self._sends_runs:
             for frame in frames:  # a subclass (IRC) writes each frame its own way
                 self.send(frame)
-            return
+            return False
         if self.closing:
-            return
+            return False
         out = self._out
         if out is None:
             transport = self.transport
@@ -447,7 +449,7 @@ class Session(asyncio.BufferedProtocol):
                 self.fail(
                     ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
                 )
-                return
+                return False
             registry = hub.registry
             dirty = registry.dirty
             if dirty:
@@ -459,7 +461,7 @@ class Session(asyncio.BufferedProtocol):
             out.append(joined)
         else:
             self._out = [out, joined]
-        STATS.deliveries += len(frames) - 1  # flush counts the one entry
+        return True
 
     def flush(self) -> None:
         out = self._out
