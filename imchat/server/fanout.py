@@ -32,7 +32,8 @@ def send_run(sessions: Iterable[Peer], frames: list[bytes], joined: bytes) -> No
     for session in sessions:
         send_frames = getattr(session, "send_frames", None)
         if send_frames is not None:
-            joins += send_frames(frames, joined)
+            if send_frames(frames, joined):  # True: one entry (a fake or older one: None)
+                joins += 1
         else:
             for frame in frames:
                 session.send(frame)
@@ -253,7 +254,8 @@ class LocalFanout:
             # send_run, inline: a call less per recipient, and no getattr and bound method.
             for session in user.sessions:
                 try:
-                    joins += session.send_frames(frames, joined)  # type: ignore[attr-defined]
+                    if session.send_frames(frames, joined):  # type: ignore[attr-defined]
+                        joins += 1
                 except AttributeError:
                     if hasattr(session, "send_frames"):
                         raise  # from inside it: not a transport without it
