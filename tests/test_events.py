@@ -15,6 +15,7 @@ from imchat.protocol.events import (
     EVENT_TYPES,
     ErrorReply,
     MarkerEvent,
+    MessageOk,
     MsgEvent,
     Ok,
     RoomEntry,
@@ -133,3 +134,13 @@ async def test_every_frame_a_session_receives_decodes(
     for reply in history:
         for entry in reply["messages"]:
             decode_stored(json.dumps(entry).encode())
+
+
+@pytest.mark.parametrize("request_id", [None, 0, 7, -3, 2**63 - 1, "x", 'q"\\u', "é" * 64])
+@pytest.mark.parametrize("ts", [0.0, 1.5, 1764450000.123, 1764450000.0, 1e-7, 1e21])
+def test_message_ok_encodes_as_ok(request_id: object, ts: float) -> None:
+    """The server's ``ok`` of a room message (``MessageOk``) is byte for byte the ``Ok``
+    the contract names, whatever the id and time."""
+    assert msgspec.json.encode(
+        MessageOk(id=request_id, seq=41, ts=ts)  # type: ignore[arg-type]
+    ) == msgspec.json.encode(Ok(id=request_id, seq=41, ts=ts))  # type: ignore[arg-type]

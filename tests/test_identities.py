@@ -503,7 +503,8 @@ async def test_message_answered_internal_is_retried_with_its_cid(
     monkeypatch.setattr(store, "append", flaky_append)
     if start is not None:
         monkeypatch.setattr(store, "start_append", lambda d: asyncio.ensure_future(flaky_append(d)))
-        monkeypatch.setattr(store, "queue_append", None, raising=False)  # then start_append
+        # Then start_append (the context reads queue_append once, when the server starts).
+        monkeypatch.setattr(server.hub.ctx, "queue_append", None)
     ok = await send_one(alice, Target(room="lobby"), "exactly once")
     assert failures and ok["seq"] == 1
     history = await alice.request("history", room="lobby")

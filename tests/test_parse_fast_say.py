@@ -88,6 +88,18 @@ def test_every_say_like_frame_gets_the_generic_answer(
         b'{"type":"say","room":"Bad Room","text":"hi","id":7}',
         b'{"type":"say","room":"a","text":"\\u0007","id":"x"}',
         b'{"type":"say",' + b"[" * 40 + b"]" * 40 + b"}",
+        # Text a plain say's byte scan must hand to isprintable (and check_text): DEL and a
+        # C1 control raw, controls escaped, and allowed escapes (newline, tab, a quote).
+        b'{"type":"say","room":"lobby","text":"a\x7fb","id":1}',
+        b'{"type":"say","room":"lobby","text":"a\xc2\x85b","id":1}',
+        b'{"type":"say","room":"lobby","text":"a\xc2\xa0b","id":1}',
+        b'{"type":"say","room":"lobby","text":"a\\u0085b","id":1}',
+        b'{"type":"say","room":"lobby","text":"a\\u001bb","id":1}',
+        b'{"type":"say","room":"lobby","text":"a\\nb\\tc\\"d","id":1}',
+        b'{"type":"say","room":"lobby","text":"hi","cid":""}',
+        b'{"type":"say","room":"lobby","text":"hi","cid":"' + b"c" * 65 + b'"}',
+        b'{"type":"say","room":"lobby","text":"' + b"t" * 51 + b'"}',
+        b'{"type":"say","room":"lobby","text":""}',
     ],
 )
 def test_odd_says_get_the_generic_answer(payload: bytes) -> None:
@@ -100,3 +112,18 @@ def test_a_plain_say_takes_the_typed_path() -> None:
     say = m._decode_say(payload)
     assert say == Say(room="#Lobby", text="hi", cid="c", id=3)
     assert parse_request(payload, LIMITS) == Say(room="lobby", text="hi", cid="c", id=3)
+
+
+def test_a_plain_say_is_validated_in_one_call() -> None:
+    """A plain say (its room name seen before, no control character) is decoded and
+    validated by ``_plain_say`` alone (the file's other tests hold its answers to the
+    generic path's)."""
+    payload = msgspec.json.encode(Say(room="#Lobby", text="hi there", cid="c", id=3))
+    parse_request(payload, LIMITS)  # the room name is now known
+    frame = m._say_decoder.decode(payload)
+    assert m._plain_say(frame, payload, LIMITS) == Say(room="lobby", text="hi there", cid="c", id=3)
+    assert parse_request(payload, LIMITS) == Say(room="lobby", text="hi there", cid="c", id=3)
+    # Text with a newline is valid but not plain: it takes the typed path and validate.
+    newline = msgspec.json.encode(Say(room="lobby", text="a\nb"))
+    assert m._plain_say(m._say_decoder.decode(newline), newline, LIMITS) is None
+    assert parse_request(newline, LIMITS) == Say(room="lobby", text="a\nb")

@@ -8,9 +8,13 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from imchat.protocol import DEFAULT_MAX_FRAME, ProtocolError, encode_message
+import msgspec
+
+from imchat.protocol import DEFAULT_MAX_FRAME, ProtocolError, encode_frame, encode_message
 from imchat.protocol.errors import ErrorCode
+from imchat.protocol.events import ErrorReply, Ok
 from imchat.server.appends import Append, Run, finish_run
+from imchat.server.context import Context
 from imchat.server.fanout import LocalFanout
 from imchat.server.session import Session
 from imchat.server.stats import STATS
@@ -24,32 +28,47 @@ class Log:
 
     def sender(self) -> Any:
         return SimpleNamespace(
+            send=self.reply,
             send_error=lambda e: self.out.append(("error", e.code)),
             peer="p",
         )
 
+    def reply(self, frame: bytes) -> None:
+        """A reply finish_run made (a room message's ``ok``), by its id."""
+        reply = msgspec.json.decode(frame[4:])
+        assert reply["type"] == "ok" and reply["seq"] == reply["id"], reply
+        self.out.append(("ok", reply["id"]))
+
     def fanout(self, *, batches: bool = True) -> Any:
         fanout = SimpleNamespace(
-            to_room=lambda room, frame: self.out.append(("room", room, [frame])),
+            to_room=lambda room, frame: self.out.append(("room", room, [payload(frame)])),
             release=lambda session: self.out.append(("release",)),
         )
         if batches:
-            fanout.to_room_frames = lambda room, frames: self.out.append(("room", room, frames))
+            fanout.to_room_frames = lambda room, frames: self.out.append(
+                ("room", room, [payload(frame) for frame in frames])
+            )
         return fanout
+
+
+def payload(frame: bytes) -> bytes:
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    return frame[4:]
 
 
 def stored(seq: int) -> Any:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(SimpleNamespace(seq=seq, duplicate=False, published=False))
+    future.set_result(
+        SimpleNamespace(
+            seq=seq, ts=1.5, payload=f"m{seq}".encode(), duplicate=False, published=False
+        )
+    )
     return future
 
 
 def say(log: Log, room: str, seq: int) -> Append:
-    def finish(s: Any) -> bytes:
-        log.out.append(("ok", seq))
-        return f"m{seq}".encode()
-
-    return Append(SimpleNamespace(id=seq), stored(seq), finish, room)  # type: ignore[arg-type]
+    """A room message: finish_run makes its reply and its event's frame."""
+    return Append(SimpleNamespace(id=seq), stored(seq), None, room)  # type: ignore[arg-type]
 
 
 def dm(log: Log, seq: int) -> Append:
@@ -165,20 +184,43 @@ async def test_a_failing_finish_is_answered_internal_and_the_run_goes_on() -> No
     and events of the rest of the run still go out, each once."""
     log = Log()
 
-    def failing(s: Any) -> bytes:
+    def failing(s: Any) -> None:
         raise RuntimeError("boom")
 
-    broken = Append(SimpleNamespace(id=2), stored(2), failing, "a")  # type: ignore[arg-type]
+    broken = Append(SimpleNamespace(id=2), stored(2), failing)  # type: ignore[arg-type]
     run: Run = [say(log, "a", 1), broken, say(log, "a", 3)]
     await finish_run(log.sender(), run, log.fanout())
     assert log.out == [
         ("ok", 1),
+        ("room", "a", [b"m1"]),
         ("error", ErrorCode.INTERNAL),
         ("ok", 3),
-        ("room", "a", [b"m1", b"m3"]),
+        ("room", "a", [b"m3"]),
         ("release",),
     ]
     assert run == []
+
+
+async def test_a_runs_replies_are_one_append_and_equal_oks() -> None:
+    """A native sender gets the replies of a stretch of room messages in one append (not
+    one send each), before the stretch's events, each exactly the ``Ok`` the contract
+    names (``MessageOk`` encodes to the same bytes); a refusal in between is queued in its
+    turn."""
+    sender = fake_session(Native)
+    fanout = LocalFanout()
+    await fanout.connect(sender, "s", admin=False, ident="g.s")
+    await fanout.join(sender, "a")
+    run: Run = [
+        say(Log(), "a", 1),
+        say(Log(), "a", 2),
+        ProtocolError(ErrorCode.NOT_IN_ROOM, "no").with_id(3),
+        say(Log(), "a", 4),
+    ]
+    await finish_run(sender, run, fanout)
+    ok = [encode_message(Ok(id=i, seq=i, ts=1.5)) for i in (1, 2, 4)]
+    error = encode_message(ErrorReply(code="not_in_room", message="no", id=3))
+    events = [encode_frame(f"m{i}".encode()) for i in (1, 2, 4)]
+    assert sender._out == [ok[0] + ok[1], error, ok[2], b"".join(events)]
 
 
 async def test_a_finished_run_is_empty_so_finishing_it_again_sends_nothing() -> None:
@@ -220,3 +262,22 @@ async def test_is_member_follows_joins_parts_and_an_evicted_identity() -> None:
     assert fanout.is_member(new, "a") and not fanout.is_member(old, "a")
     assert await fanout.disconnect(second) == ["a"]
     assert not fanout.is_member(new, "a")
+
+
+def test_context_reads_the_stores_queue_and_the_fanouts_hold_once() -> None:
+    """A message reads ``ctx.queue_append`` and ``ctx.holds``, set when the context is made:
+    the store's ``queue_append`` (or None), and whether the fan-out's ``hold`` is its own
+    (a clustered one tags messages; LocalFanout's is always None)."""
+
+    class Holding(LocalFanout):
+        def hold(self, session: Any) -> str | None:
+            return "tag"
+
+    store = SimpleNamespace(queue_append=lambda draft, owner: None)
+    parts: dict[str, Any] = dict.fromkeys(
+        ("config", "registry", "authn", "dms", "limits", "addr_limits", "room_budget", "buckets")
+    )
+    local = Context(store=store, fanout=LocalFanout(), **parts)
+    assert local.queue_append == store.queue_append and not local.holds
+    held = Context(store=SimpleNamespace(), fanout=Holding(), **parts)
+    assert held.queue_append is None and held.holds

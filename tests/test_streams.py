@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from imchat.server import streams
 from imchat.server.redis_typed import blob, blobs, text, texts
 from imchat.server.streams import StreamId, StreamKind
 
@@ -43,3 +44,15 @@ def test_redis_replies_are_read_as_bytes() -> None:
         blob(1)
     with pytest.raises(TypeError):
         blobs(3)
+
+
+def test_room_streams_are_made_once_and_bounded() -> None:
+    """``ROOM_STREAMS[name]`` is ``StreamId.room(name)``, the same object each time, and
+    starts again empty past its size (no name is kept for ever)."""
+    streams.ROOM_STREAMS.clear()
+    first = streams.ROOM_STREAMS["lobby"]
+    assert first == StreamId.room("lobby") and first.key == "r:lobby"
+    assert streams.ROOM_STREAMS["lobby"] is first
+    for i in range(streams.ROOM_STREAMS_SIZE + 5):
+        assert streams.ROOM_STREAMS[f"r{i}"] == StreamId.room(f"r{i}")
+    assert len(streams.ROOM_STREAMS) <= streams.ROOM_STREAMS_SIZE

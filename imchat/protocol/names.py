@@ -33,6 +33,9 @@ def nick_key(nick: str) -> str:
 #: (then it starts again empty; a room name is at most 65 characters).
 _rooms: dict[str, str] = {}
 ROOM_CACHE_SIZE = 1024
+#: The normalised name of a room name :func:`normalize_room` found valid before, or None:
+#: its cache, read without a Python call (the dict is cleared, never replaced).
+known_room = _rooms.get
 
 
 def normalize_room(room: str) -> str:

@@ -19,19 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from imchat.protocol import ErrorCode, ProtocolError, Request
+from imchat.protocol.events import MessageOk
 
-from .fanout import Fanout
+from .fanout import Fanout, send_run
 from .peer import Peer
 from .stats import STATS
 from .store import Draft, Store, Stored
 
 log = logging.getLogger(__name__)
+
+#: A frame's header and a reply's JSON (:func:`imchat.protocol.encode_message`, inline).
+_header = struct.Struct(">I").pack
+_encode = msgspec.json.Encoder().encode
 
 
 class Append(msgspec.Struct):
@@ -43,10 +49,10 @@ class Append(msgspec.Struct):
     #: group of messages it was queued with (``SQLiteStore.queue_append``), this one's at
     #: ``index`` (a refusal: the exception in its place).
     stored: asyncio.Future[Any]
-    #: Sends the reply, then the events; runs once the message is committed. For a message
-    #: to a room (``room`` set) it sends only the reply and returns the event's frame (None:
-    #: nothing to deliver), which :func:`finish_run` delivers with its neighbours'.
-    finish: Callable[[Stored], bytes | None]
+    #: Sends the reply, then the events; runs once the message is committed. None for a
+    #: message to a room (``room`` set): :func:`finish_run` makes its reply and delivers
+    #: its event with its neighbours'.
+    finish: Callable[[Stored], None] | None
     room: str | None = None
     index: int = -1
 
@@ -83,52 +89,97 @@ def deliver_to_room(fanout: Fanout, room: str, frames: list[bytes]) -> None:
         fanout.to_room(room, frame)
 
 
+def send_replies(session: Peer, replies: list[bytes]) -> None:
+    """Queue a run's replies (of room messages, in order) and empty the list: in one append
+    where the session can take several at once."""
+    if len(replies) == 1:
+        session.send(replies[0])
+    else:
+        send_run((session,), replies, b"".join(replies))
+    replies.clear()
+
+
 async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
-    """Answer a run in request order, then let the events held for its replies go out."""
+    """Answer a run in request order, then let the events held for its replies go out.
+
+    A room message's reply is made here (``MessageOk``: what ``Ok`` encodes to, cheaper to
+    make) and queued with the replies next to it, and its event's frame is delivered with
+    its neighbours': the replies go out before anything else the run sends to the session
+    (an error, another kind of message, the room's events), so the order is as if each
+    were sent in turn.
+    """
     room: str | None = None
     frames: list[bytes] = []
+    replies: list[bytes] = []
+    # The group future already awaited and its outcomes (a run's room messages share one).
+    group: asyncio.Future[Any] | None = None
+    outcomes: list[Any] = []
+    stored_count = 0
     try:
         for item in run:
             if isinstance(item, ProtocolError):
+                if replies:
+                    send_replies(session, replies)
                 session.send_error(item)  # a reply: it may precede the events before it
                 continue
             try:
-                stored = await item.stored
-                if item.index >= 0:
-                    stored = stored[item.index]
-                    if isinstance(stored, Exception):
-                        raise stored
+                future = item.stored
+                if future is group:
+                    stored = outcomes[item.index]
+                else:
+                    stored = await future
+                    if item.index >= 0:
+                        group, outcomes = future, stored
+                        stored = outcomes[item.index]
+                if isinstance(stored, Exception):
+                    raise stored
             except ProtocolError as exc:
+                if replies:
+                    send_replies(session, replies)
                 session.send_error(exc.with_id(item.request.id))
                 continue
             except Exception:
                 log.exception("storing a message from %s failed", session.peer)
+                if replies:
+                    send_replies(session, replies)
                 session.send_error(internal_error(item.request))
                 continue
             if not stored.duplicate:
-                STATS.messages += 1
-            if item.room is None and frames:  # the room events before it go out first
+                stored_count += 1
+            if item.finish is None:
+                # A room message: its reply, inline (``ctx.reply``, ``encode_message`` and
+                # a handler's finish: four calls and a partial less per message).
+                reply = _encode(MessageOk(id=item.request.id, seq=stored.seq, ts=stored.ts))
+                replies.append(_header(len(reply)) + reply)
+                if stored.duplicate or stored.published:
+                    continue
+                payload = stored.payload
+                if item.room != room and frames:  # another room: the last one's go first
+                    send_replies(session, replies)
+                    done, frames = frames, []
+                    deliver_to_room(fanout, room or "", done)
+                room = item.room
+                frames.append(_header(len(payload)) + payload)
+                continue
+            if replies:
+                send_replies(session, replies)
+            if frames:  # the room events before it go out first
                 done, frames = frames, []
                 deliver_to_room(fanout, room or "", done)
             try:
-                frame = item.finish(stored)
+                item.finish(stored)
             except Exception:
                 # A bug: the request's outcome is unknown to its client (``internal``: it
                 # retries with its cid); the rest of the run is answered as usual.
                 log.exception("answering a message from %s failed", session.peer)
                 session.send_error(internal_error(item.request))
-                continue
-            if frame is None:
-                continue
-            if item.room != room and frames:
-                done, frames = frames, []
-                deliver_to_room(fanout, room or "", done)
-            room = item.room
-            frames.append(frame)
     finally:
         # Whatever stops the run (cancellation at shutdown), the messages already committed
-        # and answered reach their rooms, and nothing of it is answered twice.
+        # are answered and reach their rooms, and nothing of it is answered twice.
         run.clear()
+        STATS.messages += stored_count
+        if replies:
+            send_replies(session, replies)
         if frames:
             deliver_to_room(fanout, room or "", frames)
     # Every reply of the run is queued: events held for them may follow.

@@ -6,8 +6,11 @@ are plain functions that depend on these parts and on :class:`Peer`, never on th
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from imchat.protocol import ErrorCode, Limits, ProtocolError, Request, encode_message
 from imchat.protocol.events import Ok, Pong, Welcome
@@ -17,12 +20,12 @@ from .authn import Authenticator
 from .budgets import Buckets
 from .config import ServerConfig
 from .dm_delivery import DmDelivery
-from .fanout import Fanout
+from .fanout import Fanout, LocalFanout
 from .message_features import TypingThrottle
 from .peer import Peer, User
 from .registry import Registry
 from .room_budget import RoomBudget
-from .store import Store
+from .store import Draft, Store
 
 
 def now() -> float:
@@ -47,6 +50,18 @@ class Context:
     buckets: Buckets
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
+    #: The store's ``queue_append`` (SQLite: a run's room messages as one operation), or
+    #: None; read once, not with a ``getattr`` and a bound method per message.
+    queue_append: Callable[[Draft, object], tuple[asyncio.Future[Any], int]] | None = field(
+        init=False, default=None
+    )
+    #: Whether the fan-out's ``hold`` can tag anything (a clustered one); :class:`LocalFanout`'s
+    #: is always None, so a message does not ask it.
+    holds: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.queue_append = getattr(self.store, "queue_append", None)
+        self.holds = type(self.fanout).hold is not LocalFanout.hold
 
     @staticmethod
     def reply(session: Peer, request: Request, reply: Ok | Welcome | Pong) -> None:

@@ -170,6 +170,9 @@ class Hub:
         # The address budget of this process (LocalAddressLimits) is taken without a
         # coroutine per message; a shared one (Redis) is awaited.
         take_now: Callable[[str], bool] | None = getattr(ctx.addr_limits, "take_now", None)
+        # ... and not at all when it allows everything (``addr_rate`` 0).
+        addr_free = take_now is not None and getattr(ctx.addr_limits, "rate", 1) <= 0
+        limits = ctx.limits
         rated = self.config.rate > 0
         run: Run = []
         # The bound on output was checked and nothing could have changed it since: only
@@ -190,7 +193,7 @@ class Hub:
             try:
                 if isinstance(item, ProtocolError):
                     raise item  # the decoder lost framing after the frames before it
-                request = parse_request(item, ctx.limits)
+                request = parse_request(item, limits)
                 if session.user is None and not request.before_hello:
                     raise ProtocolError(ErrorCode.HELLO_REQUIRED, "say hello first")
                 if isinstance(request, RATE_LIMITED_TYPES):
@@ -200,7 +203,7 @@ class Hub:
                         STATS.rate_limited += 1
                         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
                     if take_now is not None:
-                        allowed = take_now(session.addr)
+                        allowed = addr_free or take_now(session.addr)
                     else:
                         quiet = False  # it may wait: other tasks run meanwhile
                         allowed = await ctx.addr_limits.take(session.addr)

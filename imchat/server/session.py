@@ -116,6 +116,13 @@ class Session(asyncio.BufferedProtocol):
     #: Counted against the per-address limit when accepted (see :mod:`.listener`): the
     #: listener makes :class:`AdmittedSession`; a class attribute, not a slot (idle memory).
     admitted: ClassVar[bool] = False
+    #: :meth:`send_frames` queues a run's bytes as one entry: False for a subclass with a
+    #: :meth:`send` of its own (the IRC adapter translates each frame), set per class.
+    _sends_runs: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._sends_runs = cls.send is Session.send
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -421,16 +428,40 @@ class Session(asyncio.BufferedProtocol):
         else:
             self._out = [out, frame]
 
-    def send_frames(self, frames: list[bytes], joined: bytes) -> None:
-        """Queue several frames (``joined``: the same bytes, concatenated) in one append."""
-        if type(self).send is not Session.send:
+    def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        """Queue several frames (``joined``: the same bytes, concatenated) in one append.
+
+        :meth:`send` of ``joined``, inline (a call less per recipient of a room's events).
+        True if ``joined`` was queued as one entry: the flush counts it as one delivery, and
+        the caller counts the other ``len(frames) - 1`` (for all its recipients at once)."""
+        if not self._sends_runs:
             for frame in frames:  # a subclass (IRC) writes each frame its own way
                 self.send(frame)
-            return
-        self.send(joined)
+            return False
+        if self.closing:
+            return False
         out = self._out
-        if out is joined or (isinstance(out, list) and out[-1] is joined):
-            STATS.deliveries += len(frames) - 1  # flush counts the one entry
+        if out is None:
+            transport = self.transport
+            assert transport is not None
+            hub = self.hub
+            if transport.get_write_buffer_size() > hub.config.max_buffer:
+                self.fail(
+                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
+                )
+                return False
+            registry = hub.registry
+            dirty = registry.dirty
+            if dirty:
+                dirty.append(self)
+            else:
+                registry.mark_dirty(self)
+            self._out = joined
+        elif isinstance(out, list):
+            out.append(joined)
+        else:
+            self._out = [out, joined]
+        return True
 
     def flush(self) -> None:
         out = self._out

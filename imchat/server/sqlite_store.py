@@ -532,12 +532,25 @@ def _appended_all(
     rooms: dict[str, RoomInfo], drafts: list[Draft], results: list[Any]
 ) -> list[Stored | Exception]:
     """:func:`_appended` of each: a message's refusal is its own (an exception in its place),
-    never its neighbours'."""
+    never its neighbours'. A stored message's room is moved on inline (a call less per
+    message), its ``RoomInfo`` looked up once per stretch of one stream."""
+    key: str | None = None
+    info: RoomInfo | None = None
     for i, result in enumerate(results):
-        try:
-            results[i] = _appended(rooms, drafts[i], result)
-        except Exception as exc:
-            results[i] = exc
+        if type(result) is not Stored or result.refused is not None:
+            try:
+                results[i] = _appended(rooms, drafts[i], result)
+            except Exception as exc:
+                results[i] = exc
+            continue
+        if result.duplicate:
+            continue
+        stream = drafts[i].stream.key
+        if stream != key:
+            key = stream
+            info = rooms.get(stream[2:]) if stream.startswith("r:") else None
+        if info is not None and result.seq > info.last_seq:
+            info.last_seq = result.seq
     return results
 
 

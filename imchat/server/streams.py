@@ -78,3 +78,20 @@ class StreamId(msgspec.Struct, frozen=True):
 
 
 ANNOUNCEMENTS = StreamId("a")
+
+#: Room streams made at most before :data:`ROOM_STREAMS` starts again empty.
+ROOM_STREAMS_SIZE = 1024
+
+
+class _RoomStreams(dict[str, StreamId]):
+    """``StreamId.room(name)`` by room name, made once: ``ROOM_STREAMS[name]`` is a dict
+    lookup (C) where the classmethod is a Python call and a struct per message."""
+
+    def __missing__(self, name: str) -> StreamId:
+        if len(self) >= ROOM_STREAMS_SIZE:
+            self.clear()
+        stream = self[name] = StreamId.room(name)
+        return stream
+
+
+ROOM_STREAMS: dict[str, StreamId] = _RoomStreams()

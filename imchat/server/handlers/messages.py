@@ -7,10 +7,6 @@ together (see :mod:`imchat.server.appends`), so a burst shares one commit.
 from __future__ import annotations
 
 import asyncio
-import struct
-from functools import partial
-
-import msgspec
 
 from imchat.protocol import Announce, Dm, ErrorCode, ProtocolError, Say, encode_frame
 from imchat.protocol.events import AnnounceEvent, DmEvent, MsgEvent, Ok
@@ -20,11 +16,7 @@ from ..context import Context
 from ..message_features import REPLY, Feature
 from ..peer import Peer, User, budget_key
 from ..store import Draft, Stored
-from ..streams import StreamId
-
-#: A frame's header and a message's JSON (:func:`imchat.protocol.encode_message`).
-_header = struct.Struct(">I").pack
-_encode = msgspec.json.Encoder().encode
+from ..streams import ROOM_STREAMS, StreamId
 
 
 def _feature(user: User, reply_to: int | None, feature: Feature | None) -> Feature | None:
@@ -43,9 +35,17 @@ def _kind_target(feature: Feature | None) -> tuple[str | None, int | None]:
 
 
 def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None = None) -> Append:
-    """``feature``: this say is the edit, delete or reaction it describes (revision 3)."""
+    """``feature``: this say is the edit, delete or reaction it describes (revision 3).
+
+    Its reply and event's frame are made by :func:`imchat.server.appends.finish_run` once it
+    is committed (the Append's ``finish`` is None)."""
     room = req.room
-    user = ctx.member(session, room)
+    # ctx.member, inline: a call less per message.
+    user = session.user
+    assert user is not None  # guaranteed by the hello_required check
+    # A detached (HTTP) poster posts without joining; its caller checked the room exists.
+    if not user.detached and not ctx.fanout.is_member(user, room):
+        raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room}")
     if feature is None and req.reply_to is None:
         # A plain say (nearly all): what _feature and _kind_target would find, without them.
         event = MsgEvent(room=room, from_=user.nick, text=req.text, kind=req.kind)
@@ -62,36 +62,23 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         )
 
     draft = Draft(
-        StreamId.room(room),
+        ROOM_STREAMS[room],
         user.key,
         req.cid,
         event,
-        hold=ctx.fanout.hold(session),
+        hold=ctx.fanout.hold(session) if ctx.holds else None,
         feature=feature,
         as_member=not user.detached,
         owner=user.ident,
     )
-    # A partial, not a closure over session and req (made per message).
-    finish = partial(_finish_say, session, req)
-    queue = getattr(ctx.store, "queue_append", None)
+    queue = ctx.queue_append
     if queue is not None:  # SQLite: with the session's other room messages of this run
         group, index = queue(draft, session)
-        return Append(req, group, finish, room, index)
+        return Append(req, group, None, room, index)
     # start_storing, inline (a call less per message).
     start = getattr(ctx.store, "start_append", None)
     stored = start(draft) if start is not None else start_storing(ctx.store, draft)
-    return Append(req, stored, finish, room)
-
-
-def _finish_say(session: Peer, req: Say, stored: Stored) -> bytes | None:
-    """A say's reply; the event's frame for :func:`finish_run` to deliver to the room."""
-    # ctx.reply, encode_message and encode_frame, inline: three calls less per message.
-    reply = _encode(Ok(id=req.id, seq=stored.seq, ts=stored.ts))
-    session.send(_header(len(reply)) + reply)
-    if stored.duplicate or stored.published:
-        return None
-    payload = stored.payload
-    return _header(len(payload)) + payload
+    return Append(req, stored, None, room)
 
 
 def start_dm(ctx: Context, session: Peer, req: Dm, *, feature: Feature | None = None) -> Append:
