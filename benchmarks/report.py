@@ -492,25 +492,29 @@ class Report:
     async def sweep(self) -> None:
         s = self.sizes
         print(f"== sweep R={s.sweep}, then with {s.sweep_idle:,} idle users ==", flush=True)
-        rows: list[dict[str, Any]] = []
+        trials: list[list[dict[str, Any]]] = []
         ran: dict[str, str] = {}
-        for kind in self.servers:
-            args = self.ns(
-                servers=[kind],
-                sweep=list(s.sweep),
-                sweep_idle=s.sweep_idle,
-                sweep_deliveries=s.sweep_deliveries,
-                sweep_rate=s.sweep_rate,
-                sweep_min_messages=s.sweep_min_messages,
-                room_size=s.room_size,
-            )
-            got = await self.guarded(f"sweep {kind}", run_sweep(args))
-            if got is None:
-                ran[kind] = "error"
-                continue
-            rows += got
-            self.incomplete += [f"sweep {r['scenario']} R={r['receivers']} {kind}"
-                                for r in got if not r["complete"]]  # fmt: skip
+        for _ in range(self.args.repeat):  # the servers interleaved, as in trials()
+            for kind in self.servers:
+                args = self.ns(
+                    servers=[kind],
+                    sweep=list(s.sweep),
+                    sweep_idle=s.sweep_idle,
+                    sweep_deliveries=s.sweep_deliveries,
+                    sweep_rate=s.sweep_rate,
+                    sweep_min_messages=s.sweep_min_messages,
+                    room_size=s.room_size,
+                )
+                got = await self.guarded(f"sweep {kind}", run_sweep(args))
+                if got is None:
+                    ran.setdefault(kind, "error")
+                    continue
+                trials.append(got)
+        rows = median_rows(trials)
+        self.incomplete += [f"sweep {r['scenario']} R={r['receivers']} {r['server']}"
+                            for r in rows if not r["complete"]]  # fmt: skip
+        for kind in {r["server"] for r in rows}:
+            ran.pop(kind, None)  # one trial that ran is enough for its cells
         self.raw["sweep"] = rows
         fits: dict[str, tuple[float, float, float]] = {}
         for kind in self.servers:
@@ -898,6 +902,17 @@ def median_outcome(outcomes: list[Outcome]) -> Outcome:
     return merged
 
 
+def median_rows(trials: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several trials of one scenario (each a list of rows, one per server,
+    label and R), one row per (server, label, R): :func:`median_outcome` of its trials."""
+    grouped: dict[tuple[str, str, int], list[Outcome]] = {}
+    for trial in trials:
+        for row in trial:
+            grouped.setdefault((row["server"], row["scenario"], row["receivers"]), []).append(row)
+    merged = [median_outcome(outcomes) for outcomes in grouped.values()]
+    return [row for row in merged if isinstance(row, dict)]
+
+
 def spread_text(outcome: dict[str, Any], metric: str, fmt: Callable[[float], str]) -> str:
     """The range " [least to greatest]" of a figure measured more than once, else ""."""
     trials = outcome.get("trials", ())
@@ -1031,8 +1046,9 @@ def render(report: Report, info: dict[str, str], noise: dict[str, float]) -> str
         "one.",
         *(
             [
-                f"Each flat, R=1, paced, idle and storm figure is the median of {args.repeat} "
-                "trials, the servers interleaved, with the least and greatest in brackets."
+                f"Each flat, R=1, paced, idle, storm and sweep figure is the median of "
+                f"{args.repeat} trials, the servers interleaved, with the least and greatest "
+                "in brackets (the sweep's: in the JSON)."
             ]
             if args.repeat > 1
             else []

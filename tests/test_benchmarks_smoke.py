@@ -288,3 +288,27 @@ def test_repeated_trials_report_the_median_and_the_spread() -> None:
     assert row.cells["imchat"] == "30.0 [20.0\N{EN DASH}40.0, 1 failed] (incomplete)"
     assert row.cells["inspircd"] == "30.0"  # one trial: no range
     assert report.median_outcome(["error", "skipped"]) == "error"
+
+
+def test_repeated_sweeps_are_merged_per_server_label_and_receivers() -> None:
+    """``--repeat`` for the sweep: one row per (server, label, R), each figure the median of
+    that row's trials, whatever order the trials listed their rows in."""
+    report = _import_report()
+
+    def row(server: str, label: str, receivers: int, p99: float) -> dict[str, object]:
+        return {"server": server, "scenario": label, "receivers": receivers,
+                "p99_ms": p99, "complete": True}  # fmt: skip
+
+    trials = [
+        [row("imchat", "sweep", 100, 3.0), row("imchat", "idle", 100, 9.0)],
+        [row("inspircd", "sweep", 100, 2.0)],
+        [row("imchat", "idle", 100, 4.0), row("imchat", "sweep", 100, 2.0)],
+        [row("imchat", "sweep", 100, 7.0), row("imchat", "idle", 100, 5.0)],
+    ]
+    merged = {(r["server"], r["scenario"]): r for r in report.median_rows(trials)}
+    assert set(merged) == {("imchat", "sweep"), ("imchat", "idle"), ("inspircd", "sweep")}
+    assert merged["imchat", "sweep"]["p99_ms"] == 3.0
+    assert merged["imchat", "idle"]["p99_ms"] == 5.0
+    assert merged["imchat", "idle"]["spread"]["p99_ms"] == (4.0, 9.0)
+    assert merged["inspircd", "sweep"]["p99_ms"] == 2.0
+    assert report.pick(report.median_rows(trials), "imchat", "idle", 100)["p99_ms"] == 5.0
