@@ -41,6 +41,18 @@ if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
 
+def parsed(gets: Callable[[], Any]) -> Iterator[list[bytes]]:
+    """What a ``hiredis.Reader``'s ``gets`` completes, message by message, until it needs
+    more data; a reply error (an exception) is raised."""
+    while True:
+        message = gets()
+        if message is NOT_ENOUGH_DATA:
+            return
+        if isinstance(message, BaseException):
+            raise message
+        yield message
+
+
 class RawSubscription:
     """Pub/sub messages as hiredis parses them: ``[kind, channel, data]`` lists of bytes."""
 
@@ -51,14 +63,7 @@ class RawSubscription:
 
     def messages(self) -> Iterator[list[bytes]]:
         """Every message already read, parsed; a reply error (an exception) is raised."""
-        gets = self._gets
-        while True:
-            message = gets()
-            if message is NOT_ENOUGH_DATA:
-                return
-            if isinstance(message, BaseException):
-                raise message
-            yield message
+        return parsed(self._gets)
 
 
 class PushedSubscription(asyncio.Protocol):
@@ -86,14 +91,7 @@ class PushedSubscription(asyncio.Protocol):
 
     def messages(self) -> Iterator[list[bytes]]:
         """Every message fed so far, parsed; a reply error (an exception) is raised."""
-        gets = self._gets
-        while True:
-            message = gets()
-            if message is NOT_ENOUGH_DATA:
-                return
-            if isinstance(message, BaseException):
-                raise message
-            yield message
+        return parsed(self._gets)
 
     def data_received(self, data: bytes) -> None:
         if self.ended.done():
