@@ -90,8 +90,10 @@ def deliver_to_room(fanout: Fanout, room: str, frames: list[bytes]) -> None:
 
 
 def send_replies(session: Peer, replies: list[bytes]) -> None:
-    """Queue a run's replies (of room messages, in order) and empty the list: in one append
-    where the session can take several at once."""
+    """Queue a run's replies (of room messages, in order), if any, and empty the list: in one
+    append where the session can take several at once."""
+    if not replies:
+        return
     if len(replies) == 1:
         session.send(replies[0])
     else:
@@ -118,8 +120,7 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
     try:
         for item in run:
             if isinstance(item, ProtocolError):
-                if replies:
-                    send_replies(session, replies)
+                send_replies(session, replies)
                 session.send_error(item)  # a reply: it may precede the events before it
                 continue
             try:
@@ -134,14 +135,12 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
                 if isinstance(stored, Exception):
                     raise stored
             except ProtocolError as exc:
-                if replies:
-                    send_replies(session, replies)
+                send_replies(session, replies)
                 session.send_error(exc.with_id(item.request.id))
                 continue
             except Exception:
                 log.exception("storing a message from %s failed", session.peer)
-                if replies:
-                    send_replies(session, replies)
+                send_replies(session, replies)
                 session.send_error(internal_error(item.request))
                 continue
             if not stored.duplicate:
@@ -161,8 +160,7 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
                 room = item.room
                 frames.append(_header(len(payload)) + payload)
                 continue
-            if replies:
-                send_replies(session, replies)
+            send_replies(session, replies)
             if frames:  # the room events before it go out first
                 done, frames = frames, []
                 deliver_to_room(fanout, room or "", done)
@@ -178,8 +176,7 @@ async def finish_run(session: Peer, run: Run, fanout: Fanout) -> None:
         # are answered and reach their rooms, and nothing of it is answered twice.
         run.clear()
         STATS.messages += stored_count
-        if replies:
-            send_replies(session, replies)
+        send_replies(session, replies)
         if frames:
             deliver_to_room(fanout, room or "", frames)
     # Every reply of the run is queued: events held for them may follow.
