@@ -129,6 +129,14 @@ class PushedSubscription(asyncio.Protocol):
             self.ended.set_result(reason)
 
 
+def _hiredis_parser(connection: Any) -> Any:
+    """The connection's redis-py hiredis parser, or None (another parser, or no hiredis)."""
+    parser = getattr(connection, "_parser", None)
+    if _AsyncHiredisParser is None or not isinstance(parser, _AsyncHiredisParser):
+        return None
+    return parser
+
+
 def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubscription | None:
     """Take a subscribed ``pubsub``'s socket over (:class:`PushedSubscription`), or None.
 
@@ -137,8 +145,8 @@ def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubs
     the reader, for the caller's first :meth:`PushedSubscription.poll`.
     """
     connection = pubsub.connection
-    parser = getattr(connection, "_parser", None)
-    if _AsyncHiredisParser is None or not isinstance(parser, _AsyncHiredisParser):
+    parser = _hiredis_parser(connection)
+    if parser is None:
         return None
     reader = getattr(parser, "_reader", None)
     stream = getattr(connection, "_reader", None)
@@ -176,9 +184,8 @@ def push_subscription(pubsub: PubSub, on_data: Callable[[], None]) -> PushedSubs
 
 def raw_subscription(pubsub: PubSub) -> RawSubscription | None:
     """A raw reader for a subscribed ``pubsub`` (its commands sent), or None."""
-    connection = pubsub.connection
-    parser = getattr(connection, "_parser", None)
-    if _AsyncHiredisParser is None or not isinstance(parser, _AsyncHiredisParser):
+    parser = _hiredis_parser(pubsub.connection)
+    if parser is None:
         return None
     reader = getattr(parser, "_reader", None)
     fill = getattr(parser, "read_from_socket", None)
