@@ -28,10 +28,20 @@ own work not included.
 ``--sender-node`` (with ``--redis``) connects the sender to a second node, run without
 valgrind on the same Redis and prefix, so the counted node only receives: what a node of a
 room spread over nodes pays per envelope published elsewhere (reading it from its
-subscription and handing it to its ``-R`` receivers), no append, no ``ok``. The closing
-``search`` then goes to the sender's node and is not counted.
+subscription and handing it to its ``-R`` receivers), no append, no ``ok``.
 
     .venv/bin/python benchmarks/callgrind_say.py -R 13 -M 2000 --redis URL --sender-node
+
+``--senders S`` (with ``--redis``) has S senders say at once, each a burst of ``--window``,
+``--senders-here H`` of them on the counted node and the rest on the second node: a node of
+a room spread over 3 nodes, senders spread too, is ``--senders 3 --senders-here 1`` (its
+own senders' appends, and the envelopes the other nodes' senders publish). Figures are per
+message said by all of them. Over Redis there is no closing ``search``: the Redis store
+has no index work to flush, and its search scans the room in Python (a cost per message
+stored that no ``say`` pays).
+
+    .venv/bin/python benchmarks/callgrind_say.py -R 13 -M 3000 --window 16 --redis URL \
+        --senders 3 --senders-here 1
 """
 
 from __future__ import annotations
@@ -125,6 +135,13 @@ async def run(args: argparse.Namespace) -> None:
         sys.exit("needs valgrind (apt-get install valgrind)")
     if args.sender_node and not args.redis:
         sys.exit("--sender-node needs --redis")
+    here = args.senders if args.senders_here is None else args.senders_here
+    if args.sender_node:
+        here = 0
+    if not 0 <= here <= args.senders or (here < args.senders and not args.redis):
+        sys.exit("--senders-here: 0 to --senders, fewer only with --redis")
+    if args.messages % (args.senders * args.window):
+        sys.exit("-M must be a multiple of --senders times --window")
     work = Path(tempfile.mkdtemp(prefix="imchat-cg-"))
     out = work / "callgrind.out"
     env = dict(os.environ, IMCHAT_IDLE_TIMEOUT="3600", IMCHAT_MAX_CONNECTIONS_PER_IP="0")
@@ -160,31 +177,34 @@ async def run(args: argparse.Namespace) -> None:
     other: subprocess.Popen[bytes] | None = None
     try:
         port = await listening_port(work / "server.log", "server")
-        sender_port = port
-        if args.sender_node:
+        other_port = port
+        if here < args.senders:
             other_argv = [a if a != str(work / "data") else str(work / "data2") for a in server]
             other_log = (work / "sender-node.log").open("w+")
             other = subprocess.Popen(
                 other_argv, stdout=other_log, stderr=subprocess.STDOUT, env=env, cwd=work
             )
-            sender_port = await listening_port(work / "sender-node.log", "sender node")
+            other_port = await listening_port(work / "sender-node.log", "sender node")
         receivers = [await client(port, f"r{i}") for i in range(args.receivers)]
-        sender_t, sender = await client(sender_port, "s0")
+        senders = [
+            await client(port if i < here else other_port, f"s{i}") for i in range(args.senders)
+        ]
         await asyncio.sleep(2.0)  # joined events settled
         base = [p.frames for _, p in receivers]
         # Warm up (first statements prepared, caches filled), then count.
-        await burst(sender_t, sender, receivers, base, 0, args.window, args.window)
+        await burst(senders, receivers, base, [s.oks for _, s in senders], 0, args.window)
         base = [p.frames for _, p in receivers]
+        oks = [s.oks for _, s in senders]
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         t0 = time.monotonic()
-        sent = 0
-        oks0 = sender.oks
-        while sent < args.messages:
-            n = min(args.window, args.messages - sent)
-            await burst(sender_t, sender, receivers, base, sent, n, oks0 + sent + n)
-            sent += n
-        sender_t.write(encode_message({"type": "search", "room": "bench", "text": "nomatch"}))
-        await sender.until(lambda: sender.oks >= oks0 + sent + 1)
+        rounds = args.messages // (args.senders * args.window)
+        for i in range(rounds):
+            await burst(senders, receivers, base, oks, i * args.window, args.window)
+        if not args.redis:
+            sender_t, sender = senders[0]
+            answered = sender.oks
+            sender_t.write(encode_message({"type": "search", "room": "bench", "text": "nomatch"}))
+            await sender.until(lambda: sender.oks > answered)
         took = time.monotonic() - t0
         for old in out.parent.glob(out.name + "*"):
             old.unlink()
@@ -208,27 +228,32 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  total:    {total / args.messages:12,.0f}")
     if args.receivers:
         print(f"  per delivery: {total / args.messages / args.receivers:12,.0f}")
+    print(f"  (callgrind's dumps: {work})")
 
 
 async def burst(
-    sender_t: asyncio.Transport,
-    sender: Counting,
+    senders: list[tuple[asyncio.Transport, Counting]],
     receivers: list[tuple[asyncio.Transport, Counting]],
     base: list[int],
+    oks: list[int],
     start: int,
     n: int,
-    oks: int,
 ) -> None:
+    """Every sender says ``n`` messages at once (its ``start``-th to the ``start + n``-th);
+    returns when each has its ``ok`` replies and every receiver all of their messages."""
     text = "x" * 100
-    sender_t.write(
-        b"".join(
-            encode_message({"type": "say", "room": "bench", "text": f"{start + i} {text}"})
-            for i in range(n)
+    for k, (sender_t, _) in enumerate(senders):
+        sender_t.write(
+            b"".join(
+                encode_message({"type": "say", "room": "bench", "text": f"{k} {start + i} {text}"})
+                for i in range(n)
+            )
         )
-    )
-    await sender.until(lambda: sender.oks >= oks)
+    for (_, sender), first_ok in zip(senders, oks, strict=True):
+        await sender.until(lambda s=sender, f=first_ok: s.oks >= f + start + n)
+    said = len(senders) * (start + n)
     for (_, proto), first in zip(receivers, base, strict=True):
-        await proto.until(lambda p=proto, f=first: p.frames >= f + start + n)
+        await proto.until(lambda p=proto, f=first: p.frames >= f + said)
 
 
 def main() -> None:
@@ -242,6 +267,14 @@ def main() -> None:
         "--sender-node",
         action="store_true",
         help="the sender on a second node (with --redis): count a node that only receives",
+    )
+    parser.add_argument("--senders", type=int, default=1, help="senders saying at once")
+    parser.add_argument(
+        "--senders-here",
+        type=int,
+        default=None,
+        help="of --senders, how many on the counted node (default all; the rest on a second "
+        "node, with --redis)",
     )
     asyncio.run(run(parser.parse_args()))
 

@@ -242,6 +242,24 @@ class RawLink:
         """As :func:`raw_execute`: the results, or None (nothing sent)."""
         if not self.usable or not stack:
             return None
+        connection = await self._connected()
+        if connection is None:
+            return None
+        return await _send_and_read(self._redis, connection, stack)
+
+    async def execute_packed(self, packed: list[bytes]) -> list[Any] | None:
+        """Commands already packed (RESP, one ``bytes`` each), sent as one batch: their
+        replies as hiredis parses them, a reply error in its place (no response callbacks:
+        for commands whose reply is used as it comes, as a script's). None: nothing sent
+        (the connection is not one the raw path can use)."""
+        if not self.usable or not packed:
+            return None
+        connection = await self._connected()
+        if connection is None:
+            return None
+        return await _exchange(connection, packed, len(packed))
+
+    async def _connected(self) -> Connection | None:
         connection = self._connection
         if connection is None:
             pool: Any = self._redis.connection_pool
@@ -251,7 +269,7 @@ class RawLink:
                 await pool.release(connection)
                 return None
             self._connection = connection
-        return await _send_and_read(self._redis, connection, stack)
+        return connection
 
     async def close(self) -> None:
         """Give the connection back to the pool (the store closes the pool next)."""
@@ -276,8 +294,34 @@ def _is_plain(connection: Connection) -> bool:
 async def _send_and_read(
     redis: Redis, connection: Connection, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
 ) -> Any:
+    packed = connection.pack_commands([args for args, _ in stack])
+    replies = await _exchange(connection, packed, len(stack))
+    callbacks: Any = redis.response_callbacks
+    found: dict[Any, Any] = {}
+    results: list[Any] = []
+    for reply, (args, options) in zip(replies, stack, strict=True):
+        if isinstance(reply, ResponseError):
+            reply = options.get(EMPTY_RESPONSE, reply)
+        else:
+            # Looked up once per name and batch (the table is case-insensitive: each
+            # lookup upper-cases the name).
+            name = args[0]
+            callback = found.get(name, _UNKNOWN)
+            if callback is _UNKNOWN:
+                callback = found[name] = callbacks.get(name) if name in callbacks else None
+            if callback is not None:
+                extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
+                reply = callback(reply, **extra)
+        results.append(reply)
+    return results
+
+
+async def _exchange(connection: Connection, packed: list[bytes], count: int) -> list[Any]:
+    """Send packed commands and read ``count`` replies as hiredis parses them (a reply
+    error in its place). One timeout, the connection's ``socket_timeout``, for the lot; any
+    failure while the batch is on the wire disconnects the connection, so no later command
+    reads this batch's replies."""
     try:
-        packed = connection.pack_commands([args for args, _ in stack])
         async with asyncio.timeout(connection.socket_timeout):
             if not connection.is_connected:
                 await connection.connect()  # type: ignore[no-untyped-call]
@@ -293,30 +337,16 @@ async def _send_and_read(
                 raise RuntimeError("the connection's parser changed under it")
             gets = parser._reader.gets  # type: ignore[attr-defined]
             fill: Any = parser.read_from_socket
-            callbacks: Any = redis.response_callbacks
-            found: dict[Any, Any] = {}
-            results: list[Any] = []
-            for args, options in stack:
+            replies: list[Any] = []
+            for _ in range(count):
                 reply = gets()
                 while reply is NOT_ENOUGH_DATA:
                     await fill()
                     reply = gets()
                 if isinstance(reply, ConnectionError):
                     raise reply
-                if isinstance(reply, ResponseError):
-                    reply = options.get(EMPTY_RESPONSE, reply)
-                else:
-                    # Looked up once per name and batch (the table is case-insensitive: each
-                    # lookup upper-cases the name).
-                    name = args[0]
-                    callback = found.get(name, _UNKNOWN)
-                    if callback is _UNKNOWN:
-                        callback = found[name] = callbacks.get(name) if name in callbacks else None
-                    if callback is not None:
-                        extra = {k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS}
-                        reply = callback(reply, **extra)
-                results.append(reply)
-        return results
+                replies.append(reply)
+        return replies
     except BaseException:
         await connection.disconnect()
         raise

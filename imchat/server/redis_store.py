@@ -509,12 +509,66 @@ async def run_pipeline(
         acked = results.pop()
         return results, acked if isinstance(acked, int) else 0
 
-    results, acked = await execute(list(range(len(commands))))
+    results = await _reloading(redis, scripts, execute, len(commands))
+    assert results is not None  # the pipeline always sends
+    return results
+
+
+def _packed_wait(wait: tuple[int, int]) -> bytes:
+    """``WAIT`` for ``--redis-wait``'s replicas (and its timeout in ms), packed."""
+    return pack_args(("WAIT", *wait))
+
+
+async def run_packed(
+    redis: aioredis.Redis,
+    link: RawLink,
+    packed: list[bytes],
+    scripts: list[Any],
+    *,
+    wait: tuple[int, int] | None = None,
+) -> list[Any] | None:
+    """:func:`run_pipeline` for commands packed already (:func:`pack_args`) whose replies
+    need no response callback (scripts): no redis-py pipeline made, nothing packed again.
+    None: nothing was sent (the link cannot take a raw batch; use :func:`run_pipeline`)."""
+    waiting = _packed_wait(wait) if wait is not None else None
+
+    async def execute(indices: list[int]) -> tuple[list[Any], int | None] | None:
+        batch = [packed[i] for i in indices]
+        if waiting is not None:
+            batch.append(waiting)
+        results = await link.execute_packed(batch)
+        if results is None:
+            return None
+        if waiting is None:
+            return results, None
+        acked = results.pop()
+        return results, acked if isinstance(acked, int) else 0
+
+    return await _reloading(redis, scripts, execute, len(packed))
+
+
+async def _reloading(
+    redis: aioredis.Redis,
+    scripts: list[Any],
+    execute: Callable[[list[int]], Awaitable[tuple[list[Any], int | None] | None]],
+    count: int,
+) -> list[Any] | None:
+    """Run ``count`` commands with ``execute`` (results and the fewest replicas a ``WAIT``
+    confirmed, or None if nothing was sent); those that failed with NOSCRIPT (Redis
+    restarted and flushed its scripts: they did not run) again, in order, once the scripts
+    are loaded. The results in order, the replicas appended when waited for."""
+    first = await execute(list(range(count)))
+    if first is None:
+        return None
+    results, acked = first
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
         for script in scripts:
             script.sha = await redis.script_load(script.script)
-        rerun, rerun_acked = await execute(missing)
+        again = await execute(missing)
+        if again is None:
+            raise RuntimeError("a batch could not be sent again on its link")
+        rerun, rerun_acked = again
         for i, result in zip(missing, rerun, strict=True):
             results[i] = result
         if acked is not None and rerun_acked is not None:
@@ -522,6 +576,16 @@ async def run_pipeline(
     if acked is not None:
         results.append(acked)
     return results
+
+
+def pack_args(args: Iterable[str | bytes | int]) -> bytes:
+    """A command as RESP (what ``hiredis.pack_command`` makes), from str, bytes or int."""
+    parts = [b""]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    parts[0] = b"*%d\r\n" % (len(parts) - 1)
+    return b"".join(parts)
 
 
 class Keys:
@@ -589,9 +653,18 @@ class Keys:
 
 
 #: A command on the ordered pipeline: how to add it to a pipeline, the future its result
-#: settles, whether it writes (``--redis-wait`` covers it), and what turns the reply into that
-#: result (None: the reply itself).
-Batched = tuple[Callable[[Pipeline], Any], asyncio.Future[Any], bool, Callable[[Any], Any] | None]
+#: settles, whether it writes (``--redis-wait`` covers it), what turns the reply into that
+#: result (None: the reply itself), and the command packed already (None: not packed; a
+#: batch of packed commands goes to Redis without a redis-py pipeline, see ``run_packed``).
+Batched = tuple[
+    Callable[[Pipeline], Any],
+    asyncio.Future[Any],
+    bool,
+    Callable[[Any], Any] | None,
+    bytes | None,
+]
+#: Streams, and senders, whose part of a packed append is kept (see ``_packed_append``).
+PACKED_CACHE = 1024
 
 
 class RedisStore:
@@ -633,6 +706,11 @@ class RedisStore:
         self._link = RawLink(self.redis)
         #: The loop the store is used from (set by open, or at the first ordered command).
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The parts of an append's packed ``EVALSHA`` that repeat: up to the stream (by
+        #: stream key), and after the hold (by sender and queue limits); see _packed_append.
+        self._packed_heads: dict[str, bytes] = {}
+        self._packed_tails: dict[tuple[str, str, str, int, int, str, bool], bytes] = {}
+        self._packed_sha = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -667,6 +745,7 @@ class RedisStore:
         *,
         write: bool = False,
         then: Callable[[Any], Any] | None = None,
+        packed: bytes | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one command for the ordered pipeline; its result resolves the future.
 
@@ -674,13 +753,15 @@ class RedisStore:
         that order too): the hub starts a session's pipelined say/dm requests in order, and
         this keeps their seqs in that order. It also batches them, one round trip for many.
         ``then`` turns the reply into the future's result (what it raises, the future's
-        exception) without a task of its own.
+        exception) without a task of its own. ``packed``: the same command as RESP, for a
+        script whose reply needs no response callback (a batch of only those is sent as
+        it is).
         """
         loop = self._loop
         if loop is None:  # asked once: get_running_loop costs a getpid() system call
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future, write, then))
+        self._queue.append((command, future, write, then, packed))
         self._queued.set()
         return future
 
@@ -698,7 +779,7 @@ class RedisStore:
                 except Exception as exc:  # every waiter must hear of it, whatever it was
                     log.error("Redis failed a batch of %d commands: %s", len(batch), exc)
                     results = [exc] * len(batch)
-                for (_, future, _, then), result in zip(batch, results, strict=True):
+                for (_, future, _, then, _), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
@@ -712,13 +793,26 @@ class RedisStore:
                             future.set_exception(exc)
 
     async def _run_batch(self, batch: list[Batched]) -> list[Any]:
-        commands = [command for command, _, _, _ in batch]
-        if not (self.wait_replicas and any(write for _, _, write, _ in batch)):
-            return await run_pipeline(self.redis, commands, [self._append], link=self._link)
-        wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
-        results = await run_pipeline(
-            self.redis, commands, [self._append], wait=wait, link=self._link
-        )
+        wait = None
+        if self.wait_replicas and any(write for _, _, write, _, _ in batch):
+            wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
+        results = None
+        packed = [command for _, _, _, _, command in batch]
+        if None not in packed and self._link.usable:
+            results = await run_packed(
+                self.redis,
+                self._link,
+                cast(list[bytes], packed),
+                [self._append],
+                wait=wait,
+            )
+        if results is None:
+            commands = [command for command, _, _, _, _ in batch]
+            results = await run_pipeline(
+                self.redis, commands, [self._append], wait=wait, link=self._link
+            )
+        if wait is None:
+            return results
         acked = results.pop()
         if acked >= self.wait_replicas:
             return results
@@ -727,7 +821,7 @@ class RedisStore:
         )
         return [
             short if write and not isinstance(result, BaseException) else result
-            for (_, _, write, _), result in zip(batch, results, strict=True)
+            for (_, _, write, _, _), result in zip(batch, results, strict=True)
         ]
 
     # -- users and accounts ----------------------------------------------------------------
@@ -1029,10 +1123,30 @@ class RedisStore:
         pipeline now (so appends reach Redis in call order) and its reply is read into the
         :class:`Stored` where the batch's results are handed out. The say path uses this, as
         with the SQLite store (a task and a coroutine per message cost several µs)."""
-        stream = draft.stream
-        args = (
+        if draft.feature is not None:  # revision 3: checked in the same atomic script
+            # Queued now, like the others; its reply is read in a task (a retry may follow).
+            return asyncio.ensure_future(
+                self._append_feature(
+                    draft, features_redis.append(self, draft, self._append_args(draft))
+                )
+            )
+        script = self._append
+        anchor = self.keys.anchor
+        return self._ordered(
+            # execute_command: evalsha's wrappers add nothing to a bare EVALSHA.
+            lambda pipe: pipe.execute_command(
+                "EVALSHA", script.sha, 1, anchor, *self._append_args(draft)
+            ),
+            write=True,
+            then=lambda reply: self._stored(draft, reply),
+            packed=self._packed_append(draft) if self._link.usable else None,
+        )
+
+    def _append_args(self, draft: Draft) -> tuple[str | bytes, ...]:
+        """The append script's ARGV for ``draft`` (see :data:`APPEND_LUA`)."""
+        return (
             self.keys.prefix,
-            stream.key,
+            draft.stream.key,
             draft.cid or "",
             self._encoder.encode(draft.event)[:-1],
             draft.hold or "",
@@ -1042,18 +1156,54 @@ class RedisStore:
             f"{draft.max_queued} {draft.max_queued_per_sender} {draft.queue_source}",
             "1" if draft.as_member else "0",
         )
-        if draft.feature is not None:  # revision 3: checked in the same atomic script
-            # Queued now, like the others; its reply is read in a task (a retry may follow).
-            return asyncio.ensure_future(
-                self._append_feature(draft, features_redis.append(self, draft, args))
-            )
-        script = self._append
-        anchor = self.keys.anchor
-        return self._ordered(
-            # execute_command: evalsha's wrappers add nothing to a bare EVALSHA.
-            lambda pipe: pipe.execute_command("EVALSHA", script.sha, 1, anchor, *args),
-            write=True,
-            then=lambda reply: self._stored(draft, reply),
+
+    def _packed_append(self, draft: Draft) -> bytes:
+        """The append's ``EVALSHA`` as RESP, what :func:`pack_args` makes of ``EVALSHA sha
+        1 anchor`` and :meth:`_append_args`, from two kept parts: all up to the stream, and
+        all after the hold (a sender's are the same message after message). Only the
+        ``cid``, the event and the hold are packed per message: packing the 14 arguments
+        each time (hiredis formats every length with ``sprintf``) cost more than the rest
+        of the append's way to Redis."""
+        sha = self._append.sha
+        if sha != self._packed_sha:  # never, unless the script changed: start afresh
+            self._packed_heads.clear()
+            self._packed_sha = sha
+        stream = draft.stream.key
+        head = self._packed_heads.get(stream)
+        if head is None:
+            if len(self._packed_heads) >= PACKED_CACHE:
+                self._packed_heads.clear()
+            keys = self.keys
+            head = pack_args(("EVALSHA", sha, 1, keys.anchor, keys.prefix, stream))
+            head = self._packed_heads[stream] = b"*14" + head[head.index(b"\r\n") :]
+        sender = (
+            draft.sender_key,
+            draft.cid_owner,
+            draft.recipient_ident,
+            draft.max_queued,
+            draft.max_queued_per_sender,
+            draft.queue_source,
+            draft.as_member,
+        )
+        tail = self._packed_tails.get(sender)
+        if tail is None:
+            if len(self._packed_tails) >= PACKED_CACHE:
+                self._packed_tails.clear()
+            tail = pack_args(self._append_args(draft)[5:])
+            tail = self._packed_tails[sender] = tail[tail.index(b"\r\n") + 2 :]
+        cid = (draft.cid or "").encode()
+        event = self._encoder.encode(draft.event)
+        hold = (draft.hold or "").encode()
+        # The event's JSON without its closing brace (the script adds seq and ts).
+        return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            head,
+            len(cid),
+            cid,
+            len(event) - 1,
+            event[:-1],
+            len(hold),
+            hold,
+            tail,
         )
 
     async def _append_feature(self, draft: Draft, reply: Awaitable[bytes]) -> Stored:
