@@ -222,6 +222,75 @@ async def test_a_taken_over_subscription_hands_on_each_chunk_in_order(prefix: st
         await publisher.aclose()
 
 
+class RecordingReader:
+    """A ``hiredis.Reader`` that records the size of everything fed to it."""
+
+    def __init__(self) -> None:
+        import hiredis
+        from redis._parsers.hiredis import NOT_ENOUGH_DATA
+
+        self._reader = hiredis.Reader(notEnoughData=NOT_ENOUGH_DATA)
+        self.gets = self._reader.gets
+        self.fed: list[int] = []
+
+    def feed(self, data: bytes, offset: int = 0, length: int = -1) -> None:
+        length = len(data) - offset if length < 0 else length
+        self.fed.append(length)
+        self._reader.feed(data, offset, length)
+
+
+def published(channel: bytes, data: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(channel),
+        channel,
+        len(data),
+        data,
+    )
+
+
+async def test_a_chunk_goes_to_the_reader_a_piece_at_a_time() -> None:
+    """A chunk is fed to the reader ``FEED_PIECE`` bytes at a time, each once the one
+    before is parsed (fed whole, the reader moved its unparsed rest after every 1 KB it
+    parsed); messages split across chunks and pieces still come out whole, in order."""
+    from imchat.server.redis_raw import FEED_PIECE
+
+    reader = RecordingReader()
+    got: list[bytes] = []
+    pushed: PushedSubscription | None = None
+
+    def take() -> None:
+        assert pushed is not None
+        got.extend(message[2] for message in pushed.messages())
+
+    pushed = PushedSubscription(reader, take, object())
+    stream = b"".join(published(b"ch", b"%d:" % i + b"x" * (i % 700)) for i in range(300))
+    assert len(stream) > 50 * FEED_PIECE
+    for start in range(0, len(stream), 20_011):  # chunks that end inside messages
+        pushed.data_received(stream[start : start + 20_011])
+    assert got == [b"%d:" % i + b"x" * (i % 700) for i in range(300)]
+    assert max(reader.fed) <= FEED_PIECE and sum(reader.fed) == len(stream)
+    assert not pushed.ended.done()
+
+
+async def test_a_reply_error_ends_the_subscription_after_the_messages_before_it() -> None:
+    reader = RecordingReader()
+    got: list[bytes] = []
+    pushed: PushedSubscription | None = None
+
+    def take() -> None:
+        assert pushed is not None
+        got.extend(message[2] for message in pushed.messages())
+
+    pushed = PushedSubscription(reader, take, object())
+    before = b"".join(published(b"ch", b"m%d" % i) for i in range(3))
+    pushed.data_received(before + b"-ERR gone\r\n" + published(b"ch", b"after"))
+    assert got == [b"m0", b"m1", b"m2"]
+    reason = pushed.ended.result()
+    assert isinstance(reason, Exception) and "gone" in str(reason)
+    pushed.data_received(published(b"ch", b"later"))
+    assert got == [b"m0", b"m1", b"m2"]
+
+
 @pytest.mark.both_loops
 async def test_an_error_while_handing_on_ends_the_subscription(prefix: str) -> None:
     """An exception from the node's handler ends the subscription with it (the node then
