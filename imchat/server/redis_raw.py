@@ -66,21 +66,17 @@ class RawSubscription:
         return parsed(self._gets)
 
 
-#: Bytes of a chunk fed to the reader at a time (:meth:`PushedSubscription.messages`).
-FEED_PIECE = 1024
-
-
 class PushedSubscription(asyncio.Protocol):
     """The subscription's socket read by this protocol instead of redis-py's stream.
 
-    Each chunk the transport delivers is handed to ``on_data`` at once, in the same
-    callback, which takes the messages it completed (:meth:`messages`, parsed by the
-    connection's ``hiredis.Reader``). What ends the subscription (the connection lost or
-    closed by Redis, a reply error, an exception from ``on_data``) becomes the result of
-    :attr:`ended`, and nothing more is handed on; so does :meth:`stop`, with None. redis-py
-    keeps writing to the connection (``PING``, ``UNSUBSCRIBE``) through its
-    ``StreamWriter``: flow control and the loss of the connection are passed on to the
-    protocol it was made with, so its writes, drains and ``disconnect`` behave as before.
+    Each chunk the transport delivers is fed to the connection's ``hiredis.Reader`` and
+    ``on_data`` is called at once, in the same callback, to take the messages it completed
+    (:meth:`messages`). What ends the subscription (the connection lost or closed by Redis,
+    an exception from ``on_data``) becomes the result of :attr:`ended`, and nothing more is
+    handed on; so does :meth:`stop`, with None. redis-py keeps writing to the connection
+    (``PING``, ``UNSUBSCRIBE``) through its ``StreamWriter``: flow control and the loss of
+    the connection are passed on to the protocol it was made with, so its writes, drains
+    and ``disconnect`` behave as before.
     """
 
     def __init__(self, reader: Any, on_data: Callable[[], None], original: Any) -> None:
@@ -88,57 +84,21 @@ class PushedSubscription(asyncio.Protocol):
         self._feed = reader.feed
         self._on_data = on_data
         self._original = original
-        #: The chunk being handed on, not yet fed to the reader past ``_fed``.
-        self._chunk = b""
-        self._fed = 0
-        #: A reply error met after messages :meth:`messages` returned first: raised next.
-        self._error: BaseException | None = None
         #: The reason the subscription ended: an exception, or None (:meth:`stop`).
         self.ended: asyncio.Future[BaseException | None] = (
             asyncio.get_running_loop().create_future()
         )
 
-    def messages(self) -> list[list[bytes]]:
-        """Every message of the chunk (and of what the reader held before it), parsed, in
-        order; a reply error is raised once the messages before it are taken.
-
-        The chunk goes to the reader :data:`FEED_PIECE` bytes at a time, each piece once it
-        has parsed the one before: the reader moves what it has not parsed yet to its
-        buffer's start after every 1 KB it parses, so a chunk of 60 KB fed whole was moved
-        ~30 times over, a piece at a time only the part of a message a piece ends in. A
-        list, not a generator: one resumed frame less per message."""
-        gets, feed = self._gets, self._feed
-        chunk, fed = self._chunk, self._fed
-        size = len(chunk)
-        found: list[list[bytes]] = []
-        while True:
-            message = gets()
-            if message is NOT_ENOUGH_DATA:
-                if fed >= size:
-                    self._chunk, self._fed = b"", 0
-                    return found
-                piece = min(FEED_PIECE, size - fed)
-                feed(chunk, fed, piece)
-                fed += piece
-                continue
-            if isinstance(message, BaseException):
-                if found:
-                    self._chunk, self._fed, self._error = chunk, fed, message
-                    return found
-                raise message
-            found.append(message)
+    def messages(self) -> Iterator[list[bytes]]:
+        """Every message fed so far, parsed; a reply error (an exception) is raised."""
+        return parsed(self._gets)
 
     def data_received(self, data: bytes) -> None:
         if self.ended.done():
             return  # ended: what still arrives is not acted on
         try:
-            chunk, fed = self._chunk, self._fed
-            if fed < len(chunk):  # ``on_data`` left some untaken: the reader keeps it
-                self._feed(chunk, fed, len(chunk) - fed)
-            self._chunk, self._fed = data, 0
+            self._feed(data)
             self._on_data()
-            if self._error is not None:
-                raise self._error
         except Exception as exc:  # a protocol error, or the node's: this subscription ends
             self._end(exc)
 
