@@ -140,8 +140,8 @@ async def run(args: argparse.Namespace) -> None:
         here = 0
     if not 0 <= here <= args.senders or (here < args.senders and not args.redis):
         sys.exit("--senders-here: 0 to --senders, fewer only with --redis")
-    if args.messages % (args.senders * args.window):
-        sys.exit("-M must be a multiple of --senders times --window")
+    if args.messages % args.senders:
+        sys.exit("-M must be a multiple of --senders")
     work = Path(tempfile.mkdtemp(prefix="imchat-cg-"))
     out = work / "callgrind.out"
     env = dict(os.environ, IMCHAT_IDLE_TIMEOUT="3600", IMCHAT_MAX_CONNECTIONS_PER_IP="0")
@@ -197,9 +197,9 @@ async def run(args: argparse.Namespace) -> None:
         oks = [s.oks for _, s in senders]
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         t0 = time.monotonic()
-        rounds = args.messages // (args.senders * args.window)
-        for i in range(rounds):
-            await burst(senders, receivers, base, oks, i * args.window, args.window)
+        each = args.messages // args.senders
+        for start in range(0, each, args.window):
+            await burst(senders, receivers, base, oks, start, min(args.window, each - start))
         if not args.redis:
             sender_t, sender = senders[0]
             answered = sender.oks
