@@ -32,7 +32,7 @@ from .listener import Listener
 from .session import AdmittedSession
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
-from .sweep import sweep_sessions
+from .sweep import IdleSweep
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -268,6 +268,7 @@ class ChatServer:
         interval = min([1.0, *(t / 4 for t in (timeout, hello_timeout, recheck) if t > 0)])
         loop = asyncio.get_running_loop()
         next_recheck = loop.time() + recheck
+        sweep = IdleSweep(self.hub.registry, idle_timeout=timeout, hello_timeout=hello_timeout)
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
@@ -275,11 +276,7 @@ class ChatServer:
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
-            # In slices, yielding between them (see :mod:`.sweep`): one pass over every
-            # session in one callback held the loop for milliseconds at 10,000 sessions.
-            with_user = await sweep_sessions(
-                list(self.hub.sessions), idle_timeout=timeout, hello_timeout=hello_timeout
-            )
+            with_user = await sweep.tick()
             # Sessions with a user: in a connect storm every connection is accepted long
             # before most are served, so connections alone would look settled too early.
             self.gc_policy.tick(with_user)
