@@ -100,6 +100,8 @@ TINY = 60
 FOLD_REDRAW = 0.1
 #: How much of a refused message an error line quotes.
 QUOTE = 60
+#: Seconds an error toast stays when there is no conversation to write it into: a day.
+LASTING_TOAST = 86400.0
 
 
 def quote(text: str, limit: int = QUOTE) -> str:
@@ -939,9 +941,12 @@ class ChatApp(FeatureApp):
         """Tell the user something went wrong: a red line in the window, and a short toast
         (the full line is in the log; a toast as long as the error would cover the input)."""
         text = clean(text)  # server messages are network text too
-        if toast:
-            self.notify(quote(text, 120), severity="error", markup=False, timeout=4)
         view = view or self.current_view()
+        if toast or view is None:
+            # With no conversation for the red line (a login refused at the first connect),
+            # the toast is all there is: it stays until the user acts.
+            timeout = 4 if view is not None else LASTING_TOAST
+            self.notify(quote(text, 120), severity="error", markup=False, timeout=timeout)
         if view is not None:
             self._append(view, [self.formatter.system(None, Text(text, style=ERROR))])
 
