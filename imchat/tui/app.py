@@ -602,14 +602,16 @@ class ChatApp(FeatureApp):
     def _room_joined(self, event: RoomJoined) -> None:
         key = ConvKey.room(event.room)
         view = self.view(key, f"#{event.room}")
-        if event.rejoin:
-            line = Text(f"reconnected: rejoined #{event.room}", style=SYSTEM)
-        else:
+        line: Text | None = None
+        if not event.rejoin:
             line = Text.assemble(Text(f"You joined #{event.room}", style=SYSTEM))
             if event.topic:
                 line.append("  topic: ", style=SYSTEM)
                 line.append(one_line(event.topic))
-        self._append(view, [self.formatter.system(None, line)])
+        elif self._outage is None:  # else "reconnected after ..." follows everywhere
+            line = Text(f"reconnected: rejoined #{event.room}", style=SYSTEM)
+        if line is not None:
+            self._append(view, [self.formatter.system(None, line)])
         if self.current == key:
             self.refresh_members()
 
