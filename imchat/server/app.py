@@ -47,14 +47,6 @@ PRUNE_INTERVAL = 300.0
 SHUTDOWN_GRACE = 5.0
 
 
-def _port(server: asyncio.AbstractServer | Listener) -> int:
-    """The port a listening server bound."""
-    if isinstance(server, Listener):
-        return server.port
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1])
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
@@ -77,7 +69,7 @@ class ChatServer:
         self.hub: Hub | None = None
         self.port = config.port
         self._listener: Listener | None = None
-        self._irc_servers: list[asyncio.AbstractServer | Listener] = []
+        self._irc_servers: list[Listener] = []
         #: Bound IRC ports (plain, TLS) once started; None where that listener is off.
         self.irc_ports: tuple[int | None, int | None] = (None, None)
         #: The HTTP face, with ``config.http_port`` (see docs/http.md).
@@ -150,7 +142,7 @@ class ChatServer:
         except BaseException:
             await self._abort_start()
             raise
-        ports = iter(_port(s) for s in self._irc_servers)
+        ports = iter(s.port for s in self._irc_servers)
         plain = next(ports) if self.config.irc_port is not None else None
         secure = next(ports) if self.config.irc_tls_port is not None else None
         self.irc_ports = (plain, secure)
