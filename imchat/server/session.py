@@ -23,6 +23,7 @@ import logging
 import struct
 import sys
 import termios
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from imchat.protocol import (
@@ -36,12 +37,12 @@ from imchat.protocol import (
 from imchat.protocol.events import ErrorReply
 
 from .ratelimit import TokenBucket, address_key
-from .registry import MEMORY_PER_BYTE_OWED
+from .registry import MEMORY_PER_BYTE_OWED, Registry
 from .stats import STATS
 
 if TYPE_CHECKING:
     from .hub import Hub
-    from .peer import Credential, User
+    from .peer import Credential, Peer, User
 
 log = logging.getLogger(__name__)
 
@@ -405,24 +406,15 @@ class Session(asyncio.BufferedProtocol):
             return
         out = self._out
         if out is None:
-            # Only what earlier writes left unsent counts: the frames queued during this loop
-            # turn were never offered to the client, so it cannot have fallen behind on them.
-            # That amount cannot change before this turn's flush: checked once per turn.
-            transport = self.transport
-            assert transport is not None
-            hub = self.hub
-            if transport.get_write_buffer_size() > hub.config.max_buffer:
-                self.fail(
-                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
-                )
-                return
-            registry = hub.registry
+            # Whether the client keeps up is checked where the turn's frames are written
+            # (flush_all): one look at the transport per write, not per first frame.
+            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
+            registry = self.hub.registry
             dirty = registry.dirty
             if dirty:
                 dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
             else:
                 registry.mark_dirty(self)
-            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
         elif isinstance(out, list):
             out.append(frame)
         else:
@@ -442,21 +434,13 @@ class Session(asyncio.BufferedProtocol):
             return False
         out = self._out
         if out is None:
-            transport = self.transport
-            assert transport is not None
-            hub = self.hub
-            if transport.get_write_buffer_size() > hub.config.max_buffer:
-                self.fail(
-                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
-                )
-                return False
-            registry = hub.registry
+            self._out = joined
+            registry = self.hub.registry
             dirty = registry.dirty
             if dirty:
                 dirty.append(self)
             else:
                 registry.mark_dirty(self)
-            self._out = joined
         elif isinstance(out, list):
             out.append(joined)
         else:
@@ -464,24 +448,8 @@ class Session(asyncio.BufferedProtocol):
         return True
 
     def flush(self) -> None:
-        out = self._out
-        if out is not None:
-            self._out = None
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                if isinstance(out, list):
-                    STATS.deliveries += len(out)
-                    out = b"".join(out)
-                else:
-                    STATS.deliveries += 1
-                transport.write(out)
-                # registry.wrote(len(out)), inline: one call less per write of a broadcast.
-                registry = self.hub.registry
-                registry.output_estimate += len(out) * MEMORY_PER_BYTE_OWED
-                if registry.output_estimate > registry.output_trigger:
-                    registry.enforce_output_bound()  # may cut the largest owers, this one too
-        if _written and self in _written and not self._writing_paused and not self.closing:
-            self._check_written()
+        """Write what is queued now (the registry's flush writes many: :func:`flush_all`)."""
+        flush_all((self,))
 
     def wait_written(self) -> asyncio.Future[bool]:
         """True once what is queued now has reached the client: out of our buffers and
@@ -534,15 +502,12 @@ class Session(asyncio.BufferedProtocol):
         """Flush what is owed (plus ``last_frame``) and close; abort if the peer won't read."""
         if self.closing or self.transport is None:
             return
+        self.flush()  # a client that does not keep up is cut here instead (fail: closed)
+        if self.closing:
+            return
         if last_frame is not None:
-            out = self._out
-            if out is None:
-                self._out = last_frame
-            elif isinstance(out, list):
-                out.append(last_frame)
-            else:
-                self._out = [out, last_frame]
-        self.flush()
+            self._out = last_frame
+            flush_all((self,), slow_ok=True)  # its last word (an error it is owed) goes out
         self.closing = True
         transport = self.transport
         transport.close()
@@ -570,6 +535,82 @@ class Session(asyncio.BufferedProtocol):
     @property
     def nick(self) -> str:
         return self.user.nick if self.user is not None else "-"
+
+
+def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
+    """Write what each session queued this turn, in one write each: the registry's flush (a
+    broadcast's second half), :meth:`Session.flush` inline, so a recipient costs no call,
+    and the counters (deliveries, the output estimate) are added up once per flush.
+
+    A session whose transport still holds more than ``max_buffer`` bytes from earlier writes
+    is cut with ``slow_consumer`` instead of written to (its frames stay in history): only
+    what those writes left counts, so this is the same as checking at its turn's first frame,
+    never stricter. ``slow_ok``: write anyway (a closing session's last frame).
+
+    Each of ``peers`` is a :class:`Session` (only they mark themselves dirty): the server
+    installs this as its registry's ``flush_dirty``."""
+    if not peers:
+        return
+    sessions = cast("Sequence[Session]", peers)
+    hub = sessions[0].hub
+    registry = hub.registry
+    max_buffer = sys.maxsize if slow_ok else hub.config.max_buffer
+    waited_on = bool(_written)  # only a flush's own cuts empty it meanwhile, never fill it
+    # Bytes this flush may write before the output bound must be enforced (counted exactly):
+    # an int, so the comparison per write stays the interpreter's fast one.
+    room = _room(registry)
+    written = deliveries = 0
+    try:
+        for session in sessions:
+            out = session._out
+            if out is not None:
+                session._out = None
+                transport = session.transport
+                if transport is not None and not transport.is_closing():
+                    if transport.get_write_buffer_size() > max_buffer:
+                        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+                        written = 0
+                        session.fail(
+                            ProtocolError(
+                                ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"
+                            )
+                        )
+                        room = _room(registry)
+                        continue
+                    if type(out) is bytes:  # cheaper than isinstance, the usual case
+                        deliveries += 1
+                    elif isinstance(out, list):
+                        deliveries += len(out)
+                        out = b"".join(out)
+                    transport.write(out)
+                    written += len(out)
+                    if written > room:
+                        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+                        written = 0
+                        if registry.output_estimate > registry.output_trigger:
+                            registry.enforce_output_bound()  # may cut this one too
+                        room = _room(registry)
+            if (
+                waited_on
+                and session in _written
+                and not session._writing_paused
+                and not session.closing
+            ):
+                session._check_written()
+    finally:
+        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+        STATS.deliveries += deliveries
+
+
+def _room(registry: Registry) -> int:
+    """Bytes that may be written before the output estimate passes its trigger (capped at
+    a small int's range: past it the caller just counts again)."""
+    room = (registry.output_trigger - registry.output_estimate) // MEMORY_PER_BYTE_OWED
+    return int(min(room, _ROOM_CAP))
+
+
+#: Below 2**30: a one-digit int, compared without a slow path.
+_ROOM_CAP = (1 << 30) - 1
 
 
 class AdmittedSession(Session):
