@@ -559,28 +559,30 @@ def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
     # Bytes this flush may write before the output bound must be enforced (counted exactly):
     # an int, so the comparison per write stays the interpreter's fast one.
     room = _room(registry)
-    written = deliveries = 0
+    written = 0
+    # Frames written: one per session, give or take (counted where it is not one).
+    deliveries = len(sessions)
     try:
         for session in sessions:
             out = session._out
-            if out is not None:
+            if out is None:
+                deliveries -= 1
+            else:
                 session._out = None
                 transport = session.transport
-                if transport is not None and not transport.is_closing():
-                    if transport.get_write_buffer_size() > max_buffer:
-                        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
-                        written = 0
-                        session.fail(
-                            ProtocolError(
-                                ErrorCode.SLOW_CONSUMER, "client is not reading fast enough"
-                            )
-                        )
-                        room = _room(registry)
-                        continue
-                    if type(out) is bytes:  # cheaper than isinstance, the usual case
-                        deliveries += 1
-                    elif isinstance(out, list):
-                        deliveries += len(out)
+                if transport is None or transport.is_closing():
+                    deliveries -= 1
+                elif transport.get_write_buffer_size() > max_buffer:
+                    deliveries -= 1
+                    registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+                    written = 0
+                    session.fail(
+                        ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
+                    )
+                    room = _room(registry)
+                else:
+                    if type(out) is not bytes and isinstance(out, list):  # the turn's frames
+                        deliveries += len(out) - 1
                         out = b"".join(out)
                     transport.write(out)
                     written += len(out)
@@ -599,14 +601,16 @@ def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
                 session._check_written()
     finally:
         registry.output_estimate += written * MEMORY_PER_BYTE_OWED
-        STATS.deliveries += deliveries
+    STATS.deliveries += deliveries
 
 
 def _room(registry: Registry) -> int:
     """Bytes that may be written before the output estimate passes its trigger (capped at
     a small int's range: past it the caller just counts again)."""
-    room = (registry.output_trigger - registry.output_estimate) // MEMORY_PER_BYTE_OWED
-    return int(min(room, _ROOM_CAP))
+    room = registry.output_trigger - registry.output_estimate  # infinite without a bound
+    if room >= _ROOM_CAP * MEMORY_PER_BYTE_OWED:
+        return _ROOM_CAP
+    return int(room) // MEMORY_PER_BYTE_OWED
 
 
 #: Below 2**30: a one-digit int, compared without a slow path.
