@@ -238,6 +238,7 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
                     sessions=args.idle_as == "sessions",
                     parallel=args.idle if args.all_at_once else 0,
                     around=(spy.start, spy.stop) if spy else None,
+                    idle_seconds=args.idle_seconds,
                 ),
             }
         print(
@@ -246,7 +247,8 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
             f" -> {row['rss_after_kb'] / 1024:.0f} MiB), connect {row['connect_s']:.1f}s, "
             f"settle {row['settle_s']:.1f}s, {row['parallel']} at a time, lost {row['lost']}; "
             f"CPU-s while connecting: server {row['server_cpu_s']:.2f}, "
-            f"generator {row['loadgen_cpu_s']:.2f}, other {row['other_cpu_s']:.2f}",
+            f"generator {row['loadgen_cpu_s']:.2f}, other {row['other_cpu_s']:.2f}; "
+            f"idle afterwards: server {row['idle_cpu_ms_per_s']:.1f} ms CPU per second",
             flush=True,
         )
         rows.append(row)
@@ -402,6 +404,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paced-rate", type=float, default=50_000, help="deliveries/s (paced)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (paced)")
     p.add_argument("--idle", type=int, default=10_000, help="idle connections (idle)")
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="idle: seconds the server's CPU is read for once everyone sits idle",
+    )
     p.add_argument(
         "--idle-as",
         choices=("users", "sessions"),

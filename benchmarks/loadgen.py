@@ -572,8 +572,11 @@ async def idle_memory(
     sessions: bool = False,
     parallel: int = 0,
     around: tuple[Callable[[], None], Callable[[], None]] | None = None,
+    idle_seconds: float = 5.0,
 ) -> dict[str, Any]:
-    """Server RSS growth per idle connection, each joined to a room of ``room_size`` members.
+    """Server RSS growth per idle connection, each joined to a room of ``room_size`` members,
+    and the server's CPU while they sit idle (``idle_seconds`` after the reading: timers and
+    sweeps a server runs over its connections; InspIRCd pings them every few minutes).
 
     ``baseline`` connections are made first so code paths and caches are warm before the
     first reading. With ``sessions`` (imchat only) every connection is a session of the
@@ -614,6 +617,9 @@ async def idle_memory(
         settle_s = time.monotonic() - t0 - connect_s
         await asyncio.sleep(1.0)
         rss1 = driver.server.rss_kb()
+        idle0, i0 = driver.server.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(idle_seconds)
+        idle_cpu = (driver.server.cpu_seconds() - idle0) / (time.monotonic() - i0)
         return {
             # Where the clients really came from (``Driver.source``, else the kernel's pick).
             "sources": sorted(source_addresses(clients)),
@@ -632,6 +638,7 @@ async def idle_memory(
             "server_cpu_s": cpu1 - cpu0,
             "loadgen_cpu_s": lg1 - lg0,
             "other_cpu_s": (busy1 - busy0) - (cpu1 - cpu0) - (lg1 - lg0),
+            "idle_cpu_ms_per_s": idle_cpu * 1000,
             "lost": stats.lost,
             "complete": stats.lost == 0,
         }

@@ -67,6 +67,7 @@ class Sizes:
     paced_rate: float
     paced_seconds: float
     idle: int
+    idle_seconds: float
     room_size: int
     #: cluster.py's load: receivers, senders, messages per sender; runs per setup.
     cluster: tuple[int, int, int]
@@ -94,6 +95,7 @@ FULL = Sizes(
     paced_rate=50_000,
     paced_seconds=10.0,
     idle=10_000,
+    idle_seconds=5.0,
     room_size=100,
     cluster=(40, 4, 2500),
     cluster_repeat=3,
@@ -118,6 +120,7 @@ QUICK = Sizes(
     paced_rate=2000,
     paced_seconds=1.0,
     idle=60,
+    idle_seconds=0.5,
     room_size=10,
     cluster=(4, 2, 300),
     cluster_repeat=1,
@@ -395,6 +398,7 @@ class Report:
         args = self.ns(
             servers=[kind],
             idle=n,
+            idle_seconds=self.sizes.idle_seconds,
             idle_as="users",
             all_at_once=all_at_once,
             room_size=self.sizes.room_size,
@@ -427,6 +431,17 @@ class Report:
         kib = row.values.get("imchat")
         row.goal, row.met = "≤ 2.5 KiB", (kib <= 2.5 if kib is not None else None)
         self.add(row)
+        self.add(
+            compare(
+                "idle-cpu",
+                f"idle CPU: server ms of CPU per second while those {n:,} users sit idle",
+                one,
+                "idle_cpu_ms_per_s",
+                lambda v: f"{v:.1f}",
+                goal=None,
+                higher=False,
+            )
+        )
         parallel = ", ".join(
             f"{TITLES[k]} {FACTORIES[k][1].parallel}" for k in self.servers if k in FACTORIES
         )

@@ -56,6 +56,7 @@ def test_fanout_idle_connects_from_the_source_address(tmp_path: Path) -> None:
     assert row["scenario"] == "idle" and row["server"] == "imchat"
     assert row["connections"] == 30 and row["lost"] == 0 and row["complete"]
     assert row["sources"] == ["127.0.0.2"]
+    assert row["idle_cpu_ms_per_s"] >= 0
 
 
 def _loadgen() -> Any:
@@ -175,6 +176,7 @@ REPORT_ROWS = [
     "paced-p99",
     "paced-cpu",
     "idle-kib",
+    "idle-cpu",
     "storm-sequential",
     "storm-all",
     "redis-1-node",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from conftest import Clients
 
 from imchat.protocol import ProtocolError
 from imchat.server.registry import COUNT_SLICE
-from imchat.server.sweep import SLICE, sweep_sessions
+from imchat.server.sweep import SLICE, IdleSweep
 
 
 class Turns:
@@ -170,29 +171,112 @@ async def test_an_idle_session_is_closed_in_time_among_thousands(
 
 
 class Greeter:
-    """A session for :func:`sweep_sessions` alone: without hello, or idle, as told."""
+    """A session for :class:`IdleSweep` alone: without hello, or idle, as told; counts the
+    sweep's visits (each reads ``last_rx`` once, if it is not closed first)."""
 
     closing = False
 
     def __init__(self, *, user: bool, opened: float, last_rx: float) -> None:
         self.user = object() if user else None
         self.opened = opened
-        self.last_rx = last_rx
+        self._last_rx = last_rx
+        self.visits = 0
         self.failed: list[str] = []
+
+    @property
+    def last_rx(self) -> float:
+        self.visits += 1
+        return self._last_rx
 
     def fail(self, error: ProtocolError) -> None:
         self.failed.append(str(error))
 
 
-async def test_sweep_sessions_closes_late_greeters_and_idlers_across_slices() -> None:
+def registry_of(*sessions: Greeter) -> Any:
+    """What :class:`IdleSweep` reads of a registry; every session new, so watched."""
+    return types.SimpleNamespace(sessions=set(sessions), watched=set(sessions))
+
+
+async def test_a_pass_closes_late_greeters_and_idlers_across_slices() -> None:
     now = asyncio.get_running_loop().time()
     fine = [Greeter(user=True, opened=now, last_rx=now) for _ in range(7)]
     late = Greeter(user=False, opened=now - 20, last_rx=now)
     greeting = Greeter(user=False, opened=now, last_rx=now)
     idle = Greeter(user=True, opened=now - 200, last_rx=now - 100)
     sessions: list[Any] = [*fine[:3], late, *fine[3:5], greeting, *fine[5:], idle]
-    with_user = await sweep_sessions(sessions, idle_timeout=90, hello_timeout=10, slice_size=3)
-    assert with_user == 8  # the seven fine ones and the idle one; not the two greeting
+    registry = registry_of(*sessions)
+    sweep = IdleSweep(registry, idle_timeout=90, hello_timeout=10, slice_size=3)
+    greeters, earliest = await sweep.visit(sessions)
+    assert greeters == 2  # the two without a user, closed or not
+    assert earliest == now  # of those left open
     assert late.failed == ["idle_timeout: no hello within 10 s"]
     assert idle.failed == ["idle_timeout: idle for 90 s"]
     assert greeting.failed == [] and not any(f.failed for f in fine)
+    # The logged-in ones are settled: only the one still greeting (and the two closed, until
+    # their connections end) are left to visit every tick.
+    assert registry.watched == {late, greeting, idle}
+
+
+async def test_a_tick_visits_only_the_watched_until_an_idle_deadline_is_due() -> None:
+    """10,000 idle users cost a tick nothing until the earliest of them may be idle."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    crowd = [Greeter(user=True, opened=now, last_rx=now) for _ in range(50)]
+    oldest = Greeter(user=True, opened=now, last_rx=now - 60 + 0.05)  # idle in 50 ms
+    registry = registry_of(*crowd, oldest)
+    sweep = IdleSweep(registry, idle_timeout=60, hello_timeout=10)
+    assert await sweep.tick() == 51  # the first tick is a full pass
+    assert [g.visits for g in [*crowd, oldest]] == [1] * 51
+    assert not registry.watched
+    assert sweep.next_full_pass == oldest._last_rx + 60
+
+    newcomer = Greeter(user=False, opened=loop.time(), last_rx=loop.time())
+    registry.sessions.add(newcomer)
+    registry.watched.add(newcomer)
+    assert await sweep.tick() == 51  # the newcomer has no user yet
+    assert newcomer.visits == 1 and all(g.visits == 1 for g in [*crowd, oldest])
+
+    while loop.time() < sweep.next_full_pass:
+        await asyncio.sleep(sweep.next_full_pass - loop.time())
+    await sweep.tick()
+    assert oldest.failed == ["idle_timeout: idle for 60 s"]
+    assert all(g.visits == 2 for g in crowd) and newcomer.visits == 2
+
+
+async def test_without_an_idle_timeout_a_tick_visits_only_the_watched() -> None:
+    now = asyncio.get_running_loop().time()
+    crowd = [Greeter(user=True, opened=now, last_rx=now - 1000) for _ in range(5)]
+    registry = registry_of(*crowd)
+    sweep = IdleSweep(registry, idle_timeout=0, hello_timeout=10)
+    await sweep.tick()
+    await sweep.tick()
+    assert [g.visits for g in crowd] == [1] * 5 and not any(g.failed for g in crowd)
+
+
+@pytest.mark.server_config(idle_timeout=0.5)
+async def test_a_session_is_watched_while_it_holds_a_bucket_and_closed_when_idle_after(
+    server: Any, connect: Clients
+) -> None:
+    """A real session: watched from its connection until it has a user and no bucket, again
+    once a request makes it one, and still closed when idle though nothing watches it."""
+    registry = server.hub.registry
+    let_go = asyncio.Event()
+
+    class Watched(set[Any]):
+        def discard(self, item: Any) -> None:
+            if item in self and getattr(item, "nick", None) == "talker":
+                let_go.set()
+            super().discard(item)
+
+    registry.watched = Watched(registry.watched)
+    talker = await connect.raw()
+    await talker.hello("talker")
+    (session,) = [s for s in registry.sessions if s.nick == "talker"]
+    await asyncio.wait_for(let_go.wait(), 10)  # a tick found it logged in and rested
+    assert session not in registry.watched
+    let_go.clear()
+    await talker.request({"type": "join", "room": "lobby", "id": "j"})
+    assert session in registry.watched  # its join took a token: a bucket to let go of
+    await asyncio.wait_for(let_go.wait(), 10)
+    frames = await talker.recv_until_eof(timeout=10)
+    assert [f.get("code") for f in frames if f["type"] == "error"] == ["idle_timeout"]

@@ -22,6 +22,7 @@ def test_a_full_bucket_is_let_go_and_the_limit_is_the_same(
         config=SimpleNamespace(max_frame=65536),
         loop=SimpleNamespace(time=lambda: 0.0),
         new_bucket=lambda: TokenBucket(1.0, 2),
+        registry=SimpleNamespace(watched=set()),
     )
     session = Session(hub)  # type: ignore[arg-type]
     session.rest()
@@ -45,13 +46,15 @@ def test_an_idle_session_holds_no_bucket(monkeypatch: pytest.MonkeyPatch) -> Non
         config=SimpleNamespace(max_frame=65536),
         loop=SimpleNamespace(time=lambda: 0.0),
         new_bucket=lambda: TokenBucket(1.0, 2),
+        registry=SimpleNamespace(watched=set()),
     )
     session = Session(hub)  # type: ignore[arg-type]
     assert session.bucket.take()
-    session.rest()
+    assert hub.registry.watched == {session}  # the idle sweep looks at it until it rests
+    assert not session.rest()
     assert session._bucket is not None
     clock[0] += 1.0
-    session.rest()
+    assert session.rest()  # nothing held: the sweep may stop watching it
     assert session._bucket is None
 
 

@@ -82,8 +82,9 @@ RESYNC_TIMEOUT = 60.0
 INITIAL_HISTORY = 50
 OLDER_HISTORY = 100
 
-#: Error codes on ``hello`` after which retrying cannot help.
-_PERMANENT_HELLO_ERRORS = frozenset({"auth_failed", "bad_nick", "bad_request"})
+#: Error codes on ``hello`` after which retrying cannot help. ``bad_frame``: the server
+#: cannot read our framing, as a TLS port answers a plain connection: only ``--tls`` helps.
+_PERMANENT_HELLO_ERRORS = frozenset({"auth_failed", "bad_nick", "bad_request", "bad_frame"})
 
 
 class ConvKind(StrEnum):
@@ -593,6 +594,8 @@ class ChatSession:
                 raise _Permanent(f"{exc.code}: {exc.message}") from None
             return f"{exc.code}: {exc.message}", False
         except ConnectionClosed as exc:
+            if exc.error is not None and exc.error.get("code") in _PERMANENT_HELLO_ERRORS:
+                raise _Permanent(str(exc)) from None  # closed with one: the same verdict
             return str(exc), False
         self.welcome = welcome
         self.nick = str(welcome.get("nick", self.nick))

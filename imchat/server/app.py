@@ -32,7 +32,7 @@ from .listener import Listener
 from .session import AdmittedSession, flush_all
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
-from .sweep import sweep_sessions
+from .sweep import IdleSweep
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -45,14 +45,6 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL = 300.0
 #: How long shutdown waits for clients to take their last frames.
 SHUTDOWN_GRACE = 5.0
-
-
-def _port(server: asyncio.AbstractServer | Listener) -> int:
-    """The port a listening server bound."""
-    if isinstance(server, Listener):
-        return server.port
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1])
 
 
 def _one_line(exc: BaseException) -> str:
@@ -77,7 +69,7 @@ class ChatServer:
         self.hub: Hub | None = None
         self.port = config.port
         self._listener: Listener | None = None
-        self._irc_servers: list[asyncio.AbstractServer | Listener] = []
+        self._irc_servers: list[Listener] = []
         #: Bound IRC ports (plain, TLS) once started; None where that listener is off.
         self.irc_ports: tuple[int | None, int | None] = (None, None)
         #: The HTTP face, with ``config.http_port`` (see docs/http.md).
@@ -151,7 +143,7 @@ class ChatServer:
         except BaseException:
             await self._abort_start()
             raise
-        ports = iter(_port(s) for s in self._irc_servers)
+        ports = iter(s.port for s in self._irc_servers)
         plain = next(ports) if self.config.irc_port is not None else None
         secure = next(ports) if self.config.irc_tls_port is not None else None
         self.irc_ports = (plain, secure)
@@ -269,6 +261,7 @@ class ChatServer:
         interval = min([1.0, *(t / 4 for t in (timeout, hello_timeout, recheck) if t > 0)])
         loop = asyncio.get_running_loop()
         next_recheck = loop.time() + recheck
+        sweep = IdleSweep(self.hub.registry, idle_timeout=timeout, hello_timeout=hello_timeout)
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
@@ -276,11 +269,7 @@ class ChatServer:
             if recheck > 0 and now >= next_recheck:
                 next_recheck = now + recheck
                 self.hub.spawn(self.hub.recheck_credentials())
-            # In slices, yielding between them (see :mod:`.sweep`): one pass over every
-            # session in one callback held the loop for milliseconds at 10,000 sessions.
-            with_user = await sweep_sessions(
-                list(self.hub.sessions), idle_timeout=timeout, hello_timeout=hello_timeout
-            )
+            with_user = await sweep.tick()
             # Sessions with a user: in a connect storm every connection is accepted long
             # before most are served, so connections alone would look settled too early.
             self.gc_policy.tick(with_user)

@@ -80,6 +80,9 @@ class Registry:
         #: Exact counts made (a count in slices gives way to one made meanwhile).
         self._counts = 0
         self.sessions: set[Peer] = set()
+        #: What the idle sweep visits every tick (:mod:`.sweep`): the sessions without a user
+        #: yet and those holding a rate-limit bucket; the rest only when a deadline is due.
+        self.watched: set[Peer] = set()
         #: Open connections per client address, for ``max_connections_per_ip``.
         self.addresses = AddressCounts()
         self.connections_per_addr = self.addresses.counts
@@ -103,6 +106,7 @@ class Registry:
         ``counted``: the listener counted it already, at accept (``addresses.admit``).
         """
         self.sessions.add(session)
+        self.watched.add(session)
         self._no_sessions.clear()
         if counted:
             return self.connections_per_addr.get(session.addr, 0)
@@ -112,6 +116,7 @@ class Registry:
         if session in self.sessions:
             self.addresses.release(session.addr)
         self.sessions.discard(session)
+        self.watched.discard(session)
         if not self.sessions:
             self._no_sessions.set()
 

@@ -279,6 +279,7 @@ class Session(asyncio.BufferedProtocol):
         bucket = self._bucket
         if bucket is None:
             bucket = self._bucket = self.hub.new_bucket()
+            self.hub.registry.watched.add(self)  # until the sweep lets it go
         return bucket
 
     @property
@@ -287,12 +288,14 @@ class Session(asyncio.BufferedProtocol):
         bucket = self._read_bucket
         if bucket is None:
             bucket = self._read_bucket = self.hub.new_read_bucket()
+            self.hub.registry.watched.add(self)
         return bucket
 
-    def rest(self) -> None:
+    def rest(self) -> bool:
         """Let go of the rate-limit buckets once full again (an idle session then holds
         none; the next rate-limited request makes a new, full one: the same limit), and of
-        the time it opened once it has a user (see :data:`LOGGED_IN`)."""
+        the time it opened once it has a user (see :data:`LOGGED_IN`). True if it holds no
+        bucket now: the sweep need not look at it again before its idle deadline."""
         if self._bucket is not None and self._bucket.full():
             self._bucket = None
         if self._read_bucket is not None and self._read_bucket.full():
@@ -301,6 +304,7 @@ class Session(asyncio.BufferedProtocol):
             # Only the hello timeout reads ``opened``, and only while there is no user: a
             # shared constant instead of a float per idle session (never None again).
             self.opened = LOGGED_IN
+        return self._bucket is None and self._read_bucket is None
 
     @property
     def held(self) -> int:

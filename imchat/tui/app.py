@@ -100,6 +100,8 @@ TINY = 60
 FOLD_REDRAW = 0.1
 #: How much of a refused message an error line quotes.
 QUOTE = 60
+#: Seconds an error toast stays when there is no conversation to write it into: a day.
+LASTING_TOAST = 86400.0
 
 
 def quote(text: str, limit: int = QUOTE) -> str:
@@ -600,14 +602,16 @@ class ChatApp(FeatureApp):
     def _room_joined(self, event: RoomJoined) -> None:
         key = ConvKey.room(event.room)
         view = self.view(key, f"#{event.room}")
-        if event.rejoin:
-            line = Text(f"reconnected: rejoined #{event.room}", style=SYSTEM)
-        else:
+        line: Text | None = None
+        if not event.rejoin:
             line = Text.assemble(Text(f"You joined #{event.room}", style=SYSTEM))
             if event.topic:
                 line.append("  topic: ", style=SYSTEM)
                 line.append(one_line(event.topic))
-        self._append(view, [self.formatter.system(None, line)])
+        elif self._outage is None:  # else "reconnected after ..." follows everywhere
+            line = Text(f"reconnected: rejoined #{event.room}", style=SYSTEM)
+        if line is not None:
+            self._append(view, [self.formatter.system(None, line)])
         if self.current == key:
             self.refresh_members()
 
@@ -939,9 +943,12 @@ class ChatApp(FeatureApp):
         """Tell the user something went wrong: a red line in the window, and a short toast
         (the full line is in the log; a toast as long as the error would cover the input)."""
         text = clean(text)  # server messages are network text too
-        if toast:
-            self.notify(quote(text, 120), severity="error", markup=False, timeout=4)
         view = view or self.current_view()
+        if toast or view is None:
+            # With no conversation for the red line (a login refused at the first connect),
+            # the toast is all there is: it stays until the user acts.
+            timeout = 4 if view is not None else LASTING_TOAST
+            self.notify(quote(text, 120), severity="error", markup=False, timeout=timeout)
         if view is not None:
             self._append(view, [self.formatter.system(None, Text(text, style=ERROR))])
 

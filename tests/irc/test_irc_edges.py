@@ -172,3 +172,17 @@ async def test_sasl_without_cap_end_meets_the_registration_deadline(start: Any) 
     await client.expect("903")  # logged in, but never sends CAP END
     rest = await client.closed()
     assert rest[-1].command == "ERROR" and "registration not completed" in rest[-1].params[-1]
+
+
+@pytest.mark.server_config(irc_port=0, socket_send_buffer=40960)
+async def test_the_plain_irc_port_is_a_listener_like_every_other_port(server: Any) -> None:
+    """The plain IRC port was a bare ``create_server``: ``--socket-send-buffer`` (the bound
+    on what the kernel holds for a slow reader) and counting the address at accept did not
+    apply there."""
+    client = await IrcClient.open(server.irc_ports[0])
+    await client.register("sock")
+    (session,) = [s for s in server.hub.registry.sessions if s.nick == "sock"]
+    sock = session.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 40960  # Linux: doubled
+    assert session.admitted  # counted when accepted, before it could send a byte
+    await client.close()

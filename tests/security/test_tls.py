@@ -17,6 +17,7 @@ from secfixtures import raw_fixture, start_server_fixture  # noqa: F401
 from secutil import TIMEOUT, Raw, StartServer
 
 from imchat.client import Connection
+from imchat.client.session import ChatSession, SessionEvent, State, StateChanged
 from imchat.client.tls import client_context
 
 
@@ -242,3 +243,26 @@ def test_a_key_of_another_certificate_is_said_so(
 def test_files_that_are_not_pem_are_said_so(tmp_path: Path, pki: dict[str, Path]) -> None:
     error = _server_start_error(tmp_path, pki["key"], pki["cert"])  # swapped
     assert "PEM" in error and "cert.pem" in error
+
+
+async def test_a_session_without_tls_against_a_tls_port_stops_and_says_why(
+    tls_server_process: int,
+) -> None:
+    """``imchat join`` without ``--tls`` against a TLS port used to reconnect forever, each
+    time refused ``bad_frame``: no reconnect can fix the framing, so it stops at once with
+    the server's word (the TUI then shows it, as for a refused login)."""
+    session = ChatSession(
+        "carol", connector=lambda: Connection.connect("127.0.0.1", tls_server_process)
+    )
+    states: list[tuple[State, str | None]] = []
+
+    def on_event(event: SessionEvent) -> None:
+        if isinstance(event, StateChanged):
+            states.append((event.state, event.reason))
+
+    session.add_listener(on_event)
+    await asyncio.wait_for(session.run(), 10)
+    last_state, reason = states[-1]
+    assert last_state is State.OFFLINE
+    assert reason is not None and "plain connection to a TLS port" in reason
+    assert not any(state is State.RECONNECTING for state, _ in states)

@@ -18,7 +18,7 @@ from imchat.client.session import ANNOUNCEMENTS, ConvKey, State
 from imchat.tui.app import ChatApp
 from imchat.tui.widgets import ChatInput, ConversationList, MemberList, MessageLog
 
-from .conftest import ServerHandle, has_line, log_text, make_app, running, type_line, until
+from .conftest import SIZE, ServerHandle, has_line, log_text, make_app, running, type_line, until
 
 LOBBY = ConvKey.room("lobby")
 
@@ -194,7 +194,7 @@ async def test_server_restart_resumes_without_loss_or_duplicates(server: ServerH
         ]
         assert dms == ["dm before", "dm while away", "dm after"]
         await until(pilot, lambda: not view.pending.display, "pending line gone")
-        assert has_line(alice, LOBBY, "reconnected: rejoined #lobby")
+        assert sum("reconnected" in x for x in log_text(alice, LOBBY)) == 1
 
 
 async def test_a_gap_history_cannot_fill_is_marked(server: ServerHandle) -> None:
@@ -488,3 +488,15 @@ async def test_a_topic_of_many_lines_is_one_line_in_listings(server: ServerHandl
             await type_line(pilot, "/rooms")
             await until(pilot, lambda: has_line(alice, spam, "#spam  2 members"), "rooms")
             assert has_line(alice, spam, "#spam  2 members  top bottom")
+
+
+async def test_a_refusal_before_any_conversation_stays_on_screen(server: ServerHandle) -> None:
+    """A first connection refused for good (a wrong password here; a plain connection to a
+    TLS port the same) has no conversation to write its red line into: the toast was gone
+    after 4 s, leaving an empty window and a status bar cut short. It stays up instead."""
+    carol = make_app(server, "admin", password="not the password")
+    async with carol.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: carol.failed, "refused")
+        (toast,) = [n for n in carol._notifications if "disconnected" in str(n.message)]
+        assert "auth_failed" in str(toast.message)
+        assert toast.timeout >= 3600  # until the user quits, not 4 s

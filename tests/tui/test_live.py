@@ -471,6 +471,8 @@ async def test_a_shutdown_and_the_outage_stay_in_the_log(server: ServerHandle) -
         assert sum("disconnected" in x for x in log_text(alice, LOBBY)) == 1
         await server.start(port=port)
         await until(pilot, lambda: has_line(alice, LOBBY, "reconnected after"), "back")
+        # One line for the return, not a second for the room's rejoin as well.
+        assert sum("reconnected" in x for x in log_text(alice, LOBBY)) == 1
         joined = [x for x in log_text(alice, LOBBY) if "You joined" in x]
         assert joined and joined[0].startswith("12:34")
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING
 
 from ..listener import Listener
 from ..plaintext import irc_reply
-from .session import AdmittedIrcSession, IrcSession, IrcShared
+from .session import AdmittedIrcSession, IrcShared
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -23,46 +22,38 @@ async def start_irc_listeners(
     port: int | None,
     tls_port: int | None,
     tls: ssl.SSLContext | None,
-) -> list[asyncio.AbstractServer | Listener]:
+) -> list[Listener]:
     """Listen for IRC on ``port`` (plain) and ``tls_port`` (TLS with ``tls``); None: off.
 
-    The TLS port is a :class:`Listener`, as the native port is: ``create_server(ssl=...)``
-    would make the session (which counts its address) only once the handshake is done, so
-    one address could hold any number of unfinished handshakes, and the server's stop would
-    leave them open until their deadline.
+    Both are a :class:`Listener`, as the native port is: the address is counted when a
+    connection is accepted, and the socket options (``--socket-send-buffer``) are the same.
+    With TLS, ``create_server(ssl=...)`` would also make the session (which counts its
+    address) only once the handshake is done, so one address could hold any number of
+    unfinished handshakes, and the server's stop would leave them open until their deadline.
     """
+    if tls_port is not None and tls is None:
+        raise ValueError("the IRC TLS port needs --tls-cert and --tls-key")
     shared = IrcShared()
-    loop = asyncio.get_running_loop()
-    servers: list[asyncio.AbstractServer | Listener] = []
+    config = hub.config
+    servers: list[Listener] = []
     try:
-        if port is not None:
-            server = await loop.create_server(
-                lambda: IrcSession(hub, shared),
-                host,
-                port,
-                reuse_address=True,
-                reuse_port=hub.config.reuse_port or None,
-            )
-            servers.append(server)
-            log.info("serving IRC at %s:%d", host, server.sockets[0].getsockname()[1])
-        if tls_port is not None:
-            if tls is None:
-                raise ValueError("the IRC TLS port needs --tls-cert and --tls-key")
-            config = hub.config
+        for at, context in ((port, None), (tls_port, tls)):
+            if at is None:
+                continue
             listener = Listener(
                 hub.registry,
                 lambda: AdmittedIrcSession(hub, shared),
                 max_per_addr=config.max_connections_per_ip,
-                tls=tls,
+                tls=context,
                 handshake_timeout=config.hello_timeout,
                 send_buffer=config.socket_send_buffer,
                 plaintext_reply=irc_reply,
             )
             servers.append(listener)
             bound = await listener.start(
-                host, tls_port, config.listen_backlog, reuse_port=config.reuse_port
+                host, at, config.listen_backlog, reuse_port=config.reuse_port
             )
-            log.info("serving IRC at %s:%d (TLS)", host, bound)
+            log.info("serving IRC at %s:%d%s", host, bound, " (TLS)" if context else "")
     except BaseException:
         for opened in servers:
             opened.close()
