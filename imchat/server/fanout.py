@@ -11,8 +11,8 @@ the user and room tables untouched until its ``connection_lost`` (so iterating t
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
-from itertools import chain
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain, groupby
 from operator import attrgetter
 from typing import TYPE_CHECKING, Protocol
 
@@ -133,6 +133,23 @@ class Fanout(Protocol):
 
 _SESSIONS = attrgetter("sessions")
 
+#: Sends one frame to several sessions of one class.
+SendAll = Callable[[Sequence["Peer"], bytes], None]
+#: A room's recipients: its member sessions in runs of one class, each with its sender.
+Recipients = tuple[tuple[SendAll, tuple["Peer", ...]], ...]
+
+
+def _send_each(sessions: Sequence[Peer], frame: bytes) -> None:
+    for session in sessions:
+        session.send(frame)
+
+
+def _sender(cls: type) -> SendAll:
+    """How a class's sessions are sent a frame together: its ``send_all`` (the native
+    session's queues without a call per session), else each one's ``send``."""
+    send_all: SendAll | None = getattr(cls, "send_all", None)
+    return send_all or _send_each
+
 
 class LocalFanout:
     """:class:`Fanout` for a single server process."""
@@ -143,10 +160,11 @@ class LocalFanout:
     def __init__(self) -> None:
         self._users: dict[str, User] = {}
         self._rooms: dict[str, dict[str, User]] = {}
-        #: Each room's member sessions in one tuple, made at its first delivery after a change
-        #: of its members or of their sessions (then dropped): a room's event goes out in one
-        #: loop over sessions, not a loop per member (an iterator each).
-        self._recipients: dict[str, tuple[Peer, ...]] = {}
+        #: Each room's member sessions, in runs of one class (nearly always one run), made at
+        #: its first delivery after a change of its members or of their sessions (then
+        #: dropped): a room's event is a call per run, not a loop per member (an iterator
+        #: each) and a call per session.
+        self._recipients: dict[str, Recipients] = {}
         self._sessions = 0
 
     async def open(self, registry: Registry) -> None:
@@ -202,16 +220,17 @@ class LocalFanout:
         for room in rooms:
             recipients.pop(room, None)
 
-    def _room_sessions(self, room: str) -> tuple[Peer, ...]:
+    def _room_sessions(self, room: str) -> Recipients:
         """The room's member sessions (see ``_recipients``)."""
-        sessions = self._recipients.get(room)
-        if sessions is None:
+        recipients = self._recipients.get(room)
+        if recipients is None:
             members = self._rooms.get(room)
             if not members:
                 return ()
-            sessions = tuple(chain.from_iterable(map(_SESSIONS, members.values())))
-            self._recipients[room] = sessions
-        return sessions
+            sessions = chain.from_iterable(map(_SESSIONS, members.values()))
+            recipients = tuple((_sender(cls), tuple(run)) for cls, run in groupby(sessions, type))
+            self._recipients[room] = recipients
+        return recipients
 
     async def join(self, session: Peer, room: str) -> bool:
         user = session.user
@@ -267,27 +286,28 @@ class LocalFanout:
         return True  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
-        for session in self._room_sessions(room):
-            session.send(frame)
+        for send_all, sessions in self._room_sessions(room):
+            send_all(sessions, frame)
 
     def to_room_frames(self, room: str, frames: list[bytes]) -> None:
         """Several events to one room, in order: one append per recipient (a burst of 64
         messages to 1,000 members is 1,000 calls, not 64,000)."""
-        sessions = self._room_sessions(room)
-        if not sessions:
+        recipients = self._room_sessions(room)
+        if not recipients:
             return
         joined = b"".join(frames)
         joins = 0
-        for session in sessions:
+        for _, sessions in recipients:
             # send_run, inline: a call less per recipient, and no getattr and bound method.
-            try:
-                if session.send_frames(frames, joined):  # type: ignore[attr-defined]
-                    joins += 1
-            except AttributeError:
-                if hasattr(session, "send_frames"):
-                    raise  # from inside it: not a transport without it
-                for frame in frames:
-                    session.send(frame)
+            for session in sessions:
+                try:
+                    if session.send_frames(frames, joined):  # type: ignore[attr-defined]
+                        joins += 1
+                except AttributeError:
+                    if hasattr(session, "send_frames"):
+                        raise  # from inside it: not a transport without it
+                    for frame in frames:
+                        session.send(frame)
         if joins:
             STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
 

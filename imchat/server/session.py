@@ -23,7 +23,7 @@ import logging
 import struct
 import sys
 import termios
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from imchat.protocol import (
@@ -406,28 +406,21 @@ class Session(asyncio.BufferedProtocol):
 
     def send(self, frame: bytes) -> None:
         """Queue a frame; it is written with the others at the end of this loop turn."""
-        if self.closing:
-            return
-        out = self._out
-        if out is None:
-            # Whether the client keeps up is checked where the turn's frames are written
-            # (flush_all): one look at the transport per write, not per first frame.
-            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
-            registry = self.hub.registry
-            dirty = registry.dirty
-            if dirty:
-                dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
-            else:
-                registry.mark_dirty(self)
-        elif isinstance(out, list):
-            out.append(frame)
+        queue_all((self,), frame)
+
+    @classmethod
+    def send_all(cls, sessions: Sequence[Peer], frame: bytes) -> None:
+        """:meth:`send` to each of ``sessions`` (all of this class): a room's event, queued
+        without a call per recipient where :meth:`send` is this class's own."""
+        if cls._sends_runs:
+            queue_all(cast("Sequence[Session]", sessions), frame)
         else:
-            self._out = [out, frame]
+            for session in sessions:  # a subclass (IRC) writes each frame its own way
+                session.send(frame)
 
     def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
         """Queue several frames (``joined``: the same bytes, concatenated) in one append.
 
-        :meth:`send` of ``joined``, inline (a call less per recipient of a room's events).
         True if ``joined`` was queued as one entry: the flush counts it as one delivery, and
         the caller counts the other ``len(frames) - 1`` (for all its recipients at once)."""
         if not self._sends_runs:
@@ -436,19 +429,7 @@ class Session(asyncio.BufferedProtocol):
             return False
         if self.closing:
             return False
-        out = self._out
-        if out is None:
-            self._out = joined
-            registry = self.hub.registry
-            dirty = registry.dirty
-            if dirty:
-                dirty.append(self)
-            else:
-                registry.mark_dirty(self)
-        elif isinstance(out, list):
-            out.append(joined)
-        else:
-            self._out = [out, joined]
+        queue_all((self,), joined)
         return True
 
     def flush(self) -> None:
@@ -539,6 +520,32 @@ class Session(asyncio.BufferedProtocol):
     @property
     def nick(self) -> str:
         return self.user.nick if self.user is not None else "-"
+
+
+def queue_all(sessions: Iterable[Session], data: bytes) -> None:
+    """Queue ``data`` (a frame, or a run's frames joined) for each session that is not
+    closing: :meth:`Session.send`'s own code, a loop so a room's event costs no call per
+    recipient. The turn's flush (:func:`flush_all`) writes it, with whatever else the session
+    is sent this turn, and checks there whether the client keeps up (one look at the
+    transport per write, not per first frame)."""
+    dirty: list[Peer] | None = None
+    for session in sessions:
+        if session.closing:
+            continue
+        out = session._out
+        if out is None:
+            session._out = data  # a turn's one frame (a broadcast's usual case): no list
+            if dirty is None:
+                registry = session.hub.registry
+                dirty = registry.dirty
+                if not dirty:
+                    registry.mark_dirty(session)  # schedules the flush (and appends it)
+                    continue
+            dirty.append(session)  # the flush's list until it runs, after this loop
+        elif isinstance(out, list):
+            out.append(data)
+        else:
+            session._out = [out, data]
 
 
 def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
