@@ -46,7 +46,20 @@ class Transport:
         return None
 
 
-def sessions(registry: Registry, count: int, max_buffer: int = 1 << 20) -> list[Session]:
+class Translating(Session):
+    """Like the IRC adapter: a subclass with a send of its own."""
+
+    def __init__(self, hub: Any) -> None:
+        super().__init__(hub)
+        self.translated: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.translated.append(frame)
+
+
+def sessions(
+    registry: Registry, count: int, max_buffer: int = 1 << 20, cls: type[Session] = Session
+) -> list[Session]:
     loop = asyncio.get_running_loop()
     hub = SimpleNamespace(
         config=SimpleNamespace(max_frame=DEFAULT_MAX_FRAME, max_buffer=max_buffer),
@@ -55,7 +68,7 @@ def sessions(registry: Registry, count: int, max_buffer: int = 1 << 20) -> list[
     )
     made = []
     for _ in range(count):
-        session = Session(hub)  # type: ignore[arg-type]
+        session = cls(hub)  # type: ignore[arg-type]
         session.transport = Transport()  # type: ignore[assignment]
         registry.sessions.add(session)
         made.append(session)
@@ -122,3 +135,24 @@ async def test_a_rooms_recipients_follow_its_members_and_their_sessions() -> Non
     assert first.sent == [b"1", b"2", b"3", b"4"]
     assert second.sent == [b"2", b"3", b"4", b"5", b"6"]
     assert other.sent == [b"3", b"4", b"5"]
+
+
+async def test_a_rooms_event_is_queued_for_native_sessions_and_sent_through_a_subclass() -> None:
+    registry = Registry(asyncio.get_running_loop())
+    fanout = LocalFanout()
+    first, closing, last = sessions(registry, 3)
+    (translating,) = sessions(registry, 1, cls=Translating)
+    closing.closing = True
+    for i, session in enumerate((first, translating, closing, last)):  # runs of each class
+        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
+        await fanout.join(session, "a")
+    frame = encode_message({"type": "msg", "seq": 1})
+    fanout.to_room("a", frame)
+    assert translating.translated == [frame]  # type: ignore[attr-defined]
+    assert translating.queued == 0  # its own send, not the native queue
+    assert closing.queued == 0  # a closing session is sent nothing
+    assert registry.dirty == [first, last]
+    fanout.to_room("a", b"more")
+    assert registry.dirty == [first, last]  # marked once a turn
+    flush_all(registry.dirty)
+    assert writes(first) == writes(last) == [frame + b"more"]
