@@ -156,3 +156,22 @@ async def test_a_rooms_event_is_queued_for_native_sessions_and_sent_through_a_su
     assert registry.dirty == [first, last]  # marked once a turn
     flush_all(registry.dirty)
     assert writes(first) == writes(last) == [frame + b"more"]
+
+
+async def test_a_rooms_run_of_events_counts_one_delivery_per_frame_and_recipient() -> None:
+    registry = Registry(asyncio.get_running_loop())
+    fanout = LocalFanout()
+    first, closing, last = sessions(registry, 3)
+    (translating,) = sessions(registry, 1, cls=Translating)
+    closing.closing = True
+    for i, session in enumerate((first, closing, translating, last)):
+        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
+        await fanout.join(session, "a")
+    frames = [encode_message({"type": "msg", "seq": seq}) for seq in (1, 2, 3)]
+    before = STATS.deliveries
+    fanout.to_room_frames("a", frames)
+    assert translating.translated == frames  # type: ignore[attr-defined]
+    assert closing.queued == 0
+    flush_all(registry.dirty)
+    assert writes(first) == writes(last) == [b"".join(frames)]
+    assert STATS.deliveries - before == 2 * len(frames)  # the closing one got none

@@ -11,7 +11,7 @@ the user and room tables untouched until its ``connection_lost`` (so iterating t
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain, groupby
 from operator import attrgetter
 from typing import TYPE_CHECKING, Protocol
@@ -133,22 +133,8 @@ class Fanout(Protocol):
 
 _SESSIONS = attrgetter("sessions")
 
-#: Sends one frame to several sessions of one class.
-SendAll = Callable[[Sequence["Peer"], bytes], None]
-#: A room's recipients: its member sessions in runs of one class, each with its sender.
-Recipients = tuple[tuple[SendAll, tuple["Peer", ...]], ...]
-
-
-def _send_each(sessions: Sequence[Peer], frame: bytes) -> None:
-    for session in sessions:
-        session.send(frame)
-
-
-def _sender(cls: type) -> SendAll:
-    """How a class's sessions are sent a frame together: its ``send_all`` (the native
-    session's queues without a call per session), else each one's ``send``."""
-    send_all: SendAll | None = getattr(cls, "send_all", None)
-    return send_all or _send_each
+#: A room's recipients: its member sessions in runs of one class.
+Recipients = tuple[tuple[type, tuple["Peer", ...]], ...]
 
 
 class LocalFanout:
@@ -162,8 +148,9 @@ class LocalFanout:
         self._rooms: dict[str, dict[str, User]] = {}
         #: Each room's member sessions, in runs of one class (nearly always one run), made at
         #: its first delivery after a change of its members or of their sessions (then
-        #: dropped): a room's event is a call per run, not a loop per member (an iterator
-        #: each) and a call per session.
+        #: dropped): a room's event is a call per run where the class sends to many at once
+        #: (``send_all``, ``send_run_all``: the native session), not a loop per member (an
+        #: iterator each) and a call per session.
         self._recipients: dict[str, Recipients] = {}
         self._sessions = 0
 
@@ -228,7 +215,7 @@ class LocalFanout:
             if not members:
                 return ()
             sessions = chain.from_iterable(map(_SESSIONS, members.values()))
-            recipients = tuple((_sender(cls), tuple(run)) for cls, run in groupby(sessions, type))
+            recipients = tuple((cls, tuple(run)) for cls, run in groupby(sessions, type))
             self._recipients[room] = recipients
         return recipients
 
@@ -286,28 +273,28 @@ class LocalFanout:
         return True  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
-        for send_all, sessions in self._room_sessions(room):
-            send_all(sessions, frame)
+        for cls, sessions in self._room_sessions(room):
+            send_all = getattr(cls, "send_all", None)
+            if send_all is not None:
+                send_all(sessions, frame)
+            else:
+                for session in sessions:
+                    session.send(frame)
 
     def to_room_frames(self, room: str, frames: list[bytes]) -> None:
         """Several events to one room, in order: one append per recipient (a burst of 64
-        messages to 1,000 members is 1,000 calls, not 64,000)."""
+        messages to 1,000 members is 1,000 appends, not 64,000)."""
         recipients = self._room_sessions(room)
         if not recipients:
             return
         joined = b"".join(frames)
-        joins = 0
-        for _, sessions in recipients:
-            # send_run, inline: a call less per recipient, and no getattr and bound method.
-            for session in sessions:
-                try:
-                    if session.send_frames(frames, joined):  # type: ignore[attr-defined]
-                        joins += 1
-                except AttributeError:
-                    if hasattr(session, "send_frames"):
-                        raise  # from inside it: not a transport without it
-                    for frame in frames:
-                        session.send(frame)
+        joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
+        for cls, sessions in recipients:
+            send_run_all = getattr(cls, "send_run_all", None)
+            if send_run_all is not None:
+                joins += send_run_all(sessions, frames, joined)
+            else:
+                send_run(sessions, frames, joined)
         if joins:
             STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
 

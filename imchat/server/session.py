@@ -23,7 +23,7 @@ import logging
 import struct
 import sys
 import termios
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from imchat.protocol import (
@@ -405,8 +405,53 @@ class Session(asyncio.BufferedProtocol):
     # -- output ----------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; it is written with the others at the end of this loop turn."""
-        queue_all((self,), frame)
+        """Queue a frame; it is written with the others at the end of this loop turn.
+
+        :func:`queue_all` for one session, inline (a reply's and a cluster delivery's path:
+        a call and a tuple less)."""
+        if self.closing:
+            return
+        out = self._out
+        if out is None:
+            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
+            registry = self.hub.registry
+            dirty = registry.dirty
+            if dirty:
+                dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
+            else:
+                registry.mark_dirty(self)
+        elif isinstance(out, list):
+            out.append(frame)
+        else:
+            self._out = [out, frame]
+
+    def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        """Queue several frames (``joined``: the same bytes, concatenated) in one append.
+
+        :meth:`send` of ``joined``, inline (a call less per recipient of a cluster node's
+        run of events). True if ``joined`` was queued as one entry: the flush counts it as
+        one delivery, and the caller counts the other ``len(frames) - 1`` (for all its
+        recipients at once)."""
+        if not self._sends_runs:
+            for frame in frames:  # a subclass (IRC) writes each frame its own way
+                self.send(frame)
+            return False
+        if self.closing:
+            return False
+        out = self._out
+        if out is None:
+            self._out = joined
+            registry = self.hub.registry
+            dirty = registry.dirty
+            if dirty:
+                dirty.append(self)
+            else:
+                registry.mark_dirty(self)
+        elif isinstance(out, list):
+            out.append(joined)
+        else:
+            self._out = [out, joined]
+        return True
 
     @classmethod
     def send_all(cls, sessions: Sequence[Peer], frame: bytes) -> None:
@@ -418,19 +463,16 @@ class Session(asyncio.BufferedProtocol):
             for session in sessions:  # a subclass (IRC) writes each frame its own way
                 session.send(frame)
 
-    def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
-        """Queue several frames (``joined``: the same bytes, concatenated) in one append.
-
-        True if ``joined`` was queued as one entry: the flush counts it as one delivery, and
-        the caller counts the other ``len(frames) - 1`` (for all its recipients at once)."""
-        if not self._sends_runs:
-            for frame in frames:  # a subclass (IRC) writes each frame its own way
-                self.send(frame)
-            return False
-        if self.closing:
-            return False
-        queue_all((self,), joined)
-        return True
+    @classmethod
+    def send_run_all(cls, sessions: Sequence[Peer], frames: list[bytes], joined: bytes) -> int:
+        """:meth:`send_frames` to each of ``sessions`` (all of this class), the same way; how
+        many queued ``joined`` as one entry."""
+        if cls._sends_runs:
+            return queue_all(cast("Sequence[Session]", sessions), joined)
+        for session in sessions:
+            for frame in frames:
+                session.send(frame)
+        return 0
 
     def flush(self) -> None:
         """Write what is queued now (the registry's flush writes many: :func:`flush_all`)."""
@@ -522,15 +564,17 @@ class Session(asyncio.BufferedProtocol):
         return self.user.nick if self.user is not None else "-"
 
 
-def queue_all(sessions: Iterable[Session], data: bytes) -> None:
+def queue_all(sessions: Sequence[Session], data: bytes) -> int:
     """Queue ``data`` (a frame, or a run's frames joined) for each session that is not
-    closing: :meth:`Session.send`'s own code, a loop so a room's event costs no call per
-    recipient. The turn's flush (:func:`flush_all`) writes it, with whatever else the session
-    is sent this turn, and checks there whether the client keeps up (one look at the
-    transport per write, not per first frame)."""
+    closing, all of one server: :meth:`Session.send` in a loop, so a room's event costs no
+    call per recipient; how many were queued. The turn's flush (:func:`flush_all`) writes
+    it with whatever else the session is sent this turn, and checks there whether the
+    client keeps up (one look at the transport per write, not per first frame)."""
     dirty: list[Peer] | None = None
+    closing = 0
     for session in sessions:
         if session.closing:
+            closing += 1
             continue
         out = session._out
         if out is None:
@@ -546,6 +590,7 @@ def queue_all(sessions: Iterable[Session], data: bytes) -> None:
             out.append(data)
         else:
             session._out = [out, data]
+    return len(sessions) - closing
 
 
 def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
