@@ -29,7 +29,7 @@ from .fanout import Fanout
 from .gcpolicy import FreezePolicy
 from .hub import Hub
 from .listener import Listener
-from .session import AdmittedSession
+from .session import AdmittedSession, flush_all
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
 from .sweep import IdleSweep
@@ -95,6 +95,7 @@ class ChatServer:
         self.hub = hub = Hub(
             self.config, self.store, self.fanout, self._address_limits(), self._buckets()
         )
+        hub.registry.flush_dirty = flush_all  # its sessions (native, IRC) flushed inline
         try:
             await self.fanout.open(hub.registry)
             await hub.authn.start()

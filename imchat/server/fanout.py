@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from itertools import chain, groupby
+from operator import attrgetter
 from typing import TYPE_CHECKING, Protocol
 
 from .identities import evict
@@ -129,6 +131,12 @@ class Fanout(Protocol):
     def to_everyone(self, frame: bytes) -> None: ...
 
 
+_SESSIONS = attrgetter("sessions")
+
+#: A room's recipients: its member sessions in runs of one class.
+Recipients = tuple[tuple[type, tuple["Peer", ...]], ...]
+
+
 class LocalFanout:
     """:class:`Fanout` for a single server process."""
 
@@ -138,6 +146,12 @@ class LocalFanout:
     def __init__(self) -> None:
         self._users: dict[str, User] = {}
         self._rooms: dict[str, dict[str, User]] = {}
+        #: Each room's member sessions, in runs of one class (nearly always one run), made at
+        #: its first delivery after a change of its members or of their sessions (then
+        #: dropped): a room's event is a call per run where the class sends to many at once
+        #: (``send_all``, ``send_run_all``: the native session), not a loop per member (an
+        #: iterator each) and a call per session.
+        self._recipients: dict[str, Recipients] = {}
         self._sessions = 0
 
     async def open(self, registry: Registry) -> None:
@@ -161,6 +175,7 @@ class LocalFanout:
             user.sessions = [session]
         else:
             user.sessions.append(session)
+            self._changed(user.rooms)
         session.user = user
         self._sessions += 1
         return first
@@ -171,6 +186,7 @@ class LocalFanout:
             return None
         user.sessions.remove(session)
         self._sessions -= 1
+        self._changed(user.rooms)
         if user.sessions or self._users.get(user.key) is not user:
             return None  # not its last session, or an evicted identity (already dropped)
         return self._drop(user)
@@ -181,8 +197,27 @@ class LocalFanout:
         rooms = sorted(user.rooms)
         for room in rooms:
             self._rooms[room].pop(user.key, None)
+        self._changed(rooms)
         user.rooms.clear()
         return rooms
+
+    def _changed(self, rooms: Iterable[str]) -> None:
+        """These rooms' members or their sessions changed: their recipients are made anew."""
+        recipients = self._recipients
+        for room in rooms:
+            recipients.pop(room, None)
+
+    def _room_sessions(self, room: str) -> Recipients:
+        """The room's member sessions (see ``_recipients``)."""
+        recipients = self._recipients.get(room)
+        if recipients is None:
+            members = self._rooms.get(room)
+            if not members:
+                return ()
+            sessions = chain.from_iterable(map(_SESSIONS, members.values()))
+            recipients = tuple((cls, tuple(run)) for cls, run in groupby(sessions, type))
+            self._recipients[room] = recipients
+        return recipients
 
     async def join(self, session: Peer, room: str) -> bool:
         user = session.user
@@ -192,6 +227,7 @@ class LocalFanout:
         room = sys.intern(room)  # one string for the room in every member's RoomSet
         user.rooms.add(room)
         self._rooms.setdefault(room, {})[user.key] = user
+        self._recipients.pop(room, None)
         return True
 
     async def part(self, session: Peer, room: str) -> bool:
@@ -201,6 +237,7 @@ class LocalFanout:
             return False
         user.rooms.discard(room)
         self._rooms[room].pop(user.key, None)
+        self._recipients.pop(room, None)
         return True
 
     def is_member(self, user: User, room: str) -> bool:
@@ -236,31 +273,28 @@ class LocalFanout:
         return True  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
-        members = self._rooms.get(room)
-        if members:
-            for user in members.values():
-                for session in user.sessions:
+        for cls, sessions in self._room_sessions(room):
+            send_all = getattr(cls, "send_all", None)
+            if send_all is not None:
+                send_all(sessions, frame)
+            else:
+                for session in sessions:
                     session.send(frame)
 
     def to_room_frames(self, room: str, frames: list[bytes]) -> None:
         """Several events to one room, in order: one append per recipient (a burst of 64
-        messages to 1,000 members is 1,000 calls, not 64,000)."""
-        members = self._rooms.get(room)
-        if not members:
+        messages to 1,000 members is 1,000 appends, not 64,000)."""
+        recipients = self._room_sessions(room)
+        if not recipients:
             return
         joined = b"".join(frames)
-        joins = 0
-        for user in members.values():
-            # send_run, inline: a call less per recipient, and no getattr and bound method.
-            for session in user.sessions:
-                try:
-                    if session.send_frames(frames, joined):  # type: ignore[attr-defined]
-                        joins += 1
-                except AttributeError:
-                    if hasattr(session, "send_frames"):
-                        raise  # from inside it: not a transport without it
-                    for frame in frames:
-                        session.send(frame)
+        joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
+        for cls, sessions in recipients:
+            send_run_all = getattr(cls, "send_run_all", None)
+            if send_run_all is not None:
+                joins += send_run_all(sessions, frames, joined)
+            else:
+                send_run(sessions, frames, joined)
         if joins:
             STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
 

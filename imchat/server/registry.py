@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from imchat.protocol import ErrorCode, ProtocolError
@@ -50,6 +50,12 @@ class Owing(Protocol):
         """Handle the requests held back while the server was over its output bound."""
 
 
+def flush_each(sessions: list[Peer]) -> None:
+    """Flush each session (the registry's default: any :class:`Peer`)."""
+    for session in sessions:
+        session.flush()
+
+
 class Registry:
     def __init__(self, loop: asyncio.AbstractEventLoop, max_output_total: int = 0) -> None:
         self.loop = loop
@@ -84,6 +90,9 @@ class Registry:
         #: session may append itself while the list is not empty (a flush is scheduled);
         #: the first one of a turn calls :meth:`mark_dirty`, which schedules it.
         self.dirty: list[Peer] = []
+        #: Writes a flush's dirty sessions: each one's ``flush()``, unless the server installs
+        #: its sessions' inline loop (``imchat.server.session.flush_all``: no call per write).
+        self.flush_dirty: Callable[[list[Peer]], None] = flush_each
         self._rest_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sessions = asyncio.Event()
@@ -277,8 +286,7 @@ class Registry:
         """
         start = self.loop.time()
         dirty, self.dirty = self.dirty, []
-        for session in dirty:
-            session.flush()
+        self.flush_dirty(dirty)
         end = self.loop.time()
         spent = end - start
         self._rest_until = end + min(spent, FLUSH_REST_MAX) if spent > FLUSH_REST_AFTER else 0.0

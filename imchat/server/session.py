@@ -23,6 +23,7 @@ import logging
 import struct
 import sys
 import termios
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from imchat.protocol import (
@@ -36,12 +37,12 @@ from imchat.protocol import (
 from imchat.protocol.events import ErrorReply
 
 from .ratelimit import TokenBucket, address_key
-from .registry import MEMORY_PER_BYTE_OWED
+from .registry import MEMORY_PER_BYTE_OWED, Registry
 from .stats import STATS
 
 if TYPE_CHECKING:
     from .hub import Hub
-    from .peer import Credential, User
+    from .peer import Credential, Peer, User
 
 log = logging.getLogger(__name__)
 
@@ -404,29 +405,21 @@ class Session(asyncio.BufferedProtocol):
     # -- output ----------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; it is written with the others at the end of this loop turn."""
+        """Queue a frame; it is written with the others at the end of this loop turn.
+
+        :func:`queue_all` for one session, inline (a reply's and a cluster delivery's path:
+        a call and a tuple less)."""
         if self.closing:
             return
         out = self._out
         if out is None:
-            # Only what earlier writes left unsent counts: the frames queued during this loop
-            # turn were never offered to the client, so it cannot have fallen behind on them.
-            # That amount cannot change before this turn's flush: checked once per turn.
-            transport = self.transport
-            assert transport is not None
-            hub = self.hub
-            if transport.get_write_buffer_size() > hub.config.max_buffer:
-                self.fail(
-                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
-                )
-                return
-            registry = hub.registry
+            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
+            registry = self.hub.registry
             dirty = registry.dirty
             if dirty:
                 dirty.append(self)  # a flush is scheduled: mark_dirty, one call less
             else:
                 registry.mark_dirty(self)
-            self._out = frame  # a turn's one frame (a broadcast's usual case): no list
         elif isinstance(out, list):
             out.append(frame)
         else:
@@ -435,9 +428,10 @@ class Session(asyncio.BufferedProtocol):
     def send_frames(self, frames: list[bytes], joined: bytes) -> bool:
         """Queue several frames (``joined``: the same bytes, concatenated) in one append.
 
-        :meth:`send` of ``joined``, inline (a call less per recipient of a room's events).
-        True if ``joined`` was queued as one entry: the flush counts it as one delivery, and
-        the caller counts the other ``len(frames) - 1`` (for all its recipients at once)."""
+        :meth:`send` of ``joined``, inline (a call less per recipient of a cluster node's
+        run of events). True if ``joined`` was queued as one entry: the flush counts it as
+        one delivery, and the caller counts the other ``len(frames) - 1`` (for all its
+        recipients at once)."""
         if not self._sends_runs:
             for frame in frames:  # a subclass (IRC) writes each frame its own way
                 self.send(frame)
@@ -446,46 +440,43 @@ class Session(asyncio.BufferedProtocol):
             return False
         out = self._out
         if out is None:
-            transport = self.transport
-            assert transport is not None
-            hub = self.hub
-            if transport.get_write_buffer_size() > hub.config.max_buffer:
-                self.fail(
-                    ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
-                )
-                return False
-            registry = hub.registry
+            self._out = joined
+            registry = self.hub.registry
             dirty = registry.dirty
             if dirty:
                 dirty.append(self)
             else:
                 registry.mark_dirty(self)
-            self._out = joined
         elif isinstance(out, list):
             out.append(joined)
         else:
             self._out = [out, joined]
         return True
 
+    @classmethod
+    def send_all(cls, sessions: Sequence[Peer], frame: bytes) -> None:
+        """:meth:`send` to each of ``sessions`` (all of this class): a room's event, queued
+        without a call per recipient where :meth:`send` is this class's own."""
+        if cls._sends_runs:
+            queue_all(cast("Sequence[Session]", sessions), frame)
+        else:
+            for session in sessions:  # a subclass (IRC) writes each frame its own way
+                session.send(frame)
+
+    @classmethod
+    def send_run_all(cls, sessions: Sequence[Peer], frames: list[bytes], joined: bytes) -> int:
+        """:meth:`send_frames` to each of ``sessions`` (all of this class), the same way; how
+        many queued ``joined`` as one entry."""
+        if cls._sends_runs:
+            return queue_all(cast("Sequence[Session]", sessions), joined)
+        for session in sessions:
+            for frame in frames:
+                session.send(frame)
+        return 0
+
     def flush(self) -> None:
-        out = self._out
-        if out is not None:
-            self._out = None
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                if isinstance(out, list):
-                    STATS.deliveries += len(out)
-                    out = b"".join(out)
-                else:
-                    STATS.deliveries += 1
-                transport.write(out)
-                # registry.wrote(len(out)), inline: one call less per write of a broadcast.
-                registry = self.hub.registry
-                registry.output_estimate += len(out) * MEMORY_PER_BYTE_OWED
-                if registry.output_estimate > registry.output_trigger:
-                    registry.enforce_output_bound()  # may cut the largest owers, this one too
-        if _written and self in _written and not self._writing_paused and not self.closing:
-            self._check_written()
+        """Write what is queued now (the registry's flush writes many: :func:`flush_all`)."""
+        flush_all((self,))
 
     def wait_written(self) -> asyncio.Future[bool]:
         """True once what is queued now has reached the client: out of our buffers and
@@ -538,15 +529,12 @@ class Session(asyncio.BufferedProtocol):
         """Flush what is owed (plus ``last_frame``) and close; abort if the peer won't read."""
         if self.closing or self.transport is None:
             return
+        self.flush()  # a client that does not keep up is cut here instead (fail: closed)
+        if self.closing:
+            return
         if last_frame is not None:
-            out = self._out
-            if out is None:
-                self._out = last_frame
-            elif isinstance(out, list):
-                out.append(last_frame)
-            else:
-                self._out = [out, last_frame]
-        self.flush()
+            self._out = last_frame
+            flush_all((self,), slow_ok=True)  # its last word (an error it is owed) goes out
         self.closing = True
         transport = self.transport
         transport.close()
@@ -574,6 +562,115 @@ class Session(asyncio.BufferedProtocol):
     @property
     def nick(self) -> str:
         return self.user.nick if self.user is not None else "-"
+
+
+def queue_all(sessions: Sequence[Session], data: bytes) -> int:
+    """Queue ``data`` (a frame, or a run's frames joined) for each session that is not
+    closing, all of one server: :meth:`Session.send` in a loop, so a room's event costs no
+    call per recipient; how many were queued. The turn's flush (:func:`flush_all`) writes
+    it with whatever else the session is sent this turn, and checks there whether the
+    client keeps up (one look at the transport per write, not per first frame)."""
+    dirty: list[Peer] | None = None
+    closing = 0
+    for session in sessions:
+        if session.closing:
+            closing += 1
+            continue
+        out = session._out
+        if out is None:
+            session._out = data  # a turn's one frame (a broadcast's usual case): no list
+            if dirty is None:
+                registry = session.hub.registry
+                dirty = registry.dirty
+                if not dirty:
+                    registry.mark_dirty(session)  # schedules the flush (and appends it)
+                    continue
+            dirty.append(session)  # the flush's list until it runs, after this loop
+        elif isinstance(out, list):
+            out.append(data)
+        else:
+            session._out = [out, data]
+    return len(sessions) - closing
+
+
+def flush_all(peers: Sequence[Peer], *, slow_ok: bool = False) -> None:
+    """Write what each session queued this turn, in one write each: the registry's flush (a
+    broadcast's second half), :meth:`Session.flush` inline, so a recipient costs no call,
+    and the counters (deliveries, the output estimate) are added up once per flush.
+
+    A session whose transport still holds more than ``max_buffer`` bytes from earlier writes
+    is cut with ``slow_consumer`` instead of written to (its frames stay in history): only
+    what those writes left counts, so this is the same as checking at its turn's first frame,
+    never stricter. ``slow_ok``: write anyway (a closing session's last frame).
+
+    Each of ``peers`` is a :class:`Session` (only they mark themselves dirty): the server
+    installs this as its registry's ``flush_dirty``."""
+    if not peers:
+        return
+    sessions = cast("Sequence[Session]", peers)
+    hub = sessions[0].hub
+    registry = hub.registry
+    max_buffer = sys.maxsize if slow_ok else hub.config.max_buffer
+    waited_on = bool(_written)  # only a flush's own cuts empty it meanwhile, never fill it
+    # Bytes this flush may write before the output bound must be enforced (counted exactly):
+    # an int, so the comparison per write stays the interpreter's fast one.
+    room = _room(registry)
+    written = 0
+    # Frames written: one per session, give or take (counted where it is not one).
+    deliveries = len(sessions)
+    try:
+        for session in sessions:
+            out = session._out
+            if out is None:
+                deliveries -= 1
+            else:
+                session._out = None
+                transport = session.transport
+                if transport is None or transport.is_closing():
+                    deliveries -= 1
+                elif transport.get_write_buffer_size() > max_buffer:
+                    deliveries -= 1
+                    registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+                    written = 0
+                    session.fail(
+                        ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading fast enough")
+                    )
+                    room = _room(registry)
+                else:
+                    if type(out) is not bytes and isinstance(out, list):  # the turn's frames
+                        deliveries += len(out) - 1
+                        out = b"".join(out)
+                    transport.write(out)
+                    written += len(out)
+                    if written > room:
+                        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+                        written = 0
+                        if registry.output_estimate > registry.output_trigger:
+                            registry.enforce_output_bound()  # may cut this one too
+                        room = _room(registry)
+            if (
+                waited_on
+                and session in _written
+                and not session._writing_paused
+                and not session.closing
+            ):
+                session._check_written()
+    finally:
+        registry.output_estimate += written * MEMORY_PER_BYTE_OWED
+    STATS.deliveries += deliveries
+
+
+def _room(registry: Registry) -> int:
+    """Bytes that may be written before the output estimate passes its trigger (capped at
+    a small int's range: past it the caller just counts again)."""
+    room = registry.output_trigger - registry.output_estimate  # infinite without a bound
+    if room >= _ROOM_CAP * MEMORY_PER_BYTE_OWED:
+        return _ROOM_CAP
+    return int(room) // MEMORY_PER_BYTE_OWED
+
+
+#: Below 2**30: a one-digit int, compared without a slow path.
+_ROOM_CAP = (1 << 30) - 1
 
 
 class AdmittedSession(Session):
