@@ -112,9 +112,6 @@ class Hub:
         whose = "your account" if key.startswith("u:") else "your address"
         return ProtocolError(ErrorCode.RATE_LIMITED, f"too many reads from {whose}; slow down")
 
-    def mark_dirty(self, session: Peer) -> None:
-        self.registry.mark_dirty(session)
-
     def spawn(self, coro: Awaitable[None]) -> None:
         self.registry.spawn(coro)
 
