@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -241,6 +242,18 @@ async def test_a_tick_visits_only_the_watched_until_an_idle_deadline_is_due() ->
     await sweep.tick()
     assert oldest.failed == ["idle_timeout: idle for 60 s"]
     assert all(g.visits == 2 for g in crowd) and newcomer.visits == 2
+
+
+async def test_the_watched_set_shrinks_once_a_crowd_has_settled() -> None:
+    """A set never gives back the table its peak needed: 10,000 arrivals would leave the
+    watched set holding half a megabyte for nothing once they settled."""
+    now = asyncio.get_running_loop().time()
+    crowd = [Greeter(user=True, opened=now, last_rx=now) for _ in range(10_000)]
+    registry = registry_of(*crowd)
+    peak = sys.getsizeof(registry.watched)
+    await IdleSweep(registry, idle_timeout=90, hello_timeout=10).tick()
+    assert not registry.watched
+    assert sys.getsizeof(registry.watched) * 100 < peak
 
 
 async def test_without_an_idle_timeout_a_tick_visits_only_the_watched() -> None:
