@@ -137,15 +137,20 @@ async def test_a_rooms_recipients_follow_its_members_and_their_sessions() -> Non
     assert other.sent == [b"3", b"4", b"5"]
 
 
+async def members_of_a(fanout: LocalFanout, *members: Session) -> None:
+    """Each of ``members`` a user of its own in room ``a``, in this order."""
+    for i, session in enumerate(members):
+        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
+        await fanout.join(session, "a")
+
+
 async def test_a_rooms_event_is_queued_for_native_sessions_and_sent_through_a_subclass() -> None:
     registry = Registry(asyncio.get_running_loop())
     fanout = LocalFanout()
     first, closing, last = sessions(registry, 3)
     (translating,) = sessions(registry, 1, cls=Translating)
     closing.closing = True
-    for i, session in enumerate((first, translating, closing, last)):  # runs of each class
-        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
-        await fanout.join(session, "a")
+    await members_of_a(fanout, first, translating, closing, last)  # runs of each class
     frame = encode_message({"type": "msg", "seq": 1})
     fanout.to_room("a", frame)
     assert translating.translated == [frame]  # type: ignore[attr-defined]
@@ -164,9 +169,7 @@ async def test_a_rooms_run_of_events_counts_one_delivery_per_frame_and_recipient
     first, closing, last = sessions(registry, 3)
     (translating,) = sessions(registry, 1, cls=Translating)
     closing.closing = True
-    for i, session in enumerate((first, closing, translating, last)):
-        await fanout.connect(session, f"u{i}", admin=False, ident=f"g.{i}")
-        await fanout.join(session, "a")
+    await members_of_a(fanout, first, closing, translating, last)
     frames = [encode_message({"type": "msg", "seq": seq}) for seq in (1, 2, 3)]
     before = STATS.deliveries
     fanout.to_room_frames("a", frames)
