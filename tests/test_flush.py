@@ -137,6 +137,14 @@ async def test_a_rooms_recipients_follow_its_members_and_their_sessions() -> Non
     assert other.sent == [b"3", b"4", b"5"]
 
 
+def mixed(registry: Registry) -> tuple[Session, Session, Session, Session]:
+    """Two native sessions, a closing one and a :class:`Translating` one."""
+    first, closing, last = sessions(registry, 3)
+    (translating,) = sessions(registry, 1, cls=Translating)
+    closing.closing = True
+    return first, closing, last, translating
+
+
 async def members_of_a(fanout: LocalFanout, *members: Session) -> None:
     """Each of ``members`` a user of its own in room ``a``, in this order."""
     for i, session in enumerate(members):
@@ -147,9 +155,7 @@ async def members_of_a(fanout: LocalFanout, *members: Session) -> None:
 async def test_a_rooms_event_is_queued_for_native_sessions_and_sent_through_a_subclass() -> None:
     registry = Registry(asyncio.get_running_loop())
     fanout = LocalFanout()
-    first, closing, last = sessions(registry, 3)
-    (translating,) = sessions(registry, 1, cls=Translating)
-    closing.closing = True
+    first, closing, last, translating = mixed(registry)
     await members_of_a(fanout, first, translating, closing, last)  # runs of each class
     frame = encode_message({"type": "msg", "seq": 1})
     fanout.to_room("a", frame)
@@ -166,9 +172,7 @@ async def test_a_rooms_event_is_queued_for_native_sessions_and_sent_through_a_su
 async def test_a_rooms_run_of_events_counts_one_delivery_per_frame_and_recipient() -> None:
     registry = Registry(asyncio.get_running_loop())
     fanout = LocalFanout()
-    first, closing, last = sessions(registry, 3)
-    (translating,) = sessions(registry, 1, cls=Translating)
-    closing.closing = True
+    first, closing, last, translating = mixed(registry)
     await members_of_a(fanout, first, closing, translating, last)
     frames = [encode_message({"type": "msg", "seq": seq}) for seq in (1, 2, 3)]
     before = STATS.deliveries
