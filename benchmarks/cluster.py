@@ -9,7 +9,10 @@ cluster: what the idle nodes cost is what a node pays for events none of its use
 
 A delivery is one ``msg`` event read by one receiver; the clock runs from the first ``say`` to
 the last expected delivery. Node CPU is user + system time of every node process during the
-load (``/proc/<pid>/stat``), divided by deliveries. Redis commands and Redis CPU per say
+load (``/proc/<pid>/stat``), divided by deliveries. ``--repeat`` rounds each run every setup once, in
+turn; the table shows each setup's cheapest run, and the median of its rounds' ratios to the
+embedded run of the same round (two runs back to back meet the same machine, where two
+separately cheapest runs may come from minutes apart). Redis commands and Redis CPU per say
 come from ``INFO stats`` (``total_commands_processed``) and ``INFO cpu`` (``used_cpu_user`` +
 ``used_cpu_sys``) around the load. By default the benchmark starts a Redis of its own on a
 free port (``redis-server`` must be on PATH), so no other client inflates them; ``--redis
@@ -42,6 +45,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -54,6 +58,8 @@ from pathlib import Path
 from serverproc import LOOPBACK_CROWD, delete_prefix
 
 HEADER = struct.Struct(">I")
+#: The reference setup: one node with the embedded store.
+EMBEDDED = "embedded, 1 node"
 #: The setup added by ``--senders-on-one``: receivers on 3 nodes, every sender on the first.
 SENDERS_ON_ONE = "redis, 3 nodes, senders on one"
 
@@ -487,7 +493,7 @@ async def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--messages", type=int, default=2500, help="per sender")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per setup; the least node CPU is kept"
+        "--repeat", type=int, default=3, help="rounds; each runs every setup once, in turn"
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
     parser.add_argument("--redis", default="", help="an existing Redis (default: start one)")
@@ -553,9 +559,9 @@ class PrivateRedis:
         self.dir.cleanup()
 
 
-async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
-    """Every setup ``--repeat`` times, interleaved; prints the table and returns the
-    cheapest run of each setup by name (the first, ``embedded, 1 node``, is the reference)."""
+async def run_setups(args: argparse.Namespace) -> dict[str, list[Result]]:
+    """Every setup ``--repeat`` times, interleaved; prints the table and returns each setup's
+    runs by name, in round order (the first setup, ``embedded, 1 node``, is the reference)."""
     load = {
         "receivers": args.receivers,
         "senders": args.senders,
@@ -566,7 +572,7 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
     redis_args = ["--redis", args.redis, "--redis-prefix", prefix]
     #: name, each node's arguments, how many of the nodes get clients
     setups: list[tuple[str, list[list[str]], int]] = [
-        ("embedded, 1 node", [[]], 1),
+        (EMBEDDED, [[]], 1),
         ("redis, 1 node", [redis_args], 1),
         ("redis, 2 nodes", [redis_args] * 2, 2),
         ("redis, 3 nodes", [redis_args] * 3, 3),
@@ -576,7 +582,7 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
         setups.append((SENDERS_ON_ONE, [redis_args] * 3, 3))
     # The embedded run stays: every figure is a ratio to it.
     setups = [s for s in setups if s is setups[0] or args.only in s[0]]
-    best: dict[str, Result] = {}
+    runs: dict[str, list[Result]] = {name: [] for name, _, _ in setups}
     with tempfile.TemporaryDirectory(prefix="imchat-bench-") as tmp:
         base = Path(tmp)
         try:
@@ -597,33 +603,54 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
                         senders_on_one=name == SENDERS_ON_ONE,
                     )
                     delete_prefix(args.redis, prefix)
-                    # The cheapest run: CPU time is what a noisy neighbour inflates least.
-                    if (
-                        name not in best
-                        or result.cpu_us_per_delivery < best[name].cpu_us_per_delivery
-                    ):
-                        best[name] = result
+                    runs[name].append(result)
         finally:
             delete_prefix(args.redis, prefix)
+    print_table(args, runs)
+    return runs
+
+
+def cheapest(runs: list[Result]) -> Result:
+    """The run with the least node CPU: CPU time is what a noisy neighbour inflates least."""
+    return min(runs, key=lambda r: r.cpu_us_per_delivery)
+
+
+def paired_ratios(runs: list[Result], embedded: list[Result]) -> list[float]:
+    """Each run's node CPU per delivery over the embedded run of the same round.
+
+    The two ran back to back, so what the machine did to both largely cancels; two separate
+    least-of-N figures do not pair up that way (each may come from a different minute)."""
+    return [
+        ratio(run.cpu_us_per_delivery, ref.cpu_us_per_delivery)
+        for run, ref in zip(runs, embedded, strict=True)
+    ]
+
+
+def print_table(args: argparse.Namespace, runs: dict[str, list[Result]]) -> None:
     print(
         f"{args.senders} senders x {args.messages} messages into one room, "
-        f"{args.receivers} receivers; least node CPU of {args.repeat}"
+        f"{args.receivers} receivers; least node CPU of {args.repeat}, and the median of the "
+        "ratios of runs paired with the embedded run of their round"
     )
-    embedded = best[setups[0][0]]
+    embedded = runs[EMBEDDED]
+    least = cheapest(embedded)
     print(
         "| setup | deliveries/s | vs embedded | node CPU µs/delivery | vs embedded "
+        "| paired ratios: median [range] "
         "| Redis commands/say | Redis CPU µs/say | idle nodes CPU µs/say "
         "| Redis reads/say (exchanges) | Redis writes/say | lone say: reads | writes | commands "
         "| node syscalls/say | node wake-ups/say | node system CPU share "
         "| receiving-only node CPU µs/say |"
     )
-    print("| --- " * 17 + "|")
-    for name, _, _ in setups:
-        result = best[name]
+    print("| --- " * 18 + "|")
+    for name, results in runs.items():
+        result = cheapest(results)
+        pairs = paired_ratios(results, embedded)
         print(
-            f"| {name} | {result.rate:,.0f} | {result.rate / embedded.rate:.2f} "
+            f"| {name} | {result.rate:,.0f} | {result.rate / least.rate:.2f} "
             f"| {result.cpu_us_per_delivery:.2f} "
-            f"| {ratio(result.cpu_us_per_delivery, embedded.cpu_us_per_delivery):.2f} "
+            f"| {ratio(result.cpu_us_per_delivery, least.cpu_us_per_delivery):.2f} "
+            f"| {statistics.median(pairs):.2f} [{min(pairs):.2f}\N{EN DASH}{max(pairs):.2f}] "
             f"| {result.redis_commands_per_say:.1f} | {result.redis_cpu_us_per_say:.1f} "
             f"| {result.idle_cpu_us_per_say:.1f} | {result.redis_reads_per_say:.2f} "
             f"| {result.redis_writes_per_say:.2f} | {lone_cells(result.lone)} "
@@ -631,7 +658,6 @@ async def run_setups(args: argparse.Namespace) -> dict[str, Result]:
             f"| {ratio(result.node_sys_cpu, result.node_cpu):.0%} "
             f"| {result.receiving_cpu_us_per_say:.1f} |"
         )
-    return best
 
 
 def ratio(a: float, b: float) -> float:

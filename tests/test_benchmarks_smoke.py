@@ -314,3 +314,37 @@ def test_repeated_sweeps_are_merged_per_server_label_and_receivers() -> None:
     assert merged["imchat", "idle"]["spread"]["p99_ms"] == (4.0, 9.0)
     assert merged["inspircd", "sweep"]["p99_ms"] == 2.0
     assert report.pick(report.median_rows(trials), "imchat", "idle", 100)["p99_ms"] == 5.0
+
+
+def test_redis_rows_are_judged_by_the_median_of_rounds_paired_with_embedded() -> None:
+    """Each round's Redis run is divided by the same round's embedded run, and the row takes
+    the median: a lucky embedded run in one round (0.6) cannot decide the row, as it did when
+    the least of each setup's runs were divided (1.2 / 0.6 = 2.0 here)."""
+    report = _import_report()
+    cluster = report.cluster
+
+    def runs(name: str, *cpu_us: float) -> list[Any]:
+        return [cluster.Result(name, deliveries=1_000_000, seconds=1.0, node_cpu=us)
+                for us in cpu_us]  # fmt: skip
+
+    rounds = {
+        cluster.EMBEDDED: runs(cluster.EMBEDDED, 0.6, 0.9, 0.9),
+        "redis, 3 nodes": runs("redis, 3 nodes", 1.2, 1.2, 1.3),
+        "redis, 2 nodes": runs("redis, 2 nodes", 1.5, 1.5, 1.5),
+    }
+    spread, two = report.redis_rows(rounds, senders=4, receivers=40)
+    assert spread.key == "redis-3-nodes"
+    assert spread.ratio == pytest.approx(1.3 / 0.9) and spread.met is True
+    assert spread.cells["imchat"] == (
+        "1.20 [1.20\N{EN DASH}1.30] (embedded 0.90 [0.60\N{EN DASH}0.90]; "
+        "ratios 1.33\N{EN DASH}2.00)"
+    )
+    assert "the median of 3 rounds'" in spread.label
+    assert two.ratio == pytest.approx(1.5 / 0.9) and two.met is False
+    # An embedded figure that read 0.00 (the clock's tick) makes no ratio, not an infinite one.
+    quick = {cluster.EMBEDDED: runs("", 0.0, 0.9), "redis, 1 node": runs("", 0.5, 0.6)}
+    (one,) = report.redis_rows(quick, senders=4, receivers=40)
+    assert one.ratio == pytest.approx(0.6 / 0.9) and one.met is True
+    assert "ratios" not in one.cells["imchat"]
+    (none,) = report.redis_rows({**quick, cluster.EMBEDDED: runs("", 0.0, 0.0)}, 4, 40)
+    assert none.ratio is None and none.met is None
