@@ -8,16 +8,18 @@ cluster: what the idle nodes cost is what a node pays for events none of its use
     python benchmarks/cluster.py [--receivers 40] [--senders 4] [--messages 2500] [--repeat 3]
 
 A delivery is one ``msg`` event read by one receiver; the clock runs from the first ``say`` to
-the last expected delivery. Node CPU is user + system time of every node process during the
-load (``/proc/<pid>/stat``), divided by deliveries. ``--repeat`` rounds each run every setup once, in
-turn; the table shows each setup's cheapest run, and the median of its rounds' ratios to the
-embedded run of the same round (two runs back to back meet the same machine, where two
-separately cheapest runs may come from minutes apart). Redis commands and Redis CPU per say
-come from ``INFO stats`` (``total_commands_processed``) and ``INFO cpu`` (``used_cpu_user`` +
-``used_cpu_sys``) around the load. By default the benchmark starts a Redis of its own on a
-free port (``redis-server`` must be on PATH), so no other client inflates them; ``--redis
-URL`` uses an existing one instead (its own key prefix, deleted afterwards). Everything
-listens on 127.0.0.1; each run is bounded by ``--timeout``.
+the last expected delivery. Node CPU is the time every node process's threads ran during the
+load (``/proc/<pid>/task/*/schedstat``, exact, where ``stat``'s 10 ms ticks would leave a
+run's figure ±10 % over three nodes), divided by deliveries. ``--repeat`` rounds each run
+every setup once, in turn; the table shows each setup's cheapest run, and the median of its
+rounds' ratios to the embedded run of the same round (two runs back to back meet the same
+machine, where two separately cheapest runs may come from minutes apart).
+
+Redis commands and Redis CPU per say come from ``INFO stats`` (``total_commands_processed``)
+and ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) around the load. By default the
+benchmark starts a Redis of its own on a free port (``redis-server`` must be on PATH), so no
+other client inflates them; ``--redis URL`` uses an existing one instead (its own key prefix,
+deleted afterwards). Everything listens on 127.0.0.1; each run is bounded by ``--timeout``.
 
 Round trips on the wire: Redis counts the reads it does on client sockets
 (``total_reads_processed``) and the writes (``total_writes_processed``: replies and
@@ -55,7 +57,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from serverproc import LOOPBACK_CROWD, delete_prefix
+from serverproc import LOOPBACK_CROWD, delete_prefix, process_cpu_seconds
 
 HEADER = struct.Struct(">I")
 #: The reference setup: one node with the embedded store.
@@ -196,13 +198,13 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    user, system = cpu_split(pid)
-    return user + system
+    """User + system CPU time of a process so far (Linux ``/proc``), to the nanosecond."""
+    return process_cpu_seconds(pid)
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
-    """User and system CPU time of a process so far, apart."""
+    """User and system CPU time of a process so far, apart (in clock ticks: only the
+    system share is taken from these)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime

@@ -24,6 +24,25 @@ HOST = "127.0.0.1"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time a process's threads have run so far, to the nanosecond.
+
+    ``/proc/<pid>/stat`` counts in clock ticks (10 ms): a server busy for 0.3 s of a run
+    reads within ±3 % there, and a figure summed over three nodes within ±10 %. The
+    scheduler's own count (``/proc/<pid>/task/*/schedstat``, the first field) is exact; a
+    thread that exited is no longer in it, which a server's long-lived threads never do.
+    Where the kernel keeps no such count (it reads 0), the ticks."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    if total:
+        return total / 1e9
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent not idle (from ``/proc/stat``), to spot a noisy machine."""
     with open("/proc/stat") as f:
@@ -105,9 +124,7 @@ class ServerProc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return process_cpu_seconds(self.pid)
 
     def _status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -7,8 +7,10 @@ check itself catches a lost or repeated message.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +350,19 @@ def test_redis_rows_are_judged_by_the_median_of_rounds_paired_with_embedded() ->
     assert "ratios" not in one.cells["imchat"]
     (none,) = report.redis_rows({**quick, cluster.EMBEDDED: runs("", 0.0, 0.0)}, 4, 40)
     assert none.ratio is None and none.met is None
+
+
+def test_process_cpu_is_read_finer_than_the_clock_tick() -> None:
+    """A node's CPU over one run is a few hundred ms: read in 10 ms ticks, three nodes' sum
+    moved by ±10 % from the rounding alone. 25 ms of CPU must read as 25 ms, not 20 or 30."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serverproc
+    finally:
+        sys.path.remove(str(BENCH))
+    before, start = serverproc.process_cpu_seconds(os.getpid()), time.process_time()
+    while time.process_time() - start < 0.025:
+        pass
+    burnt = time.process_time() - start
+    measured = serverproc.process_cpu_seconds(os.getpid()) - before
+    assert measured == pytest.approx(burnt, abs=0.002)
