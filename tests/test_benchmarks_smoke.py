@@ -6,6 +6,8 @@ check itself catches a lost or repeated message.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import subprocess
@@ -261,13 +263,18 @@ def test_a_ratio_over_a_figure_too_small_to_measure_is_left_out(
     assert _import_report().quotient(num, den) == expected
 
 
+@functools.cache
 def _import_report() -> Any:
+    """benchmarks/report.py with its own ``cluster`` (benchmarks/cluster.py): in a full run
+    that name is already the tests' ``cluster`` package, which ``import cluster`` would take."""
+    tests_cluster = sys.modules.pop("cluster", None)
     sys.path.insert(0, str(BENCH))
     try:
-        import report
+        return importlib.import_module("report")
     finally:
         sys.path.remove(str(BENCH))
-    return report
+        if tests_cluster is not None:
+            sys.modules["cluster"] = tests_cluster
 
 
 def test_repeated_trials_report_the_median_and_the_spread() -> None:
