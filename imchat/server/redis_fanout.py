@@ -74,7 +74,13 @@ from .fanout import Recipients, send_run
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
-from .redis_raw import PushedSubscription, RawSubscription, push_subscription, raw_subscription
+from .redis_raw import (
+    NO_MESSAGE,
+    PushedSubscription,
+    RawSubscription,
+    push_subscription,
+    raw_subscription,
+)
 from .redis_store import (
     LUA_PRELUDE,
     RedisStore,
@@ -509,7 +515,9 @@ class RedisFanout:
         #: Undelivered DMs read at connect (the first page, the queue's length), sent at
         #: release (after the welcome).
         self._undelivered: dict[Peer, tuple[list[bytes], int]] = {}
-        self._awaiting: set[str] = set()
+        #: The holds not yet released, as envelopes carry them (bytes: no ``decode`` of every
+        #: envelope's hold to look it up).
+        self._awaiting: set[bytes] = set()
         self._hold_ids = itertools.count(1)
         #: Waiters of :meth:`caught_up` by the token of the envelope they published.
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
@@ -769,8 +777,16 @@ class RedisFanout:
         queue = bool(inbox) or self._alarm.is_set()
         run: list[bytes] = []  # payloads for ``run_to``, not yet delivered
         run_to = b""
+        gets = pushed.gets
         try:
-            for message in pushed.messages():
+            while True:
+                # PushedSubscription.messages, inline (no generator resumed per envelope).
+                message = gets()
+                if type(message) is not list:
+                    if message is NO_MESSAGE:
+                        break
+                    if isinstance(message, BaseException):
+                        raise message
                 kind = message[0]
                 if kind == b"message" or kind == b"smessage":
                     envelope = message[2].split(b"\n", 3)
@@ -778,7 +794,7 @@ class RedisFanout:
                         inbox.append(envelope)
                         continue
                     hold, op, recipients, payload = envelope
-                    if op or (hold and hold.decode() in awaiting):
+                    if op or (hold and hold in awaiting):
                         inbox.append(envelope)
                         queue = True
                         continue
@@ -860,7 +876,7 @@ class RedisFanout:
         try:
             while inbox:
                 hold, op, recipients, payload = inbox[0]
-                if hold and hold.decode() in awaiting:
+                if hold and hold in awaiting:
                     return
                 inbox.popleft()
                 if payload:
@@ -977,7 +993,7 @@ class RedisFanout:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
-            self._awaiting.add(hold)
+            self._awaiting.add(hold.encode())
         return hold
 
     def release(self, session: Peer) -> None:
@@ -993,7 +1009,7 @@ class RedisFanout:
             if self._send_dms(session, dms):
                 self._drop_later(session, dms)
         if hold is not None:
-            self._awaiting.discard(hold)
+            self._awaiting.discard(hold.encode())
             if self._inbox:
                 self._drain()
 
@@ -1025,7 +1041,7 @@ class RedisFanout:
             # Redis lost: the sessions are being closed; the DMs stay queued for next time.
             log.warning("could not read %s's kept DMs (they stay queued): %s", user.nick, exc)
         finally:
-            self._awaiting.discard(hold)
+            self._awaiting.discard(hold.encode())
             if self._inbox:
                 self._drain()
 
