@@ -1212,6 +1212,9 @@ class RedisStore:
             if loop is None:  # asked once: get_running_loop costs a getpid() system call
                 loop = self._loop = asyncio.get_running_loop()
             group = self._group = _AppendGroup(owner, loop.create_future())
+            # Once per group: until the ordered pipeline takes its next batch (which closes
+            # the group), what joins it is taken with it.
+            self._queued.set()
         script = self._append
         anchor = self.keys.anchor
         self._queue.append(
@@ -1225,7 +1228,6 @@ class RedisStore:
                 self._packed_append(draft) if self._link.usable else None,
             )
         )
-        self._queued.set()
         index = group.size
         group.size = index + 1
         return group.future, index
@@ -1300,7 +1302,9 @@ class RedisStore:
     def _stored(self, draft: Draft, reply: bytes) -> Stored:
         """The append script's reply as a :class:`Stored`, or its refusal raised."""
         stream = draft.stream
-        features_redis.after_append(self, stream, reply)
+        key = stream.key
+        if key[0] == "d":  # a DM's (``after_append`` does nothing for others: a call less)
+            features_redis.after_append(self, stream, reply)
         head, payload = reply.split(b"\n", 1)
         status, seq, ts, delivered = head.split(b" ")
         if status == b"-1":
@@ -1313,15 +1317,15 @@ class RedisStore:
         if status == b"-3":
             raise ProtocolError(ErrorCode.LIMIT_REACHED, share_refusal(draft.max_queued_per_sender))
         if seq != b"0" and payload:
-            self.seen.note(stream.key, int(seq), payload)
+            self.seen.note(key, int(seq), payload)
         return Stored(
             int(seq),
             float(ts),
             payload,
             duplicate=status == b"0",
             published=True,
-            # ``stream.key == "a"``: StreamKind.ANNOUNCEMENTS without building the enum member.
-            delivered=int(delivered) if stream.key == "a" else None,
+            # ``key == "a"``: StreamKind.ANNOUNCEMENTS without building the enum member.
+            delivered=int(delivered) if key == "a" else None,
         )
 
     async def history(
