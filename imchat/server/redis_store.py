@@ -1268,7 +1268,7 @@ class RedisStore:
             head = self._packed_heads[stream] = b"*14" + head[head.index(b"\r\n") :]
         sender = (
             draft.sender_key,
-            draft.cid_owner,
+            draft.owner,  # with the sender key, the cid owner (not its property: a call less)
             draft.recipient_ident,
             draft.max_queued,
             draft.max_queued_per_sender,
