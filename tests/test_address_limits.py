@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import REDIS_BACKEND_URL, Clients, RawClient, Servers
 
+from imchat.server.addrlimits import LocalAddressLimits, RedisAddressLimits
 from imchat.server.auth import hash_password
 
 PASSWORD = "correct horse battery"
@@ -47,6 +48,36 @@ async def test_per_address_limit_can_be_disabled(servers: Servers, connect: Clie
     for i in range(3):
         codes += await spend(await connect.raw(port=server.port), f"s{i}", 3)
     assert codes == ["ok"] * 9
+
+
+async def test_a_budget_that_allows_everything_is_not_asked_per_message(
+    servers: Servers, connect: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``addr_rate`` 0: a say spends nothing, so neither budget (this process's, or the one
+    shared in Redis, whose ``take`` is a coroutine) is asked for one."""
+    asked: list[str] = []
+    local_take_now = LocalAddressLimits.take_now
+    shared_take = RedisAddressLimits.take
+
+    def take_now(self: LocalAddressLimits, addr: str) -> bool:
+        asked.append(addr)
+        return local_take_now(self, addr)
+
+    async def take(self: RedisAddressLimits, addr: str) -> bool:
+        asked.append(addr)
+        return await shared_take(self, addr)
+
+    monkeypatch.setattr(LocalAddressLimits, "take_now", take_now)
+    monkeypatch.setattr(RedisAddressLimits, "take", take)
+    server = await servers.start(**{**LIMITS, "addr_rate": 0})
+    raw = await connect.raw(port=server.port)
+    await raw.hello("sayer")
+    await raw.request({"type": "join", "room": "lobby", "id": "j"})
+    before = len(asked)
+    for i in range(5):
+        reply = await raw.request({"type": "say", "room": "lobby", "text": f"{i}", "id": i})
+        assert reply["type"] == "ok"
+    assert len(asked) == before
 
 
 @pytest.mark.skipif(REDIS_BACKEND_URL is None, reason="a cluster shares Redis")

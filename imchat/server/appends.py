@@ -46,7 +46,7 @@ class Append(msgspec.Struct):
 
     request: Request
     #: Settles with the message's outcome; with ``index`` set, with the outcomes of the
-    #: group of messages it was queued with (``SQLiteStore.queue_append``), this one's at
+    #: group of messages it was queued with (a store's ``queue_append``), this one's at
     #: ``index`` (a refusal: the exception in its place).
     stored: asyncio.Future[Any]
     #: Sends the reply, then the events; runs once the message is committed. None for a

@@ -50,7 +50,8 @@ class Context:
     buckets: Buckets
     #: Revision 3: which ``typing`` notifications were forwarded lately.
     typing: TypingThrottle = field(default_factory=TypingThrottle)
-    #: The store's ``queue_append`` (SQLite: a run's room messages as one operation), or
+    #: The store's ``queue_append`` (a run's room messages with one future; SQLite: as one
+    #: operation, Redis: each its command on the ordered pipeline), or
     #: None; read once, not with a ``getattr`` and a bound method per message.
     queue_append: Callable[[Draft, object], tuple[asyncio.Future[Any], int]] | None = field(
         init=False, default=None

@@ -167,8 +167,10 @@ class Hub:
         # The address budget of this process (LocalAddressLimits) is taken without a
         # coroutine per message; a shared one (Redis) is awaited.
         take_now: Callable[[str], bool] | None = getattr(ctx.addr_limits, "take_now", None)
-        # ... and not at all when it allows everything (``addr_rate`` 0).
-        addr_free = take_now is not None and getattr(ctx.addr_limits, "rate", 1) <= 0
+        # ... and neither is asked when it allows everything (``addr_rate`` 0): a shared
+        # one's ``take`` answers True without Redis then, and was a coroutine per message
+        # (and a wait, after which the output bound was checked again).
+        addr_free = getattr(ctx.addr_limits, "rate", 1) <= 0
         limits = ctx.limits
         rated = self.config.rate > 0
         run: Run = []
@@ -199,8 +201,10 @@ class Hub:
                     if rated and not session.bucket.take():
                         STATS.rate_limited += 1
                         raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down")
-                    if take_now is not None:
-                        allowed = addr_free or take_now(session.addr)
+                    if addr_free:
+                        allowed = True
+                    elif take_now is not None:
+                        allowed = take_now(session.addr)
                     else:
                         quiet = False  # it may wait: other tasks run meanwhile
                         allowed = await ctx.addr_limits.take(session.addr)

@@ -63,17 +63,24 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import send_run
+from .fanout import Recipients, send_run
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
-from .redis_raw import PushedSubscription, RawSubscription, push_subscription, raw_subscription
+from .redis_raw import (
+    NO_MESSAGE,
+    PushedSubscription,
+    RawSubscription,
+    push_subscription,
+    raw_subscription,
+)
 from .redis_store import (
     LUA_PRELUDE,
     RedisStore,
@@ -83,6 +90,7 @@ from .redis_store import (
     run_pipeline,
 )
 from .redis_typed import blobs, close_pubsub, text, texts
+from .stats import STATS
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -101,6 +109,8 @@ CLOSE_TIMEOUT = 5.0
 _HEADER = struct.Struct(">I").pack
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
+#: A user's sessions (``_local_sessions_of``: every named user's, chained without a loop).
+_SESSIONS = attrgetter("sessions")
 #: DMs kept for an offline user read per Redis reply at its next hello (up to
 #: ``max_queued``, 1,000 by default, wait): one reply stays small however long the queue.
 PENDING_PAGE = 100
@@ -505,7 +515,9 @@ class RedisFanout:
         #: Undelivered DMs read at connect (the first page, the queue's length), sent at
         #: release (after the welcome).
         self._undelivered: dict[Peer, tuple[list[bytes], int]] = {}
-        self._awaiting: set[str] = set()
+        #: The holds not yet released, as envelopes carry them (bytes: no ``decode`` of every
+        #: envelope's hold to look it up).
+        self._awaiting: set[bytes] = set()
         self._hold_ids = itertools.count(1)
         #: Waiters of :meth:`caught_up` by the token of the envelope they published.
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
@@ -516,9 +528,10 @@ class RedisFanout:
         #: The subscription as read by :meth:`_take_pushed` (None: not taken over).
         self._pushed: PushedSubscription | None = None
         self._loop_time: Callable[[], float] = time.monotonic  # the loop's, once reading
-        #: The users here that a recipient list names, by list: valid while ``_users`` keeps
-        #: its members (cleared when one is added or removed; sessions are read each time).
-        self._recipient_users: dict[bytes, tuple[User, ...]] = {}
+        #: The sessions here of the users a recipient list names, by list, in runs of one
+        #: class (as :class:`LocalFanout` keeps a room's): valid while ``_users`` and their
+        #: sessions stay the same (cleared when a user or a session arrives or leaves here).
+        self._recipients: dict[bytes, Recipients] = {}
         self._outbox: list[tuple[str, str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._registry: Registry | None = None
@@ -696,7 +709,7 @@ class RedisFanout:
         for user in self._users.values():
             user.sessions.clear()
         self._users.clear()
-        self._recipient_users.clear()
+        self._recipients.clear()
         self._local_sessions = 0
         if self._registry is None:
             return
@@ -764,8 +777,16 @@ class RedisFanout:
         queue = bool(inbox) or self._alarm.is_set()
         run: list[bytes] = []  # payloads for ``run_to``, not yet delivered
         run_to = b""
+        gets = pushed.gets
         try:
-            for message in pushed.messages():
+            while True:
+                # PushedSubscription.messages, inline (no generator resumed per envelope).
+                message = gets()
+                if type(message) is not list:
+                    if message is NO_MESSAGE:
+                        break
+                    if isinstance(message, BaseException):
+                        raise message
                 kind = message[0]
                 if kind == b"message" or kind == b"smessage":
                     envelope = message[2].split(b"\n", 3)
@@ -773,7 +794,7 @@ class RedisFanout:
                         inbox.append(envelope)
                         continue
                     hold, op, recipients, payload = envelope
-                    if op or (hold and hold.decode() in awaiting):
+                    if op or (hold and hold in awaiting):
                         inbox.append(envelope)
                         queue = True
                         continue
@@ -855,7 +876,7 @@ class RedisFanout:
         try:
             while inbox:
                 hold, op, recipients, payload = inbox[0]
-                if hold and hold.decode() in awaiting:
+                if hold and hold in awaiting:
                     return
                 inbox.popleft()
                 if payload:
@@ -903,7 +924,7 @@ class RedisFanout:
             user = self._users.get(key)
             if user is not None and user.ident != ident:
                 del self._users[key]
-                self._recipient_users.clear()
+                self._recipients.clear()
                 evict(user)
             return
         room, key = first, second  # ``+room key`` / ``-room key``
@@ -916,36 +937,54 @@ class RedisFanout:
             user.rooms.discard(room)
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
-        for user in self._local_users(recipients):
-            for session in user.sessions:
-                session.send(frame)
+        """One envelope's frame to a recipient list: a call per run of sessions of one
+        class where the class sends to many at once (``send_all``), as a room's event in
+        :meth:`LocalFanout.to_room`."""
+        for cls, sessions in self._local_sessions_of(recipients):
+            send_all = getattr(cls, "send_all", None)
+            if send_all is not None:
+                send_all(sessions, frame)
+            else:
+                for session in sessions:
+                    session.send(frame)
 
     def _deliver_run(self, recipients: bytes, payloads: list[bytes]) -> None:
         """Several envelopes' payloads, in order, to one recipient list: one append per
-        session (``send_frames``, where the session has it) instead of one per frame."""
+        session (``send_run_all``, where the class has it) instead of one per frame."""
         if len(payloads) == 1:
             self._deliver(recipients, encode_frame(payloads[0]))
             return
         header = _HEADER
         frames = [header(len(payload)) + payload for payload in payloads]  # encode_frame's
         joined = b"".join(frames)
-        for user in self._local_users(recipients):
-            send_run(user.sessions, frames, joined)
+        joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
+        for cls, sessions in self._local_sessions_of(recipients):
+            send_run_all = getattr(cls, "send_run_all", None)
+            if send_run_all is not None:
+                joins += send_run_all(sessions, frames, joined)
+            else:
+                send_run(sessions, frames, joined)
+        if joins:
+            STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
 
-    def _local_users(self, recipients: bytes) -> Iterable[User]:
-        """The users on this node that a recipient list names (``*``: every one)."""
-        if recipients == b"*":
-            return self._users.values()
-        found = self._recipient_users.get(recipients)
+    def _local_sessions_of(self, recipients: bytes) -> Recipients:
+        """The sessions on this node of the users a recipient list names (``*``: every
+        one), in runs of one class."""
+        found = self._recipients.get(recipients)
         if found is None:
             # A busy room sends the same member list again and again: look it up once (until
-            # a user arrives or leaves here, which clears these).
-            if len(self._recipient_users) >= RECIPIENT_CACHE:
-                self._recipient_users.clear()
+            # a user or a session arrives or leaves here, which clears these).
+            if len(self._recipients) >= RECIPIENT_CACHE:
+                self._recipients.clear()
             users = self._users
-            keys = set(recipients.decode().split(" "))
-            found = tuple(users[key] for key in keys if key in users)
-            self._recipient_users[recipients] = found
+            if recipients == b"*":
+                named: Iterable[User] = users.values()
+            else:
+                keys = set(recipients.decode().split(" "))
+                named = [users[key] for key in keys if key in users]
+            sessions = itertools.chain.from_iterable(map(_SESSIONS, named))
+            found = tuple((cls, tuple(run)) for cls, run in itertools.groupby(sessions, type))
+            self._recipients[recipients] = found
         return found
 
     # -- holds -----------------------------------------------------------------------------
@@ -954,7 +993,7 @@ class RedisFanout:
         hold = self._holds.get(session)
         if hold is None:
             hold = self._holds[session] = f"{self.node_id}.{next(self._hold_ids)}"
-            self._awaiting.add(hold)
+            self._awaiting.add(hold.encode())
         return hold
 
     def release(self, session: Peer) -> None:
@@ -970,7 +1009,7 @@ class RedisFanout:
             if self._send_dms(session, dms):
                 self._drop_later(session, dms)
         if hold is not None:
-            self._awaiting.discard(hold)
+            self._awaiting.discard(hold.encode())
             if self._inbox:
                 self._drain()
 
@@ -1002,7 +1041,7 @@ class RedisFanout:
             # Redis lost: the sessions are being closed; the DMs stay queued for next time.
             log.warning("could not read %s's kept DMs (they stay queued): %s", user.nick, exc)
         finally:
-            self._awaiting.discard(hold)
+            self._awaiting.discard(hold.encode())
             if self._inbox:
                 self._drain()
 
@@ -1088,9 +1127,10 @@ class RedisFanout:
             user = None
         if user is None:
             user = self._users[key] = User(online_nick.decode(), admin, ident)
-            self._recipient_users.clear()
+            self._recipients.clear()
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
+        self._recipients.clear()
         session.user = user
         self._local_sessions += 1
         if dms:
@@ -1112,10 +1152,10 @@ class RedisFanout:
         if user is None or session not in user.sessions:
             return
         user.sessions.remove(session)
+        self._recipients.clear()
         self._local_sessions -= 1
         if not user.sessions and self._users.get(user.key) is user:
             del self._users[user.key]
-            self._recipient_users.clear()
         node = self.node_id
         if not self.available:
             return  # this incarnation's sessions are reaped as a whole

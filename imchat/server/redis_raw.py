@@ -37,6 +37,9 @@ except ImportError:  # pragma: no cover - redis-py without its hiredis parser mo
     _AsyncHiredisParser = None  # type: ignore[assignment,misc]
     NOT_ENOUGH_DATA = object()
 
+#: What the reader's ``gets`` gives while it holds no complete message.
+NO_MESSAGE: Any = NOT_ENOUGH_DATA
+
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
 
@@ -80,7 +83,9 @@ class PushedSubscription(asyncio.Protocol):
     """
 
     def __init__(self, reader: Any, on_data: Callable[[], None], original: Any) -> None:
-        self._gets = reader.gets
+        #: The reader's ``gets``: the next message fed so far, ``NOT_ENOUGH_DATA`` if none,
+        #: a reply error as an exception (:meth:`messages` raises it).
+        self.gets: Callable[[], Any] = reader.gets
         self._feed = reader.feed
         self._on_data = on_data
         self._original = original
@@ -91,7 +96,7 @@ class PushedSubscription(asyncio.Protocol):
 
     def messages(self) -> Iterator[list[bytes]]:
         """Every message fed so far, parsed; a reply error (an exception) is raised."""
-        return parsed(self._gets)
+        return parsed(self.gets)
 
     def data_received(self, data: bytes) -> None:
         if self.ended.done():

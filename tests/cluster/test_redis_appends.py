@@ -4,7 +4,8 @@ The say path starts each message's append without a task (``start_append``): its
 joins the ordered pipeline at once and its reply becomes the ``Stored`` where the batch's
 results are handed out. A message whose target rules are checked in the same script (a
 reply, an edit, a reaction: ``Draft.feature``) must keep its place among the plain ones
-started after it, or a pipelined run's seqs would not follow its requests.
+started after it, or a pipelined run's seqs would not follow its requests. A session's run of
+room messages (``queue_append``) shares one future, settled with each message's own outcome.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import pytest
 
 from imchat.protocol import ErrorCode, ProtocolError
 from imchat.protocol.events import MsgEvent
+from imchat.server import redis_store
 from imchat.server.message_features import REPLY, Feature
 from imchat.server.redis_store import RedisStore
-from imchat.server.store import Draft
+from imchat.server.store import Draft, Stored
 from imchat.server.streams import StreamId
 
 LOBBY = StreamId.room("lobby")
@@ -59,3 +61,71 @@ async def test_a_refusal_settles_its_own_future_alone(store: RedisStore) -> None
         await refused
     assert caught.value.code is ErrorCode.NOT_IN_ROOM
     assert (await stored).seq == 1
+
+
+def member_say(text: str, sender: str = "alice") -> Draft:
+    """A room message from a sender who must be a member (the script refuses others)."""
+    return Draft(LOBBY, sender, None, MsgEvent(room="lobby", from_=sender, text=text))
+
+
+async def test_a_sessions_appends_share_one_future_until_anything_else_is_queued(
+    store: RedisStore,
+) -> None:
+    alice, bob = object(), object()
+    a1, i1 = store.queue_append(say("a1"), alice)
+    a2, i2 = store.queue_append(say("a2"), alice)
+    assert a2 is a1 and (i1, i2) == (0, 1)
+    b1, j = store.queue_append(say("b1"), bob)  # another session: a group of its own
+    assert b1 is not a1 and j == 0
+    plain = store.start_append(say("plain"))  # queued after bob's group: stored after it
+    a3, k = store.queue_append(say("a3"), alice)  # alice's first group is closed
+    assert a3 is not a1 and k == 0
+    assert [r.seq for r in await a1] == [1, 2]
+    assert [r.seq for r in await b1] == [3]
+    assert (await plain).seq == 4
+    assert [r.seq for r in await a3] == [5]
+    a4, _ = store.queue_append(say("a4"), alice)  # after a3's batch was taken: a new group
+    assert a4 is not a3 and [r.seq for r in await a4] == [6]
+
+
+async def test_a_refusal_in_a_group_is_that_messages_alone(store: RedisStore) -> None:
+    owner = object()
+    group, _ = store.queue_append(say("first"), owner)
+    store.queue_append(member_say("not a member", sender="bob"), owner)
+    store.queue_append(say("third"), owner)
+    first, refused, third = await group
+    assert isinstance(first, Stored) and first.seq == 1
+    assert isinstance(refused, ProtocolError) and refused.code is ErrorCode.NOT_IN_ROOM
+    assert isinstance(third, Stored) and third.seq == 2  # the refusal took no seq
+
+
+async def test_a_feature_keeps_its_own_future_and_its_place(store: RedisStore) -> None:
+    owner = object()
+    first, i = store.queue_append(say("first"), owner)
+    reply, j = store.queue_append(say("a reply", reply_to=1), owner)
+    after, k = store.queue_append(say("after the reply"), owner)
+    assert (i, j, k) == (0, -1, 0) and reply is not first and after is not first
+    assert [r.seq for r in await first] == [1]
+    assert (await reply).seq == 2
+    assert [r.seq for r in await after] == [3]
+
+
+async def test_a_group_split_over_batches_settles_with_every_outcome(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "MAX_BATCH", 2)
+    owner = object()
+    queued = [store.queue_append(say(f"m{i}"), owner) for i in range(5)]
+    group = queued[0][0]
+    assert all(future is group for future, _ in queued)
+    assert [index for _, index in queued] == [0, 1, 2, 3, 4]
+    assert [r.seq for r in await group] == [1, 2, 3, 4, 5]
+
+
+async def test_a_cancelled_group_leaves_the_next_sessions_settled(store: RedisStore) -> None:
+    alice, bob = object(), object()
+    gone, _ = store.queue_append(say("alice's"), alice)
+    kept, _ = store.queue_append(say("bob's"), bob)
+    gone.cancel()  # alice's task was cancelled while it waited
+    assert [r.seq for r in await kept] == [2]  # alice's message was stored all the same
+    assert (await store.last_seq(LOBBY)) == 2

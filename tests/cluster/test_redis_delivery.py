@@ -1,9 +1,10 @@
 """A node's delivery to its sessions (RedisFanout._deliver, kept DMs at a hello), white-box.
 
-A node looks each recipient list up once and keeps the users it found; a user who arrives or
-leaves afterwards must not be missed or kept; and a long DM queue, read page by page after the
-welcome, must go out before what was published after the hello. Races make these hard to hit
-through a cluster, so this drives the node's own connect and delivery, against the real Redis.
+A node looks each recipient list up once and keeps the sessions it found; a user or a
+session that arrives or leaves afterwards must not be missed or kept; and a long DM queue,
+read page by page after the welcome, must go out before what was published after the hello.
+Races make these hard to hit through a cluster, so this drives the node's own connect and
+delivery, against the real Redis.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from imchat.protocol import encode_frame
 from imchat.server.peer import User
 from imchat.server.redis_fanout import PENDING_PAGE, RedisFanout
 from imchat.server.redis_store import RedisStore
@@ -93,6 +95,28 @@ class FakeRegistry:
     async def settle(self) -> None:
         while not all(task.done() for task in self.tasks):
             await asyncio.gather(*self.tasks)
+
+
+async def test_a_second_session_of_a_user_already_looked_up_is_sent_to(
+    fanout: RedisFanout,
+) -> None:
+    # The node keeps each list's sessions, not only its users: a session arriving or
+    # leaving for a user already found must be seen too.
+    alice, bob = FakeSession(), FakeSession()
+    await fanout._connect_session(alice, "alice", admin=False, ident="galice")  # type: ignore[arg-type]
+    await fanout._connect_session(bob, "bob", admin=False, ident="gbob")  # type: ignore[arg-type]
+    fanout._deliver(b"alice bob ", b"one")
+    second = FakeSession()
+    await fanout._connect_session(second, "bob", admin=False, ident="gbob")  # type: ignore[arg-type]
+    fanout._deliver_run(b"alice bob ", [b"two", b"three"])
+    await fanout._disconnect_session(bob)  # type: ignore[arg-type]
+    fanout._deliver(b"alice bob ", b"four")
+    fanout._deliver_run(b"*", [b"five", b"six"])
+    run, more = [encode_frame(b"two"), encode_frame(b"three")], [encode_frame(b"five")]
+    more.append(encode_frame(b"six"))
+    assert alice.frames == [b"one", *run, b"four", *more]
+    assert bob.frames == [b"one", *run]
+    assert second.frames == [*run, b"four", *more]
 
 
 async def test_a_long_queue_goes_out_before_what_was_published_after_the_hello(

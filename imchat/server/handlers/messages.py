@@ -72,7 +72,7 @@ def start_say(ctx: Context, session: Peer, req: Say, *, feature: Feature | None 
         owner=user.ident,
     )
     queue = ctx.queue_append
-    if queue is not None:  # SQLite: with the session's other room messages of this run
+    if queue is not None:  # with the session's other room messages of this run
         group, index = queue(draft, session)
         return Append(req, group, None, room, index)
     # start_storing, inline (a call less per message).
