@@ -5,7 +5,7 @@ or 3 nodes, every message crosses Redis pub/sub to reach the other nodes' share.
 recipients on one" keeps every client on the first node while two more nodes sit in the
 cluster: what the idle nodes cost is what a node pays for events none of its users need.
 
-    python benchmarks/cluster.py [--receivers 40] [--senders 4] [--messages 2500] [--repeat 3]
+    python benchmarks/cluster.py [--receivers 40] [--senders 4] [--messages 20000] [--repeat 3]
 
 A delivery is one ``msg`` event read by one receiver; the clock runs from the first ``say`` to
 the last expected delivery. Node CPU is the time every node process's threads ran during the
@@ -493,7 +493,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--receivers", type=int, default=40)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--messages", type=int, default=2500, help="per sender")
+    parser.add_argument("--messages", type=int, default=20_000, help="per sender")
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; each runs every setup once, in turn"
     )
