@@ -617,16 +617,20 @@ class Report:
                 nodes.append(node)
 
             async def measure(phase: str) -> dict[int, dict[str, Any]]:
-                out = {}
-                for receivers in s.wide_receivers:
-                    got = await self.guarded(
-                        f"wide {phase} R={receivers}", self.wide_broadcast(nodes, receivers)
-                    )
-                    if got is not None:
-                        got["phase"] = phase
-                        raw["runs"].append(got)
-                        out[receivers] = got
-                return out
+                """Each room size ``--repeat`` times, interleaved; each figure the median (a
+                single p99 of a 5 s run moved by a third between runs of the same code)."""
+                trials: dict[int, list[Outcome]] = {r: [] for r in s.wide_receivers}
+                for _ in range(self.args.repeat):
+                    for receivers in s.wide_receivers:
+                        got = await self.guarded(
+                            f"wide {phase} R={receivers}", self.wide_broadcast(nodes, receivers)
+                        )
+                        if got is not None:
+                            got["phase"] = phase
+                            raw["runs"].append(got)
+                            trials[receivers].append(got)
+                merged = {r: median_outcome(t) for r, t in trials.items() if t}
+                return {r: m for r, m in merged.items() if isinstance(m, dict)}
 
             await quiet(nodes, 15.0)
             without = await measure("without")
