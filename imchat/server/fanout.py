@@ -137,6 +137,32 @@ _SESSIONS = attrgetter("sessions")
 Recipients = tuple[tuple[type, tuple["Peer", ...]], ...]
 
 
+def send_to_runs(recipients: Recipients, frame: bytes) -> None:
+    """One frame to every session: one call per run whose class sends to many at once
+    (``send_all``), else one per session."""
+    for cls, sessions in recipients:
+        send_all = getattr(cls, "send_all", None)
+        if send_all is not None:
+            send_all(sessions, frame)
+        else:
+            for session in sessions:
+                session.send(frame)
+
+
+def send_run_to_runs(recipients: Recipients, frames: list[bytes], joined: bytes) -> None:
+    """Several frames (``joined``: the same bytes, concatenated), in order, to every session:
+    one append per session, and one call per run whose class has ``send_run_all``."""
+    joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
+    for cls, sessions in recipients:
+        send_run_all = getattr(cls, "send_run_all", None)
+        if send_run_all is not None:
+            joins += send_run_all(sessions, frames, joined)
+        else:
+            send_run(sessions, frames, joined)
+    if joins:
+        STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
+
+
 class LocalFanout:
     """:class:`Fanout` for a single server process."""
 
@@ -273,13 +299,7 @@ class LocalFanout:
         return True  # events go to the sessions as they are committed
 
     def to_room(self, room: str, frame: bytes) -> None:
-        for cls, sessions in self._room_sessions(room):
-            send_all = getattr(cls, "send_all", None)
-            if send_all is not None:
-                send_all(sessions, frame)
-            else:
-                for session in sessions:
-                    session.send(frame)
+        send_to_runs(self._room_sessions(room), frame)
 
     def to_room_frames(self, room: str, frames: list[bytes]) -> None:
         """Several events to one room, in order: one append per recipient (a burst of 64
@@ -287,16 +307,7 @@ class LocalFanout:
         recipients = self._room_sessions(room)
         if not recipients:
             return
-        joined = b"".join(frames)
-        joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
-        for cls, sessions in recipients:
-            send_run_all = getattr(cls, "send_run_all", None)
-            if send_run_all is not None:
-                joins += send_run_all(sessions, frames, joined)
-            else:
-                send_run(sessions, frames, joined)
-        if joins:
-            STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
+        send_run_to_runs(recipients, frames, b"".join(frames))
 
     def to_users(self, keys: Iterable[str], frame: bytes) -> None:
         for key in set(keys):

@@ -70,7 +70,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import Recipients, send_run
+from .fanout import Recipients, send_run_to_runs, send_to_runs
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
@@ -90,7 +90,6 @@ from .redis_store import (
     run_pipeline,
 )
 from .redis_typed import blobs, close_pubsub, text, texts
-from .stats import STATS
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -937,35 +936,19 @@ class RedisFanout:
             user.rooms.discard(room)
 
     def _deliver(self, recipients: bytes, frame: bytes) -> None:
-        """One envelope's frame to a recipient list: a call per run of sessions of one
-        class where the class sends to many at once (``send_all``), as a room's event in
-        :meth:`LocalFanout.to_room`."""
-        for cls, sessions in self._local_sessions_of(recipients):
-            send_all = getattr(cls, "send_all", None)
-            if send_all is not None:
-                send_all(sessions, frame)
-            else:
-                for session in sessions:
-                    session.send(frame)
+        """One envelope's frame to a recipient list's sessions here (as a room's event in
+        :meth:`LocalFanout.to_room`)."""
+        send_to_runs(self._local_sessions_of(recipients), frame)
 
     def _deliver_run(self, recipients: bytes, payloads: list[bytes]) -> None:
         """Several envelopes' payloads, in order, to one recipient list: one append per
-        session (``send_run_all``, where the class has it) instead of one per frame."""
+        session instead of one per frame."""
         if len(payloads) == 1:
             self._deliver(recipients, encode_frame(payloads[0]))
             return
         header = _HEADER
         frames = [header(len(payload)) + payload for payload in payloads]  # encode_frame's
-        joined = b"".join(frames)
-        joins = 0  # sessions that queued ``joined`` as one entry (see Session.send_frames)
-        for cls, sessions in self._local_sessions_of(recipients):
-            send_run_all = getattr(cls, "send_run_all", None)
-            if send_run_all is not None:
-                joins += send_run_all(sessions, frames, joined)
-            else:
-                send_run(sessions, frames, joined)
-        if joins:
-            STATS.deliveries += joins * (len(frames) - 1)  # their flushes count one each
+        send_run_to_runs(self._local_sessions_of(recipients), frames, b"".join(frames))
 
     def _local_sessions_of(self, recipients: bytes) -> Recipients:
         """The sessions on this node of the users a recipient list names (``*``: every
