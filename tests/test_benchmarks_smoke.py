@@ -367,9 +367,14 @@ def test_process_cpu_is_read_finer_than_the_clock_tick() -> None:
         import serverproc
     finally:
         sys.path.remove(str(BENCH))
-    before, start = serverproc.process_cpu_seconds(os.getpid()), time.process_time()
-    while time.process_time() - start < 0.025:
+    outer = time.process_time()
+    before = serverproc.process_cpu_seconds(os.getpid())
+    inner = time.process_time()
+    while time.process_time() - inner < 0.025:
         pass
-    burnt = time.process_time() - start
+    burnt = time.process_time() - inner
     measured = serverproc.process_cpu_seconds(os.getpid()) - before
-    assert measured == pytest.approx(burnt, abs=0.002)
+    # The reads cost CPU too (a file per thread: in a full run the process has many), so
+    # the reading lies between the burn alone and the burn with both reads.
+    with_reads = time.process_time() - outer
+    assert burnt - 0.001 <= measured <= with_reads + 0.001
