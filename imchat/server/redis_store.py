@@ -1178,16 +1178,23 @@ class RedisStore:
                     draft, features_redis.append(self, draft, self._append_args(draft))
                 )
             )
+        command, then, packed = self._append_command(draft)
+        return self._ordered(command, write=True, then=then, packed=packed)
+
+    def _append_command(
+        self, draft: Draft
+    ) -> tuple[Callable[[Pipeline], Any], Callable[[bytes], Stored], bytes | None]:
+        """An append on the ordered pipeline: the script's call on a redis-py pipeline, what
+        reads its reply, and the same call packed (None: the link takes no packed commands)."""
         script = self._append
         anchor = self.keys.anchor
-        return self._ordered(
+        return (
             # execute_command: evalsha's wrappers add nothing to a bare EVALSHA.
             lambda pipe: pipe.execute_command(
                 "EVALSHA", script.sha, 1, anchor, *self._append_args(draft)
             ),
-            write=True,
-            then=lambda reply: self._stored(draft, reply),
-            packed=self._packed_append(draft) if self._link.usable else None,
+            lambda reply: self._stored(draft, reply),
+            self._packed_append(draft) if self._link.usable else None,
         )
 
     def queue_append(self, draft: Draft, owner: object) -> tuple[asyncio.Future[Any], int]:
@@ -1215,19 +1222,8 @@ class RedisStore:
             # Once per group: until the ordered pipeline takes its next batch (which closes
             # the group), what joins it is taken with it.
             self._queued.set()
-        script = self._append
-        anchor = self.keys.anchor
-        self._queue.append(
-            (
-                lambda pipe: pipe.execute_command(
-                    "EVALSHA", script.sha, 1, anchor, *self._append_args(draft)
-                ),
-                group,
-                True,
-                lambda reply: self._stored(draft, reply),
-                self._packed_append(draft) if self._link.usable else None,
-            )
-        )
+        command, then, packed = self._append_command(draft)
+        self._queue.append((command, group, True, then, packed))
         index = group.size
         group.size = index + 1
         return group.future, index
