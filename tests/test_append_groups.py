@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from append_group_contract import check_a_sessions_appends_share_one_future
 from conftest import embedded_alice
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_message
@@ -44,19 +45,7 @@ async def store(tmp_path: Path) -> Any:
 async def test_a_sessions_messages_share_one_future_until_anything_else_is_queued(
     store: SQLiteStore,
 ) -> None:
-    alice, bob = object(), object()
-    a1, i1 = store.queue_append(_say("a1"), alice)
-    a2, i2 = store.queue_append(_say("a2"), alice)
-    assert a2 is a1 and (i1, i2) == (0, 1)
-    b1, j = store.queue_append(_say("b1"), bob)  # another session: a group of its own
-    assert b1 is not a1 and j == 0
-    plain = store.start_append(_say("plain"))  # queued after bob's group: stored after it
-    a3, k = store.queue_append(_say("a3"), alice)  # alice's first group was handed over
-    assert a3 is not a1 and k == 0
-    assert [r.seq for r in await a1] == [1, 2]
-    assert [r.seq for r in await b1] == [3]
-    assert (await plain).seq == 4
-    assert [r.seq for r in await a3] == [5]
+    await check_a_sessions_appends_share_one_future(store, _say)
 
 
 async def test_a_refusal_in_a_group_is_that_messages_alone(store: SQLiteStore) -> None:

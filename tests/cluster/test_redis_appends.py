@@ -11,6 +11,7 @@ room messages (``queue_append``) shares one future, settled with each message's 
 from __future__ import annotations
 
 import pytest
+from append_group_contract import check_a_sessions_appends_share_one_future
 
 from imchat.protocol import ErrorCode, ProtocolError
 from imchat.protocol.events import MsgEvent
@@ -71,19 +72,7 @@ def member_say(text: str, sender: str = "alice") -> Draft:
 async def test_a_sessions_appends_share_one_future_until_anything_else_is_queued(
     store: RedisStore,
 ) -> None:
-    alice, bob = object(), object()
-    a1, i1 = store.queue_append(say("a1"), alice)
-    a2, i2 = store.queue_append(say("a2"), alice)
-    assert a2 is a1 and (i1, i2) == (0, 1)
-    b1, j = store.queue_append(say("b1"), bob)  # another session: a group of its own
-    assert b1 is not a1 and j == 0
-    plain = store.start_append(say("plain"))  # queued after bob's group: stored after it
-    a3, k = store.queue_append(say("a3"), alice)  # alice's first group is closed
-    assert a3 is not a1 and k == 0
-    assert [r.seq for r in await a1] == [1, 2]
-    assert [r.seq for r in await b1] == [3]
-    assert (await plain).seq == 4
-    assert [r.seq for r in await a3] == [5]
+    alice, a3 = await check_a_sessions_appends_share_one_future(store, say)
     a4, _ = store.queue_append(say("a4"), alice)  # after a3's batch was taken: a new group
     assert a4 is not a3 and [r.seq for r in await a4] == [6]
 
