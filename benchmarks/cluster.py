@@ -197,11 +197,6 @@ class Result:
         return self.node_cpu / self.deliveries * 1e6
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``), to the nanosecond."""
-    return process_cpu_seconds(pid)
-
-
 def cpu_split(pid: int) -> tuple[float, float]:
     """User and system CPU time of a process so far, apart (in clock ticks: only the
     system share is taken from these)."""
@@ -320,12 +315,12 @@ async def run_load(
     ]
     idle = pids[len(ports) :]  # nodes with no client: what a message costs them
     receiving = pids[1 : len(ports)] if senders_on_one else []  # receivers, no sender
-    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
     sys_before = sum(cpu_split(pid)[1] for pid in pids)
     calls_before = sum(syscalls(pid) for pid in pids)
     wakeups_before = sum(wakeups(pid) for pid in pids)
-    idle_before = sum(cpu_seconds(pid) for pid in idle)
-    receiving_before = sum(cpu_seconds(pid) for pid in receiving)
+    idle_before = sum(process_cpu_seconds(pid) for pid in idle)
+    receiving_before = sum(process_cpu_seconds(pid) for pid in receiving)
     redis_before = redis_counters(redis_url)
     start = time.perf_counter()
     try:
@@ -341,12 +336,12 @@ async def run_load(
             if client.transport is not None:
                 client.transport.close()
     end = max(c.last_at for c in recv_clients)
-    node_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    node_cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before
     node_sys = sum(cpu_split(pid)[1] for pid in pids) - sys_before
     calls = sum(syscalls(pid) for pid in pids) - calls_before
     woken = sum(wakeups(pid) for pid in pids) - wakeups_before
-    idle_cpu = sum(cpu_seconds(pid) for pid in idle) - idle_before
-    receiving_cpu = sum(cpu_seconds(pid) for pid in receiving) - receiving_before
+    idle_cpu = sum(process_cpu_seconds(pid) for pid in idle) - idle_before
+    receiving_cpu = sum(process_cpu_seconds(pid) for pid in receiving) - receiving_before
     during = since(redis_before, redis_url).per(total)
     result = Result(
         name,

@@ -34,14 +34,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serverproc import HOST, imchat_server
+from serverproc import HOST, imchat_server, process_cpu_seconds
 
 from imchat.client import Connection
 
 KEY = "Ж"
 KEY_BYTES = KEY.encode()
 COLS, ROWS = 120, 36
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Terminal:
@@ -88,9 +87,7 @@ class Terminal:
         return time.perf_counter()
 
     def cpu_seconds(self) -> float:
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return process_cpu_seconds(self.pid)
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.fd)

@@ -24,15 +24,9 @@ import tempfile
 import termios
 from pathlib import Path
 
-from serverproc import _CLK_TCK, HOST, imchat_server
+from serverproc import HOST, imchat_server, process_cpu_seconds
 
 from imchat.client import Connection
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def spawn_tui(port: int, cols: int = 120, rows: int = 36) -> tuple[subprocess.Popen[bytes], int]:
@@ -80,22 +74,22 @@ async def main(users: int, settle: float) -> None:
         drainer = asyncio.create_task(drain(master))
         try:
             await asyncio.sleep(3)  # the client starts, connects and joins
-            idle_before = cpu_seconds(tui.pid)
+            idle_before = process_cpu_seconds(tui.pid)
             await asyncio.sleep(settle)
-            idle = cpu_seconds(tui.pid) - idle_before
+            idle = process_cpu_seconds(tui.pid) - idle_before
             conns = []
-            start = cpu_seconds(tui.pid)
+            start = process_cpu_seconds(tui.pid)
             for n in range(users):
                 conn = await Connection.connect(HOST, port)
                 await conn.hello(f"storm{n}")
                 await conn.request("join", room="lobby")
                 conns.append(conn)
             await asyncio.sleep(settle)
-            joined = cpu_seconds(tui.pid) - start
-            start = cpu_seconds(tui.pid)
+            joined = process_cpu_seconds(tui.pid) - start
+            start = process_cpu_seconds(tui.pid)
             await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
             await asyncio.sleep(settle)
-            quit_cost = cpu_seconds(tui.pid) - start
+            quit_cost = process_cpu_seconds(tui.pid) - start
             print(f"idle for {settle:.0f} s:                          {idle:.2f} s CPU")
             print(f"{users} users join (one by one) + {settle:.0f} s:        {joined:.2f} s CPU")
             print(f"{users} users quit at once + {settle:.0f} s:          {quit_cost:.2f} s CPU")
