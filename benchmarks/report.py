@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cluster
 import fanout
@@ -590,7 +590,12 @@ class Report:
 
     async def wide(self) -> None:
         """Idle users over several Redis nodes from several client processes, each bound to
-        its own loopback source address; paced broadcasts on node 0 without and with them."""
+        its own loopback source address; paced broadcasts on node 0 without and with them.
+
+        Without them, the same connections are held open to sinks (``sink.py``): this
+        machine walks every socket every ~3 s, a burst of CPU on either core that grows
+        with the sockets open, so a baseline without them measured the machine's sockets
+        as well as the users (``benchmarks/README.md``, round 13)."""
         s = self.sizes
         per_worker = math.ceil(s.wide_idle / s.wide_workers)
         per_node = math.ceil(s.wide_idle / s.wide_nodes) + max(s.wide_receivers) + 1
@@ -602,7 +607,7 @@ class Report:
         prefix = f"imchat-report-{uuid.uuid4().hex[:8]}:"
         work = Path(tempfile.mkdtemp(prefix="wide-", dir=self.base.workdir))
         nodes: list[ServerProc] = []
-        workers: list[asyncio.subprocess.Process] = []
+        children: list[asyncio.subprocess.Process] = []
         raw: dict[str, Any] = {"nodes": s.wide_nodes, "idle": s.wide_idle, "runs": []}
         self.raw["wide"] = raw
         try:
@@ -632,52 +637,30 @@ class Report:
                 merged = {r: median_outcome(t) for r, t in trials.items() if t}
                 return {r: m for r, m in merged.items() if isinstance(m, dict)}
 
+            sink_cpu = self.base.server_cpu
+            sinks = [await spawn(children, HERE / "sink.py", [], sink_cpu) for _ in nodes]
+            sink_ports = ",".join([str((await first_line(p, "a sink"))["port"]) for p in sinks])
+            plain, hellos = await self.crowd(children, sink_ports, ["--plain"])
+            held = sum(h["users"] for h in hellos)
             await quiet(nodes, 15.0)
             without = await measure("without")
+            plain_lost = sum([(await last_line(p))["lost"] for p in plain])
+            accepted = sum([(await last_line(p))["accepted"] for p in sinks])
+            raw.update(baseline_connections=held, baseline_accepted=accepted)
+            if plain_lost or held != s.wide_idle or accepted != held:
+                self.incomplete.append(
+                    f"wide baseline: {held} of {s.wide_idle} connected, {plain_lost} lost"
+                )
             rss0 = sum(n.rss_kb() for n in nodes)
             t0 = time.monotonic()
             ports = ",".join(str(n.port) for n in nodes)
             tag = uuid.uuid4().hex[:4]
-            for w in range(s.wide_workers):
-                first = w * per_worker
-                count = min(per_worker, s.wide_idle - first)
-                argv = [
-                    sys.executable,
-                    str(HERE / "crowd.py"),
-                    "--ports",
-                    ports,
-                    "--source",
-                    f"127.0.0.{2 + w}",
-                    "--first",
-                    str(first),
-                    "--users",
-                    str(count),
-                    "--room-size",
-                    str(s.room_size),
-                    "--nick-prefix",
-                    f"w{tag}",
-                    "--parallel",
-                    str(WIDE_PARALLEL),
-                ]
-                workers.append(
-                    await asyncio.create_subprocess_exec(
-                        *pinned(argv, self.base.loadgen_cpu),
-                        stdin=asyncio.subprocess.PIPE,
-                        stdout=asyncio.subprocess.PIPE,
-                    )
-                )
-            hellos = []
-            for proc in workers:
-                assert proc.stdout is not None
-                line = await asyncio.wait_for(proc.stdout.readline(), 900)
-                if not line:
-                    raise RuntimeError("a crowd process exited before connecting its users")
-                hellos.append(json.loads(line))
+            workers, hellos = await self.crowd(children, ports, ["--nick-prefix", f"w{tag}"])
+            users = sum(h["users"] for h in hellos)
             connect_s = time.monotonic() - t0
             await quiet(nodes, 30.0)
             settle_s = time.monotonic() - t0 - connect_s
             rss1 = sum(n.rss_kb() for n in nodes)
-            users = sum(h["users"] for h in hellos)
             raw.update(
                 users=users,
                 connect_s=connect_s,
@@ -693,18 +676,12 @@ class Report:
                 flush=True,
             )
             with_ = await measure("with")
-            lost = 0
-            for proc in workers:
-                assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.close()
-                line = await asyncio.wait_for(proc.stdout.readline(), 60)
-                lost += json.loads(line)["lost"] if line else 0
-                await asyncio.wait_for(proc.wait(), 60)
+            lost = sum([(await last_line(p))["lost"] for p in workers])
             raw["crowd_lost"] = lost
             if lost or users != s.wide_idle:
                 self.incomplete.append(f"wide: {users} of {s.wide_idle} idle users, {lost} lost")
         finally:
-            for proc in workers:
+            for proc in children:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
@@ -741,7 +718,10 @@ class Report:
         for receivers in s.wide_receivers:
             a, b = without.get(receivers), with_.get(receivers)
             pair: Outcome = {"without": a, "with": b} if a and b else "error"
-            where = f"{s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes, room on node 0"
+            where = (
+                f"{s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes, room on node 0 "
+                "(without: the same connections held open to sinks)"
+            )
             pairs = {"imchat": pair, **na}
             self.add_pair(f"wide-{receivers}", where, receivers, pairs, s.sweep_rate)
             if a and b:
@@ -762,6 +742,24 @@ class Report:
                         met=None,
                     )
                 )
+
+    async def crowd(
+        self, children: list[asyncio.subprocess.Process], ports: str, extra: list[str]
+    ) -> tuple[list[asyncio.subprocess.Process], list[dict[str, Any]]]:
+        """``--wide``'s idle connections: ``crowd.py`` processes, each from its own loopback
+        address, connected; returns them and what each said once connected."""
+        s = self.sizes
+        per_worker = math.ceil(s.wide_idle / s.wide_workers)
+        workers = []
+        for w in range(s.wide_workers):
+            first = w * per_worker
+            argv = [
+                *("--ports", ports, "--source", f"127.0.0.{2 + w}"),
+                *("--first", str(first), "--users", str(min(per_worker, s.wide_idle - first))),
+                *("--room-size", str(s.room_size), "--parallel", str(WIDE_PARALLEL), *extra),
+            ]
+            workers.append(await spawn(children, HERE / "crowd.py", argv, self.base.loadgen_cpu))
+        return workers, [await first_line(proc, "a crowd process") for proc in workers]
 
     async def wide_broadcast(self, nodes: list[ServerProc], receivers: int) -> dict[str, Any]:
         """One paced broadcast among fresh users of a fresh room on node 0."""
@@ -796,6 +794,41 @@ class Report:
         if not result.complete:
             self.incomplete.append(f"wide R={receivers}")
         return row
+
+
+async def spawn(
+    children: list[asyncio.subprocess.Process], script: Path, argv: list[str], cpu: int | None
+) -> asyncio.subprocess.Process:
+    """One of this directory's scripts as a child on ``cpu``, noted in ``children`` (killed
+    at the end if still running); it talks in JSON lines on stdout, and stops when its
+    stdin closes."""
+    proc = await asyncio.create_subprocess_exec(
+        *pinned([sys.executable, str(script), *argv], cpu),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    children.append(proc)
+    return proc
+
+
+async def first_line(proc: asyncio.subprocess.Process, what: str) -> dict[str, Any]:
+    """A child's first line: it is ready (a crowd has connected its users)."""
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 900)
+    if not line:
+        raise RuntimeError(f"{what} exited before it was ready")
+    return cast(dict[str, Any], json.loads(line))
+
+
+async def last_line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Close a child's stdin, and its last line once it has let go of its connections."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    await asyncio.wait_for(proc.wait(), 60)
+    if not line:
+        raise RuntimeError(f"child {proc.pid} exited with {proc.returncode} before its last line")
+    return cast(dict[str, Any], json.loads(line))
 
 
 #: Handshakes in flight per Redis node and client process in ``--wide``. A node runs each

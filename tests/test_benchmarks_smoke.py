@@ -242,6 +242,8 @@ def test_report_quick_wide_spreads_idle_users_over_nodes_and_sources(tmp_path: P
     ]
     wide = result["raw"]["wide"]
     assert wide["users"] == 150 and wide["crowd_lost"] == 0
+    # The baseline held as many plain connections open to the sinks as there are users.
+    assert wide["baseline_connections"] == wide["baseline_accepted"] == 150
     assert sorted(c["source"] for c in wide["crowd"]) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     assert [(r["phase"], r["receivers"]) for r in wide["runs"]] == [
         ("without", 5), ("without", 20), ("with", 5), ("with", 20)
@@ -378,3 +380,48 @@ def test_process_cpu_is_read_finer_than_the_clock_tick() -> None:
     # the reading lies between the burn alone and the burn with both reads.
     with_reads = time.process_time() - outer
     assert burnt - 0.001 <= measured <= with_reads + 0.001
+
+
+@pytest.mark.timeout(60)
+def test_plain_crowd_holds_sockets_at_a_sink_and_resets_them(tmp_path: Path) -> None:
+    """``--wide``'s baseline: ``crowd.py --plain`` holds its sockets open at ``sink.py`` (none
+    lost) and closes them with a reset, so none lingers in ``TIME_WAIT`` into the next
+    measurement (the machine's cost grows with every socket it has)."""
+    env = {**os.environ, "PYTHONPATH": str(BENCH)}
+
+    def child(script: str, *argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(BENCH / script), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    sink = child("sink.py")
+    crowd = None
+    try:
+        assert sink.stdout is not None and sink.stdin is not None
+        port = json.loads(sink.stdout.readline())["port"]
+        crowd = child("crowd.py", "--plain", "--ports", str(port), "--users", "40")
+        assert crowd.stdout is not None and crowd.stdin is not None
+        hello = json.loads(crowd.stdout.readline())
+        assert hello["users"] == 40 and hello["lost"] == 0
+        crowd.stdin.close()
+        assert json.loads(crowd.stdout.readline())["lost"] == 0
+        assert crowd.wait(30) == 0
+        sink.stdin.close()
+        assert json.loads(sink.stdout.readline()) == {"accepted": 40}
+        assert sink.wait(30) == 0
+        lingering = subprocess.run(
+            ["ss", "-Htn", "state", "time-wait", f"( dport = :{port} or sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert lingering.strip() == ""
+    finally:
+        for proc in (sink, crowd):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
