@@ -858,8 +858,8 @@ class TaggedDriver(ImchatDriver):
 
 async def quiet(nodes: list[ServerProc], limit: float) -> float:
     """Until the nodes together used under 2 % of a core over a second (joins and
-    disconnects settled), or ``limit`` seconds: with tens of thousands of users a node is
-    never that quiet (it re-checks every guest's identity every 10 s). Returns the wait."""
+    disconnects settled), or ``limit`` seconds (a node that never settles does not stall the
+    run). Returns the wait."""
     start = time.monotonic()
     last = sum(n.cpu_seconds() for n in nodes)
     while time.monotonic() < start + limit:

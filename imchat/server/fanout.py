@@ -137,6 +137,13 @@ _SESSIONS = attrgetter("sessions")
 Recipients = tuple[tuple[type, tuple["Peer", ...]], ...]
 
 
+def runs_by_class(users: Iterable[User]) -> Recipients:
+    """Every session of ``users`` in runs of one class (each run is written in one go by
+    :func:`send_to_runs`), chained without a Python loop."""
+    sessions = chain.from_iterable(map(_SESSIONS, users))
+    return tuple((cls, tuple(run)) for cls, run in groupby(sessions, type))
+
+
 def send_to_runs(recipients: Recipients, frame: bytes) -> None:
     """One frame to every session: one call per run whose class sends to many at once
     (``send_all``), else one per session."""
@@ -240,9 +247,7 @@ class LocalFanout:
             members = self._rooms.get(room)
             if not members:
                 return ()
-            sessions = chain.from_iterable(map(_SESSIONS, members.values()))
-            recipients = tuple((cls, tuple(run)) for cls, run in groupby(sessions, type))
-            self._recipients[room] = recipients
+            recipients = self._recipients[room] = runs_by_class(members.values())
         return recipients
 
     async def join(self, session: Peer, room: str) -> bool:

@@ -63,14 +63,13 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError, ResponseError
 
 from imchat.protocol import ErrorCode, ProtocolError, encode_frame
 
-from .fanout import Recipients, send_run_to_runs, send_to_runs
+from .fanout import Recipients, runs_by_class, send_run_to_runs, send_to_runs
 from .gate import Gate
 from .identities import evict, written_to_any
 from .peer import User
@@ -108,8 +107,6 @@ CLOSE_TIMEOUT = 5.0
 _HEADER = struct.Struct(">I").pack
 #: Distinct recipient lists whose parsed form is kept.
 RECIPIENT_CACHE = 1024
-#: A user's sessions (``_local_sessions_of``: every named user's, chained without a loop).
-_SESSIONS = attrgetter("sessions")
 #: DMs kept for an offline user read per Redis reply at its next hello (up to
 #: ``max_queued``, 1,000 by default, wait): one reply stays small however long the queue.
 PENDING_PAGE = 100
@@ -965,9 +962,7 @@ class RedisFanout:
             else:
                 keys = set(recipients.decode().split(" "))
                 named = [users[key] for key in keys if key in users]
-            sessions = itertools.chain.from_iterable(map(_SESSIONS, named))
-            found = tuple((cls, tuple(run)) for cls, run in itertools.groupby(sessions, type))
-            self._recipients[recipients] = found
+            found = self._recipients[recipients] = runs_by_class(named)
         return found
 
     # -- holds -----------------------------------------------------------------------------
@@ -1110,7 +1105,6 @@ class RedisFanout:
             user = None
         if user is None:
             user = self._users[key] = User(online_nick.decode(), admin, ident)
-            self._recipients.clear()
             user.rooms.update(room.decode() for room in rooms)
         user.sessions.append(session)
         self._recipients.clear()
