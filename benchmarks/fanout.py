@@ -259,10 +259,15 @@ async def run_idle(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-async def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def run_sweep(
+    args: argparse.Namespace, idle: tuple[int, ...] | None = None
+) -> list[dict[str, Any]]:
+    """The sweep of each server, with each count of idle users in ``idle`` (default: none,
+    then ``--sweep-idle`` if it is set)."""
+    counts = idle if idle is not None else (0, args.sweep_idle) if args.sweep_idle else (0,)
     rows = []
     for kind in args.servers:
-        for idle_other in (0, args.sweep_idle):
+        for idle_other in counts:
             for receivers in args.sweep:
                 messages = max(args.sweep_min_messages, args.sweep_deliveries // receivers)
                 row = await scenario_broadcast(
@@ -275,8 +280,6 @@ async def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                     label=f"sweep+{idle_other}idle" if idle_other else "sweep",
                 )
                 rows += [row] if row else []
-            if not args.sweep_idle:
-                break
         print(sweep_fit([r for r in rows if r["server"] == kind]), flush=True)
     return rows
 

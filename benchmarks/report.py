@@ -36,7 +36,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -492,6 +492,7 @@ class Report:
         print(f"== sweep R={s.sweep}, then with {s.sweep_idle:,} idle users ==", flush=True)
         trials: list[list[dict[str, Any]]] = []
         ran: dict[str, str] = {}
+        baseline: dict[str, Any] = {}
         for _ in range(self.args.repeat):  # the servers interleaved, as in trials()
             for kind in self.servers:
                 args = self.ns(
@@ -503,17 +504,23 @@ class Report:
                     sweep_min_messages=s.sweep_min_messages,
                     room_size=s.room_size,
                 )
-                got = await self.guarded(f"sweep {kind}", run_sweep(args))
-                if got is None:
+                # Without idle users, the sockets they will have held open to a sink.
+                async with self.held_sockets(s.sweep_idle, 1, baseline):
+                    without = await self.guarded(f"sweep {kind}", run_sweep(args, idle=(0,)))
+                with_ = await self.guarded(
+                    f"sweep {kind} idle", run_sweep(args, idle=(s.sweep_idle,))
+                )
+                if without is None or with_ is None:
                     ran.setdefault(kind, "error")
                     continue
-                trials.append(got)
+                trials.append(without + with_)
         rows = median_rows(trials)
         self.incomplete += [f"sweep {r['scenario']} R={r['receivers']} {r['server']}"
                             for r in rows if not r["complete"]]  # fmt: skip
         for kind in {r["server"] for r in rows}:
             ran.pop(kind, None)  # one trial that ran is enough for its cells
         self.raw["sweep"] = rows
+        self.raw["sweep_baseline"] = baseline
         fits: dict[str, tuple[float, float, float]] = {}
         for kind in self.servers:
             pts = sweep_points([r for r in rows if r["server"] == kind], "sweep")
@@ -552,7 +559,10 @@ class Report:
                     pairs[kind] = self.skipped(kind, s.sweep_idle + receivers + 1) or "error"
                 else:
                     pairs[kind] = {"without": without, "with": with_}
-            where = f"{s.sweep_idle:,} idle users in other rooms, one embedded server"
+            where = (
+                f"{s.sweep_idle:,} idle users in other rooms, one embedded server "
+                "(without: the same connections held open to a sink)"
+            )
             self.add_pair(f"sweep-idle-{receivers}", where, receivers, pairs, s.sweep_rate)
 
     def add_pair(
@@ -637,20 +647,9 @@ class Report:
                 merged = {r: median_outcome(t) for r, t in trials.items() if t}
                 return {r: m for r, m in merged.items() if isinstance(m, dict)}
 
-            sink_cpu = self.base.server_cpu
-            sinks = [await spawn(children, HERE / "sink.py", [], sink_cpu) for _ in nodes]
-            sink_ports = ",".join([str((await first_line(p, "a sink"))["port"]) for p in sinks])
-            plain, hellos = await self.crowd(children, sink_ports, ["--plain"])
-            held = sum(h["users"] for h in hellos)
-            await quiet(nodes, 15.0)
-            without = await measure("without")
-            plain_lost = sum([(await last_line(p))["lost"] for p in plain])
-            accepted = sum([(await last_line(p))["accepted"] for p in sinks])
-            raw.update(baseline_connections=held, baseline_accepted=accepted)
-            if plain_lost or held != s.wide_idle or accepted != held:
-                self.incomplete.append(
-                    f"wide baseline: {held} of {s.wide_idle} connected, {plain_lost} lost"
-                )
+            async with self.held_sockets(s.wide_idle, s.wide_workers, raw):
+                await quiet(nodes, 15.0)
+                without = await measure("without")
             rss0 = sum(n.rss_kb() for n in nodes)
             t0 = time.monotonic()
             ports = ",".join(str(n.port) for n in nodes)
@@ -681,10 +680,7 @@ class Report:
             if lost or users != s.wide_idle:
                 self.incomplete.append(f"wide: {users} of {s.wide_idle} idle users, {lost} lost")
         finally:
-            for proc in children:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+            await reap(children)
             for node in nodes:
                 node.stop()
             failed = len(self.errors) > errors_before or sys.exc_info()[0] is not None
@@ -742,6 +738,38 @@ class Report:
                         met=None,
                     )
                 )
+
+    @contextlib.asynccontextmanager
+    async def held_sockets(
+        self, count: int, processes: int, record: dict[str, Any]
+    ) -> AsyncIterator[None]:
+        """``count`` plain connections held open meanwhile, from ``processes`` pairs of a
+        ``crowd.py --plain`` (each from its own loopback address) and a ``sink.py``: the
+        baseline of a "flat in idle users" pair has the sockets its idle users will have.
+        This machine walks every socket every 1-3 s (~100 ms of CPU a pass at 100,000
+        sockets, on either core), so a baseline without them would measure the machine's
+        sockets as well as the users (``benchmarks/README.md``, round 13)."""
+        children: list[asyncio.subprocess.Process] = []
+        share = math.ceil(count / processes)
+        pairs = []
+        try:
+            for i in range(processes):
+                sink = await spawn(children, HERE / "sink.py", [], self.base.server_cpu)
+                port = (await first_line(sink, "a sink"))["port"]
+                users = min(share, count - i * share)
+                argv = ["--plain", "--ports", str(port), "--source", f"127.0.0.{2 + i}"]
+                argv += ["--users", str(users), "--parallel", str(PLAIN_PARALLEL)]
+                crowd = await spawn(children, HERE / "crowd.py", argv, self.base.loadgen_cpu)
+                pairs.append((sink, crowd))
+            held = sum([(await first_line(c, "a crowd process"))["users"] for _, c in pairs])
+            yield
+            lost = sum([(await last_line(c))["lost"] for _, c in pairs])
+            accepted = sum([(await last_line(sink))["accepted"] for sink, _ in pairs])
+            record.update(baseline_connections=held, baseline_accepted=accepted)
+            if lost or held != count or accepted != held:
+                self.incomplete.append(f"baseline: {held} of {count} sockets held, {lost} lost")
+        finally:
+            await reap(children)
 
     async def crowd(
         self, children: list[asyncio.subprocess.Process], ports: str, extra: list[str]
@@ -811,6 +839,14 @@ async def spawn(
     return proc
 
 
+async def reap(children: list[asyncio.subprocess.Process]) -> None:
+    """Kill the children still running (a run that failed half-way)."""
+    for proc in children:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def first_line(proc: asyncio.subprocess.Process, what: str) -> dict[str, Any]:
     """A child's first line: it is ready (a crowd has connected its users)."""
     assert proc.stdout is not None
@@ -830,6 +866,9 @@ async def last_line(proc: asyncio.subprocess.Process) -> dict[str, Any]:
         raise RuntimeError(f"child {proc.pid} exited with {proc.returncode} before its last line")
     return cast(dict[str, Any], json.loads(line))
 
+
+#: Plain connections in flight per ``crowd.py --plain`` (no handshake: only the sink accepts).
+PLAIN_PARALLEL = 64
 
 #: Handshakes in flight per Redis node and client process in ``--wide``. A node runs each
 #: hello, join and disconnect as Redis commands on a connection of its own from redis-py's

@@ -224,6 +224,9 @@ def test_report_quick_has_a_row_per_target(tmp_path: Path) -> None:
     assert "Machine:" in stdout and "Noise (`other`)" in stdout
     assert result["errors"] == [] and result["incomplete"] == []
     assert result["machine"]["python"] and result["noise"]["wall_s"] > 0
+    # The sweep's runs without idle users held as many plain sockets open to a sink.
+    baseline = result["raw"]["sweep_baseline"]
+    assert baseline["baseline_connections"] == baseline["baseline_accepted"] == 60
 
 
 @pytest.mark.timeout(120)
