@@ -10,8 +10,9 @@ Prints one JSON line (users, connect seconds, lost), holds the connections (disc
 arrives) until its stdin closes, prints a second line (lost while held) and exits.
 
 ``--plain``: the same sockets, connected and held but never a user (no ``hello``), for the
-baseline of ``--wide`` (the ports are ``sink.py`` processes'); closed with a reset, so no
-socket lingers in ``TIME_WAIT`` into the measurement that follows.
+baseline of ``report.py``'s "flat in idle users" pairs (the ports are ``sink.py``
+processes'); closed with a reset, so no socket lingers in ``TIME_WAIT`` into the
+measurement that follows.
 
 Why a process of its own and a source address of its own: this machine lets a process hold
 at most 20,000 descriptors (the hard limit, which cannot be raised here), and one source

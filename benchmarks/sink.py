@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""A listener that accepts connections and holds them, for ``report.py --wide``'s baseline.
+"""A listener that accepts connections and holds them: the baseline of ``report.py``'s pairs.
 
     python benchmarks/sink.py
 
 Prints one JSON line (``{"port": P}``, on 127.0.0.1), accepts and holds every connection,
 discarding what arrives, until its stdin closes; then prints ``{"accepted": N}`` and exits.
 
-Why: this machine has a thread of its own that walks every socket every ~3 s: with 95,000
+Why: this machine has a thread of its own that walks every socket every 1-3 s: with 95,000
 loopback sockets open (no imchat anywhere) it burnt ~100 ms of CPU a pass on either core,
-and an imchat node that shared the core stood still meanwhile. ``--wide``'s measurement
-without the idle users holds the same connections open here (``crowd.py --plain``), so the
-machine has the same sockets in both phases and the pair compares what the idle *users*
-cost (``benchmarks/README.md``, round 13).
+and an imchat node that shared the core stood still meanwhile. A "flat in idle users"
+measurement without the idle users (``--wide``'s, the sweep's) holds the same connections
+open here (``crowd.py --plain``, ``report.held_sockets``), so the machine has the same
+sockets in both phases and the pair compares what the idle *users* cost
+(``benchmarks/README.md``, round 13).
 """
 
 from __future__ import annotations
