@@ -600,12 +600,8 @@ class Report:
 
     async def wide(self) -> None:
         """Idle users over several Redis nodes from several client processes, each bound to
-        its own loopback source address; paced broadcasts on node 0 without and with them.
-
-        Without them, the same connections are held open to sinks (``sink.py``): this
-        machine walks every socket every ~3 s, a burst of CPU on either core that grows
-        with the sockets open, so a baseline without them measured the machine's sockets
-        as well as the users (``benchmarks/README.md``, round 13)."""
+        its own loopback source address; paced broadcasts on node 0 without them (the same
+        connections held open to sinks instead: :meth:`held_sockets`) and with them."""
         s = self.sizes
         per_worker = math.ceil(s.wide_idle / s.wide_workers)
         per_node = math.ceil(s.wide_idle / s.wide_nodes) + max(s.wide_receivers) + 1
@@ -653,8 +649,7 @@ class Report:
             rss0 = sum(n.rss_kb() for n in nodes)
             t0 = time.monotonic()
             ports = ",".join(str(n.port) for n in nodes)
-            tag = uuid.uuid4().hex[:4]
-            workers, hellos = await self.crowd(children, ports, ["--nick-prefix", f"w{tag}"])
+            workers, hellos = await self.crowd(children, ports, f"w{uuid.uuid4().hex[:4]}")
             users = sum(h["users"] for h in hellos)
             connect_s = time.monotonic() - t0
             await quiet(nodes, 30.0)
@@ -772,7 +767,7 @@ class Report:
             await reap(children)
 
     async def crowd(
-        self, children: list[asyncio.subprocess.Process], ports: str, extra: list[str]
+        self, children: list[asyncio.subprocess.Process], ports: str, nick_prefix: str
     ) -> tuple[list[asyncio.subprocess.Process], list[dict[str, Any]]]:
         """``--wide``'s idle connections: ``crowd.py`` processes, each from its own loopback
         address, connected; returns them and what each said once connected."""
@@ -784,7 +779,8 @@ class Report:
             argv = [
                 *("--ports", ports, "--source", f"127.0.0.{2 + w}"),
                 *("--first", str(first), "--users", str(min(per_worker, s.wide_idle - first))),
-                *("--room-size", str(s.room_size), "--parallel", str(WIDE_PARALLEL), *extra),
+                *("--room-size", str(s.room_size), "--nick-prefix", nick_prefix),
+                *("--parallel", str(WIDE_PARALLEL)),
             ]
             workers.append(await spawn(children, HERE / "crowd.py", argv, self.base.loadgen_cpu))
         return workers, [await first_line(proc, "a crowd process") for proc in workers]
