@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from fanout import raise_fd_limit
+from fanout import raise_fd_limit, run_with_uvloop
 from loadgen import ImchatDriver, Stats, connect_many
 from serverproc import HOST, ServerProc
 
@@ -143,12 +143,7 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help="sockets only, never a user (sink.py)")
     args = p.parse_args()
     raise_fd_limit()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(crowd(args))
-    else:
-        uvloop.run(crowd(args))
+    run_with_uvloop(crowd(args))
 
 
 if __name__ == "__main__":

@@ -635,7 +635,7 @@ class Report:
 
             async def measure(phase: str) -> dict[int, dict[str, Any]]:
                 """Each room size ``--repeat`` times, interleaved; each figure the median (a
-                single p99 of a 5 s run moved by a third between runs of the same code)."""
+                single run's p99 moved by a third between runs of the same code)."""
                 trials: dict[int, list[Outcome]] = {r: [] for r in s.wide_receivers}
                 for _ in range(self.args.repeat):
                     for receivers in s.wide_receivers:

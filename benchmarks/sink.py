@@ -21,51 +21,52 @@ import asyncio
 import json
 import sys
 
-from fanout import raise_fd_limit
+from fanout import raise_fd_limit, run_with_uvloop
 from serverproc import HOST
+
+
+class Sink:
+    """The connections open now, and how many were ever accepted."""
+
+    def __init__(self) -> None:
+        self.open: set[asyncio.BaseTransport] = set()
+        self.accepted = 0
 
 
 class Held(asyncio.Protocol):
     """One accepted connection, kept until the peer goes or the sink exits."""
 
-    accepted = 0
-
-    def __init__(self, held: set[asyncio.BaseTransport]) -> None:
-        self.held = held
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.held.add(transport)
-        Held.accepted += 1
+        self.sink.open.add(transport)
+        self.sink.accepted += 1
 
     def data_received(self, data: bytes) -> None:
         pass
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.held.discard(self.transport)
+        self.sink.open.discard(self.transport)
 
 
 async def sink() -> None:
-    held: set[asyncio.BaseTransport] = set()
+    state = Sink()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Held(held), HOST, 0, backlog=4096)
+    server = await loop.create_server(lambda: Held(state), HOST, 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(json.dumps({"port": port}), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
-    print(json.dumps({"accepted": Held.accepted}), flush=True)
-    for transport in list(held):
+    print(json.dumps({"accepted": state.accepted}), flush=True)
+    for transport in list(state.open):
         transport.close()
 
 
 def main() -> None:
     raise_fd_limit()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(sink())
-    else:
-        uvloop.run(sink())
+    run_with_uvloop(sink())
 
 
 if __name__ == "__main__":

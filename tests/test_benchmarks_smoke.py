@@ -386,8 +386,8 @@ def test_process_cpu_is_read_finer_than_the_clock_tick() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_plain_crowd_holds_sockets_at_a_sink_and_resets_them(tmp_path: Path) -> None:
-    """``--wide``'s baseline: ``crowd.py --plain`` holds its sockets open at ``sink.py`` (none
+def test_plain_crowd_holds_sockets_at_a_sink_and_resets_them() -> None:
+    """The idle-user baselines: ``crowd.py --plain`` holds its sockets open at ``sink.py`` (none
     lost) and closes them with a reset, so none lingers in ``TIME_WAIT`` into the next
     measurement (the machine's cost grows with every socket it has)."""
     env = {**os.environ, "PYTHONPATH": str(BENCH)}
