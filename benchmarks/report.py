@@ -46,7 +46,14 @@ import cluster
 import fanout
 from fanout import FACTORIES, linear_fit, run_idle, run_sweep, scenario_broadcast, sweep_points
 from loadgen import ImchatDriver, broadcast
-from serverproc import ServerProc, delete_prefix, imchat_server, machine_busy_seconds, pinned
+from serverproc import (
+    ServerProc,
+    delete_prefix,
+    imchat_server,
+    machine_busy_seconds,
+    pinned,
+    quiet,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVERS = ("imchat", "inspircd", "miniircd")
@@ -895,21 +902,6 @@ class TaggedDriver(ImchatDriver):
 
     def room(self, name: str) -> str:
         return f"{name}{self.tag}"
-
-
-async def quiet(nodes: list[ServerProc], limit: float) -> float:
-    """Until the nodes together used under 2 % of a core over a second (joins and
-    disconnects settled), or ``limit`` seconds (a node that never settles does not stall the
-    run). Returns the wait."""
-    start = time.monotonic()
-    last = sum(n.cpu_seconds() for n in nodes)
-    while time.monotonic() < start + limit:
-        await asyncio.sleep(1.0)
-        now = sum(n.cpu_seconds() for n in nodes)
-        if now - last < 0.02:
-            break
-        last = now
-    return time.monotonic() - start
 
 
 @contextlib.contextmanager

@@ -255,3 +255,18 @@ def imchat_server(
         env=env,
         data_dir=data_dir,
     )
+
+
+async def quiet(nodes: list[ServerProc], limit: float, busy: float = 0.02) -> float:
+    """Until the nodes together used under ``busy`` of a core over a second (joins and
+    disconnects settled), or ``limit`` seconds (a node that never settles does not stall the
+    run). Returns the wait."""
+    start = time.monotonic()
+    last = sum(n.cpu_seconds() for n in nodes)
+    while time.monotonic() < start + limit:
+        await asyncio.sleep(1.0)
+        now = sum(n.cpu_seconds() for n in nodes)
+        if now - last < busy:
+            break
+        last = now
+    return time.monotonic() - start
