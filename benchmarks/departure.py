@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fanout import raise_fd_limit, run_with_uvloop
+from fanout import PySpy, raise_fd_limit, run_with_uvloop, summarize_profile
 from report import first_line, last_line, reap, spawn
 from serverproc import HOST, ServerProc, imchat_server, quiet
 from storm import Frames, frame
@@ -102,6 +102,9 @@ async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         beating = asyncio.create_task(pulse.run())
         pulse_cpu0, pulse_start = server.cpu_seconds(), time.monotonic()
         await asyncio.sleep(args.before)
+        spy = PySpy(server.pid, args.profile) if args.profile else None
+        if spy is not None:
+            spy.start()
         cpu0, left = server.cpu_seconds(), time.monotonic()
         pulse_cpu = (cpu0 - pulse_cpu0) / (left - pulse_start)
         held = await last_line(crowd)
@@ -109,6 +112,9 @@ async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # last second is not the departure's.
         settled = await quiet([server], args.limit, busy=pulse_cpu + 0.02) - 1.0
         cpu = server.cpu_seconds() - cpu0
+        if spy is not None:
+            spy.stop()
+            print(summarize_profile(args.profile), flush=True)
         pulse.stop.set()
         await beating
         return {
@@ -147,6 +153,7 @@ def main() -> None:
     p.add_argument("--before", type=float, default=2.0, help="seconds of pulse before")
     p.add_argument("--limit", type=float, default=120.0, help="give up waiting for quiet")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--profile", type=Path, help="py-spy the server's departure into FILE")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/crowd to CPUs")
     args = p.parse_args()
     args.server_cpu, args.loadgen_cpu = (None, None) if args.no_pin else (0, 1)

@@ -159,6 +159,21 @@ def test_storm_brings_every_client_back_resynced() -> None:
     assert 0 < result["p50_s"] <= result["p99_s"] <= result["max_s"]
 
 
+@pytest.mark.timeout(60)
+def test_departure_times_the_pulse_before_and_while_the_crowd_leaves() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "departure.py"), "--users", "40", "--room-size", "10",
+         "--repeat", "1", "--before", "0.3", "--limit", "20"],
+        capture_output=True, text=True, timeout=55,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run, medians = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert run["users"] == 40 and run["lost_while_held"] == 0
+    assert run["ok_before"]["count"] > 0 and run["ok_during"]["count"] > 0
+    assert 0 <= run["departure_s"] < 20 and run["server_cpu_s"] > 0
+    assert medians["median"]["departure_s"] == run["departure_s"]
+
+
 @pytest.mark.timeout(90)
 def test_output_memory_benchmark_reports_growth_against_the_bound() -> None:
     proc = subprocess.run(
