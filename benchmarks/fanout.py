@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import loadgen
 from ircbench import IrcDriver, MiniircdDriver, inspircd_server, miniircd_server
@@ -52,14 +52,16 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run_with_uvloop(main: Coroutine[Any, Any, None]) -> None:
+T = TypeVar("T")
+
+
+def run_with_uvloop(main: Coroutine[Any, Any, T]) -> T:
     """Run a helper process's ``main`` on uvloop where it is installed, else asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 @contextlib.asynccontextmanager

@@ -257,16 +257,18 @@ def imchat_server(
     )
 
 
-async def quiet(nodes: list[ServerProc], limit: float, busy: float = 0.02) -> float:
-    """Until the nodes together used under ``busy`` of a core over a second (joins and
-    disconnects settled), or ``limit`` seconds (a node that never settles does not stall the
-    run). Returns the wait."""
+async def quiet(
+    nodes: list[ServerProc], limit: float, busy: float = 0.02, step: float = 1.0
+) -> float:
+    """Until the nodes together used under ``busy`` of a core over ``step`` seconds (joins
+    and disconnects settled), or ``limit`` seconds (a node that never settles does not stall
+    the run). Returns the wait."""
     start = time.monotonic()
     last = sum(n.cpu_seconds() for n in nodes)
     while time.monotonic() < start + limit:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(step)
         now = sum(n.cpu_seconds() for n in nodes)
-        if now - last < busy:
+        if now - last < busy * step:
             break
         last = now
     return time.monotonic() - start

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import struct
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fanout import raise_fd_limit, run_with_uvloop
 from serverproc import HOST, LOOPBACK_CROWD, ServerProc, free_port, imchat_command
 
 from imchat.client.session import Backoff
@@ -52,13 +52,6 @@ def listen_overflows() -> int:
             table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return int(table.get("ListenOverflows", 0))
     return 0
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Frames:
@@ -245,14 +238,8 @@ def main() -> None:
         "(isolates accepting, handshakes and resync from presence fan-out)",
     )
     args = parser.parse_args()
-    raise_nofile()
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    result = runner(asyncio.wait_for(run(args), args.timeout))
+    raise_fd_limit()
+    result = run_with_uvloop(asyncio.wait_for(run(args), args.timeout))
     print(json.dumps(result))
 
 
