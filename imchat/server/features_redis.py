@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import NoScriptError
 
 from imchat.protocol import ErrorCode, ProtocolError
 
@@ -153,20 +152,12 @@ def append(store: RedisStore, draft: Draft, args: tuple[Any, ...]) -> Awaitable[
     def command(pipe: Pipeline) -> Any:
         return pipe.evalsha(script.sha, 1, anchor, *args, *params)
 
-    return _finish(store, script, command, store._ordered(command, write=True))
+    # A NOSCRIPT is the batch's to handle: it runs the script again in its place.
+    return _finish(store._ordered(command, write=True))
 
 
-async def _finish(
-    store: RedisStore,
-    script: Any,
-    command: Callable[[Pipeline], Any],
-    first: asyncio.Future[Any],
-) -> bytes:
-    try:
-        reply: bytes = await first
-    except NoScriptError:  # Redis restarted and lost its scripts: this one did not run
-        script.sha = await store.redis.script_load(script.script)
-        reply = await store._ordered(command, write=True)
+async def _finish(first: asyncio.Future[Any]) -> bytes:
+    reply: bytes = await first
     if reply.startswith(b"E "):
         code = ErrorCode(reply[2:].decode())
         raise ProtocolError(

@@ -845,20 +845,17 @@ class RedisStore:
         if self.wait_replicas and any(write for _, _, write, _, _ in batch):
             wait = (self.wait_replicas, WAIT_TIMEOUT_MS)
         results = None
+        # Every script a batch may run: after NOSCRIPT each is loaded and the commands that
+        # did not run are run again within the batch, so none loses its place in the order.
+        scripts = [self._append, self.feature_lua]
         packed = [command for _, _, _, _, command in batch]
         if None not in packed and self._link.usable:
             results = await run_packed(
-                self.redis,
-                self._link,
-                cast(list[bytes], packed),
-                [self._append],
-                wait=wait,
+                self.redis, self._link, cast(list[bytes], packed), scripts, wait=wait
             )
         if results is None:
             commands = [command for command, _, _, _, _ in batch]
-            results = await run_pipeline(
-                self.redis, commands, [self._append], wait=wait, link=self._link
-            )
+            results = await run_pipeline(self.redis, commands, scripts, wait=wait, link=self._link)
         if wait is None:
             return results
         acked = results.pop()

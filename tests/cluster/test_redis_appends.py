@@ -10,12 +10,14 @@ room messages (``queue_append``) shares one future, settled with each message's 
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from append_group_contract import check_a_sessions_appends_share_one_future
 
 from imchat.protocol import ErrorCode, ProtocolError
 from imchat.protocol.events import MsgEvent
-from imchat.server import redis_store
+from imchat.server import features_redis, redis_store
 from imchat.server.message_features import REPLY, Feature
 from imchat.server.redis_store import RedisStore
 from imchat.server.store import Draft, Stored
@@ -118,3 +120,29 @@ async def test_a_cancelled_group_leaves_the_next_sessions_settled(store: RedisSt
     gone.cancel()  # alice's task was cancelled while it waited
     assert [r.seq for r in await kept] == [2]  # alice's message was stored all the same
     assert (await store.last_seq(LOBBY)) == 2
+
+
+async def test_a_reply_keeps_its_place_when_redis_lost_its_scripts(store: RedisStore) -> None:
+    """NOSCRIPT (Redis restarted and flushed its scripts): the batch loads every script it
+    may run, the append's and the feature script's, and runs again what did not run, in call
+    order. Loading only the append's left the reply to be queued again behind the plain
+    appends started after it. Scripts of their own (a comment added), so no other test's
+    Redis loses its scripts."""
+    mark = f"\n-- {uuid.uuid4().hex}\n"
+    append_lua = redis_store.APPEND_LUA + mark
+    store._append = store.redis.register_script(append_lua)
+    store.feature_lua = store.redis.register_script(features_redis.feature_script(append_lua))
+    assert await store.redis.script_exists(store._append.sha, store.feature_lua.sha) == [
+        False,
+        False,
+    ]
+    started = [
+        store.start_append(say("plain")),
+        store.start_append(say("a reply", reply_to=1)),
+        store.start_append(say("after the reply")),
+    ]
+    assert [(await future).seq for future in started] == [1, 2, 3]
+    assert await store.redis.script_exists(store._append.sha, store.feature_lua.sha) == [
+        True,
+        True,
+    ]
