@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A crowd leaving at once: what it costs the server, and everyone else's ``ok`` meanwhile.
 
-    python benchmarks/departure.py [--users 10000] [--room-size 100] [--repeat 3]
+    python benchmarks/departure.py [--users 10000] [--room-size 100] [--repeat 3] [--redis URL]
 
 ``--users`` guests (``crowd.py``, from 127.0.0.2) connect to one embedded server and join
 rooms of ``--room-size``; one more user (the pulse) says a message in a room of its own
@@ -9,7 +9,9 @@ every ``--every`` seconds, one at a time, and times each ``ok`` (sent after the 
 Then the whole crowd drops its connections at once, as a network blip or a restarted proxy
 would. Reported per run: the server's CPU and the time until it is quiet again (under 2 % of
 a core more than the pulse alone, over a quarter second), and the pulse's ``ok`` latency
-before and during the departure.
+before and during the departure. With ``--redis URL`` the server is one node over that
+Redis (a key prefix of its own each run, its keys deleted afterwards), and Redis's CPU and
+commands during the departure are reported too (``INFO``; other clients of that Redis count).
 
 Each guest's leave is a store operation (its identity is held for a resume), and the
 writer that commits it also commits every message: a leave that costs in proportion to the
@@ -25,15 +27,17 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster import redis_counters
 from fanout import PySpy, raise_fd_limit, run_with_uvloop, summarize_profile
 from report import first_line, last_line, reap, spawn
-from serverproc import HOST, ServerProc, imchat_server, quiet
+from serverproc import HOST, ServerProc, delete_prefix, imchat_server, quiet
 from storm import Frames, frame
 
 HERE = Path(__file__).resolve().parent
@@ -90,7 +94,9 @@ def summary(acks: list[float]) -> dict[str, float]:
 
 
 async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    server: ServerProc = imchat_server(work / "data", work / "server.log", args.server_cpu)
+    prefix = f"imchat-departure-{uuid.uuid4().hex[:8]}:"
+    extra = ["--redis", args.redis, "--redis-prefix", prefix] if args.redis else []
+    server: ServerProc = imchat_server(work / "data", work / "server.log", args.server_cpu, extra)
     children: list[asyncio.subprocess.Process] = []
     try:
         port = await server.start(30.0)
@@ -108,6 +114,7 @@ async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         spy = PySpy(server.pid, args.profile) if args.profile else None
         if spy is not None:
             spy.start()
+        redis0 = redis_counters(args.redis or None)
         cpu0, left = server.cpu_seconds(), time.monotonic()
         pulse_cpu = (cpu0 - pulse_cpu0) / (left - pulse_start)
         held = await last_line(crowd)
@@ -116,12 +123,13 @@ async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         busy = pulse_cpu + 0.02
         settled = await quiet([server], args.limit, busy=busy, step=QUIET_STEP) - QUIET_STEP
         cpu = server.cpu_seconds() - cpu0
+        in_redis = redis_counters(args.redis or None) - redis0
         if spy is not None:
             spy.stop()
             print(summarize_profile(args.profile), flush=True)
         pulse.stop.set()
         await beating
-        return {
+        result = {
             "users": arrived["users"],
             "connect_s": round(arrived["connect_s"], 2),
             "lost_while_held": held["lost"],
@@ -131,9 +139,14 @@ async def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "ok_before": summary(pulse.between(left - args.before, left)),
             "ok_during": summary(pulse.between(left, left + settled + QUIET_STEP)),
         }
+        if args.redis:
+            result |= {"redis_cpu_s": round(in_redis.cpu, 3), "redis_commands": in_redis.commands}
+        return result
     finally:
         await reap(children)
         server.stop(30.0)
+        if args.redis:
+            delete_prefix(args.redis, prefix)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -157,6 +170,7 @@ def main() -> None:
     p.add_argument("--before", type=float, default=2.0, help="seconds of pulse before")
     p.add_argument("--limit", type=float, default=120.0, help="give up waiting for quiet")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--redis", default="", help="one node over this Redis (redis://...)")
     p.add_argument("--profile", type=Path, help="py-spy the server's departure into FILE")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/crowd to CPUs")
     args = p.parse_args()

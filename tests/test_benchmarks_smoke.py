@@ -160,10 +160,19 @@ def test_storm_brings_every_client_back_resynced() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_departure_times_the_pulse_before_and_while_the_crowd_leaves() -> None:
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_departure_times_the_pulse_before_and_while_the_crowd_leaves(backend: str) -> None:
+    """With ``--redis``: one node over the test Redis, and Redis's share of the departure."""
+    from conftest import TEST_REDIS_URL, redis_available
+
+    extra: list[str] = []
+    if backend == "redis":
+        if not redis_available(TEST_REDIS_URL):
+            pytest.skip("no Redis")
+        extra = ["--redis", TEST_REDIS_URL]
     proc = subprocess.run(
         [sys.executable, str(BENCH / "departure.py"), "--users", "40", "--room-size", "10",
-         "--repeat", "1", "--before", "0.3", "--limit", "20"],
+         "--repeat", "1", "--before", "0.3", "--limit", "20", *extra],
         capture_output=True, text=True, timeout=55,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -172,6 +181,8 @@ def test_departure_times_the_pulse_before_and_while_the_crowd_leaves() -> None:
     assert run["ok_before"]["count"] > 0 and run["ok_during"]["count"] > 0
     assert 0 <= run["departure_s"] < 20 and run["server_cpu_s"] > 0
     assert medians["median"]["departure_s"] == run["departure_s"]
+    if extra:  # every leave is a script in Redis
+        assert run["redis_commands"] >= 40 and run["redis_cpu_s"] >= 0
 
 
 @pytest.mark.timeout(90)
