@@ -157,7 +157,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(json.dumps(run), flush=True)
         runs.append(run)
     keys = ("departure_s", "server_cpu_s")
-    medians = {k: statistics.median(r[k] for r in runs) for k in keys}
+    medians = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
     medians["ok_during_max_ms"] = statistics.median(r["ok_during"]["max_ms"] for r in runs)
     print(json.dumps({"median": medians}), flush=True)
 
