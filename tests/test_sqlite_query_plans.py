@@ -1,9 +1,10 @@
 """What a user's arrival, messages and leave cost on SQLite does not grow with the users.
 
-Every statement the writer runs for a guest's claim, its DMs, read markers and leave must
-find its rows through an index. One that scans a table of users makes a crowd's departure
-quadratic: 10,000 guests leaving at once (a network blip) held the writer, and so every
-other user's ``ok``, for 8 s of SQLite scans (``benchmarks/README.md``, round 14).
+Every statement the store runs (writer and reader) for a guest's claim, its messages, DMs,
+read markers and leave must find its rows through an index. One that scans a table of users
+makes a crowd's departure quadratic: 10,000 guests leaving at once (a network blip) held the
+writer, and so every other user's ``ok``, for 8-11 s of SQLite scans (``benchmarks/README.md``,
+"A crowd leaving at once").
 """
 
 from __future__ import annotations
