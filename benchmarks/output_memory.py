@@ -24,8 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fanout import raise_fd_limit
 from serverproc import HOST, ServerProc, free_port, imchat_command
-from storm import Frames, frame, raise_nofile
+from storm import Frames, frame
 
 MIB = 1024 * 1024
 
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--max-output-total", type=int, default=256 * MIB)
     parser.add_argument("--settle", type=float, default=15.0)
     args = parser.parse_args()
-    raise_nofile()
+    raise_fd_limit()
     print(json.dumps(asyncio.run(run(args))))
 
 
