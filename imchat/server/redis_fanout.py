@@ -121,7 +121,8 @@ local function jstr(s)
   return '"' .. string.gsub(s, '\\\\', '\\\\\\\\') .. '"'
 end
 -- The room is heard on `node` for `key` (a member with a session there).
--- `rs:` is `rn:` as the string an envelope lists (appended to; rebuilt after a removal).
+-- `rs:` is `rn:` as the string an envelope lists (appended to; the key cut out of it after a
+-- removal: rebuilding it from the set cost a room of N members N strings at every leave).
 local function route_at(prefix, key, room, node)
   if redis.call('SADD', prefix .. 'rn:' .. node .. ':' .. room, key) == 1 then
     redis.call('APPEND', prefix .. 'rs:' .. node .. ':' .. room, key .. ' ')
@@ -131,9 +132,14 @@ end
 local function unroute_at(prefix, key, room, node)
   local here = prefix .. 'rn:' .. node .. ':' .. room
   local listed = prefix .. 'rs:' .. node .. ':' .. room
-  if redis.call('SREM', here, key) == 1 then
-    local left = redis.call('SMEMBERS', here)
-    if #left > 0 then redis.call('SET', listed, table.concat(left, ' ') .. ' ') end
+  if redis.call('SREM', here, key) == 1 and redis.call('SCARD', here) > 0 then
+    local was = redis.call('GET', listed) or ''
+    local at = string.find(' ' .. was, ' ' .. key .. ' ', 1, true)
+    if at then
+      redis.call('SET', listed, string.sub(was, 1, at - 1) .. string.sub(was, at + #key + 1))
+    else  -- not listed (a string out of step with its set): list the set again
+      redis.call('SET', listed, table.concat(redis.call('SMEMBERS', here), ' ') .. ' ')
+    end
   end
   if redis.call('SCARD', here) == 0 then
     redis.call('DEL', listed)

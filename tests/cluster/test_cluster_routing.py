@@ -191,3 +191,31 @@ async def test_routes_go_with_the_sessions_on_leaving_and_on_a_reap(
         assert await redis.get(f"{prefix}rs:{here}:lobby") == b"alice "
         assert await tap.smembers("rnodes:lobby") == {here}
         assert await tap.smembers(f"rn:{here}:lobby") == {"alice"}
+
+
+async def test_a_leave_cuts_only_its_own_key_out_of_the_listed_members(
+    cluster: Cluster, clients: Clients, prefix: str
+) -> None:
+    """The ``rs:`` string a room's envelopes carry loses exactly the key that left, wherever
+    it stands and whatever other key it begins or ends (``al`` of ``alan``, ``lan``)."""
+    (node,) = cluster.start_many(1)
+    nicks = ["al", "alan", "lan", "bo", "al2"]
+    members = {nick: await clients.connect(node, nick) for nick in nicks}
+    for member in members.values():
+        await member.request("join", room="lobby")
+    async with tapping(prefix) as tap:
+        here = await tap.node_of("al")
+        listed = f"{prefix}rs:{here}:lobby"
+
+        async def leaves(nick: str) -> list[str]:
+            await members.pop(nick).close()
+            watcher = next(iter(members.values()))
+            await watcher.wait_for(is_type("offline", nick=nick))
+            raw = await tap.redis.get(listed)
+            assert raw.endswith(b" ") and b"  " not in raw and not raw.startswith(b" ")
+            return sorted(raw.decode().split())
+
+        assert await leaves("al") == ["al2", "alan", "bo", "lan"]  # the first, a prefix
+        assert await leaves("al2") == ["alan", "bo", "lan"]  # the last
+        assert await leaves("lan") == ["alan", "bo"]  # in the middle, a suffix
+        assert await tap.smembers(f"rn:{here}:lobby") == {"alan", "bo"}
