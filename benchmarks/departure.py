@@ -158,7 +158,8 @@ async def main_async(args: argparse.Namespace) -> None:
         runs.append(run)
     keys = ("departure_s", "server_cpu_s")
     medians = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
-    medians["ok_during_max_ms"] = statistics.median(r["ok_during"]["max_ms"] for r in runs)
+    worst = statistics.median(r["ok_during"]["max_ms"] for r in runs)
+    medians["ok_during_max_ms"] = round(worst, 2)
     print(json.dumps({"median": medians}), flush=True)
 
 
