@@ -132,7 +132,11 @@ end
 local function unroute_at(prefix, key, room, node)
   local here = prefix .. 'rn:' .. node .. ':' .. room
   local listed = prefix .. 'rs:' .. node .. ':' .. room
-  if redis.call('SREM', here, key) == 1 and redis.call('SCARD', here) > 0 then
+  local removed = redis.call('SREM', here, key) == 1
+  if redis.call('SCARD', here) == 0 then
+    redis.call('DEL', listed)
+    redis.call('SREM', prefix .. 'rnodes:' .. room, node)
+  elseif removed then
     local was = redis.call('GET', listed) or ''
     local at = string.find(' ' .. was, ' ' .. key .. ' ', 1, true)
     if at then
@@ -140,10 +144,6 @@ local function unroute_at(prefix, key, room, node)
     else  -- not listed (a string out of step with its set): list the set again
       redis.call('SET', listed, table.concat(redis.call('SMEMBERS', here), ' ') .. ' ')
     end
-  end
-  if redis.call('SCARD', here) == 0 then
-    redis.call('DEL', listed)
-    redis.call('SREM', prefix .. 'rnodes:' .. room, node)
   end
 end
 -- `key` became (stopped being) a member of `room`: on every node with a session of theirs.
