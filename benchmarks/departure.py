@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import redis_counters
 from fanout import PySpy, raise_fd_limit, run_with_uvloop, summarize_profile
+from loadgen import percentile
 from report import first_line, last_line, reap, spawn
 from serverproc import HOST, ServerProc, delete_prefix, imchat_server, quiet
 from storm import Frames, frame
@@ -88,7 +89,7 @@ def summary(acks: list[float]) -> dict[str, float]:
     return {
         "count": len(ordered),
         "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+        "p99_ms": round(percentile(ordered, 99) * 1000, 2),
         "max_ms": round(ordered[-1] * 1000, 2),
     }
 

@@ -354,7 +354,7 @@ async def settle(stats: Stats, quiet: float = 0.5, limit: float = 300.0) -> floa
     raise TimeoutError(f"server still sending after {limit}s")
 
 
-def percentile(values: Sequence[int], pct: float) -> float:
+def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile of sorted ``values`` (nan if empty)."""
     if not values:
         return float("nan")
