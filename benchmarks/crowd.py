@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import cast
 
 from fanout import raise_fd_limit, run_with_uvloop
-from loadgen import ImchatDriver, Stats, connect_many
-from serverproc import HOST, ServerProc
+from loadgen import ImchatDriver, Stats, connect_from, connect_many
+from serverproc import ServerProc
 
 
 class Plain(asyncio.Protocol):
@@ -74,12 +74,9 @@ async def plain(args: argparse.Namespace, stats: Stats, ports: list[int]) -> lis
 
     async def one(port: int) -> Plain:
         async with sem:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = await connect_from(args.source or "0.0.0.0", port)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
-                sock.setblocking(False)
-                sock.bind((args.source or "0.0.0.0", 0))
-                await loop.sock_connect(sock, (HOST, port))
                 _, held = await loop.create_connection(lambda: Plain(stats), sock=sock)
             except BaseException:
                 sock.close()

@@ -614,7 +614,11 @@ class Report:
     async def wide(self) -> None:
         """Idle users over several Redis nodes from several client processes, each bound to
         its own loopback source address; paced broadcasts on node 0 without them (the same
-        connections held open to sinks instead: :meth:`held_sockets`) and with them."""
+        connections held open to sinks instead: :meth:`held_sockets`), with them, and without
+        them again. The baseline is measured on both sides of the idle users because the
+        phases are minutes long and cannot be interleaved (50,000 users take minutes to
+        connect): a machine that slows down or speeds up over the run then moves the baseline
+        with it instead of landing in one phase whole (``benchmarks/README.md``, round 15)."""
         s = self.sizes
         per_worker = math.ceil(s.wide_idle / s.wide_workers)
         per_node = math.ceil(s.wide_idle / s.wide_nodes) + max(s.wide_receivers) + 1
@@ -629,6 +633,9 @@ class Report:
         children: list[asyncio.subprocess.Process] = []
         raw: dict[str, Any] = {"nodes": s.wide_nodes, "idle": s.wide_idle, "runs": []}
         self.raw["wide"] = raw
+        trials: dict[str, dict[int, list[Outcome]]] = {
+            phase: {r: [] for r in s.wide_receivers} for phase in ("without", "with")
+        }
         try:
             for i in range(s.wide_nodes):
                 node = imchat_server(
@@ -640,25 +647,25 @@ class Report:
                 await node.start(60.0)
                 nodes.append(node)
 
-            async def measure(phase: str) -> dict[int, dict[str, Any]]:
-                """Each room size ``--repeat`` times, interleaved; each figure the median (a
-                single run's p99 moved by a third between runs of the same code)."""
-                trials: dict[int, list[Outcome]] = {r: [] for r in s.wide_receivers}
+            async def measure(phase: str, label: str) -> None:
+                """Each room size ``--repeat`` times, interleaved, into ``trials[phase]``."""
                 for _ in range(self.args.repeat):
                     for receivers in s.wide_receivers:
                         got = await self.guarded(
-                            f"wide {phase} R={receivers}", self.wide_broadcast(nodes, receivers)
+                            f"wide {label} R={receivers}", self.wide_broadcast(nodes, receivers)
                         )
                         if got is not None:
-                            got["phase"] = phase
+                            got["phase"] = label
                             raw["runs"].append(got)
-                            trials[receivers].append(got)
-                merged = {r: median_outcome(t) for r, t in trials.items() if t}
-                return {r: m for r, m in merged.items() if isinstance(m, dict)}
+                            trials[phase][receivers].append(got)
 
-            async with self.held_sockets(s.wide_idle, s.wide_workers, raw):
-                await quiet(nodes, 15.0)
-                without = await measure("without")
+            async def baseline(label: str) -> None:
+                record = raw.setdefault(label, {})
+                async with self.held_sockets(s.wide_idle, s.wide_workers, record):
+                    await quiet(nodes, 15.0)
+                    await measure("without", label)
+
+            await baseline("without, before")
             rss0 = sum(n.rss_kb() for n in nodes)
             t0 = time.monotonic()
             ports = ",".join(str(n.port) for n in nodes)
@@ -682,11 +689,13 @@ class Report:
                 f"{settle_s:.1f} s later), {(rss1 - rss0) / max(1, users):.2f} KiB each",
                 flush=True,
             )
-            with_ = await measure("with")
+            await measure("with", "with")
             lost = sum([(await last_line(p))["lost"] for p in workers])
             raw["crowd_lost"] = lost
             if lost or users != s.wide_idle:
                 self.incomplete.append(f"wide: {users} of {s.wide_idle} idle users, {lost} lost")
+            await quiet(nodes, 30.0)  # the crowd's departure
+            await baseline("without, after")
         finally:
             await reap(children)
             for node in nodes:
@@ -720,11 +729,11 @@ class Report:
             )
         )
         for receivers in s.wide_receivers:
-            a, b = without.get(receivers), with_.get(receivers)
+            a, b = (merge_trials(trials[phase][receivers]) for phase in ("without", "with"))
             pair: Outcome = {"without": a, "with": b} if a and b else "error"
             where = (
                 f"{s.wide_idle:,} idle users over {s.wide_nodes} Redis nodes, room on node 0 "
-                "(without: the same connections held open to sinks)"
+                "(without: the same connections held open to sinks, before and after them)"
             )
             pairs = {"imchat": pair, **na}
             self.add_pair(f"wide-{receivers}", where, receivers, pairs, s.sweep_rate)
@@ -968,6 +977,12 @@ def median_outcome(outcomes: list[Outcome]) -> Outcome:
     if len(rows) < len(outcomes):
         merged["failed_trials"] = len(outcomes) - len(rows)
     return merged
+
+
+def merge_trials(outcomes: list[Outcome]) -> dict[str, Any] | None:
+    """:func:`median_outcome` of the trials, or None if none of them has figures."""
+    merged = median_outcome(outcomes) if outcomes else None
+    return merged if isinstance(merged, dict) else None
 
 
 def median_rows(trials: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -258,7 +258,8 @@ def test_report_quick_has_a_row_per_target(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_report_quick_wide_spreads_idle_users_over_nodes_and_sources(tmp_path: Path) -> None:
     """``--wide`` (shrunk): idle users from three processes, each on its own loopback source
-    address, over three Redis nodes; a with/without pair per room size."""
+    address, over three Redis nodes; a with/without pair per room size, the baseline measured
+    before and after the idle users."""
     from conftest import TEST_REDIS_URL, redis_available
 
     if not redis_available(TEST_REDIS_URL):
@@ -271,13 +272,21 @@ def test_report_quick_wide_spreads_idle_users_over_nodes_and_sources(tmp_path: P
     ]
     wide = result["raw"]["wide"]
     assert wide["users"] == 150 and wide["crowd_lost"] == 0
-    # The baseline held as many plain connections open to the sinks as there are users.
-    assert wide["baseline_connections"] == wide["baseline_accepted"] == 150
+    # Each baseline held as many plain connections open to the sinks as there are users.
+    for phase in ("without, before", "without, after"):
+        assert wide[phase]["baseline_connections"] == wide[phase]["baseline_accepted"] == 150
     assert sorted(c["source"] for c in wide["crowd"]) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     assert [(r["phase"], r["receivers"]) for r in wide["runs"]] == [
-        ("without", 5), ("without", 20), ("with", 5), ("with", 20)
+        ("without, before", 5), ("without, before", 20), ("with", 5), ("with", 20),
+        ("without, after", 5), ("without, after", 20),
     ]  # fmt: skip
     assert all(r["complete"] for r in wide["runs"])
+    # The pair's baseline is the median of both baselines' runs.
+    for r in (5, 20):
+        row = next(row for row in result["rows"] if row["key"] == f"wide-{r}-cpu")
+        runs = [x for x in wide["runs"] if x["receivers"] == r]
+        before, with_, after = (x["cpu_us_per_delivery"] for x in runs)
+        assert row["values"]["imchat"] == pytest.approx(with_ / ((before + after) / 2))
     assert len(_table_rows(stdout)) == 1 + len(keys)
 
 
