@@ -7,6 +7,7 @@ check itself catches a lost or repeated message.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -463,3 +464,16 @@ def test_plain_crowd_holds_sockets_at_a_sink_and_resets_them() -> None:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_generator_measures_with_its_heap_frozen() -> None:
+    """What the generator holds before a measurement (a crowd of idle users) is frozen for
+    the measurement, so its collections do not visit it; afterwards it is collectable again."""
+    loadgen, _ = _loadgen()
+    held = [[i] for i in range(1000)]
+    assert gc.get_freeze_count() == 0
+    with loadgen.frozen_heap():
+        assert gc.get_freeze_count() >= len(held)
+        assert not any(o is held[0] for o in gc.get_objects(2))
+    assert gc.get_freeze_count() == 0
+    assert any(o is held[0] for o in gc.get_objects(2))
