@@ -33,7 +33,6 @@ from .session import AdmittedSession, flush_all
 from .sqlite_store import SQLiteStore
 from .store import Store, StoreUnavailable
 from .sweep import IdleSweep
-from .switching import server_switching
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -281,15 +280,14 @@ class ChatServer:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        with server_switching():
-            await self.start()
-            assert self.hub is not None
-            # This process is the server's: its setup is permanent.
-            self.gc_policy.start(self.hub.fanout.session_count)
-            await stop.wait()
-            log.info("shutting down")
-            await self.stop()
-            self.gc_policy.stop()
+        await self.start()
+        assert self.hub is not None
+        # This process is the server's: its setup is permanent.
+        self.gc_policy.start(self.hub.fanout.session_count)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+        self.gc_policy.stop()
 
     async def stop(self) -> None:
         """Tell every session ``shutting_down``, flush, close, and close the store."""
