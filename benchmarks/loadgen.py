@@ -376,7 +376,7 @@ def frozen_heap() -> Iterator[None]:
 
     The generator stamps and reads every message, so a pause of its own is a latency figure
     of the server's. Holding a crowd of idle users (the sweep's 10,000) made its young
-    collections take 10-30 ms and its full ones 70-100 ms (``gc.callbacks``, round 15), in
+    collections take 10-32 ms and its full ones 60-100 ms (``gc.callbacks``, round 15), in
     the runs with idle users only: their p99 measured the generator's heap. Frozen, a
     collection visits only what the measurement itself made.
     """
