@@ -36,6 +36,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loadgen import percentile
 from serverproc import imchat_server
 
 from imchat.client import Connection
@@ -50,11 +51,6 @@ def vocabulary(rng: random.Random) -> list[str]:
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = {"".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(WORDS)}
     return sorted(words)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -135,6 +131,7 @@ async def bench_search(args: argparse.Namespace) -> dict[str, Any]:
         all_ms.append(ms)
     await store.close()
     size_mb = path.stat().st_size / 1e6
+    ordered = sorted(all_ms)
     return {
         "benchmark": "search",
         "messages": args.messages,
@@ -147,10 +144,10 @@ async def bench_search(args: argparse.Namespace) -> dict[str, Any]:
         "db_mb": round(size_mb),
         "hits_per_query": round(found / args.queries, 1),
         "p50_ms": round(statistics.median(all_ms), 2),
-        "p95_ms": round(percentile(all_ms, 95), 2),
-        "p99_ms": round(percentile(all_ms, 99), 2),
-        "max_ms": round(max(all_ms), 2),
-        **{f"p95_{tier}_ms": round(percentile(v, 95), 2) for tier, v in timings.items()},
+        "p95_ms": round(percentile(ordered, 95), 2),
+        "p99_ms": round(percentile(ordered, 99), 2),
+        "max_ms": round(ordered[-1], 2),
+        **{f"p95_{tier}_ms": round(percentile(sorted(v), 95), 2) for tier, v in timings.items()},
     }
 
 
@@ -216,7 +213,7 @@ async def bench_say_once(args: argparse.Namespace, mix: float) -> dict[str, Any]
         "requests": total,
         "requests_per_s": round(total / wall),
         "p50_ms": round(statistics.median(latencies), 2),
-        "p99_ms": round(percentile(latencies, 99), 2),
+        "p99_ms": round(percentile(sorted(latencies), 99), 2),
         "server_cpu_us_per_request": round(cpu / total * 1e6, 1),
     }
 

@@ -32,16 +32,12 @@ import time
 from typing import Any
 
 import aiohttp
+from loadgen import percentile
 from serverproc import HOST, ServerProc, free_port, imchat_server, machine_busy_seconds
 
 from imchat.client import Connection
 
 ROOM = "bench"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def drain(receiver: Connection, expected: int) -> None:
@@ -106,7 +102,7 @@ def summary(
         "messages": n,
         "msgs_per_s": round(n / elapsed),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
+        "p99_ms": round(percentile(sorted(latencies), 99) * 1000, 3),
         "server_cpu_us_per_msg": round(cpu / n * 1e6, 1),
         "machine_busy_s": round(busy, 2),
     }

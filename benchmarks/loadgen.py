@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import gc
+import math
 import re
 import socket
 import struct
@@ -401,11 +402,12 @@ async def settle(stats: Stats, quiet: float = 0.5, limit: float = 300.0) -> floa
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of sorted ``values`` (nan if empty)."""
+    """Nearest-rank percentile of sorted ``values`` (nan if empty): the least value with at
+    least ``pct`` % of them at or below it."""
     if not values:
         return float("nan")
-    rank = max(0, min(len(values) - 1, round(pct / 100 * len(values) + 0.5) - 1))
-    return float(values[rank])
+    rank = max(1, min(len(values), math.ceil(pct * len(values) / 100)))
+    return float(values[rank - 1])
 
 
 @dataclass

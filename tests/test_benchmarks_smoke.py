@@ -477,3 +477,14 @@ def test_the_generator_measures_with_its_heap_frozen() -> None:
         assert not any(o is held[0] for o in gc.get_objects(2))
     assert gc.get_freeze_count() == 0
     assert any(o is held[0] for o in gc.get_objects(2))
+
+
+def test_every_benchmark_reads_percentiles_by_nearest_rank() -> None:
+    """One definition for every script (features, http and storm had their own, three ways)."""
+    loadgen, _ = _loadgen()
+    hundred = [float(i) for i in range(1, 101)]
+    assert [loadgen.percentile(hundred, p) for p in (1, 50, 95, 99, 100)] == [1, 50, 95, 99, 100]
+    assert loadgen.percentile([7.0], 99) == 7.0
+    assert loadgen.percentile([1.0, 2.0], 50) == 1.0
+    for script in ("features", "http", "storm"):
+        assert "def percentile" not in (BENCH / f"{script}.py").read_text()
